@@ -1,0 +1,2804 @@
+/*
+ * xwebhook: receive X (Twitter) webhooks on a server you own.
+ *
+ * It answers X's challenge-response check (CRC), verifies the signature of
+ * every event X posts, and prints each accepted event as indented JSON on
+ * stdout (and, with --output, appends it durably to a file).
+ *
+ * Build:  cc -O2 -o xwebhook xwebhook.c
+ *
+ * Copyright (c) 2026 the xwebhook authors.
+ * ISC licence; the full text is in LICENSE.
+ *
+ * The file reads in the order data flows through it: limits and settings,
+ * small utilities, crypto, JSON, HTTP parsing, the transport, the webhook
+ * itself, the server, the subcommands, and main last.
+ */
+
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define XWEBHOOK_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------------
+ * Limits. Each is named, and each is tested.
+ * ------------------------------------------------------------------------ */
+
+enum {
+	/* A request line longer than this gets 414. X's CRC line is ~150 bytes. */
+	MAX_REQUEST_LINE = 8192,
+	/* Header fields (everything after the request line) past this get 431. */
+	MAX_HEADER_BLOCK = 16384,
+	/* More header fields than this get 431; X sends about a dozen. */
+	MAX_HEADER_FIELDS = 100,
+	/* A chunk-size line (size and extensions) longer than this gets 400. */
+	MAX_CHUNK_LINE = 1024,
+	/* crc_token length in bytes after decoding; X's are 48. */
+	MAX_CRC_TOKEN = 255,
+	/* JSON nesting deeper than this is invalid; X's events nest ~6 deep. */
+	JSON_MAX_DEPTH = 256,
+	/* The connection's read buffer holds a whole head, and the few bytes
+	 * of a pipelined request that may follow it. */
+	CONN_BUF = MAX_REQUEST_LINE + MAX_HEADER_BLOCK + 4096,
+	/* Bytes a lingering close reads and throws away before giving up. */
+	LINGER_BYTES = 256 * 1024,
+};
+
+/* Deadlines, in milliseconds. */
+static const int64_t head_timeout = 10000;   /* the head, from its first byte */
+static const int64_t body_timeout = 30000;   /* the body, from the end of the head */
+static const int64_t idle_timeout = 15000;   /* between keep-alive requests */
+static const int64_t write_timeout = 10000;  /* each response */
+static const int64_t linger_timeout = 2000;  /* draining before a close */
+static const int64_t drain_timeout = 5000;   /* requests in flight at shutdown */
+
+/* Settings, with their defaults; the command line changes them. */
+static const char *listen_spec = "0.0.0.0:8080";
+static const char *webhook_path = "/webhooks/twitter";
+static const char *output_path;          /* --output: NULL for none */
+static const char *secret_file;          /* --secret-file */
+static size_t max_body = 1024 * 1024;    /* --max-body: 1 MiB */
+static unsigned max_conns = 1024;        /* --max-conns */
+static int quiet;                        /* --quiet: no access log */
+
+/* Each connection thread's stack: the deepest path (a response, a log
+ * line) needs a few KiB; sanitizer builds need much more. Only the pages
+ * touched count against memory. */
+static const size_t thread_stack = 256 * 1024;
+
+/* ------------------------------------------------------------------------
+ * Small utilities.
+ * ------------------------------------------------------------------------ */
+
+static const char *progname = "xwebhook";
+
+/* Print "xwebhook: message" on stderr and exit 1; a trailing ':' in the
+ * format appends strerror(errno), as quark's die() does. */
+static void
+die(const char *fmt, ...)
+{
+	int saved = errno;
+	va_list ap;
+	size_t n = strlen(fmt);
+
+	fprintf(stderr, "%s: ", progname);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (n > 0 && fmt[n - 1] == ':')
+		fprintf(stderr, " %s", strerror(saved));
+	fputc('\n', stderr);
+	exit(1);
+}
+
+/* Like die() but carries on. */
+static void
+warn(const char *fmt, ...)
+{
+	int saved = errno;
+	va_list ap;
+	size_t n = strlen(fmt);
+	char line[1024];
+	int len;
+
+	len = snprintf(line, sizeof(line), "%s: ", progname);
+	va_start(ap, fmt);
+	len += vsnprintf(line + len, sizeof(line) - (size_t)len, fmt, ap);
+	va_end(ap);
+	if (len > (int)sizeof(line) - 2)
+		len = (int)sizeof(line) - 2;
+	if (n > 0 && fmt[n - 1] == ':')
+		len += snprintf(line + len, sizeof(line) - (size_t)len, " %s", strerror(saved));
+	if (len > (int)sizeof(line) - 2)
+		len = (int)sizeof(line) - 2;
+	line[len++] = '\n';
+	/* One write, so that lines from different threads never mix. */
+	if (write(STDERR_FILENO, line, (size_t)len) < 0)
+		(void)0;
+}
+
+static void *
+xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+
+	if (p == NULL)
+		die("out of memory");
+	return p;
+}
+
+static void *
+xrealloc(void *p, size_t n)
+{
+	p = realloc(p, n ? n : 1);
+	if (p == NULL)
+		die("out of memory");
+	return p;
+}
+
+/* A growable byte buffer; lengths travel with the pointer. */
+struct buf {
+	char *p;
+	size_t len, cap;
+};
+
+static void
+buf_reserve(struct buf *b, size_t more)
+{
+	size_t cap = b->cap ? b->cap : 256;
+
+	if (b->len + more <= b->cap)
+		return;
+	if (more > SIZE_MAX / 2 - b->len)
+		die("out of memory");
+	while (cap < b->len + more)
+		cap *= 2;
+	b->p = xrealloc(b->p, cap);
+	b->cap = cap;
+}
+
+static void
+buf_add(struct buf *b, const void *p, size_t n)
+{
+	buf_reserve(b, n);
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
+static inline void
+buf_addc(struct buf *b, char c)
+{
+	if (b->len == b->cap)
+		buf_reserve(b, 1);
+	b->p[b->len++] = c;
+}
+
+static void
+buf_adds(struct buf *b, const char *s)
+{
+	buf_add(b, s, strlen(s));
+}
+
+static void
+buf_free(struct buf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
+
+/* Milliseconds on the monotonic clock, for deadlines and durations. */
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t
+now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Write all of p to a descriptor, retrying short writes and EINTR. */
+static int
+write_all(int fd, const void *p, size_t n)
+{
+	const char *s = p;
+
+	while (n > 0) {
+		ssize_t w = write(fd, s, n);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		s += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Read a whole descriptor into b; -1 on a read error. */
+static int
+read_all(int fd, struct buf *b)
+{
+	for (;;) {
+		ssize_t r;
+
+		buf_reserve(b, 65536);
+		r = read(fd, b->p + b->len, b->cap - b->len);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (r == 0)
+			return 0;
+		b->len += (size_t)r;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Crypto: SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104), base64 (RFC 4648)
+ * and a constant-time comparison.
+ * ------------------------------------------------------------------------ */
+
+struct sha256 {
+	uint32_t h[8];
+	uint64_t bytes;          /* message length so far */
+	unsigned char block[64];
+	size_t fill;             /* bytes waiting in block */
+};
+
+static const uint32_t sha256_k[64] = {
+	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
+	0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
+	0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+	0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+	0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+	0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+	0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+	0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+	0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+	0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+	0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+static inline uint32_t
+ror32(uint32_t x, unsigned n)
+{
+	return (x >> n) | (x << (32 - n));
+}
+
+/* Process one 64-byte block into the state. */
+static void
+sha256_block(uint32_t h[8], const unsigned char *p)
+{
+	uint32_t w[64], a, b, c, d, e, f, g, k, t1, t2;
+	int i;
+
+	for (i = 0; i < 16; i++)
+		w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+		    (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+	for (i = 16; i < 64; i++) {
+		uint32_t s0 = ror32(w[i - 15], 7) ^ ror32(w[i - 15], 18) ^ (w[i - 15] >> 3);
+		uint32_t s1 = ror32(w[i - 2], 17) ^ ror32(w[i - 2], 19) ^ (w[i - 2] >> 10);
+		w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+	}
+	a = h[0]; b = h[1]; c = h[2]; d = h[3];
+	e = h[4]; f = h[5]; g = h[6]; k = h[7];
+	for (i = 0; i < 64; i++) {
+		t1 = k + (ror32(e, 6) ^ ror32(e, 11) ^ ror32(e, 25)) +
+		    ((e & f) ^ (~e & g)) + sha256_k[i] + w[i];
+		t2 = (ror32(a, 2) ^ ror32(a, 13) ^ ror32(a, 22)) +
+		    ((a & b) ^ (a & c) ^ (b & c));
+		k = g; g = f; f = e; e = d + t1;
+		d = c; c = b; b = a; a = t1 + t2;
+	}
+	h[0] += a; h[1] += b; h[2] += c; h[3] += d;
+	h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+}
+
+static void
+sha256_init(struct sha256 *s)
+{
+	static const uint32_t iv[8] = {
+		0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+		0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+	};
+
+	memcpy(s->h, iv, sizeof(iv));
+	s->bytes = 0;
+	s->fill = 0;
+}
+
+static void
+sha256_update(struct sha256 *s, const void *data, size_t n)
+{
+	const unsigned char *p = data;
+
+	s->bytes += n;
+	if (s->fill > 0) {
+		size_t take = 64 - s->fill < n ? 64 - s->fill : n;
+
+		memcpy(s->block + s->fill, p, take);
+		s->fill += take;
+		p += take;
+		n -= take;
+		if (s->fill < 64)
+			return;
+		sha256_block(s->h, s->block);
+		s->fill = 0;
+	}
+	for (; n >= 64; p += 64, n -= 64)
+		sha256_block(s->h, p);
+	memcpy(s->block, p, n);
+	s->fill = n;
+}
+
+static void
+sha256_final(struct sha256 *s, unsigned char out[32])
+{
+	uint64_t bits = s->bytes * 8;
+	int i;
+
+	s->block[s->fill++] = 0x80;
+	if (s->fill > 56) {
+		memset(s->block + s->fill, 0, 64 - s->fill);
+		sha256_block(s->h, s->block);
+		s->fill = 0;
+	}
+	memset(s->block + s->fill, 0, 56 - s->fill);
+	for (i = 0; i < 8; i++)
+		s->block[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+	sha256_block(s->h, s->block);
+	for (i = 0; i < 8; i++) {
+		out[4 * i] = (unsigned char)(s->h[i] >> 24);
+		out[4 * i + 1] = (unsigned char)(s->h[i] >> 16);
+		out[4 * i + 2] = (unsigned char)(s->h[i] >> 8);
+		out[4 * i + 3] = (unsigned char)s->h[i];
+	}
+}
+
+/* An HMAC key, kept as the hash states after the inner and outer pads, so
+ * that each HMAC costs two compressions fewer. */
+struct hmac_key {
+	struct sha256 inner, outer;
+};
+
+static void
+hmac_key_init(struct hmac_key *k, const void *key, size_t n)
+{
+	unsigned char block[64], pad[64];
+	int i;
+
+	memset(block, 0, sizeof(block));
+	if (n > 64) {
+		struct sha256 s;
+
+		sha256_init(&s);
+		sha256_update(&s, key, n);
+		sha256_final(&s, block);
+	} else if (n > 0) {
+		memcpy(block, key, n);
+	}
+	for (i = 0; i < 64; i++)
+		pad[i] = block[i] ^ 0x36;
+	sha256_init(&k->inner);
+	sha256_update(&k->inner, pad, 64);
+	for (i = 0; i < 64; i++)
+		pad[i] = block[i] ^ 0x5c;
+	sha256_init(&k->outer);
+	sha256_update(&k->outer, pad, 64);
+	memset(block, 0, sizeof(block));
+	memset(pad, 0, sizeof(pad));
+}
+
+static void
+hmac_sha256(const struct hmac_key *k, const void *msg, size_t n, unsigned char out[32])
+{
+	struct sha256 s = k->inner;
+	unsigned char ih[32];
+
+	sha256_update(&s, msg, n);
+	sha256_final(&s, ih);
+	s = k->outer;
+	sha256_update(&s, ih, 32);
+	sha256_final(&s, out);
+}
+
+/* Encode n bytes as padded standard base64 into out, which holds at least
+ * 4 * ((n + 2) / 3) bytes; returns the length written. */
+static size_t
+base64_encode(const unsigned char *in, size_t n, char *out)
+{
+	static const char alphabet[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t i, o = 0;
+
+	for (i = 0; i + 2 < n; i += 3) {
+		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+
+		out[o++] = alphabet[v >> 18];
+		out[o++] = alphabet[(v >> 12) & 63];
+		out[o++] = alphabet[(v >> 6) & 63];
+		out[o++] = alphabet[v & 63];
+	}
+	if (i < n) {
+		uint32_t v = (uint32_t)in[i] << 16;
+
+		if (i + 1 < n)
+			v |= (uint32_t)in[i + 1] << 8;
+		out[o++] = alphabet[v >> 18];
+		out[o++] = alphabet[(v >> 12) & 63];
+		out[o++] = i + 1 < n ? alphabet[(v >> 6) & 63] : '=';
+		out[o++] = '=';
+	}
+	return o;
+}
+
+/* Compare in time that depends only on n, so that a forger learns nothing
+ * from how long a wrong signature takes to refuse. */
+static int
+ct_equal(const void *a, const void *b, size_t n)
+{
+	const volatile unsigned char *x = a, *y = b;
+	unsigned char d = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		d |= x[i] ^ y[i];
+	return d == 0;
+}
+
+/* SIGNATURE_LEN is the length of "sha256=" and 44 base64 characters. */
+enum { SIGNATURE_LEN = 7 + 44 };
+
+/* Write "sha256=<base64 HMAC>" for msg into out[SIGNATURE_LEN]. */
+static void
+signature_of(const struct hmac_key *k, const void *msg, size_t n, char out[SIGNATURE_LEN])
+{
+	unsigned char mac[32];
+
+	hmac_sha256(k, msg, n, mac);
+	memcpy(out, "sha256=", 7);
+	base64_encode(mac, 32, out + 7);
+}
+
+/* ------------------------------------------------------------------------
+ * JSON: one streaming state machine validates (RFC 8259, UTF-8 checked
+ * inside strings), and either indents the way Python's
+ * json.dumps(obj, indent=2) does or compacts. Strings, numbers and
+ * literals are copied byte for byte, so nothing is re-encoded or rounded.
+ * No recursion: nesting is an explicit stack with a fixed bound.
+ * ------------------------------------------------------------------------ */
+
+enum json_style {
+	JSON_CHECK,    /* validate only, write nothing */
+	JSON_COMPACT,  /* no whitespace between tokens */
+	JSON_INDENT,   /* json.dumps(indent=2), a newline after each value */
+};
+
+enum json_state {
+	J_VALUE,          /* a value must come next */
+	J_ARRAY_FIRST,    /* just after '[': a value or ']' */
+	J_OBJECT_FIRST,   /* just after '{': a key or '}' */
+	J_KEY,            /* after ',' in an object: a key */
+	J_COLON,          /* after a key */
+	J_AFTER,          /* after a value inside a container: ',' or closer */
+	J_STRING,
+	J_ESCAPE,         /* after a backslash */
+	J_UNICODE,        /* inside \uXXXX */
+	J_UTF8,           /* inside a multi-byte UTF-8 sequence */
+	J_NUMBER,
+	J_LITERAL,
+	J_END,            /* one value read and more are not allowed */
+	J_ERROR,
+};
+
+/* Where a number stands; the ones marked complete may end there. */
+enum json_number {
+	N_MINUS, N_ZERO /* complete */, N_INT /* complete */, N_DOT,
+	N_FRAC /* complete */, N_EXP, N_EXP_SIGN, N_EXP_DIGITS /* complete */,
+};
+
+struct json {
+	enum json_style style;
+	int stream;            /* a sequence of values (fmt), not exactly one */
+	int object_only;       /* each top-level value must be an object (events) */
+	enum json_state state;
+	int in_key;            /* the string being read is an object key */
+	enum json_number number;
+	const char *literal;   /* "true", "false" or "null" being matched */
+	unsigned literal_at;
+	unsigned hex_left;     /* hex digits still due in \uXXXX */
+	unsigned utf8_left;    /* continuation bytes still due */
+	unsigned char utf8_lo, utf8_hi;  /* the range of the next one */
+	unsigned depth;
+	unsigned char stack[JSON_MAX_DEPTH];  /* '{' or '[' per level */
+	unsigned long values;  /* top-level values completed */
+	/* Position, for error messages: line number, and the absolute offset
+	 * at which that line starts, so the column costs nothing per byte. */
+	unsigned long line;
+	uint64_t offset, line_start;
+	const char *error;     /* what was expected, once state is J_ERROR */
+	unsigned long err_line, err_col;
+	struct buf *out;       /* NULL for JSON_CHECK */
+};
+
+static void
+json_init(struct json *j, enum json_style style, struct buf *out)
+{
+	memset(j, 0, sizeof(*j));
+	j->style = style;
+	j->out = style == JSON_CHECK ? NULL : out;
+	j->state = J_VALUE;
+	j->line = 1;
+}
+
+/* Record the first error at absolute offset at. */
+static int
+json_fail(struct json *j, uint64_t at, const char *what)
+{
+	j->state = J_ERROR;
+	j->error = what;
+	j->err_line = j->line;
+	j->err_col = (unsigned long)(at - j->line_start + 1);
+	return -1;
+}
+
+static inline void
+json_put(struct json *j, const char *p, size_t n)
+{
+	if (j->out)
+		buf_add(j->out, p, n);
+}
+
+static inline void
+json_putc(struct json *j, char c)
+{
+	if (j->out)
+		buf_addc(j->out, c);
+}
+
+/* A newline and two spaces per level, when indenting. */
+static void
+json_newline(struct json *j, unsigned depth)
+{
+	static const char spaces[] = "                                                                ";
+	size_t n = (size_t)depth * 2;
+
+	if (j->style != JSON_INDENT)
+		return;
+	json_putc(j, '\n');
+	while (n > 0) {
+		size_t take = n < sizeof(spaces) - 1 ? n : sizeof(spaces) - 1;
+
+		json_put(j, spaces, take);
+		n -= take;
+	}
+}
+
+/* A value has ended: decide what may follow it. */
+static void
+json_value_done(struct json *j)
+{
+	if (j->depth > 0) {
+		j->state = J_AFTER;
+		return;
+	}
+	j->values++;
+	if (j->style == JSON_INDENT)
+		json_putc(j, '\n');
+	j->state = j->stream ? J_VALUE : J_END;
+}
+
+/* Start the value whose first byte is c, at absolute offset at. */
+static int
+json_begin_value(struct json *j, unsigned char c, uint64_t at)
+{
+	if (j->depth == 0 && j->object_only && c != '{')
+		return json_fail(j, at, "expected '{' (an event is a JSON object)");
+	switch (c) {
+	case '{':
+	case '[':
+		if (j->depth == JSON_MAX_DEPTH)
+			return json_fail(j, at, "nesting deeper than 256 levels");
+		j->stack[j->depth++] = c;
+		json_putc(j, (char)c);
+		j->state = c == '{' ? J_OBJECT_FIRST : J_ARRAY_FIRST;
+		return 0;
+	case '"':
+		json_putc(j, '"');
+		j->in_key = 0;
+		j->state = J_STRING;
+		return 0;
+	case 't':
+		j->literal = "true";
+		break;
+	case 'f':
+		j->literal = "false";
+		break;
+	case 'n':
+		j->literal = "null";
+		break;
+	case '-':
+		j->number = N_MINUS;
+		json_putc(j, '-');
+		j->state = J_NUMBER;
+		return 0;
+	default:
+		if (c >= '0' && c <= '9') {
+			j->number = c == '0' ? N_ZERO : N_INT;
+			json_putc(j, (char)c);
+			j->state = J_NUMBER;
+			return 0;
+		}
+		return json_fail(j, at, "expected a value");
+	}
+	json_putc(j, (char)c);
+	j->literal_at = 1;
+	j->state = J_LITERAL;
+	return 0;
+}
+
+/* Close the innermost container with c. */
+static int
+json_close(struct json *j, unsigned char c, uint64_t at, int empty)
+{
+	unsigned char open = j->stack[j->depth - 1];
+
+	if ((open == '{' && c != '}') || (open == '[' && c != ']'))
+		return json_fail(j, at, open == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
+	j->depth--;
+	if (!empty)
+		json_newline(j, j->depth);
+	json_putc(j, (char)c);
+	json_value_done(j);
+	return 0;
+}
+
+/* Set the allowed range of the bytes after UTF-8 lead byte c; 0 if c
+ * cannot start a sequence (overlongs, surrogates and past U+10FFFF are out). */
+static int
+json_utf8_lead(struct json *j, unsigned char c)
+{
+	j->utf8_lo = 0x80;
+	j->utf8_hi = 0xbf;
+	if (c >= 0xc2 && c <= 0xdf)
+		j->utf8_left = 1;
+	else if (c >= 0xe0 && c <= 0xef)
+		j->utf8_left = 2;
+	else if (c >= 0xf0 && c <= 0xf4)
+		j->utf8_left = 3;
+	else
+		return 0;
+	if (c == 0xe0)
+		j->utf8_lo = 0xa0;
+	else if (c == 0xed)
+		j->utf8_hi = 0x9f;
+	else if (c == 0xf0)
+		j->utf8_lo = 0x90;
+	else if (c == 0xf4)
+		j->utf8_hi = 0x8f;
+	return 1;
+}
+
+/* Bytes that a string copies without a second look. */
+static inline int
+json_plain(unsigned char c)
+{
+	return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+/* Feed n more bytes of the document. Returns 0, or -1 once it is invalid
+ * (j->error and the position say why; later calls keep failing). */
+static int
+json_feed(struct json *j, const char *p, size_t n)
+{
+	size_t i = 0;
+
+	if (j->state == J_ERROR)
+		return -1;
+	while (i < n) {
+		unsigned char c = (unsigned char)p[i];
+		uint64_t at = j->offset + i;
+
+		switch (j->state) {
+		case J_STRING: {
+			size_t run = i;
+
+			while (run < n && json_plain((unsigned char)p[run]))
+				run++;
+			if (run > i) {
+				json_put(j, p + i, run - i);
+				i = run;
+				continue;
+			}
+			if (c == '"') {
+				json_putc(j, '"');
+				if (j->in_key) {
+					j->state = J_COLON;
+				} else {
+					json_value_done(j);
+				}
+			} else if (c == '\\') {
+				json_putc(j, '\\');
+				j->state = J_ESCAPE;
+			} else if (c < 0x20) {
+				return json_fail(j, at, "control character in string (expected \\u escape)");
+			} else {
+				if (!json_utf8_lead(j, c))
+					return json_fail(j, at, "invalid UTF-8 in string");
+				json_putc(j, (char)c);
+				j->state = J_UTF8;
+			}
+			break;
+		}
+		case J_UTF8:
+			if (c < j->utf8_lo || c > j->utf8_hi)
+				return json_fail(j, at, "invalid UTF-8 in string");
+			json_putc(j, (char)c);
+			j->utf8_lo = 0x80;
+			j->utf8_hi = 0xbf;
+			if (--j->utf8_left == 0)
+				j->state = J_STRING;
+			break;
+		case J_ESCAPE:
+			if (c == 'u') {
+				j->hex_left = 4;
+				j->state = J_UNICODE;
+			} else if (strchr("\"\\/bfnrt", c) != NULL && c != 0) {
+				j->state = J_STRING;
+			} else {
+				return json_fail(j, at, "invalid escape in string");
+			}
+			json_putc(j, (char)c);
+			break;
+		case J_UNICODE:
+			if (!isxdigit(c))
+				return json_fail(j, at, "expected 4 hex digits after \\u");
+			json_putc(j, (char)c);
+			if (--j->hex_left == 0)
+				j->state = J_STRING;
+			break;
+		case J_NUMBER: {
+			enum json_number nx = j->number;
+			int digit = c >= '0' && c <= '9';
+
+			switch (j->number) {
+			case N_MINUS:
+				nx = c == '0' ? N_ZERO : digit ? N_INT : N_MINUS;
+				break;
+			case N_ZERO:
+				nx = c == '.' ? N_DOT : (c == 'e' || c == 'E') ? N_EXP : N_ZERO;
+				break;
+			case N_INT:
+				nx = digit ? N_INT : c == '.' ? N_DOT : (c == 'e' || c == 'E') ? N_EXP : N_INT;
+				break;
+			case N_DOT:
+				nx = digit ? N_FRAC : N_DOT;
+				break;
+			case N_FRAC:
+				nx = digit ? N_FRAC : (c == 'e' || c == 'E') ? N_EXP : N_FRAC;
+				break;
+			case N_EXP:
+				nx = (c == '+' || c == '-') ? N_EXP_SIGN : digit ? N_EXP_DIGITS : N_EXP;
+				break;
+			case N_EXP_SIGN:
+			case N_EXP_DIGITS:
+				nx = digit ? N_EXP_DIGITS : j->number;
+				break;
+			}
+			/* A byte that does not move the number on either ends it
+			 * (where it may end) or is an error. */
+			if (nx == j->number && !(digit && (nx == N_INT || nx == N_FRAC || nx == N_EXP_DIGITS))) {
+				if (nx == N_ZERO || nx == N_INT || nx == N_FRAC || nx == N_EXP_DIGITS) {
+					if (digit)  /* "01" */
+						return json_fail(j, at, "leading zero in number");
+					json_value_done(j);
+					continue;  /* look at c again */
+				}
+				return json_fail(j, at, "expected a digit");
+			}
+			j->number = nx;
+			json_putc(j, (char)c);
+			break;
+		}
+		case J_LITERAL:
+			if (c != (unsigned char)j->literal[j->literal_at])
+				return json_fail(j, at, "invalid literal (expected true, false or null)");
+			json_putc(j, (char)c);
+			if (j->literal[++j->literal_at] == '\0')
+				json_value_done(j);
+			break;
+		case J_ERROR:
+			return -1;
+		default:
+			/* Between tokens. */
+			if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+				if (c == '\n') {
+					j->line++;
+					j->line_start = at + 1;
+				}
+				break;
+			}
+			switch (j->state) {
+			case J_VALUE:
+				if (json_begin_value(j, c, at) < 0)
+					return -1;
+				break;
+			case J_ARRAY_FIRST:
+				if (c == ']') {
+					if (json_close(j, c, at, 1) < 0)
+						return -1;
+					break;
+				}
+				json_newline(j, j->depth);
+				if (json_begin_value(j, c, at) < 0)
+					return -1;
+				break;
+			case J_OBJECT_FIRST:
+			case J_KEY:
+				if (c == '}' && j->state == J_OBJECT_FIRST) {
+					if (json_close(j, c, at, 1) < 0)
+						return -1;
+					break;
+				}
+				if (c != '"')
+					return json_fail(j, at, j->state == J_KEY ?
+					    "expected a string key" : "expected a string key or '}'");
+				if (j->state == J_OBJECT_FIRST)
+					json_newline(j, j->depth);
+				json_putc(j, '"');
+				j->in_key = 1;
+				j->state = J_STRING;
+				break;
+			case J_COLON:
+				if (c != ':')
+					return json_fail(j, at, "expected ':'");
+				if (j->style == JSON_INDENT)
+					json_put(j, ": ", 2);
+				else
+					json_putc(j, ':');
+				j->state = J_VALUE;
+				break;
+			case J_AFTER:
+				if (c == ',') {
+					json_putc(j, ',');
+					json_newline(j, j->depth);
+					j->state = j->stack[j->depth - 1] == '{' ? J_KEY : J_VALUE;
+					break;
+				}
+				if (json_close(j, c, at, 0) < 0)
+					return -1;
+				break;
+			case J_END:
+				return json_fail(j, at, "expected end of input");
+			default:
+				return json_fail(j, at, "internal error");
+			}
+		}
+		i++;
+	}
+	j->offset += n;
+	return 0;
+}
+
+/* The input has ended: 0 if it held what was asked for, else -1. */
+static int
+json_finish(struct json *j)
+{
+	uint64_t at = j->offset;
+
+	switch (j->state) {
+	case J_ERROR:
+		return -1;
+	case J_NUMBER:
+		if (j->depth == 0 && (j->number == N_ZERO || j->number == N_INT ||
+		    j->number == N_FRAC || j->number == N_EXP_DIGITS)) {
+			json_value_done(j);
+			return json_finish(j);
+		}
+		return json_fail(j, at, "expected a digit, found end of input");
+	case J_END:
+		return 0;
+	case J_VALUE:
+		if (j->depth == 0 && j->values > 0)
+			return 0;
+		return json_fail(j, at, j->depth == 0 && j->object_only ?
+		    "expected '{' (an event is a JSON object), found end of input" :
+		    "expected a value, found end of input");
+	case J_STRING:
+	case J_ESCAPE:
+	case J_UNICODE:
+	case J_UTF8:
+		return json_fail(j, at, "expected '\"', found end of input");
+	case J_AFTER:
+		return json_fail(j, at, j->stack[j->depth - 1] == '{' ?
+		    "expected ',' or '}', found end of input" :
+		    "expected ',' or ']', found end of input");
+	case J_ARRAY_FIRST:
+		return json_fail(j, at, "expected a value or ']', found end of input");
+	case J_OBJECT_FIRST:
+		return json_fail(j, at, "expected a string key or '}', found end of input");
+	case J_KEY:
+		return json_fail(j, at, "expected a string key, found end of input");
+	case J_COLON:
+		return json_fail(j, at, "expected ':', found end of input");
+	case J_LITERAL:
+		return json_fail(j, at, "invalid literal (expected true, false or null), found end of input");
+	}
+	return -1;
+}
+
+/* Reformat the single JSON object in p (an event) into out; -1 and a
+ * message in err when it is not one. */
+static int
+json_event(const char *p, size_t n, enum json_style style, struct buf *out, char *err, size_t errlen)
+{
+	struct json j;
+
+	json_init(&j, style, out);
+	j.object_only = 1;
+	if (json_feed(&j, p, n) == 0 && json_finish(&j) == 0)
+		return 0;
+	snprintf(err, errlen, "line %lu, column %lu: %s", j.err_line, j.err_col, j.error);
+	return -1;
+}
+
+/* ------------------------------------------------------------------------
+ * HTTP: statuses, the request head parser, the chunked-body decoder and
+ * the query decoder. Parsers return a status and leave I/O and reporting
+ * to the caller, as picohttpparser does; they never allocate.
+ * ------------------------------------------------------------------------ */
+
+enum status {
+	S_OK,
+	S_INCOMPLETE,          /* not an answer: more bytes are needed */
+	S_BAD_REQUEST,
+	S_UNAUTHORIZED,
+	S_NOT_FOUND,
+	S_METHOD_NOT_ALLOWED,
+	S_REQUEST_TIMEOUT,
+	S_PAYLOAD_TOO_LARGE,
+	S_URI_TOO_LONG,
+	S_EXPECTATION_FAILED,
+	S_HEADERS_TOO_LARGE,
+	S_INTERNAL_ERROR,
+	S_UNAVAILABLE,
+	S_COUNT
+};
+
+static const struct {
+	int code;
+	const char *reason;
+} statuses[S_COUNT] = {
+	[S_OK]                 = { 200, "OK" },
+	[S_INCOMPLETE]         = { 0, "" },
+	[S_BAD_REQUEST]        = { 400, "Bad Request" },
+	[S_UNAUTHORIZED]       = { 401, "Unauthorized" },
+	[S_NOT_FOUND]          = { 404, "Not Found" },
+	[S_METHOD_NOT_ALLOWED] = { 405, "Method Not Allowed" },
+	[S_REQUEST_TIMEOUT]    = { 408, "Request Timeout" },
+	[S_PAYLOAD_TOO_LARGE]  = { 413, "Content Too Large" },
+	[S_URI_TOO_LONG]       = { 414, "URI Too Long" },
+	[S_EXPECTATION_FAILED] = { 417, "Expectation Failed" },
+	[S_HEADERS_TOO_LARGE]  = { 431, "Request Header Fields Too Large" },
+	[S_INTERNAL_ERROR]     = { 500, "Internal Server Error" },
+	[S_UNAVAILABLE]        = { 503, "Service Unavailable" },
+};
+
+enum method { M_GET, M_HEAD, M_POST, M_OTHER };
+
+/* A parsed request head. Pointers point into the caller's buffer. */
+struct request {
+	enum method method;
+	const char *method_name;
+	size_t method_len;
+	const char *target;        /* path and query, as sent */
+	size_t target_len;
+	size_t path_len;           /* the part of target before '?' */
+	int http11;
+	int keep_alive;
+	int chunked;
+	int has_length;
+	uint64_t content_length;
+	int expect_continue;
+	const char *signature;     /* x-twitter-webhooks-signature, or NULL */
+	size_t signature_len;
+	size_t head_len;           /* bytes up to and including the blank line */
+};
+
+/* RFC 9110 token characters, for methods and field names. */
+static int
+is_tchar(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	    (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* Case-insensitive comparison of a counted string with a C string. */
+static int
+span_is(const char *p, size_t n, const char *s)
+{
+	return strlen(s) == n && strncasecmp(p, s, n) == 0;
+}
+
+/* Look at bytes [*scan, len) of a head being received, for the end of the
+ * head. Stops at the first error: a bare CR or LF, or a control byte, is
+ * 400 at once (a TLS hello or binary garbage never waits for a deadline);
+ * a request line or header block past its limit is 414 or 431. Returns
+ * S_OK with the head's length in *head_len once the blank line is in. */
+static enum status
+http_scan_head(const char *buf, size_t len, size_t *scan, size_t *line_end, size_t *head_len, const char **why)
+{
+	size_t k;
+
+	for (k = *scan; k < len; k++) {
+		unsigned char c = (unsigned char)buf[k];
+
+		if (k > 0 && buf[k - 1] == '\r' && c != '\n') {
+			*why = "bare CR in request head";
+			return S_BAD_REQUEST;
+		}
+		if (c == '\n') {
+			if (k == 0 || buf[k - 1] != '\r') {
+				*why = "bare LF in request head (lines end with CRLF)";
+				return S_BAD_REQUEST;
+			}
+			if (*line_end == 0) {
+				*line_end = k + 1;
+			} else if (buf[k - 2] == '\n') {
+				/* CRLF CRLF: the blank line that ends the head. */
+				*head_len = k + 1;
+				*scan = k + 1;
+				return S_OK;
+			}
+		} else if ((c < 0x20 && c != '\t' && c != '\r') || c == 0x7f) {
+			*why = "control byte in request head";
+			return S_BAD_REQUEST;
+		}
+		if (*line_end == 0 && k >= MAX_REQUEST_LINE + 1) {
+			/* 8192 bytes and a CR would end at k == 8192. */
+			*why = "request line longer than 8192 bytes";
+			return S_URI_TOO_LONG;
+		}
+		if (*line_end != 0 && k + 1 - *line_end > MAX_HEADER_BLOCK) {
+			*why = "header fields longer than 16384 bytes";
+			return S_HEADERS_TOO_LARGE;
+		}
+	}
+	*scan = len;
+	return S_INCOMPLETE;
+}
+
+/* Parse a complete head (as found by http_scan_head, so it holds only
+ * CRLF line ends and no control bytes but HTAB) into req. */
+static enum status
+http_parse_head(const char *buf, size_t head_len, struct request *req, const char **why)
+{
+	const char *p = buf, *end = buf + head_len, *eol;
+	unsigned fields = 0, hosts = 0, lengths = 0, encodings = 0, signatures = 0;
+	int conn_close = 0, conn_keep = 0;
+
+	memset(req, 0, sizeof(*req));
+	req->head_len = head_len;
+	*why = "malformed request line";
+
+	/* METHOD SP target SP HTTP/1.x CRLF, with exactly one space each. */
+	req->method_name = p;
+	while (p < end && is_tchar((unsigned char)*p))
+		p++;
+	req->method_len = (size_t)(p - req->method_name);
+	if (req->method_len == 0 || p == end || *p != ' ')
+		return S_BAD_REQUEST;
+	p++;
+	req->target = p;
+	while (p < end && (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f)
+		p++;
+	req->target_len = (size_t)(p - req->target);
+	if (req->target_len == 0 || p == end || *p != ' ')
+		return S_BAD_REQUEST;
+	if (req->target[0] != '/') {
+		*why = "request target must be a path starting with '/'";
+		return S_BAD_REQUEST;
+	}
+	p++;
+	if (end - p < 10 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') ||
+	    p[8] != '\r' || p[9] != '\n')
+		return S_BAD_REQUEST;
+	req->http11 = p[7] == '1';
+	p += 10;
+	req->path_len = req->target_len;
+	{
+		const char *q = memchr(req->target, '?', req->target_len);
+
+		if (q != NULL)
+			req->path_len = (size_t)(q - req->target);
+	}
+	/* Methods are case-sensitive. */
+	if (req->method_len == 3 && memcmp(req->method_name, "GET", 3) == 0)
+		req->method = M_GET;
+	else if (req->method_len == 4 && memcmp(req->method_name, "HEAD", 4) == 0)
+		req->method = M_HEAD;
+	else if (req->method_len == 4 && memcmp(req->method_name, "POST", 4) == 0)
+		req->method = M_POST;
+	else
+		req->method = M_OTHER;
+
+	/* Header fields: name ":" OWS value OWS CRLF, until the blank line. */
+	for (;; p = eol + 2) {
+		const char *name = p, *value, *vend;
+		size_t name_len;
+
+		eol = memchr(p, '\r', (size_t)(end - p));  /* always found */
+		if (eol == p)
+			break;  /* the blank line */
+		if (*p == ' ' || *p == '\t') {
+			*why = "obsolete line folding in header";
+			return S_BAD_REQUEST;
+		}
+		if (++fields > MAX_HEADER_FIELDS) {
+			*why = "more than 100 header fields";
+			return S_HEADERS_TOO_LARGE;
+		}
+		while (p < eol && is_tchar((unsigned char)*p))
+			p++;
+		name_len = (size_t)(p - name);
+		if (p < eol && (*p == ' ' || *p == '\t') && name_len > 0) {
+			*why = "whitespace before header colon";
+			return S_BAD_REQUEST;
+		}
+		if (name_len == 0 || p == eol || *p != ':') {
+			*why = "malformed header field";
+			return S_BAD_REQUEST;
+		}
+		for (value = p + 1; value < eol && (*value == ' ' || *value == '\t'); value++)
+			;
+		for (vend = eol; vend > value && (vend[-1] == ' ' || vend[-1] == '\t'); vend--)
+			;
+
+		if (span_is(name, name_len, "content-length")) {
+			const char *d;
+			uint64_t v = 0;
+
+			if (++lengths > 1) {
+				*why = "more than one Content-Length";
+				return S_BAD_REQUEST;
+			}
+			if (value == vend) {
+				*why = "empty Content-Length";
+				return S_BAD_REQUEST;
+			}
+			for (d = value; d < vend; d++) {
+				if (*d < '0' || *d > '9') {
+					*why = "Content-Length is not plain digits";
+					return S_BAD_REQUEST;
+				}
+				if (v > (UINT64_MAX - 9) / 10) {
+					*why = "Content-Length overflows";
+					return S_BAD_REQUEST;
+				}
+				v = v * 10 + (uint64_t)(*d - '0');
+			}
+			req->has_length = 1;
+			req->content_length = v;
+		} else if (span_is(name, name_len, "transfer-encoding")) {
+			if (++encodings > 1 || !span_is(value, (size_t)(vend - value), "chunked")) {
+				*why = "Transfer-Encoding other than exactly chunked";
+				return S_BAD_REQUEST;
+			}
+			req->chunked = 1;
+		} else if (span_is(name, name_len, "host")) {
+			hosts++;
+		} else if (span_is(name, name_len, "connection")) {
+			/* A list of tokens: look for close and keep-alive. */
+			const char *t = value;
+
+			while (t < vend) {
+				const char *te = t;
+
+				while (te < vend && *te != ',')
+					te++;
+				{
+					const char *a = t, *b = te;
+
+					while (a < b && (*a == ' ' || *a == '\t'))
+						a++;
+					while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+						b--;
+					if (span_is(a, (size_t)(b - a), "close"))
+						conn_close = 1;
+					else if (span_is(a, (size_t)(b - a), "keep-alive"))
+						conn_keep = 1;
+				}
+				t = te < vend ? te + 1 : te;
+			}
+		} else if (span_is(name, name_len, "expect")) {
+			if (!span_is(value, (size_t)(vend - value), "100-continue")) {
+				*why = "unsupported Expect (only 100-continue)";
+				return S_EXPECTATION_FAILED;
+			}
+			req->expect_continue = req->http11;
+		} else if (span_is(name, name_len, "x-twitter-webhooks-signature")) {
+			if (++signatures > 1) {
+				*why = "more than one x-twitter-webhooks-signature";
+				return S_BAD_REQUEST;
+			}
+			req->signature = value;
+			req->signature_len = (size_t)(vend - value);
+		}
+	}
+
+	if (req->chunked && req->has_length) {
+		*why = "both Content-Length and Transfer-Encoding";
+		return S_BAD_REQUEST;
+	}
+	if (req->chunked && !req->http11) {
+		*why = "Transfer-Encoding in an HTTP/1.0 request";
+		return S_BAD_REQUEST;
+	}
+	if (req->http11 && hosts == 0) {
+		*why = "missing Host header";
+		return S_BAD_REQUEST;
+	}
+	if (hosts > 1) {
+		*why = "more than one Host header";
+		return S_BAD_REQUEST;
+	}
+	req->keep_alive = req->http11 ? !conn_close : conn_keep && !conn_close;
+	return S_OK;
+}
+
+/* The chunked-body decoder (RFC 9112, 7.1), fed as bytes arrive. */
+enum chunk_state {
+	C_SIZE,         /* hex digits of the chunk size */
+	C_EXT,          /* a chunk extension, up to CR */
+	C_SIZE_LF,      /* the LF that ends the size line */
+	C_DATA,
+	C_DATA_CR,      /* the CRLF after the chunk data */
+	C_DATA_LF,
+	C_TRAILER,      /* at the start of a trailer line, or the final CRLF */
+	C_TRAILER_LINE, /* inside a trailer field, up to CR */
+	C_TRAILER_LF,
+	C_END_LF,       /* the LF of the final CRLF */
+	C_DONE,
+};
+
+struct chunked {
+	enum chunk_state state;
+	uint64_t size;         /* of the chunk being read */
+	unsigned digits;       /* hex digits read of the size */
+	size_t line;           /* bytes of the current size or trailer line */
+	size_t trailer;        /* bytes of trailer fields */
+	unsigned trailer_fields;
+};
+
+/* Decode from in[0, n): append chunk data to out (which must not pass
+ * limit bytes), set *used to the bytes consumed. S_OK when the body is
+ * complete, S_INCOMPLETE when more is needed, else an error. */
+static enum status
+chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struct buf *out, size_t limit, const char **why)
+{
+	size_t i = 0;
+
+	while (i < n && ch->state != C_DONE) {
+		unsigned char c = (unsigned char)in[i];
+
+		switch (ch->state) {
+		case C_SIZE:
+			if (isxdigit(c)) {
+				if (ch->digits == 16) {
+					*why = "chunk size overflows";
+					return S_BAD_REQUEST;
+				}
+				ch->size = ch->size << 4 | (uint64_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+				ch->digits++;
+			} else if (ch->digits > 0 && (c == ';' || c == '\r')) {
+				if (ch->size > limit - out->len) {
+					*why = "body larger than --max-body";
+					return S_PAYLOAD_TOO_LARGE;
+				}
+				ch->state = c == ';' ? C_EXT : C_SIZE_LF;
+			} else {
+				*why = "bad chunk size";
+				return S_BAD_REQUEST;
+			}
+			break;
+		case C_EXT:
+			if (c == '\r')
+				ch->state = C_SIZE_LF;
+			else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+				*why = "control byte in chunk extension";
+				return S_BAD_REQUEST;
+			}
+			break;
+		case C_SIZE_LF:
+			if (c != '\n') {
+				*why = "bad chunk size line ending";
+				return S_BAD_REQUEST;
+			}
+			ch->line = 0;
+			ch->digits = 0;
+			ch->state = ch->size == 0 ? C_TRAILER : C_DATA;
+			i++;
+			continue;
+		case C_DATA: {
+			size_t take = n - i < ch->size ? n - i : (size_t)ch->size;
+
+			buf_add(out, in + i, take);
+			ch->size -= take;
+			i += take;
+			if (ch->size == 0)
+				ch->state = C_DATA_CR;
+			continue;
+		}
+		case C_DATA_CR:
+		case C_DATA_LF:
+			if (c != (ch->state == C_DATA_CR ? '\r' : '\n')) {
+				*why = "bad chunk terminator (expected CRLF after chunk data)";
+				return S_BAD_REQUEST;
+			}
+			ch->state = ch->state == C_DATA_CR ? C_DATA_LF : C_SIZE;
+			break;
+		case C_TRAILER:
+			if (c == '\r') {
+				ch->state = C_END_LF;
+				break;
+			}
+			if (++ch->trailer_fields > MAX_HEADER_FIELDS) {
+				*why = "more than 100 trailer fields";
+				return S_HEADERS_TOO_LARGE;
+			}
+			ch->state = C_TRAILER_LINE;
+			continue;  /* look at c as part of the line */
+		case C_TRAILER_LINE:
+			/* Trailer fields are read, checked and thrown away. */
+			if (c == '\r')
+				ch->state = C_TRAILER_LF;
+			else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+				*why = "control byte in trailer";
+				return S_BAD_REQUEST;
+			}
+			break;
+		case C_TRAILER_LF:
+		case C_END_LF:
+			if (c != '\n') {
+				*why = "bare CR in chunked body";
+				return S_BAD_REQUEST;
+			}
+			ch->state = ch->state == C_END_LF ? C_DONE : C_TRAILER;
+			break;
+		case C_DONE:
+			break;
+		}
+		/* One byte of a size or trailer line was taken. */
+		if (ch->state == C_SIZE || ch->state == C_EXT || ch->state == C_SIZE_LF) {
+			if (++ch->line > MAX_CHUNK_LINE) {
+				*why = "chunk size line longer than 1024 bytes";
+				return S_BAD_REQUEST;
+			}
+		} else if (ch->state >= C_TRAILER && ch->state <= C_END_LF) {
+			if (++ch->trailer > MAX_HEADER_BLOCK) {
+				*why = "trailer fields longer than 16384 bytes";
+				return S_HEADERS_TOO_LARGE;
+			}
+		}
+		i++;
+	}
+	*used = i;
+	return ch->state == C_DONE ? S_OK : S_INCOMPLETE;
+}
+
+static int
+hex_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c |= 0x20;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Form-decode (%XX, and '+' as space) s[0, n) into out, at most cap bytes
+ * kept; returns the decoded length, which may exceed cap. A '%' not
+ * followed by two hex digits stays as it is, as Python's decoders leave it. */
+static size_t
+form_decode(const char *s, size_t n, char *out, size_t cap)
+{
+	size_t i, o = 0;
+
+	for (i = 0; i < n; i++, o++) {
+		char c = s[i];
+
+		if (c == '+') {
+			c = ' ';
+		} else if (c == '%' && i + 2 < n && hex_value((unsigned char)s[i + 1]) >= 0 &&
+		    hex_value((unsigned char)s[i + 2]) >= 0) {
+			c = (char)(hex_value((unsigned char)s[i + 1]) << 4 | hex_value((unsigned char)s[i + 2]));
+			i += 2;
+		}
+		if (o < cap)
+			out[o] = c;
+	}
+	return o;
+}
+
+/* Find the first parameter called name in a query string (both sides
+ * form-decoded, pairs split on '&') and decode its value into out.
+ * Returns the value's decoded length (which may exceed cap), or -1 if
+ * there is no such parameter. */
+static long
+query_param(const char *q, size_t n, const char *name, char *out, size_t cap)
+{
+	const char *end = q + n;
+
+	while (q < end) {
+		const char *amp = memchr(q, '&', (size_t)(end - q));
+		const char *pe = amp ? amp : end;
+		const char *eq = memchr(q, '=', (size_t)(pe - q));
+		const char *ke = eq ? eq : pe;
+		char key[64];
+		size_t klen = form_decode(q, (size_t)(ke - q), key, sizeof(key));
+
+		if (klen == strlen(name) && klen <= sizeof(key) && memcmp(key, name, klen) == 0) {
+			if (eq == NULL)
+				return 0;
+			return (long)form_decode(eq + 1, (size_t)(pe - eq - 1), out, cap);
+		}
+		q = amp ? amp + 1 : end;
+	}
+	return -1;
+}
+
+/* Is this decoded token one X could have sent? Base64 and base64url
+ * characters only, 1 to 255 of them: never an event body, so the CRC can
+ * never be made to sign one. */
+static int
+crc_token_ok(const char *t, size_t n)
+{
+	size_t i;
+
+	if (n == 0 || n > MAX_CRC_TOKEN)
+		return 0;
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)t[i];
+
+		if (!isalnum(c) && c != '+' && c != '/' && c != '=' && c != '_' && c != '-')
+			return 0;
+	}
+	return 1;
+}
+
+/* ------------------------------------------------------------------------
+ * Transport: how a connection's bytes move. The HTTP code calls only these
+ * three operations, each with a deadline, so that TLS slots in beside the
+ * plain socket without the HTTP code changing.
+ * ------------------------------------------------------------------------ */
+
+struct conn;
+
+/* What read returns besides a byte count (0 is the peer's end of stream). */
+enum { IO_ERROR = -1, IO_TIMEOUT = -2, IO_WOKEN = -3 };
+
+struct transport {
+	/* Read up to n bytes, waiting until deadline (monotonic ms). If
+	 * wake_fd >= 0, the wait ends with IO_WOKEN when it becomes readable:
+	 * that is how idle connections hear of a shutdown. */
+	ssize_t (*read)(struct conn *c, void *p, size_t n, int64_t deadline, int wake_fd);
+	/* Write all n bytes by deadline: 0, or -1. */
+	int (*write)(struct conn *c, const void *p, size_t n, int64_t deadline);
+	/* End the connection. With linger, stop sending and read what the
+	 * peer still sends for a while first, so that the answer we just gave
+	 * is not destroyed by a TCP reset over unread bytes. */
+	void (*close)(struct conn *c, int linger);
+};
+
+struct conn {
+	int fd;
+	const struct transport *tr;
+	void *tls;                  /* the TLS transport's state */
+	char peer[INET6_ADDRSTRLEN + 8];
+	char *in;                   /* CONN_BUF bytes received */
+	size_t in_len;              /* bytes in it */
+	size_t pos;                 /* bytes the current request has used */
+	struct buf out;             /* the response being sent */
+	struct buf body;            /* the request body */
+	struct buf pretty, compact; /* the event, for each sink */
+};
+
+/* Wait until fd is ready for events (or wake_fd is readable), by deadline. */
+static int
+wait_fd(int fd, short events, int64_t deadline, int wake_fd)
+{
+	struct pollfd pfd[2];
+
+	pfd[0].fd = fd;
+	pfd[0].events = events;
+	pfd[1].fd = wake_fd;
+	pfd[1].events = POLLIN;
+	for (;;) {
+		int64_t left = deadline - now_ms();
+		int r;
+
+		if (left <= 0)
+			return IO_TIMEOUT;
+		r = poll(pfd, wake_fd >= 0 ? 2 : 1, left > INT_MAX ? INT_MAX : (int)left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return IO_ERROR;
+		if (r == 0)
+			continue;  /* the loop re-checks the clock */
+		if (wake_fd >= 0 && pfd[1].revents != 0 && pfd[0].revents == 0)
+			return IO_WOKEN;
+		return 0;
+	}
+}
+
+static ssize_t
+plain_read(struct conn *c, void *p, size_t n, int64_t deadline, int wake_fd)
+{
+	/* Between requests the next one has rarely arrived yet, so wait
+	 * first there, and try the read first everywhere else. */
+	int waited = 0;
+
+	if (wake_fd >= 0) {
+		int w = wait_fd(c->fd, POLLIN, deadline, wake_fd);
+
+		if (w < 0)
+			return w;
+		waited = 1;
+	}
+	for (;;) {
+		ssize_t r = recv(c->fd, p, n, 0);
+
+		if (r >= 0)
+			return r;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return IO_ERROR;
+		r = wait_fd(c->fd, POLLIN, deadline, waited ? wake_fd : -1);
+		if (r < 0)
+			return r;
+	}
+}
+
+static int
+plain_write(struct conn *c, const void *p, size_t n, int64_t deadline)
+{
+	const char *s = p;
+
+	while (n > 0) {
+		ssize_t w = send(c->fd, s, n, MSG_NOSIGNAL);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if ((errno != EAGAIN && errno != EWOULDBLOCK) ||
+			    wait_fd(c->fd, POLLOUT, deadline, -1) < 0)
+				return -1;
+			continue;
+		}
+		s += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static void
+plain_close(struct conn *c, int linger)
+{
+	if (linger && shutdown(c->fd, SHUT_WR) == 0) {
+		int64_t deadline = now_ms() + linger_timeout;
+		size_t thrown = 0;
+		char sink[4096];
+
+		while (thrown < LINGER_BYTES) {
+			ssize_t r = plain_read(c, sink, sizeof(sink), deadline, -1);
+
+			if (r <= 0)
+				break;
+			thrown += (size_t)r;
+		}
+	}
+	close(c->fd);
+}
+
+static const struct transport plain_transport = { plain_read, plain_write, plain_close };
+
+/* ------------------------------------------------------------------------
+ * The webhook: read a request, answer the CRC, verify and emit events,
+ * and write one access-log line per request.
+ * ------------------------------------------------------------------------ */
+
+static struct hmac_key secret_key;   /* the consumer secret, pre-padded */
+static pthread_mutex_t stdout_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t output_lock = PTHREAD_MUTEX_INITIALIZER;
+static int output_fd = -1;
+static int stop_pipe[2] = { -1, -1 };  /* closed to wake idle connections */
+static volatile sig_atomic_t stop_signal;
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t conns_gone;
+static unsigned nconns;               /* connections open, under conns_lock */
+static int stopping;                  /* under conns_lock */
+
+static int
+is_stopping(void)
+{
+	int s;
+
+	pthread_mutex_lock(&conns_lock);
+	s = stopping;
+	pthread_mutex_unlock(&conns_lock);
+	return s;
+}
+
+/* Append s to b as the inside of a JSON string. */
+static void
+json_escape(struct buf *b, const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '"' || c == '\\') {
+			buf_addc(b, '\\');
+			buf_addc(b, (char)c);
+		} else if (c < 0x20 || c == 0x7f) {
+			char e[8];
+
+			snprintf(e, sizeof(e), "\\u%04x", c);
+			buf_adds(b, e);
+		} else {
+			buf_addc(b, (char)c);
+		}
+	}
+}
+
+/* Append s to b for the access log: quotes, backslashes, control bytes
+ * and non-ASCII become \xNN, so nothing a client sends reaches a terminal
+ * raw. */
+static void
+log_escape(struct buf *b, const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+			char e[8];
+
+			snprintf(e, sizeof(e), "\\x%02x", c);
+			buf_adds(b, e);
+		} else {
+			buf_addc(b, (char)c);
+		}
+	}
+}
+
+/* What the access log says of one request. */
+struct outcome {
+	int code;
+	size_t in_bytes, out_bytes;   /* request and response body bytes */
+	const char *sig;              /* for POSTs: "ok", "bad", "missing" */
+	const char *why;              /* for errors */
+};
+
+static void
+access_log(const struct conn *c, const struct request *req, const struct outcome *o, int64_t start_us)
+{
+	struct buf b = { 0 };
+	char stamp[32], num[96];
+	time_t t = time(NULL);
+	struct tm tm;
+	int64_t us = now_us() - start_us;
+
+	if (quiet)
+		return;
+	gmtime_r(&t, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	buf_adds(&b, stamp);
+	buf_addc(&b, ' ');
+	buf_adds(&b, c->peer);
+	buf_adds(&b, " \"");
+	if (req != NULL && req->method_len > 0 && req->target_len > 0) {
+		log_escape(&b, req->method_name, req->method_len);
+		buf_addc(&b, ' ');
+		log_escape(&b, req->target, req->path_len);
+	} else {
+		buf_addc(&b, '-');
+	}
+	snprintf(num, sizeof(num), "\" %d in=%zu out=%zu %lld.%03lldms", o->code, o->in_bytes,
+	    o->out_bytes, (long long)(us / 1000), (long long)(us % 1000));
+	buf_adds(&b, num);
+	if (o->sig != NULL) {
+		buf_adds(&b, " sig=");
+		buf_adds(&b, o->sig);
+	}
+	if (o->why != NULL) {
+		buf_adds(&b, " (");
+		log_escape(&b, o->why, strlen(o->why));
+		buf_addc(&b, ')');
+	}
+	buf_addc(&b, '\n');
+	/* One write per line: lines from different threads never mix. */
+	if (write_all(STDERR_FILENO, b.p, b.len) < 0)
+		(void)0;
+	buf_free(&b);
+}
+
+/* The Date header's value, cached per thread for the current second. */
+static const char *
+http_date(void)
+{
+	static _Thread_local time_t cached = -1;
+	static _Thread_local char text[40];
+	time_t t = time(NULL);
+
+	if (t != cached) {
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(text, sizeof(text), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+		cached = t;
+	}
+	return text;
+}
+
+/* Send one response, built whole so that it leaves in one write. */
+static int
+send_response(struct conn *c, const struct request *req, enum status st, const char *type,
+    const char *body, size_t body_len, const char *extra, int keep)
+{
+	struct buf *o = &c->out;
+	char line[96];
+
+	o->len = 0;
+	snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\nDate: ", statuses[st].code, statuses[st].reason);
+	buf_adds(o, line);
+	buf_adds(o, http_date());
+	if (type != NULL) {
+		buf_adds(o, "\r\nContent-Type: ");
+		buf_adds(o, type);
+	}
+	snprintf(line, sizeof(line), "\r\nContent-Length: %zu\r\n", body_len);
+	buf_adds(o, line);
+	if (extra != NULL)
+		buf_adds(o, extra);
+	if (!keep)
+		buf_adds(o, "Connection: close\r\n");
+	else if (req != NULL && !req->http11)
+		buf_adds(o, "Connection: keep-alive\r\n");
+	buf_adds(o, "\r\n");
+	if (req == NULL || req->method != M_HEAD)
+		buf_add(o, body, body_len);
+	return c->tr->write(c, o->p, o->len, now_ms() + write_timeout);
+}
+
+/* Send {"error":"why"} with st. */
+static void
+send_error(struct conn *c, const struct request *req, enum status st, const char *why,
+    const char *extra, int keep, struct outcome *o)
+{
+	struct buf b = { 0 };
+
+	buf_adds(&b, "{\"error\":\"");
+	json_escape(&b, why, strlen(why));
+	buf_adds(&b, "\"}");
+	send_response(c, req, st, "application/json", b.p, b.len, extra, keep);
+	o->code = statuses[st].code;
+	o->out_bytes = req != NULL && req->method == M_HEAD ? 0 : b.len;
+	o->why = why;
+	buf_free(&b);
+}
+
+/* Read a request head into c->in. S_OK with req filled in; S_INCOMPLETE
+ * when the connection ended quietly between requests (the peer closed, it
+ * stayed idle, or the server is stopping); otherwise the error to answer. */
+static enum status
+read_head(struct conn *c, struct request *req, const char **why)
+{
+	size_t scan = 0, line_end = 0, head_len = 0;
+	int64_t deadline = 0;
+
+	memset(req, 0, sizeof(*req));
+	for (;;) {
+		ssize_t r;
+
+		if (c->in_len > 0) {
+			enum status st;
+
+			if (deadline == 0)
+				deadline = now_ms() + head_timeout;
+			st = http_scan_head(c->in, c->in_len, &scan, &line_end, &head_len, why);
+			if (st == S_OK)
+				return http_parse_head(c->in, head_len, req, why);
+			if (st != S_INCOMPLETE)
+				return st;
+			if (c->in_len == CONN_BUF) {  /* unreachable: the limits are smaller */
+				*why = "request head too large";
+				return S_HEADERS_TOO_LARGE;
+			}
+			r = c->tr->read(c, c->in + c->in_len, CONN_BUF - c->in_len, deadline, -1);
+		} else {
+			r = c->tr->read(c, c->in, CONN_BUF, now_ms() + idle_timeout, stop_pipe[0]);
+		}
+		if (r == IO_TIMEOUT && deadline != 0) {
+			*why = "request head not received within 10 s";
+			return S_REQUEST_TIMEOUT;
+		}
+		if (r <= 0)
+			return S_INCOMPLETE;
+		c->in_len += (size_t)r;
+	}
+}
+
+/* Read the request body into c->body by its deadline. The bytes after the
+ * head in c->in come first. */
+static enum status
+read_body(struct conn *c, const struct request *req, const char **why)
+{
+	int64_t deadline = now_ms() + body_timeout;
+	struct chunked ch;
+
+	c->body.len = 0;
+	c->pos = req->head_len;
+	if (!req->chunked) {
+		size_t need = (size_t)req->content_length, have = c->in_len - c->pos;
+		size_t take = have < need ? have : need;
+
+		buf_reserve(&c->body, need);
+		buf_add(&c->body, c->in + c->pos, take);
+		c->pos += take;
+		while (c->body.len < need) {
+			ssize_t r = c->tr->read(c, c->body.p + c->body.len, need - c->body.len, deadline, -1);
+
+			if (r == IO_TIMEOUT) {
+				*why = "request body not received within 30 s";
+				return S_REQUEST_TIMEOUT;
+			}
+			if (r <= 0) {
+				*why = "connection ended inside the body";
+				return S_BAD_REQUEST;
+			}
+			c->body.len += (size_t)r;
+		}
+		return S_OK;
+	}
+	memset(&ch, 0, sizeof(ch));
+	for (;;) {
+		size_t used = 0;
+		enum status st = chunked_decode(&ch, c->in + c->pos, c->in_len - c->pos, &used,
+		    &c->body, max_body, why);
+		ssize_t r;
+
+		c->pos += used;
+		if (st != S_INCOMPLETE)
+			return st;
+		/* All that was buffered is used: read more in its place. */
+		c->in_len = c->pos;
+		r = c->tr->read(c, c->in + c->in_len, CONN_BUF - c->in_len, deadline, -1);
+		if (r == IO_TIMEOUT) {
+			*why = "request body not received within 30 s";
+			return S_REQUEST_TIMEOUT;
+		}
+		if (r <= 0) {
+			*why = "connection ended inside the body";
+			return S_BAD_REQUEST;
+		}
+		c->in_len += (size_t)r;
+	}
+}
+
+/* Append one line to the --output file, durably: written and fdatasync'd
+ * under a lock, so lines never interleave; on failure the file is cut
+ * back, so no torn or unacknowledged line stays behind. */
+static int
+output_append(const char *p, size_t n)
+{
+	struct stat st;
+	int r = 0;
+
+	pthread_mutex_lock(&output_lock);
+	if (fstat(output_fd, &st) < 0) {
+		r = -1;
+	} else if (write_all(output_fd, p, n) < 0 || fdatasync(output_fd) < 0) {
+		int saved = errno;
+
+		if (S_ISREG(st.st_mode) && ftruncate(output_fd, st.st_size) < 0)
+			warn("cannot cut back %s after a failed write:", output_path);
+		errno = saved;
+		r = -1;
+	}
+	pthread_mutex_unlock(&output_lock);
+	return r;
+}
+
+/* Verify, check and emit the event in c->body. */
+static enum status
+handle_event(struct conn *c, const struct request *req, struct outcome *o, const char **why)
+{
+	static _Thread_local char err[192];   /* outlives the call, for *why */
+	char expected[SIGNATURE_LEN], detail[160];
+	int w;
+
+	signature_of(&secret_key, c->body.p, c->body.len, expected);
+	if (req->signature_len != SIGNATURE_LEN ||
+	    !ct_equal(expected, req->signature, SIGNATURE_LEN)) {
+		o->sig = "bad";
+		*why = "x-twitter-webhooks-signature does not match the body";
+		return S_UNAUTHORIZED;
+	}
+	o->sig = "ok";
+	c->pretty.len = 0;
+	if (json_event(c->body.p, c->body.len, JSON_INDENT, &c->pretty, detail, sizeof(detail)) < 0) {
+		snprintf(err, sizeof(err), "body is not a JSON object: %s", detail);
+		*why = err;
+		return S_BAD_REQUEST;
+	}
+	if (output_fd >= 0) {
+		c->compact.len = 0;
+		json_event(c->body.p, c->body.len, JSON_COMPACT, &c->compact, detail, sizeof(detail));
+		buf_addc(&c->compact, '\n');
+		if (output_append(c->compact.p, c->compact.len) < 0) {
+			warn("cannot append the event to %s:", output_path);
+			*why = "could not write the event to the --output file";
+			return S_INTERNAL_ERROR;
+		}
+	}
+	pthread_mutex_lock(&stdout_lock);
+	w = write_all(STDOUT_FILENO, c->pretty.p, c->pretty.len);
+	pthread_mutex_unlock(&stdout_lock);
+	if (w < 0) {
+		warn("cannot write the event to stdout:");
+		*why = "could not write the event to stdout";
+		return S_INTERNAL_ERROR;
+	}
+	return S_OK;
+}
+
+/* Answer a CRC: the HMAC of the crc_token under the consumer secret. */
+static void
+handle_crc(struct conn *c, const struct request *req, int keep, struct outcome *o)
+{
+	const char *q = memchr(req->target, '?', req->target_len);
+	char token[MAX_CRC_TOKEN + 1], body[64 + SIGNATURE_LEN];
+	long n = -1;
+	size_t len;
+
+	if (q != NULL)
+		n = query_param(q + 1, req->target_len - req->path_len - 1, "crc_token", token, sizeof(token));
+	if (n < 0) {
+		send_error(c, req, S_BAD_REQUEST, "No crc_token", NULL, keep, o);
+		return;
+	}
+	if (!crc_token_ok(token, (size_t)n)) {
+		send_error(c, req, S_BAD_REQUEST,
+		    "crc_token must be 1 to 255 characters of base64 or base64url", NULL, keep, o);
+		return;
+	}
+	memcpy(body, "{\"response_token\":\"", 19);
+	signature_of(&secret_key, token, (size_t)n, body + 19);
+	memcpy(body + 19 + SIGNATURE_LEN, "\"}", 2);
+	len = 19 + SIGNATURE_LEN + 2;
+	send_response(c, req, S_OK, "application/json", body, len, NULL, keep);
+	o->code = 200;
+	o->out_bytes = req->method == M_HEAD ? 0 : len;
+}
+
+/* Answer one request whose head is parsed. Returns 1 if the connection
+ * may carry another; *linger is set when it must close with unread bytes
+ * possibly in flight. */
+static int
+handle_request(struct conn *c, const struct request *req, int64_t start, int *linger)
+{
+	struct outcome o = { 0, 0, 0, NULL, NULL };
+	size_t plen = strlen(webhook_path);
+	int on_path = req->path_len == plen && memcmp(req->target, webhook_path, plen) == 0;
+	int health = req->path_len == 8 && memcmp(req->target, "/healthz", 8) == 0;
+	int has_body = req->chunked || (req->has_length && req->content_length > 0);
+	int keep = req->keep_alive && !is_stopping();
+	const char *why = NULL;
+
+	c->pos = req->head_len;
+	if (on_path && req->method == M_POST && req->signature != NULL &&
+	    !(req->has_length && req->content_length > max_body)) {
+		enum status st;
+
+		if (req->expect_continue && has_body && c->in_len == req->head_len) {
+			static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+			if (c->tr->write(c, cont, sizeof(cont) - 1, now_ms() + write_timeout) < 0)
+				return 0;
+		}
+		st = read_body(c, req, &why);
+		o.in_bytes = c->body.len;
+		if (st == S_OK)
+			st = handle_event(c, req, &o, &why);
+		if (st == S_OK) {
+			send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
+			o.code = 200;
+		} else {
+			/* After a framing error the rest of the stream means
+			 * nothing: answer, then close. */
+			int framing = st == S_BAD_REQUEST && o.sig == NULL;
+
+			if (framing || st == S_PAYLOAD_TOO_LARGE || st == S_REQUEST_TIMEOUT ||
+			    st == S_HEADERS_TOO_LARGE) {
+				keep = 0;
+				*linger = 1;
+			}
+			send_error(c, req, st, why, NULL, keep, &o);
+		}
+		access_log(c, req, &o, start);
+		return keep;
+	}
+
+	/* Every other answer comes from the head alone. A body we do not
+	 * need is not read: the answer goes out and the connection closes. */
+	if (has_body) {
+		keep = 0;
+		*linger = 1;
+	}
+	if (on_path && req->method == M_POST) {
+		if (req->signature == NULL) {
+			o.sig = "missing";
+			send_error(c, req, S_UNAUTHORIZED, "missing x-twitter-webhooks-signature header",
+			    NULL, keep, &o);
+		} else {
+			send_error(c, req, S_PAYLOAD_TOO_LARGE, "body larger than --max-body", NULL, 0, &o);
+			keep = 0;
+		}
+	} else if (on_path && (req->method == M_GET || req->method == M_HEAD)) {
+		handle_crc(c, req, keep, &o);
+	} else if (on_path) {
+		send_error(c, req, S_METHOD_NOT_ALLOWED, "method not allowed",
+		    "Allow: GET, HEAD, POST\r\n", keep, &o);
+	} else if (health && (req->method == M_GET || req->method == M_HEAD)) {
+		send_response(c, req, S_OK, "text/plain", "ok\n", 3, NULL, keep);
+		o.code = 200;
+		o.out_bytes = req->method == M_HEAD ? 0 : 3;
+	} else if (health) {
+		send_error(c, req, S_METHOD_NOT_ALLOWED, "method not allowed", "Allow: GET, HEAD\r\n",
+		    keep, &o);
+	} else {
+		send_error(c, req, S_NOT_FOUND, "not found", NULL, keep, &o);
+	}
+	access_log(c, req, &o, start);
+	return keep;
+}
+
+/* Serve requests on one connection until it ends. Returns whether the
+ * close should linger. */
+static int
+serve_connection(struct conn *c)
+{
+	for (;;) {
+		struct request req;
+		const char *why = NULL;
+		enum status st = read_head(c, &req, &why);
+		int64_t start = now_us();
+		int linger = 0;
+
+		if (st == S_INCOMPLETE)
+			return 0;
+		if (st != S_OK) {
+			struct outcome o = { 0, 0, 0, NULL, NULL };
+
+			send_error(c, req.method_len > 0 ? &req : NULL, st, why, NULL, 0, &o);
+			access_log(c, &req, &o, start);
+			return 1;
+		}
+		if (!handle_request(c, &req, start, &linger))
+			return linger;
+		/* Keep what arrived after this request: the next one. */
+		memmove(c->in, c->in + c->pos, c->in_len - c->pos);
+		c->in_len -= c->pos;
+		c->pos = 0;
+		/* A large body's buffer is not kept for the idle time. */
+		if (c->body.cap > 65536)
+			buf_free(&c->body);
+		if (c->pretty.cap > 65536)
+			buf_free(&c->pretty);
+		if (c->compact.cap > 65536)
+			buf_free(&c->compact);
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * The server: listen, accept, one thread per connection, signals.
+ *
+ * Why threads: each connection is a plain blocking conversation (read a
+ * head, maybe a body, answer), and TLS through BearSSL's blocking I/O fits
+ * the same shape, so the code reads top to bottom with no callbacks. Every
+ * wait is a poll() with a deadline, so a slow or silent client holds only
+ * its own thread (a few pages of stack) and never delays anyone else. At
+ * the connection limit this costs ~1,000 mostly idle threads, which Linux
+ * handles well; an event loop would save memory we do not need to save.
+ * ------------------------------------------------------------------------ */
+
+static void
+on_signal(int sig)
+{
+	stop_signal = sig;
+}
+
+/* Bind and listen on ADDR:PORT, [V6ADDR]:PORT, :PORT or PORT, and put the
+ * URL it serves in url. Dies with one line on failure. */
+static int
+listen_on(const char *spec, char *url, size_t url_len)
+{
+	char host[256], port[16], shown[INET6_ADDRSTRLEN];
+	const char *colon;
+	struct addrinfo hints, *ai;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int fd, one = 1, zero = 0, r;
+	size_t hl;
+
+	if (strspn(spec, "0123456789") == strlen(spec)) {
+		strcpy(host, "0.0.0.0");
+		colon = spec - 1;
+	} else if (spec[0] == '[') {
+		const char *rb = strchr(spec, ']');
+
+		if (rb == NULL || rb[1] != ':')
+			die("bad --listen '%s': expected [IPV6]:PORT", spec);
+		hl = (size_t)(rb - spec - 1);
+		if (hl >= sizeof(host))
+			die("bad --listen '%s': address too long", spec);
+		memcpy(host, spec + 1, hl);
+		host[hl] = '\0';
+		colon = rb + 1;
+	} else {
+		colon = strrchr(spec, ':');
+		if (colon == NULL)
+			die("bad --listen '%s': expected ADDR:PORT or PORT", spec);
+		hl = (size_t)(colon - spec);
+		if (memchr(spec, ':', hl) != NULL)
+			die("bad --listen '%s': put an IPv6 address in brackets, as [::]:8080", spec);
+		if (hl >= sizeof(host))
+			die("bad --listen '%s': address too long", spec);
+		memcpy(host, spec, hl);
+		host[hl] = '\0';
+		if (hl == 0)
+			strcpy(host, "0.0.0.0");
+	}
+	if (strlen(colon + 1) == 0 || strlen(colon + 1) > 5 ||
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1) || atoi(colon + 1) > 65535)
+		die("bad --listen '%s': the port must be a number from 0 to 65535", spec);
+	snprintf(port, sizeof(port), "%s", colon + 1);
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if ((r = getaddrinfo(host, port, &hints, &ai)) != 0)
+		die("cannot listen on %s: %s", spec, gai_strerror(r));
+	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+	if (fd < 0)
+		die("cannot listen on %s: socket:", spec);
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		die("cannot listen on %s: SO_REUSEADDR:", spec);
+	/* [::] takes IPv4 too, whatever the system's default. */
+	if (ai->ai_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) < 0)
+		die("cannot listen on %s: IPV6_V6ONLY:", spec);
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+		die("cannot listen on %s:", spec);
+	freeaddrinfo(ai);
+	if (listen(fd, 1024) < 0)
+		die("cannot listen on %s:", spec);
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+		die("getsockname:");
+	if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &s6->sin6_addr, shown, sizeof(shown));
+		snprintf(url, url_len, "http://[%s]:%u%s", shown, ntohs(s6->sin6_port), webhook_path);
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &s4->sin_addr, shown, sizeof(shown));
+		snprintf(url, url_len, "http://%s:%u%s", shown, ntohs(s4->sin_port), webhook_path);
+	}
+	return fd;
+}
+
+/* "ADDR:PORT" of a peer, for the access log. */
+static void
+format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
+{
+	char a[INET6_ADDRSTRLEN] = "?";
+
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+
+		inet_ntop(AF_INET6, &s6->sin6_addr, a, sizeof(a));
+		snprintf(out, n, "[%s]:%u", a, ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+
+		inet_ntop(AF_INET, &s4->sin_addr, a, sizeof(a));
+		snprintf(out, n, "%s:%u", a, ntohs(s4->sin_port));
+	}
+}
+
+/* Turn a connection away at the limit: a 503, and close. The socket is
+ * fresh, so the short answer fits its send buffer without waiting. */
+static void
+refuse(int fd, const char *peer)
+{
+#define BUSY_BODY "{\"error\":\"too many connections\"}"
+	static const char busy[] =
+	    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+	    "Retry-After: 1\r\nContent-Length: 32\r\nConnection: close\r\n\r\n" BUSY_BODY;
+	struct outcome o = { 503, 0, sizeof(BUSY_BODY) - 1, NULL, "too many connections" };
+	struct conn c;
+	char sink[4096];
+
+	if (send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		o.out_bytes = 0;
+	shutdown(fd, SHUT_WR);
+	while (recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0)
+		;
+	close(fd);
+	memset(&c, 0, sizeof(c));
+	snprintf(c.peer, sizeof(c.peer), "%s", peer);
+	access_log(&c, NULL, &o, now_us());
+#undef BUSY_BODY
+}
+
+static void *
+connection_thread(void *arg)
+{
+	struct conn *c = arg;
+	int linger = serve_connection(c);
+
+	c->tr->close(c, linger);
+	free(c->in);
+	buf_free(&c->out);
+	buf_free(&c->body);
+	buf_free(&c->pretty);
+	buf_free(&c->compact);
+	free(c);
+	pthread_mutex_lock(&conns_lock);
+	if (--nconns == 0)
+		pthread_cond_broadcast(&conns_gone);
+	pthread_mutex_unlock(&conns_lock);
+	return NULL;
+}
+
+/* Give an accepted socket its own thread, or refuse it at the limit. */
+static void
+start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t *attr)
+{
+	struct conn *c;
+	pthread_t t;
+	char peer[sizeof(c->peer)];
+	int one = 1;
+
+	format_peer(ss, peer, sizeof(peer));
+	pthread_mutex_lock(&conns_lock);
+	if (nconns >= max_conns) {
+		pthread_mutex_unlock(&conns_lock);
+		refuse(fd, peer);
+		return;
+	}
+	nconns++;
+	pthread_mutex_unlock(&conns_lock);
+
+	/* Each response leaves in one write; Nagle would only delay it. */
+	if (ss->ss_family != AF_UNIX)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c = xmalloc(sizeof(*c));
+	memset(c, 0, sizeof(*c));
+	c->fd = fd;
+	c->tr = &plain_transport;
+	memcpy(c->peer, peer, sizeof(peer));
+	c->in = xmalloc(CONN_BUF);
+	if (pthread_create(&t, attr, connection_thread, c) != 0) {
+		free(c->in);
+		free(c);
+		pthread_mutex_lock(&conns_lock);
+		nconns--;
+		pthread_mutex_unlock(&conns_lock);
+		refuse(fd, peer);
+	}
+}
+
+/* Accept until SIGINT or SIGTERM, then let requests in flight finish. */
+static int
+serve(int lfd)
+{
+	sigset_t block, open_mask;
+	struct sigaction sa;
+	pthread_attr_t attr;
+	pthread_condattr_t ca;
+	struct timespec until;
+	unsigned left;
+	int paused = 0;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&conns_gone, &ca);
+	if (pipe2(stop_pipe, O_CLOEXEC) < 0)
+		die("pipe:");
+	/* The signals are blocked everywhere but in the ppoll() below, so
+	 * no connection thread is ever interrupted by one. */
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &block, &open_mask);
+	sigdelset(&open_mask, SIGINT);
+	sigdelset(&open_mask, SIGTERM);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, thread_stack);
+
+	while (!stop_signal) {
+		struct pollfd pfd;
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd;
+
+		if (paused) {
+			/* Out of descriptors: wait for some to free up,
+			 * rather than spin on a listening socket we cannot
+			 * drain. */
+			struct timespec pause = { 0, 100 * 1000 * 1000 };
+
+			ppoll(NULL, 0, &pause, &open_mask);
+			paused = 0;
+			continue;
+		}
+		pfd.fd = lfd;
+		pfd.events = POLLIN;
+		if (ppoll(&pfd, 1, NULL, &open_mask) < 0) {
+			if (errno == EINTR)
+				continue;
+			die("poll:");
+		}
+		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				warn("accept:");
+				paused = 1;
+			}
+			continue;  /* EAGAIN, ECONNABORTED, EINTR and the like */
+		}
+		start_connection(fd, &ss, &attr);
+	}
+
+	close(lfd);
+	pthread_mutex_lock(&conns_lock);
+	stopping = 1;
+	left = nconns;
+	pthread_mutex_unlock(&conns_lock);
+	close(stop_pipe[1]);
+	warn("%s: stopping; %u connection(s) open", stop_signal == SIGINT ? "SIGINT" : "SIGTERM", left);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += drain_timeout / 1000;
+	pthread_mutex_lock(&conns_lock);
+	while (nconns > 0 && pthread_cond_timedwait(&conns_gone, &conns_lock, &until) != ETIMEDOUT)
+		;
+	left = nconns;
+	pthread_mutex_unlock(&conns_lock);
+	if (left > 0) {
+		warn("stopped with %u connection(s) unfinished after %d s", left, (int)(drain_timeout / 1000));
+		_exit(0);  /* their threads still run: do not tear down under them */
+	}
+	warn("stopped");
+	pthread_attr_destroy(&attr);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Secrets and the --output file.
+ * ------------------------------------------------------------------------ */
+
+/* Load the consumer secret from --secret-file or the environment, never
+ * from argv, where ps would show it. Dies with status 1 if there is none. */
+static void
+load_secret(void)
+{
+	struct buf b = { 0 };
+
+	if (secret_file != NULL) {
+		int fd = open(secret_file, O_RDONLY | O_CLOEXEC);
+
+		if (fd < 0)
+			die("cannot read --secret-file %s:", secret_file);
+		if (read_all(fd, &b) < 0)
+			die("cannot read --secret-file %s:", secret_file);
+		close(fd);
+		/* Editors end files with a newline that is no part of it. */
+		if (b.len > 0 && b.p[b.len - 1] == '\n')
+			b.len--;
+		if (b.len > 0 && b.p[b.len - 1] == '\r')
+			b.len--;
+		if (b.len == 0)
+			die("--secret-file %s is empty", secret_file);
+	} else {
+		static const char *const names[] = { "TWITTER_CONSUMER_SECRET", "CONSUMER_SECRET" };
+		size_t i;
+
+		for (i = 0; i < 2; i++) {
+			char *v = getenv(names[i]);
+
+			if (v != NULL && *v != '\0') {
+				if (b.len == 0)
+					buf_adds(&b, v);
+				/* Out of /proc/PID/environ too. */
+				memset(v, 0, strlen(v));
+			}
+		}
+		if (b.len == 0)
+			die("no consumer secret: set TWITTER_CONSUMER_SECRET (or CONSUMER_SECRET) "
+			    "in the environment, or use --secret-file FILE");
+	}
+	hmac_key_init(&secret_key, b.p, b.len);
+	memset(b.p, 0, b.cap);
+	buf_free(&b);
+}
+
+/* Open --output for appending. A last line torn by a crash (kill -9 in
+ * the middle of a write) was never acknowledged, so X will send that
+ * event again: cut it off, so every line in the file is whole. */
+static void
+open_output(void)
+{
+	struct stat st;
+	off_t end, keep = 0;
+	char tail[4096];
+
+	output_fd = open(output_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (output_fd < 0)
+		die("cannot open --output %s:", output_path);
+	if (fstat(output_fd, &st) < 0)
+		die("cannot stat --output %s:", output_path);
+	if (!S_ISREG(st.st_mode) || st.st_size == 0)
+		return;
+	{
+		int rfd = open(output_path, O_RDONLY | O_CLOEXEC);
+
+		if (rfd < 0)
+			die("cannot read --output %s:", output_path);
+		for (end = st.st_size; end > 0 && keep == 0;) {
+			size_t n = end < (off_t)sizeof(tail) ? (size_t)end : sizeof(tail);
+			ssize_t r = pread(rfd, tail, n, end - (off_t)n);
+			ssize_t k;
+
+			if (r != (ssize_t)n)
+				die("cannot read --output %s:", output_path);
+			for (k = r - 1; k >= 0; k--)
+				if (tail[k] == '\n')
+					break;
+			if (k >= 0)
+				keep = end - (off_t)n + k + 1;
+			end -= (off_t)n;
+			if (end == 0 && keep == 0)
+				break;
+		}
+		close(rfd);
+	}
+	if (keep < st.st_size) {
+		warn("--output %s ends in a torn line: cutting %lld byte(s) a crash left behind",
+		    output_path, (long long)(st.st_size - keep));
+		if (ftruncate(output_fd, keep) < 0)
+			die("cannot cut back --output %s:", output_path);
+	}
+}
+
+/* Make room for max_conns descriptors, as far as the hard limit allows. */
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)max_conns + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
+		warn("open-file limit %llu is below --max-conns %u plus 64; raise it (ulimit -n)",
+		    (unsigned long long)rl.rlim_cur, max_conns);
+}
+
+/* ------------------------------------------------------------------------
+ * Subcommands: crc, sign, fmt.
+ * ------------------------------------------------------------------------ */
+
+/* Read FILE ("-" or NULL for stdin) whole; dies on failure. */
+static void
+slurp(const char *path, struct buf *b)
+{
+	int fd = STDIN_FILENO;
+
+	if (path != NULL && strcmp(path, "-") != 0 && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		die("cannot open %s:", path);
+	if (read_all(fd, b) < 0)
+		die("cannot read %s:", path ? path : "stdin");
+	if (fd != STDIN_FILENO)
+		close(fd);
+}
+
+static int
+cmd_crc(const char *token)
+{
+	char out[64 + SIGNATURE_LEN];
+
+	load_secret();
+	memcpy(out, "{\"response_token\":\"", 19);
+	signature_of(&secret_key, token, strlen(token), out + 19);
+	memcpy(out + 19 + SIGNATURE_LEN, "\"}\n", 3);
+	if (write_all(STDOUT_FILENO, out, 19 + SIGNATURE_LEN + 3) < 0)
+		die("stdout:");
+	return 0;
+}
+
+static int
+cmd_sign(const char *path)
+{
+	struct buf b = { 0 };
+	char sig[SIGNATURE_LEN + 1];
+
+	load_secret();
+	slurp(path, &b);
+	signature_of(&secret_key, b.p, b.len, sig);
+	sig[SIGNATURE_LEN] = '\n';
+	if (write_all(STDOUT_FILENO, sig, sizeof(sig)) < 0)
+		die("stdout:");
+	buf_free(&b);
+	return 0;
+}
+
+/* Pretty-print a stream of JSON values as the server prints events,
+ * reading and writing in blocks so that memory stays flat. */
+static int
+cmd_fmt(const char *path)
+{
+	static char in[1 << 16];
+	struct buf out = { 0 };
+	struct json j;
+	int fd = STDIN_FILENO, ok = 0;
+
+	if (path != NULL && strcmp(path, "-") != 0 && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		die("cannot open %s:", path);
+	json_init(&j, JSON_INDENT, &out);
+	j.stream = 1;
+	for (;;) {
+		ssize_t r = read(fd, in, sizeof(in));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			die("cannot read %s:", path ? path : "stdin");
+		if (r == 0) {
+			ok = json_finish(&j) == 0;
+			break;
+		}
+		ok = json_feed(&j, in, (size_t)r) == 0;
+		if (out.len >= sizeof(in) || !ok) {
+			if (write_all(STDOUT_FILENO, out.p, out.len) < 0)
+				die("stdout:");
+			out.len = 0;
+		}
+		if (!ok)
+			break;
+	}
+	if (write_all(STDOUT_FILENO, out.p, out.len) < 0)
+		die("stdout:");
+	buf_free(&out);
+	if (fd != STDIN_FILENO)
+		close(fd);
+	if (!ok) {
+		fprintf(stderr, "%s: line %lu, column %lu: %s\n", progname, j.err_line, j.err_col, j.error);
+		return 1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The command line.
+ * ------------------------------------------------------------------------ */
+
+static void
+usage(FILE *f)
+{
+	fputs(
+"usage: xwebhook [options]          run the webhook server\n"
+"       xwebhook crc TOKEN          print the JSON body X expects for crc_token TOKEN\n"
+"       xwebhook sign [FILE]        print the x-twitter-webhooks-signature for FILE (or stdin)\n"
+"       xwebhook fmt [FILE]         pretty-print JSON as the server prints events\n"
+"       xwebhook --help | --version\n"
+"\n"
+"The consumer secret (the app's API Key Secret) comes from TWITTER_CONSUMER_SECRET,\n"
+"else CONSUMER_SECRET, in the environment, or from --secret-file; never from argv.\n"
+"\n"
+"options:\n"
+"  -l, --listen ADDR:PORT   address to serve (default 0.0.0.0:8080; [::]:8080 for IPv6,\n"
+"                           a bare PORT for all IPv4 addresses, port 0 for any free port)\n"
+"  -p, --path PATH          the webhook's path (default /webhooks/twitter)\n"
+"  -o, --output FILE        also append each event to FILE as one compact JSON line,\n"
+"                           synced to disk before X is told it arrived\n"
+"      --secret-file FILE   read the consumer secret from FILE (one trailing newline dropped)\n"
+"      --max-body BYTES     largest event body (default 1M; K and M suffixes; at most 1G)\n"
+"      --max-conns N        most connections at once; more get 503 (default 1024)\n"
+"  -q, --quiet              no access log on stderr\n"
+"  -h, --help               this text\n"
+"  -V, --version            the version\n"
+"\n"
+"stdout carries the events and nothing else; the startup line, the access log and\n"
+"errors go to stderr.\n", f);
+}
+
+/* Parse a byte count with an optional K, M or G suffix (powers of 1024). */
+static size_t
+parse_size(const char *s, const char *opt)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	if (!isdigit((unsigned char)s[0]))
+		die("bad %s '%s': expected a number of bytes", opt, s);
+	v = strtoull(s, &end, 10);
+	if (errno == 0 && *end != '\0' && end[1] == '\0') {
+		switch (*end | 0x20) {
+		case 'k': v = v > (1ULL << 40) ? 1ULL << 62 : v << 10; end++; break;
+		case 'm': v = v > (1ULL << 40) ? 1ULL << 62 : v << 20; end++; break;
+		case 'g': v = v > (1ULL << 40) ? 1ULL << 62 : v << 30; end++; break;
+		}
+	}
+	if (errno != 0 || *end != '\0' || v == 0 || v > (1ULL << 30))
+		die("bad %s '%s': expected 1 to 1G bytes", opt, s);
+	return (size_t)v;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *args[3] = { NULL, NULL, NULL };
+	char url[INET6_ADDRSTRLEN + 300];
+	int nargs = 0, i, lfd;
+
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i], *eq = NULL, *val = NULL;
+		char name[32];
+		size_t nl;
+
+		if (a[0] != '-' || strcmp(a, "-") == 0) {
+			if (nargs == 3)
+				die("too many arguments (see xwebhook --help)");
+			args[nargs++] = a;
+			continue;
+		}
+		if (strcmp(a, "--") == 0) {
+			while (++i < argc && nargs < 3)
+				args[nargs++] = argv[i];
+			if (i < argc)
+				die("too many arguments (see xwebhook --help)");
+			break;
+		}
+		/* --name=value, or --name value, or -x value. */
+		if (a[1] == '-' && (eq = strchr(a, '=')) != NULL)
+			val = eq + 1;
+		nl = eq ? (size_t)(eq - a) : strlen(a);
+		if (nl >= sizeof(name))
+			die("unknown option '%s' (see xwebhook --help)", a);
+		memcpy(name, a, nl);
+		name[nl] = '\0';
+#define OPT(s, l) (strcmp(name, s) == 0 || strcmp(name, l) == 0)
+#define VALUE() (val != NULL ? val : i + 1 < argc ? (val = argv[++i]) : \
+	(die("option %s needs a value (see xwebhook --help)", name), ""))
+		if (OPT("-h", "--help")) {
+			usage(stdout);
+			return 0;
+		} else if (OPT("-V", "--version")) {
+			printf("xwebhook %s (plain HTTP; built without TLS)\n", XWEBHOOK_VERSION);
+			return 0;
+		} else if (OPT("-q", "--quiet")) {
+			quiet = 1;
+		} else if (OPT("-l", "--listen")) {
+			listen_spec = VALUE();
+		} else if (OPT("-p", "--path")) {
+			const char *p = VALUE(), *k;
+
+			for (k = p; *k; k++)
+				if ((unsigned char)*k <= 0x20 || (unsigned char)*k >= 0x7f || *k == '?' || *k == '#')
+					break;
+			if (p[0] != '/' || *k != '\0')
+				die("bad --path '%s': expected a path starting with '/', without '?' or spaces", p);
+			webhook_path = p;
+		} else if (OPT("-o", "--output")) {
+			output_path = VALUE();
+		} else if (OPT("--secret-file", "--secret-file")) {
+			secret_file = VALUE();
+		} else if (OPT("--max-body", "--max-body")) {
+			max_body = parse_size(VALUE(), "--max-body");
+		} else if (OPT("--max-conns", "--max-conns")) {
+			const char *v = VALUE();
+			char *end;
+			long n;
+
+			errno = 0;
+			n = strtol(v, &end, 10);
+			if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 100000)
+				die("bad --max-conns '%s': expected 1 to 100000", v);
+			max_conns = (unsigned)n;
+		} else if (OPT("--secret", "-s")) {
+			die("the secret is never taken from the command line, where ps shows it: "
+			    "set TWITTER_CONSUMER_SECRET or use --secret-file FILE");
+		} else {
+			die("unknown option '%s' (see xwebhook --help)", a);
+		}
+#undef OPT
+#undef VALUE
+	}
+
+	signal(SIGPIPE, SIG_IGN);
+	if (args[0] != NULL) {
+		if (strcmp(args[0], "crc") == 0 && nargs == 2)
+			return cmd_crc(args[1]);
+		if (strcmp(args[0], "sign") == 0 && nargs <= 2)
+			return cmd_sign(args[1]);
+		if (strcmp(args[0], "fmt") == 0 && nargs <= 2)
+			return cmd_fmt(args[1]);
+		if (strcmp(args[0], "crc") == 0)
+			die("usage: xwebhook crc TOKEN");
+		if (strcmp(args[0], "sign") == 0 || strcmp(args[0], "fmt") == 0)
+			die("usage: xwebhook %s [FILE]", args[0]);
+		die("unknown command '%s' (see xwebhook --help)", args[0]);
+	}
+
+	load_secret();
+	if (output_path != NULL)
+		open_output();
+	raise_fd_limit();
+	lfd = listen_on(listen_spec, url, sizeof(url));
+	warn("serving %s (events to stdout%s%s)", url, output_path ? " and " : "",
+	    output_path ? output_path : "");
+	return serve(lfd);
+}
