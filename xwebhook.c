@@ -182,6 +182,8 @@ buf_reserve(struct buf *b, size_t more)
 static void
 buf_add(struct buf *b, const void *p, size_t n)
 {
+	if (n == 0)
+		return;  /* p and b->p may both be NULL */
 	buf_reserve(b, n);
 	memcpy(b->p + b->len, p, n);
 	b->len += n;
@@ -925,8 +927,8 @@ json_finish(struct json *j)
 	case J_ERROR:
 		return -1;
 	case J_NUMBER:
-		if (j->depth == 0 && (j->number == N_ZERO || j->number == N_INT ||
-		    j->number == N_FRAC || j->number == N_EXP_DIGITS)) {
+		if (j->number == N_ZERO || j->number == N_INT ||
+		    j->number == N_FRAC || j->number == N_EXP_DIGITS) {
 			json_value_done(j);
 			return json_finish(j);
 		}
@@ -1068,6 +1070,15 @@ http_scan_head(const char *buf, size_t len, size_t *scan, size_t *line_end, size
 	for (k = *scan; k < len; k++) {
 		unsigned char c = (unsigned char)buf[k];
 
+		/* A line of 8192 bytes has its CRLF at 8192 and 8193. */
+		if (*line_end == 0 && k >= MAX_REQUEST_LINE + 1 && c != '\n') {
+			*why = "request line longer than 8192 bytes";
+			return S_URI_TOO_LONG;
+		}
+		if (*line_end != 0 && k + 1 - *line_end > MAX_HEADER_BLOCK) {
+			*why = "header fields longer than 16384 bytes";
+			return S_HEADERS_TOO_LARGE;
+		}
 		if (k > 0 && buf[k - 1] == '\r' && c != '\n') {
 			*why = "bare CR in request head";
 			return S_BAD_REQUEST;
@@ -1088,15 +1099,6 @@ http_scan_head(const char *buf, size_t len, size_t *scan, size_t *line_end, size
 		} else if ((c < 0x20 && c != '\t' && c != '\r') || c == 0x7f) {
 			*why = "control byte in request head";
 			return S_BAD_REQUEST;
-		}
-		if (*line_end == 0 && k >= MAX_REQUEST_LINE + 1) {
-			/* 8192 bytes and a CR would end at k == 8192. */
-			*why = "request line longer than 8192 bytes";
-			return S_URI_TOO_LONG;
-		}
-		if (*line_end != 0 && k + 1 - *line_end > MAX_HEADER_BLOCK) {
-			*why = "header fields longer than 16384 bytes";
-			return S_HEADERS_TOO_LARGE;
 		}
 	}
 	*scan = len;

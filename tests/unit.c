@@ -1,0 +1,741 @@
+/*
+ * Unit tests for xwebhook. The server file is included whole, darkhttpd's
+ * way, so these reach its static functions with no header in between.
+ * Known answers come from the standards: FIPS 180-4 examples for SHA-256,
+ * RFC 4231 for HMAC-SHA256, RFC 4648 for base64.
+ */
+#define main xwebhook_main
+#include "../xwebhook.c"
+#undef main
+
+static int passed, failed;
+
+#define CHECK(cond, ...) do { \
+	if (cond) { \
+		passed++; \
+	} else { \
+		failed++; \
+		fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+		fprintf(stderr, __VA_ARGS__); \
+		fputc('\n', stderr); \
+	} \
+} while (0)
+
+static void
+hex(const unsigned char *p, size_t n, char *out)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		sprintf(out + 2 * i, "%02x", p[i]);
+	out[2 * n] = '\0';
+}
+
+static size_t
+unhex(const char *s, unsigned char *out)
+{
+	size_t n = 0;
+
+	for (; s[0] && s[1]; s += 2)
+		out[n++] = (unsigned char)(hex_value((unsigned char)s[0]) << 4 | hex_value((unsigned char)s[1]));
+	return n;
+}
+
+/* ---- SHA-256 ---- */
+
+static void
+sha256_hex(const void *p, size_t n, size_t split, char out[65])
+{
+	struct sha256 s;
+	unsigned char d[32];
+
+	sha256_init(&s);
+	if (split > n)
+		split = n;
+	sha256_update(&s, p, split);
+	sha256_update(&s, (const char *)p + split, n - split);
+	sha256_final(&s, d);
+	hex(d, 32, out);
+}
+
+static void
+test_sha256(void)
+{
+	static const struct { const char *msg, *digest; } v[] = {
+		{ "abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" },
+		{ "", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" },
+		{ "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+		  "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1" },
+		{ "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu",
+		  "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1" },
+	};
+	char out[65];
+	size_t i, split;
+	struct sha256 s;
+	unsigned char d[32], block[1000];
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		/* Every split point: the block buffering must not matter. */
+		for (split = 0; split <= strlen(v[i].msg); split++) {
+			sha256_hex(v[i].msg, strlen(v[i].msg), split, out);
+			if (strcmp(out, v[i].digest) != 0)
+				break;
+		}
+		CHECK(split > strlen(v[i].msg), "sha256(\"%s\") split %zu = %s", v[i].msg, split, out);
+	}
+	/* A million 'a', fed in 1000-byte pieces. */
+	memset(block, 'a', sizeof(block));
+	sha256_init(&s);
+	for (i = 0; i < 1000; i++)
+		sha256_update(&s, block, sizeof(block));
+	sha256_final(&s, d);
+	hex(d, 32, out);
+	CHECK(strcmp(out, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0") == 0,
+	    "sha256(million a) = %s", out);
+	/* Lengths around the padding boundary (55, 56, 63, 64 bytes) against
+	 * one-shot hashing of the same bytes fed one at a time. */
+	for (i = 50; i < 70; i++) {
+		char a[65], b[65];
+		size_t k;
+
+		sha256_hex(block, i, 0, a);
+		sha256_init(&s);
+		for (k = 0; k < i; k++)
+			sha256_update(&s, block, 1);
+		sha256_final(&s, d);
+		hex(d, 32, b);
+		CHECK(strcmp(a, b) == 0, "sha256 of %zu bytes differs when fed bytewise", i);
+	}
+}
+
+/* ---- HMAC-SHA256, RFC 4231 section 4 ---- */
+
+static void
+test_hmac(void)
+{
+	static const struct { const char *key, *data, *mac; } v[] = {
+		{ "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "4869205468657265",
+		  "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7" },
+		{ "4a656665", "7768617420646f2079612077616e7420666f72206e6f7468696e673f",
+		  "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843" },
+		{ "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+		  "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd",
+		  "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe" },
+		{ "0102030405060708090a0b0c0d0e0f10111213141516171819",
+		  "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+		  "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b" },
+		/* Case 5 is truncated to 128 bits. */
+		{ "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c", "546573742057697468205472756e636174696f6e",
+		  "a3b6167473100ee06e0c796c2955552b" },
+		{ NULL,  /* 131 bytes of 0xaa */
+		  "54657374205573696e67204c6172676572205468616e20426c6f636b2d53697a65204b6579202d2048617368204b6579204669727374",
+		  "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54" },
+		{ NULL,  /* 131 bytes of 0xaa */
+		  "5468697320697320612074657374207573696e672061206c6172676572207468616e20626c6f636b2d73697a65206b657920616e642061206c6172676572207468616e20626c6f636b2d73697a6520646174612e20546865206b6579206e6565647320746f20626520686173686564206265666f7265206265696e6720757365642062792074686520484d414320616c676f726974686d2e",
+		  "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2" },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		unsigned char key[200], data[300], mac[32];
+		char out[65];
+		size_t kl, dl = unhex(v[i].data, data);
+		struct hmac_key k;
+
+		if (v[i].key != NULL) {
+			kl = unhex(v[i].key, key);
+		} else {
+			kl = 131;
+			memset(key, 0xaa, kl);
+		}
+		hmac_key_init(&k, key, kl);
+		hmac_sha256(&k, data, dl, mac);
+		hex(mac, 32, out);
+		CHECK(strncmp(out, v[i].mac, strlen(v[i].mac)) == 0, "RFC 4231 case %zu: %s", i + 1, out);
+	}
+}
+
+/* ---- base64, RFC 4648 section 10, and the CRC answer ---- */
+
+static void
+test_base64(void)
+{
+	static const char *const v[][2] = {
+		{ "", "" }, { "f", "Zg==" }, { "fo", "Zm8=" }, { "foo", "Zm9v" },
+		{ "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" }, { "foobar", "Zm9vYmFy" },
+	};
+	static const unsigned char high[3] = { 0xfb, 0xff, 0xfe };
+	char out[16], sig[SIGNATURE_LEN + 1];
+	struct hmac_key k;
+	size_t i, n;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		n = base64_encode((const unsigned char *)v[i][0], strlen(v[i][0]), out);
+		out[n] = '\0';
+		CHECK(strcmp(out, v[i][1]) == 0, "base64(\"%s\") = \"%s\"", v[i][0], out);
+	}
+	/* The standard alphabet's last two characters, not base64url's. */
+	n = base64_encode(high, 3, out);
+	out[n] = '\0';
+	CHECK(strcmp(out, "+//+") == 0, "base64(fb ff fe) = %s", out);
+
+	/* The test vector from X's documentation. */
+	hmac_key_init(&k, "secret", 6);
+	signature_of(&k, "foo", 3, sig);
+	sig[SIGNATURE_LEN] = '\0';
+	CHECK(strcmp(sig, "sha256=dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ=") == 0, "crc(foo) = %s", sig);
+	CHECK(ct_equal("abcd", "abcd", 4) && !ct_equal("abcd", "abce", 4) && !ct_equal("xbcd", "abcd", 4),
+	    "ct_equal");
+}
+
+/* ---- JSON ---- */
+
+/* Run the indenter over the whole of in; returns 0 and the output, or -1
+ * and "line L, column C: why" in out. */
+static int
+json_run(const char *in, size_t n, enum json_style style, int stream, int bytewise, struct buf *out)
+{
+	struct json j;
+	int r = 0;
+	size_t i;
+
+	out->len = 0;
+	json_init(&j, style, out);
+	j.stream = stream;
+	if (bytewise) {
+		for (i = 0; i < n && r == 0; i++)
+			r = json_feed(&j, in + i, 1);
+	} else {
+		r = json_feed(&j, in, n);
+	}
+	if (r == 0)
+		r = json_finish(&j);
+	if (r < 0) {
+		char msg[200];
+
+		snprintf(msg, sizeof(msg), "line %lu, column %lu: %s", j.err_line, j.err_col, j.error);
+		out->len = 0;
+		buf_adds(out, msg);
+	}
+	buf_addc(out, '\0');
+	return r;
+}
+
+static void
+expect_json(const char *in, const char *indented, const char *compact)
+{
+	struct buf out = { 0 };
+	int bytewise;
+
+	for (bytewise = 0; bytewise < 2; bytewise++) {
+		int r = json_run(in, strlen(in), JSON_INDENT, 0, bytewise, &out);
+
+		CHECK(r == 0 && strcmp(out.p, indented) == 0, "indent %s (bytewise %d): got [%s]",
+		    in, bytewise, out.p);
+		r = json_run(in, strlen(in), JSON_COMPACT, 0, bytewise, &out);
+		CHECK(r == 0 && strcmp(out.p, compact) == 0, "compact %s: got [%s]", in, out.p);
+	}
+	buf_free(&out);
+}
+
+static void
+expect_json_error(const char *in, size_t n, const char *msg)
+{
+	struct buf out = { 0 };
+	int bytewise;
+
+	for (bytewise = 0; bytewise < 2; bytewise++) {
+		int r = json_run(in, n, JSON_INDENT, 0, bytewise, &out);
+
+		CHECK(r < 0 && strcmp(out.p, msg) == 0, "error for [%.*s]: want [%s], got [%s]",
+		    (int)n, in, msg, out.p);
+		r = json_run(in, n, JSON_CHECK, 0, bytewise, &out);
+		CHECK(r < 0 && strcmp(out.p, msg) == 0, "check-only error for [%.*s]: got [%s]",
+		    (int)n, in, out.p);
+	}
+	buf_free(&out);
+}
+
+static void
+test_json(void)
+{
+	struct buf out = { 0 }, deep = { 0 };
+	char err[200];
+	int i;
+
+	/* Layout: Python's json.dumps(obj, indent=2), then a newline. */
+	expect_json("{}", "{}\n", "{}");
+	expect_json("[]", "[]\n", "[]");
+	expect_json(" { \"a\" : 1 } ", "{\n  \"a\": 1\n}\n", "{\"a\":1}");
+	expect_json("{\"a\":[1,2,{}],\"b\":{\"c\":[]},\"d\":[[]]}",
+	    "{\n  \"a\": [\n    1,\n    2,\n    {}\n  ],\n  \"b\": {\n    \"c\": []\n  },\n  \"d\": [\n    []\n  ]\n}\n",
+	    "{\"a\":[1,2,{}],\"b\":{\"c\":[]},\"d\":[[]]}");
+	expect_json("[true,false,null]", "[\n  true,\n  false,\n  null\n]\n", "[true,false,null]");
+	/* Tokens are copied byte for byte: escapes, \/, surrogate pairs,
+	 * raw UTF-8, integers past 2^53, exponents. */
+	expect_json("{\"t\":\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"}",
+	    "{\n  \"t\": \"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"\n}\n",
+	    "{\"t\":\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"}");
+	expect_json("[\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xe4\xb8\xad\"]",
+	    "[\n  \"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xe4\xb8\xad\"\n]\n",
+	    "[\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xe4\xb8\xad\"]");
+	expect_json("[1234567890123456789012345678901234567890,-0,0.5,1e10,1E-5,-12.5e+3,9007199254740993]",
+	    "[\n  1234567890123456789012345678901234567890,\n  -0,\n  0.5,\n  1e10,\n  1E-5,\n  -12.5e+3,\n  9007199254740993\n]\n",
+	    "[1234567890123456789012345678901234567890,-0,0.5,1e10,1E-5,-12.5e+3,9007199254740993]");
+	expect_json("\"\"", "\"\"\n", "\"\"");
+	expect_json("0", "0\n", "0");
+	expect_json("\r\n\t[ 1 ,\n 2 ]\n", "[\n  1,\n  2\n]\n", "[1,2]");
+
+	/* Every kind of invalid input, with its position. */
+	expect_json_error("", 0, "line 1, column 1: expected a value, found end of input");
+	expect_json_error("   ", 3, "line 1, column 4: expected a value, found end of input");
+	expect_json_error("{\"a\" 1}", 7, "line 1, column 6: expected ':'");
+	expect_json_error("{\"a\":1,}", 8, "line 1, column 8: expected a string key");
+	expect_json_error("{,}", 3, "line 1, column 2: expected a string key or '}'");
+	expect_json_error("{1:2}", 5, "line 1, column 2: expected a string key or '}'");
+	expect_json_error("[1,]", 4, "line 1, column 4: expected a value");
+	expect_json_error("[1 2]", 5, "line 1, column 4: expected ',' or ']'");
+	expect_json_error("{\"a\":1]", 7, "line 1, column 7: expected ',' or '}'");
+	expect_json_error("[1}", 3, "line 1, column 3: expected ',' or ']'");
+	expect_json_error("{\n  \"a\": tru\n}", 14, "line 2, column 11: invalid literal (expected true, false or null)");
+	expect_json_error("nul", 3, "line 1, column 4: invalid literal (expected true, false or null), found end of input");
+	expect_json_error("[01]", 4, "line 1, column 3: leading zero in number");
+	expect_json_error("[-]", 3, "line 1, column 3: expected a digit");
+	expect_json_error("[1.]", 4, "line 1, column 4: expected a digit");
+	expect_json_error("[1e]", 4, "line 1, column 4: expected a digit");
+	expect_json_error("[1e+]", 5, "line 1, column 5: expected a digit");
+	expect_json_error("[.5]", 4, "line 1, column 2: expected a value");
+	expect_json_error("[+1]", 4, "line 1, column 2: expected a value");
+	expect_json_error("1.", 2, "line 1, column 3: expected a digit, found end of input");
+	expect_json_error("[NaN]", 5, "line 1, column 2: expected a value");
+	expect_json_error("['a']", 5, "line 1, column 2: expected a value");
+	expect_json_error("{} {}", 5, "line 1, column 4: expected end of input");
+	expect_json_error("[\"a\tb\"]", 7, "line 1, column 4: control character in string (expected \\u escape)");
+	expect_json_error("[\"\\x\"]", 6, "line 1, column 4: invalid escape in string");
+	expect_json_error("[\"\\u12G4\"]", 10, "line 1, column 7: expected 4 hex digits after \\u");
+	expect_json_error("[\"abc", 5, "line 1, column 6: expected '\"', found end of input");
+	expect_json_error("[1,", 3, "line 1, column 4: expected a value, found end of input");
+	expect_json_error("{\"a\":1", 6, "line 1, column 7: expected ',' or '}', found end of input");
+	expect_json_error("[\"\0\"]", 5, "line 1, column 3: control character in string (expected \\u escape)");
+	/* UTF-8: overlong, surrogate, past U+10FFFF, stray continuation,
+	 * truncated sequence, bytes that never occur. */
+	expect_json_error("[\"\xc0\x80\"]", 6, "line 1, column 3: invalid UTF-8 in string");
+	expect_json_error("[\"\xe0\x80\xaf\"]", 7, "line 1, column 4: invalid UTF-8 in string");
+	expect_json_error("[\"\xed\xa0\x80\"]", 7, "line 1, column 4: invalid UTF-8 in string");
+	expect_json_error("[\"\xf4\x90\x80\x80\"]", 8, "line 1, column 4: invalid UTF-8 in string");
+	expect_json_error("[\"\xf5\x80\x80\x80\"]", 8, "line 1, column 3: invalid UTF-8 in string");
+	expect_json_error("[\"\x80\"]", 5, "line 1, column 3: invalid UTF-8 in string");
+	expect_json_error("[\"\xe2\x82\"]", 6, "line 1, column 5: invalid UTF-8 in string");
+	expect_json_error("[\xc3\xa9]", 4, "line 1, column 2: expected a value");
+
+	/* Nesting: 256 levels are fine, 257 are not. */
+	for (i = 0; i < 256; i++)
+		buf_addc(&deep, '[');
+	for (i = 0; i < 256; i++)
+		buf_addc(&deep, ']');
+	CHECK(json_run(deep.p, deep.len, JSON_COMPACT, 0, 0, &out) == 0 && out.len == 513,
+	    "256 levels: %s", out.p);
+	deep.len = 0;
+	for (i = 0; i < 257; i++)
+		buf_addc(&deep, '[');
+	CHECK(json_run(deep.p, deep.len, JSON_INDENT, 0, 0, &out) < 0 &&
+	    strcmp(out.p, "line 1, column 257: nesting deeper than 256 levels") == 0, "257 levels: %s", out.p);
+	/* A million opening brackets cost no stack: the bound stops them. */
+	deep.len = 0;
+	for (i = 0; i < 1000000; i++)
+		buf_addc(&deep, '{');
+	CHECK(json_run(deep.p, deep.len, JSON_CHECK, 0, 0, &out) < 0, "a million '{'");
+	/* Indentation deeper than the spaces string in json_newline. */
+	deep.len = 0;
+	for (i = 0; i < 40; i++)
+		buf_addc(&deep, '[');
+	buf_addc(&deep, '1');
+	for (i = 0; i < 40; i++)
+		buf_addc(&deep, ']');
+	CHECK(json_run(deep.p, deep.len, JSON_INDENT, 0, 0, &out) == 0 &&
+	    strstr(out.p, "\n                                                                                1\n") != NULL,
+	    "80 spaces before the 1 at depth 40");
+
+	/* Streams, for fmt: values one after another. */
+	CHECK(json_run("{\"a\":1} [2]\n3", 13, JSON_INDENT, 1, 0, &out) == 0 &&
+	    strcmp(out.p, "{\n  \"a\": 1\n}\n[\n  2\n]\n3\n") == 0, "stream: [%s]", out.p);
+	CHECK(json_run("", 0, JSON_INDENT, 1, 0, &out) < 0, "an empty stream is an error");
+
+	/* Events must be objects: the CRC can never sign one. */
+	CHECK(json_event("{\"a\":1}", 7, JSON_CHECK, NULL, err, sizeof(err)) == 0, "an object is an event");
+	CHECK(json_event("[1]", 3, JSON_CHECK, NULL, err, sizeof(err)) < 0 &&
+	    strcmp(err, "line 1, column 1: expected '{' (an event is a JSON object)") == 0, "%s", err);
+	CHECK(json_event("\"abc\"", 5, JSON_CHECK, NULL, err, sizeof(err)) < 0, "a string is no event");
+	CHECK(json_event("", 0, JSON_CHECK, NULL, err, sizeof(err)) < 0 &&
+	    strstr(err, "found end of input") != NULL, "an empty body is no event: %s", err);
+	buf_free(&out);
+	buf_free(&deep);
+}
+
+/* ---- HTTP head parsing: every framing case ---- */
+
+/* Scan and parse head as the server does, fed in pieces of step bytes. */
+static enum status
+parse(const char *head, size_t n, size_t step, struct request *req, const char **why)
+{
+	size_t scan = 0, line_end = 0, head_len = 0, have;
+	enum status st = S_INCOMPLETE;
+
+	*why = "";
+	for (have = step < n ? step : n; ; have = have + step < n ? have + step : n) {
+		st = http_scan_head(head, have, &scan, &line_end, &head_len, why);
+		if (st != S_INCOMPLETE || have == n)
+			break;
+	}
+	if (st == S_OK)
+		st = http_parse_head(head, head_len, req, why);
+	return st;
+}
+
+static enum status
+parse_str(const char *head, struct request *req, const char **why)
+{
+	return parse(head, strlen(head), 99, req, why);
+}
+
+static void
+expect_head(const char *head, enum status want, const char *why_part)
+{
+	size_t steps[] = { 1, 7, 100000 }, i;
+
+	for (i = 0; i < 3; i++) {
+		struct request req;
+		const char *why;
+		enum status st = parse(head, strlen(head), steps[i], &req, &why);
+
+		CHECK(st == want && (why_part == NULL || strstr(why, why_part) != NULL),
+		    "head [%.60s] step %zu: status %d (%s), want %d", head, steps[i], statuses[st].code, why,
+		    statuses[want].code);
+	}
+}
+
+static void
+test_http(void)
+{
+	struct request req;
+	const char *why;
+	struct buf big = { 0 };
+	int i;
+
+	/* A good POST, fields case-insensitive. */
+	{
+		const char *h = "POST /webhooks/twitter?x=1 HTTP/1.1\r\nHOST: a\r\ncontent-LENGTH: 12\r\n"
+		    "X-Twitter-Webhooks-Signature:  sha256=abc \r\nExpect: 100-Continue\r\n\r\nBODY";
+
+		CHECK(parse(h, strlen(h), 3, &req, &why) == S_OK, "good POST: %s", why);
+		CHECK(req.method == M_POST && req.http11 && req.keep_alive && req.has_length &&
+		    req.content_length == 12 && req.expect_continue && !req.chunked, "POST fields");
+		CHECK(req.path_len == 17 && req.target_len == 21 && req.head_len == strlen(h) - 4, "POST target");
+		CHECK(req.signature_len == 10 && memcmp(req.signature, "sha256=abc", 10) == 0, "signature trimmed");
+	}
+	/* Keep-alive rules. */
+	CHECK(parse_str("GET / HTTP/1.0\r\n\r\n", &req, &why) == S_OK && !req.keep_alive && !req.http11,
+	    "1.0 closes by default");
+	expect_head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", S_OK, NULL);
+	CHECK(parse_str("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", &req, &why) == S_OK &&
+	    req.keep_alive, "1.0 with keep-alive");
+	CHECK(parse_str("GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n", &req, &why) == S_OK &&
+	    !req.keep_alive, "Connection: close in a list");
+	CHECK(parse_str("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n", &req, &why) == S_OK &&
+	    req.chunked, "chunked");
+	CHECK(parse_str("DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n", &req, &why) == S_OK &&
+	    req.method == M_OTHER, "other methods parse");
+	CHECK(parse_str("get / HTTP/1.1\r\nHost: a\r\n\r\n", &req, &why) == S_OK &&
+	    req.method == M_OTHER, "methods are case-sensitive");
+
+	/* Framing: each case its own status. */
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+	    S_BAD_REQUEST, "both Content-Length and Transfer-Encoding");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+	    S_BAD_REQUEST, "more than one Content-Length");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", S_BAD_REQUEST, "not plain digits");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", S_BAD_REQUEST, "not plain digits");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", S_BAD_REQUEST, "not plain digits");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", S_BAD_REQUEST, "empty Content-Length");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+	    S_BAD_REQUEST, "overflows");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n",
+	    S_BAD_REQUEST, "overflows");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", S_BAD_REQUEST,
+	    "Transfer-Encoding");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", S_BAD_REQUEST,
+	    "Transfer-Encoding");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+	    S_BAD_REQUEST, "Transfer-Encoding");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", S_BAD_REQUEST,
+	    "Transfer-Encoding");
+	expect_head("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", S_BAD_REQUEST, "HTTP/1.0");
+	expect_head("GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", S_BAD_REQUEST, "folding");
+	expect_head("GET / HTTP/1.1\r\nHost: a\r\n\tfolded\r\n\r\n", S_BAD_REQUEST, "folding");
+	expect_head("GET / HTTP/1.1\r\nHost : a\r\n\r\n", S_BAD_REQUEST, "whitespace before header colon");
+	expect_head("GET / HTTP/1.1\r\nHost\t: a\r\n\r\n", S_BAD_REQUEST, "whitespace before header colon");
+	expect_head("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n", S_INCOMPLETE, NULL);  /* strlen stops at NUL */
+	{
+		static const char nul[] = "GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n";
+
+		CHECK(parse(nul, sizeof(nul) - 1, 1, &req, &why) == S_BAD_REQUEST &&
+		    strstr(why, "control byte") != NULL, "NUL in a header: %s", why);
+	}
+	expect_head("GET / HTTP/1.1\r\nHost: a\x01\r\n\r\n", S_BAD_REQUEST, "control byte");
+	expect_head("GET / HTTP/1.1\r\nHost: a\x7f\r\n\r\n", S_BAD_REQUEST, "control byte");
+	expect_head("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", S_BAD_REQUEST, "bare CR");
+	expect_head("GET / HTTP/1.1\rHost: a\r\n\r\n", S_BAD_REQUEST, "bare CR");
+	expect_head("GET / HTTP/1.1\nHost: a\n\n", S_BAD_REQUEST, "bare LF");
+	expect_head("GET / HTTP/1.1\r\nHost: a\n\r\n", S_BAD_REQUEST, "bare LF");
+	expect_head("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", S_BAD_REQUEST, "control byte");
+	/* The request line: METHOD SP target SP HTTP/1.x, nothing else. */
+	expect_head("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET /  HTTP/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET / HTTP/1.1 \r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET /\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET / HTTP/2.0\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET / HTTP/1.2\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET / http/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("G(T / HTTP/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head(" GET / HTTP/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "starting with '/'");
+	expect_head("GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", S_BAD_REQUEST, "request line");
+	expect_head("GET / HTTP/1.1\r\n: empty name\r\n\r\n", S_BAD_REQUEST, "malformed header");
+	expect_head("GET / HTTP/1.1\r\nno colon\r\n\r\n", S_BAD_REQUEST, "whitespace before header colon");
+	expect_head("GET / HTTP/1.1\r\nNoColon\r\n\r\n", S_BAD_REQUEST, "malformed header");
+	expect_head("GET / HTTP/1.1\r\nBad(name): x\r\n\r\n", S_BAD_REQUEST, "malformed header");
+	/* Host: required on 1.1, never twice. */
+	expect_head("GET / HTTP/1.1\r\n\r\n", S_BAD_REQUEST, "missing Host");
+	expect_head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", S_BAD_REQUEST, "more than one Host");
+	expect_head("GET / HTTP/1.0\r\n\r\n", S_OK, NULL);
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nx-twitter-webhooks-signature: a\r\n"
+	    "X-TWITTER-WEBHOOKS-SIGNATURE: b\r\n\r\n", S_BAD_REQUEST, "more than one x-twitter");
+	expect_head("POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", S_EXPECTATION_FAILED, "Expect");
+	expect_head("GET / HTTP/1.1\r\nHost: a\r\n", S_INCOMPLETE, NULL);
+
+	/* Limits: a request line of 8192 bytes passes and 8193 is 414. */
+	buf_adds(&big, "GET /");
+	while (big.len < 8192 - 9)
+		buf_addc(&big, 'a');
+	buf_adds(&big, " HTTP/1.1\r\nHost: a\r\n\r\n");
+	buf_addc(&big, '\0');
+	expect_head(big.p, S_OK, NULL);
+	big.len = 0;
+	buf_adds(&big, "GET /");
+	while (big.len < 8192 - 8)
+		buf_addc(&big, 'a');
+	buf_adds(&big, " HTTP/1.1\r\nHost: a\r\n\r\n");
+	buf_addc(&big, '\0');
+	expect_head(big.p, S_URI_TOO_LONG, "8192");
+	/* 100 fields pass, 101 are 431. */
+	big.len = 0;
+	buf_adds(&big, "GET / HTTP/1.1\r\nHost: a\r\n");
+	for (i = 0; i < 99; i++)
+		buf_adds(&big, "X-A: b\r\n");
+	buf_adds(&big, "\r\n");
+	buf_addc(&big, '\0');
+	expect_head(big.p, S_OK, NULL);
+	big.len -= 3;
+	buf_adds(&big, "X-A: b\r\n\r\n");
+	buf_addc(&big, '\0');
+	expect_head(big.p, S_HEADERS_TOO_LARGE, "100 header fields");
+	/* A header block of 16384 bytes passes, 16385 is 431. */
+	big.len = 0;
+	buf_adds(&big, "GET / HTTP/1.1\r\nHost: a\r\nX-Big: ");
+	while (big.len < 16 + 16384 - 4)
+		buf_addc(&big, 'b');
+	buf_adds(&big, "\r\n\r\n");
+	buf_addc(&big, '\0');
+	expect_head(big.p, S_OK, NULL);
+	big.len -= 5;
+	buf_adds(&big, "b\r\n\r\n");
+	buf_addc(&big, '\0');
+	expect_head(big.p, S_HEADERS_TOO_LARGE, "16384");
+	buf_free(&big);
+}
+
+/* ---- chunked bodies ---- */
+
+static enum status
+dechunk(const char *in, size_t n, size_t step, size_t limit, struct buf *out, size_t *rest, const char **why)
+{
+	struct chunked ch;
+	size_t at = 0;
+	enum status st = S_INCOMPLETE;
+
+	memset(&ch, 0, sizeof(ch));
+	out->len = 0;
+	*why = "";
+	while (at < n) {
+		size_t used = 0, take = n - at < step ? n - at : step;
+
+		st = chunked_decode(&ch, in + at, take, &used, out, limit, why);
+		at += used;
+		if (st != S_INCOMPLETE)
+			break;
+		CHECK(used == take, "an incomplete decode uses all it is given");
+	}
+	*rest = n - at;
+	return st;
+}
+
+static void
+expect_chunked(const char *in, enum status want, const char *data, const char *why_part)
+{
+	size_t steps[] = { 1, 3, 100000 }, i, rest;
+	struct buf out = { 0 };
+
+	for (i = 0; i < 3; i++) {
+		const char *why;
+		enum status st = dechunk(in, strlen(in), steps[i], 1024, &out, &rest, &why);
+
+		CHECK(st == want && (data == NULL || (out.len == strlen(data) && (out.len == 0 || memcmp(out.p, data, out.len) == 0))) &&
+		    (why_part == NULL || strstr(why, why_part) != NULL),
+		    "chunked [%.60s] step %zu: status %d (%s)", in, steps[i], statuses[st].code, why);
+	}
+	buf_free(&out);
+}
+
+static void
+test_chunked(void)
+{
+	struct buf out = { 0 };
+	const char *why;
+	size_t rest;
+
+	expect_chunked("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", S_OK, "hello world", NULL);
+	expect_chunked("A\r\n0123456789\r\n0\r\n\r\n", S_OK, "0123456789", NULL);
+	expect_chunked("a;name=value\r\n0123456789\r\n0\r\nTrailer: x\r\nOther: y\r\n\r\n", S_OK, "0123456789", NULL);
+	expect_chunked("0\r\n\r\n", S_OK, "", NULL);
+	expect_chunked("5\r\nhello\r\n", S_INCOMPLETE, "hello", NULL);
+	expect_chunked("\r\n", S_BAD_REQUEST, NULL, "bad chunk size");
+	expect_chunked("g\r\n", S_BAD_REQUEST, NULL, "bad chunk size");
+	expect_chunked("-1\r\n", S_BAD_REQUEST, NULL, "bad chunk size");
+	expect_chunked(" 5\r\nhello\r\n0\r\n\r\n", S_BAD_REQUEST, NULL, "bad chunk size");
+	expect_chunked("5 \r\nhello\r\n0\r\n\r\n", S_BAD_REQUEST, NULL, "bad chunk size");
+	expect_chunked("0x5\r\nhello\r\n0\r\n\r\n", S_BAD_REQUEST, NULL, "bad chunk size");
+	expect_chunked("5\nhello\r\n0\r\n\r\n", S_BAD_REQUEST, NULL, "bad chunk size");
+	expect_chunked("5\r\rhello\r\n0\r\n\r\n", S_BAD_REQUEST, NULL, "line ending");
+	expect_chunked("5\r\nhelloX\r\n0\r\n\r\n", S_BAD_REQUEST, NULL, "bad chunk terminator");
+	expect_chunked("5\r\nhello\n0\r\n\r\n", S_BAD_REQUEST, NULL, "bad chunk terminator");
+	expect_chunked("5\r\nhello\r\r0\r\n\r\n", S_BAD_REQUEST, NULL, "bad chunk terminator");
+	expect_chunked("5;a\x01\r\nhello\r\n0\r\n\r\n", S_BAD_REQUEST, NULL, "control byte");
+	expect_chunked("0\r\nTrailer: \x01\r\n\r\n", S_BAD_REQUEST, NULL, "control byte");
+	expect_chunked("0\r\n\rX", S_BAD_REQUEST, NULL, "bare CR");
+	expect_chunked("10000000000000000\r\n", S_BAD_REQUEST, NULL, "overflows");
+	expect_chunked("ffffffffffffffff\r\n", S_PAYLOAD_TOO_LARGE, NULL, "--max-body");
+	expect_chunked("401\r\n", S_PAYLOAD_TOO_LARGE, NULL, "--max-body");
+	expect_chunked("400\r\n", S_INCOMPLETE, NULL, NULL);
+	expect_chunked("200\r\n", S_INCOMPLETE, NULL, NULL);
+	/* The limit counts the whole body, across chunks. */
+	{
+		struct buf in = { 0 };
+		int i;
+
+		for (i = 0; i < 3; i++) {
+			buf_adds(&in, "200\r\n");
+			while (in.len % 512 != 0 || in.len < (size_t)(i + 1) * 512)
+				buf_addc(&in, 'x');
+			in.len = (size_t)i * 512 + (size_t)i * 7 + 5;  /* rebuild cleanly */
+			in.len = 0;
+		}
+		for (i = 0; i < 3; i++) {
+			int k;
+
+			buf_adds(&in, "200\r\n");
+			for (k = 0; k < 512; k++)
+				buf_addc(&in, 'x');
+			buf_adds(&in, "\r\n");
+		}
+		CHECK(dechunk(in.p, in.len, 100000, 1024, &out, &rest, &why) == S_PAYLOAD_TOO_LARGE &&
+		    out.len == 1024, "a third chunk of 512 passes 1024: %s", why);
+		buf_free(&in);
+	}
+	/* Size lines have a bound even with endless extensions. */
+	{
+		struct buf in = { 0 };
+
+		buf_adds(&in, "5;");
+		while (in.len < 2000)
+			buf_addc(&in, 'e');
+		buf_addc(&in, '\0');
+		expect_chunked(in.p, S_BAD_REQUEST, NULL, "1024");
+		buf_free(&in);
+	}
+	/* What follows the body is left for the next request. */
+	CHECK(dechunk("1\r\na\r\n0\r\n\r\nGET /", 16, 100000, 1024, &out, &rest, &why) == S_OK && rest == 5,
+	    "pipelined bytes after a chunked body: rest %zu", rest);
+	buf_free(&out);
+}
+
+/* ---- the query string and the crc_token rules ---- */
+
+static void
+test_query(void)
+{
+	char out[MAX_CRC_TOKEN + 1];
+	const char *q;
+	long n;
+
+	q = "crc_token=abc&nonce=MTc2";
+	n = query_param(q, strlen(q), "crc_token", out, sizeof(out));
+	CHECK(n == 3 && memcmp(out, "abc", 3) == 0, "plain");
+	q = "nonce=1&crc_token=a%2Bb%2Fc%3D%3d";
+	n = query_param(q, strlen(q), "crc_token", out, sizeof(out));
+	CHECK(n == 7 && memcmp(out, "a+b/c==", 7) == 0, "percent-decoded: %ld %.*s", n, (int)n, out);
+	q = "crc_token=a+b";
+	n = query_param(q, strlen(q), "crc_token", out, sizeof(out));
+	CHECK(n == 3 && memcmp(out, "a b", 3) == 0, "'+' is a space, as in a form");
+	q = "crc%5Ftoken=x";
+	n = query_param(q, strlen(q), "crc_token", out, sizeof(out));
+	CHECK(n == 1 && out[0] == 'x', "the name is decoded too");
+	q = "crc_token=first&crc_token=second";
+	n = query_param(q, strlen(q), "crc_token", out, sizeof(out));
+	CHECK(n == 5 && memcmp(out, "first", 5) == 0, "the first one wins");
+	q = "crc_token";
+	CHECK(query_param(q, strlen(q), "crc_token", out, sizeof(out)) == 0, "no '=' is an empty value");
+	q = "xcrc_token=1&crc_tokenx=2";
+	CHECK(query_param(q, strlen(q), "crc_token", out, sizeof(out)) == -1, "no partial name matches");
+	q = "";
+	CHECK(query_param(q, 0, "crc_token", out, sizeof(out)) == -1, "empty query");
+	q = "crc_token=%zz%4";
+	n = query_param(q, strlen(q), "crc_token", out, sizeof(out));
+	CHECK(n == 5 && memcmp(out, "%zz%4", 5) == 0, "a bad escape stays as it is");
+	q = "crc_token=%7B%22a%22%3A1%7D";
+	n = query_param(q, strlen(q), "crc_token", out, sizeof(out));
+	CHECK(n == 7 && memcmp(out, "{\"a\":1}", 7) == 0 && !crc_token_ok(out, (size_t)n),
+	    "a token that is a JSON object is refused");
+
+	CHECK(crc_token_ok("M2RkODJkZmMtYjlkYi00NmQ4LTk0MGUtM2JjYzkwM2Q4MjQ0", 48), "X's token shape");
+	CHECK(crc_token_ok("a+/=_-Z9", 8), "the whole alphabet");
+	CHECK(!crc_token_ok("", 0), "empty");
+	CHECK(!crc_token_ok("a b", 3), "space");
+	CHECK(!crc_token_ok("a\0b", 3), "NUL");
+	CHECK(!crc_token_ok("ab%", 3), "percent");
+	{
+		char t[300];
+
+		memset(t, 'A', sizeof(t));
+		CHECK(crc_token_ok(t, 255), "255 bytes");
+		CHECK(!crc_token_ok(t, 256), "256 bytes");
+		/* A long value is measured in full even when out is small. */
+		q = "crc_token=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+		CHECK(query_param(q, strlen(q), "crc_token", t, 4) == 56, "length past cap");
+	}
+}
+
+int
+main(void)
+{
+	test_sha256();
+	test_hmac();
+	test_base64();
+	test_json();
+	test_http();
+	test_chunked();
+	test_query();
+	printf("unit: %d passed, %d failed\n", passed, failed);
+	return failed != 0;
+}
