@@ -364,7 +364,8 @@ sha256_update(struct sha256 *s, const void *data, size_t n)
 	}
 	for (; n >= 64; p += 64, n -= 64)
 		sha256_block(s->h, p);
-	memcpy(s->block, p, n);
+	if (n > 0)  /* an empty message may come as a NULL pointer */
+		memcpy(s->block, p, n);
 	s->fill = n;
 }
 
@@ -2053,6 +2054,8 @@ handle_request(struct conn *c, const struct request *req, int64_t start, int *li
 		o.in_bytes = c->body.len;
 		if (st == S_OK)
 			st = handle_event(c, req, &o, &why);
+		/* A shutdown may have begun while the body came in. */
+		keep = keep && !is_stopping();
 		if (st == S_OK) {
 			send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
 			o.code = 200;

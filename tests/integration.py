@@ -1,0 +1,1052 @@
+#!/usr/bin/env python3
+"""Integration tests: the real xwebhook binary on loopback, driven by real
+clients (curl, http.client, raw sockets). Usage:
+
+    integration.py BINARY FIXTURES_DIR
+
+The binary is normally the ASan+UBSan build; any sanitizer report in its
+stderr fails the test that ran it. The last line is 'N passed, N failed'.
+"""
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.parse
+
+BIN = os.path.abspath(sys.argv[1])
+FIXTURES = os.path.abspath(sys.argv[2])
+SECRET = "s3cr3t-consumer-secret-Zq8+/="
+WORK = tempfile.mkdtemp(prefix="xwebhook-test-")
+CRC_OK_ALPHABET = string.ascii_letters + string.digits + "+/=_-"
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def sign(body, secret=SECRET):
+    mac = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return "sha256=" + base64.b64encode(mac).decode()
+
+
+def pretty(obj):
+    """json.dumps(indent=2), as the reference app prints events. xwebhook
+    copies strings byte for byte, so raw UTF-8 stays raw: the canonical
+    form to compare with is the one without ensure_ascii."""
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+class Server:
+    """One xwebhook process; stdout and stderr go to files we can read."""
+    count = 0
+
+    def __init__(self, *args, env=None, secret=SECRET, stdout=None, expect_start=True):
+        Server.count += 1
+        self.name = os.path.join(WORK, "server%d" % Server.count)
+        self.out_path = self.name + ".out"
+        self.err_path = self.name + ".err"
+        e = {k: v for k, v in os.environ.items() if "SECRET" not in k}
+        if secret is not None:
+            e["TWITTER_CONSUMER_SECRET"] = secret
+        e.update(env or {})
+        self.err = open(self.err_path, "wb")
+        out = stdout if stdout is not None else open(self.out_path, "wb")
+        self.proc = subprocess.Popen([BIN, "--listen", "127.0.0.1:0", *args], stdout=out,
+                                     stderr=self.err, stdin=subprocess.DEVNULL, env=e)
+        if stdout is None:
+            out.close()
+        self.port = None
+        if expect_start:
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                text = self.stderr()
+                if "serving http://" in text:
+                    url = text.split("serving ", 1)[1].split()[0]
+                    self.port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+                    break
+                if self.proc.poll() is not None:
+                    raise AssertionError("server exited at start: " + text)
+                time.sleep(0.02)
+            assert self.port, "no startup line: " + self.stderr()
+
+    def stdout(self):
+        with open(self.out_path, "rb") as f:
+            return f.read()
+
+    def stderr(self):
+        with open(self.err_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def conn(self, timeout=10):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def sock(self, timeout=10):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return s
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("server did not stop within %d s" % timeout)
+        self.err.close()
+        check_sanitizers(self.stderr())
+        return rc
+
+
+def check_sanitizers(text):
+    for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer"):
+        assert marker not in text, "sanitizer report:\n" + text[-4000:]
+
+
+def recv_all(s, limit=1 << 20):
+    """Read until the peer closes (or the socket's timeout fires)."""
+    data = b""
+    try:
+        while len(data) < limit:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    return data
+
+
+def read_response(s, buf=b""):
+    """Read one HTTP response from a socket: (status, headers, body, rest)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError("connection closed before a response head: %r" % buf)
+        buf += chunk
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    n = int(headers.get("content-length", "0"))
+    while len(buf) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError("connection closed inside a body")
+        buf += chunk
+    return status, headers, buf[:n], buf[n:]
+
+
+def is_closed(s, wait=3.0):
+    """True if the peer has closed (EOF or reset) within wait seconds."""
+    s.settimeout(wait)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def crc_request(port, token_query, method="GET"):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request(method, "/webhooks/twitter?" + token_query)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r, body
+
+
+def post(c, body, sig=True, headers=None):
+    h = {"Content-Type": "application/json"}
+    if sig is True:
+        h["x-twitter-webhooks-signature"] = sign(body)
+    elif isinstance(sig, str):
+        h["x-twitter-webhooks-signature"] = sig
+    h.update(headers or {})
+    c.request("POST", "/webhooks/twitter", body=body, headers=h)
+    r = c.getresponse()
+    return r, r.read()
+
+
+def curl(*args, input=None):
+    p = subprocess.run(["curl", "-sS", *args], input=input, capture_output=True, timeout=30)
+    return p.returncode, p.stdout, p.stderr
+
+
+def fixtures():
+    names = sorted(n for n in os.listdir(FIXTURES) if n.endswith(".json"))
+    assert names, "no fixtures in " + FIXTURES
+    return [(n, open(os.path.join(FIXTURES, n), "rb").read()) for n in names]
+
+
+# ---------------------------------------------------------------------------
+# The CRC
+
+@test
+def crc_matches_python_hmac_for_random_tokens(srv):
+    rnd = random.Random(4231)
+    c = srv.conn()
+    for i in range(300):
+        n = rnd.choice([1, 2, 3, 16, 43, 44, 48, 64, 100, 200, 254, 255, rnd.randint(1, 255)])
+        token = "".join(rnd.choice(CRC_OK_ALPHABET) for _ in range(n))
+        # Sometimes every reserved character percent-encoded (as X does),
+        # sometimes lower-case escapes, sometimes left as is where legal.
+        if i % 3 == 0:
+            q = urllib.parse.quote(token, safe="")
+        elif i % 3 == 1:
+            q = urllib.parse.quote(token, safe="").replace("%2B", "%2b").replace("%2F", "%2f")
+        else:
+            q = urllib.parse.quote(token, safe="/=")
+        c.request("GET", "/webhooks/twitter?crc_token=%s&nonce=MTc2OTUxODI5MjkxNA" % q)
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 200, (token, r.status, body)
+        assert r.getheader("Content-Type") == "application/json"
+        want = {"response_token": sign(token.encode())}
+        assert json.loads(body) == want, (token, body)
+        assert body == json.dumps(want, separators=(",", ":")).encode()
+    c.close()
+
+
+@test
+def crc_percent_escapes_of_plus_slash_equals(srv):
+    for q, token in [("a%2Bb%2Fc%3D", "a+b/c="), ("%2B%2F%3D", "+/="), ("x%3d%3d", "x==")]:
+        r, body = crc_request(srv.port, "crc_token=" + q)
+        assert r.status == 200 and json.loads(body)["response_token"] == sign(token.encode()), q
+
+
+@test
+def crc_known_vector_through_curl():
+    srv = Server(secret="secret")
+    try:
+        rc, out, err = curl("-i", "http://127.0.0.1:%d/webhooks/twitter?crc_token=foo&nonce=x" % srv.port)
+        assert rc == 0, err
+        head, body = out.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 OK"), head
+        assert b"\r\nContent-Type: application/json" in head
+        assert body == b'{"response_token":"sha256=dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ="}', body
+    finally:
+        assert srv.stop() == 0
+
+
+@test
+def crc_refusals(srv):
+    cases = [
+        ("", "No crc_token"),
+        ("nonce=abc", "No crc_token"),
+        ("crc_tokenx=abc", "No crc_token"),
+        ("crc_token=", "crc_token must be"),
+        ("crc_token", "crc_token must be"),
+        ("crc_token=a+b", "crc_token must be"),          # '+' decodes to a space
+        ("crc_token=a%20b", "crc_token must be"),
+        ("crc_token=a%00b", "crc_token must be"),
+        ("crc_token=%zz", "crc_token must be"),
+        ("crc_token=" + "A" * 256, "crc_token must be"),
+        ("crc_token=" + urllib.parse.quote('{"a":1}', safe=""), "crc_token must be"),  # the oracle
+        ("crc_token=" + urllib.parse.quote('{"for_user_id":"1","tweet_create_events":[]}', safe=""),
+         "crc_token must be"),
+        ("crc_token=%C3%A9", "crc_token must be"),
+    ]
+    for q, why in cases:
+        r, body = crc_request(srv.port, q)
+        assert r.status == 400, (q, r.status, body)
+        assert r.getheader("Content-Type") == "application/json"
+        assert why in json.loads(body)["error"], (q, body)
+    r, body = crc_request(srv.port, "")
+    assert body == b'{"error":"No crc_token"}'
+    # 255 bytes is the limit, inclusive.
+    r, body = crc_request(srv.port, "crc_token=" + "A" * 255)
+    assert r.status == 200 and json.loads(body)["response_token"] == sign(b"A" * 255)
+
+
+@test
+def head_is_get_without_a_body(srv):
+    c = srv.conn()
+    c.request("HEAD", "/webhooks/twitter?crc_token=foo")
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b""
+    assert r.getheader("Content-Length") == "72"
+    # The connection is still in step: a GET on it works.
+    c.request("GET", "/webhooks/twitter?crc_token=foo")
+    r = c.getresponse()
+    assert r.status == 200 and json.loads(r.read())["response_token"] == sign(b"foo")
+    c.close()
+
+
+# ---------------------------------------------------------------------------
+# Events
+
+@test
+def fixtures_are_printed_as_json_dumps_indent_2():
+    srv = Server()
+    try:
+        c = srv.conn()
+        expected = b""
+        for name, body in fixtures():
+            r, rb = post(c, body)
+            assert r.status == 200 and rb == b"", (name, r.status, rb)
+            expected += pretty(json.loads(body)).encode()
+        c.close()
+    finally:
+        assert srv.stop() == 0
+    assert srv.stdout() == expected, "stdout differs from json.dumps(indent=2)"
+
+
+@test
+def tokens_are_copied_byte_for_byte():
+    srv = Server()
+    body = ('{"text":"caf\u00e9 \\u00e9 \\ud83d\\ude00 \\/ \\"q\\"","id":12345678901234567890123,'
+            '"f":1.50,"e":1E+2,"n":-0,"empty":{},"list":[]}').encode()
+    try:
+        r, _ = post(srv.conn(), body)
+        assert r.status == 200
+    finally:
+        srv.stop()
+    out = srv.stdout().decode()
+    want = ('{\n  "text": "caf\u00e9 \\u00e9 \\ud83d\\ude00 \\/ \\"q\\"",\n  "id": 12345678901234567890123,\n'
+            '  "f": 1.50,\n  "e": 1E+2,\n  "n": -0,\n  "empty": {},\n  "list": []\n}\n')
+    assert out == want, out
+
+
+@test
+def unsigned_and_badly_signed_posts_get_401_and_emit_nothing():
+    srv = Server()
+    body = b'{"for_user_id":"1","tweet_create_events":[]}'
+    try:
+        c = srv.conn()
+        r, rb = post(c, body, sig=False)
+        assert r.status == 401 and b"missing x-twitter-webhooks-signature" in rb, rb
+        assert r.getheader("Content-Type") == "application/json"
+        c = srv.conn()
+        for bad in ["sha256=" + base64.b64encode(b"x" * 32).decode(), "sha256=", "", "garbage",
+                    sign(body, "wrong secret"), sign(body + b" "), sign(body)[:-1],
+                    sign(body).replace("sha256=", "SHA256="), "sha256=" + hmac.new(
+                        SECRET.encode(), body, hashlib.sha256).hexdigest()]:
+            r, rb = post(c, body, sig=bad)
+            assert r.status == 401, (bad, r.status)
+            assert json.loads(rb)["error"], rb
+        # The connection survives a 401 whose body was read.
+        r, rb = post(c, body)
+        assert r.status == 200
+        c.close()
+    finally:
+        srv.stop()
+    assert srv.stdout() == pretty(json.loads(body)).encode()
+    log = srv.stderr()
+    assert log.count("sig=bad") == 9 and log.count("sig=missing") == 1, log
+
+
+@test
+def signed_but_not_a_json_object_is_400(srv):
+    before = len(srv.stdout())
+    c = srv.conn()
+    for body, why in [(b"", "found end of input"), (b"not json", "line 1, column 1"),
+                      (b"[1,2]", "an event is a JSON object"), (b'"str"', "an event is a JSON object"),
+                      (b'{"a":1', "line 1, column 7"), (b'{"a":1} {}', "expected end of input"),
+                      (b'{"a":"\xff"}', "invalid UTF-8"), (b'{"a":' + b"[" * 300, "nesting deeper than 256")]:
+        r, rb = post(c, body)
+        assert r.status == 400, (body, r.status)
+        assert why in json.loads(rb)["error"], (body, rb)
+    c.close()
+    assert srv.stdout()[before:] == b""
+
+
+@test
+def chunked_bodies_are_decoded_and_signed_as_decoded(srv):
+    before = len(srv.stdout())
+    body = b'{"for_user_id":"2","chunked":true,"pad":"' + b"x" * 5000 + b'"}'
+    # curl sends chunked with this header and a body from stdin.
+    rc, out, err = curl("-i", "-H", "Transfer-Encoding: chunked", "-H",
+                        "x-twitter-webhooks-signature: " + sign(body), "--data-binary", "@-",
+                        "http://127.0.0.1:%d/webhooks/twitter" % srv.port, input=body)
+    assert rc == 0 and out.startswith(b"HTTP/1.1 200"), (out, err)
+    # By hand, with extensions, tiny chunks and a trailer.
+    s = srv.sock()
+    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7])
+                      for i in range(0, len(body), 7))
+    s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+              b"x-twitter-webhooks-signature: " + sign(body).encode() + b"\r\n\r\n" + chunks +
+              b"0\r\nX-Trailer: yes\r\n\r\n")
+    status, _, _, _ = read_response(s)
+    assert status == 200
+    s.close()
+    assert srv.stdout()[before:] == pretty(json.loads(body)).encode() * 2
+
+
+@test
+def expect_100_continue(srv):
+    body = b'{"expect":"continue"}'
+    s = srv.sock()
+    s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nExpect: 100-continue\r\n"
+              b"x-twitter-webhooks-signature: %s\r\n\r\n" % (len(body), sign(body).encode()))
+    s.settimeout(5)
+    got = s.recv(100)
+    assert got == b"HTTP/1.1 100 Continue\r\n\r\n", got
+    s.sendall(body)
+    status, _, _, _ = read_response(s)
+    assert status == 200
+    s.close()
+    # curl, forced to ask, with a body over 1 KiB.
+    big = b'{"pad":"' + b"y" * 3000 + b'"}'
+    rc, out, err = curl("-v", "-H", "Expect: 100-continue", "-H", "x-twitter-webhooks-signature: " + sign(big),
+                        "--data-binary", "@-", "http://127.0.0.1:%d/webhooks/twitter" % srv.port, input=big)
+    assert rc == 0 and b"HTTP/1.1 100 Continue" in err and b"HTTP/1.1 200 OK" in err, err
+    # Unsigned with Expect: refused at once, before any body is sent.
+    s = srv.sock()
+    s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+    status, headers, rb, _ = read_response(s)
+    assert status == 401 and headers.get("connection") == "close", (status, headers)
+    s.close()
+
+
+@test
+def bodies_over_max_body_get_413():
+    srv = Server("--max-body", "1K")
+    try:
+        small = b'{"a":"' + b"z" * 1000 + b'"}'   # 1008 bytes: fits
+        big = b'{"a":"' + b"z" * 1100 + b'"}'
+        r, _ = post(srv.conn(), small)
+        assert r.status == 200
+        # Declared too large: 413 from the head alone, then close.
+        s = srv.sock()
+        s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                  b"x-twitter-webhooks-signature: %s\r\n\r\n" % (len(big), sign(big).encode()) + big)
+        status, headers, rb, _ = read_response(s)
+        assert status == 413 and headers.get("connection") == "close", (status, headers)
+        assert "max-body" in json.loads(rb)["error"]
+        assert is_closed(s)
+        s.close()
+        # With Expect: the 413 comes instead of 100 Continue.
+        rc, out, err = curl("-v", "-H", "Expect: 100-continue", "-H", "x-twitter-webhooks-signature: " + sign(big),
+                            "--data-binary", "@-", "http://127.0.0.1:%d/webhooks/twitter" % srv.port, input=big)
+        assert b"100 Continue" not in err and b"HTTP/1.1 413" in err, err
+        # Chunked: counted as it is decoded.
+        s = srv.sock()
+        s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                  b"x-twitter-webhooks-signature: %s\r\n\r\n" % sign(big).encode() +
+                  b"200\r\n" + big[:512] + b"\r\n200\r\n" + big[512:1024] + b"\r\n100\r\n")
+        status, headers, _, _ = read_response(s)
+        assert status == 413 and is_closed(s)
+        s.close()
+    finally:
+        srv.stop()
+    assert srv.stdout() == pretty(json.loads(small)).encode()
+
+
+# ---------------------------------------------------------------------------
+# Connections
+
+@test
+def keep_alive_carries_many_requests(srv):
+    c = srv.conn()
+    for i in range(200):
+        if i % 2:
+            c.request("GET", "/webhooks/twitter?crc_token=t%d" % i)
+            r = c.getresponse()
+            assert r.status == 200 and json.loads(r.read())["response_token"] == sign(b"t%d" % i)
+        else:
+            r, _ = post(c, b'{"i":%d}' % i)
+            assert r.status == 200
+    port = c.sock.getsockname()[1]
+    c.close()
+    # One connection served them all: one peer port in the access log.
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        lines = [l for l in srv.stderr().splitlines() if ":%d " % port in l]
+        if len(lines) >= 200:
+            break
+        time.sleep(0.01)
+    assert len(lines) == 200, len(lines)
+
+
+@test
+def pipelined_requests_are_answered_in_order(srv):
+    body = b'{"pipelined":1}'
+    s = srv.sock()
+    s.sendall(b"GET /webhooks/twitter?crc_token=one HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+              b"x-twitter-webhooks-signature: %s\r\n\r\n%s"
+              b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"GET /webhooks/twitter?crc_token=two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+              % (len(body), sign(body).encode(), body))
+    rest = b""
+    st, _, b1, rest = read_response(s, rest)
+    assert st == 200 and json.loads(b1)["response_token"] == sign(b"one")
+    st, _, b2, rest = read_response(s, rest)
+    assert st == 200 and b2 == b""
+    st, _, b3, rest = read_response(s, rest)
+    assert st == 200 and b3 == b"ok\n"
+    st, h, b4, rest = read_response(s, rest)
+    assert st == 200 and json.loads(b4)["response_token"] == sign(b"two") and h["connection"] == "close"
+    assert is_closed(s)
+    s.close()
+
+
+@test
+def http_10_and_connection_close(srv):
+    s = srv.sock()
+    s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+    st, h, body, _ = read_response(s)
+    assert st == 200 and h.get("connection") == "close" and is_closed(s)
+    s.close()
+    s = srv.sock()
+    s.sendall(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    st, h, body, rest = read_response(s)
+    assert st == 200 and h.get("connection") == "keep-alive" and not is_closed(s, 0.3)
+    s.sendall(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    st, h, body, rest = read_response(s, rest)
+    assert st == 200
+    s.close()
+    s = srv.sock()
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    st, h, body, _ = read_response(s)
+    assert st == 200 and h.get("connection") == "close" and is_closed(s)
+    s.close()
+
+
+@test
+def routes_and_methods(srv):
+    c = srv.conn()
+    for method, path, status, allow in [
+            ("GET", "/healthz", 200, None), ("HEAD", "/healthz", 200, None),
+            ("POST", "/healthz", 405, "GET, HEAD"), ("PUT", "/webhooks/twitter", 405, "GET, HEAD, POST"),
+            ("DELETE", "/webhooks/twitter", 405, "GET, HEAD, POST"),
+            ("OPTIONS", "/webhooks/twitter", 405, "GET, HEAD, POST"),
+            ("GET", "/", 404, None), ("GET", "/webhooks/twitter/", 404, None),
+            ("GET", "/webhooks", 404, None), ("POST", "/other", 404, None)]:
+        c.request(method, path)
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == status, (method, path, r.status)
+        assert r.getheader("Allow") == allow, (method, path, r.getheader("Allow"))
+        if status >= 400:
+            assert r.getheader("Content-Type") == "application/json" and json.loads(body)["error"]
+    c.request("GET", "/healthz")
+    r = c.getresponse()
+    assert r.read() == b"ok\n"
+    c.close()
+
+
+@test
+def custom_path():
+    srv = Server("--path", "/hooks/x")
+    try:
+        r, body = http_get(srv.port, "/hooks/x?crc_token=abc")
+        assert r == 200 and json.loads(body)["response_token"] == sign(b"abc")
+        r, _ = http_get(srv.port, "/webhooks/twitter?crc_token=abc")
+        assert r == 404
+    finally:
+        srv.stop()
+    assert "serving http://127.0.0.1:%d/hooks/x" % srv.port in srv.stderr()
+
+
+def http_get(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, body
+
+
+# Each framing error: the answer, then the connection closes.
+FRAMING = [
+    ("CL and TE", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("two CL", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", 400),
+    ("CL not digits", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 2a\r\n\r\n{}", 400),
+    ("CL negative", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: -2\r\n\r\n{}", 400),
+    ("CL overflow", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 184467440737095516160\r\n\r\n", 400),
+    ("TE gzip", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    ("TE list", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+    ("bad chunk size", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+     b"x-twitter-webhooks-signature: sha256=x\r\n\r\nzz\r\n", 400),
+    ("bad chunk terminator", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+     b"x-twitter-webhooks-signature: sha256=x\r\n\r\n2\r\n{}XX0\r\n\r\n", 400),
+    ("obs-fold", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n", 400),
+    ("space before colon", b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    ("NUL", b"GET /healthz HTTP/1.1\r\nHost: x\x00\r\n\r\n", 400),
+    ("control byte", b"GET /healthz HTTP/1.1\r\nHost: x\x1b[31m\r\n\r\n", 400),
+    ("bare CR", b"GET /healthz HTTP/1.1\rHost: x\r\n\r\n", 400),
+    ("bare LF", b"GET /healthz HTTP/1.1\nHost: x\n\n", 400),
+    ("two spaces", b"GET  /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("no version", b"GET /healthz\r\n\r\n", 400),
+    ("HTTP/2.0", b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 400),
+    ("absolute form", b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("no Host", b"GET /healthz HTTP/1.1\r\n\r\n", 400),
+    ("two Hosts", b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+    ("TLS hello", bytes.fromhex("160301020001") + b"\x00" * 40, 400),
+    ("request line 8193", b"GET /" + b"a" * (8193 - 14) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    ("header block 16385", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (16385 - 9 - 7 - 4) +
+     b"\r\n\r\n", 431),
+    ("101 fields", b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-F: 1\r\n" * 100 + b"\r\n", 431),
+    ("Expect other", b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n", 417),
+]
+
+
+@test
+def framing_errors_answer_and_close(srv):
+    for name, raw, status in FRAMING:
+        s = srv.sock()
+        s.sendall(raw)
+        st, h, body, _ = read_response(s)
+        assert st == status, (name, st, body)
+        assert h.get("connection") == "close", (name, h)
+        assert h.get("content-type") == "application/json" and json.loads(body)["error"], (name, body)
+        assert is_closed(s), name + ": still open"
+        s.close()
+    # The limits themselves pass.
+    for raw in [b"GET /" + b"a" * (8192 - 14) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (16384 - 9 - 7 - 4) + b"\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-F: 1\r\n" * 99 + b"\r\n"]:
+        s = srv.sock()
+        s.sendall(raw)
+        st, _, _, _ = read_response(s)
+        assert st in (200, 404), st
+        s.close()
+    # Control bytes never reach the log raw.
+    assert "\x1b" not in srv.stderr() and "\x00" not in srv.stderr()
+
+
+@test
+def access_log_lines(srv):
+    body = b'{"log":1}'
+    post(srv.conn(), body)
+    crc_request(srv.port, "crc_token=abc&nonce=secretish")
+    http_get(srv.port, '/a"b\\c')
+    # Each line is written just after its response goes out.
+    deadline = time.time() + 5
+    while '"GET /a\\x22b' not in srv.stderr() and time.time() < deadline:
+        time.sleep(0.01)
+    log = srv.stderr()
+    assert '"POST /webhooks/twitter" 200 in=9 out=0 ' in log and "sig=ok" in log, log
+    assert '"GET /webhooks/twitter" 200 in=0 out=72 ' in log
+    assert "nonce=secretish" not in log and "abc" not in log.split("serving", 1)[1], "the query is not logged"
+    assert '"GET /a\\x22b\\x5cc" 404' in log, log
+    for line in log.splitlines()[1:]:
+        assert line[:4].isdigit() and line[10] == "T" and "ms" in line, line
+
+
+@test
+def thousand_idle_connections_do_not_delay_a_crc(srv):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    idle = []
+    try:
+        for i in range(1000):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            if i % 2:
+                s.sendall(b"GET /webhooks/twitter?crc_token=x HTTP/1.1\r\nHo")  # half a head
+            idle.append(s)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r, body = crc_request(srv.port, "crc_token=busy")
+        took = time.monotonic() - t0
+        assert r.status == 200 and json.loads(body)["response_token"] == sign(b"busy")
+        assert took < 1.0, "CRC took %.3f s with 1000 idle connections" % took
+        rss = int([l for l in open("/proc/%d/status" % srv.proc.pid) if l.startswith("VmRSS")][0].split()[1])
+        print("    (1000 idle: CRC in %.1f ms, server RSS %d KiB under ASan)" % (took * 1000, rss))
+    finally:
+        for s in idle:
+            s.close()
+
+
+@test
+def connection_limit_gives_503():
+    srv = Server("--max-conns", "5")
+    try:
+        held = [srv.sock() for _ in range(5)]
+        time.sleep(0.3)
+        s = srv.sock()
+        data = recv_all(s)
+        assert data.startswith(b"HTTP/1.1 503 "), data
+        assert data.endswith(b'{"error":"too many connections"}'), data
+        s.close()
+        for h in held:
+            h.close()
+        time.sleep(0.5)
+        r, body = crc_request(srv.port, "crc_token=after")
+        assert r.status == 200
+    finally:
+        srv.stop()
+
+
+@test
+def deadlines_close_slow_and_idle_clients():
+    # Started together so that the suite waits once for the longest (15 s).
+    srv = Server()
+    try:
+        idle = srv.sock(timeout=30)
+        slow_head = srv.sock(timeout=30)
+        slow_head.sendall(b"GET /healthz HTTP/1.1\r\nHost")
+        kept = srv.sock(timeout=30)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_response(kept)
+        t0 = time.monotonic()
+        # The slow head gets 408 after 10 s.
+        st, h, body, _ = read_response(slow_head)
+        t_head = time.monotonic() - t0
+        assert st == 408 and "10 s" in json.loads(body)["error"], body
+        assert 9 <= t_head <= 12, t_head
+        # The silent and the kept-alive connections close at 15 s.
+        assert is_closed(idle, 10) and is_closed(kept, 10)
+        t_idle = time.monotonic() - t0
+        assert 14 <= t_idle <= 17, t_idle
+    finally:
+        srv.stop()
+
+
+@test
+def body_deadline_is_30_seconds():
+    srv = Server()
+    try:
+        s = srv.sock(timeout=45)
+        s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                  b"x-twitter-webhooks-signature: sha256=x\r\n\r\n{\"a\":")
+        t0 = time.monotonic()
+        st, h, body, _ = read_response(s)
+        took = time.monotonic() - t0
+        assert st == 408 and "30 s" in json.loads(body)["error"] and 29 <= took <= 33, (st, took)
+        assert is_closed(s)
+    finally:
+        srv.stop()
+    assert srv.stdout() == b""
+
+
+# ---------------------------------------------------------------------------
+# --output
+
+@test
+def output_file_gets_compact_lines_synced():
+    path = os.path.join(WORK, "events.jsonl")
+    srv = Server("--output", path)
+    bodies = [b for _, b in fixtures()] + [b'{ "spaced" : [ 1 , 2 ] , "u" : "\\u00e9\\/" }']
+    try:
+        c = srv.conn()
+        for b in bodies:
+            r, _ = post(c, b)
+            assert r.status == 200
+        r, _ = post(c, b"[1]")
+        assert r.status == 400
+        # Concurrent posters: whole lines, never interleaved.
+        errors = []
+
+        def worker(k):
+            try:
+                cc = srv.conn()
+                for i in range(25):
+                    rr, _ = post(cc, b'{"worker":%d,"i":%d,"pad":"%s"}' % (k, i, b"p" * 3000))
+                    assert rr.status == 200
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+    finally:
+        srv.stop()
+    lines = open(path, "rb").read().split(b"\n")
+    assert lines[-1] == b""
+    lines = lines[:-1]
+    assert len(lines) == len(bodies) + 200, len(lines)
+    for b, line in zip(bodies, lines):
+        if b.startswith(b"{ "):
+            assert line == b'{"spaced":[1,2],"u":"\\u00e9\\/"}', line
+        else:
+            assert json.loads(line) == json.loads(b)
+            assert line == json.dumps(json.loads(b), separators=(",", ":"), ensure_ascii=False).encode(), line
+    seen = set()
+    for line in lines[len(bodies):]:
+        obj = json.loads(line)
+        seen.add((obj["worker"], obj["i"]))
+    assert len(seen) == 200
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+@test
+def output_write_failure_is_500_and_crc_still_works():
+    if not os.path.exists("/dev/full"):
+        return
+    srv = Server("--output", "/dev/full")
+    try:
+        c = srv.conn()
+        r, body = post(c, b'{"lost":false}')
+        assert r.status == 500 and "--output" in json.loads(body)["error"], body
+        c.request("GET", "/webhooks/twitter?crc_token=stillhere")
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["response_token"] == sign(b"stillhere")
+    finally:
+        srv.stop()
+    assert srv.stdout() == b"", "an event that got 500 must not be emitted"
+
+
+@test
+def output_torn_last_line_is_cut_at_start():
+    path = os.path.join(WORK, "torn.jsonl")
+    with open(path, "wb") as f:
+        f.write(b'{"whole":1}\n{"torn":')
+    srv = Server("--output", path)
+    try:
+        r, _ = post(srv.conn(), b'{"next":2}')
+        assert r.status == 200
+    finally:
+        srv.stop()
+    assert open(path, "rb").read() == b'{"whole":1}\n{"next":2}\n'
+    assert "torn line" in srv.stderr()
+
+
+@test
+def stdout_closed_gives_500():
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)
+    srv = Server(stdout=os.fdopen(w_fd, "wb"))
+    try:
+        r, body = post(srv.conn(), b'{"a":1}')
+        assert r.status == 500 and "stdout" in json.loads(body)["error"]
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------------------
+# Signals, secrets, the command line
+
+@test
+def sigterm_lets_a_request_in_flight_finish():
+    srv = Server()
+    body = b'{"in":"flight"}'
+    s = srv.sock()
+    idle = srv.sock()
+    s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+              b"x-twitter-webhooks-signature: %s\r\n\r\n" % (len(body), sign(body).encode()) + body[:5])
+    time.sleep(0.3)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert is_closed(idle, 3), "an idle connection is closed at once"
+    s.sendall(body[5:])
+    st, h, _, _ = read_response(s)
+    assert st == 200 and h.get("connection") == "close"
+    assert srv.stop() == 0
+    assert srv.stdout() == pretty(json.loads(body)).encode()
+    # No new connections after the stop.
+    try:
+        socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+        raise AssertionError("still accepting")
+    except ConnectionRefusedError:
+        pass
+
+
+@test
+def sigint_stops_with_status_0():
+    srv = Server()
+    assert srv.stop(signal.SIGINT) == 0
+    assert "stopped" in srv.stderr()
+
+
+def run(args, env=None, input=None):
+    e = {k: v for k, v in os.environ.items() if "SECRET" not in k}
+    e.update(env or {})
+    p = subprocess.run([BIN, *args], env=e, input=input, capture_output=True, timeout=30)
+    check_sanitizers(p.stderr.decode("utf-8", "replace"))
+    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+
+
+@test
+def secret_sources():
+    rc, out, err = run(["--listen", "127.0.0.1:0"])
+    assert rc == 1 and "TWITTER_CONSUMER_SECRET" in err and err.count("\n") == 1, (rc, err)
+    rc, out, err = run(["crc", "foo"], env={"TWITTER_CONSUMER_SECRET": ""})
+    assert rc == 1 and "TWITTER_CONSUMER_SECRET" in err
+    rc, out, err = run(["crc", "foo"], env={"CONSUMER_SECRET": "secret"})
+    assert rc == 0 and out == b'{"response_token":"sha256=dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ="}\n', out
+    rc, out, err = run(["crc", "foo"], env={"TWITTER_CONSUMER_SECRET": "secret", "CONSUMER_SECRET": "other"})
+    assert rc == 0 and b"dzukRp" in out
+    path = os.path.join(WORK, "secret.txt")
+    with open(path, "w") as f:
+        f.write("secret\n")
+    rc, out, err = run(["--secret-file", path, "crc", "foo"])
+    assert rc == 0 and b"dzukRp" in out, err
+    with open(path, "w") as f:
+        f.write("")
+    rc, out, err = run(["--secret-file", path, "crc", "foo"])
+    assert rc == 1 and "empty" in err
+    rc, out, err = run(["--secret-file", "/nonexistent/secret", "crc", "foo"])
+    assert rc == 1 and "/nonexistent/secret" in err and "No such file" in err
+    rc, out, err = run(["--secret", "secret", "crc", "foo"])
+    assert rc != 0 and "never taken from the command line" in err
+
+
+@test
+def secret_stays_out_of_proc_and_output():
+    srv = Server()
+    try:
+        post(srv.conn(), b'{"a":1}')
+        crc_request(srv.port, "crc_token=abc")
+        cmdline = open("/proc/%d/cmdline" % srv.proc.pid, "rb").read()
+        environ = open("/proc/%d/environ" % srv.proc.pid, "rb").read()
+        assert SECRET.encode() not in cmdline and SECRET.encode() not in environ
+    finally:
+        srv.stop()
+    assert SECRET not in srv.stderr() and SECRET.encode() not in srv.stdout()
+
+
+@test
+def bad_command_lines_fail_with_one_line():
+    env = {"TWITTER_CONSUMER_SECRET": "x"}
+    for args, part in [(["--bogus"], "unknown option '--bogus'"), (["frobnicate"], "unknown command"),
+                       (["--listen"], "needs a value"), (["--listen", "nope"], "bad --listen"),
+                       (["--listen", "127.0.0.1:99999"], "bad --listen"),
+                       (["--listen", "::1:80"], "brackets"), (["--listen", "256.1.1.1:80"], "cannot listen"),
+                       (["--max-body", "0"], "bad --max-body"), (["--max-body", "2G"], "bad --max-body"),
+                       (["--max-body", "12x"], "bad --max-body"), (["--max-conns", "0"], "bad --max-conns"),
+                       (["--path", "noslash"], "bad --path"), (["--path", "/a?b"], "bad --path"),
+                       (["crc"], "usage"), (["crc", "a", "b"], "usage"), (["fmt", "a", "b"], "usage"),
+                       (["--output", "/nonexistent/dir/file", "--listen", "127.0.0.1:0"], "cannot open --output")]:
+        rc, out, err = run(args, env=env)
+        assert rc != 0 and part in err and err.count("\n") == 1 and out == b"", (args, rc, err)
+    # An address already in use.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    rc, out, err = run(["--listen", "127.0.0.1:%d" % holder.getsockname()[1]], env=env)
+    holder.close()
+    assert rc == 1 and "Address already in use" in err and err.count("\n") == 1, err
+    rc, out, err = run(["--help"])
+    assert rc == 0 and b"--listen" in out and b"--max-body" in out
+    rc, out, err = run(["--version"])
+    assert rc == 0 and out.startswith(b"xwebhook ")
+
+
+@test
+def ipv6_listen():
+    if not socket.has_ipv6:
+        return
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return
+    e = {k: v for k, v in os.environ.items() if "SECRET" not in k}
+    e["TWITTER_CONSUMER_SECRET"] = SECRET
+    err_path = os.path.join(WORK, "v6.err")
+    with open(err_path, "wb") as err:
+        p = subprocess.Popen([BIN, "--listen", "[::1]:0"], stdout=subprocess.DEVNULL, stderr=err, env=e)
+    try:
+        for _ in range(500):
+            text = open(err_path).read()
+            if "serving" in text:
+                break
+            time.sleep(0.02)
+        assert "serving http://[::1]:" in text, text
+        port = int(text.split("]:", 1)[1].split("/", 1)[0])
+        c = http.client.HTTPConnection("::1", port, timeout=5)
+        c.request("GET", "/webhooks/twitter?crc_token=v6")
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["response_token"] == sign(b"v6")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    check_sanitizers(open(err_path).read())
+
+
+@test
+def sign_and_fmt_subcommands():
+    env = {"TWITTER_CONSUMER_SECRET": SECRET}
+    for name, body in fixtures():
+        rc, out, err = run(["sign"], env=env, input=body)
+        assert rc == 0 and out == (sign(body) + "\n").encode(), (name, out)
+        path = os.path.join(FIXTURES, name)
+        rc, out, err = run(["sign", path], env=env)
+        assert rc == 0 and out == (sign(body) + "\n").encode()
+        rc, out, err = run(["fmt", path])
+        assert rc == 0 and out == pretty(json.loads(body)).encode(), name
+        rc, out2, err = run(["fmt"], input=body)
+        assert rc == 0 and out2 == out
+    # A stream of values, as --output writes them.
+    rc, out, err = run(["fmt"], input=b'{"a":1}\n{"b":[]}\n')
+    assert rc == 0 and out == b'{\n  "a": 1\n}\n{\n  "b": []\n}\n', out
+    # Invalid JSON: status 1 and where.
+    rc, out, err = run(["fmt"], input=b'{\n  "a": 1,\n  "b" 2\n}\n')
+    assert rc == 1 and "line 3, column 7: expected ':'" in err and err.count("\n") == 1, err
+    rc, out, err = run(["fmt"], input=b"")
+    assert rc == 1 and "line 1, column 1: expected a value" in err
+    rc, out, err = run(["fmt", "/nonexistent.json"])
+    assert rc == 1 and "/nonexistent.json" in err
+    # Random canonical documents against json.dumps(indent=2).
+    rnd = random.Random(7)
+
+    def gen(d=0):
+        k = rnd.randint(0, 7 if d < 5 else 4)
+        if k == 0:
+            return rnd.randint(-2 ** 70, 2 ** 70)
+        if k == 1:
+            return "".join(rnd.choice("ab\"\\/\n\t\u00e9\u20ac\U0001F600 ") for _ in range(rnd.randint(0, 8)))
+        if k == 2:
+            return rnd.choice([True, False, None])
+        if k == 3:
+            return rnd.random() * 10 ** rnd.randint(-5, 5)
+        if k == 4:
+            return rnd.randint(0, 9)
+        if k in (5, 6):
+            return [gen(d + 1) for _ in range(rnd.randint(0, 4))]
+        return {"k%d" % i: gen(d + 1) for i in range(rnd.randint(0, 4))}
+    docs = [gen() for _ in range(300)]
+    text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
+    rc, out, err = run(["fmt"], input=text)
+    assert rc == 0 and out == "".join(pretty(d) for d in docs).encode()
+
+
+# ---------------------------------------------------------------------------
+
+def main():
+    only = os.environ.get("ONLY")
+    passed = failed = 0
+    shared = Server()
+    for fn in TESTS:
+        if only and only not in fn.__name__:
+            continue
+        t0 = time.monotonic()
+        try:
+            if fn.__code__.co_argcount == 1:
+                fn(shared)
+            else:
+                fn()
+            passed += 1
+            print("ok   %-60s %6.2fs" % (fn.__name__, time.monotonic() - t0), flush=True)
+        except Exception:  # noqa: BLE001
+            failed += 1
+            print("FAIL %s" % fn.__name__, flush=True)
+            traceback.print_exc(file=sys.stdout)
+    try:
+        rc = shared.stop()
+        assert rc == 0, "shared server exited %d" % rc
+    except Exception:  # noqa: BLE001
+        failed += 1
+        print("FAIL shared server shutdown", flush=True)
+        traceback.print_exc(file=sys.stdout)
+    print("integration: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
