@@ -33,12 +33,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef XWEBHOOK_TLS
+#include <bearssl.h>
+#endif
 
 #define XWEBHOOK_VERSION "0.1.0"
 
@@ -82,6 +89,7 @@ static const char *secret_file;          /* --secret-file */
 static size_t max_body = 1024 * 1024;    /* --max-body: 1 MiB */
 static unsigned max_conns = 1024;        /* --max-conns */
 static int quiet;                        /* --quiet: no access log */
+static const char *run_as;               /* --user: drop to this user */
 
 /* Each connection thread's stack: the deepest path (a response, a log
  * line) needs a few KiB; sanitizer builds need much more. Only the pages
@@ -248,6 +256,24 @@ write_all(int fd, const void *p, size_t n)
 		n -= (size_t)w;
 	}
 	return 0;
+}
+
+/* Fill buf with entropy from the kernel; dies if there is none. */
+static void
+entropy(void *buf, size_t n)
+{
+	char *p = buf;
+
+	while (n > 0) {
+		ssize_t r = getrandom(p, n, 0);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			die("getrandom:");
+		p += r;
+		n -= (size_t)r;
+	}
 }
 
 /* Read a whole descriptor into b; -1 on a read error. */
@@ -497,6 +523,134 @@ signature_of(const struct hmac_key *k, const void *msg, size_t n, char out[SIGNA
 	memcpy(out, "sha256=", 7);
 	base64_encode(mac, 32, out + 7);
 }
+
+#ifdef XWEBHOOK_TLS
+/* ------------------------------------------------------------------------
+ * DER: just enough to read a certificate's serial number and validity,
+ * for the startup line, expiry warnings and `check`.
+ * ------------------------------------------------------------------------ */
+
+/* Read the TLV at *p (before end): its tag and value; advance *p past it. */
+static int
+der_next(const unsigned char **p, const unsigned char *end, unsigned *tag,
+    const unsigned char **val, size_t *len)
+{
+	const unsigned char *q = *p;
+	size_t n;
+
+	if (end - q < 2 || (q[0] & 0x1f) == 0x1f)
+		return -1;
+	*tag = *q++;
+	n = *q++;
+	if (n & 0x80) {
+		unsigned k = n & 0x7f;
+
+		if (k == 0 || k > 4 || (size_t)(end - q) < k)
+			return -1;
+		for (n = 0; k > 0; k--)
+			n = n << 8 | *q++;
+	}
+	if ((size_t)(end - q) < n)
+		return -1;
+	*val = q;
+	*len = n;
+	*p = q + n;
+	return 0;
+}
+
+/* A UTCTime (tag 0x17) or GeneralizedTime (0x18), in UTC. */
+static int
+der_time(unsigned tag, const unsigned char *v, size_t n, time_t *out)
+{
+	struct tm tm;
+	int f[7], i, k = 0, year;
+
+	if (!((tag == 0x17 && n == 13) || (tag == 0x18 && n == 15)) || v[n - 1] != 'Z')
+		return -1;
+	for (i = 0; i < (int)n - 1; i++)
+		if (!isdigit(v[i]))
+			return -1;
+	if (tag == 0x17) {
+		year = (v[0] - '0') * 10 + (v[1] - '0');
+		year += year < 50 ? 2000 : 1900;
+		k = 2;
+	} else {
+		year = (v[0] - '0') * 1000 + (v[1] - '0') * 100 + (v[2] - '0') * 10 + (v[3] - '0');
+		k = 4;
+	}
+	for (i = 0; i < 5; i++, k += 2)
+		f[i] = (v[k] - '0') * 10 + (v[k + 1] - '0');
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = year - 1900;
+	tm.tm_mon = f[0] - 1;
+	tm.tm_mday = f[1];
+	tm.tm_hour = f[2];
+	tm.tm_min = f[3];
+	tm.tm_sec = f[4];
+	*out = timegm(&tm);
+	return 0;
+}
+
+/* What we show of a certificate. */
+struct cert_info {
+	char serial[2 * 32 + 1];   /* upper-case hex, as openssl prints it */
+	time_t not_before, not_after;
+};
+
+/* Read the serial and validity from a DER certificate. */
+static int
+cert_info(const unsigned char *der, size_t n, struct cert_info *ci)
+{
+	const unsigned char *p = der, *end = der + n, *v;
+	size_t len, i, o = 0;
+	unsigned tag;
+
+	/* Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { ... */
+	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		return -1;
+	p = v;
+	end = v + len;
+	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		return -1;
+	p = v;
+	end = v + len;
+	/* [0] version, optional; serialNumber INTEGER. */
+	if (der_next(&p, end, &tag, &v, &len) < 0)
+		return -1;
+	if (tag == 0xa0 && der_next(&p, end, &tag, &v, &len) < 0)
+		return -1;
+	if (tag != 0x02 || len == 0 || len > 33)
+		return -1;
+	if (len > 1 && v[0] == 0) {
+		v++;
+		len--;
+	}
+	for (i = 0; i < len && o + 2 < sizeof(ci->serial); i++, o += 2)
+		snprintf(ci->serial + o, 3, "%02X", v[i]);
+	ci->serial[o] = '\0';
+	/* signature AlgorithmIdentifier, issuer Name, then Validity. */
+	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30 ||
+	    der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30 ||
+	    der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		return -1;
+	p = v;
+	end = v + len;
+	if (der_next(&p, end, &tag, &v, &len) < 0 || der_time(tag, v, len, &ci->not_before) < 0 ||
+	    der_next(&p, end, &tag, &v, &len) < 0 || der_time(tag, v, len, &ci->not_after) < 0)
+		return -1;
+	return 0;
+}
+
+/* "2027-02-26 12:00 UTC" */
+static void
+format_date(time_t t, char *out, size_t n)
+{
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	strftime(out, n, "%Y-%m-%d %H:%M UTC", &tm);
+}
+#endif /* XWEBHOOK_TLS */
 
 /* ------------------------------------------------------------------------
  * JSON: one streaming state machine validates (RFC 8259, UTF-8 checked
@@ -1533,6 +1687,7 @@ struct conn {
 	int fd;
 	const struct transport *tr;
 	void *tls;                  /* the TLS transport's state */
+	int64_t accepted;           /* when, in monotonic ms */
 	char peer[INET6_ADDRSTRLEN + 8];
 	char *in;                   /* CONN_BUF bytes received */
 	size_t in_len;              /* bytes in it */
@@ -1643,6 +1798,625 @@ plain_close(struct conn *c, int linger)
 
 static const struct transport plain_transport = { plain_read, plain_write, plain_close };
 
+#ifdef XWEBHOOK_TLS
+/* ------------------------------------------------------------------------
+ * TLS through BearSSL: the identity (certificate chain and key), one
+ * session cache shared by all connections, and the TLS transport, which
+ * offers the same three operations as the plain one.
+ * ------------------------------------------------------------------------ */
+
+enum {
+	/* Sessions remembered for resumption; each takes 100 bytes. */
+	TLS_SESSIONS = 10000,
+	/* Warn when the certificate has fewer days than this left. */
+	EXPIRY_WARN_DAYS = 14,
+};
+
+static const char *cert_path, *key_path;   /* --cert, --key: TLS on */
+
+/* A certificate chain and its key, as loaded from --cert and --key. The
+ * connections that started under it hold a reference, so a reload (SIGHUP)
+ * can swap in a new one while they finish with the old. */
+struct identity {
+	br_x509_certificate *chain;
+	size_t chain_len;
+	br_skey_decoder_context key;    /* the decoded private key lives here */
+	int key_type;                   /* BR_KEYTYPE_RSA or BR_KEYTYPE_EC */
+	unsigned issuer_key_type;       /* read from the leaf's signature */
+	struct cert_info leaf;
+	unsigned refs;
+};
+
+static pthread_mutex_t identity_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct identity *current_identity;
+
+/* ECDHE key exchange and AEAD ciphers only: forward secrecy, no CBC, no
+ * static RSA or ECDH, no 3DES. ChaCha20+Poly1305 is faster than AES/GCM
+ * without AES instructions; tls_suites_init puts AES/GCM first when the
+ * CPU has them. */
+static uint16_t tls_suites[] = {
+	BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+};
+static const char *tls_alpn[] = { "http/1.1" };
+
+static void
+tls_suites_init(void)
+{
+	if (br_aes_x86ni_ctrcbc_get_vtable() != NULL || br_aes_pwr8_ctrcbc_get_vtable() != NULL) {
+		uint16_t aes_first[] = {
+			BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		};
+
+		memcpy(tls_suites, aes_first, sizeof(tls_suites));
+	}
+}
+
+/* The PEM objects of a file: name and DER bytes. */
+struct pem_object {
+	char name[128];   /* as long as BearSSL keeps them */
+	struct buf der;
+};
+
+static void
+pem_collect(void *ctx, const void *p, size_t n)
+{
+	buf_add(ctx, p, n);
+}
+
+/* Decode every PEM object in text; -1 if one is malformed or cut short. */
+static int
+pem_decode(const char *text, size_t len, struct pem_object **objs, size_t *count)
+{
+	br_pem_decoder_context pc;
+	int inside = 0, pass;
+
+	*objs = NULL;
+	*count = 0;
+	br_pem_decoder_init(&pc);
+	/* The decoder wants a line end after the last END line; a file
+	 * may lack it, so one more newline is pushed at the end. */
+	for (pass = 0; pass < 2; pass++) {
+		const char *p = pass == 0 ? text : "\n";
+		size_t n = pass == 0 ? len : 1;
+
+		while (n > 0) {
+			size_t k = br_pem_decoder_push(&pc, p, n);
+
+			p += k;
+			n -= k;
+			switch (br_pem_decoder_event(&pc)) {
+			case BR_PEM_BEGIN_OBJ: {
+				struct pem_object *o;
+
+				*objs = xrealloc(*objs, (*count + 1) * sizeof(**objs));
+				o = &(*objs)[(*count)++];
+				memset(o, 0, sizeof(*o));
+				snprintf(o->name, sizeof(o->name), "%s", br_pem_decoder_name(&pc));
+				br_pem_decoder_setdest(&pc, pem_collect, &o->der);
+				inside = 1;
+				break;
+			}
+			case BR_PEM_END_OBJ:
+				inside = 0;
+				break;
+			case BR_PEM_ERROR:
+				return -1;
+			}
+		}
+	}
+	return inside ? -1 : 0;
+}
+
+static void
+pem_free(struct pem_object *objs, size_t count)
+{
+	size_t i;
+
+	for (i = 0; i < count; i++)
+		buf_free(&objs[i].der);
+	free(objs);
+}
+
+/* Strip leading zero bytes from a big-endian integer. */
+static const unsigned char *
+be_trim(const unsigned char *p, size_t *n)
+{
+	while (*n > 0 && *p == 0) {
+		p++;
+		(*n)--;
+	}
+	return p;
+}
+
+/* Does the private key match the certificate's public key? BearSSL does
+ * not check, and a mismatch only shows as every handshake failing. */
+static int
+key_matches(const br_skey_decoder_context *key, const br_x509_pkey *pk)
+{
+	if (br_skey_decoder_key_type(key) == BR_KEYTYPE_RSA && pk->key_type == BR_KEYTYPE_RSA) {
+		const br_rsa_private_key *sk = br_skey_decoder_get_rsa(key);
+		br_rsa_compute_modulus modulus = br_rsa_compute_modulus_get_default();
+		uint32_t e = br_rsa_compute_pubexp_get_default()(sk), ce = 0;
+		size_t nlen = modulus(NULL, sk), clen = pk->key.rsa.nlen, elen = pk->key.rsa.elen, i;
+		unsigned char *n = xmalloc(nlen);
+		const unsigned char *a, *b;
+		int same;
+
+		nlen = modulus(n, sk);
+		a = be_trim(n, &nlen);
+		b = be_trim(pk->key.rsa.n, &clen);
+		same = nlen > 0 && nlen == clen && memcmp(a, b, nlen) == 0;
+		free(n);
+		b = be_trim(pk->key.rsa.e, &elen);
+		if (elen > 4)
+			return 0;
+		for (i = 0; i < elen; i++)
+			ce = ce << 8 | b[i];
+		return same && e != 0 && e == ce;
+	}
+	if (br_skey_decoder_key_type(key) == BR_KEYTYPE_EC && pk->key_type == BR_KEYTYPE_EC) {
+		const br_ec_private_key *sk = br_skey_decoder_get_ec(key);
+		unsigned char kbuf[BR_EC_KBUF_PUB_MAX_SIZE];
+		br_ec_public_key pub;
+
+		if (br_ec_compute_pub(br_ec_get_default(), &pub, kbuf, sk) == 0)
+			return 0;
+		return pub.curve == pk->key.ec.curve && pub.qlen == pk->key.ec.qlen &&
+		    memcmp(pub.q, pk->key.ec.q, pub.qlen) == 0;
+	}
+	return 0;
+}
+
+static void
+identity_free(struct identity *id)
+{
+	size_t i;
+
+	if (id == NULL)
+		return;
+	for (i = 0; i < id->chain_len; i++)
+		free(id->chain[i].data);
+	free(id->chain);
+	/* The key's bytes are secret: do not leave them in freed memory. */
+	memset(&id->key, 0, sizeof(id->key));
+	free(id);
+}
+
+/* Read a file for identity_load, with a one-line reason on failure. */
+static int
+identity_read(const char *what, const char *path, struct buf *b, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || read_all(fd, b) < 0) {
+		snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+/* Load a chain (leaf first, as certbot's fullchain.pem) and its key.
+ * Returns NULL with a one-line reason in err when they cannot serve. */
+static struct identity *
+identity_load(const char *certf, const char *keyf, char *err, size_t errlen)
+{
+	struct buf text = { 0 };
+	struct pem_object *objs = NULL;
+	size_t count = 0, i;
+	struct identity *id = xmalloc(sizeof(*id));
+	br_x509_decoder_context dc;
+	const br_x509_pkey *pk;
+	int found = 0;
+
+	memset(id, 0, sizeof(*id));
+	/* The chain. */
+	if (identity_read("--cert", certf, &text, err, errlen) < 0)
+		goto fail;
+	if (pem_decode(text.p, text.len, &objs, &count) < 0) {
+		snprintf(err, errlen, "--cert %s is not valid PEM", certf);
+		goto fail;
+	}
+	for (i = 0; i < count; i++) {
+		if (strcmp(objs[i].name, "CERTIFICATE") != 0 && strcmp(objs[i].name, "X509 CERTIFICATE") != 0)
+			continue;
+		id->chain = xrealloc(id->chain, (id->chain_len + 1) * sizeof(*id->chain));
+		id->chain[id->chain_len].data = (unsigned char *)objs[i].der.p;
+		id->chain[id->chain_len].data_len = objs[i].der.len;
+		id->chain_len++;
+		objs[i].der.p = NULL;   /* now the chain's */
+		objs[i].der.len = objs[i].der.cap = 0;
+	}
+	pem_free(objs, count);
+	objs = NULL;
+	if (id->chain_len == 0) {
+		snprintf(err, errlen, "--cert %s holds no certificate", certf);
+		goto fail;
+	}
+
+	/* The key. */
+	text.len = 0;
+	if (identity_read("--key", keyf, &text, err, errlen) < 0)
+		goto fail;
+	buf_addc(&text, '\0');
+	if (strstr(text.p, "ENCRYPTED") != NULL) {
+		snprintf(err, errlen, "--key %s is encrypted; write it decrypted "
+		    "(openssl pkey -in %s -out key.pem) and keep that file private", keyf, keyf);
+		goto fail;
+	}
+	if (pem_decode(text.p, text.len - 1, &objs, &count) < 0) {
+		snprintf(err, errlen, "--key %s is not valid PEM", keyf);
+		goto fail;
+	}
+	for (i = 0; i < count && !found; i++) {
+		if (strcmp(objs[i].name, "PRIVATE KEY") != 0 && strcmp(objs[i].name, "RSA PRIVATE KEY") != 0 &&
+		    strcmp(objs[i].name, "EC PRIVATE KEY") != 0)
+			continue;
+		found = 1;
+		br_skey_decoder_init(&id->key);
+		br_skey_decoder_push(&id->key, objs[i].der.p, objs[i].der.len);
+		memset(objs[i].der.p, 0, objs[i].der.len);
+		if (br_skey_decoder_last_error(&id->key) != 0) {
+			snprintf(err, errlen, "--key %s: unsupported or malformed key "
+			    "(RSA, or EC on P-256, P-384 or P-521)", keyf);
+			goto fail;
+		}
+	}
+	pem_free(objs, count);
+	objs = NULL;
+	memset(text.p, 0, text.cap);
+	if (!found) {
+		snprintf(err, errlen, "--key %s holds no private key", keyf);
+		goto fail;
+	}
+	id->key_type = br_skey_decoder_key_type(&id->key);
+	if (id->key_type == BR_KEYTYPE_EC) {
+		int curve = br_skey_decoder_get_ec(&id->key)->curve;
+
+		if (curve != BR_EC_secp256r1 && curve != BR_EC_secp384r1 && curve != BR_EC_secp521r1) {
+			snprintf(err, errlen, "--key %s: unsupported curve (P-256, P-384 or P-521 only)", keyf);
+			goto fail;
+		}
+	}
+
+	/* The leaf: its key must be ours; its signer's key type matters to
+	 * BearSSL's EC profile, so it is read, never assumed. */
+	br_x509_decoder_init(&dc, NULL, NULL);
+	br_x509_decoder_push(&dc, id->chain[0].data, id->chain[0].data_len);
+	pk = br_x509_decoder_get_pkey(&dc);
+	if (pk == NULL || cert_info(id->chain[0].data, id->chain[0].data_len, &id->leaf) < 0) {
+		snprintf(err, errlen, "--cert %s: the first certificate cannot be decoded", certf);
+		goto fail;
+	}
+	if (!key_matches(&id->key, pk)) {
+		snprintf(err, errlen, "the key in %s does not match the certificate in %s "
+		    "(the first one, which must be the server's own)", keyf, certf);
+		goto fail;
+	}
+	id->issuer_key_type = (unsigned)br_x509_decoder_get_signer_key_type(&dc);
+	if (id->issuer_key_type == 0)
+		id->issuer_key_type = BR_KEYTYPE_RSA | BR_KEYTYPE_EC;  /* unknown: no ECDH suites use it */
+	buf_free(&text);
+	id->refs = 1;
+	return id;
+fail:
+	if (text.p != NULL)
+		memset(text.p, 0, text.cap);
+	buf_free(&text);
+	pem_free(objs, count);
+	identity_free(id);
+	return NULL;
+}
+
+/* Say what is served, and warn of what X will refuse. */
+static void
+identity_describe(const struct identity *id, const char *when)
+{
+	char date[32];
+	time_t now = time(NULL);
+	long days = (long)((id->leaf.not_after - now) / 86400);
+
+	format_date(id->leaf.not_after, date, sizeof(date));
+	warn("%scertificate serial %s (%s key, chain of %zu), expires %s", when, id->leaf.serial,
+	    id->key_type == BR_KEYTYPE_RSA ? "RSA" : "EC", id->chain_len, date);
+	if (id->leaf.not_after <= now)
+		warn("warning: the certificate expired on %s; X will refuse it", date);
+	else if (days < EXPIRY_WARN_DAYS)
+		warn("warning: the certificate expires in %ld day(s), on %s; renew it", days, date);
+	if (id->chain_len == 1)
+		warn("warning: --cert %s holds a single certificate; X will not fetch a missing "
+		    "intermediate, so give the full chain (certbot's fullchain.pem)", cert_path);
+}
+
+static struct identity *
+identity_acquire(void)
+{
+	struct identity *id;
+
+	pthread_mutex_lock(&identity_lock);
+	id = current_identity;
+	id->refs++;
+	pthread_mutex_unlock(&identity_lock);
+	return id;
+}
+
+static void
+identity_release(struct identity *id)
+{
+	unsigned left;
+
+	pthread_mutex_lock(&identity_lock);
+	left = --id->refs;
+	pthread_mutex_unlock(&identity_lock);
+	if (left == 0)
+		identity_free(id);
+}
+
+/* BearSSL's LRU session cache is not thread-safe: one lock around it. */
+static struct {
+	const br_ssl_session_cache_class *vtable;   /* first: BearSSL passes &vtable */
+	br_ssl_session_cache_lru lru;
+	unsigned char *store;
+	pthread_mutex_t lock;
+} session_cache = { NULL, { NULL, NULL, 0, 0, { 0 }, NULL, 0, 0, 0, 0 }, NULL, PTHREAD_MUTEX_INITIALIZER };
+
+static void
+session_save(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
+    const br_ssl_session_parameters *params)
+{
+	(void)ctx;
+	pthread_mutex_lock(&session_cache.lock);
+	session_cache.lru.vtable->save(&session_cache.lru.vtable, sc, params);
+	pthread_mutex_unlock(&session_cache.lock);
+}
+
+static int
+session_load(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
+    br_ssl_session_parameters *params)
+{
+	int r;
+
+	(void)ctx;
+	pthread_mutex_lock(&session_cache.lock);
+	r = session_cache.lru.vtable->load(&session_cache.lru.vtable, sc, params);
+	pthread_mutex_unlock(&session_cache.lock);
+	return r;
+}
+
+static const br_ssl_session_cache_class session_cache_class = {
+	sizeof(session_cache), session_save, session_load
+};
+
+/* Empty the cache: at start, and after a reload, so that no session made
+ * under the old key is resumed. */
+static void
+session_cache_reset(void)
+{
+	pthread_mutex_lock(&session_cache.lock);
+	if (session_cache.store == NULL)
+		session_cache.store = xmalloc((size_t)TLS_SESSIONS * 100);
+	br_ssl_session_cache_lru_init(&session_cache.lru, session_cache.store, (size_t)TLS_SESSIONS * 100);
+	session_cache.vtable = &session_cache_class;
+	pthread_mutex_unlock(&session_cache.lock);
+}
+
+/* What BearSSL's socket callbacks need of the call in progress. */
+struct tls_io {
+	int64_t deadline;
+	int wake_fd;
+	ssize_t status;         /* why a callback failed: 0 at EOF, or IO_* */
+};
+
+/* One TLS connection's state. */
+struct tls_conn {
+	struct tls_io sock;     /* first: the callbacks reach it through c->tls */
+	br_ssl_server_context sc;
+	br_sslio_context io;
+	struct identity *id;
+	int handshaken;
+	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
+};
+
+/* BearSSL's socket callbacks: the plain transport's waits and deadlines. */
+static int
+tls_sock_read(void *ctx, unsigned char *p, size_t n)
+{
+	struct conn *c = ctx;
+	struct tls_io *t = c->tls;
+	ssize_t r = plain_read(c, p, n, t->deadline, t->wake_fd);
+
+	if (r > 0)
+		return (int)r;
+	t->status = r;
+	return -1;
+}
+
+static int
+tls_sock_write(void *ctx, const unsigned char *p, size_t n)
+{
+	struct conn *c = ctx;
+	struct tls_io *t = c->tls;
+
+	for (;;) {
+		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+
+		if (w >= 0)
+			return (int)w;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			int r = wait_fd(c->fd, POLLOUT, t->deadline, -1);
+
+			if (r == 0)
+				continue;
+			t->status = r;
+		} else {
+			t->status = IO_ERROR;
+		}
+		return -1;
+	}
+}
+
+/* Set up the server engine for a new connection, under the identity
+ * current at that moment. */
+static struct tls_conn *
+tls_start(struct conn *c)
+{
+	struct tls_conn *t = xmalloc(sizeof(*t));
+	unsigned char seed[32];
+
+	/* iobuf is not cleared: the engine writes before it reads. */
+	memset(t, 0, offsetof(struct tls_conn, iobuf));
+	t->id = identity_acquire();
+	if (t->id->key_type == BR_KEYTYPE_RSA)
+		br_ssl_server_init_full_rsa(&t->sc, t->id->chain, t->id->chain_len,
+		    br_skey_decoder_get_rsa(&t->id->key));
+	else
+		br_ssl_server_init_full_ec(&t->sc, t->id->chain, t->id->chain_len,
+		    t->id->issuer_key_type, br_skey_decoder_get_ec(&t->id->key));
+	br_ssl_engine_set_versions(&t->sc.eng, BR_TLS12, BR_TLS12);
+	br_ssl_engine_set_suites(&t->sc.eng, tls_suites, sizeof(tls_suites) / sizeof(tls_suites[0]));
+	br_ssl_engine_add_flags(&t->sc.eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
+	br_ssl_engine_set_protocol_names(&t->sc.eng, tls_alpn, 1);
+	br_ssl_engine_set_buffer(&t->sc.eng, t->iobuf, sizeof(t->iobuf), 1);
+	br_ssl_server_set_cache(&t->sc, &session_cache.vtable);
+	/* Seeded from getrandom() here, not from files BearSSL would open
+	 * itself, so it works after a chroot or a privilege drop. */
+	entropy(seed, sizeof(seed));
+	br_ssl_engine_inject_entropy(&t->sc.eng, seed, sizeof(seed));
+	memset(seed, 0, sizeof(seed));
+	br_ssl_server_reset(&t->sc);
+	br_sslio_init(&t->io, &t->sc.eng, tls_sock_read, c, tls_sock_write, c);
+	t->sock.wake_fd = -1;
+	c->tls = t;
+	return t;
+}
+
+static ssize_t
+tls_read(struct conn *c, void *p, size_t n, int64_t deadline, int wake_fd)
+{
+	struct tls_conn *t = c->tls ? c->tls : tls_start(c);
+	int r;
+
+	/* The handshake counts against the head deadline, from accept: a
+	 * client that connects and says nothing ties up nothing for long. */
+	if (!t->handshaken && deadline > c->accepted + head_timeout)
+		deadline = c->accepted + head_timeout;
+	t->sock.deadline = deadline;
+	t->sock.wake_fd = wake_fd;
+	t->sock.status = IO_ERROR;
+	r = br_sslio_read(&t->io, p, n > INT_MAX ? INT_MAX : n);
+	if (r > 0) {
+		t->handshaken = 1;
+		return r;
+	}
+	if (t->sock.status == IO_TIMEOUT || t->sock.status == IO_WOKEN)
+		return t->sock.status;
+	if (br_ssl_engine_last_error(&t->sc.eng) == BR_ERR_OK || t->sock.status == 0)
+		return 0;  /* close_notify, or the peer went away */
+	return IO_ERROR;
+}
+
+static int
+tls_write(struct conn *c, const void *p, size_t n, int64_t deadline)
+{
+	struct tls_conn *t = c->tls ? c->tls : tls_start(c);
+
+	t->sock.deadline = deadline;
+	t->sock.wake_fd = -1;
+	if (br_sslio_write_all(&t->io, p, n) < 0 || br_sslio_flush(&t->io) < 0)
+		return -1;
+	return 0;
+}
+
+/* A few of BearSSL's error codes, named for the log. */
+static const char *
+tls_error_name(int err)
+{
+	switch (err) {
+	case BR_ERR_BAD_VERSION:
+		return "client offered no TLS 1.2";
+	case BR_ERR_BAD_CIPHER_SUITE:
+		return "no cipher suite in common";
+	case BR_ERR_BAD_HANDSHAKE:
+		return "bad handshake";
+	case BR_ERR_UNSUPPORTED_VERSION:
+		return "unsupported version (not TLS 1.2)";
+	case BR_ERR_BAD_ALERT:
+		return "bad alert";
+	case BR_ERR_RECV_FATAL_ALERT:
+		return "the client sent a fatal alert (does it trust the certificate?)";
+	default:
+		return err >= BR_ERR_SEND_FATAL_ALERT ? "sent a fatal alert" : "protocol error";
+	}
+}
+
+static void
+tls_close(struct conn *c, int linger)
+{
+	struct tls_conn *t = c->tls;
+
+	if (t != NULL) {
+		br_ssl_engine_context *eng = &t->sc.eng;
+		int err = br_ssl_engine_last_error(eng);
+
+		if (!t->handshaken && err != BR_ERR_OK && err != BR_ERR_IO && !quiet)
+			warn("%s: TLS handshake failed: %s (BearSSL error %d)", c->peer, tls_error_name(err), err);
+		/* Send close_notify, without waiting for the peer's. */
+		if (br_ssl_engine_current_state(eng) != BR_SSL_CLOSED) {
+			br_ssl_engine_close(eng);
+			t->sock.deadline = now_ms() + 1000;
+			while (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC) {
+				size_t len;
+				unsigned char *rec = br_ssl_engine_sendrec_buf(eng, &len);
+				int w = tls_sock_write(c, rec, len);
+
+				if (w < 0)
+					break;
+				br_ssl_engine_sendrec_ack(eng, (size_t)w);
+			}
+		}
+		identity_release(t->id);
+		free(t);
+		c->tls = NULL;
+	}
+	plain_close(c, linger);
+}
+
+static const struct transport tls_transport = { tls_read, tls_write, tls_close };
+
+/* SIGHUP: load --cert and --key again. New connections get the new pair,
+ * connections in flight keep theirs; a bad pair leaves the old one serving. */
+static void
+identity_reload(void)
+{
+	char err[1024];
+	struct identity *id = identity_load(cert_path, key_path, err, sizeof(err)), *old;
+
+	if (id == NULL) {
+		warn("SIGHUP: %s; still serving certificate %s", err, current_identity->leaf.serial);
+		return;
+	}
+	pthread_mutex_lock(&identity_lock);
+	old = current_identity;
+	current_identity = id;
+	pthread_mutex_unlock(&identity_lock);
+	identity_release(old);
+	session_cache_reset();
+	identity_describe(id, "SIGHUP: now serving ");
+}
+#endif /* XWEBHOOK_TLS */
+
 /* ------------------------------------------------------------------------
  * The webhook: read a request, answer the CRC, verify and emit events,
  * and write one access-log line per request.
@@ -1653,7 +2427,7 @@ static pthread_mutex_t stdout_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t output_lock = PTHREAD_MUTEX_INITIALIZER;
 static int output_fd = -1;
 static int stop_pipe[2] = { -1, -1 };  /* closed to wake idle connections */
-static volatile sig_atomic_t stop_signal;
+static volatile sig_atomic_t stop_signal, reload_signal;
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t conns_gone;
 static unsigned nconns;               /* connections open, under conns_lock */
@@ -2161,7 +2935,35 @@ serve_connection(struct conn *c)
 static void
 on_signal(int sig)
 {
-	stop_signal = sig;
+	if (sig == SIGHUP)
+		reload_signal = 1;
+	else
+		stop_signal = sig;
+}
+
+/* SIGHUP: reopen --output (after logrotate moved it), and with TLS load
+ * the certificate and key again (after certbot renewed them). */
+static void
+reload(void)
+{
+	if (output_path != NULL) {
+		int fd = open(output_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600), old;
+
+		if (fd < 0) {
+			warn("SIGHUP: cannot reopen --output %s (still appending to the old file):", output_path);
+		} else {
+			pthread_mutex_lock(&output_lock);
+			old = output_fd;
+			output_fd = fd;
+			pthread_mutex_unlock(&output_lock);
+			close(old);
+			warn("SIGHUP: reopened --output %s", output_path);
+		}
+	}
+#ifdef XWEBHOOK_TLS
+	if (cert_path != NULL)
+		identity_reload();
+#endif
 }
 
 /* Bind and listen on ADDR:PORT, [V6ADDR]:PORT, :PORT or PORT, and put the
@@ -2176,7 +2978,12 @@ listen_on(const char *spec, char *url, size_t url_len)
 	socklen_t sl = sizeof(ss);
 	int fd, one = 1, zero = 0, r;
 	size_t hl;
+	const char *scheme = "http";
 
+#ifdef XWEBHOOK_TLS
+	if (cert_path != NULL)
+		scheme = "https";
+#endif
 	if (strspn(spec, "0123456789") == strlen(spec)) {
 		strcpy(host, "0.0.0.0");
 		colon = spec - 1;
@@ -2236,12 +3043,12 @@ listen_on(const char *spec, char *url, size_t url_len)
 		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
 
 		inet_ntop(AF_INET6, &s6->sin6_addr, shown, sizeof(shown));
-		snprintf(url, url_len, "http://[%s]:%u%s", shown, ntohs(s6->sin6_port), webhook_path);
+		snprintf(url, url_len, "%s://[%s]:%u%s", scheme, shown, ntohs(s6->sin6_port), webhook_path);
 	} else {
 		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
 
 		inet_ntop(AF_INET, &s4->sin_addr, shown, sizeof(shown));
-		snprintf(url, url_len, "http://%s:%u%s", shown, ntohs(s4->sin_port), webhook_path);
+		snprintf(url, url_len, "%s://%s:%u%s", scheme, shown, ntohs(s4->sin_port), webhook_path);
 	}
 	return fd;
 }
@@ -2335,7 +3142,12 @@ start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t
 	c = xmalloc(sizeof(*c));
 	memset(c, 0, sizeof(*c));
 	c->fd = fd;
+	c->accepted = now_ms();
 	c->tr = &plain_transport;
+#ifdef XWEBHOOK_TLS
+	if (cert_path != NULL)
+		c->tr = &tls_transport;
+#endif
 	memcpy(c->peer, peer, sizeof(peer));
 	c->in = xmalloc(CONN_BUF);
 	if (pthread_create(&t, attr, connection_thread, c) != 0) {
@@ -2370,14 +3182,17 @@ serve(int lfd)
 	sigemptyset(&block);
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &block, &open_mask);
 	sigdelset(&open_mask, SIGINT);
 	sigdelset(&open_mask, SIGTERM);
+	sigdelset(&open_mask, SIGHUP);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	pthread_attr_setstacksize(&attr, thread_stack);
@@ -2388,6 +3203,11 @@ serve(int lfd)
 		socklen_t sl = sizeof(ss);
 		int fd;
 
+		if (reload_signal) {
+			reload_signal = 0;
+			reload();
+			continue;
+		}
 		if (paused) {
 			/* Out of descriptors: wait for some to free up,
 			 * rather than spin on a listening socket we cannot
@@ -2444,9 +3264,10 @@ serve(int lfd)
  * ------------------------------------------------------------------------ */
 
 /* Load the consumer secret from --secret-file or the environment, never
- * from argv, where ps would show it. Dies with status 1 if there is none. */
-static void
-load_secret(void)
+ * from argv, where ps would show it. If there is none: dies with status 1
+ * when it is required, else returns 0. */
+static int
+load_secret(int required)
 {
 	struct buf b = { 0 };
 
@@ -2479,6 +3300,8 @@ load_secret(void)
 				memset(v, 0, strlen(v));
 			}
 		}
+		if (b.len == 0 && !required)
+			return 0;
 		if (b.len == 0)
 			die("no consumer secret: set TWITTER_CONSUMER_SECRET (or CONSUMER_SECRET) "
 			    "in the environment, or use --secret-file FILE");
@@ -2486,6 +3309,7 @@ load_secret(void)
 	hmac_key_init(&secret_key, b.p, b.len);
 	memset(b.p, 0, b.cap);
 	buf_free(&b);
+	return 1;
 }
 
 /* Open --output for appending. A last line torn by a crash (kill -9 in
@@ -2536,6 +3360,26 @@ open_output(void)
 	}
 }
 
+/* Become user (its uid, gid and supplementary groups), for good. */
+static void
+drop_privileges(const char *user)
+{
+	struct passwd *pw;
+
+	errno = 0;
+	pw = getpwnam(user);
+	if (pw == NULL)
+		die("--user %s: no such user", user);
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0)
+		die("--user %s: initgroups:", user);
+	if (setgid(pw->pw_gid) < 0)
+		die("--user %s: setgid:", user);
+	if (setuid(pw->pw_uid) < 0)
+		die("--user %s: setuid:", user);
+	if (pw->pw_uid != 0 && setuid(0) == 0)
+		die("--user %s: root could be regained; refusing to run", user);
+}
+
 /* Make room for max_conns descriptors, as far as the hard limit allows. */
 static void
 raise_fd_limit(void)
@@ -2574,7 +3418,7 @@ cmd_crc(const char *token)
 {
 	char out[64 + SIGNATURE_LEN];
 
-	load_secret();
+	load_secret(1);
 	memcpy(out, "{\"response_token\":\"", 19);
 	signature_of(&secret_key, token, strlen(token), out + 19);
 	memcpy(out + 19 + SIGNATURE_LEN, "\"}\n", 3);
@@ -2589,7 +3433,7 @@ cmd_sign(const char *path)
 	struct buf b = { 0 };
 	char sig[SIGNATURE_LEN + 1];
 
-	load_secret();
+	load_secret(1);
 	slurp(path, &b);
 	signature_of(&secret_key, b.p, b.len, sig);
 	sig[SIGNATURE_LEN] = '\n';
@@ -2646,6 +3490,675 @@ cmd_fmt(const char *path)
 }
 
 /* ------------------------------------------------------------------------
+ * check URL: do what X does before it accepts a webhook URL, report each
+ * requirement on its own line, and exit 0 only if X would accept it.
+ * ------------------------------------------------------------------------ */
+
+static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
+static const char *check_cacert;    /* --cacert FILE: trust these roots */
+static int check_post;              /* --post: also send a signed event */
+static int check_failed;
+
+enum { CHECK_TIME_LIMIT_MS = 3000 };  /* X's limit for a CRC answer */
+
+static void
+report(const char *mark, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (strcmp(mark, "FAIL") == 0)
+		check_failed = 1;
+	printf("[%s] ", mark);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+	fflush(stdout);
+}
+
+struct url {
+	int https;
+	char host[256];
+	char port[8];       /* empty when the URL names none */
+	char target[2048];  /* path and query */
+};
+
+static int
+url_parse(const char *s, struct url *u)
+{
+	const char *h, *he, *p;
+	size_t n;
+
+	memset(u, 0, sizeof(*u));
+	if (strncasecmp(s, "https://", 8) == 0) {
+		u->https = 1;
+		h = s + 8;
+	} else if (strncasecmp(s, "http://", 7) == 0) {
+		h = s + 7;
+	} else {
+		return -1;
+	}
+	if (*h == '[') {
+		he = strchr(h, ']');
+		if (he == NULL)
+			return -1;
+		h++;
+		p = he + 1;
+	} else {
+		he = h + strcspn(h, ":/?#@");
+		p = he;
+	}
+	n = (size_t)(he - h);
+	if (n == 0 || n >= sizeof(u->host) || *p == '@')
+		return -1;
+	memcpy(u->host, h, n);
+	if (*p == ':') {
+		n = strspn(p + 1, "0123456789");
+		if (n == 0 || n > 5 || atoi(p + 1) > 65535)
+			return -1;
+		memcpy(u->port, p + 1, n);
+		p += 1 + n;
+	}
+	if (*p != '\0' && *p != '/' && *p != '?')
+		return -1;
+	snprintf(u->target, sizeof(u->target), "%s%s", *p == '/' ? "" : "/", p);
+	if (strchr(u->target, '#') != NULL)
+		*strchr(u->target, '#') = '\0';
+	for (p = u->target; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+			return -1;
+	return 0;
+}
+
+/* Connect to host:port by deadline; -1 with a reason in err. */
+static int
+dial(const char *host, const char *port, int64_t deadline, char *err, size_t errlen)
+{
+	struct addrinfo hints, *ai, *a;
+	int fd = -1, r, one = 1;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	if ((r = getaddrinfo(host, port, &hints, &ai)) != 0) {
+		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(r));
+		return -1;
+	}
+	snprintf(err, errlen, "cannot connect to %s port %s", host, port);
+	for (a = ai; a != NULL; a = a->ai_next) {
+		int soerr = 0;
+		socklen_t sl = sizeof(soerr);
+
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+		if (fd < 0)
+			continue;
+		/* TLS sends its handshake in several small writes: without
+		 * this, Nagle and delayed ACKs add 40 ms to each round trip. */
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 ||
+		    (errno == EINPROGRESS && wait_fd(fd, POLLOUT, deadline, -1) == 0 &&
+		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0))
+			break;
+		snprintf(err, errlen, "cannot connect to %s port %s: %s", host, port,
+		    strerror(soerr ? soerr : errno ? errno : ETIMEDOUT));
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	return fd;
+}
+
+/* One HTTP response, as check reads it. */
+struct response {
+	int status;
+	char location[256], encoding[64], type[128];
+	struct buf body;
+	int64_t ms;        /* from connecting to the end of the body */
+};
+
+#ifdef XWEBHOOK_TLS
+/* Trust anchors from a PEM bundle (the system's, or --cacert). */
+struct trust {
+	br_x509_trust_anchor *ta;
+	size_t n;
+};
+
+static int
+trust_load(const char *path, struct trust *t)
+{
+	struct buf text = { 0 };
+	struct pem_object *objs = NULL;
+	size_t count = 0, i;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	t->ta = NULL;
+	t->n = 0;
+	if (fd < 0 || read_all(fd, &text) < 0) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	if (pem_decode(text.p, text.len, &objs, &count) < 0) {
+		buf_free(&text);
+		return -1;
+	}
+	for (i = 0; i < count; i++) {
+		br_x509_decoder_context dc;
+		const br_x509_pkey *pk;
+		br_x509_trust_anchor *ta;
+		struct buf dn = { 0 };
+
+		if (strcmp(objs[i].name, "CERTIFICATE") != 0 && strcmp(objs[i].name, "TRUSTED CERTIFICATE") != 0)
+			continue;
+		br_x509_decoder_init(&dc, pem_collect, &dn);
+		br_x509_decoder_push(&dc, objs[i].der.p, objs[i].der.len);
+		pk = br_x509_decoder_get_pkey(&dc);
+		if (pk == NULL) {
+			buf_free(&dn);
+			continue;  /* a kind of key BearSSL cannot use */
+		}
+		t->ta = xrealloc(t->ta, (t->n + 1) * sizeof(*t->ta));
+		ta = &t->ta[t->n++];
+		ta->dn.data = (unsigned char *)dn.p;
+		ta->dn.len = dn.len;
+		ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
+		ta->pkey = *pk;
+		/* The key's bytes live in the decoder: copy them out. */
+		if (pk->key_type == BR_KEYTYPE_RSA) {
+			ta->pkey.key.rsa.n = xmalloc(pk->key.rsa.nlen);
+			memcpy(ta->pkey.key.rsa.n, pk->key.rsa.n, pk->key.rsa.nlen);
+			ta->pkey.key.rsa.e = xmalloc(pk->key.rsa.elen);
+			memcpy(ta->pkey.key.rsa.e, pk->key.rsa.e, pk->key.rsa.elen);
+		} else {
+			ta->pkey.key.ec.q = xmalloc(pk->key.ec.qlen);
+			memcpy(ta->pkey.key.ec.q, pk->key.ec.q, pk->key.ec.qlen);
+		}
+	}
+	pem_free(objs, count);
+	buf_free(&text);
+	return 0;
+}
+
+/* An X.509 engine that hands everything to BearSSL's minimal validator
+ * and keeps a copy of the leaf, so its expiry can be shown even when the
+ * chain fails to verify. */
+struct x509_recorder {
+	const br_x509_class *vtable;
+	br_x509_minimal_context inner;
+	int certs;
+	struct buf leaf;
+};
+
+static void
+rec_start_chain(const br_x509_class **ctx, const char *name)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	r->certs = 0;
+	r->inner.vtable->start_chain(&r->inner.vtable, name);
+}
+
+static void
+rec_start_cert(const br_x509_class **ctx, uint32_t length)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	r->certs++;
+	r->inner.vtable->start_cert(&r->inner.vtable, length);
+}
+
+static void
+rec_append(const br_x509_class **ctx, const unsigned char *p, size_t n)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	if (r->certs == 1)
+		buf_add(&r->leaf, p, n);
+	r->inner.vtable->append(&r->inner.vtable, p, n);
+}
+
+static void
+rec_end_cert(const br_x509_class **ctx)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	r->inner.vtable->end_cert(&r->inner.vtable);
+}
+
+static unsigned
+rec_end_chain(const br_x509_class **ctx)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	return r->inner.vtable->end_chain(&r->inner.vtable);
+}
+
+static const br_x509_pkey *
+rec_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
+{
+	const struct x509_recorder *r = (const struct x509_recorder *)(const void *)ctx;
+
+	return r->inner.vtable->get_pkey(&r->inner.vtable, usages);
+}
+
+static const br_x509_class recorder_class = {
+	sizeof(struct x509_recorder), rec_start_chain, rec_start_cert, rec_append,
+	rec_end_cert, rec_end_chain, rec_get_pkey
+};
+
+/* The client side of one TLS connection, for check. */
+struct tls_client {
+	struct tls_io sock;     /* first, as in tls_conn */
+	br_ssl_client_context cc;
+	struct x509_recorder x509;
+	br_sslio_context io;
+	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
+};
+
+static const char *
+suite_name(uint16_t s)
+{
+	switch (s) {
+	case BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-ECDSA-CHACHA20-POLY1305";
+	case BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-RSA-CHACHA20-POLY1305";
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: return "ECDHE-ECDSA-AES128-GCM-SHA256";
+	case BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: return "ECDHE-RSA-AES128-GCM-SHA256";
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: return "ECDHE-ECDSA-AES256-GCM-SHA384";
+	case BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: return "ECDHE-RSA-AES256-GCM-SHA384";
+	default: return "a suite without forward secrecy or AEAD";
+	}
+}
+#endif /* XWEBHOOK_TLS */
+
+/* Send one request to the URL's server and read the answer (the server
+ * is asked to close). With TLS and report_tls, report on the handshake. */
+static int
+check_exchange(const struct url *u, const struct buf *request, struct response *res, int report_tls)
+{
+	const char *host = u->host, *port = u->port[0] ? u->port : u->https ? "443" : "80";
+	char err[512], chost[256], cport[8];
+	int64_t start = now_ms(), deadline = start + 10000;
+	struct conn c;
+	struct buf in = { 0 };
+	int ok = -1;
+#ifdef XWEBHOOK_TLS
+	struct tls_client *tc = NULL;
+	static struct trust trust;
+	static int trust_loaded;
+#endif
+
+	memset(res, 0, sizeof(*res));
+	memset(&c, 0, sizeof(c));
+	if (check_connect != NULL) {
+		const char *colon = strrchr(check_connect, ':');
+		const char *h = check_connect;
+		size_t hl = colon ? (size_t)(colon - h) : 0;
+
+		if (*h == '[' && hl > 1 && h[hl - 1] == ']') {
+			h++;
+			hl -= 2;
+		}
+		if (colon == NULL || hl == 0 || hl >= sizeof(chost) || strlen(colon + 1) == 0 ||
+		    strlen(colon + 1) >= sizeof(cport)) {
+			report("FAIL", "--connect %s: expected ADDR:PORT", check_connect);
+			return -1;
+		}
+		memcpy(chost, h, hl);
+		chost[hl] = '\0';
+		snprintf(cport, sizeof(cport), "%s", colon + 1);
+		host = chost;
+		port = cport;
+	}
+	c.fd = dial(host, port, start + 5000, err, sizeof(err));
+	if (c.fd < 0) {
+		report("FAIL", "%s", err);
+		return -1;
+	}
+	c.tr = &plain_transport;
+#ifdef XWEBHOOK_TLS
+	if (u->https) {
+		const char *bundle = check_cacert ? check_cacert : "/etc/ssl/certs/ca-certificates.crt";
+		unsigned char seed[32];
+
+		if (!trust_loaded) {
+			if (trust_load(bundle, &trust) < 0 || trust.n == 0) {
+				report("FAIL", "cannot load trusted certificates from %s", bundle);
+				close(c.fd);
+				return -1;
+			}
+			trust_loaded = 1;
+		}
+		tc = xmalloc(sizeof(*tc));
+		memset(tc, 0, offsetof(struct tls_client, iobuf));
+		br_ssl_client_init_full(&tc->cc, &tc->x509.inner, trust.ta, trust.n);
+		tc->x509.vtable = &recorder_class;
+		br_ssl_engine_set_x509(&tc->cc.eng, &tc->x509.vtable);
+		br_ssl_engine_set_versions(&tc->cc.eng, BR_TLS10, BR_TLS12);
+		br_ssl_engine_set_protocol_names(&tc->cc.eng, tls_alpn, 1);
+		br_ssl_engine_set_buffer(&tc->cc.eng, tc->iobuf, sizeof(tc->iobuf), 1);
+		entropy(seed, sizeof(seed));
+		br_ssl_engine_inject_entropy(&tc->cc.eng, seed, sizeof(seed));
+		br_ssl_client_reset(&tc->cc, u->host, 0);
+		br_sslio_init(&tc->io, &tc->cc.eng, tls_sock_read, &c, tls_sock_write, &c);
+		tc->sock.deadline = deadline;
+		tc->sock.wake_fd = -1;
+		c.tls = tc;
+		if (br_sslio_flush(&tc->io) < 0 || !(br_ssl_engine_current_state(&tc->cc.eng) & BR_SSL_SENDAPP)) {
+			int e = br_ssl_engine_last_error(&tc->cc.eng);
+			struct cert_info ci;
+
+			if (report_tls) {
+				if (e == BR_ERR_X509_NOT_TRUSTED)
+					report("FAIL", "the certificate chain does not lead to a root in %s "
+					    "(is an intermediate missing? X will not fetch it)", bundle);
+				else if (e == BR_ERR_X509_BAD_SERVER_NAME)
+					report("FAIL", "the certificate is not for %s", u->host);
+				else if (e == BR_ERR_X509_EXPIRED)
+					report("FAIL", "the certificate has expired or is not yet valid");
+				else if (e == BR_ERR_BAD_VERSION || e == BR_ERR_UNSUPPORTED_VERSION)
+					report("FAIL", "no TLS 1.2: X needs TLS 1.2 or later");
+				else if (tc->sock.status == IO_TIMEOUT)
+					report("FAIL", "TLS handshake not finished within 10 s");
+				else
+					report("FAIL", "TLS handshake failed (BearSSL error %d)", e);
+				if (tc->x509.leaf.len > 0 &&
+				    cert_info((unsigned char *)tc->x509.leaf.p, tc->x509.leaf.len, &ci) == 0) {
+					char date[32];
+
+					format_date(ci.not_after, date, sizeof(date));
+					report("info", "the server's certificate expires %s", date);
+				}
+			}
+			goto out;
+		}
+		if (report_tls) {
+			br_ssl_session_parameters sp;
+			unsigned v = br_ssl_engine_get_version(&tc->cc.eng);
+			struct cert_info ci;
+			char date[32];
+
+			br_ssl_engine_get_session_parameters(&tc->cc.eng, &sp);
+			report(v >= BR_TLS12 ? "ok" : "FAIL", "TLS 1.%u, %s", v - BR_TLS10, suite_name(sp.cipher_suite));
+			report("ok", "certificate chain verified against %s, with the %d certificate(s) the "
+			    "server sent", bundle, tc->x509.certs);
+			report("ok", "certificate is for %s", u->host);
+			if (cert_info((unsigned char *)tc->x509.leaf.p, tc->x509.leaf.len, &ci) == 0) {
+				long days = (long)((ci.not_after - time(NULL)) / 86400);
+
+				format_date(ci.not_after, date, sizeof(date));
+				report(days < EXPIRY_WARN_DAYS ? "warn" : "ok", "certificate expires %s (%ld days)",
+				    date, days);
+			}
+		}
+	}
+#else
+	(void)report_tls;
+#endif
+
+	/* The request, then the answer until the server closes. */
+#ifdef XWEBHOOK_TLS
+	if (tc != NULL) {
+		if (br_sslio_write_all(&tc->io, request->p, request->len) < 0 || br_sslio_flush(&tc->io) < 0) {
+			report("FAIL", "cannot send the request");
+			goto out;
+		}
+		for (;;) {
+			int r;
+
+			buf_reserve(&in, 16384);
+			r = br_sslio_read(&tc->io, in.p + in.len, in.cap - in.len);
+			if (r <= 0)
+				break;
+			in.len += (size_t)r;
+			if (in.len > 1 << 20)
+				break;
+		}
+		if (tc->sock.status == IO_TIMEOUT) {
+			report("FAIL", "no complete answer within 10 s");
+			goto out;
+		}
+	} else
+#endif
+	{
+		if (plain_write(&c, request->p, request->len, deadline) < 0) {
+			report("FAIL", "cannot send the request");
+			goto out;
+		}
+		for (;;) {
+			ssize_t r;
+
+			buf_reserve(&in, 16384);
+			r = plain_read(&c, in.p + in.len, in.cap - in.len, deadline, -1);
+			if (r == IO_TIMEOUT) {
+				report("FAIL", "no complete answer within 10 s");
+				goto out;
+			}
+			if (r <= 0)
+				break;
+			in.len += (size_t)r;
+			if (in.len > 1 << 20)
+				break;
+		}
+	}
+	res->ms = now_ms() - start;
+
+	/* Parse the status line and the few fields that matter to X. */
+	{
+		const char *p = in.p, *end = in.p + in.len, *eoh, *line;
+		int chunked = 0;
+		long length = -1;
+
+		buf_addc(&in, '\0');
+		p = in.p;
+		end = in.p + in.len - 1;
+		eoh = strstr(p, "\r\n\r\n");
+		if (in.len < 13 || eoh == NULL || strncmp(p, "HTTP/1.", 7) != 0 || !isdigit((unsigned char)p[9])) {
+			report("FAIL", "the answer is not HTTP/1.x");
+			goto out;
+		}
+		res->status = atoi(p + 9);
+		for (line = strstr(p, "\r\n") + 2; line < eoh; line = strstr(line, "\r\n") + 2) {
+			const char *colon = memchr(line, ':', (size_t)(eoh - line)), *v;
+			const char *le = strstr(line, "\r\n");
+			size_t nl, vl;
+
+			if (colon == NULL || colon > le)
+				continue;
+			nl = (size_t)(colon - line);
+			for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
+				;
+			vl = (size_t)(le - v);
+			if (span_is(line, nl, "location"))
+				snprintf(res->location, sizeof(res->location), "%.*s", (int)vl, v);
+			else if (span_is(line, nl, "content-encoding"))
+				snprintf(res->encoding, sizeof(res->encoding), "%.*s", (int)vl, v);
+			else if (span_is(line, nl, "content-type"))
+				snprintf(res->type, sizeof(res->type), "%.*s", (int)vl, v);
+			else if (span_is(line, nl, "content-length"))
+				length = atol(v);
+			else if (span_is(line, nl, "transfer-encoding"))
+				chunked = span_is(v, vl, "chunked");
+		}
+		p = eoh + 4;
+		if (chunked) {
+			struct chunked ch;
+			size_t used;
+			const char *why;
+
+			memset(&ch, 0, sizeof(ch));
+			if (chunked_decode(&ch, p, (size_t)(end - p), &used, &res->body, 1 << 20, &why) != S_OK) {
+				report("FAIL", "the answer's chunked body is malformed");
+				goto out;
+			}
+		} else {
+			size_t n = (size_t)(end - p);
+
+			if (length >= 0 && (size_t)length < n)
+				n = (size_t)length;
+			buf_add(&res->body, p, n);
+		}
+	}
+	ok = 0;
+out:
+#ifdef XWEBHOOK_TLS
+	if (tc != NULL) {
+		buf_free(&tc->x509.leaf);
+		free(tc);
+	}
+#endif
+	buf_free(&in);
+	close(c.fd);
+	return ok;
+}
+
+/* The value of "response_token" in a JSON object, or NULL. */
+static char *
+response_token(const struct buf *body, char *out, size_t n)
+{
+	struct buf compact = { 0 };
+	char err[160];
+	const char *k, *e;
+
+	if (json_event(body->p ? body->p : "", body->len, JSON_COMPACT, &compact, err, sizeof(err)) < 0) {
+		buf_free(&compact);
+		return NULL;
+	}
+	buf_addc(&compact, '\0');
+	k = strstr(compact.p, "\"response_token\":\"");
+	if (k == NULL || (e = strchr(k + 18, '"')) == NULL || (size_t)(e - k - 18) >= n) {
+		buf_free(&compact);
+		return NULL;
+	}
+	memcpy(out, k + 18, (size_t)(e - k - 18));
+	out[e - k - 18] = '\0';
+	buf_free(&compact);
+	return out;
+}
+
+static int
+cmd_check(const char *arg)
+{
+	struct url u;
+	struct buf req = { 0 };
+	struct response res;
+	unsigned char raw[24];
+	char token[40], qtoken[80], nonce[32], stamp[24], got[128], want[SIGNATURE_LEN + 1];
+	int have_secret = load_secret(0), i, o = 0;
+	size_t n;
+
+	if (url_parse(arg, &u) < 0)
+		die("check: '%s' is not an http:// or https:// URL", arg);
+	report(u.https ? "ok" : "FAIL", u.https ? "https URL" : "http URL: X only calls https URLs "
+	    "(checked anyway)");
+	if (u.port[0] && strcmp(u.port, "443") != 0)
+		report("FAIL", "the URL names port %s: X refuses URLs with a port other than 443", u.port);
+	else
+		report("ok", "no port in the URL (443)");
+#ifndef XWEBHOOK_TLS
+	if (u.https) {
+		report("FAIL", "https needs the TLS build of xwebhook (make TLS=1)");
+		return 1;
+	}
+#endif
+
+	/* A fresh token, as X makes them: base64, here of 24 random bytes,
+	 * so that '+' and '/' are likely to need their %-escapes. */
+	entropy(raw, sizeof(raw));
+	n = base64_encode(raw, sizeof(raw), token);
+	token[n] = '\0';
+	for (i = 0; token[i]; i++) {
+		if (token[i] == '+' || token[i] == '/' || token[i] == '=')
+			o += snprintf(qtoken + o, sizeof(qtoken) - (size_t)o, "%%%02X", (unsigned char)token[i]);
+		else
+			qtoken[o++] = token[i];
+	}
+	qtoken[o] = '\0';
+	snprintf(stamp, sizeof(stamp), "%lld", (long long)time(NULL) * 1000);
+	n = base64_encode((unsigned char *)stamp, strlen(stamp), nonce);
+	while (n > 0 && nonce[n - 1] == '=')
+		n--;
+	nonce[n] = '\0';
+
+	buf_adds(&req, "GET ");
+	buf_adds(&req, u.target);
+	buf_adds(&req, strchr(u.target, '?') ? "&crc_token=" : "?crc_token=");
+	buf_adds(&req, qtoken);
+	buf_adds(&req, "&nonce=");
+	buf_adds(&req, nonce);
+	buf_adds(&req, " HTTP/1.1\r\nHost: ");
+	buf_adds(&req, u.host);
+	buf_adds(&req, "\r\nUser-Agent: xwebhook-check\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n");
+	if (check_exchange(&u, &req, &res, 1) == 0) {
+		if (res.status >= 300 && res.status < 400)
+			report("FAIL", "the CRC was answered %d, a redirect%s%s: X treats any 3XX as invalid",
+			    res.status, res.location[0] ? " to " : "", res.location);
+		else
+			report(res.status == 200 ? "ok" : "FAIL", "the CRC was answered %d", res.status);
+		report(res.ms <= CHECK_TIME_LIMIT_MS ? "ok" : "FAIL", "the CRC was answered in %lld ms "
+		    "(X allows %d ms)", (long long)res.ms, CHECK_TIME_LIMIT_MS);
+		if (res.encoding[0])
+			report("FAIL", "the answer has Content-Encoding: %s; X wants the JSON as it is",
+			    res.encoding);
+		if (res.status == 200) {
+			if (response_token(&res.body, got, sizeof(got)) == NULL) {
+				report("FAIL", "the answer is not a JSON object with a response_token");
+			} else if (have_secret) {
+				signature_of(&secret_key, token, strlen(token), want);
+				want[SIGNATURE_LEN] = '\0';
+				if (strcmp(got, want) == 0)
+					report("ok", "response_token is the HMAC of the token under the consumer secret");
+				else
+					report("FAIL", "response_token does not match the HMAC under this consumer "
+					    "secret (a different app's secret, or the wrong construction)");
+			} else {
+				int shape = strncmp(got, "sha256=", 7) == 0 && strlen(got) == SIGNATURE_LEN;
+
+				report(shape ? "warn" : "FAIL", "response_token %s; no consumer secret here "
+				    "(TWITTER_CONSUMER_SECRET or --secret-file), so its value was not checked",
+				    shape ? "has the right shape" : "is not sha256=<base64 of 32 bytes>");
+			}
+		}
+		buf_free(&res.body);
+	}
+
+	if (check_post) {
+		char body[160], sig[SIGNATURE_LEN + 1], len[32];
+
+		if (!have_secret) {
+			report("FAIL", "--post needs the consumer secret, to sign the event");
+		} else {
+			snprintf(body, sizeof(body), "{\"xwebhook_check\":{\"sent_at\":\"%s\",\"nonce\":\"%s\"}}",
+			    stamp, nonce);
+			signature_of(&secret_key, body, strlen(body), sig);
+			sig[SIGNATURE_LEN] = '\0';
+			snprintf(len, sizeof(len), "%zu", strlen(body));
+			req.len = 0;
+			buf_adds(&req, "POST ");
+			buf_adds(&req, u.target);
+			buf_adds(&req, " HTTP/1.1\r\nHost: ");
+			buf_adds(&req, u.host);
+			buf_adds(&req, "\r\nUser-Agent: xwebhook-check\r\nContent-Type: application/json\r\n"
+			    "Connection: close\r\nx-twitter-webhooks-signature: ");
+			buf_adds(&req, sig);
+			buf_adds(&req, "\r\nContent-Length: ");
+			buf_adds(&req, len);
+			buf_adds(&req, "\r\n\r\n");
+			buf_adds(&req, body);
+			if (check_exchange(&u, &req, &res, 0) == 0) {
+				report(res.status == 200 ? "ok" : "FAIL", "a signed test event was answered %d in "
+				    "%lld ms", res.status, (long long)res.ms);
+				buf_free(&res.body);
+			}
+		}
+	}
+	buf_free(&req);
+	printf(check_failed ? "X would not accept this URL.\n" : "X would accept this URL.\n");
+	return check_failed ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------------
  * The command line.
  * ------------------------------------------------------------------------ */
 
@@ -2657,6 +4170,7 @@ usage(FILE *f)
 "       xwebhook crc TOKEN          print the JSON body X expects for crc_token TOKEN\n"
 "       xwebhook sign [FILE]        print the x-twitter-webhooks-signature for FILE (or stdin)\n"
 "       xwebhook fmt [FILE]         pretty-print JSON as the server prints events\n"
+"       xwebhook check URL          check URL the way X does before accepting it\n"
 "       xwebhook --help | --version\n"
 "\n"
 "The consumer secret (the app's API Key Secret) comes from TWITTER_CONSUMER_SECRET,\n"
@@ -2672,6 +4186,18 @@ usage(FILE *f)
 "      --max-body BYTES     largest event body (default 1M; K and M suffixes; at most 1G)\n"
 "      --max-conns N        most connections at once; more get 503 (default 1024)\n"
 "  -q, --quiet              no access log on stderr\n"
+"  -u, --user NAME          once the port is bound (and keys read), run as NAME\n"
+#ifdef XWEBHOOK_TLS
+"      --cert FILE          serve HTTPS with this PEM chain, leaf first (fullchain.pem)\n"
+"      --key FILE           and this PEM private key (RSA or EC); SIGHUP reloads both\n"
+#endif
+"\n"
+"check options:\n"
+"      --connect ADDR:PORT  dial ADDR:PORT, keeping the URL's host for SNI and Host\n"
+#ifdef XWEBHOOK_TLS
+"      --cacert FILE        trust these roots (default /etc/ssl/certs/ca-certificates.crt)\n"
+#endif
+"      --post               also send a signed test event (it reaches your pipeline)\n"
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
 "\n"
@@ -2742,7 +4268,12 @@ main(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		} else if (OPT("-V", "--version")) {
-			printf("xwebhook %s (plain HTTP; built without TLS)\n", XWEBHOOK_VERSION);
+#ifdef XWEBHOOK_TLS
+			printf("xwebhook %s (HTTP and HTTPS; TLS 1.2 through BearSSL)\n", XWEBHOOK_VERSION);
+#else
+			printf("xwebhook %s (plain HTTP; built without TLS: make TLS=1 for HTTPS)\n",
+			    XWEBHOOK_VERSION);
+#endif
 			return 0;
 		} else if (OPT("-q", "--quiet")) {
 			quiet = 1;
@@ -2773,6 +4304,23 @@ main(int argc, char **argv)
 			if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 100000)
 				die("bad --max-conns '%s': expected 1 to 100000", v);
 			max_conns = (unsigned)n;
+		} else if (OPT("-u", "--user")) {
+			run_as = VALUE();
+		} else if (OPT("--cert", "--key")) {
+#ifdef XWEBHOOK_TLS
+			if (strcmp(name, "--cert") == 0)
+				cert_path = VALUE();
+			else
+				key_path = VALUE();
+#else
+			die("%s needs the TLS build of xwebhook (make TLS=1)", name);
+#endif
+		} else if (OPT("--connect", "--connect")) {
+			check_connect = VALUE();
+		} else if (OPT("--cacert", "--cacert")) {
+			check_cacert = VALUE();
+		} else if (OPT("--post", "--post")) {
+			check_post = 1;
 		} else if (OPT("--secret", "-s")) {
 			die("the secret is never taken from the command line, where ps shows it: "
 			    "set TWITTER_CONSUMER_SECRET or use --secret-file FILE");
@@ -2791,6 +4339,10 @@ main(int argc, char **argv)
 			return cmd_sign(args[1]);
 		if (strcmp(args[0], "fmt") == 0 && nargs <= 2)
 			return cmd_fmt(args[1]);
+		if (strcmp(args[0], "check") == 0 && nargs == 2)
+			return cmd_check(args[1]);
+		if (strcmp(args[0], "check") == 0)
+			die("usage: xwebhook check URL");
 		if (strcmp(args[0], "crc") == 0)
 			die("usage: xwebhook crc TOKEN");
 		if (strcmp(args[0], "sign") == 0 || strcmp(args[0], "fmt") == 0)
@@ -2798,11 +4350,30 @@ main(int argc, char **argv)
 		die("unknown command '%s' (see xwebhook --help)", args[0]);
 	}
 
-	load_secret();
+	load_secret(1);
 	if (output_path != NULL)
 		open_output();
 	raise_fd_limit();
+#ifdef XWEBHOOK_TLS
+	if ((cert_path == NULL) != (key_path == NULL))
+		die("HTTPS needs both --cert FILE and --key FILE");
+	if (cert_path != NULL) {
+		char err[1024];
+
+		tls_suites_init();
+		session_cache_reset();
+		current_identity = identity_load(cert_path, key_path, err, sizeof(err));
+		if (current_identity == NULL)
+			die("%s", err);
+		identity_describe(current_identity, "");
+	}
+#endif
 	lfd = listen_on(listen_spec, url, sizeof(url));
+	/* Bound and keys loaded: root is no longer needed. */
+	if (run_as != NULL)
+		drop_privileges(run_as);
+	else if (geteuid() == 0)
+		warn("warning: running as root; --user NAME drops to NAME once the port is bound");
 	warn("serving %s (events to stdout%s%s)", url, output_path ? " and " : "",
 	    output_path ? output_path : "");
 	return serve(lfd);
