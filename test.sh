@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Every test of xwebhook, in one run:
-#   1. the README's build command, and warning-free builds under gcc and clang;
+#   1. the README's build commands, and warning-free builds under gcc and clang;
 #   2. unit tests (tests/unit.c includes xwebhook.c), under ASan and UBSan;
 #   3. integration tests (tests/integration.py) against an ASan+UBSan build
-#      of the server, on loopback, with curl, http.client and raw sockets.
-# Any sanitizer report fails the run. The last line is "N passed, N failed".
+#      of the server, on loopback, with curl, http.client and raw sockets;
+#   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
+#      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl.
+# Any sanitizer report fails the run. The last line is
+# "N passed, N failed, N skipped".
 set -u
 cd "$(dirname "$0")"
 
 passed=0
 failed=0
+skipped=0
 out=tests/out
 mkdir -p "$out"
 
@@ -19,13 +23,13 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 # Add "name: N passed, M failed" from a runner's last line to the totals.
 count() {
 	local line p f
-	line=$(grep -E '^[a-z]+: [0-9]+ passed, [0-9]+ failed$' "$1" | tail -n 1)
+	line=$(grep -E '^[a-z-]+: [0-9]+ passed, [0-9]+ failed$' "$1" | tail -n 1)
 	if [ -z "$line" ]; then
 		fail "$2: no summary line (crashed?); see $1"
 		tail -n 30 "$1"
 		return
 	fi
-	p=$(echo "$line" | sed -E 's/^[a-z]+: ([0-9]+) passed.*/\1/')
+	p=$(echo "$line" | sed -E 's/^[a-z-]+: ([0-9]+) passed.*/\1/')
 	f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed$/\1/')
 	passed=$((passed + p))
 	failed=$((failed + f))
@@ -77,5 +81,53 @@ else
 	fail "the ASan+UBSan server does not build"; cat "$out/asan-build.log"
 fi
 
-echo "$passed passed, $failed failed"
+# 4. TLS.
+if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
+	TLS="-DXWEBHOOK_TLS"
+	if cc -O2 $TLS -o "$out/xwebhook-tls" xwebhook.c -lbearssl 2>"$out/build-tls.log"; then
+		pass "cc -O2 -DXWEBHOOK_TLS -o xwebhook xwebhook.c -lbearssl"
+	else
+		fail "cc -O2 -DXWEBHOOK_TLS -o xwebhook xwebhook.c -lbearssl"; cat "$out/build-tls.log"
+	fi
+	for compiler in gcc clang; do
+		command -v "$compiler" >/dev/null || continue
+		if "$compiler" -O2 -Wall -Wextra -Wpedantic -Werror $TLS -o "$out/xwebhook-tls-$compiler" \
+		    xwebhook.c -lbearssl 2>"$out/build-tls-$compiler.log"; then
+			pass "$compiler -Wall -Wextra -Wpedantic -Werror -DXWEBHOOK_TLS"
+		else
+			fail "$compiler -Wall -Wextra -Wpedantic -Werror -DXWEBHOOK_TLS"
+			cat "$out/build-tls-$compiler.log"
+		fi
+	done
+	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o tests/unit-tls tests/unit.c -lbearssl \
+	    2>"$out/unit-tls-build.log"; then
+		tests/unit-tls >"$out/unit-tls.log" 2>&1
+		grep FAIL "$out/unit-tls.log" | head -n 40
+		if grep -qE 'Sanitizer|runtime error:' "$out/unit-tls.log"; then
+			fail "TLS unit tests: sanitizer report"
+			grep -A 20 -E 'Sanitizer|runtime error:' "$out/unit-tls.log" | head -n 40
+		fi
+		count "$out/unit-tls.log" "TLS unit tests"
+	else
+		fail "TLS unit tests do not build"; cat "$out/unit-tls-build.log"
+	fi
+	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl \
+	    2>"$out/tls-asan-build.log"; then
+		# The whole plain suite again, through the TLS build, then HTTPS.
+		python3 tests/integration.py tests/xwebhook-tls-asan "$fixtures" 2>&1 |
+		    sed 's/^integration: /integration-tls-build: /' | tee "$out/integration-tls.log" |
+		    grep -vE '^(ok |integration-tls-build: )'
+		count "$out/integration-tls.log" "integration tests (TLS build)"
+		python3 tests/tls.py tests/xwebhook-tls-asan "$fixtures" 2>&1 | tee "$out/tls.log" |
+		    grep -vE '^(ok |tls: )'
+		count "$out/tls.log" "TLS tests"
+	else
+		fail "the ASan+UBSan TLS server does not build"; cat "$out/tls-asan-build.log"
+	fi
+else
+	skipped=$((skipped + 1))
+	echo "skip TLS build and HTTPS tests: install libbearssl-dev and openssl (apt-get install -y libbearssl-dev openssl)"
+fi
+
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -1920,20 +1920,9 @@ pem_free(struct pem_object *objs, size_t count)
 {
 	size_t i;
 
-	for (i = 0; i < count; i++)
+	for (i = 0; objs != NULL && i < count; i++)
 		buf_free(&objs[i].der);
 	free(objs);
-}
-
-/* Strip leading zero bytes from a big-endian integer. */
-static const unsigned char *
-be_trim(const unsigned char *p, size_t *n)
-{
-	while (*n > 0 && *p == 0) {
-		p++;
-		(*n)--;
-	}
-	return p;
 }
 
 /* Does the private key match the certificate's public key? BearSSL does
@@ -1942,25 +1931,22 @@ static int
 key_matches(const br_skey_decoder_context *key, const br_x509_pkey *pk)
 {
 	if (br_skey_decoder_key_type(key) == BR_KEYTYPE_RSA && pk->key_type == BR_KEYTYPE_RSA) {
+		/* Sign with the key and verify with the certificate: that
+		 * checks the modulus and the exponent together. (BearSSL's
+		 * br_rsa_compute_pubexp cannot recover e from every key.) */
 		const br_rsa_private_key *sk = br_skey_decoder_get_rsa(key);
-		br_rsa_compute_modulus modulus = br_rsa_compute_modulus_get_default();
-		uint32_t e = br_rsa_compute_pubexp_get_default()(sk), ce = 0;
-		size_t nlen = modulus(NULL, sk), clen = pk->key.rsa.nlen, elen = pk->key.rsa.elen, i;
-		unsigned char *n = xmalloc(nlen);
-		const unsigned char *a, *b;
-		int same;
+		unsigned char hash[32], out[32], sig[1024];
+		size_t siglen = (sk->n_bitlen + 7) / 8;
+		struct sha256 h;
 
-		nlen = modulus(n, sk);
-		a = be_trim(n, &nlen);
-		b = be_trim(pk->key.rsa.n, &clen);
-		same = nlen > 0 && nlen == clen && memcmp(a, b, nlen) == 0;
-		free(n);
-		b = be_trim(pk->key.rsa.e, &elen);
-		if (elen > 4)
+		if (siglen > sizeof(sig) || pk->key.rsa.nlen > sizeof(sig) + 1)
 			return 0;
-		for (i = 0; i < elen; i++)
-			ce = ce << 8 | b[i];
-		return same && e != 0 && e == ce;
+		sha256_init(&h);
+		sha256_update(&h, "xwebhook key check", 18);
+		sha256_final(&h, hash);
+		return br_rsa_pkcs1_sign_get_default()(BR_HASH_OID_SHA256, hash, 32, sk, sig) == 1 &&
+		    br_rsa_pkcs1_vrfy_get_default()(sig, siglen, BR_HASH_OID_SHA256, 32, &pk->key.rsa, out) == 1 &&
+		    memcmp(out, hash, 32) == 0;
 	}
 	if (br_skey_decoder_key_type(key) == BR_KEYTYPE_EC && pk->key_type == BR_KEYTYPE_EC) {
 		const br_ec_private_key *sk = br_skey_decoder_get_ec(key);
@@ -2039,6 +2025,7 @@ identity_load(const char *certf, const char *keyf, char *err, size_t errlen)
 	}
 	pem_free(objs, count);
 	objs = NULL;
+	count = 0;
 	if (id->chain_len == 0) {
 		snprintf(err, errlen, "--cert %s holds no certificate", certf);
 		goto fail;
@@ -2074,6 +2061,7 @@ identity_load(const char *certf, const char *keyf, char *err, size_t errlen)
 	}
 	pem_free(objs, count);
 	objs = NULL;
+	count = 0;
 	memset(text.p, 0, text.cap);
 	if (!found) {
 		snprintf(err, errlen, "--key %s holds no private key", keyf);

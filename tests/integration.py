@@ -76,7 +76,7 @@ class Server:
             deadline = time.time() + 20
             while time.time() < deadline:
                 text = self.stderr()
-                if "serving http://" in text:
+                if "serving http" in text:
                     url = text.split("serving ", 1)[1].split()[0]
                     self.port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
                     break
@@ -1014,6 +1014,26 @@ def sign_and_fmt_subcommands():
     text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
     rc, out, err = run(["fmt"], input=text)
     assert rc == 0 and out == "".join(pretty(d) for d in docs).encode()
+
+
+@test
+def check_in_the_plain_build(srv):
+    env = {"TWITTER_CONSUMER_SECRET": SECRET}
+    tls = b"through BearSSL" in run(["--version"])[1]
+    rc, out, err = run(["check", "--connect", "127.0.0.1:%d" % srv.port, "http://xwebhook.test/webhooks/twitter"],
+                       env=env)
+    out = out.decode()
+    assert rc == 1 and "[FAIL] http URL: X only calls https URLs" in out, out
+    assert "[ok] the CRC was answered 200" in out and "[ok] response_token is the HMAC" in out, out
+    rc, out, err = run(["check", "http://127.0.0.1:%d/webhooks/twitter" % srv.port], env=env)
+    assert rc == 1 and "[FAIL] the URL names port %d" % srv.port in out.decode(), out
+    rc, out, err = run(["check", "not a url"], env=env)
+    assert rc == 1 and "not an http:// or https:// URL" in err
+    if not tls:
+        rc, out, err = run(["check", "https://xwebhook.test/webhooks/twitter"], env=env)
+        assert rc == 1 and "https needs the TLS build" in out.decode(), out
+        rc, out, err = run(["--cert", "a.pem", "--key", "b.pem"], env=env)
+        assert rc == 1 and "needs the TLS build" in err, err
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,596 @@
+#!/usr/bin/env python3
+"""HTTPS tests: the TLS build of xwebhook, with certificates made here by
+openssl, driven by curl, openssl s_client and Python's ssl module, and
+`xwebhook check` against it. Usage:
+
+    tls.py TLS_BINARY FIXTURES_DIR
+
+The last line is 'tls: N passed, N failed'.
+"""
+import http.client
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
+
+BIN = it.BIN
+PKI = os.path.join(it.WORK, "pki")
+HOST = "xwebhook.test"
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def openssl(*args, cwd=None):
+    p = subprocess.run(["openssl", *args], capture_output=True, cwd=cwd or PKI, timeout=60)
+    assert p.returncode == 0, "openssl %s: %s" % (" ".join(args), p.stderr.decode())
+    return p.stdout
+
+
+KEYGEN = {
+    "rsa": ["-newkey", "rsa:2048"],
+    "p256": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    "p384": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+    "k256": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp256k1"],
+}
+
+LEAF_EXT = ("subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,"
+            "keyEncipherment\nextendedKeyUsage=serverAuth\n" % HOST)
+CA_EXT = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+
+
+def make_pki(name, kind):
+    """A root, an intermediate and a leaf for HOST, all of one key kind.
+    Returns the paths: root, int, leaf, leaf_key (PKCS#8), leaf_key_trad,
+    chain (leaf then intermediate), int_key."""
+    d = os.path.join(PKI, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "ca.ext"), "w") as f:
+        f.write(CA_EXT)
+    with open(os.path.join(d, "leaf.ext"), "w") as f:
+        f.write(LEAF_EXT)
+    openssl("req", "-x509", *KEYGEN[kind], "-nodes", "-keyout", "root.key", "-out", "root.pem",
+            "-days", "60", "-subj", "/CN=%s test root" % name, "-addext",
+            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl("req", *KEYGEN[kind], "-nodes", "-keyout", "int.key", "-out", "int.csr",
+            "-subj", "/CN=%s test intermediate" % name, cwd=d)
+    openssl("x509", "-req", "-in", "int.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial",
+            "-out", "int.pem", "-days", "60", "-extfile", "ca.ext", cwd=d)
+    p = leaf(d, "leaf", kind, days=40)
+    p.update(root=os.path.join(d, "root.pem"), int=os.path.join(d, "int.pem"),
+             int_key=os.path.join(d, "int.key"), dir=d)
+    return p
+
+
+def leaf(d, name, kind, days=40, host=HOST):
+    """A leaf signed by the intermediate in d, with its key in both forms."""
+    ext = os.path.join(d, name + ".ext")
+    with open(ext, "w") as f:
+        f.write(LEAF_EXT.replace(HOST, host))
+    openssl("req", *KEYGEN[kind], "-nodes", "-keyout", name + ".key", "-out", name + ".csr",
+            "-subj", "/CN=%s" % host, cwd=d)
+    openssl("x509", "-req", "-in", name + ".csr", "-CA", "int.pem", "-CAkey", "int.key", "-CAcreateserial",
+            "-out", name + ".pem", "-days", str(days), "-extfile", ext, cwd=d)
+    openssl("pkey", "-in", name + ".key", "-traditional", "-out", name + ".trad.key", cwd=d)
+    with open(os.path.join(d, name + ".chain.pem"), "wb") as f:
+        f.write(open(os.path.join(d, name + ".pem"), "rb").read() + open(os.path.join(d, "int.pem"), "rb").read())
+    return {"leaf": os.path.join(d, name + ".pem"), "key": os.path.join(d, name + ".key"),
+            "key_trad": os.path.join(d, name + ".trad.key"), "chain": os.path.join(d, name + ".chain.pem")}
+
+
+def serial_of(pem):
+    return openssl("x509", "-in", pem, "-noout", "-serial").decode().strip().split("=", 1)[1]
+
+
+def tls_server(chain, key, *args, **kw):
+    return it.Server("--cert", chain, "--key", key, *args, **kw)
+
+
+def context(root):
+    ctx = ssl.create_default_context(cafile=root)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def tls_sock(srv, root, timeout=10):
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
+    return context(root).wrap_socket(raw, server_hostname=HOST)
+
+
+def https(srv, root, path="/webhooks/twitter?crc_token=abc"):
+    c = http.client.HTTPSConnection("127.0.0.1", srv.port, timeout=10, context=context(root))
+    c._tunnel_host = None
+    # Verify against HOST while dialling 127.0.0.1.
+    c.sock = tls_sock(srv, root)
+    c.request("GET", path, headers={"Host": HOST})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, body
+
+
+def s_client(srv, *args, input=b""):
+    p = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % srv.port, "-servername", HOST,
+                        *args], input=input, capture_output=True, timeout=20)
+    return p.stdout.decode("latin-1") + p.stderr.decode("latin-1")
+
+
+def run(args, env=None):
+    e = {k: v for k, v in os.environ.items() if "SECRET" not in k}
+    e.update(env or {})
+    p = subprocess.run([BIN, *args], env=e, capture_output=True, timeout=60)
+    err = p.stderr.decode("utf-8", "replace")
+    it.check_sanitizers(err)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), err
+
+
+def check(url, *args, secret=it.SECRET):
+    env = {"TWITTER_CONSUMER_SECRET": secret} if secret else {}
+    return run(["check", *args, url], env=env)
+
+
+# ---------------------------------------------------------------------------
+
+@test
+def every_key_kind_and_form_serves_curl():
+    for name in ("rsa", "p256", "p384"):
+        p = PKIS[name]
+        for key in (p["key"], p["key_trad"]):
+            head = open(key).readline().strip()
+            srv = tls_server(p["chain"], key)
+            try:
+                rc = subprocess.run(["curl", "-sS", "--cacert", p["root"], "--resolve",
+                                     "%s:%d:127.0.0.1" % (HOST, srv.port),
+                                     "https://%s:%d/webhooks/twitter?crc_token=%s" % (HOST, srv.port, name)],
+                                    capture_output=True, timeout=20)
+                assert rc.returncode == 0, (name, head, rc.stderr)
+                assert json.loads(rc.stdout)["response_token"] == it.sign(name.encode()), rc.stdout
+                assert "(%s key, chain of 2)" % ("RSA" if name == "rsa" else "EC") in srv.stderr()
+                assert serial_of(p["leaf"]) in srv.stderr()
+            finally:
+                assert srv.stop() == 0, (name, head)
+
+
+@test
+def fresh_rsa_keys_all_match_their_certificates():
+    # BearSSL cannot recover e from every RSA key, so the match check must
+    # not depend on that: ten fresh keys, each must start.
+    d = os.path.join(PKI, "fresh")
+    os.makedirs(d, exist_ok=True)
+    for i in range(10):
+        openssl("req", "-x509", *KEYGEN["rsa"], "-nodes", "-keyout", "k%d.key" % i, "-out", "c%d.pem" % i,
+                "-days", "5", "-subj", "/CN=" + HOST, cwd=d)
+        srv = tls_server(os.path.join(d, "c%d.pem" % i), os.path.join(d, "k%d.key" % i))
+        srv.stop()
+    # And the key of one with the certificate of another is refused.
+    rc, out, err = run(["--listen", "127.0.0.1:0", "--cert", os.path.join(d, "c0.pem"),
+                        "--key", os.path.join(d, "k1.key")], env={"TWITTER_CONSUMER_SECRET": "x"})
+    assert rc == 1 and "does not match" in err, err
+
+
+@test
+def openssl_s_client_versions_and_suites():
+    p = PKIS["rsa"]
+    srv = tls_server(p["chain"], p["key"])
+    try:
+        out = s_client(srv, "-CAfile", p["root"], "-tls1_2")
+        assert "Verify return code: 0 (ok)" in out, out
+        line = [l for l in out.splitlines() if "Cipher is" in l][0]
+        assert "ECDHE-RSA-" in line and ("GCM" in line or "CHACHA20" in line), line
+        for v in ("-tls1", "-tls1_1"):
+            out = s_client(srv, v, "-cipher", "DEFAULT@SECLEVEL=0")
+            assert "Cipher is (NONE)" in out, (v, out)
+        # Static RSA (with CBC or GCM) and ECDHE with CBC: all refused.
+        for suite in ("AES128-SHA", "AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384"):
+            out = s_client(srv, "-tls1_2", "-cipher", suite + "@SECLEVEL=0")
+            assert "Cipher is (NONE)" in out, (suite, out)
+        # TLS 1.3 only: refused, since BearSSL speaks 1.2.
+        out = s_client(srv, "-tls1_3")
+        assert "Cipher is (NONE)" in out or "TLSv1.3" not in out
+    finally:
+        srv.stop()
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"])
+    try:
+        out = s_client(srv, "-CAfile", p["root"], "-tls1_2")
+        line = [l for l in out.splitlines() if "Cipher is" in l][0]
+        assert "ECDHE-ECDSA-" in line and ("GCM" in line or "CHACHA20" in line), line
+    finally:
+        srv.stop()
+
+
+@test
+def python_ssl_keep_alive_and_alpn():
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"])
+    try:
+        s = tls_sock(srv, p["root"])
+        assert s.version() == "TLSv1.2" and s.selected_alpn_protocol() == "http/1.1"
+        rest = b""
+        for i in range(50):
+            if i % 2:
+                s.sendall(b"GET /webhooks/twitter?crc_token=k%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                st, _, body, rest = it.read_response(s, rest)
+                assert st == 200 and json.loads(body)["response_token"] == it.sign(b"k%d" % i)
+            else:
+                body = b'{"tls":%d}' % i
+                s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                          b"x-twitter-webhooks-signature: %s\r\n\r\n%s" % (len(body), it.sign(body).encode(), body))
+                st, _, _, rest = it.read_response(s, rest)
+                assert st == 200
+        s.close()
+    finally:
+        srv.stop()
+    assert srv.stdout() == b"".join(it.pretty({"tls": i}).encode() for i in range(0, 50, 2))
+
+
+@test
+def session_resumption():
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"])
+    sess = os.path.join(it.WORK, "session.pem")
+    try:
+        out = s_client(srv, "-CAfile", p["root"], "-tls1_2", "-sess_out", sess)
+        assert "New, TLSv1.2" in out, out
+        out = s_client(srv, "-CAfile", p["root"], "-tls1_2", "-sess_in", sess)
+        assert "Reused, TLSv1.2" in out, out
+    finally:
+        srv.stop()
+
+
+@test
+def refusals_at_start():
+    p, q = PKIS["p256"], PKIS["rsa"]
+    d = os.path.join(PKI, "bad")
+    os.makedirs(d, exist_ok=True)
+    garbage = os.path.join(d, "garbage.pem")
+    with open(garbage, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n")
+    encrypted = os.path.join(d, "enc.key")
+    openssl("pkey", "-in", p["key"], "-aes256", "-passout", "pass:x", "-out", encrypted)
+    encrypted_trad = os.path.join(d, "enc.trad.key")
+    openssl("pkey", "-in", q["key"], "-traditional", "-aes256", "-passout", "pass:x", "-out", encrypted_trad)
+    # A key and self-signed certificate on secp256k1, which X's clients do not use.
+    openssl("req", "-x509", *KEYGEN["k256"], "-nodes", "-keyout", "k1.key", "-out", "k1.pem", "-days", "5",
+            "-subj", "/CN=" + HOST, cwd=d)
+    env = {"TWITTER_CONSUMER_SECRET": "x"}
+    for args, part in [
+            (["--cert", "/nonexistent/chain.pem", "--key", p["key"]], "cannot read --cert /nonexistent/chain.pem"),
+            (["--cert", p["chain"], "--key", "/nonexistent/key.pem"], "cannot read --key /nonexistent/key.pem"),
+            (["--cert", p["chain"], "--key", encrypted], "is encrypted"),
+            (["--cert", q["chain"], "--key", encrypted_trad], "is encrypted"),
+            (["--cert", p["chain"], "--key", q["key"]], "does not match the certificate"),
+            (["--cert", p["chain"], "--key", PKIS["p384"]["key"]], "does not match the certificate"),
+            (["--cert", garbage, "--key", p["key"]], "is not valid PEM"),
+            (["--cert", p["key"], "--key", p["key"]], "holds no certificate"),
+            (["--cert", p["chain"], "--key", p["chain"]], "holds no private key"),
+            (["--cert", os.path.join(d, "k1.pem"), "--key", os.path.join(d, "k1.key")], "unsupported"),
+            (["--cert", p["chain"]], "both --cert FILE and --key FILE")]:
+        rc, out, err = run(["--listen", "127.0.0.1:0", *args], env=env)
+        assert rc == 1 and part in err, (args, rc, err)
+        assert err.count("\n") == 1, err
+
+
+@test
+def warnings_for_expiry_and_single_certificate():
+    p = PKIS["p256"]
+    soon = leaf(p["dir"], "soon", "p256", days=5)
+    srv = tls_server(soon["chain"], soon["key"])
+    srv.stop()
+    assert "expires in 4 day(s)" in srv.stderr() or "expires in 5 day(s)" in srv.stderr(), srv.stderr()
+    srv = tls_server(p["leaf"], p["key"])
+    srv.stop()
+    assert "holds a single certificate" in srv.stderr(), srv.stderr()
+    srv = tls_server(EXPIRED["chain"], EXPIRED["key"])
+    srv.stop()
+    assert "expired on 2020-02-01" in srv.stderr(), srv.stderr()
+
+
+@test
+def sighup_swaps_the_certificate_and_keeps_a_good_one():
+    p = PKIS["p256"]
+    d = os.path.join(PKI, "live")
+    os.makedirs(d, exist_ok=True)
+    chain, key = os.path.join(d, "fullchain.pem"), os.path.join(d, "privkey.pem")
+    shutil.copy(p["chain"], chain)
+    shutil.copy(p["key"], key)
+    fresh = leaf(p["dir"], "renewed", "p256", days=50)
+    srv = tls_server(chain, key)
+    try:
+        def served_serial():
+            s = tls_sock(srv, p["root"])
+            der = s.getpeercert(binary_form=True)
+            s.close()
+            pem = ssl.DER_cert_to_PEM_cert(der)
+            path = os.path.join(it.WORK, "peer.pem")
+            with open(path, "w") as f:
+                f.write(pem)
+            return serial_of(path)
+
+        kept = tls_sock(srv, p["root"])   # in flight across the reload
+        assert served_serial() == serial_of(p["leaf"])
+        shutil.copy(fresh["chain"], chain)
+        shutil.copy(fresh["key"], key)
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: now serving" in srv.stderr())
+        assert served_serial() == serial_of(fresh["leaf"])
+        # The connection made before the reload still works.
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert it.read_response(kept)[0] == 200
+        kept.close()
+        # A broken file: the good pair stays.
+        with open(chain, "w") as f:
+            f.write("garbage\n")
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "still serving certificate" in srv.stderr())
+        assert served_serial() == serial_of(fresh["leaf"])
+        assert "SIGHUP: --cert %s holds no certificate; still serving certificate %s" % (
+            chain, serial_of(fresh["leaf"])) in srv.stderr(), srv.stderr()
+    finally:
+        srv.stop()
+
+
+def wait_for(cond, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting")
+
+
+@test
+def check_passes_against_a_good_server():
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"])
+    try:
+        rc, out, err = check("https://%s/webhooks/twitter" % HOST, "--connect", "127.0.0.1:%d" % srv.port,
+                             "--cacert", p["root"], "--post")
+        assert rc == 0 and out.rstrip().endswith("X would accept this URL."), out + err
+        assert "[FAIL]" not in out
+        for part in ("[ok] TLS 1.2, ECDHE-ECDSA-", "[ok] certificate chain verified", "[ok] certificate is for " + HOST,
+                     "[ok] certificate expires", "[ok] the CRC was answered 200", "[ok] the CRC was answered in",
+                     "[ok] response_token is the HMAC", "[ok] a signed test event was answered 200"):
+            assert part in out, (part, out)
+        # No secret: the shape only, said so.
+        rc, out, err = check("https://%s/webhooks/twitter" % HOST, "--connect", "127.0.0.1:%d" % srv.port,
+                             "--cacert", p["root"], secret=None)
+        assert "[warn] response_token has the right shape; no consumer secret here" in out, out
+    finally:
+        srv.stop()
+    assert b'"xwebhook_check"' in srv.stdout()
+
+
+@test
+def check_fails_for_each_reason_x_would():
+    p = PKIS["p256"]
+    url = "https://%s/webhooks/twitter" % HOST
+    srv = tls_server(p["chain"], p["key"])
+    try:
+        where = ["--connect", "127.0.0.1:%d" % srv.port, "--cacert", p["root"]]
+        rc, out, _ = check(url, *where, secret="not the secret")
+        assert rc == 1 and "[FAIL] response_token does not match" in out, out
+        rc, out, _ = check("https://other.test/webhooks/twitter", *where)
+        assert rc == 1 and "[FAIL] the certificate is not for other.test" in out, out
+        rc, out, _ = check("https://%s:8443/webhooks/twitter" % HOST, *where)
+        assert rc == 1 and "[FAIL] the URL names port 8443" in out, out
+        rc, out, _ = check("https://%s/elsewhere" % HOST, *where)
+        assert rc == 1 and "[FAIL] the CRC was answered 404" in out, out
+    finally:
+        srv.stop()
+    # A chain without its intermediate: X will not fetch it.
+    srv = tls_server(p["leaf"], p["key"])
+    try:
+        rc, out, _ = check(url, "--connect", "127.0.0.1:%d" % srv.port, "--cacert", p["root"])
+        assert rc == 1 and "is an intermediate missing" in out, out
+        assert "[info] the server's certificate expires" in out, out
+    finally:
+        srv.stop()
+    # Expired.
+    srv = tls_server(EXPIRED["chain"], EXPIRED["key"])
+    try:
+        rc, out, _ = check(url, "--connect", "127.0.0.1:%d" % srv.port, "--cacert", p["root"])
+        assert rc == 1 and "[FAIL] the certificate has expired" in out, out
+        assert "expires 2020-02-01" in out, out
+    finally:
+        srv.stop()
+    # Too slow, and a redirect: Python HTTPS servers with the same certificate.
+    for behaviour, part in (("slow", "(X allows 3000 ms)"), ("redirect", "a redirect to https://elsewhere.test/")):
+        stop = threading.Event()
+        port = fake_server(p, behaviour, stop)
+        try:
+            rc, out, _ = check(url, "--connect", "127.0.0.1:%d" % port, "--cacert", p["root"])
+            assert rc == 1 and part in out and "[FAIL]" in out, (behaviour, out)
+        finally:
+            stop.set()
+    # http URLs are checked, and reported as not acceptable.
+    srv = it.Server()
+    try:
+        rc, out, _ = check("http://%s/webhooks/twitter" % HOST, "--connect", "127.0.0.1:%d" % srv.port)
+        assert rc == 1 and "[FAIL] http URL: X only calls https URLs" in out, out
+        assert "[ok] response_token is the HMAC" in out, out
+    finally:
+        srv.stop()
+
+
+def fake_server(p, behaviour, stop):
+    """An HTTPS server that answers a CRC slowly (3.5 s) or with a 302."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(p["chain"], p["key"])
+    ls = socket.create_server(("127.0.0.1", 0))
+    ls.settimeout(0.2)
+
+    def serve():
+        while not stop.is_set():
+            try:
+                raw, _ = ls.accept()
+            except socket.timeout:
+                continue
+            try:
+                s = ctx.wrap_socket(raw, server_side=True)
+                s.settimeout(10)
+                req = b""
+                while b"\r\n\r\n" not in req:
+                    req += s.recv(4096)
+                if behaviour == "slow":
+                    time.sleep(3.5)
+                    body = b'{"response_token":"sha256=x"}'
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                else:
+                    s.sendall(b"HTTP/1.1 302 Found\r\nLocation: https://elsewhere.test/\r\nContent-Length: 0\r\n\r\n")
+                s.close()
+            except (OSError, ssl.SSLError):
+                raw.close()
+        ls.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return ls.getsockname()[1]
+
+
+@test
+def handshake_flood_does_not_delay_a_crc():
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"])
+    silent = []
+    try:
+        for _ in range(300):
+            silent.append(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        st, body = https(srv, p["root"], "/webhooks/twitter?crc_token=flood")
+        took = time.monotonic() - t0
+        assert st == 200 and json.loads(body)["response_token"] == it.sign(b"flood")
+        assert took < 1.0, "CRC over TLS took %.3f s behind 300 silent handshakes" % took
+        print("    (300 silent handshakes: CRC over TLS in %.1f ms)" % (took * 1000))
+    finally:
+        for s in silent:
+            s.close()
+        srv.stop()
+
+
+@test
+def silent_and_plain_clients_are_closed():
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"])
+    try:
+        # Plain HTTP to the TLS port: closed, and the server carries on.
+        s = srv.sock()
+        s.sendall(b"GET /webhooks/twitter?crc_token=abc HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = it.recv_all(s)
+        assert not data.startswith(b"HTTP/"), data
+        s.close()
+        st, body = https(srv, p["root"])
+        assert st == 200
+        wait_for(lambda: "TLS handshake failed" in srv.stderr())
+        # Saying nothing: closed by the head deadline (10 s), not the idle one (15 s).
+        s = srv.sock(timeout=30)
+        t0 = time.monotonic()
+        assert it.is_closed(s, 20)
+        took = time.monotonic() - t0
+        assert 9 <= took <= 12, took
+        s.close()
+    finally:
+        srv.stop()
+
+
+@test
+def user_drop_and_reload_after_it():
+    if os.geteuid() != 0:
+        print("    (skipped: needs root)")
+        return
+    nobody = pwd.getpwnam("nobody")
+    p = PKIS["p256"]
+    d = os.path.join(it.WORK, "for-nobody")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(it.WORK, 0o755)
+    os.chmod(d, 0o755)
+    chain, key = os.path.join(d, "fullchain.pem"), os.path.join(d, "privkey.pem")
+    shutil.copy(p["chain"], chain)
+    shutil.copy(p["key"], key)
+    os.chown(key, nobody.pw_uid, nobody.pw_gid)
+    os.chmod(key, 0o600)
+    os.chmod(chain, 0o644)
+    srv = tls_server(chain, key, "--user", "nobody")
+    try:
+        status = open("/proc/%d/status" % srv.proc.pid).read()
+        uid_line = [l for l in status.splitlines() if l.startswith("Uid:")][0].split()
+        assert uid_line[1:] == [str(nobody.pw_uid)] * 4, uid_line
+        st, _ = https(srv, p["root"])
+        assert st == 200
+        assert "running as root" not in srv.stderr()
+        # Reloading works after the drop when nobody can read the files...
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: now serving" in srv.stderr())
+        # ...and keeps the old pair, saying why, when it cannot.
+        os.chown(key, 0, 0)
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "Permission denied; still serving" in srv.stderr())
+        st, _ = https(srv, p["root"])
+        assert st == 200
+    finally:
+        srv.stop()
+    rc, out, err = run(["--listen", "127.0.0.1:0", "--user", "no-such-user-xw"], env={"TWITTER_CONSUMER_SECRET": "x"})
+    assert rc == 1 and "no such user" in err
+
+
+# ---------------------------------------------------------------------------
+
+def make_expired(p):
+    """A leaf whose validity ended in 2020, signed by p's intermediate."""
+    d = p["dir"]
+    with open(os.path.join(d, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca = ca\n[ca]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+                "default_md = sha256\npolicy = any\ncopy_extensions = copy\nunique_subject = no\n"
+                "[any]\ncommonName = supplied\n")
+    open(os.path.join(d, "index.txt"), "w").close()
+    with open(os.path.join(d, "serial"), "w") as f:
+        f.write("1000\n")
+    openssl("req", *KEYGEN["p256"], "-nodes", "-keyout", "expired.key", "-out", "expired.csr",
+            "-subj", "/CN=" + HOST, cwd=d)
+    openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "int.pem", "-keyfile", "int.key", "-in", "expired.csr",
+            "-out", "expired.pem", "-startdate", "20200101000000Z", "-enddate", "20200201000000Z",
+            "-extfile", "leaf.ext", "-notext", cwd=d)
+    chain = os.path.join(d, "expired.chain.pem")
+    with open(chain, "wb") as f:
+        f.write(open(os.path.join(d, "expired.pem"), "rb").read() + open(os.path.join(d, "int.pem"), "rb").read())
+    return {"chain": chain, "key": os.path.join(d, "expired.key")}
+
+
+def main():
+    global PKIS, EXPIRED
+    os.makedirs(PKI, exist_ok=True)
+    PKIS = {name: make_pki(name, name) for name in ("rsa", "p256", "p384")}
+    EXPIRED = make_expired(PKIS["p256"])
+    only = os.environ.get("ONLY")
+    passed = failed = 0
+    for fn in TESTS:
+        if only and only not in fn.__name__:
+            continue
+        t0 = time.monotonic()
+        try:
+            fn()
+            passed += 1
+            print("ok   %-60s %6.2fs" % (fn.__name__, time.monotonic() - t0), flush=True)
+        except Exception:  # noqa: BLE001
+            failed += 1
+            print("FAIL %s" % fn.__name__, flush=True)
+            traceback.print_exc(file=sys.stdout)
+    print("tls: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
