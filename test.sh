@@ -5,7 +5,8 @@
 #   3. integration tests (tests/integration.py) against an ASan+UBSan build
 #      of the server, on loopback, with curl, http.client and raw sockets;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
-#      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl.
+#      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl;
+#   5. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20).
 # Any sanitizer report fails the run. The last line is
 # "N passed, N failed, N skipped".
 set -u
@@ -127,6 +128,37 @@ if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
 else
 	skipped=$((skipped + 1))
 	echo "skip TLS build and HTTPS tests: install libbearssl-dev and openssl (apt-get install -y libbearssl-dev openssl)"
+fi
+
+# 5. Fuzzing, for FUZZ_SECONDS each (libFuzzer, with ASan and UBSan).
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if command -v clang >/dev/null && [ "$FUZZ_SECONDS" -gt 0 ]; then
+	targets="http chunked query json"
+	[ -e /usr/include/bearssl.h ] && targets="$targets pem"
+	for t in $targets; do
+		flags=""; libs=""
+		[ "$t" = pem ] && { flags="-DXWEBHOOK_TLS"; libs="-lbearssl"; }
+		if ! clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $flags \
+		    -o "$out/fuzz_$t" "tests/fuzz_$t.c" $libs 2>"$out/fuzz_$t-build.log"; then
+			fail "fuzz_$t does not build (libFuzzer comes with libclang-rt-14-dev)"
+			cat "$out/fuzz_$t-build.log"
+			continue
+		fi
+		# A scratch copy of the seeds, so the committed corpus stays as it is.
+		rm -rf "$out/corpus-$t"
+		mkdir -p "$out/corpus-$t" "$out/fuzz-crashes"
+		cp tests/corpus/"$t"/* "$out/corpus-$t/"
+		if "$out/fuzz_$t" "$out/corpus-$t" -max_total_time="$FUZZ_SECONDS" -timeout=10 \
+		    -rss_limit_mb=2048 -artifact_prefix="$out/fuzz-crashes/$t-" >"$out/fuzz_$t.log" 2>&1; then
+			pass "fuzz_$t: $(grep -oE 'Done [0-9]+ runs' "$out/fuzz_$t.log" | tail -n 1) in ${FUZZ_SECONDS}s"
+		else
+			fail "fuzz_$t: reproducer kept in $out/fuzz-crashes/"
+			grep -E 'ERROR|SUMMARY|runtime error|Test unit written' "$out/fuzz_$t.log" | head -n 10
+		fi
+	done
+else
+	skipped=$((skipped + 1))
+	echo "skip fuzzing: needs clang and libclang-rt-14-dev (FUZZ_SECONDS=$FUZZ_SECONDS)"
 fi
 
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -1463,12 +1463,13 @@ struct chunked {
 };
 
 /* Decode from in[0, n): append chunk data to out (which must not pass
- * limit bytes), set *used to the bytes consumed. S_OK when the body is
- * complete, S_INCOMPLETE when more is needed, else an error. */
+ * limit bytes), and always set *used to the bytes consumed. S_OK when the
+ * body is complete, S_INCOMPLETE when more is needed, else an error. */
 static enum status
 chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struct buf *out, size_t limit, const char **why)
 {
 	size_t i = 0;
+	enum status st = S_INCOMPLETE;
 
 	while (i < n && ch->state != C_DONE) {
 		unsigned char c = (unsigned char)in[i];
@@ -1478,19 +1479,22 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 			if (isxdigit(c)) {
 				if (ch->digits == 16) {
 					*why = "chunk size overflows";
-					return S_BAD_REQUEST;
+					st = S_BAD_REQUEST;
+					goto out;
 				}
 				ch->size = ch->size << 4 | (uint64_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
 				ch->digits++;
 			} else if (ch->digits > 0 && (c == ';' || c == '\r')) {
 				if (ch->size > limit - out->len) {
 					*why = "body larger than --max-body";
-					return S_PAYLOAD_TOO_LARGE;
+					st = S_PAYLOAD_TOO_LARGE;
+					goto out;
 				}
 				ch->state = c == ';' ? C_EXT : C_SIZE_LF;
 			} else {
 				*why = "bad chunk size";
-				return S_BAD_REQUEST;
+				st = S_BAD_REQUEST;
+				goto out;
 			}
 			break;
 		case C_EXT:
@@ -1498,13 +1502,15 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 				ch->state = C_SIZE_LF;
 			else if ((c < 0x20 && c != '\t') || c == 0x7f) {
 				*why = "control byte in chunk extension";
-				return S_BAD_REQUEST;
+				st = S_BAD_REQUEST;
+				goto out;
 			}
 			break;
 		case C_SIZE_LF:
 			if (c != '\n') {
 				*why = "bad chunk size line ending";
-				return S_BAD_REQUEST;
+				st = S_BAD_REQUEST;
+				goto out;
 			}
 			ch->line = 0;
 			ch->digits = 0;
@@ -1525,7 +1531,8 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		case C_DATA_LF:
 			if (c != (ch->state == C_DATA_CR ? '\r' : '\n')) {
 				*why = "bad chunk terminator (expected CRLF after chunk data)";
-				return S_BAD_REQUEST;
+				st = S_BAD_REQUEST;
+				goto out;
 			}
 			ch->state = ch->state == C_DATA_CR ? C_DATA_LF : C_SIZE;
 			break;
@@ -1536,7 +1543,8 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 			}
 			if (++ch->trailer_fields > MAX_HEADER_FIELDS) {
 				*why = "more than 100 trailer fields";
-				return S_HEADERS_TOO_LARGE;
+				st = S_HEADERS_TOO_LARGE;
+				goto out;
 			}
 			ch->state = C_TRAILER_LINE;
 			continue;  /* look at c as part of the line */
@@ -1546,14 +1554,16 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 				ch->state = C_TRAILER_LF;
 			else if ((c < 0x20 && c != '\t') || c == 0x7f) {
 				*why = "control byte in trailer";
-				return S_BAD_REQUEST;
+				st = S_BAD_REQUEST;
+				goto out;
 			}
 			break;
 		case C_TRAILER_LF:
 		case C_END_LF:
 			if (c != '\n') {
 				*why = "bare CR in chunked body";
-				return S_BAD_REQUEST;
+				st = S_BAD_REQUEST;
+				goto out;
 			}
 			ch->state = ch->state == C_END_LF ? C_DONE : C_TRAILER;
 			break;
@@ -1564,18 +1574,23 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		if (ch->state == C_SIZE || ch->state == C_EXT || ch->state == C_SIZE_LF) {
 			if (++ch->line > MAX_CHUNK_LINE) {
 				*why = "chunk size line longer than 1024 bytes";
-				return S_BAD_REQUEST;
+				st = S_BAD_REQUEST;
+				goto out;
 			}
 		} else if (ch->state >= C_TRAILER && ch->state <= C_END_LF) {
 			if (++ch->trailer > MAX_HEADER_BLOCK) {
 				*why = "trailer fields longer than 16384 bytes";
-				return S_HEADERS_TOO_LARGE;
+				st = S_HEADERS_TOO_LARGE;
+				goto out;
 			}
 		}
 		i++;
 	}
-	*used = i;
-	return ch->state == C_DONE ? S_OK : S_INCOMPLETE;
+	if (ch->state == C_DONE)
+		st = S_OK;
+out:
+	*used = i;  /* on an error, the bytes before the bad one */
+	return st;
 }
 
 static int
@@ -1992,10 +2007,12 @@ identity_read(const char *what, const char *path, struct buf *b, char *err, size
 	return 0;
 }
 
-/* Load a chain (leaf first, as certbot's fullchain.pem) and its key.
- * Returns NULL with a one-line reason in err when they cannot serve. */
+/* Make an identity of a chain (leaf first, as certbot's fullchain.pem)
+ * and a key, from the texts of their files (named for messages). Returns
+ * NULL with a one-line reason in err when they cannot serve. */
 static struct identity *
-identity_load(const char *certf, const char *keyf, char *err, size_t errlen)
+identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
+    const struct buf *key_text, char *err, size_t errlen)
 {
 	struct buf text = { 0 };
 	struct pem_object *objs = NULL;
@@ -2007,9 +2024,7 @@ identity_load(const char *certf, const char *keyf, char *err, size_t errlen)
 
 	memset(id, 0, sizeof(*id));
 	/* The chain. */
-	if (identity_read("--cert", certf, &text, err, errlen) < 0)
-		goto fail;
-	if (pem_decode(text.p, text.len, &objs, &count) < 0) {
+	if (pem_decode(cert_text->p, cert_text->len, &objs, &count) < 0) {
 		snprintf(err, errlen, "--cert %s is not valid PEM", certf);
 		goto fail;
 	}
@@ -2031,10 +2046,8 @@ identity_load(const char *certf, const char *keyf, char *err, size_t errlen)
 		goto fail;
 	}
 
-	/* The key. */
-	text.len = 0;
-	if (identity_read("--key", keyf, &text, err, errlen) < 0)
-		goto fail;
+	/* The key, in a copy that ends with a NUL for strstr. */
+	buf_add(&text, key_text->p, key_text->len);
 	buf_addc(&text, '\0');
 	if (strstr(text.p, "ENCRYPTED") != NULL) {
 		snprintf(err, errlen, "--key %s is encrypted; write it decrypted "
@@ -2052,7 +2065,8 @@ identity_load(const char *certf, const char *keyf, char *err, size_t errlen)
 		found = 1;
 		br_skey_decoder_init(&id->key);
 		br_skey_decoder_push(&id->key, objs[i].der.p, objs[i].der.len);
-		memset(objs[i].der.p, 0, objs[i].der.len);
+		if (objs[i].der.len > 0)  /* an empty object has no buffer */
+			memset(objs[i].der.p, 0, objs[i].der.len);
 		if (br_skey_decoder_last_error(&id->key) != 0) {
 			snprintf(err, errlen, "--key %s: unsupported or malformed key "
 			    "(RSA, or EC on P-256, P-384 or P-521)", keyf);
@@ -2104,6 +2118,23 @@ fail:
 	pem_free(objs, count);
 	identity_free(id);
 	return NULL;
+}
+
+/* Load --cert and --key from their files; NULL and a reason on failure. */
+static struct identity *
+identity_load(const char *certf, const char *keyf, char *err, size_t errlen)
+{
+	struct buf cert = { 0 }, key = { 0 };
+	struct identity *id = NULL;
+
+	if (identity_read("--cert", certf, &cert, err, errlen) == 0 &&
+	    identity_read("--key", keyf, &key, err, errlen) == 0)
+		id = identity_parse(certf, &cert, keyf, &key, err, errlen);
+	if (key.p != NULL)
+		memset(key.p, 0, key.cap);
+	buf_free(&cert);
+	buf_free(&key);
+	return id;
 }
 
 /* Say what is served, and warn of what X will refuse. */

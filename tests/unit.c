@@ -664,6 +664,16 @@ test_chunked(void)
 		expect_chunked(in.p, S_BAD_REQUEST, NULL, "1024");
 		buf_free(&in);
 	}
+	/* *used is set on errors too: the bytes before the bad one. */
+	{
+		struct chunked ch;
+		size_t used = 12345;
+
+		memset(&ch, 0, sizeof(ch));
+		out.len = 0;
+		CHECK(chunked_decode(&ch, "5\r\nhelloX", 10, &used, &out, 1024, &why) == S_BAD_REQUEST &&
+		    used == 8, "used on error: %zu", used);
+	}
 	/* What follows the body is left for the next request. */
 	CHECK(dechunk("1\r\na\r\n0\r\n\r\nGET /", 16, 100000, 1024, &out, &rest, &why) == S_OK && rest == 5,
 	    "pipelined bytes after a chunked body: rest %zu", rest);
