@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of xwebhook, in one run:
 #   1. the README's build commands, and warning-free builds under gcc and clang;
-#   2. unit tests (tests/unit.c includes xwebhook.c), under ASan and UBSan;
+#   2. unit tests (tests/unit.c includes xwebhook.c), under ASan and UBSan,
+#      and differential checks against Python's hashlib, hmac and json;
 #   3. integration tests (tests/integration.py) against an ASan+UBSan build
 #      of the server, on loopback, with curl, http.client and raw sockets;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
@@ -70,6 +71,15 @@ if cc $SAN -Wall -Wextra -Wpedantic -Werror -o tests/unit tests/unit.c 2>"$out/u
 	count "$out/unit.log" "unit tests"
 else
 	fail "unit tests do not build"; cat "$out/unit-build.log"
+fi
+
+# Differential: SHA-256, HMAC and the indenter against Python's own.
+if cc $SAN -Wall -Wextra -Wpedantic -Werror -o "$out/diff_driver" tests/diff_driver.c 2>"$out/diff-build.log"; then
+	python3 tests/differential.py "$out/diff_driver" >"$out/differential.log" 2>&1
+	grep -E 'FAIL|Sanitizer|runtime error' "$out/differential.log" | head -n 20
+	count "$out/differential.log" "differential tests"
+else
+	fail "the differential driver does not build"; cat "$out/diff-build.log"
 fi
 
 # 3. Integration tests against the sanitized server.
