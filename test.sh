@@ -4,7 +4,9 @@
 #   2. unit tests (tests/unit.c includes xwebhook.c), under ASan and UBSan,
 #      and differential checks against Python's hashlib, hmac and json;
 #   3. integration tests (tests/integration.py) against an ASan+UBSan build
-#      of the server, on loopback, with curl, http.client and raw sockets;
+#      of the server, on loopback, with curl, http.client and raw sockets,
+#      and fault tests (tests/fault.py): slowloris, floods, garbage,
+#      kill -9 while events are written, a full disk;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
 #      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl;
 #   5. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20).
@@ -88,6 +90,9 @@ if cc $SAN -Wall -Wextra -Wpedantic -Werror -o tests/xwebhook-asan xwebhook.c 2>
 	python3 tests/integration.py tests/xwebhook-asan "$fixtures" 2>&1 | tee "$out/integration.log" |
 	    grep -vE '^(ok |integration: )'
 	count "$out/integration.log" "integration tests"
+	python3 tests/fault.py tests/xwebhook-asan "$fixtures" 2>&1 | tee "$out/fault.log" |
+	    grep -vE '^(ok |fault: )'
+	count "$out/fault.log" "fault tests"
 else
 	fail "the ASan+UBSan server does not build"; cat "$out/asan-build.log"
 fi
