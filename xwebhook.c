@@ -28,6 +28,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,7 @@
 #include <pwd.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -1710,6 +1712,12 @@ struct conn {
 	struct buf out;             /* the response being sent */
 	struct buf body;            /* the request body */
 	struct buf pretty, compact; /* the event, for each sink */
+	/* Event-loop mode (see "The server"): */
+	struct loop *loop;          /* the loop serving it, or NULL for a thread */
+	struct conn *lprev, *lnext; /* that loop's connections */
+	int64_t last_active;        /* for the loop's idle sweep */
+	struct buf pending;         /* an answer a loop could not finish sending */
+	int close_after, linger;    /* what the thread does after sending it */
 };
 
 /* Wait until fd is ready for events (or wake_fd is readable), by deadline. */
@@ -1781,8 +1789,15 @@ plain_write(struct conn *c, const void *p, size_t n, int64_t deadline)
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
-			if ((errno != EAGAIN && errno != EWOULDBLOCK) ||
-			    wait_fd(c->fd, POLLOUT, deadline, -1) < 0)
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				return -1;
+			if (c->loop != NULL) {
+				/* A loop never waits on one client: the rest
+				 * goes out from the connection's own thread. */
+				buf_add(&c->pending, s, n);
+				return 0;
+			}
+			if (wait_fd(c->fd, POLLOUT, deadline, -1) < 0)
 				return -1;
 			continue;
 		}
@@ -2450,17 +2465,13 @@ static volatile sig_atomic_t stop_signal, reload_signal;
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t conns_gone;
 static unsigned nconns;               /* connections open, under conns_lock */
-static int stopping;                  /* under conns_lock */
+static atomic_int stopping;           /* set once, at SIGINT or SIGTERM */
 
+/* Asked once per request: an atomic, not a lock every thread takes. */
 static int
 is_stopping(void)
 {
-	int s;
-
-	pthread_mutex_lock(&conns_lock);
-	s = stopping;
-	pthread_mutex_unlock(&conns_lock);
-	return s;
+	return atomic_load(&stopping);
 }
 
 /* Append s to b as the inside of a JSON string. */
@@ -2939,16 +2950,65 @@ serve_connection(struct conn *c)
 	}
 }
 
+/* What a loop does with a connection after serve_buffered. */
+enum verdict {
+	V_IDLE,      /* everything buffered is answered: wait for more */
+	V_THREAD,    /* the rest needs waiting: give it a thread */
+	V_CLOSE,     /* done with it */
+};
+
+/* Answer every request already complete in c->in, without waiting for
+ * anything: the event loop's fast path. Whatever would wait (a head or
+ * body still arriving, a chunked body, Expect, an fdatasync, a lingering
+ * close, an answer the socket would not take) is left to a thread. */
+static enum verdict
+serve_buffered(struct conn *c)
+{
+	while (c->in_len > 0) {
+		size_t scan = 0, line_end = 0, head_len = 0;
+		struct request req;
+		const char *why = NULL;
+		enum status st = http_scan_head(c->in, c->in_len, &scan, &line_end, &head_len, &why);
+		int linger = 0, keep;
+
+		if (st == S_INCOMPLETE)
+			return V_THREAD;
+		if (st == S_OK)
+			st = http_parse_head(c->in, head_len, &req, &why);
+		if (st != S_OK || req.chunked || req.expect_continue ||
+		    (req.has_length && req.content_length > c->in_len - head_len) ||
+		    (req.method == M_POST && output_fd >= 0))
+			return V_THREAD;  /* the thread parses it again, and answers */
+		keep = handle_request(c, &req, now_us(), &linger);
+		if (c->pending.len > 0 || linger) {
+			c->close_after = !keep;
+			c->linger = linger;
+			return V_THREAD;
+		}
+		if (!keep)
+			return V_CLOSE;
+		memmove(c->in, c->in + c->pos, c->in_len - c->pos);
+		c->in_len -= c->pos;
+		c->pos = 0;
+	}
+	return V_IDLE;
+}
+
 /* ------------------------------------------------------------------------
- * The server: listen, accept, one thread per connection, signals.
+ * The server: listen, accept, event loops in front, a thread per
+ * connection behind, signals.
  *
- * Why threads: each connection is a plain blocking conversation (read a
- * head, maybe a body, answer), and TLS through BearSSL's blocking I/O fits
- * the same shape, so the code reads top to bottom with no callbacks. Every
- * wait is a poll() with a deadline, so a slow or silent client holds only
- * its own thread (a few pages of stack) and never delays anyone else. At
- * the connection limit this costs ~1,000 mostly idle threads, which Linux
- * handles well; an event loop would save memory we do not need to save.
+ * Why both. The slow paths (a head or body trickling in, a TLS handshake,
+ * an fdatasync, a lingering close) are plain blocking conversations: each
+ * runs on its own thread, every wait a poll() with a deadline, so a slow or
+ * silent client holds only its own thread and never delays anyone else,
+ * and the code reads top to bottom with no callbacks. But a thread per
+ * connection costs a thread wake-up per request, and on a small machine
+ * those wake-ups, not the work, bound the rate (measured: a third of all
+ * CPU time in the scheduler). So plain-HTTP connections start on an epoll
+ * loop (one per CPU) that answers each request that has arrived whole,
+ * right away, and hands the connection to a thread at the first sign of
+ * waiting (serve_buffered). An idle connection costs no thread at all.
  * ------------------------------------------------------------------------ */
 
 static void
@@ -3116,23 +3176,235 @@ refuse(int fd, const char *peer)
 #undef BUSY_BODY
 }
 
-static void *
-connection_thread(void *arg)
-{
-	struct conn *c = arg;
-	int linger = serve_connection(c);
+/* An event loop: an epoll set, and the connections it holds. */
+struct loop {
+	int epfd;
+	pthread_mutex_t lock;       /* the list: the loop and the accept thread */
+	struct conn *conns;
+};
 
-	c->tr->close(c, linger);
+enum { MAX_LOOPS = 8 };
+static struct loop loops[MAX_LOOPS];
+static unsigned nloops, next_loop;
+
+static void connection_free(struct conn *c);
+static void *connection_thread(void *arg);
+static pthread_attr_t thread_attr;
+
+static void
+loop_unlink(struct loop *l, struct conn *c)
+{
+	pthread_mutex_lock(&l->lock);
+	if (c->lprev != NULL)
+		c->lprev->lnext = c->lnext;
+	else
+		l->conns = c->lnext;
+	if (c->lnext != NULL)
+		c->lnext->lprev = c->lprev;
+	pthread_mutex_unlock(&l->lock);
+	c->lprev = c->lnext = NULL;
+}
+
+/* Move c from its loop to a thread of its own. */
+static void
+loop_to_thread(struct conn *c)
+{
+	struct loop *l = c->loop;
+	pthread_t t;
+
+	epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	loop_unlink(l, c);
+	c->loop = NULL;
+	if (pthread_create(&t, &thread_attr, connection_thread, c) != 0) {
+		warn("%s: no thread for a slow client; closing it", c->peer);
+		c->tr->close(c, 0);
+		connection_free(c);
+	}
+}
+
+static void
+loop_close(struct conn *c)
+{
+	struct loop *l = c->loop;
+
+	epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	loop_unlink(l, c);
+	c->tr->close(c, 0);
+	connection_free(c);
+}
+
+/* Data (or an end) on one of the loop's connections. */
+static void
+loop_readable(struct conn *c)
+{
+	ssize_t r;
+
+	r = recv(c->fd, c->in + c->in_len, CONN_BUF - c->in_len, MSG_DONTWAIT);
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (r <= 0) {
+		loop_close(c);
+		return;
+	}
+	c->in_len += (size_t)r;
+	c->last_active = now_ms();
+	switch (serve_buffered(c)) {
+	case V_IDLE:
+		break;
+	case V_THREAD:
+		loop_to_thread(c);
+		break;
+	case V_CLOSE:
+		loop_close(c);
+		break;
+	}
+}
+
+static void *
+loop_thread(void *arg)
+{
+	struct loop *l = arg;
+	struct epoll_event ev[64];
+	int64_t sweep = now_ms() + 1000;
+
+	for (;;) {
+		int n = epoll_wait(l->epfd, ev, 64, 1000), i;
+		int64_t now;
+
+		for (i = 0; i < n; i++)
+			if (ev[i].data.ptr != NULL)
+				loop_readable(ev[i].data.ptr);
+		now = now_ms();
+		if (now >= sweep || is_stopping()) {
+			/* Close what stayed idle too long, and everything
+			 * once the server is stopping (all of it is idle:
+			 * a loop never holds a request half answered). */
+			struct conn *c, *next, *doomed = NULL;
+			int stop = is_stopping();
+
+			pthread_mutex_lock(&l->lock);
+			for (c = l->conns; c != NULL; c = next) {
+				next = c->lnext;
+				if (!stop && now - c->last_active < idle_timeout)
+					continue;
+				if (c->lprev != NULL)
+					c->lprev->lnext = c->lnext;
+				else
+					l->conns = c->lnext;
+				if (c->lnext != NULL)
+					c->lnext->lprev = c->lprev;
+				c->lnext = doomed;
+				doomed = c;
+			}
+			pthread_mutex_unlock(&l->lock);
+			for (c = doomed; c != NULL; c = next) {
+				next = c->lnext;
+				epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+				c->tr->close(c, 0);
+				connection_free(c);
+			}
+			if (stop)
+				return NULL;  /* nothing is left, and nothing comes */
+			sweep = now + 1000;
+		}
+	}
+}
+
+/* Start one loop per CPU (at most MAX_LOOPS). */
+static void
+loops_start(void)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned i;
+
+	nloops = cpus < 1 ? 1 : cpus > MAX_LOOPS ? MAX_LOOPS : (unsigned)cpus;
+	for (i = 0; i < nloops; i++) {
+		struct epoll_event ev;
+		pthread_t t;
+
+		loops[i].epfd = epoll_create1(EPOLL_CLOEXEC);
+		if (loops[i].epfd < 0)
+			die("epoll_create1:");
+		pthread_mutex_init(&loops[i].lock, NULL);
+		/* The stop pipe wakes the loop when it is closed. */
+		memset(&ev, 0, sizeof(ev));
+		ev.events = EPOLLIN;
+		ev.data.ptr = NULL;
+		if (epoll_ctl(loops[i].epfd, EPOLL_CTL_ADD, stop_pipe[0], &ev) < 0)
+			die("epoll_ctl:");
+		if (pthread_create(&t, &thread_attr, loop_thread, &loops[i]) != 0)
+			die("cannot start an event loop thread");
+	}
+}
+
+/* Give a new plain-HTTP connection to the next loop. */
+static int
+loop_adopt(struct conn *c)
+{
+	struct loop *l = &loops[next_loop++ % nloops];
+	struct epoll_event ev;
+
+	c->loop = l;
+	c->last_active = now_ms();
+	pthread_mutex_lock(&l->lock);
+	c->lnext = l->conns;
+	if (l->conns != NULL)
+		l->conns->lprev = c;
+	l->conns = c;
+	pthread_mutex_unlock(&l->lock);
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN | EPOLLRDHUP;
+	ev.data.ptr = c;
+	if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+		loop_unlink(l, c);
+		c->loop = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* Free a closed connection and count it gone. */
+static void
+connection_free(struct conn *c)
+{
 	free(c->in);
 	buf_free(&c->out);
 	buf_free(&c->body);
 	buf_free(&c->pretty);
 	buf_free(&c->compact);
+	buf_free(&c->pending);
 	free(c);
 	pthread_mutex_lock(&conns_lock);
 	if (--nconns == 0)
 		pthread_cond_broadcast(&conns_gone);
 	pthread_mutex_unlock(&conns_lock);
+}
+
+/* A connection's own thread: from accept (TLS), or from a loop that met
+ * something to wait for, perhaps with an answer still to finish sending. */
+static void *
+connection_thread(void *arg)
+{
+	struct conn *c = arg;
+	int linger = c->linger;
+
+	if (c->pending.len > 0) {
+		if (c->tr->write(c, c->pending.p, c->pending.len, now_ms() + write_timeout) < 0)
+			c->close_after = 1;
+		buf_free(&c->pending);
+	}
+	if (!c->close_after) {
+		/* Anything a loop left in c->in after the last answer is the
+		 * start of the next request. */
+		if (c->pos > 0) {
+			memmove(c->in, c->in + c->pos, c->in_len - c->pos);
+			c->in_len -= c->pos;
+			c->pos = 0;
+		}
+		linger = serve_connection(c);
+	}
+	c->tr->close(c, linger);
+	connection_free(c);
 	return NULL;
 }
 
@@ -3169,6 +3441,8 @@ start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t
 #endif
 	memcpy(c->peer, peer, sizeof(peer));
 	c->in = xmalloc(CONN_BUF);
+	if (c->tr == &plain_transport && nloops > 0 && loop_adopt(c) == 0)
+		return;
 	if (pthread_create(&t, attr, connection_thread, c) != 0) {
 		free(c->in);
 		free(c);
@@ -3185,7 +3459,6 @@ serve(int lfd)
 {
 	sigset_t block, open_mask;
 	struct sigaction sa;
-	pthread_attr_t attr;
 	pthread_condattr_t ca;
 	struct timespec until;
 	unsigned left;
@@ -3212,9 +3485,10 @@ serve(int lfd)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, thread_stack);
+	pthread_attr_init(&thread_attr);
+	pthread_attr_setdetachstate(&thread_attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&thread_attr, thread_stack);
+	loops_start();
 
 	while (!stop_signal) {
 		struct pollfd pfd;
@@ -3252,12 +3526,12 @@ serve(int lfd)
 			}
 			continue;  /* EAGAIN, ECONNABORTED, EINTR and the like */
 		}
-		start_connection(fd, &ss, &attr);
+		start_connection(fd, &ss, &thread_attr);
 	}
 
 	close(lfd);
 	pthread_mutex_lock(&conns_lock);
-	stopping = 1;
+	atomic_store(&stopping, 1);
 	left = nconns;
 	pthread_mutex_unlock(&conns_lock);
 	close(stop_pipe[1]);
@@ -3274,7 +3548,7 @@ serve(int lfd)
 		_exit(0);  /* their threads still run: do not tear down under them */
 	}
 	warn("stopped");
-	pthread_attr_destroy(&attr);
+	pthread_attr_destroy(&thread_attr);
 	return 0;
 }
 
