@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# Benchmark xwebhook side by side with nginx (a fixed answer of the same
+# length: the ceiling for an HTTP server on this machine) and with the
+# tutorial's Flask + waitress app (what users run today), all in one run on
+# loopback, so that the noise of a shared machine cancels in the ratios.
+#
+#   tests/bench.sh            (DURATION=10 seconds per wrk run by default)
+#
+# Not part of ./test.sh. Needs: wrk nginx-light jq python3-flask
+# python3-waitress libbearssl-dev openssl (all Debian packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+D=${DURATION:-10}
+W=$(mktemp -d /tmp/xwebhook-bench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$W"
+}
+trap cleanup EXIT
+
+for tool in wrk nginx jq python3 openssl cc strip; do
+	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl)" >&2; exit 1; }
+done
+
+echo "building with -O2 ..." >&2
+cc -O2 -o "$W/xwebhook" xwebhook.c
+cc -O2 -DXWEBHOOK_TLS -o "$W/xwebhook-tls" xwebhook.c -lbearssl
+strip -o "$W/xwebhook.stripped" "$W/xwebhook"
+strip -o "$W/xwebhook-tls.stripped" "$W/xwebhook-tls"
+
+export TWITTER_CONSUMER_SECRET=bench-consumer-secret
+TOKEN=M2RkODJkZmMtYjlkYi00NmQ4LTk0MGUtM2JjYzkwM2Q4MjQ0
+CRC="/webhooks/twitter?crc_token=$TOKEN&nonce=MTc2OTUxODI5MjkxNA"
+ANSWER=$("$W/xwebhook" crc "$TOKEN")
+R="$W/results"
+: >"$R"
+result() { echo "$1 $2" >>"$R"; }
+
+# A 2 KB signed event, as a wrk script.
+python3 - "$W" <<'EOF'
+import base64, hashlib, hmac, json, os, sys
+w = sys.argv[1]
+event = {"for_user_id": "2244994945", "tweet_create_events": [{"id_str": "1346889436626259968",
+         "text": "", "user": {"id_str": "2244994945", "screen_name": "XDevelopers"}}]}
+base = len(json.dumps(event, separators=(",", ":")))
+event["tweet_create_events"][0]["text"] = "x" * (2048 - base)
+body = json.dumps(event, separators=(",", ":"))
+assert len(body) == 2048
+sig = "sha256=" + base64.b64encode(hmac.new(os.environ["TWITTER_CONSUMER_SECRET"].encode(), body.encode(),
+                                            hashlib.sha256).digest()).decode()
+with open(os.path.join(w, "post.lua"), "w") as f:
+    f.write('wrk.method = "POST"\nwrk.body = [[%s]]\nwrk.headers["Content-Type"] = "application/json"\n'
+            'wrk.headers["x-twitter-webhooks-signature"] = "%s"\n' % (body, sig))
+EOF
+
+# Certificates for the TLS runs: ECDSA P-256 and RSA-2048.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/ec.key" -out "$W/ec.pem" \
+	-days 2 -subj /CN=bench.test 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/rsa.key" -out "$W/rsa.pem" \
+	-days 2 -subj /CN=bench.test 2>/dev/null
+
+# nginx: a fixed answer of the same length, no logging, as fast as it goes.
+mkdir -p "$W/nginx"
+cat >"$W/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $W/nginx/nginx.pid;
+error_log $W/nginx/error.log;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	client_body_temp_path $W/nginx/body;
+	proxy_temp_path $W/nginx/proxy;
+	fastcgi_temp_path $W/nginx/fastcgi;
+	uwsgi_temp_path $W/nginx/uwsgi;
+	scgi_temp_path $W/nginx/scgi;
+	keepalive_requests 10000000;
+	ssl_protocols TLSv1.2;
+	ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
+	server {
+		listen 127.0.0.1:18102;
+		listen 127.0.0.1:18105 ssl;
+		ssl_certificate $W/ec.pem;
+		ssl_certificate_key $W/ec.key;
+		location /webhooks/twitter { default_type application/json; return 200 '$ANSWER'; }
+	}
+	server {
+		listen 127.0.0.1:18107 ssl;
+		ssl_certificate $W/rsa.pem;
+		ssl_certificate_key $W/rsa.key;
+		location /webhooks/twitter { default_type application/json; return 200 '$ANSWER'; }
+	}
+}
+EOF
+
+start() {  # name, then the command; its stdout goes to /dev/null
+	local name=$1; shift
+	"$@" >/dev/null 2>"$W/$name.err" &
+	PIDS+=($!)
+	eval "PID_$name=$!"
+}
+start nginx nginx -c "$W/nginx.conf" -e "$W/nginx/error.log"
+start xw "$W/xwebhook" --quiet --listen 127.0.0.1:18101
+# Debian's python3-flask and python3-waitress belong to /usr/bin/python3.
+start ref env PORT=18103 "${REF_PYTHON:-/usr/bin/python3}" tests/reference_app.py
+start xwtls "$W/xwebhook-tls" --quiet --listen 127.0.0.1:18104 --cert "$W/ec.pem" --key "$W/ec.key"
+start xwrsa "$W/xwebhook-tls" --quiet --listen 127.0.0.1:18106 --cert "$W/rsa.pem" --key "$W/rsa.key"
+start xwout "$W/xwebhook" --quiet --listen 127.0.0.1:18108 --output "$W/events.jsonl"
+for port in 18101 18102 18103 18104 18105 18106 18107 18108; do
+	up=0
+	for _ in $(seq 100); do
+		if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then up=1; break; fi
+		sleep 0.1
+	done
+	if [ "$up" = 0 ]; then
+		echo "bench: nothing listens on port $port:" >&2
+		tail -n 5 "$W"/*.err >&2
+		exit 1
+	fi
+done
+sleep 0.5
+
+# wrk NAME URL [wrk options]: requests per second and p99 latency.
+bench() {
+	local name=$1 url=$2; shift 2
+	echo "wrk $name ..." >&2
+	wrk -t2 -c64 -d"${D}s" --latency "$@" "$url" >"$W/wrk-$name.txt" 2>&1
+	result "$name.rps" "$(awk '/^Requests\/sec/ {print $2}' "$W/wrk-$name.txt")"
+	result "$name.p99" "$(awk '$1 == "99%" {print $2}' "$W/wrk-$name.txt")"
+	result "$name.errors" "$(awk '/Non-2xx|Socket errors/ {print}' "$W/wrk-$name.txt" | tr '\n' ' ' | tr ' ' '_')"
+}
+
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+result xw.rss_idle "$(rss "$PID_xw")"
+result xwtls.rss_idle "$(rss "$PID_xwtls")"
+
+bench crc.xw "http://127.0.0.1:18101$CRC"
+bench crc.nginx "http://127.0.0.1:18102$CRC"
+bench crc.ref "http://127.0.0.1:18103$CRC"
+bench post.xw "http://127.0.0.1:18101/webhooks/twitter" -s "$W/post.lua"
+bench post.nginx "http://127.0.0.1:18102/webhooks/twitter" -s "$W/post.lua"
+bench post.out "http://127.0.0.1:18108/webhooks/twitter" -s "$W/post.lua"
+bench post.ref "http://127.0.0.1:18103/webhooks/twitter" -s "$W/post.lua"
+bench tls.xw "https://127.0.0.1:18104$CRC"
+bench tls.nginx "https://127.0.0.1:18105$CRC"
+# One request per connection: every request is a full handshake.
+bench hs_ec.xw "https://127.0.0.1:18104$CRC" -H "Connection: close"
+bench hs_ec.nginx "https://127.0.0.1:18105$CRC" -H "Connection: close"
+bench hs_rsa.xw "https://127.0.0.1:18106$CRC" -H "Connection: close"
+bench hs_rsa.nginx "https://127.0.0.1:18107$CRC" -H "Connection: close"
+
+# Memory with 1,000 idle connections.
+python3 - "$PID_xw" "$R" <<'EOF'
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+pid, results = sys.argv[1], sys.argv[2]
+held = [socket.create_connection(("127.0.0.1", 18101)) for _ in range(1000)]
+time.sleep(1.5)
+rss = [l.split()[1] for l in open("/proc/%s/status" % pid) if l.startswith("VmRSS")][0]
+with open(results, "a") as f:
+    f.write("xw.rss_1000 %s\n" % rss)
+EOF
+result xw.size "$(stat -c %s "$W/xwebhook.stripped")"
+result xwtls.size "$(stat -c %s "$W/xwebhook-tls.stripped")"
+
+# fmt against jq and Python on a 50 MB file.
+echo "fmt, jq and json.tool on 50 MB ..." >&2
+python3 - "$W/big.json" <<'EOF'
+import glob, json, sys
+events = [json.load(open(f)) for f in sorted(glob.glob("tests/fixtures/*.json"))]
+out, size = [], 0
+while size < 50 * 1000 * 1000:
+    for e in events:
+        s = json.dumps(e, ensure_ascii=False)
+        out.append(s)
+        size += len(s.encode()) + 2
+open(sys.argv[1], "w").write("[" + ",\n".join(out) + "]\n")
+EOF
+result fmt.bytes "$(stat -c %s "$W/big.json")"
+timed() {  # seconds a command takes, stdout discarded
+	local t0 t1
+	t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N)
+	echo "$t1 - $t0" | bc -l 2>/dev/null || python3 -c "print($t1 - $t0)"
+}
+result fmt.xw "$(timed "$W/xwebhook" fmt "$W/big.json")"
+result fmt.jq "$(timed jq . "$W/big.json")"
+result fmt.py "$(timed python3 -m json.tool "$W/big.json")"
+
+echo >&2
+python3 - "$R" "$D" <<'EOF'
+import sys
+r = {}
+for line in open(sys.argv[1]):
+    k, _, v = line.strip().partition(" ")
+    r[k] = v
+
+
+def num(k):
+    return float(r[k])
+
+
+def ms(k):
+    v = r[k]
+    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if v.endswith(unit):
+            return float(v[:-len(unit)]) * f
+    return float(v)
+
+
+rows = []
+
+
+def row(what, ours, theirs, ratio, target, ok):
+    rows.append((what, ours, theirs, ratio, target, "yes" if ok else "NO"))
+
+
+def rate(what, a, b, target):
+    ra = num(a + ".rps")
+    rb = num(b + ".rps")
+    row(what, "%.0f/s" % ra, "%.0f/s" % rb, "%.2f" % (ra / rb), ">= %g" % target, ra / rb >= target)
+
+
+rate("CRC, kept alive: xwebhook vs nginx", "crc.xw", "crc.nginx", 1.0)
+rate("CRC, kept alive: xwebhook vs reference app", "crc.xw", "crc.ref", 30)
+a, b = ms("crc.xw.p99"), ms("crc.nginx.p99")
+row("CRC p99 latency: xwebhook vs nginx", "%.2f ms" % a, "%.2f ms" % b, "%.2f" % (a / b), "<= 1", a <= b)
+rate("signed 2 KB POST (stdout /dev/null) vs nginx", "post.xw", "post.nginx", 0.8)
+rate("signed 2 KB POST vs reference app", "post.xw", "post.ref", 1)
+row("signed 2 KB POST with --output (fdatasync each)", "%.0f/s" % num("post.out.rps"), "", "", "as it is", True)
+rss_idle = num("xw.rss_idle") / 1024
+row("resident memory, idle (plain build)", "%.2f MB" % rss_idle, "", "", "<= 2 MB", rss_idle <= 2)
+rss_k = num("xw.rss_1000") / 1024
+row("resident memory, 1,000 idle connections", "%.1f MB" % rss_k, "", "", "<= 64 MB", rss_k <= 64)
+row("resident memory, idle (TLS build, key loaded)", "%.2f MB" % (num("xwtls.rss_idle") / 1024), "", "", "", True)
+row("stripped binary (plain / TLS)", "%d / %d KB" % (num("xw.size") / 1024, num("xwtls.size") / 1024), "", "", "", True)
+mb = num("fmt.bytes") / 1e6
+for other, name, target in (("fmt.jq", "jq .", 10), ("fmt.py", "python3 -m json.tool", 1)):
+    row("fmt on %.0f MB vs %s" % (mb, name), "%.0f MB/s" % (mb / num("fmt.xw")), "%.1f MB/s" % (mb / num(other)),
+        "%.1f" % (num(other) / num("fmt.xw")), ">= %g" % target, num(other) / num("fmt.xw") >= target)
+rate("TLS: CRC kept alive vs nginx (ECDSA P-256)", "tls.xw", "tls.nginx", 0.8)
+rate("TLS: full handshakes, ECDSA P-256, vs nginx", "hs_ec.xw", "hs_ec.nginx", 0.5)
+rate("TLS: full handshakes, RSA-2048, vs nginx", "hs_rsa.xw", "hs_rsa.nginx", 0)
+
+w = [max(len(str(x[i])) for x in rows + [("", "xwebhook", "other", "ratio", "target", "met")]) for i in range(6)]
+head = ("measured (wrk -t2 -c64 -d%ss, loopback)" % sys.argv[2], "xwebhook", "other", "ratio", "target", "met")
+print(" | ".join(str(h).ljust(w[i]) for i, h in enumerate(head)))
+print("-|-".join("-" * w[i] for i in range(6)))
+for x in rows:
+    print(" | ".join(str(v).ljust(w[i]) for i, v in enumerate(x)))
+errs = [k for k in r if k.endswith(".errors") and r[k]]
+for k in errs:
+    print("note: %s: %s" % (k[:-7], r[k].replace("_", " ").strip()))
+EOF
