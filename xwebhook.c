@@ -48,6 +48,11 @@
 #ifdef XWEBHOOK_TLS
 #include <bearssl.h>
 #endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SHA256_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
 
 #define XWEBHOOK_VERSION "0.1.0"
 
@@ -330,7 +335,7 @@ ror32(uint32_t x, unsigned n)
 	return (x >> n) | (x << (32 - n));
 }
 
-/* Process one 64-byte block into the state. */
+/* Process one 64-byte block into the state, in portable C. */
 static void
 sha256_block(uint32_t h[8], const unsigned char *p)
 {
@@ -357,6 +362,82 @@ sha256_block(uint32_t h[8], const unsigned char *p)
 	}
 	h[0] += a; h[1] += b; h[2] += c; h[3] += d;
 	h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+}
+
+static void
+sha256_blocks_c(uint32_t h[8], const unsigned char *p, size_t n)
+{
+	for (; n > 0; n--, p += 64)
+		sha256_block(h, p);
+}
+
+#ifdef SHA256_X86
+/* The same with the x86 SHA extensions (sha256rnds2 does two rounds,
+ * sha256msg1 and sha256msg2 the message schedule): about five times the
+ * speed, which matters for signatures over whole event bodies. */
+__attribute__((target("sha,sse4.1,ssse3")))
+static void
+sha256_blocks_x86(uint32_t h[8], const unsigned char *p, size_t n)
+{
+	/* Byte order within each 32-bit word: big-endian input. */
+	const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+	__m128i abef, cdgh, t;
+
+	/* The instructions keep the state as ABEF and CDGH. */
+	t = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)(const void *)&h[0]), 0xb1);
+	cdgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)(const void *)&h[4]), 0x1b);
+	abef = _mm_alignr_epi8(t, cdgh, 8);
+	cdgh = _mm_blend_epi16(cdgh, t, 0xf0);
+	for (; n > 0; n--, p += 64) {
+		__m128i w[16], save_abef = abef, save_cdgh = cdgh, m;
+		int g;
+
+		/* Sixteen groups of four rounds; w[g] holds words 4g..4g+3. */
+		for (g = 0; g < 16; g++) {
+			if (g < 4)
+				w[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(const void *)(p + 16 * g)), swap);
+			else
+				w[g] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(w[g - 4], w[g - 3]),
+				    _mm_alignr_epi8(w[g - 1], w[g - 2], 4)), w[g - 1]);
+			m = _mm_add_epi32(w[g], _mm_loadu_si128((const __m128i *)(const void *)&sha256_k[4 * g]));
+			cdgh = _mm_sha256rnds2_epu32(cdgh, abef, m);
+			abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(m, 0x0e));
+		}
+		abef = _mm_add_epi32(abef, save_abef);
+		cdgh = _mm_add_epi32(cdgh, save_cdgh);
+	}
+	t = _mm_shuffle_epi32(abef, 0x1b);
+	cdgh = _mm_shuffle_epi32(cdgh, 0xb1);
+	_mm_storeu_si128((__m128i *)(void *)&h[0], _mm_blend_epi16(t, cdgh, 0xf0));
+	_mm_storeu_si128((__m128i *)(void *)&h[4], _mm_alignr_epi8(cdgh, t, 8));
+}
+
+/* Does this CPU have the SHA extensions (and SSSE3 and SSE4.1)? */
+static int
+cpu_has_sha(void)
+{
+	unsigned a, b, c, d;
+
+	if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 9)) || !(c & (1u << 19)))
+		return 0;
+	if (__get_cpuid_max(0, NULL) < 7)
+		return 0;
+	__cpuid_count(7, 0, a, b, c, d);
+	return (b & (1u << 29)) != 0;
+}
+#endif
+
+/* The block function in use: sha256_select() picks the fastest this CPU
+ * runs. Set once at start, before any thread. */
+static void (*sha256_blocks)(uint32_t h[8], const unsigned char *p, size_t n) = sha256_blocks_c;
+
+static void
+sha256_select(void)
+{
+#ifdef SHA256_X86
+	if (cpu_has_sha())
+		sha256_blocks = sha256_blocks_x86;
+#endif
 }
 
 static void
@@ -387,11 +468,14 @@ sha256_update(struct sha256 *s, const void *data, size_t n)
 		n -= take;
 		if (s->fill < 64)
 			return;
-		sha256_block(s->h, s->block);
+		sha256_blocks(s->h, s->block, 1);
 		s->fill = 0;
 	}
-	for (; n >= 64; p += 64, n -= 64)
-		sha256_block(s->h, p);
+	if (n >= 64) {
+		sha256_blocks(s->h, p, n / 64);
+		p += n / 64 * 64;
+		n %= 64;
+	}
 	if (n > 0)  /* an empty message may come as a NULL pointer */
 		memcpy(s->block, p, n);
 	s->fill = n;
@@ -406,13 +490,13 @@ sha256_final(struct sha256 *s, unsigned char out[32])
 	s->block[s->fill++] = 0x80;
 	if (s->fill > 56) {
 		memset(s->block + s->fill, 0, 64 - s->fill);
-		sha256_block(s->h, s->block);
+		sha256_blocks(s->h, s->block, 1);
 		s->fill = 0;
 	}
 	memset(s->block + s->fill, 0, 56 - s->fill);
 	for (i = 0; i < 8; i++)
 		s->block[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
-	sha256_block(s->h, s->block);
+	sha256_blocks(s->h, s->block, 1);
 	for (i = 0; i < 8; i++) {
 		out[4 * i] = (unsigned char)(s->h[i] >> 24);
 		out[4 * i + 1] = (unsigned char)(s->h[i] >> 16);
@@ -4625,6 +4709,7 @@ main(int argc, char **argv)
 	}
 
 	signal(SIGPIPE, SIG_IGN);
+	sha256_select();
 	if (args[0] != NULL) {
 		if (strcmp(args[0], "crc") == 0 && nargs == 2)
 			return cmd_crc(args[1]);
