@@ -1038,17 +1038,19 @@ def check_in_the_plain_build(srv):
 
 # ---------------------------------------------------------------------------
 
-def main():
+def run_suite(tests, arg=None):
+    """Run tests (passing arg to those that take one), printing a line for
+    each, and the traceback of each failure. Returns (passed, failed); the
+    caller prints the summary line."""
     only = os.environ.get("ONLY")
     passed = failed = 0
-    shared = Server()
-    for fn in TESTS:
+    for fn in tests:
         if only and only not in fn.__name__:
             continue
         t0 = time.monotonic()
         try:
             if fn.__code__.co_argcount == 1:
-                fn(shared)
+                fn(arg)
             else:
                 fn()
             passed += 1
@@ -1057,6 +1059,12 @@ def main():
             failed += 1
             print("FAIL %s" % fn.__name__, flush=True)
             traceback.print_exc(file=sys.stdout)
+    return passed, failed
+
+
+def main():
+    shared = Server()
+    passed, failed = run_suite(TESTS, shared)
     try:
         rc = shared.stop()
         assert rc == 0, "shared server exited %d" % rc

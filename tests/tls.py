@@ -574,20 +574,7 @@ def main():
     os.makedirs(PKI, exist_ok=True)
     PKIS = {name: make_pki(name, name) for name in ("rsa", "p256", "p384")}
     EXPIRED = make_expired(PKIS["p256"])
-    only = os.environ.get("ONLY")
-    passed = failed = 0
-    for fn in TESTS:
-        if only and only not in fn.__name__:
-            continue
-        t0 = time.monotonic()
-        try:
-            fn()
-            passed += 1
-            print("ok   %-60s %6.2fs" % (fn.__name__, time.monotonic() - t0), flush=True)
-        except Exception:  # noqa: BLE001
-            failed += 1
-            print("FAIL %s" % fn.__name__, flush=True)
-            traceback.print_exc(file=sys.stdout)
+    passed, failed = it.run_suite(TESTS)
     print("tls: %d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 

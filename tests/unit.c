@@ -381,6 +381,26 @@ test_json(void)
 	    strcmp(out.p, "{\n  \"a\": 1\n}\n[\n  2\n]\n3\n") == 0, "stream: [%s]", out.p);
 	CHECK(json_run("", 0, JSON_INDENT, 1, 0, &out) < 0, "an empty stream is an error");
 
+	/* The 16-byte string scanner finds each kind of special byte at every
+	 * position, including the tail after the last whole 16 bytes. */
+	{
+		static const char specials[] = { '"', '\\', 0x00, 0x1f, 0x7f, (char)0x80, (char)0xff, 0x20 };
+		char text[48];
+		size_t pos, k, bad = 0;
+
+		for (k = 0; k < sizeof(specials); k++) {
+			for (pos = 0; pos < sizeof(text); pos++) {
+				size_t want = specials[k] == 0x20 || specials[k] == 0x7f ? sizeof(text) : pos;
+
+				memset(text, 'a', sizeof(text));
+				text[pos] = specials[k];
+				if (json_plain_run(text, sizeof(text)) != want)
+					bad++;
+			}
+		}
+		CHECK(bad == 0, "json_plain_run wrong at %zu places", bad);
+		CHECK(json_plain_run("abc", 0) == 0 && json_plain_run("abc", 3) == 3, "short runs");
+	}
 	/* Events must be objects: the CRC can never sign one. */
 	CHECK(json_event("{\"a\":1}", 7, JSON_CHECK, NULL, err, sizeof(err)) == 0, "an object is an event");
 	CHECK(json_event("[1]", 3, JSON_CHECK, NULL, err, sizeof(err)) < 0 &&
