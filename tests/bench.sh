@@ -146,11 +146,28 @@ bench post.out "http://127.0.0.1:18108/webhooks/twitter" -s "$W/post.lua"
 bench post.ref "http://127.0.0.1:18103/webhooks/twitter" -s "$W/post.lua"
 bench tls.xw "https://127.0.0.1:18104$CRC"
 bench tls.nginx "https://127.0.0.1:18105$CRC"
-# One request per connection: every request is a full handshake.
-bench hs_ec.xw "https://127.0.0.1:18104$CRC" -H "Connection: close"
-bench hs_ec.nginx "https://127.0.0.1:18105$CRC" -H "Connection: close"
-bench hs_rsa.xw "https://127.0.0.1:18106$CRC" -H "Connection: close"
-bench hs_rsa.nginx "https://127.0.0.1:18107$CRC" -H "Connection: close"
+# Full handshakes: openssl s_time -new never resumes a session (wrk does,
+# which would measure resumption). Two clients at once, one per core.
+handshakes() {
+	local name=$1 port=$2 total=0 i
+	echo "s_time $name ..." >&2
+	local clients=()
+	for i in 1 2; do
+		openssl s_time -connect "127.0.0.1:$port" -new -time "$D" >"$W/stime-$name-$i.txt" 2>&1 &
+		clients+=($!)
+	done
+	wait "${clients[@]}" || true
+	for i in 1 2; do
+		# "N connections in T real seconds, B bytes read per connection"
+		n=$(awk '/connections in .* real seconds/ {print $1 / $4}' "$W/stime-$name-$i.txt" | tail -n 1)
+		total=$(python3 -c "print($total + ${n:-0})")
+	done
+	result "$name.rps" "$total"
+}
+handshakes hs_ec.xw 18104
+handshakes hs_ec.nginx 18105
+handshakes hs_rsa.xw 18106
+handshakes hs_rsa.nginx 18107
 
 # Memory with 1,000 idle connections.
 python3 - "$PID_xw" "$R" <<'EOF'
