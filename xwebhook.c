@@ -1834,8 +1834,9 @@ struct conn {
 	/* Event-loop mode (see "The server"): */
 	struct loop *loop;          /* the loop serving it, or NULL for a thread */
 	struct conn *lprev, *lnext; /* that loop's connections */
-	int64_t last_active;        /* for the loop's idle sweep */
+	int64_t expires;            /* the loop closes it then, if still idle */
 	struct buf pending;         /* an answer a loop could not finish sending */
+	int unsent;                 /* TLS records the loop could not send */
 	int close_after, linger;    /* what the thread does after sending it */
 };
 
@@ -2407,7 +2408,8 @@ tls_sock_write(void *ctx, const unsigned char *p, size_t n)
 			return (int)w;
 		if (errno == EINTR)
 			continue;
-		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+		if ((errno == EAGAIN || errno == EWOULDBLOCK) && c->loop == NULL) {
+			/* A loop never waits (only its close_notify comes here). */
 			int r = wait_fd(c->fd, POLLOUT, t->deadline, -1);
 
 			if (r == 0)
@@ -2480,11 +2482,15 @@ tls_read(struct conn *c, void *p, size_t n, int64_t deadline, int wake_fd)
 	return IO_ERROR;
 }
 
+static int tls_write_loop(struct conn *c, const void *p, size_t n);
+
 static int
 tls_write(struct conn *c, const void *p, size_t n, int64_t deadline)
 {
 	struct tls_conn *t = c->tls ? c->tls : tls_start(c);
 
+	if (c->loop != NULL)
+		return tls_write_loop(c, p, n);
 	t->sock.deadline = deadline;
 	t->sock.wake_fd = -1;
 	if (br_sslio_write_all(&t->io, p, n) < 0 || br_sslio_flush(&t->io) < 0)
@@ -2525,8 +2531,9 @@ tls_close(struct conn *c, int linger)
 
 		if (!t->handshaken && err != BR_ERR_OK && err != BR_ERR_IO && !quiet)
 			warn("%s: TLS handshake failed: %s (BearSSL error %d)", c->peer, tls_error_name(err), err);
-		/* Send close_notify, without waiting for the peer's. */
-		if (br_ssl_engine_current_state(eng) != BR_SSL_CLOSED) {
+		/* Send close_notify, without waiting for the peer's; a client
+		 * that never finished its handshake gets nothing. */
+		if (t->handshaken && br_ssl_engine_current_state(eng) != BR_SSL_CLOSED) {
 			br_ssl_engine_close(eng);
 			t->sock.deadline = now_ms() + 1000;
 			while (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC) {
@@ -2547,6 +2554,127 @@ tls_close(struct conn *c, int linger)
 }
 
 static const struct transport tls_transport = { tls_read, tls_write, tls_close };
+
+/* On an event loop, the engine is driven by hand, never waiting. */
+
+/* Send the records the engine has ready: 0 when all went, 1 when the
+ * socket would take no more, -1 on an error. */
+static int
+tls_send_records(struct conn *c)
+{
+	br_ssl_engine_context *eng = &((struct tls_conn *)c->tls)->sc.eng;
+
+	while (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC) {
+		size_t len;
+		unsigned char *rec = br_ssl_engine_sendrec_buf(eng, &len);
+		ssize_t w = send(c->fd, rec, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
+		br_ssl_engine_sendrec_ack(eng, (size_t)w);
+	}
+	return 0;
+}
+
+/* The loop's tls_write: into the engine, and out as far as the socket
+ * takes it; the rest is left for the connection's thread (c->unsent). */
+static int
+tls_write_loop(struct conn *c, const void *p, size_t n)
+{
+	br_ssl_engine_context *eng = &((struct tls_conn *)c->tls)->sc.eng;
+	const char *s = p;
+	int r;
+
+	while (n > 0) {
+		size_t len;
+		unsigned char *app;
+
+		if (br_ssl_engine_current_state(eng) == BR_SSL_CLOSED)
+			return -1;
+		app = br_ssl_engine_sendapp_buf(eng, &len);
+		if (len == 0) {
+			r = tls_send_records(c);
+			if (r < 0)
+				return -1;
+			if (r > 0) {
+				buf_add(&c->pending, s, n);
+				c->unsent = 1;
+				return 0;
+			}
+			continue;
+		}
+		if (len > n)
+			len = n;
+		memcpy(app, s, len);
+		br_ssl_engine_sendapp_ack(eng, len);
+		s += len;
+		n -= len;
+	}
+	br_ssl_engine_flush(eng, 0);
+	r = tls_send_records(c);
+	if (r > 0)
+		c->unsent = 1;
+	return r < 0 ? -1 : 0;
+}
+
+/* Feed the engine from the socket, send what it has to send (handshake
+ * messages), and move decrypted bytes into c->in. Returns 0, 1 when the
+ * connection needs its own thread, or -1 when it is finished. */
+static int
+tls_pump(struct conn *c, int read_socket)
+{
+	struct tls_conn *t = c->tls;
+	br_ssl_engine_context *eng = &t->sc.eng;
+
+	if (read_socket && (br_ssl_engine_current_state(eng) & BR_SSL_RECVREC)) {
+		size_t len;
+		unsigned char *rec = br_ssl_engine_recvrec_buf(eng, &len);
+		ssize_t r = recv(c->fd, rec, len, MSG_DONTWAIT);
+
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return 0;
+		if (r <= 0)
+			return -1;
+		br_ssl_engine_recvrec_ack(eng, (size_t)r);
+	}
+	for (;;) {
+		unsigned st = br_ssl_engine_current_state(eng);
+
+		if (st == BR_SSL_CLOSED)
+			return -1;
+		if (st & BR_SSL_SENDREC) {
+			int r = tls_send_records(c);
+
+			if (r != 0) {
+				c->unsent = r > 0;
+				return r;
+			}
+			continue;
+		}
+		if ((st & BR_SSL_RECVAPP) && c->in_len < CONN_BUF) {
+			size_t len;
+			unsigned char *app = br_ssl_engine_recvapp_buf(eng, &len);
+
+			if (len > CONN_BUF - c->in_len)
+				len = CONN_BUF - c->in_len;
+			memcpy(c->in + c->in_len, app, len);
+			br_ssl_engine_recvapp_ack(eng, len);
+			c->in_len += len;
+			t->handshaken = 1;
+			continue;
+		}
+		return 0;
+	}
+}
+
+/* Does the engine hold decrypted bytes not yet taken? */
+static int
+tls_has_app_data(struct conn *c)
+{
+	return (br_ssl_engine_current_state(&((struct tls_conn *)c->tls)->sc.eng) & BR_SSL_RECVAPP) != 0;
+}
 
 /* SIGHUP: load --cert and --key again. New connections get the new pair,
  * connections in flight keep theirs; a bad pair leaves the old one serving. */
@@ -3099,7 +3227,7 @@ serve_buffered(struct conn *c)
 		    (req.method == M_POST && output_fd >= 0))
 			return V_THREAD;  /* the thread parses it again, and answers */
 		keep = handle_request(c, &req, now_us(), &linger);
-		if (c->pending.len > 0 || linger) {
+		if (c->pending.len > 0 || c->unsent || linger) {
 			c->close_after = !keep;
 			c->linger = linger;
 			return V_THREAD;
@@ -3117,17 +3245,19 @@ serve_buffered(struct conn *c)
  * The server: listen, accept, event loops in front, a thread per
  * connection behind, signals.
  *
- * Why both. The slow paths (a head or body trickling in, a TLS handshake,
- * an fdatasync, a lingering close) are plain blocking conversations: each
- * runs on its own thread, every wait a poll() with a deadline, so a slow or
- * silent client holds only its own thread and never delays anyone else,
- * and the code reads top to bottom with no callbacks. But a thread per
- * connection costs a thread wake-up per request, and on a small machine
- * those wake-ups, not the work, bound the rate (measured: a third of all
- * CPU time in the scheduler). So plain-HTTP connections start on an epoll
- * loop (one per CPU) that answers each request that has arrived whole,
- * right away, and hands the connection to a thread at the first sign of
- * waiting (serve_buffered). An idle connection costs no thread at all.
+ * Why both. The slow paths (a head or body trickling in, an fdatasync, a
+ * lingering close, a client that does not read) are plain blocking
+ * conversations: each runs on its own thread, every wait a poll() with a
+ * deadline, so a slow or silent client holds only its own thread and never
+ * delays anyone else, and the code reads top to bottom with no callbacks.
+ * But a thread per connection costs a thread wake-up per request, and on a
+ * small machine those wake-ups, not the work, bound the rate (measured: a
+ * third of all CPU time in the scheduler). So every connection starts on an
+ * epoll loop (one per CPU) that answers each request that has arrived
+ * whole, right away, and hands the connection to a thread at the first sign
+ * of waiting (serve_buffered). TLS engines are driven by hand there
+ * (tls_pump), so a handshake never needs a thread either, and an idle or
+ * silent connection costs none at all.
  * ------------------------------------------------------------------------ */
 
 static void
@@ -3352,31 +3482,69 @@ loop_close(struct conn *c)
 	connection_free(c);
 }
 
+/* Bring what arrived into c->in: 0 (perhaps nothing came, or only TLS
+ * handshake), 1 when the connection needs its own thread, -1 at its end. */
+static int
+loop_fill(struct conn *c, int read_socket)
+{
+	ssize_t r;
+
+#ifdef XWEBHOOK_TLS
+	if (c->tr == &tls_transport)
+		return tls_pump(c, read_socket);
+#endif
+	if (!read_socket)
+		return 0;
+	r = recv(c->fd, c->in + c->in_len, CONN_BUF - c->in_len, MSG_DONTWAIT);
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 0;
+	if (r <= 0)
+		return -1;
+	c->in_len += (size_t)r;
+	return 0;
+}
+
+/* Level-triggered epoll says nothing of bytes a TLS engine already holds. */
+static int
+loop_more(struct conn *c)
+{
+#ifdef XWEBHOOK_TLS
+	if (c->tr == &tls_transport)
+		return tls_has_app_data(c);
+#endif
+	(void)c;
+	return 0;
+}
+
 /* Data (or an end) on one of the loop's connections. */
 static void
 loop_readable(struct conn *c)
 {
-	ssize_t r;
+	int read_socket = 1;
 
-	r = recv(c->fd, c->in + c->in_len, CONN_BUF - c->in_len, MSG_DONTWAIT);
-	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-		return;
-	if (r <= 0) {
-		loop_close(c);
-		return;
-	}
-	c->in_len += (size_t)r;
-	c->last_active = now_ms();
-	switch (serve_buffered(c)) {
-	case V_IDLE:
-		break;
-	case V_THREAD:
-		loop_to_thread(c);
-		break;
-	case V_CLOSE:
-		loop_close(c);
-		break;
-	}
+	do {
+		int r = loop_fill(c, read_socket);
+
+		read_socket = 0;
+		if (r != 0 || c->in_len == 0) {
+			if (r < 0)
+				loop_close(c);
+			else if (r > 0)
+				loop_to_thread(c);
+			return;
+		}
+		switch (serve_buffered(c)) {
+		case V_IDLE:
+			c->expires = now_ms() + idle_timeout;
+			break;
+		case V_THREAD:
+			loop_to_thread(c);
+			return;
+		case V_CLOSE:
+			loop_close(c);
+			return;
+		}
+	} while (loop_more(c));
 }
 
 static void *
@@ -3404,7 +3572,7 @@ loop_thread(void *arg)
 			pthread_mutex_lock(&l->lock);
 			for (c = l->conns; c != NULL; c = next) {
 				next = c->lnext;
-				if (!stop && now - c->last_active < idle_timeout)
+				if (!stop && now < c->expires)
 					continue;
 				if (c->lprev != NULL)
 					c->lprev->lnext = c->lnext;
@@ -3464,7 +3632,15 @@ loop_adopt(struct conn *c)
 	struct epoll_event ev;
 
 	c->loop = l;
-	c->last_active = now_ms();
+	/* A silent client is closed after the idle time; a TLS one that
+	 * has not finished its handshake, after the head's. */
+	c->expires = c->accepted + idle_timeout;
+#ifdef XWEBHOOK_TLS
+	if (c->tr == &tls_transport) {
+		tls_start(c);
+		c->expires = c->accepted + head_timeout;
+	}
+#endif
 	pthread_mutex_lock(&l->lock);
 	c->lnext = l->conns;
 	if (l->conns != NULL)
@@ -3507,10 +3683,14 @@ connection_thread(void *arg)
 	struct conn *c = arg;
 	int linger = c->linger;
 
-	if (c->pending.len > 0) {
-		if (c->tr->write(c, c->pending.p, c->pending.len, now_ms() + write_timeout) < 0)
+	if (c->pending.len > 0 || c->unsent) {
+		/* Writing (perhaps nothing) flushes what a loop left in a TLS
+		 * engine too. */
+		if (c->tr->write(c, c->pending.p ? c->pending.p : "", c->pending.len,
+		    now_ms() + write_timeout) < 0)
 			c->close_after = 1;
 		buf_free(&c->pending);
+		c->unsent = 0;
 	}
 	if (!c->close_after) {
 		/* Anything a loop left in c->in after the last answer is the
@@ -3560,7 +3740,7 @@ start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t
 #endif
 	memcpy(c->peer, peer, sizeof(peer));
 	c->in = xmalloc(CONN_BUF);
-	if (c->tr == &plain_transport && nloops > 0 && loop_adopt(c) == 0)
+	if (nloops > 0 && loop_adopt(c) == 0)
 		return;
 	if (pthread_create(&t, attr, connection_thread, c) != 0) {
 		free(c->in);
