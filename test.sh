@@ -15,6 +15,9 @@
 set -u
 cd "$(dirname "$0")"
 
+# The Python suites import each other; leave no __pycache__ in the tree.
+export PYTHONDONTWRITEBYTECODE=1
+
 passed=0
 failed=0
 skipped=0
