@@ -3440,18 +3440,25 @@ static void connection_free(struct conn *c);
 static void *connection_thread(void *arg);
 static pthread_attr_t thread_attr;
 
+/* Take c off its loop's list; the caller holds l->lock. */
 static void
-loop_unlink(struct loop *l, struct conn *c)
+loop_unlink_locked(struct loop *l, struct conn *c)
 {
-	pthread_mutex_lock(&l->lock);
 	if (c->lprev != NULL)
 		c->lprev->lnext = c->lnext;
 	else
 		l->conns = c->lnext;
 	if (c->lnext != NULL)
 		c->lnext->lprev = c->lprev;
-	pthread_mutex_unlock(&l->lock);
 	c->lprev = c->lnext = NULL;
+}
+
+static void
+loop_unlink(struct loop *l, struct conn *c)
+{
+	pthread_mutex_lock(&l->lock);
+	loop_unlink_locked(l, c);
+	pthread_mutex_unlock(&l->lock);
 }
 
 /* Move c from its loop to a thread of its own. */
@@ -3574,12 +3581,7 @@ loop_thread(void *arg)
 				next = c->lnext;
 				if (!stop && now < c->expires)
 					continue;
-				if (c->lprev != NULL)
-					c->lprev->lnext = c->lnext;
-				else
-					l->conns = c->lnext;
-				if (c->lnext != NULL)
-					c->lnext->lprev = c->lprev;
+				loop_unlink_locked(l, c);
 				c->lnext = doomed;
 				doomed = c;
 			}
