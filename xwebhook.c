@@ -5,7 +5,9 @@
  * every event X posts, and prints each accepted event as indented JSON on
  * stdout (and, with --output, appends it durably to a file).
  *
- * Build:  cc -O2 -o xwebhook xwebhook.c
+ * Build:             cc -O2 -o xwebhook xwebhook.c
+ * With HTTPS:        cc -O2 -DXWEBHOOK_TLS -o xwebhook xwebhook.c -lbearssl
+ *                    (BearSSL 0.6, Debian's libbearssl-dev)
  *
  * Copyright (c) 2026 the xwebhook authors.
  * ISC licence; the full text is in LICENSE.
