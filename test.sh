@@ -150,7 +150,12 @@ fi
 
 # 5. Fuzzing, for FUZZ_SECONDS each (libFuzzer, with ASan and UBSan).
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
-if command -v clang >/dev/null && [ "$FUZZ_SECONDS" -gt 0 ]; then
+have_libfuzzer() {
+	printf 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }\n' \
+	    >"$out/probe.c"
+	clang -fsanitize=fuzzer -o "$out/probe" "$out/probe.c" >/dev/null 2>&1
+}
+if command -v clang >/dev/null && [ "$FUZZ_SECONDS" -gt 0 ] && have_libfuzzer; then
 	targets="http chunked query json"
 	[ -e /usr/include/bearssl.h ] && targets="$targets pem"
 	for t in $targets; do
