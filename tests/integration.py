@@ -502,6 +502,82 @@ def pipelined_requests_are_answered_in_order(srv):
     s.close()
 
 
+def threads_of(pid):
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+def pipeline_unread(srv, send, recv, n=80000):
+    """Pipeline n CRCs and read nothing for a second: ~15 MB of
+    answers fill the socket (an unread receive buffer does not grow), so the
+    loop must leave the rest to a thread of the connection's own. Then every
+    answer must arrive, whole and in order."""
+    base = threads_of(srv.proc.pid)
+    # Every request is exactly 64 bytes, and so are the loop's reads
+    # (28,672 = 448 x 64) and TLS records (16,384 = 256 x 64): the loop only
+    # ever holds whole requests, so the one thing that can send this
+    # connection to a thread is an answer the socket will not take.
+    reqs = [b"GET /webhooks/twitter?crc_token=p%05d HTTP/1.1\r\nHost: xxxxx\r\n\r\n" % i for i in range(n)]
+    assert all(len(r) == 64 for r in reqs) and CONN_BUF_BYTES % 64 == 0
+    chunks = [b"".join(reqs[k:k + 448]) for k in range(0, n, 448)]
+
+    def send_all():
+        for chunk in chunks:
+            send(chunk)
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    time.sleep(1.0)
+    assert threads_of(srv.proc.pid) == base + 1, "the stalled connection did not move to a thread"
+    # One pass with an offset: re-splitting a buffer per answer would be
+    # quadratic, slow enough for the connection's 15 s idle time to pass.
+    data, pos = bytearray(), 0
+    for i in range(n):
+        while True:
+            end = data.find(b"\r\n\r\n", pos)
+            if end >= 0:
+                head = bytes(data[pos:end])
+                length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+                if len(data) >= end + 4 + length:
+                    break
+            chunk = recv.recv(1 << 20)
+            assert chunk, "connection closed after %d of %d answers" % (i, n)
+            data += chunk
+        body = bytes(data[end + 4:end + 4 + length])
+        assert head.startswith(b"HTTP/1.1 200 ") and \
+            json.loads(body)["response_token"] == sign(b"p%05d" % i), (i, head, body)
+        pos = end + 4 + length
+    assert pos == len(data), "bytes after the last answer"
+    sender.join()
+
+
+class RawPeer:
+    """A plain socket, as read_response wants it."""
+
+    def __init__(self, s):
+        self.s = s
+
+    def recv(self, n):
+        return self.s.recv(n)
+
+
+CONN_BUF_BYTES = 8192 + 16384 + 4096   # CONN_BUF in xwebhook.c
+
+
+@test
+def answers_a_loop_cannot_send_at_once_still_arrive():
+    srv = Server("--quiet")
+    try:
+        s = srv.sock(timeout=30)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pipeline_unread(srv, s.sendall, RawPeer(s))
+        # The connection carries on, now on its thread.
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        st, _, body, _ = read_response(s)
+        assert st == 200 and body == b"ok\n"
+        s.close()
+    finally:
+        assert srv.stop() == 0
+
+
 @test
 def http_10_and_connection_close(srv):
     s = srv.sock()

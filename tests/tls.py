@@ -238,6 +238,55 @@ def python_ssl_keep_alive_and_alpn():
     assert srv.stdout() == b"".join(it.pretty({"tls": i}).encode() for i in range(0, 50, 2))
 
 
+class TlsPeer:
+    """TLS over a raw socket through ssl.MemoryBIO, so that one thread can
+    send the encrypted bytes while this one reads: the ssl module's own
+    sockets may not be used from two threads at once."""
+
+    def __init__(self, raw, root):
+        self.raw = raw
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = context(root).wrap_bio(self.inc, self.out, server_hostname=HOST)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.raw.sendall(self.out.read())
+                self.inc.write(self.raw.recv(65536))
+        self.raw.sendall(self.out.read())
+
+    def encrypt(self, data):
+        self.obj.write(data)
+        return self.out.read()
+
+    def recv(self, n):
+        while True:
+            try:
+                return self.obj.read(n)
+            except ssl.SSLWantReadError:
+                data = self.raw.recv(65536)
+                if not data:
+                    return b""
+                self.inc.write(data)
+
+
+@test
+def tls_answers_a_loop_cannot_send_at_once_still_arrive():
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"], "--quiet")
+    try:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        peer = TlsPeer(raw, p["root"])
+        it.pipeline_unread(srv, lambda reqs: raw.sendall(peer.encrypt(reqs)), peer)
+        raw.sendall(peer.encrypt(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        st, _, body, _ = it.read_response(peer)
+        assert st == 200 and body == b"ok\n"
+        raw.close()
+    finally:
+        assert srv.stop() == 0
+
+
 @test
 def session_resumption():
     p = PKIS["p256"]
