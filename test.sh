@@ -5,8 +5,10 @@
 #      and differential checks against Python's hashlib, hmac and json;
 #   3. integration tests (tests/integration.py) against an ASan+UBSan build
 #      of the server, on loopback, with curl, http.client and raw sockets,
-#      and fault tests (tests/fault.py): slowloris, floods, garbage,
-#      kill -9 while events are written, a full disk;
+#      fault tests (tests/fault.py): slowloris, floods, garbage,
+#      kill -9 while events are written, a full disk; and event-path tests
+#      (tests/events.py): sinks that stop reading, bodies that never end, a
+#      peer holding every socket, memory running out;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
 #      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl;
 #   5. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20).
@@ -96,6 +98,11 @@ if cc $SAN -Wall -Wextra -Wpedantic -Werror -o tests/xwebhook-asan xwebhook.c 2>
 	python3 tests/fault.py tests/xwebhook-asan "$fixtures" 2>&1 | tee "$out/fault.log" |
 	    grep -vE '^(ok |fault: )'
 	count "$out/fault.log" "fault tests"
+	# The event path under pressure; memory is measured on the gcc build,
+	# since ASan's own heap would hide it.
+	python3 tests/events.py tests/xwebhook-asan "$fixtures" "$out/xwebhook-gcc" 2>&1 |
+	    tee "$out/events.log" | grep -vE '^(ok |events: )'
+	count "$out/events.log" "event-path tests"
 else
 	fail "the ASan+UBSan server does not build"; cat "$out/asan-build.log"
 fi

@@ -41,6 +41,7 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -82,7 +83,27 @@ enum {
 	CONN_BUF = MAX_REQUEST_LINE + MAX_HEADER_BLOCK + 4096,
 	/* Bytes a lingering close reads and throws away before giving up. */
 	LINGER_BYTES = 256 * 1024,
+	/* Body bytes a connection may hold before it draws on the shared
+	 * budget: X's events (a few KiB) never wait on the budget, and
+	 * max_conns of these bound what slow bodies can hold without it. */
+	BODY_UNCHARGED = 32 * 1024,
+	/* The shared budget for body bytes beyond each connection's first
+	 * BODY_UNCHARGED, until the body is verified: at least this, or
+	 * two bodies at --max-body. Past it, a body gets 503. */
+	BODY_BUDGET_MIN = 64 << 20,
+	/* stderr's queue (access log, warnings): lines past it are dropped,
+	 * counted, and the count is logged once stderr takes lines again. */
+	LOG_QUEUE_LIMIT = 1 << 20,
+	/* stdout's queue: events given to stdout and not yet written. */
+	STDOUT_QUEUE_LIMIT = 8 << 20,
 };
+
+/* Every sink must have taken an event this long after it was verified,
+ * or the POST gets 503 and X retries: well under X's 10 s delivery
+ * timeout. (A macro: the messages that name it are built from it.) */
+#define SINK_TIMEOUT_S 5
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* Deadlines, in milliseconds. */
 static const int64_t head_timeout = 10000;   /* the head, from its first byte */
@@ -90,7 +111,8 @@ static const int64_t body_timeout = 30000;   /* the body, from the end of the he
 static const int64_t idle_timeout = 15000;   /* between keep-alive requests */
 static const int64_t write_timeout = 10000;  /* each response */
 static const int64_t linger_timeout = 2000;  /* draining before a close */
-static const int64_t drain_timeout = 5000;   /* requests in flight at shutdown */
+static const int64_t sink_timeout = SINK_TIMEOUT_S * 1000;
+static const int64_t drain_timeout = 8000;   /* requests in flight at shutdown: an event may wait sink_timeout */
 
 /* Settings, with their defaults; the command line changes them. */
 static const char *listen_spec = "0.0.0.0:8080";
@@ -132,6 +154,8 @@ die(const char *fmt, ...)
 	exit(1);
 }
 
+static int log_queue_line(const char *line, size_t n);
+
 /* Like die() but carries on. */
 static void
 warn(const char *fmt, ...)
@@ -153,8 +177,10 @@ warn(const char *fmt, ...)
 	if (len > (int)sizeof(line) - 2)
 		len = (int)sizeof(line) - 2;
 	line[len++] = '\n';
-	/* One write, so that lines from different threads never mix. */
-	if (write(STDERR_FILENO, line, (size_t)len) < 0)
+	/* While the server runs, through the log queue, so that a stderr
+	 * nobody reads never stops a thread; else in one write, so that
+	 * lines from different threads never mix. */
+	if (log_queue_line(line, (size_t)len) < 0 && write(STDERR_FILENO, line, (size_t)len) < 0)
 		(void)0;
 }
 
@@ -168,6 +194,7 @@ xmalloc(size_t n)
 	return p;
 }
 
+#ifdef XWEBHOOK_TLS
 static void *
 xrealloc(void *p, size_t n)
 {
@@ -176,34 +203,55 @@ xrealloc(void *p, size_t n)
 		die("out of memory");
 	return p;
 }
+#endif
 
-/* A growable byte buffer; lengths travel with the pointer. */
+/* A growable byte buffer; lengths travel with the pointer.
+ *
+ * Most buffers die when memory runs out (a subcommand has nothing better
+ * to do). A connection's buffers are "soft": a failed allocation sets the
+ * sticky failed flag, later additions are dropped, and the request that
+ * needed the memory is refused; the server carries on (BearSSL's way of
+ * reporting, read once afterwards). */
 struct buf {
 	char *p;
 	size_t len, cap;
+	unsigned char soft, failed;
 };
 
-static void
+/* Room for more bytes: 0, or -1 when a soft buffer could not grow. */
+static int
 buf_reserve(struct buf *b, size_t more)
 {
 	size_t cap = b->cap ? b->cap : 256;
+	char *p;
 
+	if (b->failed)
+		return -1;
 	if (b->len + more <= b->cap)
-		return;
+		return 0;
 	if (more > SIZE_MAX / 2 - b->len)
-		die("out of memory");
-	while (cap < b->len + more)
-		cap *= 2;
-	b->p = xrealloc(b->p, cap);
+		p = NULL;
+	else {
+		while (cap < b->len + more)
+			cap *= 2;
+		p = realloc(b->p, cap);
+	}
+	if (p == NULL) {
+		if (!b->soft)
+			die("out of memory");
+		b->failed = 1;
+		return -1;
+	}
+	b->p = p;
 	b->cap = cap;
+	return 0;
 }
 
 static void
 buf_add(struct buf *b, const void *p, size_t n)
 {
-	if (n == 0)
-		return;  /* p and b->p may both be NULL */
-	buf_reserve(b, n);
+	if (n == 0 || buf_reserve(b, n) < 0)
+		return;  /* (for n == 0, p and b->p may both be NULL) */
 	memcpy(b->p + b->len, p, n);
 	b->len += n;
 }
@@ -211,8 +259,8 @@ buf_add(struct buf *b, const void *p, size_t n)
 static inline void
 buf_addc(struct buf *b, char c)
 {
-	if (b->len == b->cap)
-		buf_reserve(b, 1);
+	if (b->len == b->cap && buf_reserve(b, 1) < 0)
+		return;
 	b->p[b->len++] = c;
 }
 
@@ -222,12 +270,21 @@ buf_adds(struct buf *b, const char *s)
 	buf_add(b, s, strlen(s));
 }
 
+/* Empty b for reuse, forgetting an earlier failure. */
+static void
+buf_clear(struct buf *b)
+{
+	b->len = 0;
+	b->failed = 0;
+}
+
 static void
 buf_free(struct buf *b)
 {
 	free(b->p);
 	b->p = NULL;
 	b->len = b->cap = 0;
+	b->failed = 0;
 }
 
 /* Milliseconds on the monotonic clock, for deadlines and durations. */
@@ -305,6 +362,192 @@ read_all(int fd, struct buf *b)
 			return 0;
 		b->len += (size_t)r;
 	}
+}
+
+/* A monotonic deadline in ms as the timespec pthread_cond_timedwait
+ * wants (its conditions are set to CLOCK_MONOTONIC). */
+static struct timespec
+deadline_ts(int64_t deadline_ms)
+{
+	struct timespec ts;
+
+	ts.tv_sec = (time_t)(deadline_ms / 1000);
+	ts.tv_nsec = (long)(deadline_ms % 1000) * 1000000;
+	return ts;
+}
+
+static void
+cond_init_monotonic(pthread_cond_t *cv)
+{
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+/* An output queue: bytes for a descriptor whose reader may stall (stdout
+ * and stderr on a pipe nobody reads, a terminal under Ctrl-S). Writers
+ * append to memory and never wait; one thread of the queue's own does
+ * the blocking writes. Counts are of bytes since the start, so a writer
+ * can wait for "its" bytes to be written, with a deadline. */
+struct outq {
+	int fd;
+	size_t limit;             /* bytes held at most (a longer line is dropped) */
+	pthread_mutex_t lock;
+	pthread_cond_t more;      /* bytes were appended */
+	pthread_cond_t progress;  /* the thread finished a write */
+	struct buf q;             /* appended, not yet taken by the thread */
+	uint64_t taken, done;     /* taken by the thread; its writes finished */
+	uint64_t failed_to;       /* done at the end of the last failed write */
+	int err;                  /* that write's errno */
+	unsigned long dropped;    /* lines dropped while full, not yet told */
+	int running;
+};
+
+static void *
+outq_thread(void *arg)
+{
+	struct outq *o = arg;
+	struct buf w = { 0 }, t;
+
+	for (;;) {
+		unsigned long dropped;
+		int r, saved;
+
+		pthread_mutex_lock(&o->lock);
+		while (o->q.len == 0 && o->dropped == 0)
+			pthread_cond_wait(&o->more, &o->lock);
+		t = o->q;
+		o->q = w;
+		w = t;
+		o->taken += w.len;
+		dropped = o->dropped;
+		o->dropped = 0;
+		pthread_mutex_unlock(&o->lock);
+		r = write_all(o->fd, w.p, w.len);
+		saved = errno;
+		if (r == 0 && dropped > 0) {
+			char note[160];
+			int n = snprintf(note, sizeof(note), "%s: %lu log line(s) dropped: stderr was not "
+			    "taking them\n", progname, dropped);
+
+			r = write_all(o->fd, note, (size_t)n);
+		}
+		pthread_mutex_lock(&o->lock);
+		o->done = o->taken;
+		if (r < 0) {
+			o->err = saved;
+			o->failed_to = o->done;
+		}
+		pthread_cond_broadcast(&o->progress);
+		pthread_mutex_unlock(&o->lock);
+		w.len = 0;
+		if (w.cap > o->limit) {
+			buf_free(&w);  /* one large event need not stay */
+		}
+	}
+	return NULL;
+}
+
+static void
+outq_start(struct outq *o, int fd, size_t limit)
+{
+	pthread_t t;
+	pthread_attr_t a;
+
+	o->fd = fd;
+	o->limit = limit;
+	pthread_mutex_init(&o->lock, NULL);
+	cond_init_monotonic(&o->more);
+	cond_init_monotonic(&o->progress);
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &a, outq_thread, o) != 0)
+		die("cannot start an output thread");
+	pthread_attr_destroy(&a);
+	o->running = 1;
+}
+
+/* Append one line, or drop it (counted, and told once the queue drains)
+ * when the queue holds its limit already. Never waits on the reader. */
+static void
+outq_line(struct outq *o, const char *p, size_t n)
+{
+	pthread_mutex_lock(&o->lock);
+	if (o->q.len + n > o->limit)
+		o->dropped++;
+	else
+		buf_add(&o->q, p, n);
+	pthread_cond_signal(&o->more);
+	pthread_mutex_unlock(&o->lock);
+}
+
+/* Append n bytes and wait until deadline for them to be written: 0, -1
+ * with errno when the write failed, or -2 when the deadline passed first,
+ * and then the part the thread had not taken yet is withdrawn (what it
+ * took goes out whenever the reader takes it). A full queue is waited on
+ * too; an empty one takes any size. */
+static int
+outq_write(struct outq *o, const char *p, size_t n, int64_t deadline)
+{
+	struct timespec until = deadline_ts(deadline);
+	uint64_t start, end;
+	int r;
+
+	pthread_mutex_lock(&o->lock);
+	while (o->q.len > 0 && o->q.len + n > o->limit)
+		if (pthread_cond_timedwait(&o->progress, &o->lock, &until) == ETIMEDOUT)
+			break;
+	if (o->q.len > 0 && o->q.len + n > o->limit) {
+		pthread_mutex_unlock(&o->lock);
+		return -2;
+	}
+	start = o->taken + o->q.len;
+	end = start + n;
+	buf_add(&o->q, p, n);
+	pthread_cond_signal(&o->more);
+	while (o->done < end)
+		if (pthread_cond_timedwait(&o->progress, &o->lock, &until) == ETIMEDOUT)
+			break;
+	if (o->done >= end) {
+		r = o->failed_to > start ? -1 : 0;
+		errno = o->err;
+	} else {
+		if (o->taken <= start)
+			o->q.len = (size_t)(start - o->taken);
+		r = -2;
+	}
+	pthread_mutex_unlock(&o->lock);
+	return r;
+}
+
+/* Wait until deadline for everything queued to be written. */
+static void
+outq_flush(struct outq *o, int64_t deadline)
+{
+	struct timespec until = deadline_ts(deadline);
+
+	if (!o->running)
+		return;
+	pthread_mutex_lock(&o->lock);
+	while (o->done < o->taken + o->q.len || o->dropped > 0)
+		if (pthread_cond_timedwait(&o->progress, &o->lock, &until) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&o->lock);
+}
+
+/* stderr while the server runs: the access log, warnings. */
+static struct outq log_queue;
+
+static int
+log_queue_line(const char *line, size_t n)
+{
+	if (!log_queue.running)
+		return -1;
+	outq_line(&log_queue, line, n);
+	return 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -1821,25 +2064,73 @@ struct transport {
 	void (*close)(struct conn *c, int linger);
 };
 
+/* What the access log says of one request. */
+struct outcome {
+	int code;
+	size_t in_bytes, out_bytes;   /* request and response body bytes */
+	const char *sig;              /* for POSTs: "ok", "bad", "missing" */
+	const char *why;              /* for errors */
+};
+
+/* A verified event on its way to the sinks. It lives in its connection,
+ * which waits for the writer's verdict (a connection has one at a time). */
+struct event {
+	struct event *next;           /* the event writer's queue */
+	int64_t verified;             /* monotonic ms; sink deadlines count from it */
+	enum status result;           /* S_INCOMPLETE until the writer decides */
+	const char *why;              /* a static string, when not S_OK */
+};
+
+/*
+ * One client connection. Its life:
+ *
+ *   accepted -> on a loop: answers what arrived whole, or parked while
+ *   the event writer has its event -> perhaps handed to a thread of its
+ *   own at the first sign of waiting (never back) -> closed.
+ *
+ * Who owns what. The fields from tls to pending belong to whoever serves
+ * the connection at the moment: its loop, then perhaps its thread, never
+ * both; while parked, the loop touches none of them and the writer only
+ * reads pretty and compact. The slot fields belong to conns_lock (the
+ * accept thread may evict a connection from another thread: it only ever
+ * calls shutdown() on its descriptor, which stays open until the owner
+ * has given the slot back). The rule the chunked-body bug once broke:
+ * req points into in, so the bytes of a request's head are never moved
+ * or overwritten until that request is answered.
+ */
 struct conn {
 	int fd;
 	const struct transport *tr;
-	void *tls;                  /* the TLS transport's state */
-	int64_t accepted;           /* when, in monotonic ms */
+	int64_t accepted;           /* monotonic ms */
 	char peer[INET6_ADDRSTRLEN + 8];
+
+	void *tls;                  /* the TLS transport's state */
 	char *in;                   /* CONN_BUF bytes received */
 	size_t in_len;              /* bytes in it */
 	size_t pos;                 /* bytes the current request has used */
+	struct request req;         /* the request being answered */
+	struct outcome o;           /* what its log line will say */
+	int64_t start_us;           /* when its head was complete */
 	struct buf out;             /* the response being sent */
 	struct buf body;            /* the request body */
-	struct buf pretty, compact; /* the event, for each sink */
-	/* Event-loop mode (see "The server"): */
+	size_t body_charged;        /* of body's capacity, drawn from the budget */
+	struct buf pretty, compact; /* the event, for stdout and for --output */
+	struct event ev;
 	struct loop *loop;          /* the loop serving it, or NULL for a thread */
 	struct conn *lprev, *lnext; /* that loop's connections */
+	struct conn *finished;      /* the loop's list of events the writer decided */
 	int64_t expires;            /* the loop closes it then, if still idle */
+	int parked;                 /* on a loop, waiting for the event writer */
+	int unpolled;               /* parked and out of the epoll set */
 	struct buf pending;         /* an answer a loop could not finish sending */
 	int unsent;                 /* TLS records the loop could not send */
 	int close_after, linger;    /* what the thread does after sending it */
+
+	struct peer *slot;          /* the address it counts against, or NULL */
+	struct conn *sprev, *snext; /* that address's connections, oldest first */
+	int fresh;                  /* no request answered yet */
+	_Atomic int64_t last_answer;   /* monotonic ms: accept, then each answer */
+	atomic_int busy;            /* its event is with the writer: never evicted */
 };
 
 /* Wait until fd is ready for events (or wake_fd is readable), by deadline. */
@@ -2429,9 +2720,11 @@ tls_sock_write(void *ctx, const unsigned char *p, size_t n)
 static struct tls_conn *
 tls_start(struct conn *c)
 {
-	struct tls_conn *t = xmalloc(sizeof(*t));
+	struct tls_conn *t = malloc(sizeof(*t));
 	unsigned char seed[32];
 
+	if (t == NULL)
+		return NULL;  /* the connection is refused, not the server stopped */
 	/* iobuf is not cleared: the engine writes before it reads. */
 	memset(t, 0, offsetof(struct tls_conn, iobuf));
 	t->id = identity_acquire();
@@ -2465,6 +2758,8 @@ tls_read(struct conn *c, void *p, size_t n, int64_t deadline, int wake_fd)
 	struct tls_conn *t = c->tls ? c->tls : tls_start(c);
 	int r;
 
+	if (t == NULL)
+		return IO_ERROR;
 	/* The handshake counts against the head deadline, from accept: a
 	 * client that connects and says nothing ties up nothing for long. */
 	if (!t->handshaken && deadline > c->accepted + head_timeout)
@@ -2491,6 +2786,8 @@ tls_write(struct conn *c, const void *p, size_t n, int64_t deadline)
 {
 	struct tls_conn *t = c->tls ? c->tls : tls_start(c);
 
+	if (t == NULL)
+		return -1;
 	if (c->loop != NULL)
 		return tls_write_loop(c, p, n);
 	t->sock.deadline = deadline;
@@ -2706,9 +3003,11 @@ identity_reload(void)
  * ------------------------------------------------------------------------ */
 
 static struct hmac_key secret_key;   /* the consumer secret, pre-padded */
-static pthread_mutex_t stdout_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t output_lock = PTHREAD_MUTEX_INITIALIZER;
-static int output_fd = -1;
+static int output_fd = -1;           /* --output: the event writer's alone */
+static atomic_int output_reopened = -1;  /* SIGHUP's new descriptor, for the writer */
+static struct outq stdout_queue;     /* the events, on their way to stdout */
+static size_t body_budget;           /* see BODY_BUDGET_MIN */
+static atomic_size_t body_held;      /* of it, drawn by bodies being read */
 static int stop_pipe[2] = { -1, -1 };  /* closed to wake idle connections */
 static volatile sig_atomic_t stop_signal, reload_signal;
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -2768,14 +3067,6 @@ log_escape(struct buf *b, const char *s, size_t n)
 	}
 }
 
-/* What the access log says of one request. */
-struct outcome {
-	int code;
-	size_t in_bytes, out_bytes;   /* request and response body bytes */
-	const char *sig;              /* for POSTs: "ok", "bad", "missing" */
-	const char *why;              /* for errors */
-};
-
 static void
 access_log(const struct conn *c, const struct request *req, const struct outcome *o, int64_t start_us)
 {
@@ -2787,6 +3078,7 @@ access_log(const struct conn *c, const struct request *req, const struct outcome
 
 	if (quiet)
 		return;
+	b.soft = 1;  /* no memory for a log line is no reason to stop */
 	gmtime_r(&t, &tm);
 	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
 	buf_adds(&b, stamp);
@@ -2814,7 +3106,7 @@ access_log(const struct conn *c, const struct request *req, const struct outcome
 	}
 	buf_addc(&b, '\n');
 	/* One write per line: lines from different threads never mix. */
-	if (write_all(STDERR_FILENO, b.p, b.len) < 0)
+	if (!b.failed && log_queue_line(b.p, b.len) < 0 && write_all(STDERR_FILENO, b.p, b.len) < 0)
 		(void)0;
 	buf_free(&b);
 }
@@ -2845,7 +3137,7 @@ send_response(struct conn *c, const struct request *req, enum status st, const c
 	struct buf *o = &c->out;
 	char line[96];
 
-	o->len = 0;
+	buf_clear(o);
 	snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\nDate: ", statuses[st].code, statuses[st].reason);
 	buf_adds(o, line);
 	buf_adds(o, http_date());
@@ -2864,6 +3156,8 @@ send_response(struct conn *c, const struct request *req, enum status st, const c
 	buf_adds(o, "\r\n");
 	if (req == NULL || req->method != M_HEAD)
 		buf_add(o, body, body_len);
+	if (o->failed)
+		return -1;  /* out of memory: the connection ends unanswered */
 	return c->tr->write(c, o->p, o->len, now_ms() + write_timeout);
 }
 
@@ -2874,6 +3168,7 @@ send_error(struct conn *c, const struct request *req, enum status st, const char
 {
 	struct buf b = { 0 };
 
+	b.soft = 1;
 	buf_adds(&b, "{\"error\":\"");
 	json_escape(&b, why, strlen(why));
 	buf_adds(&b, "\"}");
@@ -2925,26 +3220,87 @@ read_head(struct conn *c, struct request *req, const char **why)
 	}
 }
 
-/* Read the request body into c->body by its deadline. The bytes after the
- * head in c->in come first. */
+/* Grow c->body to want bytes of room. What passes BODY_UNCHARGED is
+ * drawn from the shared budget first; S_UNAVAILABLE when the budget or
+ * the memory runs out, which refuses this request and never the server. */
+static enum status
+body_room(struct conn *c, size_t want, const char **why)
+{
+	size_t charge = want > BODY_UNCHARGED ? want - BODY_UNCHARGED : 0;
+	char *p;
+
+	if (want <= c->body.cap)
+		return S_OK;
+	if (charge > c->body_charged) {
+		size_t more = charge - c->body_charged;
+
+		if (atomic_fetch_add(&body_held, more) + more > body_budget) {
+			atomic_fetch_sub(&body_held, more);
+			*why = "the server holds too many unverified bodies; try again";
+			return S_UNAVAILABLE;
+		}
+		c->body_charged = charge;
+	}
+	p = realloc(c->body.p, want);
+	if (p == NULL) {
+		*why = "out of memory for the body; try again";
+		return S_UNAVAILABLE;
+	}
+	c->body.p = p;
+	c->body.cap = want;
+	return S_OK;
+}
+
+/* The next size for a body buffer: double, from 16 KiB, as bytes come. */
+static size_t
+body_next(size_t cap, size_t limit)
+{
+	size_t n = cap < 16384 ? 16384 : cap * 2;
+
+	return n < limit ? n : limit;
+}
+
+/* The body is verified, or refused: its bytes go back to the budget, and
+ * a large buffer back to the system. */
+static void
+body_release(struct conn *c)
+{
+	if (c->body_charged > 0) {
+		atomic_fetch_sub(&body_held, c->body_charged);
+		c->body_charged = 0;
+	}
+	if (c->body.cap > BODY_UNCHARGED)
+		buf_free(&c->body);
+	buf_clear(&c->body);
+}
+
+/* Read the request body into c->body by its deadline, growing the buffer
+ * as bytes arrive (never to the size a head merely declares). The bytes
+ * after the head in c->in come first. */
 static enum status
 read_body(struct conn *c, const struct request *req, const char **why)
 {
 	int64_t deadline = now_ms() + body_timeout;
 	struct chunked ch;
+	enum status st;
 
-	c->body.len = 0;
+	buf_clear(&c->body);
 	c->pos = req->head_len;
 	if (!req->chunked) {
 		size_t need = (size_t)req->content_length, have = c->in_len - c->pos;
 		size_t take = have < need ? have : need;
 
-		buf_reserve(&c->body, need);
+		if ((st = body_room(c, take, why)) != S_OK)
+			return st;
 		buf_add(&c->body, c->in + c->pos, take);
 		c->pos += take;
 		while (c->body.len < need) {
-			ssize_t r = c->tr->read(c, c->body.p + c->body.len, need - c->body.len, deadline, -1);
+			ssize_t r;
 
+			if (c->body.len == c->body.cap &&
+			    (st = body_room(c, body_next(c->body.cap, need), why)) != S_OK)
+				return st;
+			r = c->tr->read(c, c->body.p + c->body.len, c->body.cap - c->body.len, deadline, -1);
 			if (r == IO_TIMEOUT) {
 				*why = "request body not received within 30 s";
 				return S_REQUEST_TIMEOUT;
@@ -2959,16 +3315,26 @@ read_body(struct conn *c, const struct request *req, const char **why)
 	}
 	memset(&ch, 0, sizeof(ch));
 	for (;;) {
-		size_t used = 0;
-		enum status st = chunked_decode(&ch, c->in + c->pos, c->in_len - c->pos, &used,
-		    &c->body, max_body, why);
+		size_t used = 0, avail = c->in_len - c->pos;
 		ssize_t r;
 
+		/* Decoded data is never longer than its encoding: with this
+		 * room, the decoder's appends cannot allocate. */
+		if (c->body.len + avail > c->body.cap) {
+			size_t want = body_next(c->body.cap, max_body);
+
+			if (want < c->body.len + avail)
+				want = c->body.len + avail;
+			if ((st = body_room(c, want, why)) != S_OK)
+				return st;
+		}
+		st = chunked_decode(&ch, c->in + c->pos, avail, &used, &c->body, max_body, why);
 		c->pos += used;
 		if (st != S_INCOMPLETE)
 			return st;
-		/* All that was buffered is used: read more in its place. */
-		c->in_len = c->pos;
+		/* All that was buffered is used: read more in its place, but
+		 * after the head, which req still points into. */
+		c->in_len = c->pos = req->head_len;
 		r = c->tr->read(c, c->in + c->in_len, CONN_BUF - c->in_len, deadline, -1);
 		if (r == IO_TIMEOUT) {
 			*why = "request body not received within 30 s";
@@ -2982,69 +3348,250 @@ read_body(struct conn *c, const struct request *req, const char **why)
 	}
 }
 
-/* Append one line to the --output file, durably: written and fdatasync'd
- * under a lock, so lines never interleave; on failure the file is cut
- * back, so no torn or unacknowledged line stays behind. */
-static int
-output_append(const char *p, size_t n)
+/* ------------------------------------------------------------------------
+ * The event writer: the one owner of every event sink (stdout, --output).
+ *
+ * A connection verifies its event, renders it (indented for stdout, one
+ * compact line for --output), queues it here and waits off the loops for
+ * the verdict: a thread waits on a condition, a loop parks the connection
+ * and goes on serving others until the writer hands the verdict back.
+ * The writer takes every event waiting as one batch, in order:
+ *   1. appends the batch to --output (not yet synced);
+ *   2. gives it to stdout's queue and waits for stdout to take it, until
+ *      SINK_TIMEOUT_S after the oldest event was verified;
+ *   3. fdatasyncs --output once for the whole batch (group commit);
+ *   4. releases the verdicts: 200 for all, or the failure for all.
+ * A failure at any step cuts --output back to where the batch began, so
+ * an event answered 5xx is in no durable sink and X's resend is no
+ * duplicate there. (stdout is no record: an event it took before a later
+ * step failed, or that it took late, may show there twice.)
+ *
+ * stdout failing for good (EPIPE, EBADF, a full device): without --output,
+ * every event gets 500 until it works again, since stdout is the only
+ * sink; with --output, the file is the record, so stdout is let go with
+ * one warning and events go on to the file alone. stdout merely not
+ * reading (a paused pager, Ctrl-S) is no failure for good: events get 503
+ * while it lasts, and X retries them.
+ * ------------------------------------------------------------------------ */
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t work;      /* events were queued, or SIGHUP reopened --output */
+	pthread_cond_t decided;   /* a batch has its verdict (for threads) */
+	struct event *head, **tail;
+} writer = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+	NULL, &writer.head };
+
+static void loop_event_decided(struct conn *c);
+
+static struct conn *
+event_conn(struct event *e)
 {
-	struct stat st;
-	int r = 0;
-
-	pthread_mutex_lock(&output_lock);
-	if (fstat(output_fd, &st) < 0) {
-		r = -1;
-	} else if (write_all(output_fd, p, n) < 0 || fdatasync(output_fd) < 0) {
-		int saved = errno;
-
-		if (S_ISREG(st.st_mode) && ftruncate(output_fd, st.st_size) < 0)
-			warn("cannot cut back %s after a failed write:", output_path);
-		errno = saved;
-		r = -1;
-	}
-	pthread_mutex_unlock(&output_lock);
-	return r;
+	return (struct conn *)(void *)((char *)e - offsetof(struct conn, ev));
 }
 
-/* Verify, check and emit the event in c->body. */
-static enum status
-handle_event(struct conn *c, const struct request *req, struct outcome *o, const char **why)
+/* Queue c's rendered event for the writer. */
+static void
+event_submit(struct conn *c)
 {
-	static _Thread_local char err[192];   /* outlives the call, for *why */
-	char expected[SIGNATURE_LEN], detail[160];
-	int w;
+	c->ev.next = NULL;
+	c->ev.verified = now_ms();
+	c->ev.result = S_INCOMPLETE;
+	c->ev.why = NULL;
+	atomic_store(&c->busy, 1);
+	pthread_mutex_lock(&writer.lock);
+	*writer.tail = &c->ev;
+	writer.tail = &c->ev.next;
+	pthread_cond_signal(&writer.work);
+	pthread_mutex_unlock(&writer.lock);
+}
 
-	signature_of(&secret_key, c->body.p, c->body.len, expected);
-	if (req->signature_len != SIGNATURE_LEN ||
-	    !ct_equal(expected, req->signature, SIGNATURE_LEN)) {
-		o->sig = "bad";
-		*why = "x-twitter-webhooks-signature does not match the body";
-		return S_UNAUTHORIZED;
+/* A connection's own thread waits for its event's verdict here. */
+static void
+event_wait(struct conn *c)
+{
+	pthread_mutex_lock(&writer.lock);
+	while (c->ev.result == S_INCOMPLETE)
+		pthread_cond_wait(&writer.decided, &writer.lock);
+	pthread_mutex_unlock(&writer.lock);
+}
+
+/* Cut --output back to size after a batch failed, so that none of it
+ * stays behind. */
+static void
+output_cut(off_t size)
+{
+	if (size >= 0 && ftruncate(output_fd, size) < 0)
+		warn("cannot cut back --output %s after a failed write:", output_path);
+}
+
+/* Write one batch to every sink; the verdict for all of its events. */
+static enum status
+writer_batch(struct event *batch, const char **why)
+{
+	static struct buf text = { NULL, 0, 0, 1, 0 }, lines = { NULL, 0, 0, 1, 0 };
+	static int stdout_gone, stdout_stalled, unlinked_told;
+	int64_t deadline = batch->verified + sink_timeout;
+	struct event *e;
+	struct stat sb;
+	off_t start = -1;  /* where the batch begins in --output, if regular */
+	int r;
+
+	buf_clear(&text);
+	buf_clear(&lines);
+	for (e = batch; e != NULL; e = e->next) {
+		struct conn *c = event_conn(e);
+
+		if (!stdout_gone)
+			buf_add(&text, c->pretty.p, c->pretty.len);
+		if (output_fd >= 0)
+			buf_add(&lines, c->compact.p, c->compact.len);
 	}
-	o->sig = "ok";
-	c->pretty.len = 0;
-	if (json_event(c->body.p, c->body.len, JSON_INDENT, &c->pretty, detail, sizeof(detail)) < 0) {
-		snprintf(err, sizeof(err), "body is not a JSON object: %s", detail);
-		*why = err;
-		return S_BAD_REQUEST;
+	if (text.failed || lines.failed) {
+		*why = "out of memory for the event; try again";
+		return S_UNAVAILABLE;
 	}
 	if (output_fd >= 0) {
-		c->compact.len = 0;
-		json_event(c->body.p, c->body.len, JSON_COMPACT, &c->compact, detail, sizeof(detail));
-		buf_addc(&c->compact, '\n');
-		if (output_append(c->compact.p, c->compact.len) < 0) {
-			warn("cannot append the event to %s:", output_path);
+		if (fstat(output_fd, &sb) < 0) {
+			warn("cannot append events to %s:", output_path);
+			*why = "could not write the event to the --output file";
+			return S_INTERNAL_ERROR;
+		}
+		if (S_ISREG(sb.st_mode))
+			start = sb.st_size;
+		if (sb.st_nlink == 0 && S_ISREG(sb.st_mode) && !unlinked_told) {
+			warn("warning: --output %s was deleted while open; events go on to the deleted "
+			    "file until SIGHUP reopens the path", output_path);
+			unlinked_told = 1;
+		} else if (sb.st_nlink > 0) {
+			unlinked_told = 0;
+		}
+		if (write_all(output_fd, lines.p, lines.len) < 0) {
+			warn("cannot append events to %s:", output_path);
+			output_cut(start);
 			*why = "could not write the event to the --output file";
 			return S_INTERNAL_ERROR;
 		}
 	}
-	pthread_mutex_lock(&stdout_lock);
-	w = write_all(STDOUT_FILENO, c->pretty.p, c->pretty.len);
-	pthread_mutex_unlock(&stdout_lock);
-	if (w < 0) {
-		warn("cannot write the event to stdout:");
-		*why = "could not write the event to stdout";
+	if (!stdout_gone) {
+		r = outq_write(&stdout_queue, text.p, text.len, deadline);
+		if (r == -2) {
+			if (!stdout_stalled)
+				warn("stdout has taken no event for %d s (is its reader paused?): "
+				    "events get 503 until it does", SINK_TIMEOUT_S);
+			stdout_stalled = 1;
+			output_cut(start);
+			*why = "stdout did not take the event within " STR(SINK_TIMEOUT_S) " s";
+			return S_UNAVAILABLE;
+		}
+		if (r == 0 && stdout_stalled) {
+			warn("stdout takes events again");
+			stdout_stalled = 0;
+		}
+		if (r < 0 && output_fd >= 0) {
+			warn("stdout failed (%s): events go on to --output %s alone", strerror(errno),
+			    output_path);
+			stdout_gone = 1;
+		} else if (r < 0) {
+			warn("cannot write events to stdout:");
+			*why = "could not write the event to stdout";
+			return S_INTERNAL_ERROR;
+		}
+	}
+	if (output_fd >= 0 && fdatasync(output_fd) < 0) {
+		warn("cannot sync %s:", output_path);
+		output_cut(start);
+		*why = "could not write the event to the --output file";
 		return S_INTERNAL_ERROR;
+	}
+	return S_OK;
+}
+
+static void *
+writer_thread(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		struct event *batch, *e, *next;
+		const char *why = NULL;
+		enum status st;
+		int fd;
+
+		pthread_mutex_lock(&writer.lock);
+		while (writer.head == NULL && atomic_load(&output_reopened) < 0)
+			pthread_cond_wait(&writer.work, &writer.lock);
+		batch = writer.head;
+		writer.head = NULL;
+		writer.tail = &writer.head;
+		pthread_mutex_unlock(&writer.lock);
+		if ((fd = atomic_exchange(&output_reopened, -1)) >= 0) {
+			close(output_fd);
+			output_fd = fd;
+		}
+		if (batch == NULL)
+			continue;
+		st = writer_batch(batch, &why);
+		/* The verdicts. A loop's connection goes back to its loop; a
+		 * thread's result is set under the lock it waits with. */
+		pthread_mutex_lock(&writer.lock);
+		for (e = batch; e != NULL; e = next) {
+			struct conn *c = event_conn(e);
+
+			next = e->next;
+			e->why = why;
+			e->result = st;
+			if (c->loop != NULL)
+				loop_event_decided(c);
+		}
+		pthread_cond_broadcast(&writer.decided);
+		pthread_mutex_unlock(&writer.lock);
+	}
+	return NULL;
+}
+
+static void
+writer_start(void)
+{
+	pthread_t t;
+	pthread_attr_t a;
+
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &a, writer_thread, NULL) != 0)
+		die("cannot start the event writer");
+	pthread_attr_destroy(&a);
+}
+
+/* Verify the event in c->body and render it for the sinks. */
+static enum status
+event_check(struct conn *c, const struct request *req, const char **why)
+{
+	static _Thread_local char err[192];   /* outlives the call, for *why */
+	char expected[SIGNATURE_LEN], detail[160];
+
+	signature_of(&secret_key, c->body.p, c->body.len, expected);
+	if (req->signature_len != SIGNATURE_LEN ||
+	    !ct_equal(expected, req->signature, SIGNATURE_LEN)) {
+		c->o.sig = "bad";
+		*why = "x-twitter-webhooks-signature does not match the body";
+		return S_UNAUTHORIZED;
+	}
+	c->o.sig = "ok";
+	buf_clear(&c->pretty);
+	if (json_event(c->body.p, c->body.len, JSON_INDENT, &c->pretty, detail, sizeof(detail)) < 0 &&
+	    !c->pretty.failed) {
+		snprintf(err, sizeof(err), "body is not a JSON object: %s", detail);
+		*why = err;
+		return S_BAD_REQUEST;
+	}
+	buf_clear(&c->compact);
+	if (output_path != NULL) {
+		json_event(c->body.p, c->body.len, JSON_COMPACT, &c->compact, detail, sizeof(detail));
+		buf_addc(&c->compact, '\n');
+	}
+	if (c->pretty.failed || c->compact.failed) {
+		*why = "out of memory for the event; try again";
+		return S_UNAVAILABLE;
 	}
 	return S_OK;
 }
@@ -3078,13 +3625,57 @@ handle_crc(struct conn *c, const struct request *req, int keep, struct outcome *
 	o->out_bytes = req->method == M_HEAD ? 0 : len;
 }
 
-/* Answer one request whose head is parsed. Returns 1 if the connection
- * may carry another; *linger is set when it must close with unread bytes
- * possibly in flight. */
-static int
-handle_request(struct conn *c, const struct request *req, int64_t start, int *linger)
+static void slot_answered(struct conn *c);
+
+/* One request answered: its log line, and its connection's credit. */
+static void
+request_done(struct conn *c)
 {
-	struct outcome o = { 0, 0, 0, NULL, NULL };
+	access_log(c, &c->req, &c->o, c->start_us);
+	slot_answered(c);
+}
+
+/* What handle_request did with a request. */
+enum handled {
+	H_CLOSE,     /* answered; the connection ends */
+	H_KEEP,      /* answered; the connection may carry another */
+	H_PARKED,    /* on a loop: its event is with the writer */
+};
+
+/* Answer an event POST with its verdict, and log it. */
+static enum handled
+event_answer(struct conn *c, enum status st, const char *why, int *linger)
+{
+	const struct request *req = &c->req;
+	int keep = req->keep_alive && !is_stopping();
+
+	atomic_store(&c->busy, 0);
+	if (st == S_OK) {
+		send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
+		c->o.code = 200;
+	} else {
+		/* After a framing error the rest of the stream means nothing,
+		 * and a body refused part-way is still arriving: answer, then
+		 * close. */
+		int unread = c->o.sig == NULL;
+
+		if (unread || st == S_REQUEST_TIMEOUT || st == S_HEADERS_TOO_LARGE) {
+			keep = 0;
+			*linger = 1;
+		}
+		send_error(c, req, st, why, st == S_UNAVAILABLE ? "Retry-After: 1\r\n" : NULL, keep, &c->o);
+	}
+	request_done(c);
+	return keep ? H_KEEP : H_CLOSE;
+}
+
+/* Answer the request in c->req, whose head is parsed. *linger is set when
+ * the connection must close with unread bytes possibly in flight. */
+static enum handled
+handle_request(struct conn *c, int *linger)
+{
+	const struct request *req = &c->req;
+	struct outcome *o = &c->o;
 	size_t plen = strlen(webhook_path);
 	int on_path = req->path_len == plen && memcmp(req->target, webhook_path, plen) == 0;
 	int health = req->path_len == 8 && memcmp(req->target, "/healthz", 8) == 0;
@@ -3092,6 +3683,7 @@ handle_request(struct conn *c, const struct request *req, int64_t start, int *li
 	int keep = req->keep_alive && !is_stopping();
 	const char *why = NULL;
 
+	memset(o, 0, sizeof(*o));
 	c->pos = req->head_len;
 	if (on_path && req->method == M_POST && req->signature != NULL &&
 	    !(req->has_length && req->content_length > max_body)) {
@@ -3101,31 +3693,25 @@ handle_request(struct conn *c, const struct request *req, int64_t start, int *li
 			static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
 			if (c->tr->write(c, cont, sizeof(cont) - 1, now_ms() + write_timeout) < 0)
-				return 0;
+				return H_CLOSE;
 		}
 		st = read_body(c, req, &why);
-		o.in_bytes = c->body.len;
+		o->in_bytes = c->body.len;
 		if (st == S_OK)
-			st = handle_event(c, req, &o, &why);
-		/* A shutdown may have begun while the body came in. */
-		keep = keep && !is_stopping();
+			st = event_check(c, req, &why);
+		body_release(c);
 		if (st == S_OK) {
-			send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
-			o.code = 200;
-		} else {
-			/* After a framing error the rest of the stream means
-			 * nothing: answer, then close. */
-			int framing = st == S_BAD_REQUEST && o.sig == NULL;
-
-			if (framing || st == S_PAYLOAD_TOO_LARGE || st == S_REQUEST_TIMEOUT ||
-			    st == S_HEADERS_TOO_LARGE) {
-				keep = 0;
-				*linger = 1;
+			c->parked = c->loop != NULL;
+			event_submit(c);
+			if (c->parked) {
+				c->expires = INT64_MAX;
+				return H_PARKED;
 			}
-			send_error(c, req, st, why, NULL, keep, &o);
+			event_wait(c);
+			st = c->ev.result;
+			why = c->ev.why;
 		}
-		access_log(c, req, &o, start);
-		return keep;
+		return event_answer(c, st, why, linger);
 	}
 
 	/* Every other answer comes from the head alone. A body we do not
@@ -3136,30 +3722,44 @@ handle_request(struct conn *c, const struct request *req, int64_t start, int *li
 	}
 	if (on_path && req->method == M_POST) {
 		if (req->signature == NULL) {
-			o.sig = "missing";
+			o->sig = "missing";
 			send_error(c, req, S_UNAUTHORIZED, "missing x-twitter-webhooks-signature header",
-			    NULL, keep, &o);
+			    NULL, keep, o);
 		} else {
-			send_error(c, req, S_PAYLOAD_TOO_LARGE, "body larger than --max-body", NULL, 0, &o);
+			send_error(c, req, S_PAYLOAD_TOO_LARGE, "body larger than --max-body", NULL, 0, o);
 			keep = 0;
 		}
 	} else if (on_path && (req->method == M_GET || req->method == M_HEAD)) {
-		handle_crc(c, req, keep, &o);
+		handle_crc(c, req, keep, o);
 	} else if (on_path) {
 		send_error(c, req, S_METHOD_NOT_ALLOWED, "method not allowed",
-		    "Allow: GET, HEAD, POST\r\n", keep, &o);
+		    "Allow: GET, HEAD, POST\r\n", keep, o);
 	} else if (health && (req->method == M_GET || req->method == M_HEAD)) {
 		send_response(c, req, S_OK, "text/plain", "ok\n", 3, NULL, keep);
-		o.code = 200;
-		o.out_bytes = req->method == M_HEAD ? 0 : 3;
+		o->code = 200;
+		o->out_bytes = req->method == M_HEAD ? 0 : 3;
 	} else if (health) {
 		send_error(c, req, S_METHOD_NOT_ALLOWED, "method not allowed", "Allow: GET, HEAD\r\n",
-		    keep, &o);
+		    keep, o);
 	} else {
-		send_error(c, req, S_NOT_FOUND, "not found", NULL, keep, &o);
+		send_error(c, req, S_NOT_FOUND, "not found", NULL, keep, o);
 	}
-	access_log(c, req, &o, start);
-	return keep;
+	request_done(c);
+	return keep ? H_KEEP : H_CLOSE;
+}
+
+/* The request is answered: keep what arrived after it (the next one), and
+ * no large buffer for the idle time. */
+static void
+next_request(struct conn *c)
+{
+	memmove(c->in, c->in + c->pos, c->in_len - c->pos);
+	c->in_len -= c->pos;
+	c->pos = 0;
+	if (c->pretty.cap > 65536)
+		buf_free(&c->pretty);
+	if (c->compact.cap > 65536)
+		buf_free(&c->compact);
 }
 
 /* Serve requests on one connection until it ends. Returns whether the
@@ -3168,34 +3768,22 @@ static int
 serve_connection(struct conn *c)
 {
 	for (;;) {
-		struct request req;
 		const char *why = NULL;
-		enum status st = read_head(c, &req, &why);
-		int64_t start = now_us();
+		enum status st = read_head(c, &c->req, &why);
 		int linger = 0;
 
+		c->start_us = now_us();
 		if (st == S_INCOMPLETE)
 			return 0;
 		if (st != S_OK) {
-			struct outcome o = { 0, 0, 0, NULL, NULL };
-
-			send_error(c, req.method_len > 0 ? &req : NULL, st, why, NULL, 0, &o);
-			access_log(c, &req, &o, start);
+			memset(&c->o, 0, sizeof(c->o));
+			send_error(c, c->req.method_len > 0 ? &c->req : NULL, st, why, NULL, 0, &c->o);
+			request_done(c);
 			return 1;
 		}
-		if (!handle_request(c, &req, start, &linger))
+		if (handle_request(c, &linger) != H_KEEP)
 			return linger;
-		/* Keep what arrived after this request: the next one. */
-		memmove(c->in, c->in + c->pos, c->in_len - c->pos);
-		c->in_len -= c->pos;
-		c->pos = 0;
-		/* A large body's buffer is not kept for the idle time. */
-		if (c->body.cap > 65536)
-			buf_free(&c->body);
-		if (c->pretty.cap > 65536)
-			buf_free(&c->pretty);
-		if (c->compact.cap > 65536)
-			buf_free(&c->compact);
+		next_request(c);
 	}
 }
 
@@ -3204,41 +3792,54 @@ enum verdict {
 	V_IDLE,      /* everything buffered is answered: wait for more */
 	V_THREAD,    /* the rest needs waiting: give it a thread */
 	V_CLOSE,     /* done with it */
+	V_PARKED,    /* its event is with the writer: wait for the verdict */
 };
+
+/* A loop answered a request: go on (V_IDLE), or what else. */
+static enum verdict
+loop_answered(struct conn *c, enum handled h, int linger)
+{
+	if (c->pending.len > 0 || c->unsent || linger) {
+		c->close_after = h != H_KEEP;
+		c->linger = linger;
+		return V_THREAD;
+	}
+	if (h != H_KEEP)
+		return V_CLOSE;
+	next_request(c);
+	return V_IDLE;
+}
 
 /* Answer every request already complete in c->in, without waiting for
  * anything: the event loop's fast path. Whatever would wait (a head or
- * body still arriving, a chunked body, Expect, an fdatasync, a lingering
- * close, an answer the socket would not take) is left to a thread. */
+ * body still arriving, a chunked body, Expect, a lingering close, an
+ * answer the socket would not take) is left to a thread; an event goes
+ * to the writer, and the connection is parked until its verdict. */
 static enum verdict
 serve_buffered(struct conn *c)
 {
 	while (c->in_len > 0) {
 		size_t scan = 0, line_end = 0, head_len = 0;
-		struct request req;
+		struct request *req = &c->req;
 		const char *why = NULL;
 		enum status st = http_scan_head(c->in, c->in_len, &scan, &line_end, &head_len, &why);
-		int linger = 0, keep;
+		enum handled h;
+		enum verdict v;
+		int linger = 0;
 
 		if (st == S_INCOMPLETE)
 			return V_THREAD;
 		if (st == S_OK)
-			st = http_parse_head(c->in, head_len, &req, &why);
-		if (st != S_OK || req.chunked || req.expect_continue ||
-		    (req.has_length && req.content_length > c->in_len - head_len) ||
-		    (req.method == M_POST && output_fd >= 0))
+			st = http_parse_head(c->in, head_len, req, &why);
+		if (st != S_OK || req->chunked || req->expect_continue ||
+		    (req->has_length && req->content_length > c->in_len - head_len))
 			return V_THREAD;  /* the thread parses it again, and answers */
-		keep = handle_request(c, &req, now_us(), &linger);
-		if (c->pending.len > 0 || c->unsent || linger) {
-			c->close_after = !keep;
-			c->linger = linger;
-			return V_THREAD;
-		}
-		if (!keep)
-			return V_CLOSE;
-		memmove(c->in, c->in + c->pos, c->in_len - c->pos);
-		c->in_len -= c->pos;
-		c->pos = 0;
+		c->start_us = now_us();
+		h = handle_request(c, &linger);
+		if (h == H_PARKED)
+			return V_PARKED;
+		if ((v = loop_answered(c, h, linger)) != V_IDLE)
+			return v;
 	}
 	return V_IDLE;
 }
@@ -3271,8 +3872,9 @@ on_signal(int sig)
 		stop_signal = sig;
 }
 
-/* SIGHUP: reopen --output (after logrotate moved it), and with TLS load
- * the certificate and key again (after certbot renewed them). */
+/* SIGHUP: reopen --output (after logrotate moved it), for the event
+ * writer to take up before its next batch, and with TLS load the
+ * certificate and key again (after certbot renewed them). */
 static void
 reload(void)
 {
@@ -3282,11 +3884,11 @@ reload(void)
 		if (fd < 0) {
 			warn("SIGHUP: cannot reopen --output %s (still appending to the old file):", output_path);
 		} else {
-			pthread_mutex_lock(&output_lock);
-			old = output_fd;
-			output_fd = fd;
-			pthread_mutex_unlock(&output_lock);
-			close(old);
+			if ((old = atomic_exchange(&output_reopened, fd)) >= 0)
+				close(old);  /* an earlier SIGHUP's, not yet taken up */
+			pthread_mutex_lock(&writer.lock);
+			pthread_cond_signal(&writer.work);
+			pthread_mutex_unlock(&writer.lock);
 			warn("SIGHUP: reopened --output %s", output_path);
 		}
 	}
@@ -3427,18 +4029,242 @@ refuse(int fd, const char *peer)
 #undef BUSY_BODY
 }
 
+/* ------------------------------------------------------------------------
+ * Connection slots, shared fairly.
+ *
+ * There are --max-conns slots, and one peer must not be able to take them
+ * all: X itself sends from few addresses, perhaps over hundreds of
+ * connections at once, while an attacker can open a thousand sockets and
+ * trickle a byte now and then. So each connection counts against its
+ * address (an IPv6 /64 counting as one, since one host often has a whole
+ * /64), and when every slot is taken a newcomer gets the slot of:
+ *   1. the oldest connection that has had no request answered yet, of the
+ *      address holding the most of those; or else
+ *   2. the connection idle longest, of the address holding the most.
+ * A connection whose event is with the event writer is never taken, and
+ * the one taken is shut down (its owner sees the end and closes it).
+ * Only when nothing can be taken is the newcomer refused with 503. So a
+ * sender whose connections complete requests keeps them: it can lose an
+ * idle one only while it holds more connections than anybody else and
+ * every connection has been answered at least once.
+ * ------------------------------------------------------------------------ */
+
+struct peer {
+	unsigned char addr[17];      /* family, then the address or /64 */
+	struct peer *hnext;          /* its hash chain */
+	struct peer *prev, *next;    /* every peer, for the search when full */
+	struct conn *first, *last;   /* its connections, oldest first */
+	unsigned conns, fresh;       /* how many; of those, none answered yet */
+};
+
+static struct peer **peer_table;   /* under conns_lock, as all of this */
+static size_t peer_buckets;        /* a power of two */
+static struct peer *peers;
+static uint32_t peer_seed;         /* so that no peer can choose collisions */
+static unsigned nslots;            /* connections holding a slot */
+
+static void
+peer_key(const struct sockaddr_storage *ss, unsigned char key[17])
+{
+	memset(key, 0, 17);
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+			key[0] = 4;
+			memcpy(key + 1, s6->sin6_addr.s6_addr + 12, 4);
+		} else {
+			key[0] = 6;
+			memcpy(key + 1, s6->sin6_addr.s6_addr, 8);
+		}
+	} else if (ss->ss_family == AF_INET) {
+		key[0] = 4;
+		memcpy(key + 1, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+	}
+}
+
+static size_t
+peer_hash(const unsigned char key[17])
+{
+	uint32_t h = 2166136261u ^ peer_seed;
+	int i;
+
+	for (i = 0; i < 17; i++)
+		h = (h ^ key[i]) * 16777619u;
+	return h & (peer_buckets - 1);
+}
+
+/* The slot table, sized for max_conns. */
+static void
+slots_init(void)
+{
+	peer_buckets = 64;
+	while (peer_buckets < max_conns)
+		peer_buckets *= 2;
+	peer_table = xmalloc(peer_buckets * sizeof(*peer_table));
+	memset(peer_table, 0, peer_buckets * sizeof(*peer_table));
+	entropy(&peer_seed, sizeof(peer_seed));
+}
+
+static void
+slot_release_locked(struct conn *c)
+{
+	struct peer *p = c->slot;
+
+	if (p == NULL)
+		return;
+	if (c->sprev != NULL)
+		c->sprev->snext = c->snext;
+	else
+		p->first = c->snext;
+	if (c->snext != NULL)
+		c->snext->sprev = c->sprev;
+	else
+		p->last = c->sprev;
+	c->sprev = c->snext = NULL;
+	c->slot = NULL;
+	p->conns--;
+	if (c->fresh)
+		p->fresh--;
+	nslots--;
+	if (p->conns == 0) {
+		struct peer **h = &peer_table[peer_hash(p->addr)];
+
+		while (*h != p)
+			h = &(*h)->hnext;
+		*h = p->hnext;
+		if (p->prev != NULL)
+			p->prev->next = p->next;
+		else
+			peers = p->next;
+		if (p->next != NULL)
+			p->next->prev = p->prev;
+		free(p);
+	}
+}
+
+/* Give c's slot back; before its descriptor closes, always. */
+static void
+slot_release(struct conn *c)
+{
+	pthread_mutex_lock(&conns_lock);
+	slot_release_locked(c);
+	pthread_mutex_unlock(&conns_lock);
+}
+
+/* c has had a request answered. */
+static void
+slot_answered(struct conn *c)
+{
+	atomic_store_explicit(&c->last_answer, now_ms(), memory_order_relaxed);
+	if (c->fresh) {
+		pthread_mutex_lock(&conns_lock);
+		if (c->slot != NULL)
+			c->slot->fresh--;
+		c->fresh = 0;
+		pthread_mutex_unlock(&conns_lock);
+	}
+}
+
+/* Free a slot for a newcomer from peer, by the rules above: 0, or -1 when
+ * no connection can be taken. */
+static int
+slot_evict(const char *newcomer)
+{
+	struct peer *p, *most = NULL;
+	struct conn *k, *victim = NULL;
+	int64_t oldest = INT64_MAX;
+
+	for (p = peers; p != NULL; p = p->next)
+		if (p->fresh > 0 && (most == NULL || p->fresh > most->fresh))
+			most = p;
+	if (most != NULL)
+		for (k = most->first; k != NULL && victim == NULL; k = k->snext)
+			if (k->fresh && !atomic_load(&k->busy))
+				victim = k;
+	if (victim == NULL) {
+		most = NULL;
+		for (p = peers; p != NULL; p = p->next)
+			if (most == NULL || p->conns > most->conns)
+				most = p;
+		for (k = most != NULL ? most->first : NULL; k != NULL; k = k->snext) {
+			int64_t t = atomic_load_explicit(&k->last_answer, memory_order_relaxed);
+
+			if (!atomic_load(&k->busy) && t < oldest) {
+				oldest = t;
+				victim = k;
+			}
+		}
+	}
+	if (victim == NULL)
+		return -1;
+	if (!quiet)
+		warn("%s: closed to make room for %s (all %u connections taken; its address held %u)",
+		    victim->peer, newcomer, max_conns, most->conns);
+	slot_release_locked(victim);
+	shutdown(victim->fd, SHUT_RDWR);
+	return 0;
+}
+
+/* Take a slot for c, from ss, evicting if all are taken: 0, or -1. */
+static int
+slot_take(struct conn *c, const struct sockaddr_storage *ss)
+{
+	unsigned char key[17];
+	struct peer *p;
+	size_t h;
+
+	if (nslots >= max_conns && slot_evict(c->peer) < 0)
+		return -1;
+	peer_key(ss, key);
+	h = peer_hash(key);
+	for (p = peer_table[h]; p != NULL && memcmp(p->addr, key, sizeof(key)) != 0; p = p->hnext)
+		;
+	if (p == NULL) {
+		if ((p = calloc(1, sizeof(*p))) == NULL)
+			return -1;
+		memcpy(p->addr, key, sizeof(key));
+		p->hnext = peer_table[h];
+		peer_table[h] = p;
+		p->next = peers;
+		if (peers != NULL)
+			peers->prev = p;
+		peers = p;
+	}
+	c->slot = p;
+	c->sprev = p->last;
+	if (p->last != NULL)
+		p->last->snext = c;
+	else
+		p->first = c;
+	p->last = c;
+	p->conns++;
+	p->fresh++;
+	c->fresh = 1;
+	atomic_store(&c->last_answer, c->accepted);
+	nslots++;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The event loops.
+ * ------------------------------------------------------------------------ */
+
 /* An event loop: an epoll set, and the connections it holds. */
 struct loop {
 	int epfd;
-	pthread_mutex_t lock;       /* the list: the loop and the accept thread */
+	int wake_fd;                /* an eventfd: the writer decided events here */
+	pthread_mutex_t lock;       /* conns (with the accept thread) and finished
+	                             * (with the writer) */
 	struct conn *conns;
+	struct conn *finished;      /* parked connections with their verdict */
 };
 
 enum { MAX_LOOPS = 8 };
 static struct loop loops[MAX_LOOPS];
 static unsigned nloops, next_loop;
 
-static void connection_free(struct conn *c);
+static void connection_end(struct conn *c, int linger);
 static void *connection_thread(void *arg);
 static pthread_attr_t thread_attr;
 
@@ -3470,13 +4296,12 @@ loop_to_thread(struct conn *c)
 	struct loop *l = c->loop;
 	pthread_t t;
 
-	epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);  /* ENOENT when unpolled */
 	loop_unlink(l, c);
 	c->loop = NULL;
 	if (pthread_create(&t, &thread_attr, connection_thread, c) != 0) {
 		warn("%s: no thread for a slow client; closing it", c->peer);
-		c->tr->close(c, 0);
-		connection_free(c);
+		connection_end(c, 0);
 	}
 }
 
@@ -3485,10 +4310,9 @@ loop_close(struct conn *c)
 {
 	struct loop *l = c->loop;
 
-	epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	loop_unlink(l, c);
-	c->tr->close(c, 0);
-	connection_free(c);
+	connection_end(c, 0);
 }
 
 /* Bring what arrived into c->in: 0 (perhaps nothing came, or only TLS
@@ -3531,6 +4355,13 @@ loop_readable(struct conn *c)
 {
 	int read_socket = 1;
 
+	if (c->parked) {
+		/* Nothing is read until the verdict is answered; out of the
+		 * set meanwhile, or level-triggered epoll would spin on it. */
+		(void)epoll_ctl(c->loop->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		c->unpolled = 1;
+		return;
+	}
 	do {
 		int r = loop_fill(c, read_socket);
 
@@ -3552,8 +4383,81 @@ loop_readable(struct conn *c)
 		case V_CLOSE:
 			loop_close(c);
 			return;
+		case V_PARKED:
+			return;
 		}
 	} while (loop_more(c));
+}
+
+/* The event writer has decided c's event (it runs on the writer). */
+static void
+loop_event_decided(struct conn *c)
+{
+	struct loop *l = c->loop;
+	uint64_t one = 1;
+	int first;
+
+	pthread_mutex_lock(&l->lock);
+	first = l->finished == NULL;
+	c->finished = l->finished;
+	l->finished = c;
+	pthread_mutex_unlock(&l->lock);
+	/* The loop reads the eventfd before it takes the list, so one
+	 * wake-up per empty list is enough. */
+	if (first && write(l->wake_fd, &one, sizeof(one)) < 0)
+		(void)0;  /* EAGAIN: the counter is full, so the loop is woken */
+}
+
+/* Answer a parked connection's event, then serve it on. */
+static void
+loop_unpark(struct conn *c)
+{
+	int linger = 0;
+	enum handled h = event_answer(c, c->ev.result, c->ev.why, &linger);
+
+	c->parked = 0;
+	switch (loop_answered(c, h, linger)) {
+	case V_THREAD:
+		loop_to_thread(c);
+		return;
+	case V_CLOSE:
+		loop_close(c);
+		return;
+	default:
+		break;
+	}
+	if (c->unpolled) {
+		struct epoll_event ev;
+
+		memset(&ev, 0, sizeof(ev));
+		ev.events = EPOLLIN | EPOLLRDHUP;
+		ev.data.ptr = c;
+		c->unpolled = 0;
+		if (epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+			loop_close(c);
+			return;
+		}
+	}
+	c->expires = now_ms() + idle_timeout;
+	loop_readable(c);  /* a pipelined request may be waiting */
+}
+
+static void
+loop_take_finished(struct loop *l)
+{
+	struct conn *c, *next;
+	uint64_t n;
+
+	if (read(l->wake_fd, &n, sizeof(n)) < 0)
+		(void)0;
+	pthread_mutex_lock(&l->lock);
+	c = l->finished;
+	l->finished = NULL;
+	pthread_mutex_unlock(&l->lock);
+	for (; c != NULL; c = next) {
+		next = c->finished;
+		loop_unpark(c);
+	}
 }
 
 static void *
@@ -3562,40 +4466,53 @@ loop_thread(void *arg)
 	struct loop *l = arg;
 	struct epoll_event ev[64];
 	int64_t sweep = now_ms() + 1000;
+	int stop_seen = 0;
 
 	for (;;) {
-		int n = epoll_wait(l->epfd, ev, 64, 1000), i;
+		int n = epoll_wait(l->epfd, ev, 64, 1000), i, woken = 0;
 		int64_t now;
 
-		for (i = 0; i < n; i++)
-			if (ev[i].data.ptr != NULL)
+		for (i = 0; i < n; i++) {
+			if (ev[i].data.ptr == l)
+				woken = 1;
+			else if (ev[i].data.ptr != NULL)
 				loop_readable(ev[i].data.ptr);
+		}
+		/* Verdicts after the batch: answering one may free a
+		 * connection that a later entry of ev[] names. */
+		if (woken)
+			loop_take_finished(l);
 		now = now_ms();
 		if (now >= sweep || is_stopping()) {
 			/* Close what stayed idle too long, and everything
-			 * once the server is stopping (all of it is idle:
-			 * a loop never holds a request half answered). */
+			 * once the server is stopping (all of it is idle but
+			 * the parked, whose verdicts still come). */
 			struct conn *c, *next, *doomed = NULL;
-			int stop = is_stopping();
+			int stop = is_stopping(), empty;
 
 			pthread_mutex_lock(&l->lock);
 			for (c = l->conns; c != NULL; c = next) {
 				next = c->lnext;
-				if (!stop && now < c->expires)
+				if (c->parked || (!stop && now < c->expires))
 					continue;
 				loop_unlink_locked(l, c);
 				c->lnext = doomed;
 				doomed = c;
 			}
+			empty = l->conns == NULL;
 			pthread_mutex_unlock(&l->lock);
 			for (c = doomed; c != NULL; c = next) {
 				next = c->lnext;
-				epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-				c->tr->close(c, 0);
-				connection_free(c);
+				(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+				connection_end(c, 0);
 			}
-			if (stop)
+			if (stop && empty)
 				return NULL;  /* nothing is left, and nothing comes */
+			if (stop && !stop_seen) {
+				/* The closed stop pipe would wake every wait. */
+				(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, stop_pipe[0], NULL);
+				stop_seen = 1;
+			}
 			sweep = now + 1000;
 		}
 	}
@@ -3614,8 +4531,9 @@ loops_start(void)
 		pthread_t t;
 
 		loops[i].epfd = epoll_create1(EPOLL_CLOEXEC);
-		if (loops[i].epfd < 0)
-			die("epoll_create1:");
+		loops[i].wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (loops[i].epfd < 0 || loops[i].wake_fd < 0)
+			die("cannot start an event loop:");
 		pthread_mutex_init(&loops[i].lock, NULL);
 		/* The stop pipe wakes the loop when it is closed. */
 		memset(&ev, 0, sizeof(ev));
@@ -3623,12 +4541,15 @@ loops_start(void)
 		ev.data.ptr = NULL;
 		if (epoll_ctl(loops[i].epfd, EPOLL_CTL_ADD, stop_pipe[0], &ev) < 0)
 			die("epoll_ctl:");
+		ev.data.ptr = &loops[i];
+		if (epoll_ctl(loops[i].epfd, EPOLL_CTL_ADD, loops[i].wake_fd, &ev) < 0)
+			die("epoll_ctl:");
 		if (pthread_create(&t, &thread_attr, loop_thread, &loops[i]) != 0)
 			die("cannot start an event loop thread");
 	}
 }
 
-/* Give a new plain-HTTP connection to the next loop. */
+/* Give a new connection to the next loop. */
 static int
 loop_adopt(struct conn *c)
 {
@@ -3641,7 +4562,10 @@ loop_adopt(struct conn *c)
 	c->expires = c->accepted + idle_timeout;
 #ifdef XWEBHOOK_TLS
 	if (c->tr == &tls_transport) {
-		tls_start(c);
+		if (tls_start(c) == NULL) {
+			c->loop = NULL;
+			return -1;
+		}
 		c->expires = c->accepted + head_timeout;
 	}
 #endif
@@ -3662,10 +4586,11 @@ loop_adopt(struct conn *c)
 	return 0;
 }
 
-/* Free a closed connection and count it gone. */
+/* Free a connection whose descriptor is closed, and count it gone. */
 static void
 connection_free(struct conn *c)
 {
+	body_release(c);
 	free(c->in);
 	buf_free(&c->out);
 	buf_free(&c->body);
@@ -3677,6 +4602,16 @@ connection_free(struct conn *c)
 	if (--nconns == 0)
 		pthread_cond_broadcast(&conns_gone);
 	pthread_mutex_unlock(&conns_lock);
+}
+
+/* The end of a connection: its slot first (see slot_evict), then its
+ * descriptor, then its memory. */
+static void
+connection_end(struct conn *c, int linger)
+{
+	slot_release(c);
+	c->tr->close(c, linger);
+	connection_free(c);
 }
 
 /* A connection's own thread: from accept (TLS), or from a loop that met
@@ -3699,31 +4634,44 @@ connection_thread(void *arg)
 	if (!c->close_after) {
 		/* Anything a loop left in c->in after the last answer is the
 		 * start of the next request. */
-		if (c->pos > 0) {
-			memmove(c->in, c->in + c->pos, c->in_len - c->pos);
-			c->in_len -= c->pos;
-			c->pos = 0;
-		}
+		if (c->pos > 0)
+			next_request(c);
 		linger = serve_connection(c);
 	}
-	c->tr->close(c, linger);
-	connection_free(c);
+	connection_end(c, linger);
 	return NULL;
 }
 
-/* Give an accepted socket its own thread, or refuse it at the limit. */
+/* Give an accepted socket to a loop (or a thread), or refuse it when no
+ * slot can be had or memory runs out. */
 static void
 start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t *attr)
 {
-	struct conn *c;
-	pthread_t t;
+	struct conn *c = calloc(1, sizeof(*c));
 	char peer[sizeof(c->peer)];
+	pthread_t t;
 	int one = 1;
 
 	format_peer(ss, peer, sizeof(peer));
+	if (c == NULL || (c->in = malloc(CONN_BUF)) == NULL) {
+		free(c);
+		refuse(fd, peer);
+		return;
+	}
+	c->fd = fd;
+	c->accepted = now_ms();
+	c->tr = &plain_transport;
+#ifdef XWEBHOOK_TLS
+	if (cert_path != NULL)
+		c->tr = &tls_transport;
+#endif
+	memcpy(c->peer, peer, sizeof(peer));
+	c->out.soft = c->body.soft = c->pretty.soft = c->compact.soft = c->pending.soft = 1;
 	pthread_mutex_lock(&conns_lock);
-	if (nconns >= max_conns) {
+	if (slot_take(c, ss) < 0) {
 		pthread_mutex_unlock(&conns_lock);
+		free(c->in);
+		free(c);
 		refuse(fd, peer);
 		return;
 	}
@@ -3733,25 +4681,12 @@ start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t
 	/* Each response leaves in one write; Nagle would only delay it. */
 	if (ss->ss_family != AF_UNIX)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	c = xmalloc(sizeof(*c));
-	memset(c, 0, sizeof(*c));
-	c->fd = fd;
-	c->accepted = now_ms();
-	c->tr = &plain_transport;
-#ifdef XWEBHOOK_TLS
-	if (cert_path != NULL)
-		c->tr = &tls_transport;
-#endif
-	memcpy(c->peer, peer, sizeof(peer));
-	c->in = xmalloc(CONN_BUF);
 	if (nloops > 0 && loop_adopt(c) == 0)
 		return;
 	if (pthread_create(&t, attr, connection_thread, c) != 0) {
-		free(c->in);
-		free(c);
-		pthread_mutex_lock(&conns_lock);
-		nconns--;
-		pthread_mutex_unlock(&conns_lock);
+		slot_release(c);
+		c->fd = -1;
+		connection_free(c);
 		refuse(fd, peer);
 	}
 }
@@ -3762,14 +4697,11 @@ serve(int lfd)
 {
 	sigset_t block, open_mask;
 	struct sigaction sa;
-	pthread_condattr_t ca;
 	struct timespec until;
 	unsigned left;
 	int paused = 0;
 
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&conns_gone, &ca);
+	cond_init_monotonic(&conns_gone);
 	if (pipe2(stop_pipe, O_CLOEXEC) < 0)
 		die("pipe:");
 	/* The signals are blocked everywhere but in the ppoll() below, so
@@ -3778,19 +4710,26 @@ serve(int lfd)
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGTERM);
 	sigaddset(&block, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &block, &open_mask);
+	if ((errno = pthread_sigmask(SIG_BLOCK, &block, &open_mask)) != 0)
+		die("pthread_sigmask:");
 	sigdelset(&open_mask, SIGINT);
 	sigdelset(&open_mask, SIGTERM);
 	sigdelset(&open_mask, SIGHUP);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
+	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0 ||
+	    sigaction(SIGHUP, &sa, NULL) < 0)
+		die("sigaction:");
 	pthread_attr_init(&thread_attr);
 	pthread_attr_setdetachstate(&thread_attr, PTHREAD_CREATE_DETACHED);
 	pthread_attr_setstacksize(&thread_attr, thread_stack);
+	/* Every thread from here on starts with the signals blocked. */
+	outq_start(&log_queue, STDERR_FILENO, LOG_QUEUE_LIMIT);
+	outq_start(&stdout_queue, STDOUT_FILENO, STDOUT_QUEUE_LIMIT);
+	writer_start();
+	slots_init();
+	body_budget = max_body > BODY_BUDGET_MIN / 2 ? 2 * max_body : BODY_BUDGET_MIN;
 	loops_start();
 
 	while (!stop_signal) {
@@ -3848,9 +4787,12 @@ serve(int lfd)
 	pthread_mutex_unlock(&conns_lock);
 	if (left > 0) {
 		warn("stopped with %u connection(s) unfinished after %d s", left, (int)(drain_timeout / 1000));
+		outq_flush(&log_queue, now_ms() + 1000);
 		_exit(0);  /* their threads still run: do not tear down under them */
 	}
 	warn("stopped");
+	/* The last lines, unless stderr takes nothing. */
+	outq_flush(&log_queue, now_ms() + 1000);
 	pthread_attr_destroy(&thread_attr);
 	return 0;
 }
@@ -3865,7 +4807,9 @@ serve(int lfd)
 static int
 load_secret(int required)
 {
+	static const char *const names[] = { "TWITTER_CONSUMER_SECRET", "CONSUMER_SECRET" };
 	struct buf b = { 0 };
+	size_t i;
 
 	if (secret_file != NULL) {
 		int fd = open(secret_file, O_RDONLY | O_CLOEXEC);
@@ -3882,20 +4826,19 @@ load_secret(int required)
 			b.len--;
 		if (b.len == 0)
 			die("--secret-file %s is empty", secret_file);
-	} else {
-		static const char *const names[] = { "TWITTER_CONSUMER_SECRET", "CONSUMER_SECRET" };
-		size_t i;
+	}
+	/* Both variables leave /proc/PID/environ whichever was used, and
+	 * with --secret-file too. */
+	for (i = 0; i < 2; i++) {
+		char *v = getenv(names[i]);
 
-		for (i = 0; i < 2; i++) {
-			char *v = getenv(names[i]);
-
-			if (v != NULL && *v != '\0') {
-				if (b.len == 0)
-					buf_adds(&b, v);
-				/* Out of /proc/PID/environ too. */
-				memset(v, 0, strlen(v));
-			}
+		if (v != NULL && *v != '\0') {
+			if (b.len == 0 && secret_file == NULL)
+				buf_adds(&b, v);
+			memset(v, 0, strlen(v));
 		}
+	}
+	if (secret_file == NULL) {
 		if (b.len == 0 && !required)
 			return 0;
 		if (b.len == 0)
@@ -3912,7 +4855,7 @@ load_secret(int required)
  * the middle of a write) was never acknowledged, so X will send that
  * event again: cut it off, so every line in the file is whole. */
 static void
-open_output(void)
+open_output(const struct passwd *owner)
 {
 	struct stat st;
 	off_t end, keep = 0;
@@ -3923,6 +4866,10 @@ open_output(void)
 		die("cannot open --output %s:", output_path);
 	if (fstat(output_fd, &st) < 0)
 		die("cannot stat --output %s:", output_path);
+	/* The file is --user's from the start, so that it can reopen it
+	 * after SIGHUP (and logrotate's "create" can keep it so). */
+	if (owner != NULL && S_ISREG(st.st_mode) && fchown(output_fd, owner->pw_uid, owner->pw_gid) < 0)
+		die("cannot give --output %s to --user %s:", output_path, owner->pw_name);
 	if (!S_ISREG(st.st_mode) || st.st_size == 0)
 		return;
 	{
@@ -3956,16 +4903,36 @@ open_output(void)
 	}
 }
 
+/* --user's entry, looked up once (before a chroot or a drop could hide
+ * /etc/passwd), or NULL without --user. */
+static const struct passwd *
+run_as_user(void)
+{
+	static struct passwd pw;
+	static int looked;
+	struct passwd *p;
+
+	if (run_as == NULL)
+		return NULL;
+	if (!looked) {
+		errno = 0;
+		if ((p = getpwnam(run_as)) == NULL)
+			die("--user %s: no such user", run_as);
+		pw = *p;
+		pw.pw_name = strdup(p->pw_name);
+		if (pw.pw_name == NULL)
+			die("out of memory");
+		looked = 1;
+	}
+	return &pw;
+}
+
 /* Become user (its uid, gid and supplementary groups), for good. */
 static void
 drop_privileges(const char *user)
 {
-	struct passwd *pw;
+	const struct passwd *pw = run_as_user();
 
-	errno = 0;
-	pw = getpwnam(user);
-	if (pw == NULL)
-		die("--user %s: no such user", user);
 	if (initgroups(pw->pw_name, pw->pw_gid) < 0)
 		die("--user %s: initgroups:", user);
 	if (setgid(pw->pw_gid) < 0)
@@ -4949,7 +5916,7 @@ main(int argc, char **argv)
 
 	load_secret(1);
 	if (output_path != NULL)
-		open_output();
+		open_output(run_as_user());
 	raise_fd_limit();
 #ifdef XWEBHOOK_TLS
 	if ((cert_path == NULL) != (key_path == NULL))

@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -389,6 +390,65 @@ def sighup_swaps_the_certificate_and_keeps_a_good_one():
         assert served_serial() == serial_of(fresh["leaf"])
         assert "SIGHUP: --cert %s holds no certificate; still serving certificate %s" % (
             chain, serial_of(fresh["leaf"])) in srv.stderr(), srv.stderr()
+    finally:
+        srv.stop()
+
+
+@test
+def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
+    """The README's hook exactly as written, saved under the name that once
+    made it signal itself (deploy/xwebhook), against a server whose
+    program name is xwebhook."""
+    readme = open(os.path.join(os.path.dirname(BIN), "..", "README.md")).read()
+    hook_text = textwrap.dedent(readme.split("<!-- deploy-hook -->", 1)[1].split("```", 2)[1].split("\n", 1)[1])
+    d = os.path.join(it.WORK, "letsencrypt", "renewal-hooks", "deploy")
+    os.makedirs(d, exist_ok=True)
+    hook = os.path.join(d, "xwebhook")
+    with open(hook, "w") as f:
+        f.write(hook_text)
+    os.chmod(hook, 0o755)
+    bindir = os.path.join(it.WORK, "bin-named-xwebhook")
+    os.makedirs(bindir, exist_ok=True)
+    shutil.copy(BIN, os.path.join(bindir, "xwebhook"))
+    p = PKIS["p256"]
+    live = os.path.join(PKI, "hook-live")
+    os.makedirs(live, exist_ok=True)
+    chain, key = os.path.join(live, "fullchain.pem"), os.path.join(live, "privkey.pem")
+    shutil.copy(p["chain"], chain)
+    shutil.copy(p["key"], key)
+    renewed = leaf(p["dir"], "hook-renewed", "p256", days=45)
+    saved = it.BIN
+    it.BIN = os.path.join(bindir, "xwebhook")
+    try:
+        srv = tls_server(chain, key)
+    finally:
+        it.BIN = saved
+    try:
+        shutil.copy(renewed["chain"], chain)
+        shutil.copy(renewed["key"], key)
+        r = subprocess.run([hook], capture_output=True, text=True, timeout=30,
+                           env={"PATH": os.environ["PATH"], "RENEWED_LINEAGE": live})
+        assert r.returncode == 0, "the hook exited %d: %s" % (r.returncode, r.stdout + r.stderr)
+        wait_for(lambda: "SIGHUP: now serving" in srv.stderr())
+        s = tls_sock(srv, p["root"])
+        pem = ssl.DER_cert_to_PEM_cert(s.getpeercert(binary_form=True))
+        s.close()
+        path = os.path.join(it.WORK, "hook-peer.pem")
+        with open(path, "w") as f:
+            f.write(pem)
+        assert serial_of(path) == serial_of(renewed["leaf"])
+    finally:
+        srv.stop()
+
+
+@test
+def chunked_bodies_of_any_size_over_tls():
+    import events
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"], "--quiet", "--max-body", "2M")
+    ctx = context(p["root"])
+    try:
+        events.check_chunked(srv, wrap=lambda raw: ctx.wrap_socket(raw, server_hostname=HOST))
     finally:
         srv.stop()
 
