@@ -137,6 +137,9 @@ static const char *progname = "xwebhook";
 
 /* Print "xwebhook: message" on stderr and exit 1; a trailing ':' in the
  * format appends strerror(errno), as quark's die() does. */
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 static void
 die(const char *fmt, ...)
 {
@@ -1309,10 +1312,11 @@ json_feed(struct json *j, const char *p, size_t n)
 				j->state = J_STRING;
 			break;
 		case J_NUMBER: {
-			enum json_number nx = j->number;
+			enum json_number nx;
 			int digit = c >= '0' && c <= '9';
 
 			switch (j->number) {
+			default:  /* every value is named below; this only tells the compiler */
 			case N_MINUS:
 				nx = c == '0' ? N_ZERO : digit ? N_INT : N_MINUS;
 				break;
@@ -4760,6 +4764,7 @@ serve(int lfd)
 				continue;
 			die("poll:");
 		}
+		memset(&ss, 0, sizeof(ss));  /* accept4 fills it: this is for the analyzer */
 		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -5509,7 +5514,7 @@ check_exchange(const struct url *u, const struct buf *request, struct response *
 
 	/* Parse the status line and the few fields that matter to X. */
 	{
-		const char *p = in.p, *end = in.p + in.len, *eoh, *line;
+		const char *p, *end, *eoh, *line;
 		int chunked = 0;
 		long length = -1;
 
