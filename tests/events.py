@@ -537,6 +537,7 @@ def all_slots_waiting_on_the_writer_refuse_a_newcomer_with_503():
             if r.status != 200 or time.monotonic() - t0 > 1:
                 break
         c.close()
+        time.sleep(0.5)  # its slot given back
         waiting = []
         for k in range(3):
             s = srv.sock()
@@ -544,6 +545,7 @@ def all_slots_waiting_on_the_writer_refuse_a_newcomer_with_503():
             s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
                       b"x-twitter-webhooks-signature: %s\r\n\r\n%s" % (len(body), it.sign(body).encode(), body))
             waiting.append(s)
+            time.sleep(0.2)  # verified, and with the writer
         time.sleep(0.5)
         s = srv.sock()
         data = it.recv_all(s)

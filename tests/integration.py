@@ -764,7 +764,8 @@ def connection_limit_takes_the_slot_of_the_oldest_silent_connection():
         h = held[1]
         h.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(h)[0] == 200
-        held.append(srv.sock())
+        held.append(srv.sock())  # the fifth slot: all are taken again
+        held.append(srv.sock())  # a sixth: held[1] was answered, held[2] is the oldest silent
         time.sleep(0.3)
         assert is_closed(held[2], 3), "the oldest silent connection was not closed"
         assert not is_closed(h, 0.1), "a connection that was answered lost its slot"
