@@ -3010,6 +3010,7 @@ static struct hmac_key secret_key;   /* the consumer secret, pre-padded */
 static int output_fd = -1;           /* --output: the event writer's alone */
 static atomic_int output_reopened = -1;  /* SIGHUP's new descriptor, for the writer */
 static struct outq stdout_queue;     /* the events, on their way to stdout */
+static int stdout_direct;            /* stdout is a file or /dev/null: no queue */
 static size_t body_budget;           /* see BODY_BUDGET_MIN */
 static atomic_size_t body_held;      /* of it, drawn by bodies being read */
 static int stop_pipe[2] = { -1, -1 };  /* closed to wake idle connections */
@@ -3394,7 +3395,22 @@ event_conn(struct event *e)
 	return (struct conn *)(void *)((char *)e - offsetof(struct conn, ev));
 }
 
-/* Queue c's rendered event for the writer. */
+/* Hand the events first..*last (linked by next) to the writer. */
+static void
+writer_queue(struct event *first, struct event **last)
+{
+	pthread_mutex_lock(&writer.lock);
+	*writer.tail = first;
+	writer.tail = last;
+	pthread_cond_signal(&writer.work);
+	pthread_mutex_unlock(&writer.lock);
+}
+
+static void loop_queue_event(struct conn *c);
+
+/* Queue c's rendered event for the writer. A loop gathers its events and
+ * hands them over once per turn (loop_thread): a lock and a wake-up per
+ * turn rather than per event. */
 static void
 event_submit(struct conn *c)
 {
@@ -3403,11 +3419,10 @@ event_submit(struct conn *c)
 	c->ev.result = S_INCOMPLETE;
 	c->ev.why = NULL;
 	atomic_store(&c->busy, 1);
-	pthread_mutex_lock(&writer.lock);
-	*writer.tail = &c->ev;
-	writer.tail = &c->ev.next;
-	pthread_cond_signal(&writer.work);
-	pthread_mutex_unlock(&writer.lock);
+	if (c->loop != NULL)
+		loop_queue_event(c);
+	else
+		writer_queue(&c->ev, &c->ev.next);
 }
 
 /* A connection's own thread waits for its event's verdict here. */
@@ -3478,7 +3493,10 @@ writer_batch(struct event *batch, const char **why)
 		}
 	}
 	if (!stdout_gone) {
-		r = outq_write(&stdout_queue, text.p, text.len, deadline);
+		if (stdout_direct)
+			r = write_all(STDOUT_FILENO, text.p, text.len);
+		else
+			r = outq_write(&stdout_queue, text.p, text.len, deadline);
 		if (r == -2) {
 			if (!stdout_stalled)
 				warn("stdout has taken no event for %d s (is its reader paused?): "
@@ -3551,6 +3569,23 @@ writer_thread(void *arg)
 		pthread_mutex_unlock(&writer.lock);
 	}
 	return NULL;
+}
+
+/* Is stdout a regular file or /dev/null? Then nothing reads it to fall
+ * behind, and the writer writes it itself (a thread hop less per batch):
+ * a disk that hangs is --output's case. A pipe, terminal or socket has a
+ * reader that may stall, and goes through stdout_queue. */
+static int
+stdout_never_waits(void)
+{
+	struct stat st, null;
+
+	if (fstat(STDOUT_FILENO, &st) < 0)
+		return 0;
+	if (S_ISREG(st.st_mode))
+		return 1;
+	return S_ISCHR(st.st_mode) && stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) &&
+	    st.st_rdev == null.st_rdev;
 }
 
 static void
@@ -4262,6 +4297,7 @@ struct loop {
 	                             * (with the writer) */
 	struct conn *conns;
 	struct conn *finished;      /* parked connections with their verdict */
+	struct event *events, **events_tail;  /* this turn's, for the writer */
 };
 
 enum { MAX_LOOPS = 8 };
@@ -4393,6 +4429,16 @@ loop_readable(struct conn *c)
 	} while (loop_more(c));
 }
 
+/* An event parked on its loop, to go to the writer at the end of the turn. */
+static void
+loop_queue_event(struct conn *c)
+{
+	struct loop *l = c->loop;
+
+	*l->events_tail = &c->ev;
+	l->events_tail = &c->ev.next;
+}
+
 /* The event writer has decided c's event (it runs on the writer). */
 static void
 loop_event_decided(struct conn *c)
@@ -4486,6 +4532,11 @@ loop_thread(void *arg)
 		 * connection that a later entry of ev[] names. */
 		if (woken)
 			loop_take_finished(l);
+		if (l->events != NULL) {
+			writer_queue(l->events, l->events_tail);
+			l->events = NULL;
+			l->events_tail = &l->events;
+		}
 		now = now_ms();
 		if (now >= sweep || is_stopping()) {
 			/* Close what stayed idle too long, and everything
@@ -4539,6 +4590,7 @@ loops_start(void)
 		if (loops[i].epfd < 0 || loops[i].wake_fd < 0)
 			die("cannot start an event loop:");
 		pthread_mutex_init(&loops[i].lock, NULL);
+		loops[i].events_tail = &loops[i].events;
 		/* The stop pipe wakes the loop when it is closed. */
 		memset(&ev, 0, sizeof(ev));
 		ev.events = EPOLLIN;
@@ -4730,7 +4782,10 @@ serve(int lfd)
 	pthread_attr_setstacksize(&thread_attr, thread_stack);
 	/* Every thread from here on starts with the signals blocked. */
 	outq_start(&log_queue, STDERR_FILENO, LOG_QUEUE_LIMIT);
-	outq_start(&stdout_queue, STDOUT_FILENO, STDOUT_QUEUE_LIMIT);
+	if (stdout_never_waits())
+		stdout_direct = 1;
+	else
+		outq_start(&stdout_queue, STDOUT_FILENO, STDOUT_QUEUE_LIMIT);
 	writer_start();
 	slots_init();
 	body_budget = max_body > BODY_BUDGET_MIN / 2 ? 2 * max_body : BODY_BUDGET_MIN;
