@@ -15,6 +15,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import string
@@ -56,7 +57,8 @@ class Server:
     """One xwebhook process; stdout and stderr go to files we can read."""
     count = 0
 
-    def __init__(self, *args, env=None, secret=SECRET, stdout=None, expect_start=True, preexec=None):
+    def __init__(self, *args, env=None, secret=SECRET, stdout=None, expect_start=True, preexec=None,
+                 wrap=()):
         Server.count += 1
         self.name = os.path.join(WORK, "server%d" % Server.count)
         self.out_path = self.name + ".out"
@@ -67,7 +69,7 @@ class Server:
         e.update(env or {})
         self.err = open(self.err_path, "wb")
         out = stdout if stdout is not None else open(self.out_path, "wb")
-        self.proc = subprocess.Popen([BIN, "--listen", "127.0.0.1:0", *args], stdout=out,
+        self.proc = subprocess.Popen([*wrap, BIN, "--listen", "127.0.0.1:0", *args], stdout=out,
                                      stderr=self.err, stdin=subprocess.DEVNULL, env=e, preexec_fn=preexec)
         if stdout is None:
             out.close()
@@ -274,6 +276,14 @@ def crc_refusals(srv):
         assert why in json.loads(body)["error"], (q, body)
     r, body = crc_request(srv.port, "")
     assert body == b'{"error":"No crc_token"}'
+    # Every byte outside the alphabet, alone in an otherwise good token
+    # (each case above also holds some other refused byte).
+    for b in range(256):
+        if chr(b) in CRC_OK_ALPHABET:
+            continue
+        q = "crc_token=ab%%%02Xcd" % b
+        r, body = crc_request(srv.port, q)
+        assert r.status == 400 and "crc_token must be" in json.loads(body)["error"], (q, r.status, body)
     # 255 bytes is the limit, inclusive.
     r, body = crc_request(srv.port, "crc_token=" + "A" * 255)
     assert r.status == 200 and json.loads(body)["response_token"] == sign(b"A" * 255)
@@ -345,6 +355,18 @@ def unsigned_and_badly_signed_posts_get_401_and_emit_nothing():
             r, rb = post(c, body, sig=bad)
             assert r.status == 401, (bad, r.status)
             assert json.loads(rb)["error"], rb
+        # Near misses: one character changed at each place of a good
+        # signature (so a compare of a prefix only would let one
+        # through), and a good signature with a byte more after it.
+        good = sign(body)
+        near = []
+        for k in range(len("sha256="), len(good) - 1):
+            ch = "A" if good[k] != "A" else "B"
+            near.append(good[:k] + ch + good[k + 1:])
+        near += [good + "A", good + "=", good + " x"]
+        for bad in near:
+            r, rb = post(c, body, sig=bad)
+            assert r.status == 401, (bad, r.status)
         # The connection survives a 401 whose body was read.
         r, rb = post(c, body)
         assert r.status == 200
@@ -353,7 +375,7 @@ def unsigned_and_badly_signed_posts_get_401_and_emit_nothing():
         srv.stop()
     assert srv.stdout() == pretty(json.loads(body)).encode()
     log = srv.stderr()
-    assert log.count("sig=bad") == 9 and log.count("sig=missing") == 1, log
+    assert log.count("sig=bad") == 9 + len(near) and log.count("sig=missing") == 1, log
 
 
 @test
@@ -868,6 +890,40 @@ def output_file_gets_compact_lines_synced():
         seen.add((obj["worker"], obj["i"]))
     assert len(seen) == 200
     assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+@test
+def output_is_synced_before_the_200_leaves():
+    """kill -9 keeps the page cache, so only the order of the calls shows
+    that the 200 waits for fdatasync: write the line, sync, then answer."""
+    if shutil.which("strace") is None:
+        raise AssertionError("strace is not installed (.ci/run installs it)")
+    path = os.path.join(WORK, "traced.jsonl")
+    trace = os.path.join(WORK, "strace.out")
+    # LeakSanitizer cannot run under ptrace; the rest of ASan can.
+    srv = Server("--output", path, wrap=["strace", "-f", "-qq", "-s", "32", "-o", trace,
+                                        "-e", "trace=write,fdatasync,sendto"],
+                 env={"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"})
+    try:
+        c = srv.conn()
+        for i in range(3):
+            r, _ = post(c, b'{"traced":%d}' % i)
+            assert r.status == 200
+        # SIGTERM to the server itself: strace ends when its tracee does.
+        child = int(subprocess.check_output(["pgrep", "-P", str(srv.proc.pid)]).split()[0])
+        os.kill(child, signal.SIGTERM)
+    finally:
+        srv.stop()
+    calls = []
+    for line in open(trace):
+        if "write(" in line and "traced" in line:
+            calls.append("line")
+        elif "fdatasync(" in line:
+            calls.append("sync")
+        elif "sendto(" in line and "HTTP/1.1 200" in line:
+            calls.append("200")
+    # One event at a time: its lines (--output, stdout), one sync, its 200.
+    assert calls == ["line", "line", "sync", "200"] * 3, calls
 
 
 @test

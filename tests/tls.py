@@ -215,6 +215,30 @@ def openssl_s_client_versions_and_suites():
 
 
 @test
+def every_tls12_suite_but_ecdhe_aead_is_refused():
+    """Each TLS 1.2 suite this OpenSSL knows, offered alone, against an RSA
+    and an ECDSA server: only ECDHE with AES-GCM or ChaCha20-Poly1305 may
+    complete a handshake."""
+    names = openssl("ciphers", "-tls1_2", "-s", "ALL:COMPLEMENTOFALL:@SECLEVEL=0").decode().strip().split(":")
+    names = [n for n in names if n and not n.startswith("TLS_")]  # the TLS 1.3 ones
+    assert len(names) > 40, names
+    for kind, keyx in (("rsa", "ECDHE-RSA-"), ("p256", "ECDHE-ECDSA-")):
+        p = PKIS[kind]
+        srv = tls_server(p["chain"], p["key"], "--quiet")
+        accepted = []
+        try:
+            for n in names:
+                out = s_client(srv, "-tls1_2", "-cipher", n + "@SECLEVEL=0")
+                if "Cipher is (NONE)" not in out and "Cipher is " in out:
+                    accepted.append(n)
+        finally:
+            srv.stop()
+        bad = [n for n in accepted if not (n.startswith(keyx) and ("GCM" in n or "CHACHA20" in n))]
+        assert not bad, "%s server negotiated %s" % (kind, bad)
+        assert accepted, "%s server negotiated nothing" % kind
+
+
+@test
 def python_ssl_keep_alive_and_alpn():
     p = PKIS["p256"]
     srv = tls_server(p["chain"], p["key"])

@@ -109,6 +109,7 @@ test_sha256_impl(void)
 }
 
 static void test_hmac(void);
+static void test_hmac_key_lengths(void);
 
 /* Both block functions, where the CPU has the second: every vector runs
  * through each. */
@@ -172,6 +173,44 @@ test_hmac(void)
 		hmac_sha256(&k, data, dl, mac);
 		hex(mac, 32, out);
 		CHECK(strncmp(out, v[i].mac, strlen(v[i].mac)) == 0, "RFC 4231 case %zu: %s", i + 1, out);
+	}
+}
+
+/* Keys around the block size (64 bytes): shorter ones are zero-padded,
+ * longer ones hashed first. RFC 4231's long keys are all 131 bytes, so a
+ * key of 65 to 128 bytes copied instead of hashed, or a 64-byte key
+ * hashed, would pass those. Answers from Python's hmac module. */
+static void
+test_hmac_key_lengths(void)
+{
+	static const struct {
+		size_t n;
+		const char *mac;
+	} v[] = {
+		{ 1, "54bc3c89af16561bf9e100c354ecf476f7bd53ab9c6e74a65e06a97e9081296b" },
+		{ 32, "ad34e9e2911363eb533e826af38cbdd1db5fa4d2b2092731a901d66ef4379064" },
+		{ 63, "17f158040a3010b16d5525b3498b53b96470d6ced1c0a88cbae6b8f065f913ed" },
+		{ 64, "ed2888758243b0a4b4aed964fd01d1852b22f783f72a27dfa8b227e01ec23274" },
+		{ 65, "5ace67dfe1645d3fb9a991500223355102a916651b1c9b91989c5d4b71eadfd7" },
+		{ 100, "f436b4a7ffd8c3f8381b6ce7fe1d922f2a34265f05af423104b09280d3b46c13" },
+		{ 128, "6b5a36b0d8a819e83bde17a577fb4f63a76b534b2c72b89a46e128a431d78eaf" },
+		{ 129, "303ef7e61dd7d559c35f89f35277d135c658bfbf551b7fc7546974900e88b783" },
+		{ 200, "bfd03fe17b1bb7d4500d1d9c98196b2425cf6f63f2dbbcf338e090e04c432685" },
+	};
+	static const char msg[] = "xwebhook key length";
+	size_t i, j;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		unsigned char key[200], mac[32];
+		char out[65];
+		struct hmac_key k;
+
+		for (j = 0; j < v[i].n; j++)
+			key[j] = (unsigned char)((j * 7 + 3) & 255);
+		hmac_key_init(&k, key, v[i].n);
+		hmac_sha256(&k, msg, sizeof(msg) - 1, mac);
+		hex(mac, 32, out);
+		CHECK(strcmp(out, v[i].mac) == 0, "HMAC with a %zu-byte key: %s", v[i].n, out);
 	}
 }
 
@@ -843,6 +882,7 @@ main(void)
 {
 	test_sha256();
 	test_hmac();
+	test_hmac_key_lengths();
 	test_base64();
 	test_json();
 	test_http();
