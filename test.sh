@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of xwebhook, in one run:
-#   1. the README's build commands, and warning-free builds under gcc and clang;
+#   1. the README's build commands, warning-free builds under gcc and clang,
+#      and cppcheck and clang --analyze with zero findings;
 #   2. unit tests (tests/unit.c includes xwebhook.c), under ASan and UBSan,
 #      and differential checks against Python's hashlib, hmac and json;
 #   3. integration tests (tests/integration.py) against an ASan+UBSan build
@@ -11,7 +12,8 @@
 #      peer holding every socket, memory running out;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
 #      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl;
-#   5. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20).
+#   5. the static binaries (make static, with musl) in an empty root;
+#   6. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20).
 # Any sanitizer report fails the run. The last line is
 # "N passed, N failed, N skipped".
 set -u
@@ -45,12 +47,16 @@ count() {
 	echo "$line"
 }
 
-# 1. Builds. The README's command first, exactly as written there.
-if cc -O2 -o xwebhook xwebhook.c 2>"$out/build.log"; then
+# 1. Builds. The README's command first, exactly as written there, in a
+# directory of its own: the user's ./xwebhook (perhaps a TLS build) stays.
+readme_dir=$(mktemp -d "${TMPDIR:-/tmp}/xwebhook-readme.XXXXXX")
+cp xwebhook.c "$readme_dir/"
+if (cd "$readme_dir" && cc -O2 -o xwebhook xwebhook.c) 2>"$out/build.log"; then
 	pass "cc -O2 -o xwebhook xwebhook.c"
 else
 	fail "cc -O2 -o xwebhook xwebhook.c"; cat "$out/build.log"
 fi
+rm -rf "$readme_dir"
 for compiler in gcc clang; do
 	if ! command -v "$compiler" >/dev/null; then
 		fail "$compiler is not installed (.ci/run installs it)"
@@ -61,6 +67,31 @@ for compiler in gcc clang; do
 		pass "$compiler -Wall -Wextra -Wpedantic -Werror"
 	else
 		fail "$compiler -Wall -Wextra -Wpedantic -Werror"; cat "$out/build-$compiler.log"
+	fi
+done
+
+# Static analysis, plain and TLS build: zero findings. A suppression is
+# inline (cppcheck-suppress) and says why.
+for flags in "" "-DXWEBHOOK_TLS"; do
+	name="plain build"; [ -n "$flags" ] && name="TLS build"
+	if command -v cppcheck >/dev/null; then
+		cppcheck -q --std=c11 --enable=warning,portability --inline-suppr $flags xwebhook.c \
+		    >"$out/cppcheck.log" 2>&1
+		if grep -qE ': (warning|error|portability)' "$out/cppcheck.log"; then
+			fail "cppcheck ($name)"; cat "$out/cppcheck.log"
+		else
+			pass "cppcheck --enable=warning,portability ($name): no findings"
+		fi
+	else
+		fail "cppcheck is not installed (.ci/run installs it)"
+	fi
+	if command -v clang >/dev/null; then
+		clang --analyze $flags -o /dev/null xwebhook.c >"$out/analyze.log" 2>&1
+		if grep -q 'warning:' "$out/analyze.log"; then
+			fail "clang --analyze ($name)"; cat "$out/analyze.log"
+		else
+			pass "clang --analyze ($name): no findings"
+		fi
 	fi
 done
 
@@ -155,7 +186,23 @@ else
 	echo "skip TLS build and HTTPS tests: install libbearssl-dev and openssl (apt-get install -y libbearssl-dev openssl)"
 fi
 
-# 5. Fuzzing, for FUZZ_SECONDS each (libFuzzer, with ASan and UBSan).
+# 5. Static binaries (musl-tools), served from an empty root with chroot.
+if command -v musl-gcc >/dev/null && [ -e /usr/include/bearssl.h ] && [ "$(id -u)" = 0 ]; then
+	if make -s static OUT="$out/xwebhook-static" >"$out/static-build.log" 2>&1 &&
+	    make -s static TLS=1 OUT="$out/xwebhook-static-tls" >>"$out/static-build.log" 2>&1; then
+		pass "make static; make static TLS=1"
+		python3 tests/static.py "$out/xwebhook-static" "$out/xwebhook-static-tls" 2>&1 |
+		    tee "$out/static.log" | grep -vE '^(ok |static: )'
+		count "$out/static.log" "static binaries"
+	else
+		fail "make static"; cat "$out/static-build.log"
+	fi
+else
+	skipped=$((skipped + 1))
+	echo "skip static binaries: needs musl-tools, libbearssl-dev and root (for chroot)"
+fi
+
+# 6. Fuzzing, for FUZZ_SECONDS each (libFuzzer, with ASan and UBSan).
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 have_libfuzzer() {
 	printf 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }\n' \

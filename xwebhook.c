@@ -59,6 +59,40 @@
 #include <emmintrin.h>
 #endif
 
+#ifdef XWEBHOOK_BEARSSL_FORTIFIED
+/* The static TLS build (make static TLS=1) links musl with Debian's
+ * libbearssl.a, which was compiled with _FORTIFY_SOURCE and so calls
+ * glibc's size-checked copies; musl has none. These check the size the
+ * compiler knew, as glibc's do, and abort on an overflow. */
+void *__memcpy_chk(void *d, const void *s, size_t n, size_t room);
+void *__memmove_chk(void *d, const void *s, size_t n, size_t room);
+void *__memset_chk(void *d, int c, size_t n, size_t room);
+
+void *
+__memcpy_chk(void *d, const void *s, size_t n, size_t room)
+{
+	if (n > room)
+		abort();
+	return memcpy(d, s, n);
+}
+
+void *
+__memmove_chk(void *d, const void *s, size_t n, size_t room)
+{
+	if (n > room)
+		abort();
+	return memmove(d, s, n);
+}
+
+void *
+__memset_chk(void *d, int c, size_t n, size_t room)
+{
+	if (n > room)
+		abort();
+	return memset(d, c, n);
+}
+#endif
+
 #define XWEBHOOK_VERSION "0.1.0"
 
 /* ------------------------------------------------------------------------

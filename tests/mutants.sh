@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Mutation testing: plant one bug at a time in a copy of xwebhook.c, build
+# it, and run the tests that claim to catch it. Every mutant must be killed
+# (some test fails); one that survives names a test that is missing.
+#
+#   tests/mutants.sh            every mutant
+#   tests/mutants.sh 3 17       only these
+#
+# Not part of ./test.sh (it builds and tests once per mutant: some minutes).
+# Needs what ./test.sh needs, and strace.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONDONTWRITEBYTECODE=1
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+W=$(mktemp -d /tmp/xwebhook-mutants.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+
+# One mutant per block: a description; the exact text to replace (it must
+# occur once); what replaces it; the tests that must catch it, as
+# SUITE:NAME,NAME (SUITE is unit, int, tls, events or fault; NAME filters
+# test names, as ONLY does).
+python3 - "$W/mutants.json" <<'PY'
+import json, sys
+M = [
+ ("signature compared on its first 8 bytes only",
+  "!ct_equal(expected, req->signature, SIGNATURE_LEN)", "!ct_equal(expected, req->signature, 8)",
+  "int:badly_signed"),
+ ("a signature with more after it accepted",
+  "if (req->signature_len != SIGNATURE_LEN ||", "if (req->signature_len < SIGNATURE_LEN ||",
+  "int:badly_signed"),
+ ("constant-time compare keeps only the last byte's difference",
+  "d |= x[i] ^ y[i];", "d = x[i] ^ y[i];", "unit int:badly_signed"),
+ ("crc_token may hold '{'",
+  "c != '_' && c != '-')\n\t\t\treturn 0;", "c != '_' && c != '-' && c != '{')\n\t\t\treturn 0;",
+  "int:crc_refusals"),
+ ("crc_token may hold '\"'",
+  "c != '_' && c != '-')\n\t\t\treturn 0;", "c != '_' && c != '-' && c != '\"')\n\t\t\treturn 0;",
+  "int:crc_refusals"),
+ ("crc_token of 256 bytes accepted",
+  "if (n == 0 || n > MAX_CRC_TOKEN)", "if (n == 0 || n > MAX_CRC_TOKEN + 1)", "int:crc_refusals"),
+ ("empty crc_token accepted",
+  "if (n == 0 || n > MAX_CRC_TOKEN)", "if (n > MAX_CRC_TOKEN)", "int:crc_refusals"),
+ ("HMAC keys of 65 to 128 bytes copied, not hashed",
+  "\tif (n > 64) {\n\t\tstruct sha256 s;", "\tif (n > 128) {\n\t\tstruct sha256 s;", "unit"),
+ ("HMAC key of 64 bytes hashed",
+  "\tif (n > 64) {\n\t\tstruct sha256 s;", "\tif (n >= 64) {\n\t\tstruct sha256 s;", "unit"),
+ ("base64 drops its last padding character",
+  "\t\tout[o++] = '=';", "\t\t(void)0;", "unit"),
+ ("no fdatasync before the 200",
+  "if (output_fd >= 0 && fdatasync(output_fd) < 0) {", "if (0) {", "int:synced_before"),
+ ("a batch stdout refused stays in --output",
+  "\t\t\tstdout_stalled = 1;\n\t\t\toutput_cut(start);", "\t\t\tstdout_stalled = 1;",
+  "events:with_output_keeps"),
+ ("a failed --output write is not cut back",
+  "\t\t\twarn(\"cannot append events to %s:\", output_path);\n\t\t\toutput_cut(start);",
+  "\t\t\twarn(\"cannot append events to %s:\", output_path);", "fault:full_disk"),
+ ("the writer waits on stdout for an hour",
+  "r = outq_write(&stdout_queue, text.p, text.len, deadline);",
+  "r = outq_write(&stdout_queue, text.p, text.len, deadline + 3600000);", "events:unread_stdout_gives"),
+ ("the log queue never drops",
+  "\tif (o->q.len + n > o->limit)\n\t\to->dropped++;", "\tif (0)\n\t\to->dropped++;", "events:unread_stderr"),
+ ("a body is allocated at its declared size",
+  "if ((st = body_room(c, take, why)) != S_OK)", "if ((st = body_room(c, need, why)) != S_OK)",
+  "events:declared_sizes,thousand_slow"),
+ ("the shared body budget is never spent",
+  "if (atomic_fetch_add(&body_held, more) + more > body_budget) {",
+  "if (atomic_fetch_add(&body_held, more) + more > SIZE_MAX / 2) {", "events:thousand_slow"),
+ ("the chunked reader never rewinds",
+  "c->in_len = c->pos = req->head_len;", "c->in_len = c->pos;", "events:chunked_bodies"),
+ ("a full server never evicts",
+  "if (nslots >= max_conns && slot_evict(c->peer) < 0)", "if (nslots >= max_conns)",
+  "int:connection_limit"),
+ ("eviction takes a connection waiting on the writer",
+  "if (k->fresh && !atomic_load(&k->busy))", "if (k->fresh)", "events:all_slots"),
+ ("Content-Length and Transfer-Encoding together accepted",
+  "if (req->chunked && req->has_length) {", "if (0) {", "unit int:framing"),
+ ("a declared body one byte over --max-body accepted",
+  "!(req->has_length && req->content_length > max_body)) {",
+  "!(req->has_length && req->content_length > max_body + 1)) {", "int:bodies_over_max_body"),
+ ("a chunked body may pass --max-body",
+  "if (ch->size > limit - out->len) {", "if (ch->size > limit - out->len + 1) {",
+  "unit int:bodies_over_max_body"),
+ ("header block limit off by 100",
+  "if (*line_end != 0 && k + 1 - *line_end > MAX_HEADER_BLOCK) {",
+  "if (*line_end != 0 && k + 1 - *line_end > MAX_HEADER_BLOCK + 100) {", "unit"),
+ ("bare LF accepted as a line end",
+  "\t\t\tif (k == 0 || buf[k - 1] != '\\r') {", "\t\t\tif (0) {", "unit"),
+ # (TLS 1.0 and 1.1 allowed by the version range alone is no bug: every
+ # suite offered is AEAD, which only TLS 1.2 has, so no 1.0 or 1.1
+ # handshake can complete. Mutant 27, a CBC suite, is the real risk.)
+ ("sessions never resumed",
+  "\tbr_ssl_server_set_cache(&t->sc, &session_cache.vtable);\n", "", "tls:session_resumption"),
+ ("ECDHE-RSA-AES128-SHA256 (CBC) negotiable",
+  "static uint16_t tls_suites[] = {\n", "static uint16_t tls_suites[] = {\n\tBR_TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256,\n",
+  "tls:every_tls12_suite"),
+ ("the head deadline ten times longer",
+  "deadline = now_ms() + head_timeout;", "deadline = now_ms() + head_timeout * 10;", "fault:slowloris"),
+]
+json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
+PY
+
+n=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$W/mutants.json")
+want=" $* "
+killed=0; survived=0; broken=0
+for ((i = 1; i <= n; i++)); do
+	[ $# -gt 0 ] && [[ "$want" != *" $i "* ]] && continue
+	d="$W/m$i"
+	mkdir -p "$d"
+	cp -r tests README.md "$d/" 2>/dev/null
+	rm -rf "$d/tests/out"
+	what=$(python3 - "$W/mutants.json" "$i" xwebhook.c "$d/xwebhook.c" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))[int(sys.argv[2]) - 1]
+src = open(sys.argv[3]).read()
+if src.count(m["old"]) != 1:
+    sys.exit("mutant %s: its text occurs %d times" % (sys.argv[2], src.count(m["old"])))
+open(sys.argv[4], "w").write(src.replace(m["old"], m["new"]))
+print(m["what"] + "\t" + m["tests"])
+PY
+	) || { echo "BROKEN  $i: the mutant does not apply"; broken=$((broken + 1)); continue; }
+	desc=${what%%$'\t'*}
+	tests=${what#*$'\t'}
+	(
+		cd "$d" || exit 2
+		mkdir -p tests/out
+		cc $SAN -o tests/xwebhook-asan xwebhook.c 2>tests/out/build.log || exit 2
+		case "$tests" in *tls*)
+			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
+		esac
+		case "$tests" in *events*) gcc -O2 -o tests/out/xwebhook-gcc xwebhook.c || exit 2; esac
+		for t in $tests; do
+			suite=${t%%:*}; names=${t#*:}; [ "$names" = "$t" ] && names=""
+			case "$suite" in
+			unit) cc $SAN -o tests/unit tests/unit.c 2>>tests/out/build.log && tests/unit >tests/out/unit.log 2>&1 ;;
+			int) ONLY=$names python3 tests/integration.py tests/xwebhook-asan tests/fixtures >tests/out/int.log 2>&1 ;;
+			fault) ONLY=$names python3 tests/fault.py tests/xwebhook-asan tests/fixtures >tests/out/fault.log 2>&1 ;;
+			events) ONLY=$names python3 tests/events.py tests/xwebhook-asan tests/fixtures tests/out/xwebhook-gcc \
+			    >tests/out/events.log 2>&1 ;;
+			tls) ONLY=$names python3 tests/tls.py tests/xwebhook-tls-asan tests/fixtures >tests/out/tls.log 2>&1 ;;
+			esac || exit 1
+		done
+		exit 0
+	)
+	rc=$?
+	if [ $rc = 1 ]; then
+		killed=$((killed + 1)); printf 'killed   %2d  %s  (%s)\n' "$i" "$desc" "$tests"
+	elif [ $rc = 0 ]; then
+		survived=$((survived + 1)); printf 'SURVIVED %2d  %s  (%s)\n' "$i" "$desc" "$tests"
+	else
+		broken=$((broken + 1)); printf 'BROKEN   %2d  %s: does not build\n' "$i" "$desc"; tail -5 "$d/tests/out/build.log"
+	fi
+	rm -rf "$d"
+done
+echo "mutants: $killed killed, $survived survived, $broken broken"
+[ "$survived" -eq 0 ] && [ "$broken" -eq 0 ]
