@@ -99,13 +99,15 @@ __memset_chk(void *d, int c, size_t n, size_t room)
  * Limits. Each is named, and each is tested.
  * ------------------------------------------------------------------------ */
 
+#define MAX_HEADER_FIELDS_N 100  /* (a macro too: messages are built from it) */
+
 enum {
 	/* A request line longer than this gets 414. X's CRC line is ~150 bytes. */
 	MAX_REQUEST_LINE = 8192,
 	/* Header fields (everything after the request line) past this get 431. */
 	MAX_HEADER_BLOCK = 16384,
 	/* More header fields than this get 431; X sends about a dozen. */
-	MAX_HEADER_FIELDS = 100,
+	MAX_HEADER_FIELDS = MAX_HEADER_FIELDS_N,
 	/* A chunk-size line (size and extensions) longer than this gets 400. */
 	MAX_CHUNK_LINE = 1024,
 	/* crc_token length in bytes after decoding; X's are 48. */
@@ -1664,41 +1666,142 @@ http_scan_head(const char *buf, size_t len, size_t *scan, size_t *line_end, size
 	return S_INCOMPLETE;
 }
 
-/* Parse a complete head (as found by http_scan_head, so it holds only
- * CRLF line ends and no control bytes but HTAB) into req. */
-static enum status
-http_parse_head(const char *buf, size_t head_len, struct request *req, const char **why)
+/* One header field: name ":" OWS value OWS CRLF. */
+struct field {
+	const char *name, *value;   /* the value without surrounding whitespace */
+	size_t name_len, value_len;
+};
+
+/* The field at *p of a head checked by http_scan_head (so every line ends
+ * in CRLF), and *p moved past it: 1, or 0 at the blank line that ends the
+ * head, or -1 with *why. Shared by requests and check's responses. */
+static int
+http_next_field(const char **p, const char *end, unsigned *count, struct field *f, const char **why)
 {
-	const char *p = buf, *end = buf + head_len, *eol;
-	unsigned fields = 0, hosts = 0, lengths = 0, encodings = 0, signatures = 0;
-	int conn_close = 0, conn_keep = 0;
+	const char *s = *p, *eol = memchr(s, '\r', (size_t)(end - s)), *v, *ve;
 
-	memset(req, 0, sizeof(*req));
-	req->head_len = head_len;
+	if (eol == NULL || eol == s)
+		return 0;  /* the blank line */
+	*p = eol + 2;
+	if (*s == ' ' || *s == '\t') {
+		*why = "obsolete line folding in header";
+		return -1;
+	}
+	if (++*count > MAX_HEADER_FIELDS) {
+		*why = "more than " STR(MAX_HEADER_FIELDS_N) " header fields";
+		return -1;
+	}
+	f->name = s;
+	while (s < eol && is_tchar((unsigned char)*s))
+		s++;
+	f->name_len = (size_t)(s - f->name);
+	if (s < eol && (*s == ' ' || *s == '\t') && f->name_len > 0) {
+		*why = "whitespace before header colon";
+		return -1;
+	}
+	if (f->name_len == 0 || s == eol || *s != ':') {
+		*why = "malformed header field";
+		return -1;
+	}
+	for (v = s + 1; v < eol && (*v == ' ' || *v == '\t'); v++)
+		;
+	for (ve = eol; ve > v && (ve[-1] == ' ' || ve[-1] == '\t'); ve--)
+		;
+	f->value = v;
+	f->value_len = (size_t)(ve - v);
+	return 1;
+}
+
+/* A Content-Length value: plain digits, no overflow. 0, or -1 with *why. */
+static int
+content_length(const struct field *f, uint64_t *out, const char **why)
+{
+	uint64_t v = 0;
+	size_t i;
+
+	if (f->value_len == 0) {
+		*why = "empty Content-Length";
+		return -1;
+	}
+	for (i = 0; i < f->value_len; i++) {
+		char d = f->value[i];
+
+		if (d < '0' || d > '9') {
+			*why = "Content-Length is not plain digits";
+			return -1;
+		}
+		if (v > (UINT64_MAX - 9) / 10) {
+			*why = "Content-Length overflows";
+			return -1;
+		}
+		v = v * 10 + (uint64_t)(d - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+/* A Host value as RFC 9112, 3.2 has it: a host and perhaps a port, so no
+ * whitespace, comma, or any character that would end an authority. */
+static int
+host_ok(const char *h, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strchr(" \t,/\\?#@", h[i]) != NULL)
+			return 0;
+	return 1;
+}
+
+/* METHOD SP target SP HTTP/1.x CRLF, with exactly one space each, at the
+ * start of buf: fills the request line's part of req, and returns where
+ * the fields begin, or NULL with *why. An absolute-form target
+ * (http://host/path, RFC 9112 3.2.2) is taken as its path. */
+static const char *
+http_request_line(const char *buf, const char *end, struct request *req, const char **why)
+{
+	const char *p = buf;
+
 	*why = "malformed request line";
-
-	/* METHOD SP target SP HTTP/1.x CRLF, with exactly one space each. */
 	req->method_name = p;
 	while (p < end && is_tchar((unsigned char)*p))
 		p++;
 	req->method_len = (size_t)(p - req->method_name);
 	if (req->method_len == 0 || p == end || *p != ' ')
-		return S_BAD_REQUEST;
+		return NULL;
 	p++;
 	req->target = p;
 	while (p < end && (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f)
 		p++;
 	req->target_len = (size_t)(p - req->target);
 	if (req->target_len == 0 || p == end || *p != ' ')
-		return S_BAD_REQUEST;
+		return NULL;
+	if (req->target_len > 7 && (strncasecmp(req->target, "http://", 7) == 0 ||
+	    strncasecmp(req->target, "https://", 8) == 0)) {
+		const char *auth = (const char *)memchr(req->target, ':', req->target_len) + 3;
+		const char *path = auth;
+
+		while (path < p && *path != '/' && *path != '?')
+			path++;
+		if (path == auth || !host_ok(auth, (size_t)(path - auth))) {
+			*why = "absolute-form target without a valid host";
+			return NULL;
+		}
+		if (path == p || *path != '/') {
+			*why = "absolute-form target without a path";
+			return NULL;
+		}
+		req->target_len -= (size_t)(path - req->target);
+		req->target = path;
+	}
 	if (req->target[0] != '/') {
 		*why = "request target must be a path starting with '/'";
-		return S_BAD_REQUEST;
+		return NULL;
 	}
 	p++;
 	if (end - p < 10 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') ||
 	    p[8] != '\r' || p[9] != '\n')
-		return S_BAD_REQUEST;
+		return NULL;
 	req->http11 = p[7] == '1';
 	p += 10;
 	req->path_len = req->target_len;
@@ -1717,111 +1820,78 @@ http_parse_head(const char *buf, size_t head_len, struct request *req, const cha
 		req->method = M_POST;
 	else
 		req->method = M_OTHER;
+	return p;
+}
 
-	/* Header fields: name ":" OWS value OWS CRLF, until the blank line. */
-	for (;; p = eol + 2) {
-		const char *name = p, *value, *vend;
-		size_t name_len;
+/* What the fields of a request say, and how many of each there were. */
+struct request_fields {
+	unsigned hosts, lengths, encodings, signatures;
+	int conn_close, conn_keep;
+};
 
-		eol = memchr(p, '\r', (size_t)(end - p));  /* always found */
-		if (eol == p)
-			break;  /* the blank line */
-		if (*p == ' ' || *p == '\t') {
-			*why = "obsolete line folding in header";
+/* Take the meaning of one request field into req. */
+static enum status
+http_request_field(const struct field *f, struct request *req, struct request_fields *rf, const char **why)
+{
+	if (span_is(f->name, f->name_len, "content-length")) {
+		if (++rf->lengths > 1) {
+			*why = "more than one Content-Length";
 			return S_BAD_REQUEST;
 		}
-		if (++fields > MAX_HEADER_FIELDS) {
-			*why = "more than 100 header fields";
-			return S_HEADERS_TOO_LARGE;
-		}
-		while (p < eol && is_tchar((unsigned char)*p))
-			p++;
-		name_len = (size_t)(p - name);
-		if (p < eol && (*p == ' ' || *p == '\t') && name_len > 0) {
-			*why = "whitespace before header colon";
+		if (content_length(f, &req->content_length, why) < 0)
+			return S_BAD_REQUEST;
+		req->has_length = 1;
+	} else if (span_is(f->name, f->name_len, "transfer-encoding")) {
+		if (++rf->encodings > 1 || !span_is(f->value, f->value_len, "chunked")) {
+			*why = "Transfer-Encoding other than exactly chunked";
 			return S_BAD_REQUEST;
 		}
-		if (name_len == 0 || p == eol || *p != ':') {
-			*why = "malformed header field";
+		req->chunked = 1;
+	} else if (span_is(f->name, f->name_len, "host")) {
+		rf->hosts++;
+		if (!host_ok(f->value, f->value_len)) {
+			*why = "Host is not a host and port";
 			return S_BAD_REQUEST;
 		}
-		for (value = p + 1; value < eol && (*value == ' ' || *value == '\t'); value++)
-			;
-		for (vend = eol; vend > value && (vend[-1] == ' ' || vend[-1] == '\t'); vend--)
-			;
+	} else if (span_is(f->name, f->name_len, "connection")) {
+		/* A list of tokens: look for close and keep-alive. */
+		const char *t = f->value, *vend = f->value + f->value_len;
 
-		if (span_is(name, name_len, "content-length")) {
-			const char *d;
-			uint64_t v = 0;
+		while (t < vend) {
+			const char *te = memchr(t, ',', (size_t)(vend - t)), *a = t, *b;
 
-			if (++lengths > 1) {
-				*why = "more than one Content-Length";
-				return S_BAD_REQUEST;
-			}
-			if (value == vend) {
-				*why = "empty Content-Length";
-				return S_BAD_REQUEST;
-			}
-			for (d = value; d < vend; d++) {
-				if (*d < '0' || *d > '9') {
-					*why = "Content-Length is not plain digits";
-					return S_BAD_REQUEST;
-				}
-				if (v > (UINT64_MAX - 9) / 10) {
-					*why = "Content-Length overflows";
-					return S_BAD_REQUEST;
-				}
-				v = v * 10 + (uint64_t)(*d - '0');
-			}
-			req->has_length = 1;
-			req->content_length = v;
-		} else if (span_is(name, name_len, "transfer-encoding")) {
-			if (++encodings > 1 || !span_is(value, (size_t)(vend - value), "chunked")) {
-				*why = "Transfer-Encoding other than exactly chunked";
-				return S_BAD_REQUEST;
-			}
-			req->chunked = 1;
-		} else if (span_is(name, name_len, "host")) {
-			hosts++;
-		} else if (span_is(name, name_len, "connection")) {
-			/* A list of tokens: look for close and keep-alive. */
-			const char *t = value;
-
-			while (t < vend) {
-				const char *te = t;
-
-				while (te < vend && *te != ',')
-					te++;
-				{
-					const char *a = t, *b = te;
-
-					while (a < b && (*a == ' ' || *a == '\t'))
-						a++;
-					while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
-						b--;
-					if (span_is(a, (size_t)(b - a), "close"))
-						conn_close = 1;
-					else if (span_is(a, (size_t)(b - a), "keep-alive"))
-						conn_keep = 1;
-				}
-				t = te < vend ? te + 1 : te;
-			}
-		} else if (span_is(name, name_len, "expect")) {
-			if (!span_is(value, (size_t)(vend - value), "100-continue")) {
-				*why = "unsupported Expect (only 100-continue)";
-				return S_EXPECTATION_FAILED;
-			}
-			req->expect_continue = req->http11;
-		} else if (span_is(name, name_len, "x-twitter-webhooks-signature")) {
-			if (++signatures > 1) {
-				*why = "more than one x-twitter-webhooks-signature";
-				return S_BAD_REQUEST;
-			}
-			req->signature = value;
-			req->signature_len = (size_t)(vend - value);
+			te = te != NULL ? te : vend;
+			for (b = te; a < b && (*a == ' ' || *a == '\t'); a++)
+				;
+			while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+				b--;
+			if (span_is(a, (size_t)(b - a), "close"))
+				rf->conn_close = 1;
+			else if (span_is(a, (size_t)(b - a), "keep-alive"))
+				rf->conn_keep = 1;
+			t = te < vend ? te + 1 : te;
 		}
+	} else if (span_is(f->name, f->name_len, "expect")) {
+		if (!span_is(f->value, f->value_len, "100-continue")) {
+			*why = "unsupported Expect (only 100-continue)";
+			return S_EXPECTATION_FAILED;
+		}
+		req->expect_continue = req->http11;
+	} else if (span_is(f->name, f->name_len, "x-twitter-webhooks-signature")) {
+		if (++rf->signatures > 1) {
+			*why = "more than one x-twitter-webhooks-signature";
+			return S_BAD_REQUEST;
+		}
+		req->signature = f->value;
+		req->signature_len = f->value_len;
 	}
+	return S_OK;
+}
 
+/* The rules on framing that only the whole head can tell (RFC 9112, 6). */
+static enum status
+http_request_framing(struct request *req, const struct request_fields *rf, const char **why)
+{
 	if (req->chunked && req->has_length) {
 		*why = "both Content-Length and Transfer-Encoding";
 		return S_BAD_REQUEST;
@@ -1830,21 +1900,50 @@ http_parse_head(const char *buf, size_t head_len, struct request *req, const cha
 		*why = "Transfer-Encoding in an HTTP/1.0 request";
 		return S_BAD_REQUEST;
 	}
-	if (req->http11 && hosts == 0) {
+	if (req->http11 && rf->hosts == 0) {
 		*why = "missing Host header";
 		return S_BAD_REQUEST;
 	}
-	if (hosts > 1) {
+	if (rf->hosts > 1) {
 		*why = "more than one Host header";
 		return S_BAD_REQUEST;
 	}
-	req->keep_alive = req->http11 ? !conn_close : conn_keep && !conn_close;
+	req->keep_alive = req->http11 ? !rf->conn_close : rf->conn_keep && !rf->conn_close;
 	return S_OK;
+}
+
+/* Parse a complete head (as found by http_scan_head, so it holds only
+ * CRLF line ends and no control bytes but HTAB) into req: the request
+ * line, the meaning of each field, then the framing rules. */
+static enum status
+http_parse_head(const char *buf, size_t head_len, struct request *req, const char **why)
+{
+	const char *end = buf + head_len, *p;
+	struct request_fields rf;
+	struct field f;
+	unsigned count = 0;
+	int r;
+
+	memset(req, 0, sizeof(*req));
+	memset(&rf, 0, sizeof(rf));
+	req->head_len = head_len;
+	if ((p = http_request_line(buf, end, req, why)) == NULL)
+		return S_BAD_REQUEST;
+	while ((r = http_next_field(&p, end, &count, &f, why)) > 0) {
+		enum status st = http_request_field(&f, req, &rf, why);
+
+		if (st != S_OK)
+			return st;
+	}
+	if (r < 0)
+		return count > MAX_HEADER_FIELDS ? S_HEADERS_TOO_LARGE : S_BAD_REQUEST;
+	return http_request_framing(req, &rf, why);
 }
 
 /* The chunked-body decoder (RFC 9112, 7.1), fed as bytes arrive. */
 enum chunk_state {
 	C_SIZE,         /* hex digits of the chunk size */
+	C_SIZE_BWS,     /* whitespace after them, which only ';' may follow */
 	C_EXT,          /* a chunk extension, up to CR */
 	C_SIZE_LF,      /* the LF that ends the size line */
 	C_DATA,
@@ -1888,14 +1987,24 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 				}
 				ch->size = ch->size << 4 | (uint64_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
 				ch->digits++;
-			} else if (ch->digits > 0 && (c == ';' || c == '\r')) {
+			} else if (ch->digits > 0 && (c == ';' || c == '\r' || c == ' ' || c == '\t')) {
 				if (ch->size > limit - out->len) {
 					*why = "body larger than --max-body";
 					st = S_PAYLOAD_TOO_LARGE;
 					goto out;
 				}
-				ch->state = c == ';' ? C_EXT : C_SIZE_LF;
+				ch->state = c == ';' ? C_EXT : c == '\r' ? C_SIZE_LF : C_SIZE_BWS;
 			} else {
+				*why = "bad chunk size";
+				st = S_BAD_REQUEST;
+				goto out;
+			}
+			break;
+		case C_SIZE_BWS:
+			/* RFC 9112, 7.1.1: BWS before the ';' of an extension. */
+			if (c == ';') {
+				ch->state = C_EXT;
+			} else if (c != ' ' && c != '\t') {
 				*why = "bad chunk size";
 				st = S_BAD_REQUEST;
 				goto out;
@@ -1946,7 +2055,7 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 				break;
 			}
 			if (++ch->trailer_fields > MAX_HEADER_FIELDS) {
-				*why = "more than 100 trailer fields";
+				*why = "more than " STR(MAX_HEADER_FIELDS_N) " trailer fields";
 				st = S_HEADERS_TOO_LARGE;
 				goto out;
 			}
@@ -1975,7 +2084,7 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 			break;
 		}
 		/* One byte of a size or trailer line was taken. */
-		if (ch->state == C_SIZE || ch->state == C_EXT || ch->state == C_SIZE_LF) {
+		if (ch->state <= C_SIZE_LF) {
 			if (++ch->line > MAX_CHUNK_LINE) {
 				*why = "chunk size line longer than 1024 bytes";
 				st = S_BAD_REQUEST;
@@ -3218,6 +3327,22 @@ send_error(struct conn *c, const struct request *req, enum status st, const char
 	buf_free(&b);
 }
 
+/* RFC 9112, 2.2: empty lines before a request line are ignored. Returns
+ * how many bytes went. */
+static size_t
+skip_empty_lines(struct conn *c)
+{
+	size_t k = 0;
+
+	while (k + 1 < c->in_len && c->in[k] == '\r' && c->in[k + 1] == '\n')
+		k += 2;
+	if (k > 0) {
+		memmove(c->in, c->in + k, c->in_len - k);
+		c->in_len -= k;
+	}
+	return k;
+}
+
 /* Read a request head into c->in. S_OK with req filled in; S_INCOMPLETE
  * when the connection ended quietly between requests (the peer closed, it
  * stayed idle, or the server is stopping); otherwise the error to answer. */
@@ -3231,6 +3356,8 @@ read_head(struct conn *c, struct request *req, const char **why)
 	for (;;) {
 		ssize_t r;
 
+		if (line_end == 0 && skip_empty_lines(c) > 0)
+			scan = 0;
 		if (c->in_len > 0) {
 			enum status st;
 
@@ -3891,7 +4018,7 @@ loop_answered(struct conn *c, enum handled h, int linger)
 static enum verdict
 serve_buffered(struct conn *c)
 {
-	while (c->in_len > 0) {
+	while (skip_empty_lines(c), c->in_len > 0) {
 		size_t scan = 0, line_end = 0, head_len = 0;
 		struct request *req = &c->req;
 		const char *why = NULL;

@@ -697,7 +697,7 @@ FRAMING = [
     ("two spaces", b"GET  /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("no version", b"GET /healthz\r\n\r\n", 400),
     ("HTTP/2.0", b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 400),
-    ("absolute form", b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("absolute form without a path", b"GET http://x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("no Host", b"GET /healthz HTTP/1.1\r\n\r\n", 400),
     ("two Hosts", b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
     ("TLS hello", bytes.fromhex("160301020001") + b"\x00" * 40, 400),
@@ -707,6 +707,49 @@ FRAMING = [
     ("101 fields", b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-F: 1\r\n" * 100 + b"\r\n", 431),
     ("Expect other", b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n", 417),
 ]
+
+
+@test
+def rfc9112_target_forms_host_values_chunk_whitespace_and_empty_lines(srv):
+    def ask(raw):
+        s = srv.sock()
+        s.sendall(raw)
+        status, _, body, _ = read_response(s)
+        s.close()
+        return status, body
+    # 3.2.2: absolute-form is accepted, and its path is what counts.
+    for target in (b"http://127.0.0.1/webhooks/twitter?crc_token=abs",
+                   b"HTTP://x.example:8080/webhooks/twitter?crc_token=abs",
+                   b"https://x.example/webhooks/twitter?crc_token=abs"):
+        status, body = ask(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+        assert status == 200 and json.loads(body)["response_token"] == sign(b"abs"), (target, status, body)
+    for target in (b"http://", b"http:///webhooks/twitter", b"http://x.example", b"http://a b/x",
+                   b"http://x.example?crc_token=a"):
+        status, _ = ask(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+        assert status == 400, (target, status)
+    # 3.2: a Host that is not a host and port is 400.
+    for host in (b"a b", b"a,b", b"a/b", b"user@a"):
+        status, body = ask(b"GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        assert status == 400 and b"Host" in body, (host, status, body)
+    for host in (b"x.example", b"x.example:443", b"[::1]:8080", b"127.0.0.1"):
+        assert ask(b"GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n" % host)[0] == 200, host
+    # 7.1.1: whitespace before a chunk extension's ';' is allowed; a size
+    # followed by whitespace alone is not.
+    body = b'{"bws":1}'
+    head = (b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"x-twitter-webhooks-signature: %s\r\n\r\n" % sign(body).encode())
+    status, _ = ask(head + b"%x \t ;name=value\r\n%s\r\n0 ;last\r\n\r\n" % (len(body), body))
+    assert status == 200, status
+    status, _ = ask(head + b"%x \r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert status == 400, status
+    # 2.2: empty lines before a request line are ignored, also between
+    # pipelined requests.
+    s = srv.sock()
+    s.sendall(b"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, _, rest = read_response(s)
+    assert status == 200
+    assert read_response(s, rest)[0] == 200
+    s.close()
 
 
 @test
