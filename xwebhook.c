@@ -1076,6 +1076,7 @@ struct json {
 	unsigned depth;
 	unsigned char stack[JSON_MAX_DEPTH];  /* '{' or '[' per level */
 	unsigned long values;  /* top-level values completed */
+	size_t out_mark;       /* out's length at the end of the last of them */
 	/* Position, for error messages: line number, and the absolute offset
 	 * at which that line starts, so the column costs nothing per byte. */
 	unsigned long line;
@@ -1149,6 +1150,8 @@ json_value_done(struct json *j)
 	j->values++;
 	if (j->style == JSON_INDENT)
 		json_putc(j, '\n');
+	if (j->out != NULL)
+		j->out_mark = j->out->len;
 	j->state = j->stream ? J_VALUE : J_END;
 }
 
@@ -1156,6 +1159,9 @@ json_value_done(struct json *j)
 static int
 json_begin_value(struct json *j, unsigned char c, uint64_t at)
 {
+	if (at == 0 && c == 0xef)
+		return json_fail(j, at, "the input starts with a UTF-8 byte-order mark (EF BB BF), which "
+		    "JSON does not allow (RFC 8259, 8.1): remove its first 3 bytes");
 	if (j->depth == 0 && j->object_only && c != '{')
 		return json_fail(j, at, "expected '{' (an event is a JSON object)");
 	switch (c) {
@@ -2168,6 +2174,54 @@ query_param(const char *q, size_t n, const char *name, char *out, size_t cap)
 	return -1;
 }
 
+/* Split HOST[:PORT] or [V6ADDR][:PORT] (a URL's authority, an address to
+ * listen on or to dial) into host and port, the port empty when there is
+ * none: the file's one such parser. 0, or -1 with *why. */
+static int
+split_host_port(const char *s, size_t n, char *host, size_t hn, char *port, size_t pn, const char **why)
+{
+	const char *h = s, *end = s + n, *colon;
+	size_t hl, pl;
+
+	*why = "expected HOST:PORT, or [IPV6]:PORT";
+	if (n > 0 && s[0] == '[') {
+		const char *rb = memchr(s, ']', n);
+
+		if (rb == NULL)
+			return -1;
+		h = s + 1;
+		hl = (size_t)(rb - h);
+		colon = rb + 1 < end ? rb + 1 : NULL;
+		if ((colon != NULL && *colon != ':') || memchr(h, ':', hl) == NULL)
+			return -1;
+	} else {
+		colon = memchr(s, ':', n);
+		hl = colon != NULL ? (size_t)(colon - s) : n;
+		if (colon != NULL && memchr(colon + 1, ':', (size_t)(end - colon - 1)) != NULL) {
+			*why = "put an IPv6 address in brackets, as [::1]:8080";
+			return -1;
+		}
+	}
+	if (hl >= hn) {
+		*why = "the host is too long";
+		return -1;
+	}
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	port[0] = '\0';
+	if (colon != NULL) {
+		pl = (size_t)(end - colon - 1);
+		*why = "the port must be a number from 0 to 65535";
+		if (pl == 0 || pl > 5 || pl >= pn || strspn(colon + 1, "0123456789") < pl)
+			return -1;
+		memcpy(port, colon + 1, pl);
+		port[pl] = '\0';
+		if (atoi(port) > 65535)
+			return -1;
+	}
+	return 0;
+}
+
 /* Is this decoded token one X could have sent? Base64 and base64url
  * characters only, 1 to 255 of them: never an event body, so the CRC can
  * never be made to sign one. */
@@ -2805,21 +2859,34 @@ session_cache_reset(void)
 }
 
 /* What BearSSL's socket callbacks need of the call in progress. */
+/* What the socket callbacks and the blocking transport need, the same
+ * for a served connection and for the client: each one's state begins
+ * with it, so that c->tls reaches it either way. */
 struct tls_io {
 	int64_t deadline;
 	int wake_fd;
 	ssize_t status;         /* why a callback failed: 0 at EOF, or IO_* */
+	br_ssl_engine_context *eng;
+	br_sslio_context io;
+	int handshaken;         /* the engine has once been ready for data */
 };
 
-/* One TLS connection's state. */
+/* One served TLS connection's state. */
 struct tls_conn {
-	struct tls_io sock;     /* first: the callbacks reach it through c->tls */
+	struct tls_io sock;     /* first */
 	br_ssl_server_context sc;
-	br_sslio_context io;
 	struct identity *id;
-	int handshaken;
+	int first_seen;         /* the client's first byte was looked at */
 	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
 };
+
+/* Has the handshake finished (and so any failure is no handshake's)? */
+static void
+tls_note_handshake(struct tls_io *t)
+{
+	if (br_ssl_engine_current_state(t->eng) & BR_SSL_SENDAPP)
+		t->handshaken = 1;
+}
 
 /* BearSSL's socket callbacks: the plain transport's waits and deadlines. */
 static int
@@ -2883,7 +2950,11 @@ tls_start(struct conn *c)
 		    t->id->issuer_key_type, br_skey_decoder_get_ec(&t->id->key));
 	br_ssl_engine_set_versions(&t->sc.eng, BR_TLS12, BR_TLS12);
 	br_ssl_engine_set_suites(&t->sc.eng, tls_suites, sizeof(tls_suites) / sizeof(tls_suites[0]));
-	br_ssl_engine_add_flags(&t->sc.eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
+	/* A client that offers ALPN without http/1.1 gets the alert
+	 * no_application_protocol (RFC 7301, 3.2); one that offers none is
+	 * served. */
+	br_ssl_engine_add_flags(&t->sc.eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION |
+	    BR_OPT_FAIL_ON_ALPN_MISMATCH);
 	br_ssl_engine_set_protocol_names(&t->sc.eng, tls_alpn, 1);
 	br_ssl_engine_set_buffer(&t->sc.eng, t->iobuf, sizeof(t->iobuf), 1);
 	br_ssl_server_set_cache(&t->sc, &session_cache.vtable);
@@ -2893,16 +2964,19 @@ tls_start(struct conn *c)
 	br_ssl_engine_inject_entropy(&t->sc.eng, seed, sizeof(seed));
 	memset(seed, 0, sizeof(seed));
 	br_ssl_server_reset(&t->sc);
-	br_sslio_init(&t->io, &t->sc.eng, tls_sock_read, c, tls_sock_write, c);
+	t->sock.eng = &t->sc.eng;
+	br_sslio_init(&t->sock.io, &t->sc.eng, tls_sock_read, c, tls_sock_write, c);
 	t->sock.wake_fd = -1;
 	c->tls = t;
 	return t;
 }
 
+/* The blocking TLS transport, for served connections on their threads
+ * and for the client alike. */
 static ssize_t
 tls_read(struct conn *c, void *p, size_t n, int64_t deadline, int wake_fd)
 {
-	struct tls_conn *t = c->tls ? c->tls : tls_start(c);
+	struct tls_io *t = c->tls != NULL ? c->tls : (void *)tls_start(c);
 	int r;
 
 	if (t == NULL)
@@ -2911,17 +2985,16 @@ tls_read(struct conn *c, void *p, size_t n, int64_t deadline, int wake_fd)
 	 * client that connects and says nothing ties up nothing for long. */
 	if (!t->handshaken && deadline > c->accepted + head_timeout)
 		deadline = c->accepted + head_timeout;
-	t->sock.deadline = deadline;
-	t->sock.wake_fd = wake_fd;
-	t->sock.status = IO_ERROR;
+	t->deadline = deadline;
+	t->wake_fd = wake_fd;
+	t->status = IO_ERROR;
 	r = br_sslio_read(&t->io, p, n > INT_MAX ? INT_MAX : n);
-	if (r > 0) {
-		t->handshaken = 1;
+	tls_note_handshake(t);
+	if (r > 0)
 		return r;
-	}
-	if (t->sock.status == IO_TIMEOUT || t->sock.status == IO_WOKEN)
-		return t->sock.status;
-	if (br_ssl_engine_last_error(&t->sc.eng) == BR_ERR_OK || t->sock.status == 0)
+	if (t->status == IO_TIMEOUT || t->status == IO_WOKEN)
+		return t->status;
+	if (br_ssl_engine_last_error(t->eng) == BR_ERR_OK || t->status == 0)
 		return 0;  /* close_notify, or the peer went away */
 	return IO_ERROR;
 }
@@ -2931,38 +3004,81 @@ static int tls_write_loop(struct conn *c, const void *p, size_t n);
 static int
 tls_write(struct conn *c, const void *p, size_t n, int64_t deadline)
 {
-	struct tls_conn *t = c->tls ? c->tls : tls_start(c);
+	struct tls_io *t = c->tls != NULL ? c->tls : (void *)tls_start(c);
 
 	if (t == NULL)
 		return -1;
 	if (c->loop != NULL)
 		return tls_write_loop(c, p, n);
-	t->sock.deadline = deadline;
-	t->sock.wake_fd = -1;
+	t->deadline = deadline;
+	t->wake_fd = -1;
 	if (br_sslio_write_all(&t->io, p, n) < 0 || br_sslio_flush(&t->io) < 0)
 		return -1;
+	tls_note_handshake(t);
 	return 0;
 }
 
-/* A few of BearSSL's error codes, named for the log. */
+/* TLS alerts (RFC 8446, 6), named for people. */
 static const char *
-tls_error_name(int err)
+tls_alert_name(int alert)
 {
-	switch (err) {
-	case BR_ERR_BAD_VERSION:
-		return "client offered no TLS 1.2";
-	case BR_ERR_BAD_CIPHER_SUITE:
-		return "no cipher suite in common";
-	case BR_ERR_BAD_HANDSHAKE:
-		return "bad handshake";
-	case BR_ERR_UNSUPPORTED_VERSION:
-		return "unsupported version (not TLS 1.2)";
-	case BR_ERR_BAD_ALERT:
-		return "bad alert";
-	case BR_ERR_RECV_FATAL_ALERT:
-		return "the client sent a fatal alert (does it trust the certificate?)";
-	default:
-		return err >= BR_ERR_SEND_FATAL_ALERT ? "sent a fatal alert" : "protocol error";
+	switch (alert) {
+	case 0: return "close_notify";
+	case 10: return "unexpected_message";
+	case 20: return "bad_record_mac";
+	case 22: return "record_overflow";
+	case 40: return "handshake_failure";
+	case 42: return "bad_certificate";
+	case 43: return "unsupported_certificate";
+	case 44: return "certificate_revoked";
+	case 45: return "certificate_expired";
+	case 46: return "certificate_unknown";
+	case 47: return "illegal_parameter";
+	case 48: return "unknown_ca";
+	case 49: return "access_denied";
+	case 50: return "decode_error";
+	case 51: return "decrypt_error";
+	case 70: return "protocol_version";
+	case 71: return "insufficient_security";
+	case 80: return "internal_error";
+	case 86: return "inappropriate_fallback";
+	case 90: return "user_canceled";
+	case 100: return "no_renegotiation";
+	case 109: return "missing_extension";
+	case 110: return "unsupported_extension";
+	case 112: return "unrecognized_name";
+	case 116: return "certificate_required";
+	case 120: return "no_application_protocol";
+	default: return "an alert";
+	}
+}
+
+/* A BearSSL error, in words: its own codes for the few that happen, and
+ * the alert by name when the peer sent one (BearSSL reports those as
+ * BR_ERR_RECV_FATAL_ALERT + the alert's number). */
+static void
+tls_error_text(int err, char *out, size_t n)
+{
+	if (err >= BR_ERR_SEND_FATAL_ALERT) {
+		snprintf(out, n, "sent the alert %s (%d)", tls_alert_name(err - BR_ERR_SEND_FATAL_ALERT),
+		    err - BR_ERR_SEND_FATAL_ALERT);
+	} else if (err >= BR_ERR_RECV_FATAL_ALERT) {
+		int a = err - BR_ERR_RECV_FATAL_ALERT;
+
+		snprintf(out, n, "the peer sent the alert %s (%d)%s", tls_alert_name(a), a,
+		    a == 42 || a == 46 || a == 48 ? ": does it trust the certificate?" : "");
+	} else {
+		const char *s;
+
+		switch (err) {
+		case BR_ERR_BAD_VERSION: s = "no TLS 1.2 on offer"; break;
+		case BR_ERR_BAD_CIPHER_SUITE: s = "no cipher suite in common"; break;
+		case BR_ERR_BAD_HANDSHAKE: s = "bad handshake"; break;
+		case BR_ERR_UNSUPPORTED_VERSION: s = "unsupported version (not TLS 1.2)"; break;
+		case BR_ERR_BAD_ALERT: s = "bad alert"; break;
+		default: s = "protocol error"; break;
+		}
+		snprintf(out, n, "%s", s);
 	}
 }
 
@@ -2975,11 +3091,15 @@ tls_close(struct conn *c, int linger)
 		br_ssl_engine_context *eng = &t->sc.eng;
 		int err = br_ssl_engine_last_error(eng);
 
-		if (!t->handshaken && err != BR_ERR_OK && err != BR_ERR_IO && !quiet)
-			warn("%s: TLS handshake failed: %s (BearSSL error %d)", c->peer, tls_error_name(err), err);
+		if (!t->sock.handshaken && err != BR_ERR_OK && err != BR_ERR_IO && !quiet) {
+			char text[128];
+
+			tls_error_text(err, text, sizeof(text));
+			warn("%s: TLS handshake failed: %s (BearSSL error %d)", c->peer, text, err);
+		}
 		/* Send close_notify, without waiting for the peer's; a client
 		 * that never finished its handshake gets nothing. */
-		if (t->handshaken && br_ssl_engine_current_state(eng) != BR_SSL_CLOSED) {
+		if (t->sock.handshaken && br_ssl_engine_current_state(eng) != BR_SSL_CLOSED) {
 			br_ssl_engine_close(eng);
 			t->sock.deadline = now_ms() + 1000;
 			while (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC) {
@@ -3074,6 +3194,27 @@ tls_pump(struct conn *c, int read_socket)
 	struct tls_conn *t = c->tls;
 	br_ssl_engine_context *eng = &t->sc.eng;
 
+	if (read_socket && !t->first_seen) {
+		/* A TLS record starts with its type (22 for a handshake), never
+		 * a capital letter: plain HTTP sent to the HTTPS port gets a
+		 * short answer saying so, as nginx gives, not a reset. */
+		static const char plain[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+		    "Content-Length: 55\r\nConnection: close\r\n\r\n"
+		    "{\"error\":\"this port speaks HTTPS: use an https:// URL\"}";
+		unsigned char b;
+		ssize_t r = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return 0;
+		if (r <= 0)
+			return -1;
+		t->first_seen = 1;
+		if (b >= 'A' && b <= 'Z') {
+			if (send(c->fd, plain, sizeof(plain) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+				(void)0;  /* it was a courtesy */
+			return -1;
+		}
+	}
 	if (read_socket && (br_ssl_engine_current_state(eng) & BR_SSL_RECVREC)) {
 		size_t len;
 		unsigned char *rec = br_ssl_engine_recvrec_buf(eng, &len);
@@ -3108,9 +3249,9 @@ tls_pump(struct conn *c, int read_socket)
 			memcpy(c->in + c->in_len, app, len);
 			br_ssl_engine_recvapp_ack(eng, len);
 			c->in_len += len;
-			t->handshaken = 1;
 			continue;
 		}
+		tls_note_handshake(&t->sock);
 		return 0;
 	}
 }
@@ -4104,50 +4245,26 @@ static int
 listen_on(const char *spec, char *url, size_t url_len)
 {
 	char host[256], port[16], shown[INET6_ADDRSTRLEN];
-	const char *colon;
 	struct addrinfo hints, *ai;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	int fd, one = 1, zero = 0, r;
-	size_t hl;
-	const char *scheme = "http";
+	const char *scheme = "http", *why;
 
 #ifdef XWEBHOOK_TLS
 	if (cert_path != NULL)
 		scheme = "https";
 #endif
-	if (strspn(spec, "0123456789") == strlen(spec)) {
-		strcpy(host, "0.0.0.0");
-		colon = spec - 1;
-	} else if (spec[0] == '[') {
-		const char *rb = strchr(spec, ']');
-
-		if (rb == NULL || rb[1] != ':')
-			die("bad --listen '%s': expected [IPV6]:PORT", spec);
-		hl = (size_t)(rb - spec - 1);
-		if (hl >= sizeof(host))
-			die("bad --listen '%s': address too long", spec);
-		memcpy(host, spec + 1, hl);
-		host[hl] = '\0';
-		colon = rb + 1;
-	} else {
-		colon = strrchr(spec, ':');
-		if (colon == NULL)
-			die("bad --listen '%s': expected ADDR:PORT or PORT", spec);
-		hl = (size_t)(colon - spec);
-		if (memchr(spec, ':', hl) != NULL)
-			die("bad --listen '%s': put an IPv6 address in brackets, as [::]:8080", spec);
-		if (hl >= sizeof(host))
-			die("bad --listen '%s': address too long", spec);
-		memcpy(host, spec, hl);
-		host[hl] = '\0';
-		if (hl == 0)
-			strcpy(host, "0.0.0.0");
+	if (strspn(spec, "0123456789") == strlen(spec) && strlen(spec) <= 5 && atoi(spec) <= 65535) {
+		strcpy(host, "0.0.0.0");  /* a bare PORT */
+		snprintf(port, sizeof(port), "%s", spec);
+	} else if (split_host_port(spec, strlen(spec), host, sizeof(host), port, sizeof(port), &why) < 0) {
+		die("bad --listen '%s': %s", spec, why);
+	} else if (port[0] == '\0') {
+		die("bad --listen '%s': expected ADDR:PORT or PORT", spec);
 	}
-	if (strlen(colon + 1) == 0 || strlen(colon + 1) > 5 ||
-	    strspn(colon + 1, "0123456789") != strlen(colon + 1) || atoi(colon + 1) > 65535)
-		die("bad --listen '%s': the port must be a number from 0 to 65535", spec);
-	snprintf(port, sizeof(port), "%s", colon + 1);
+	if (host[0] == '\0')
+		strcpy(host, "0.0.0.0");
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
@@ -5228,7 +5345,9 @@ cmd_sign(const char *path)
 }
 
 /* Pretty-print a stream of JSON values as the server prints events,
- * reading and writing in blocks so that memory stays flat. */
+ * reading in blocks. Only whole values are written: each as soon as it
+ * is complete, and nothing of an invalid one, so that a pipeline never
+ * sees half a document (memory holds the largest single value). */
 static int
 cmd_fmt(const char *path)
 {
@@ -5248,57 +5367,48 @@ cmd_fmt(const char *path)
 			continue;
 		if (r < 0)
 			die("cannot read %s:", path ? path : "stdin");
-		if (r == 0) {
-			ok = json_finish(&j) == 0;
-			break;
-		}
-		ok = json_feed(&j, in, (size_t)r) == 0;
-		if (out.len >= sizeof(in) || !ok) {
-			if (write_all(STDOUT_FILENO, out.p, out.len) < 0)
+		ok = (r == 0 ? json_finish(&j) : json_feed(&j, in, (size_t)r)) == 0;
+		if (j.out_mark >= sizeof(in) || r == 0 || !ok) {
+			/* The values complete so far go out; the rest waits. */
+			if (write_all(STDOUT_FILENO, out.p, j.out_mark) < 0)
 				die("stdout:");
-			out.len = 0;
+			if (out.len > j.out_mark)
+				memmove(out.p, out.p + j.out_mark, out.len - j.out_mark);
+			out.len -= j.out_mark;
+			j.out_mark = 0;
 		}
-		if (!ok)
+		if (r == 0 || !ok)
 			break;
 	}
-	if (write_all(STDOUT_FILENO, out.p, out.len) < 0)
-		die("stdout:");
 	buf_free(&out);
 	if (fd != STDIN_FILENO)
 		close(fd);
 	if (!ok) {
-		fprintf(stderr, "%s: line %lu, column %lu: %s\n", progname, j.err_line, j.err_col, j.error);
+		fprintf(stderr, "%s: line %lu, column %lu: %s (the values before it were written; nothing "
+		    "of this one)\n", progname, j.err_line, j.err_col, j.error);
 		return 1;
 	}
 	return 0;
 }
 
 /* ------------------------------------------------------------------------
- * check URL: do what X does before it accepts a webhook URL, report each
- * requirement on its own line, and exit 0 only if X would accept it.
+ * The HTTP client: the file's one way to ask another server something.
+ * One request on a fresh connection, plain or TLS (the chain verified
+ * against a trust store), and its answer read with the server's own
+ * pieces: http_scan_head for the head, http_next_field for the fields,
+ * content_length and the chunked decoder for the body. One deadline
+ * covers the whole exchange, and CLIENT_MAX_ANSWER the answer's size.
+ * check uses it.
  * ------------------------------------------------------------------------ */
 
-static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
-static const char *check_cacert;    /* --cacert FILE: trust these roots */
-static int check_post;              /* --post: also send a signed event */
-static int check_failed;
-
-enum { CHECK_TIME_LIMIT_MS = 3000 };  /* X's limit for a CRC answer */
-
-static void
-report(const char *mark, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (strcmp(mark, "FAIL") == 0)
-		check_failed = 1;
-	printf("[%s] ", mark);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-}
+enum {
+	/* The largest answer taken, head and body: a CRC answer is under
+	 * 100 bytes, an X API answer a few KiB. */
+	CLIENT_MAX_ANSWER = 1 << 20,
+	/* The whole exchange, from connecting to the answer's last byte. */
+	CLIENT_TIMEOUT_MS = 10000,
+};
+#define CLIENT_MAX_ANSWER_TEXT "1 MiB"
 
 struct url {
 	int https;
@@ -5310,40 +5420,24 @@ struct url {
 static int
 url_parse(const char *s, struct url *u)
 {
-	const char *h, *he, *p;
-	size_t n;
+	const char *a, *ae, *p, *why;
 
 	memset(u, 0, sizeof(*u));
 	if (strncasecmp(s, "https://", 8) == 0) {
 		u->https = 1;
-		h = s + 8;
+		a = s + 8;
 	} else if (strncasecmp(s, "http://", 7) == 0) {
-		h = s + 7;
+		a = s + 7;
 	} else {
 		return -1;
 	}
-	if (*h == '[') {
-		he = strchr(h, ']');
-		if (he == NULL)
-			return -1;
-		h++;
-		p = he + 1;
-	} else {
-		he = h + strcspn(h, ":/?#@");
-		p = he;
-	}
-	n = (size_t)(he - h);
-	if (n == 0 || n >= sizeof(u->host) || *p == '@')
+	ae = a + strcspn(a, "/?#");
+	if (memchr(a, '@', (size_t)(ae - a)) != NULL ||
+	    split_host_port(a, (size_t)(ae - a), u->host, sizeof(u->host), u->port, sizeof(u->port), &why) < 0 ||
+	    u->host[0] == '\0')
 		return -1;
-	memcpy(u->host, h, n);
-	if (*p == ':') {
-		n = strspn(p + 1, "0123456789");
-		if (n == 0 || n > 5 || atoi(p + 1) > 65535)
-			return -1;
-		memcpy(u->port, p + 1, n);
-		p += 1 + n;
-	}
-	if (*p != '\0' && *p != '/' && *p != '?')
+	p = ae;
+	if (strlen(p) + 2 > sizeof(u->target))
 		return -1;
 	snprintf(u->target, sizeof(u->target), "%s%s", *p == '/' ? "" : "/", p);
 	if (strchr(u->target, '#') != NULL)
@@ -5392,14 +5486,6 @@ dial(const char *host, const char *port, int64_t deadline, char *err, size_t err
 	freeaddrinfo(ai);
 	return fd;
 }
-
-/* One HTTP response, as check reads it. */
-struct response {
-	int status;
-	char location[256], encoding[64], type[128];
-	struct buf body;
-	int64_t ms;        /* from connecting to the end of the body */
-};
 
 #ifdef XWEBHOOK_TLS
 /* Trust anchors from a PEM bundle (the system's, or --cacert). */
@@ -5532,15 +5618,6 @@ static const br_x509_class recorder_class = {
 	rec_end_cert, rec_end_chain, rec_get_pkey
 };
 
-/* The client side of one TLS connection, for check. */
-struct tls_client {
-	struct tls_io sock;     /* first, as in tls_conn */
-	br_ssl_client_context cc;
-	struct x509_recorder x509;
-	br_sslio_context io;
-	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
-};
-
 static const char *
 suite_name(uint16_t s)
 {
@@ -5556,281 +5633,547 @@ suite_name(uint16_t s)
 }
 #endif /* XWEBHOOK_TLS */
 
-/* Send one request to the URL's server and read the answer (the server
- * is asked to close). With TLS and report_tls, report on the handshake. */
-static int
-check_exchange(const struct url *u, const struct buf *request, struct response *res, int report_tls)
-{
-	const char *host = u->host, *port = u->port[0] ? u->port : u->https ? "443" : "80";
-	char err[512], chost[256], cport[8];
-	int64_t start = now_ms(), deadline = start + 10000;
-	struct conn c;
-	struct buf in = { 0 };
-	int ok = -1;
 #ifdef XWEBHOOK_TLS
-	struct tls_client *tc = NULL;
-	static struct trust trust;
-	static int trust_loaded;
+/* The client side of one TLS connection. */
+struct tls_client {
+	struct tls_io sock;     /* first, as in tls_conn */
+	br_ssl_client_context cc;
+	struct x509_recorder x509;
+	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
+};
+
+static void
+tls_client_close(struct conn *c, int linger)
+{
+	struct tls_client *t = c->tls;
+
+	if (t != NULL) {
+		buf_free(&t->x509.leaf);
+		free(t);
+		c->tls = NULL;
+	}
+	plain_close(c, linger);
+}
+
+static const struct transport tls_client_transport = { tls_read, tls_write, tls_client_close };
 #endif
 
-	memset(res, 0, sizeof(*res));
-	memset(&c, 0, sizeof(c));
-	if (check_connect != NULL) {
-		const char *colon = strrchr(check_connect, ':');
-		const char *h = check_connect;
-		size_t hl = colon ? (size_t)(colon - h) : 0;
+/* One client connection. */
+struct client {
+	struct conn c;
+	int64_t start, deadline;   /* monotonic ms */
+	int tls_error;             /* BearSSL's, when the handshake failed */
+	char why[512];             /* what went wrong, when something did */
+};
 
-		if (*h == '[' && hl > 1 && h[hl - 1] == ']') {
-			h++;
-			hl -= 2;
-		}
-		if (colon == NULL || hl == 0 || hl >= sizeof(chost) || strlen(colon + 1) == 0 ||
-		    strlen(colon + 1) >= sizeof(cport)) {
-			report("FAIL", "--connect %s: expected ADDR:PORT", check_connect);
-			return -1;
-		}
-		memcpy(chost, h, hl);
-		chost[hl] = '\0';
-		snprintf(cport, sizeof(cport), "%s", colon + 1);
-		host = chost;
-		port = cport;
-	}
-	c.fd = dial(host, port, start + 5000, err, sizeof(err));
-	if (c.fd < 0) {
-		report("FAIL", "%s", err);
+/* One answer. */
+struct answer {
+	int status;
+	struct buf head;           /* status line and fields, as received */
+	struct buf body;           /* chunked coding removed */
+	int64_t ms;                /* from connecting to the answer's last byte */
+};
+
+/* Connect to host:port; with trust, speak TLS to it as name, verifying
+ * the chain. 0, or -1 with cl->why (the connection, if any, stays open
+ * for a look at what the handshake saw; client_close ends it). */
+static int
+client_connect(struct client *cl, const char *host, const char *port, const char *name, const void *trust)
+{
+	memset(cl, 0, sizeof(*cl));
+	cl->start = now_ms();
+	cl->deadline = cl->start + CLIENT_TIMEOUT_MS;
+	cl->c.accepted = cl->start;
+	cl->c.tr = &plain_transport;
+	cl->c.fd = dial(host, port, cl->deadline, cl->why, sizeof(cl->why));
+	if (cl->c.fd < 0)
 		return -1;
-	}
-	c.tr = &plain_transport;
 #ifdef XWEBHOOK_TLS
-	if (u->https) {
-		const char *bundle = check_cacert ? check_cacert : "/etc/ssl/certs/ca-certificates.crt";
+	if (trust != NULL) {
+		const struct trust *tr = trust;
+		struct tls_client *t = malloc(sizeof(*t));
 		unsigned char seed[32];
 
-		if (!trust_loaded) {
-			if (trust_load(bundle, &trust) < 0 || trust.n == 0) {
-				report("FAIL", "cannot load trusted certificates from %s", bundle);
-				close(c.fd);
-				return -1;
-			}
-			trust_loaded = 1;
+		if (t == NULL) {
+			snprintf(cl->why, sizeof(cl->why), "out of memory");
+			return -1;
 		}
-		tc = xmalloc(sizeof(*tc));
-		memset(tc, 0, offsetof(struct tls_client, iobuf));
-		br_ssl_client_init_full(&tc->cc, &tc->x509.inner, trust.ta, trust.n);
-		tc->x509.vtable = &recorder_class;
-		br_ssl_engine_set_x509(&tc->cc.eng, &tc->x509.vtable);
-		br_ssl_engine_set_versions(&tc->cc.eng, BR_TLS10, BR_TLS12);
-		br_ssl_engine_set_protocol_names(&tc->cc.eng, tls_alpn, 1);
-		br_ssl_engine_set_buffer(&tc->cc.eng, tc->iobuf, sizeof(tc->iobuf), 1);
+		memset(t, 0, offsetof(struct tls_client, iobuf));
+		br_ssl_client_init_full(&t->cc, &t->x509.inner, tr->ta, tr->n);
+		t->x509.vtable = &recorder_class;
+		br_ssl_engine_set_x509(&t->cc.eng, &t->x509.vtable);
+		/* Older versions too, so that a server that has only those
+		 * can be told so, rather than just fail. */
+		br_ssl_engine_set_versions(&t->cc.eng, BR_TLS10, BR_TLS12);
+		br_ssl_engine_set_protocol_names(&t->cc.eng, tls_alpn, 1);
+		br_ssl_engine_set_buffer(&t->cc.eng, t->iobuf, sizeof(t->iobuf), 1);
 		entropy(seed, sizeof(seed));
-		br_ssl_engine_inject_entropy(&tc->cc.eng, seed, sizeof(seed));
-		br_ssl_client_reset(&tc->cc, u->host, 0);
-		br_sslio_init(&tc->io, &tc->cc.eng, tls_sock_read, &c, tls_sock_write, &c);
-		tc->sock.deadline = deadline;
-		tc->sock.wake_fd = -1;
-		c.tls = tc;
-		if (br_sslio_flush(&tc->io) < 0 || !(br_ssl_engine_current_state(&tc->cc.eng) & BR_SSL_SENDAPP)) {
-			int e = br_ssl_engine_last_error(&tc->cc.eng);
-			struct cert_info ci;
+		br_ssl_engine_inject_entropy(&t->cc.eng, seed, sizeof(seed));
+		br_ssl_client_reset(&t->cc, name, 0);
+		t->sock.eng = &t->cc.eng;
+		br_sslio_init(&t->sock.io, &t->cc.eng, tls_sock_read, &cl->c, tls_sock_write, &cl->c);
+		t->sock.deadline = cl->deadline;
+		t->sock.wake_fd = -1;
+		cl->c.tls = t;
+		cl->c.tr = &tls_client_transport;
+		if (br_sslio_flush(&t->sock.io) < 0 || !(br_ssl_engine_current_state(&t->cc.eng) & BR_SSL_SENDAPP)) {
+			char text[128];
 
-			if (report_tls) {
-				if (e == BR_ERR_X509_NOT_TRUSTED)
-					report("FAIL", "the certificate chain does not lead to a root in %s "
-					    "(is an intermediate missing? X will not fetch it)", bundle);
-				else if (e == BR_ERR_X509_BAD_SERVER_NAME)
-					report("FAIL", "the certificate is not for %s", u->host);
-				else if (e == BR_ERR_X509_EXPIRED)
-					report("FAIL", "the certificate has expired or is not yet valid");
-				else if (e == BR_ERR_BAD_VERSION || e == BR_ERR_UNSUPPORTED_VERSION)
-					report("FAIL", "no TLS 1.2: X needs TLS 1.2 or later");
-				else if (tc->sock.status == IO_TIMEOUT)
-					report("FAIL", "TLS handshake not finished within 10 s");
-				else
-					report("FAIL", "TLS handshake failed (BearSSL error %d)", e);
-				if (tc->x509.leaf.len > 0 &&
-				    cert_info((unsigned char *)tc->x509.leaf.p, tc->x509.leaf.len, &ci) == 0) {
-					char date[32];
-
-					format_date(ci.not_after, date, sizeof(date));
-					report("info", "the server's certificate expires %s", date);
-				}
-			}
-			goto out;
+			cl->tls_error = br_ssl_engine_last_error(&t->cc.eng);
+			tls_error_text(cl->tls_error, text, sizeof(text));
+			if (t->sock.status == IO_TIMEOUT)
+				snprintf(cl->why, sizeof(cl->why), "TLS handshake not finished within %d s",
+				    CLIENT_TIMEOUT_MS / 1000);
+			else
+				snprintf(cl->why, sizeof(cl->why), "TLS handshake failed: %s", text);
+			return -1;
 		}
-		if (report_tls) {
-			br_ssl_session_parameters sp;
-			unsigned v = br_ssl_engine_get_version(&tc->cc.eng);
-			struct cert_info ci;
-			char date[32];
-
-			br_ssl_engine_get_session_parameters(&tc->cc.eng, &sp);
-			report(v >= BR_TLS12 ? "ok" : "FAIL", "TLS 1.%u, %s", v - BR_TLS10, suite_name(sp.cipher_suite));
-			report("ok", "certificate chain verified against %s, with the %d certificate(s) the "
-			    "server sent", bundle, tc->x509.certs);
-			report("ok", "certificate is for %s", u->host);
-			if (cert_info((unsigned char *)tc->x509.leaf.p, tc->x509.leaf.len, &ci) == 0) {
-				long days = (long)((ci.not_after - time(NULL)) / 86400);
-
-				format_date(ci.not_after, date, sizeof(date));
-				report(days < EXPIRY_WARN_DAYS ? "warn" : "ok", "certificate expires %s (%ld days)",
-				    date, days);
-			}
-		}
+		t->sock.handshaken = 1;
 	}
 #else
-	(void)report_tls;
+	(void)name;
+	(void)trust;
 #endif
+	return 0;
+}
 
-	/* The request, then the answer until the server closes. */
-#ifdef XWEBHOOK_TLS
-	if (tc != NULL) {
-		if (br_sslio_write_all(&tc->io, request->p, request->len) < 0 || br_sslio_flush(&tc->io) < 0) {
-			report("FAIL", "cannot send the request");
-			goto out;
-		}
-		for (;;) {
-			int r;
+static void
+client_close(struct client *cl)
+{
+	if (cl->c.fd >= 0)
+		cl->c.tr->close(&cl->c, 0);
+	cl->c.fd = -1;
+}
 
-			buf_reserve(&in, 16384);
-			r = br_sslio_read(&tc->io, in.p + in.len, in.cap - in.len);
-			if (r <= 0)
-				break;
-			in.len += (size_t)r;
-			if (in.len > 1 << 20)
-				break;
-		}
-		if (tc->sock.status == IO_TIMEOUT) {
-			report("FAIL", "no complete answer within 10 s");
-			goto out;
-		}
-	} else
-#endif
-	{
-		if (plain_write(&c, request->p, request->len, deadline) < 0) {
-			report("FAIL", "cannot send the request");
-			goto out;
-		}
-		for (;;) {
-			ssize_t r;
+/* Read more of the answer into in, never past the size limit: the
+ * transport's count, or IO_* (a full buffer reads as IO_ERROR). */
+static ssize_t
+client_read(struct client *cl, struct buf *in)
+{
+	size_t room;
 
-			buf_reserve(&in, 16384);
-			r = plain_read(&c, in.p + in.len, in.cap - in.len, deadline, -1);
-			if (r == IO_TIMEOUT) {
-				report("FAIL", "no complete answer within 10 s");
+	if (in->len > CLIENT_MAX_ANSWER)
+		return IO_ERROR;
+	buf_reserve(in, 16384);
+	room = in->cap - in->len;
+	if (room > CLIENT_MAX_ANSWER + 1 - in->len)
+		room = CLIENT_MAX_ANSWER + 1 - in->len;
+	return cl->c.tr->read(&cl->c, in->p + in->len, room, cl->deadline, -1);
+}
+
+/* The status of a response head: HTTP/1.x SP 3DIGIT, then SP and a
+ * reason (perhaps empty) or, leniently, the line's end. -1 if not. */
+static int
+http_status_line(const char *p, size_t n)
+{
+	if (n < 14 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ' ||
+	    !isdigit((unsigned char)p[9]) || !isdigit((unsigned char)p[10]) ||
+	    !isdigit((unsigned char)p[11]) || (p[12] != ' ' && p[12] != '\r'))
+		return -1;
+	return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+}
+
+static void
+answer_free(struct answer *a)
+{
+	buf_free(&a->head);
+	buf_free(&a->body);
+}
+
+/* Send request, then read one whole answer into a by cl's deadline:
+ * 0, or -1 with cl->why. Interim (1xx) answers are passed over. */
+static int
+client_exchange(struct client *cl, const char *request, size_t n, struct answer *a)
+{
+	struct buf in = { 0 };
+	size_t scan = 0, line_end = 0, head_len = 0, at;
+	uint64_t length = 0;
+	int has_length = 0, chunked = 0, ok = -1;
+	const char *why, *p;
+	unsigned count = 0;
+	struct field f;
+	ssize_t r;
+
+	memset(a, 0, sizeof(*a));
+	if (cl->c.tr->write(&cl->c, request, n, cl->deadline) < 0) {
+		snprintf(cl->why, sizeof(cl->why), "cannot send the request");
+		return -1;
+	}
+	for (;;) {
+		enum status st = in.len > 0 ?
+		    http_scan_head(in.p, in.len, &scan, &line_end, &head_len, &why) : S_INCOMPLETE;
+
+		if (st == S_OK) {
+			a->status = http_status_line(in.p, head_len);
+			if (a->status < 0) {
+				snprintf(cl->why, sizeof(cl->why), "the answer is not HTTP/1.x");
 				goto out;
 			}
-			if (r <= 0)
+			if (a->status >= 200)
 				break;
-			in.len += (size_t)r;
-			if (in.len > 1 << 20)
-				break;
+			memmove(in.p, in.p + head_len, in.len - head_len);  /* 1xx: the next */
+			in.len -= head_len;
+			scan = line_end = head_len = 0;
+			continue;
 		}
-	}
-	res->ms = now_ms() - start;
-
-	/* Parse the status line and the few fields that matter to X. */
-	{
-		const char *p, *end, *eoh, *line;
-		int chunked = 0;
-		long length = -1;
-
-		buf_addc(&in, '\0');
-		p = in.p;
-		end = in.p + in.len - 1;
-		eoh = strstr(p, "\r\n\r\n");
-		if (in.len < 13 || eoh == NULL || strncmp(p, "HTTP/1.", 7) != 0 || !isdigit((unsigned char)p[9])) {
-			report("FAIL", "the answer is not HTTP/1.x");
+		if (st != S_INCOMPLETE) {
+			snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
 			goto out;
 		}
-		res->status = atoi(p + 9);
-		for (line = strstr(p, "\r\n") + 2; line < eoh; line = strstr(line, "\r\n") + 2) {
-			const char *colon = memchr(line, ':', (size_t)(eoh - line)), *v;
-			const char *le = strstr(line, "\r\n");
-			size_t nl, vl;
-
-			if (colon == NULL || colon > le)
-				continue;
-			nl = (size_t)(colon - line);
-			for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
-				;
-			vl = (size_t)(le - v);
-			if (span_is(line, nl, "location"))
-				snprintf(res->location, sizeof(res->location), "%.*s", (int)vl, v);
-			else if (span_is(line, nl, "content-encoding"))
-				snprintf(res->encoding, sizeof(res->encoding), "%.*s", (int)vl, v);
-			else if (span_is(line, nl, "content-type"))
-				snprintf(res->type, sizeof(res->type), "%.*s", (int)vl, v);
-			else if (span_is(line, nl, "content-length"))
-				length = atol(v);
-			else if (span_is(line, nl, "transfer-encoding"))
-				chunked = span_is(v, vl, "chunked");
+		if ((r = client_read(cl, &in)) <= 0) {
+			snprintf(cl->why, sizeof(cl->why), r == IO_TIMEOUT ?
+			    "no complete answer within %d s" : "the connection ended inside the answer's head",
+			    CLIENT_TIMEOUT_MS / 1000);
+			goto out;
 		}
-		p = eoh + 4;
-		if (chunked) {
-			struct chunked ch;
-			size_t used;
-			const char *why;
-
-			memset(&ch, 0, sizeof(ch));
-			if (chunked_decode(&ch, p, (size_t)(end - p), &used, &res->body, 1 << 20, &why) != S_OK) {
-				report("FAIL", "the answer's chunked body is malformed");
+		in.len += (size_t)r;
+	}
+	p = (const char *)memchr(in.p, '\n', head_len) + 1;
+	while ((r = http_next_field(&p, in.p + head_len, &count, &f, &why)) > 0) {
+		if (span_is(f.name, f.name_len, "content-length")) {
+			if (has_length++ || content_length(&f, &length, &why) < 0) {
+				snprintf(cl->why, sizeof(cl->why), "the answer's Content-Length is bad");
 				goto out;
 			}
-		} else {
-			size_t n = (size_t)(end - p);
-
-			if (length >= 0 && (size_t)length < n)
-				n = (size_t)length;
-			buf_add(&res->body, p, n);
+		} else if (span_is(f.name, f.name_len, "transfer-encoding")) {
+			chunked = span_is(f.value, f.value_len, "chunked");
 		}
 	}
+	if (r < 0) {
+		snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
+		goto out;
+	}
+	buf_add(&a->head, in.p, head_len);
+	at = head_len;
+	if (a->status == 204 || a->status == 304) {
+		/* no body */
+	} else if (chunked) {
+		struct chunked ch;
+		size_t used;
+
+		memset(&ch, 0, sizeof(ch));
+		for (;;) {
+			enum status st = chunked_decode(&ch, in.p + at, in.len - at, &used, &a->body,
+			    CLIENT_MAX_ANSWER - head_len, &why);
+
+			at += used;
+			if (st == S_OK)
+				break;
+			if (st == S_PAYLOAD_TOO_LARGE)
+				goto too_large;
+			if (st != S_INCOMPLETE) {
+				snprintf(cl->why, sizeof(cl->why), "the answer's chunked body is malformed: %s", why);
+				goto out;
+			}
+			in.len = at = head_len;  /* all used: read more in its place */
+			if ((r = client_read(cl, &in)) <= 0)
+				goto ended;
+			in.len += (size_t)r;
+		}
+	} else {
+		if (has_length && length > CLIENT_MAX_ANSWER - head_len)
+			goto too_large;
+		while (!has_length || in.len - head_len < length) {
+			if ((r = client_read(cl, &in)) == 0 && !has_length)
+				break;  /* the end of the connection is the end of the body */
+			if (r <= 0) {
+				if (r == IO_ERROR && in.len > CLIENT_MAX_ANSWER)
+					goto too_large;
+				goto ended;
+			}
+			in.len += (size_t)r;
+		}
+		buf_add(&a->body, in.p + head_len, has_length ? (size_t)length : in.len - head_len);
+	}
+	a->ms = now_ms() - cl->start;
 	ok = 0;
+	goto out;
+too_large:
+	snprintf(cl->why, sizeof(cl->why), "the answer is larger than " CLIENT_MAX_ANSWER_TEXT
+	    " (the most the client reads)");
+	goto out;
+ended:
+	snprintf(cl->why, sizeof(cl->why), r == IO_TIMEOUT ? "no complete answer within %d s" :
+	    "the connection ended inside the answer's body", CLIENT_TIMEOUT_MS / 1000);
 out:
-#ifdef XWEBHOOK_TLS
-	if (tc != NULL) {
-		buf_free(&tc->x509.leaf);
-		free(tc);
-	}
-#endif
 	buf_free(&in);
-	close(c.fd);
+	if (ok < 0)
+		answer_free(a);
 	return ok;
 }
 
-/* The value of "response_token" in a JSON object, or NULL. */
-static char *
-response_token(const struct buf *body, char *out, size_t n)
+/* The value of the answer's field name (the first of them), or NULL. */
+static const char *
+answer_field(const struct answer *a, const char *name, size_t *len)
 {
-	struct buf compact = { 0 };
-	char err[160];
-	const char *k, *e;
+	const char *p, *why;
+	unsigned count = 0;
+	struct field f;
 
-	if (json_event(body->p ? body->p : "", body->len, JSON_COMPACT, &compact, err, sizeof(err)) < 0) {
-		buf_free(&compact);
+	if (a->head.len == 0)
 		return NULL;
+	p = (const char *)memchr(a->head.p, '\n', a->head.len) + 1;
+	while (http_next_field(&p, a->head.p + a->head.len, &count, &f, &why) > 0)
+		if (span_is(f.name, f.name_len, name)) {
+			*len = f.value_len;
+			return f.value;
+		}
+	return NULL;
+}
+
+/* ---- Reading a JSON answer: one member of the top-level object ---- */
+
+/* Decode the JSON string whose opening quote is at p[i] (valid JSON, as
+ * json_event left it) into out as UTF-8; the index after its closing
+ * quote. */
+static size_t
+json_string_decode(const char *p, size_t i, struct buf *out)
+{
+	for (i++; p[i] != '"'; i++) {
+		unsigned long cp;
+		char u[4];
+
+		if (p[i] != '\\') {
+			if (out != NULL)
+				buf_addc(out, p[i]);
+			continue;
+		}
+		i++;
+		switch (p[i]) {
+		case 'b': cp = '\b'; break;
+		case 'f': cp = '\f'; break;
+		case 'n': cp = '\n'; break;
+		case 'r': cp = '\r'; break;
+		case 't': cp = '\t'; break;
+		case 'u':
+			cp = strtoul((char[]){ p[i + 1], p[i + 2], p[i + 3], p[i + 4], 0 }, NULL, 16);
+			i += 4;
+			if (cp >= 0xd800 && cp < 0xdc00 && p[i + 1] == '\\' && p[i + 2] == 'u') {
+				unsigned long lo = strtoul((char[]){ p[i + 3], p[i + 4], p[i + 5], p[i + 6], 0 },
+				    NULL, 16);
+
+				if (lo >= 0xdc00 && lo < 0xe000) {
+					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+					i += 6;
+				}
+			}
+			if (cp >= 0xd800 && cp < 0xe000)
+				cp = 0xfffd;  /* a lone surrogate */
+			break;
+		default: cp = (unsigned char)p[i]; break;  /* " \ / */
+		}
+		if (out == NULL)
+			continue;
+		if (cp < 0x80) {
+			buf_addc(out, (char)cp);
+		} else if (cp < 0x800) {
+			u[0] = (char)(0xc0 | cp >> 6);
+			u[1] = (char)(0x80 | (cp & 0x3f));
+			buf_add(out, u, 2);
+		} else if (cp < 0x10000) {
+			u[0] = (char)(0xe0 | cp >> 12);
+			u[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+			u[2] = (char)(0x80 | (cp & 0x3f));
+			buf_add(out, u, 3);
+		} else {
+			u[0] = (char)(0xf0 | cp >> 18);
+			u[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+			u[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+			u[3] = (char)(0x80 | (cp & 0x3f));
+			buf_add(out, u, 4);
+		}
 	}
-	buf_addc(&compact, '\0');
-	k = strstr(compact.p, "\"response_token\":\"");
-	if (k == NULL || (e = strchr(k + 18, '"')) == NULL || (size_t)(e - k - 18) >= n) {
-		buf_free(&compact);
-		return NULL;
+	return i + 1;
+}
+
+/* The string value of the top-level member key of the JSON object in
+ * p[0, n), decoded, into out: 0, or -1 when p is not a JSON object, has
+ * no such member at its top level, or its value is not a string. */
+static int
+json_member_string(const char *p, size_t n, const char *key, struct buf *out)
+{
+	struct buf c = { 0 }, k = { 0 };
+	char err[160];
+	size_t i = 1;
+	int found = -1;
+
+	/* Validated and compacted first: what is walked below is valid
+	 * JSON with no whitespace between tokens. */
+	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &c, err, sizeof(err)) < 0)
+		goto out;
+	buf_addc(&c, '\0');
+	while (c.p[i] == '"') {
+		int match;
+		unsigned depth = 0;
+
+		k.len = 0;
+		i = json_string_decode(c.p, i, &k) + 1;  /* past the ':' too */
+		match = k.len == strlen(key) && memcmp(k.p, key, k.len) == 0;
+		if (match && c.p[i] == '"') {
+			json_string_decode(c.p, i, out);
+			found = 0;
+		}
+		if (match)
+			break;  /* the first such member decides */
+		/* Pass over the value, to the ',' or '}' after it. */
+		while (depth > 0 || (c.p[i] != ',' && c.p[i] != '}')) {
+			if (c.p[i] == '"')
+				i = json_string_decode(c.p, i, NULL) - 1;
+			else if (c.p[i] == '{' || c.p[i] == '[')
+				depth++;
+			else if (c.p[i] == '}' || c.p[i] == ']')
+				depth--;
+			i++;
+		}
+		if (c.p[i] == '}')
+			break;
+		i++;
 	}
-	memcpy(out, k + 18, (size_t)(e - k - 18));
-	out[e - k - 18] = '\0';
-	buf_free(&compact);
-	return out;
+out:
+	buf_free(&c);
+	buf_free(&k);
+	return found;
+}
+
+/* ------------------------------------------------------------------------
+ * check URL: do what X does before it accepts a webhook URL, report each
+ * requirement on its own line, and exit 0 only if X would accept it.
+ * ------------------------------------------------------------------------ */
+
+static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
+static const char *check_cacert;    /* --cacert FILE: trust these roots */
+static int check_post;              /* --post: also send a signed event */
+static int check_failed;
+static int check_unsure;            /* something check itself cannot do */
+
+enum { CHECK_TIME_LIMIT_MS = 3000 };  /* X's limit for a CRC answer */
+
+static void report(const char *mark, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+report(const char *mark, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (strcmp(mark, "FAIL") == 0)
+		check_failed = 1;
+	printf("[%s] ", mark);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+	fflush(stdout);
+}
+
+/* Where check dials, and with what it verifies. */
+struct check_target {
+	const struct url *u;
+	char host[256], port[8];
+	const void *trust;       /* struct trust, for https */
+	const char *bundle;
+};
+
+#ifdef XWEBHOOK_TLS
+/* Say why a handshake failed, in X's terms. */
+static void
+report_handshake(const struct check_target *t, const struct client *cl)
+{
+	const struct tls_client *tc = cl->c.tls;
+	int e = cl->tls_error;
+	struct cert_info ci;
+
+	if (e == BR_ERR_X509_NOT_TRUSTED)
+		report("FAIL", "the certificate chain does not lead to a root in %s "
+		    "(is an intermediate missing? X will not fetch it)", t->bundle);
+	else if (e == BR_ERR_X509_BAD_SERVER_NAME)
+		report("FAIL", "the certificate is not for %s", t->u->host);
+	else if (e == BR_ERR_X509_EXPIRED)
+		report("FAIL", "the certificate has expired or is not yet valid");
+	else if (e == BR_ERR_RECV_FATAL_ALERT + 70 && (check_unsure = 1))
+		report("FAIL", "cannot check: the server wants a TLS version this build lacks, most likely "
+		    "TLS 1.3 alone. X accepts TLS 1.3, but check speaks TLS 1.2 at most (BearSSL has no "
+		    "1.3): try curl -v --tlsv1.3 %s, or enable TLS 1.2 as well", t->u->host);
+	else if (e == BR_ERR_BAD_VERSION || e == BR_ERR_UNSUPPORTED_VERSION)
+		report("FAIL", "no TLS 1.2: X needs TLS 1.2 or later");
+	else
+		report("FAIL", "%s", cl->why);
+	if (tc != NULL && tc->x509.leaf.len > 0 &&
+	    cert_info((unsigned char *)tc->x509.leaf.p, tc->x509.leaf.len, &ci) == 0) {
+		char date[32];
+
+		format_date(ci.not_after, date, sizeof(date));
+		report("info", "the server's certificate expires %s", date);
+	}
+}
+
+/* What the handshake settled, when it succeeded. */
+static void
+report_tls(const struct check_target *t, const struct client *cl)
+{
+	const struct tls_client *tc = cl->c.tls;
+	br_ssl_session_parameters sp;
+	unsigned v = br_ssl_engine_get_version(&tc->cc.eng);
+	struct cert_info ci;
+	char date[32];
+
+	br_ssl_engine_get_session_parameters(&tc->cc.eng, &sp);
+	report(v >= BR_TLS12 ? "ok" : "FAIL", "TLS 1.%u, %s", v - BR_TLS10, suite_name(sp.cipher_suite));
+	report("ok", "certificate chain verified against %s, with the %d certificate(s) the server sent",
+	    t->bundle, tc->x509.certs);
+	report("ok", "certificate is for %s", t->u->host);
+	if (cert_info((unsigned char *)tc->x509.leaf.p, tc->x509.leaf.len, &ci) == 0) {
+		long days = (long)((ci.not_after - time(NULL)) / 86400);
+
+		format_date(ci.not_after, date, sizeof(date));
+		report(days < EXPIRY_WARN_DAYS ? "warn" : "ok", "certificate expires %s (%ld days)", date, days);
+	}
+}
+#endif
+
+/* One exchange with the target, reporting a failure to connect or to
+ * get an answer (what is reported is what must be said). 0, or -1. */
+static int
+check_exchange(const struct check_target *t, const struct buf *request, struct answer *a, int report_handshakes,
+    const char *what)
+{
+	struct client cl;
+	int r = -1;
+
+	(void)report_handshakes;  /* (the plain build has none) */
+	if (client_connect(&cl, t->host, t->port, t->u->host, t->trust) < 0) {
+#ifdef XWEBHOOK_TLS
+		if (cl.tls_error != 0 && report_handshakes)
+			report_handshake(t, &cl);
+		else
+#endif
+			report("FAIL", "%s: %s", what, cl.why);
+		client_close(&cl);
+		return -1;
+	}
+#ifdef XWEBHOOK_TLS
+	if (t->trust != NULL && report_handshakes)
+		report_tls(t, &cl);
+#endif
+	if (client_exchange(&cl, request->p, request->len, a) < 0)
+		report("FAIL", "%s: %s", what, cl.why);
+	else
+		r = 0;
+	client_close(&cl);
+	return r;
 }
 
 static int
 cmd_check(const char *arg)
 {
 	struct url u;
-	struct buf req = { 0 };
-	struct response res;
+	struct check_target t;
+	struct buf req = { 0 }, got = { 0 };
+	struct answer a;
 	unsigned char raw[24];
-	char token[40], qtoken[80], nonce[32], stamp[24], got[128], want[SIGNATURE_LEN + 1];
+	char token[40], qtoken[80], nonce[32], stamp[24], want[SIGNATURE_LEN + 1];
+	const char *why, *v;
 	int have_secret = load_secret(0), i, o = 0;
-	size_t n;
+	size_t n, vl;
 
 	if (url_parse(arg, &u) < 0)
 		die("check: '%s' is not an http:// or https:// URL", arg);
@@ -5840,13 +6183,32 @@ cmd_check(const char *arg)
 		report("FAIL", "the URL names port %s: X refuses URLs with a port other than 443", u.port);
 	else
 		report("ok", "no port in the URL (443)");
-#ifndef XWEBHOOK_TLS
+	memset(&t, 0, sizeof(t));
+	t.u = &u;
+	snprintf(t.host, sizeof(t.host), "%s", u.host);
+	snprintf(t.port, sizeof(t.port), "%s", u.port[0] ? u.port : u.https ? "443" : "80");
+	if (check_connect != NULL &&
+	    (split_host_port(check_connect, strlen(check_connect), t.host, sizeof(t.host), t.port,
+	    sizeof(t.port), &why) < 0 || t.host[0] == '\0' || t.port[0] == '\0'))
+		die("bad --connect '%s': expected ADDR:PORT or [IPV6]:PORT", check_connect);
+#ifdef XWEBHOOK_TLS
+	if (u.https) {
+		static struct trust trust;
+
+		t.bundle = check_cacert ? check_cacert : "/etc/ssl/certs/ca-certificates.crt";
+		if (trust_load(t.bundle, &trust) < 0 || trust.n == 0) {
+			report("FAIL", "cannot load trusted certificates from %s", t.bundle);
+			printf("X would not accept this URL.\n");
+			return 1;
+		}
+		t.trust = &trust;
+	}
+#else
 	if (u.https) {
 		report("FAIL", "https needs the TLS build of xwebhook (make TLS=1)");
 		return 1;
 	}
 #endif
-
 	/* A fresh token, as X makes them: base64, here of 24 random bytes,
 	 * so that '+' and '/' are likely to need their %-escapes. */
 	entropy(raw, sizeof(raw));
@@ -5864,7 +6226,6 @@ cmd_check(const char *arg)
 	while (n > 0 && nonce[n - 1] == '=')
 		n--;
 	nonce[n] = '\0';
-
 	buf_adds(&req, "GET ");
 	buf_adds(&req, u.target);
 	buf_adds(&req, strchr(u.target, '?') ? "&crc_token=" : "?crc_token=");
@@ -5874,39 +6235,41 @@ cmd_check(const char *arg)
 	buf_adds(&req, " HTTP/1.1\r\nHost: ");
 	buf_adds(&req, u.host);
 	buf_adds(&req, "\r\nUser-Agent: xwebhook-check\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n");
-	if (check_exchange(&u, &req, &res, 1) == 0) {
-		if (res.status >= 300 && res.status < 400)
-			report("FAIL", "the CRC was answered %d, a redirect%s%s: X treats any 3XX as invalid",
-			    res.status, res.location[0] ? " to " : "", res.location);
-		else
-			report(res.status == 200 ? "ok" : "FAIL", "the CRC was answered %d", res.status);
-		report(res.ms <= CHECK_TIME_LIMIT_MS ? "ok" : "FAIL", "the CRC was answered in %lld ms "
-		    "(X allows %d ms)", (long long)res.ms, CHECK_TIME_LIMIT_MS);
-		if (res.encoding[0])
-			report("FAIL", "the answer has Content-Encoding: %s; X wants the JSON as it is",
-			    res.encoding);
-		if (res.status == 200) {
-			if (response_token(&res.body, got, sizeof(got)) == NULL) {
-				report("FAIL", "the answer is not a JSON object with a response_token");
+	if (check_exchange(&t, &req, &a, 1, "the CRC") == 0) {
+		if (a.status >= 300 && a.status < 400) {
+			v = answer_field(&a, "location", &vl);
+			report("FAIL", "the CRC was answered %d, a redirect%s%.*s: X treats any 3XX as invalid",
+			    a.status, v ? " to " : "", v ? (int)(vl > 200 ? 200 : vl) : 0, v ? v : "");
+		} else {
+			report(a.status == 200 ? "ok" : "FAIL", "the CRC was answered %d", a.status);
+		}
+		report(a.ms <= CHECK_TIME_LIMIT_MS ? "ok" : "FAIL", "the CRC was answered in %lld ms, all of "
+		    "it (X allows %d ms)", (long long)a.ms, CHECK_TIME_LIMIT_MS);
+		if ((v = answer_field(&a, "content-encoding", &vl)) != NULL)
+			report("FAIL", "the answer has Content-Encoding: %.*s; X wants the JSON as it is",
+			    (int)(vl > 64 ? 64 : vl), v);
+		if (a.status == 200) {
+			if (json_member_string(a.body.p, a.body.len, "response_token", &got) < 0) {
+				report("FAIL", "the answer is not a JSON object with a response_token string at its "
+				    "top level");
 			} else if (have_secret) {
 				signature_of(&secret_key, token, strlen(token), want);
 				want[SIGNATURE_LEN] = '\0';
-				if (strcmp(got, want) == 0)
+				if (got.len == SIGNATURE_LEN && memcmp(got.p, want, SIGNATURE_LEN) == 0)
 					report("ok", "response_token is the HMAC of the token under the consumer secret");
 				else
 					report("FAIL", "response_token does not match the HMAC under this consumer "
 					    "secret (a different app's secret, or the wrong construction)");
 			} else {
-				int shape = strncmp(got, "sha256=", 7) == 0 && strlen(got) == SIGNATURE_LEN;
+				int shape = got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0;
 
 				report(shape ? "warn" : "FAIL", "response_token %s; no consumer secret here "
 				    "(TWITTER_CONSUMER_SECRET or --secret-file), so its value was not checked",
 				    shape ? "has the right shape" : "is not sha256=<base64 of 32 bytes>");
 			}
 		}
-		buf_free(&res.body);
+		answer_free(&a);
 	}
-
 	if (check_post) {
 		char body[160], sig[SIGNATURE_LEN + 1], len[32];
 
@@ -5918,7 +6281,7 @@ cmd_check(const char *arg)
 			signature_of(&secret_key, body, strlen(body), sig);
 			sig[SIGNATURE_LEN] = '\0';
 			snprintf(len, sizeof(len), "%zu", strlen(body));
-			req.len = 0;
+			buf_clear(&req);
 			buf_adds(&req, "POST ");
 			buf_adds(&req, u.target);
 			buf_adds(&req, " HTTP/1.1\r\nHost: ");
@@ -5930,15 +6293,17 @@ cmd_check(const char *arg)
 			buf_adds(&req, len);
 			buf_adds(&req, "\r\n\r\n");
 			buf_adds(&req, body);
-			if (check_exchange(&u, &req, &res, 0) == 0) {
-				report(res.status == 200 ? "ok" : "FAIL", "a signed test event was answered %d in "
-				    "%lld ms", res.status, (long long)res.ms);
-				buf_free(&res.body);
+			if (check_exchange(&t, &req, &a, 0, "the signed test event") == 0) {
+				report(a.status == 200 ? "ok" : "FAIL", "a signed test event was answered %d in "
+				    "%lld ms", a.status, (long long)a.ms);
+				answer_free(&a);
 			}
 		}
 	}
 	buf_free(&req);
-	printf(check_failed ? "X would not accept this URL.\n" : "X would accept this URL.\n");
+	buf_free(&got);
+	printf(check_unsure ? "check cannot tell whether X would accept this URL.\n" :
+	    check_failed ? "X would not accept this URL.\n" : "X would accept this URL.\n");
 	return check_failed ? 1 : 0;
 }
 
@@ -5967,8 +6332,9 @@ usage(FILE *f)
 "  -o, --output FILE        also append each event to FILE as one compact JSON line,\n"
 "                           synced to disk before X is told it arrived\n"
 "      --secret-file FILE   read the consumer secret from FILE (one trailing newline dropped)\n"
-"      --max-body BYTES     largest event body (default 1M; K and M suffixes; at most 1G)\n"
-"      --max-conns N        most connections at once; more get 503 (default 1024)\n"
+"      --max-body BYTES     largest event body (default 1M; K, M and G suffixes; at most 1G)\n"
+"      --max-conns N        connection slots (default 1024); when all are taken, a newcomer\n"
+"                           gets the slot of the idlest connection of the busiest address\n"
 "  -q, --quiet              no access log on stderr\n"
 "  -u, --user NAME          once the port is bound (and keys read), run as NAME\n"
 #ifdef XWEBHOOK_TLS

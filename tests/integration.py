@@ -1179,6 +1179,16 @@ def sign_and_fmt_subcommands():
     # Invalid JSON: status 1 and where.
     rc, out, err = run(["fmt"], input=b'{\n  "a": 1,\n  "b" 2\n}\n')
     assert rc == 1 and "line 3, column 7: expected ':'" in err and err.count("\n") == 1, err
+    assert out == b"", "nothing of an invalid value is written: %r" % out
+    # Whole values before an invalid one are written, none of it after,
+    # even when the whole values fill more than one read.
+    big = b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"p" * 500) for i in range(400))
+    rc, out, err = run(["fmt"], input=big + b'{"bad":[1,2,}\n{"never":1}\n')
+    assert rc == 1 and "line 401, column 13" in err, err
+    assert out == b"".join(pretty(json.loads(l)).encode() for l in big.splitlines()), out[-200:]
+    # A byte-order mark is named, in fmt and in events.
+    rc, out, err = run(["fmt"], input=b'\xef\xbb\xbf{"a":1}')
+    assert rc == 1 and "byte-order mark" in err and out == b"", (out, err)
     rc, out, err = run(["fmt"], input=b"")
     assert rc == 1 and "line 1, column 1: expected a value" in err
     rc, out, err = run(["fmt", "/nonexistent.json"])

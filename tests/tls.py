@@ -21,6 +21,7 @@ import textwrap
 import threading
 import time
 import traceback
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
@@ -560,12 +561,56 @@ def check_fails_for_each_reason_x_would():
         srv.stop()
 
 
+def crc_answer_for(req):
+    """The right response_token for the crc_token in a request head."""
+    target = req.split(b" ", 2)[1].decode()
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+    return it.sign(query["crc_token"][0].encode())
+
+
 def fake_server(p, behaviour, stop):
-    """An HTTPS server that answers a CRC slowly (3.5 s) or with a 302."""
+    """An HTTPS server with p's certificate that misbehaves as told."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(p["chain"], p["key"])
+    if behaviour == "tls13":
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if behaviour == "alert":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("AES256-SHA")  # nothing BearSSL's client offers with ECDHE
     ls = socket.create_server(("127.0.0.1", 0))
     ls.settimeout(0.2)
+    served = [0]
+
+    def answer(s, req):
+        if req.startswith(b"POST "):
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        token = crc_answer_for(req)
+        if behaviour == "slow":
+            time.sleep(3.5)
+            body = b'{"response_token":"sha256=x"}'
+        elif behaviour == "redirect":
+            s.sendall(b"HTTP/1.1 302 Found\r\nLocation: https://elsewhere.test/\r\nContent-Length: 0\r\n\r\n")
+            return
+        elif behaviour == "nested":
+            body = json.dumps({"data": {"response_token": token}}).encode()
+        elif behaviour == "escaped":
+            # PHP's json_encode writes '/' as '\/'; and '=' as \u003d.
+            body = (b'{"response_token":"%s"}' % token.replace("/", "\\/").replace("=", "\\u003d").encode())
+        elif behaviour == "huge":
+            body = b'{"response_token":"%s","pad":"%s"}' % (token.encode(), b"x" * (10 << 20))
+        elif behaviour == "chunked":
+            body = b'{"response_token":"%s"}' % token.encode()
+            s.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                      b"".join(b"%x\r\n%s\r\n" % (len(body[k:k + 7]), body[k:k + 7])
+                               for k in range(0, len(body), 7)) + b"0\r\n\r\n")
+            return
+        else:  # "linger", "post-refused": a right answer at once
+            body = b'{"response_token":"%s"}' % token.encode()
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        if behaviour == "linger":
+            time.sleep(3.5)  # the answer is whole; the connection stays
 
     def serve():
         while not stop.is_set():
@@ -573,24 +618,96 @@ def fake_server(p, behaviour, stop):
                 raw, _ = ls.accept()
             except socket.timeout:
                 continue
+            served[0] += 1
+            if behaviour == "post-refused" and served[0] > 1:
+                raw.close()  # a second connection never gets a handshake
+                continue
             try:
                 s = ctx.wrap_socket(raw, server_side=True)
                 s.settimeout(10)
                 req = b""
                 while b"\r\n\r\n" not in req:
                     req += s.recv(4096)
-                if behaviour == "slow":
-                    time.sleep(3.5)
-                    body = b'{"response_token":"sha256=x"}'
-                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-                else:
-                    s.sendall(b"HTTP/1.1 302 Found\r\nLocation: https://elsewhere.test/\r\nContent-Length: 0\r\n\r\n")
+                answer(s, req)
                 s.close()
             except (OSError, ssl.SSLError):
                 raw.close()
         ls.close()
     threading.Thread(target=serve, daemon=True).start()
     return ls.getsockname()[1]
+
+
+@test
+def check_against_hostile_servers():
+    p = PKIS["p256"]
+    url = "https://%s/webhooks/twitter" % HOST
+    cases = [
+        ("nested", 1, "[FAIL] the answer is not a JSON object with a response_token string at its top level"),
+        ("escaped", 0, "[ok] response_token is the HMAC"),
+        ("chunked", 0, "[ok] response_token is the HMAC"),
+        ("huge", 1, "[FAIL] the CRC: the answer is larger than 1 MiB"),
+        ("linger", 0, "[ok] the CRC was answered in"),
+        ("post-refused", 1, "[FAIL] the signed test event: TLS handshake failed"),
+        ("tls13", 1, "X accepts TLS 1.3, but check speaks TLS 1.2 at most"),
+        ("alert", 1, "the peer sent the alert handshake_failure (40)"),
+    ]
+    for behaviour, want_rc, part in cases:
+        stop = threading.Event()
+        port = fake_server(p, behaviour, stop)
+        try:
+            t0 = time.monotonic()
+            rc, out, err = check(url, "--connect", "127.0.0.1:%d" % port, "--cacert", p["root"], "--post")
+            took = time.monotonic() - t0
+            assert rc == want_rc and part in out, (behaviour, rc, out + err)
+            assert "BearSSL error" not in out, (behaviour, out)
+            verdict = ("X would accept this URL." if want_rc == 0 else
+                       "check cannot tell whether X would accept this URL." if behaviour == "tls13" else
+                       "X would not accept this URL.")
+            assert out.rstrip().endswith(verdict), (behaviour, out)
+            if behaviour == "linger":
+                ms = int(out.split("the CRC was answered in ")[1].split()[0])
+                assert ms < 1000 and took < 10, (ms, took)
+        finally:
+            stop.set()
+
+
+@test
+def tls_port_answers_plain_http_alpn_mismatch_and_renegotiation_plainly():
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"])
+    try:
+        # Plain HTTP to the HTTPS port: a short 400 that says so.
+        s = srv.sock()
+        s.sendall(b"GET /webhooks/twitter?crc_token=abc HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body, _ = it.read_response(s)
+        assert status == 400 and b"https://" in body and headers.get("connection") == "close", (status, body)
+        s.close()
+        # ALPN offered without http/1.1: the alert no_application_protocol.
+        ctx = ssl.create_default_context(cafile=p["root"])
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        try:
+            ctx.wrap_socket(raw, server_hostname=HOST)
+            raise AssertionError("a handshake offering only h2 succeeded")
+        except ssl.SSLError as e:
+            assert "NO APPLICATION PROTOCOL" in str(e).upper().replace("_", " "), e
+        raw.close()
+        # No ALPN at all is served.
+        ctx = ssl.create_default_context(cafile=p["root"])
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10), server_hostname=HOST)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert it.read_response(s)[0] == 200
+        s.close()
+        # A client asking to renegotiate after its handshake is no failed
+        # handshake in the log.
+        before = srv.stderr().count("TLS handshake failed")
+        r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % srv.port, "-servername", HOST,
+                            "-tls1_2", "-CAfile", p["root"]], input=b"R\n", capture_output=True, timeout=20)
+        assert b"Verify return code: 0" in r.stdout, r.stdout[-500:]
+        time.sleep(0.3)
+        assert srv.stderr().count("TLS handshake failed") == before, srv.stderr()[-800:]
+    finally:
+        srv.stop()
 
 
 @test

@@ -214,6 +214,37 @@ test_hmac_key_lengths(void)
 	}
 }
 
+/* ---- Reading a member of a JSON answer (check's response_token) ---- */
+
+static void
+expect_member(const char *json, const char *key, int want_rc, const char *want)
+{
+	struct buf out = { 0 };
+	int rc = json_member_string(json, strlen(json), key, &out);
+
+	CHECK(rc == want_rc && (want == NULL || (out.len == strlen(want) && memcmp(out.p, want, out.len) == 0)),
+	    "member %s of %s: %d [%.*s]", key, json, rc, (int)out.len, out.p ? out.p : "");
+	buf_free(&out);
+}
+
+static void
+test_json_member(void)
+{
+	expect_member("{\"response_token\":\"sha256=abc\"}", "response_token", 0, "sha256=abc");
+	expect_member("{ \"a\" : 1 , \"response_token\" : \"x\\/y\\u003d\" }", "response_token", 0, "x/y=");
+	expect_member("{\"data\":{\"response_token\":\"z\"}}", "response_token", -1, NULL);
+	expect_member("{\"k\":[{\"response_token\":\"no\"},\"}\"],\"response_token\":\"yes\"}",
+	    "response_token", 0, "yes");
+	expect_member("{\"response_token\":5}", "response_token", -1, NULL);
+	expect_member("{\"response_token\":5,\"response_token\":\"later\"}", "response_token", -1, NULL);
+	expect_member("[\"response_token\"]", "response_token", -1, NULL);
+	expect_member("{\"response_token\":\"a\"", "response_token", -1, NULL);
+	expect_member("{\"resp\\u006fnse_token\":\"escaped key\"}", "response_token", 0, "escaped key");
+	expect_member("{\"t\":\"\\ud83d\\ude00 \\u00e9\\n\"}", "t", 0, "\xf0\x9f\x98\x80 \xc3\xa9\n");
+	expect_member("{\"t\":\"\\ud800x\"}", "t", 0, "\xef\xbf\xbdx");
+	expect_member("{}", "t", -1, NULL);
+}
+
 /* ---- base64, RFC 4648 section 10, and the CRC answer ---- */
 
 static void
@@ -907,6 +938,7 @@ main(void)
 	test_hmac_key_lengths();
 	test_base64();
 	test_json();
+	test_json_member();
 	test_http();
 	test_chunked();
 	test_query();
