@@ -5856,7 +5856,6 @@ client_exchange(struct client *cl, const char *request, size_t n, struct answer 
 			enum status st = chunked_decode(&ch, in.p + at, in.len - at, &used, &a->body,
 			    CLIENT_MAX_ANSWER - head_len, &why);
 
-			at += used;
 			if (st == S_OK)
 				break;
 			if (st == S_PAYLOAD_TOO_LARGE)
@@ -6008,7 +6007,7 @@ json_member_string(const char *p, size_t n, const char *key, struct buf *out)
 
 		k.len = 0;
 		i = json_string_decode(c.p, i, &k) + 1;  /* past the ':' too */
-		match = k.len == strlen(key) && memcmp(k.p, key, k.len) == 0;
+		match = k.len == strlen(key) && (k.len == 0 || memcmp(k.p, key, k.len) == 0);
 		if (match && c.p[i] == '"') {
 			json_string_decode(c.p, i, out);
 			found = 0;
