@@ -99,17 +99,23 @@ __memset_chk(void *d, int c, size_t n, size_t room)
  * Limits. Each is named, and each is tested.
  * ------------------------------------------------------------------------ */
 
-#define MAX_HEADER_FIELDS_N 100  /* (a macro too: messages are built from it) */
+/* (Macros too, for the messages built from them.) */
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define MAX_REQUEST_LINE_N 8192
+#define MAX_HEADER_BLOCK_N 16384
+#define MAX_HEADER_FIELDS_N 100
+#define MAX_CHUNK_LINE_N 1024
 
 enum {
 	/* A request line longer than this gets 414. X's CRC line is ~150 bytes. */
-	MAX_REQUEST_LINE = 8192,
+	MAX_REQUEST_LINE = MAX_REQUEST_LINE_N,
 	/* Header fields (everything after the request line) past this get 431. */
-	MAX_HEADER_BLOCK = 16384,
+	MAX_HEADER_BLOCK = MAX_HEADER_BLOCK_N,
 	/* More header fields than this get 431; X sends about a dozen. */
 	MAX_HEADER_FIELDS = MAX_HEADER_FIELDS_N,
 	/* A chunk-size line (size and extensions) longer than this gets 400. */
-	MAX_CHUNK_LINE = 1024,
+	MAX_CHUNK_LINE = MAX_CHUNK_LINE_N,
 	/* crc_token length in bytes after decoding; X's are 48. */
 	MAX_CRC_TOKEN = 255,
 	/* JSON nesting deeper than this is invalid; X's events nest ~6 deep. */
@@ -117,8 +123,14 @@ enum {
 	/* The connection's read buffer holds a whole head, and the few bytes
 	 * of a pipelined request that may follow it. */
 	CONN_BUF = MAX_REQUEST_LINE + MAX_HEADER_BLOCK + 4096,
+	/* Connections the kernel holds for accept(); the accept loop takes
+	 * them faster than any burst X or a flood could fill this. */
+	LISTEN_BACKLOG = 1024,
 	/* Bytes a lingering close reads and throws away before giving up. */
 	LINGER_BYTES = 256 * 1024,
+	/* An idle keep-alive connection keeps a rendered event's buffer up
+	 * to this size for the next; a larger one goes back to the system. */
+	KEEP_BUFFER = 64 * 1024,
 	/* Body bytes a connection may hold before it draws on the shared
 	 * budget: X's events (a few KiB) never wait on the budget, and
 	 * max_conns of these bound what slow bodies can hold without it. */
@@ -138,8 +150,7 @@ enum {
  * or the POST gets 503 and X retries: well under X's 10 s delivery
  * timeout. (A macro: the messages that name it are built from it.) */
 #define SINK_TIMEOUT_S 5
-#define STR_(x) #x
-#define STR(x) STR_(x)
+
 
 /* Deadlines, in milliseconds. */
 static const int64_t head_timeout = 10000;   /* the head, from its first byte */
@@ -1639,11 +1650,11 @@ http_scan_head(const char *buf, size_t len, size_t *scan, size_t *line_end, size
 
 		/* A line of 8192 bytes has its CRLF at 8192 and 8193. */
 		if (*line_end == 0 && k >= MAX_REQUEST_LINE + 1 && c != '\n') {
-			*why = "request line longer than 8192 bytes";
+			*why = "request line longer than " STR(MAX_REQUEST_LINE_N) " bytes";
 			return S_URI_TOO_LONG;
 		}
 		if (*line_end != 0 && k + 1 - *line_end > MAX_HEADER_BLOCK) {
-			*why = "header fields longer than 16384 bytes";
+			*why = "header fields longer than " STR(MAX_HEADER_BLOCK_N) " bytes";
 			return S_HEADERS_TOO_LARGE;
 		}
 		if (k > 0 && buf[k - 1] == '\r' && c != '\n') {
@@ -2092,13 +2103,13 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		/* One byte of a size or trailer line was taken. */
 		if (ch->state <= C_SIZE_LF) {
 			if (++ch->line > MAX_CHUNK_LINE) {
-				*why = "chunk size line longer than 1024 bytes";
+				*why = "chunk size line longer than " STR(MAX_CHUNK_LINE_N) " bytes";
 				st = S_BAD_REQUEST;
 				goto out;
 			}
 		} else if (ch->state >= C_TRAILER && ch->state <= C_END_LF) {
 			if (++ch->trailer > MAX_HEADER_BLOCK) {
-				*why = "trailer fields longer than 16384 bytes";
+				*why = "trailer fields longer than " STR(MAX_HEADER_BLOCK_N) " bytes";
 				st = S_HEADERS_TOO_LARGE;
 				goto out;
 			}
@@ -3937,14 +3948,25 @@ event_check(struct conn *c, const struct request *req, const char **why)
 	return S_OK;
 }
 
+/* The body of a CRC answer for token, {"response_token":"sha256=..."}:
+ * the one builder, for the server and for `xwebhook crc`. */
+enum { CRC_BODY_LEN = 19 + SIGNATURE_LEN + 2 };
+
+static void
+crc_body(const char *token, size_t n, char out[CRC_BODY_LEN])
+{
+	memcpy(out, "{\"response_token\":\"", 19);
+	signature_of(&secret_key, token, n, out + 19);
+	memcpy(out + 19 + SIGNATURE_LEN, "\"}", 2);
+}
+
 /* Answer a CRC: the HMAC of the crc_token under the consumer secret. */
 static void
 handle_crc(struct conn *c, const struct request *req, int keep, struct outcome *o)
 {
 	const char *q = memchr(req->target, '?', req->target_len);
-	char token[MAX_CRC_TOKEN + 1], body[64 + SIGNATURE_LEN];
+	char token[MAX_CRC_TOKEN + 1], body[CRC_BODY_LEN];
 	long n = -1;
-	size_t len;
 
 	if (q != NULL)
 		n = query_param(q + 1, req->target_len - req->path_len - 1, "crc_token", token, sizeof(token));
@@ -3957,13 +3979,10 @@ handle_crc(struct conn *c, const struct request *req, int keep, struct outcome *
 		    "crc_token must be 1 to 255 characters of base64 or base64url", NULL, keep, o);
 		return;
 	}
-	memcpy(body, "{\"response_token\":\"", 19);
-	signature_of(&secret_key, token, (size_t)n, body + 19);
-	memcpy(body + 19 + SIGNATURE_LEN, "\"}", 2);
-	len = 19 + SIGNATURE_LEN + 2;
-	send_response(c, req, S_OK, "application/json", body, len, NULL, keep);
+	crc_body(token, (size_t)n, body);
+	send_response(c, req, S_OK, "application/json", body, sizeof(body), NULL, keep);
 	o->code = 200;
-	o->out_bytes = req->method == M_HEAD ? 0 : len;
+	o->out_bytes = req->method == M_HEAD ? 0 : sizeof(body);
 }
 
 static void slot_answered(struct conn *c);
@@ -4097,9 +4116,9 @@ next_request(struct conn *c)
 	memmove(c->in, c->in + c->pos, c->in_len - c->pos);
 	c->in_len -= c->pos;
 	c->pos = 0;
-	if (c->pretty.cap > 65536)
+	if (c->pretty.cap > KEEP_BUFFER)
 		buf_free(&c->pretty);
-	if (c->compact.cap > 65536)
+	if (c->compact.cap > KEEP_BUFFER)
 		buf_free(&c->compact);
 }
 
@@ -4284,19 +4303,21 @@ listen_on(const char *spec, char *url, size_t url_len)
 	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
 		die("cannot listen on %s:", spec);
 	freeaddrinfo(ai);
-	if (listen(fd, 1024) < 0)
+	if (listen(fd, LISTEN_BACKLOG) < 0)
 		die("cannot listen on %s:", spec);
 	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
 		die("getsockname:");
 	if (ss.ss_family == AF_INET6) {
 		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
 
-		inet_ntop(AF_INET6, &s6->sin6_addr, shown, sizeof(shown));
+		if (inet_ntop(AF_INET6, &s6->sin6_addr, shown, sizeof(shown)) == NULL)
+			die("inet_ntop:");
 		snprintf(url, url_len, "%s://[%s]:%u%s", scheme, shown, ntohs(s6->sin6_port), webhook_path);
 	} else {
 		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
 
-		inet_ntop(AF_INET, &s4->sin_addr, shown, sizeof(shown));
+		if (inet_ntop(AF_INET, &s4->sin_addr, shown, sizeof(shown)) == NULL)
+			die("inet_ntop:");
 		snprintf(url, url_len, "%s://%s:%u%s", scheme, shown, ntohs(s4->sin_port), webhook_path);
 	}
 	return fd;
@@ -4311,12 +4332,14 @@ format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
 	if (ss->ss_family == AF_INET6) {
 		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
 
-		inet_ntop(AF_INET6, &s6->sin6_addr, a, sizeof(a));
+		if (inet_ntop(AF_INET6, &s6->sin6_addr, a, sizeof(a)) == NULL)
+			strcpy(a, "?");  /* a peer we cannot name is still served */
 		snprintf(out, n, "[%s]:%u", a, ntohs(s6->sin6_port));
 	} else {
 		const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
 
-		inet_ntop(AF_INET, &s4->sin_addr, a, sizeof(a));
+		if (inet_ntop(AF_INET, &s4->sin_addr, a, sizeof(a)) == NULL)
+			strcpy(a, "?");
 		snprintf(out, n, "%s:%u", a, ntohs(s4->sin_port));
 	}
 }
@@ -5317,13 +5340,12 @@ slurp(const char *path, struct buf *b)
 static int
 cmd_crc(const char *token)
 {
-	char out[64 + SIGNATURE_LEN];
+	char out[CRC_BODY_LEN + 1];
 
 	load_secret(1);
-	memcpy(out, "{\"response_token\":\"", 19);
-	signature_of(&secret_key, token, strlen(token), out + 19);
-	memcpy(out + 19 + SIGNATURE_LEN, "\"}\n", 3);
-	if (write_all(STDOUT_FILENO, out, 19 + SIGNATURE_LEN + 3) < 0)
+	crc_body(token, strlen(token), out);
+	out[CRC_BODY_LEN] = '\n';
+	if (write_all(STDOUT_FILENO, out, sizeof(out)) < 0)
 		die("stdout:");
 	return 0;
 }
@@ -6377,12 +6399,13 @@ parse_size(const char *s, const char *opt)
 	return (size_t)v;
 }
 
-int
-main(int argc, char **argv)
+/* Take the options into the settings above, and the words that are not
+ * options (a subcommand and its arguments) into args. Dies with one line
+ * on anything it does not know; exits 0 after --help or --version. */
+static int
+parse_commandline(int argc, char **argv, const char *args[3])
 {
-	const char *args[3] = { NULL, NULL, NULL };
-	char url[INET6_ADDRSTRLEN + 300];
-	int nargs = 0, i, lfd;
+	int nargs = 0, i;
 
 	for (i = 1; i < argc; i++) {
 		const char *a = argv[i], *eq = NULL, *val = NULL;
@@ -6415,7 +6438,7 @@ main(int argc, char **argv)
 	(die("option %s needs a value (see xwebhook --help)", name), ""))
 		if (OPT("-h", "--help")) {
 			usage(stdout);
-			return 0;
+			exit(0);
 		} else if (OPT("-V", "--version")) {
 #ifdef XWEBHOOK_TLS
 			printf("xwebhook %s (HTTP and HTTPS; TLS 1.2 through BearSSL)\n", XWEBHOOK_VERSION);
@@ -6423,7 +6446,7 @@ main(int argc, char **argv)
 			printf("xwebhook %s (plain HTTP; built without TLS: make TLS=1 for HTTPS)\n",
 			    XWEBHOOK_VERSION);
 #endif
-			return 0;
+			exit(0);
 		} else if (OPT("-q", "--quiet")) {
 			quiet = 1;
 		} else if (OPT("-l", "--listen")) {
@@ -6480,25 +6503,16 @@ main(int argc, char **argv)
 #undef VALUE
 	}
 
-	signal(SIGPIPE, SIG_IGN);
-	sha256_select();
-	if (args[0] != NULL) {
-		if (strcmp(args[0], "crc") == 0 && nargs == 2)
-			return cmd_crc(args[1]);
-		if (strcmp(args[0], "sign") == 0 && nargs <= 2)
-			return cmd_sign(args[1]);
-		if (strcmp(args[0], "fmt") == 0 && nargs <= 2)
-			return cmd_fmt(args[1]);
-		if (strcmp(args[0], "check") == 0 && nargs == 2)
-			return cmd_check(args[1]);
-		if (strcmp(args[0], "check") == 0)
-			die("usage: xwebhook check URL");
-		if (strcmp(args[0], "crc") == 0)
-			die("usage: xwebhook crc TOKEN");
-		if (strcmp(args[0], "sign") == 0 || strcmp(args[0], "fmt") == 0)
-			die("usage: xwebhook %s [FILE]", args[0]);
-		die("unknown command '%s' (see xwebhook --help)", args[0]);
-	}
+	return nargs;
+}
+
+/* The server: the secret, the sinks, the identity and the port, as root;
+ * then the drop to --user, and serving until SIGINT or SIGTERM. */
+static int
+run_server(void)
+{
+	char url[INET6_ADDRSTRLEN + 300];
+	int lfd;
 
 	load_secret(1);
 	if (output_path != NULL)
@@ -6527,4 +6541,33 @@ main(int argc, char **argv)
 	warn("serving %s (events to stdout%s%s)", url, output_path ? " and " : "",
 	    output_path ? output_path : "");
 	return serve(lfd);
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *args[3] = { NULL, NULL, NULL };
+	int nargs = parse_commandline(argc, argv, args);
+
+	signal(SIGPIPE, SIG_IGN);
+	sha256_select();
+	if (args[0] != NULL) {
+		if (strcmp(args[0], "crc") == 0 && nargs == 2)
+			return cmd_crc(args[1]);
+		if (strcmp(args[0], "sign") == 0 && nargs <= 2)
+			return cmd_sign(args[1]);
+		if (strcmp(args[0], "fmt") == 0 && nargs <= 2)
+			return cmd_fmt(args[1]);
+		if (strcmp(args[0], "check") == 0 && nargs == 2)
+			return cmd_check(args[1]);
+		if (strcmp(args[0], "check") == 0)
+			die("usage: xwebhook check URL");
+		if (strcmp(args[0], "crc") == 0)
+			die("usage: xwebhook crc TOKEN");
+		if (strcmp(args[0], "sign") == 0 || strcmp(args[0], "fmt") == 0)
+			die("usage: xwebhook %s [FILE]", args[0]);
+		die("unknown command '%s' (see xwebhook --help)", args[0]);
+	}
+
+	return run_server();
 }

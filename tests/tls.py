@@ -736,11 +736,17 @@ def silent_and_plain_clients_are_closed():
     p = PKIS["p256"]
     srv = tls_server(p["chain"], p["key"])
     try:
-        # Plain HTTP to the TLS port: closed, and the server carries on.
+        # Plain HTTP to the TLS port: a 400 that says so, then closed, and
+        # the server carries on.
         s = srv.sock()
         s.sendall(b"GET /webhooks/twitter?crc_token=abc HTTP/1.1\r\nHost: x\r\n\r\n")
         data = it.recv_all(s)
-        assert not data.startswith(b"HTTP/"), data
+        assert data.startswith(b"HTTP/1.1 400 ") and b"https://" in data, data
+        s.close()
+        # Bytes that are neither HTTP nor TLS: a failed handshake, logged.
+        s = srv.sock()
+        s.sendall(b"\x16\x03\x01\x00\x05garbage")
+        it.recv_all(s)
         s.close()
         st, body = https(srv, p["root"])
         assert st == 200
