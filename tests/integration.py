@@ -531,6 +531,40 @@ def pipelined_requests_are_answered_in_order(srv):
     s.close()
 
 
+def pipelined_events(srv, sock, n=200):
+    """n signed POSTs, each followed by a CRC, in one write on one
+    connection: each event waits on the writer while the requests behind
+    it wait in the buffer; every answer must come, in order, and every
+    event reach stdout once, in order."""
+    wire = b""
+    for i in range(n):
+        body = b'{"pipelined_event":%d}' % i
+        wire += (b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                 b"x-twitter-webhooks-signature: %s\r\n\r\n%s" % (len(body), sign(body).encode(), body))
+        wire += b"GET /webhooks/twitter?crc_token=p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i
+    sock.sendall(wire)
+    rest = b""
+    for i in range(n):
+        st, _, b, rest = read_response(sock, rest)
+        assert st == 200 and b == b"", (i, st, b)
+        st, _, b, rest = read_response(sock, rest)
+        assert st == 200 and json.loads(b)["response_token"] == sign(b"p%d" % i), (i, st, b)
+    seen = [json.loads(line.split(b": ", 1)[1])
+            for line in srv.stdout().splitlines() if b'"pipelined_event"' in line]
+    assert seen == list(range(n)), seen[:20]
+
+
+@test
+def pipelined_events_are_answered_in_order():
+    srv = Server("--quiet")
+    try:
+        s = srv.sock()
+        pipelined_events(srv, s)
+        s.close()
+    finally:
+        srv.stop()
+
+
 def threads_of(pid):
     return len(os.listdir("/proc/%d/task" % pid))
 

@@ -314,6 +314,18 @@ def tls_answers_a_loop_cannot_send_at_once_still_arrive():
 
 
 @test
+def pipelined_events_over_tls_are_answered_in_order():
+    p = PKIS["p256"]
+    srv = tls_server(p["chain"], p["key"], "--quiet")
+    try:
+        s = tls_sock(srv, p["root"])
+        it.pipelined_events(srv, s)
+        s.close()
+    finally:
+        srv.stop()
+
+
+@test
 def session_resumption():
     p = PKIS["p256"]
     srv = tls_server(p["chain"], p["key"])
