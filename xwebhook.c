@@ -3769,6 +3769,11 @@ writer_batch(struct event *batch, const char **why)
 	off_t start = -1;  /* where the batch begins in --output, if regular */
 	int r;
 
+	/* One huge batch need not keep its memory for all the small ones. */
+	if (text.cap > STDOUT_QUEUE_LIMIT)
+		buf_free(&text);
+	if (lines.cap > STDOUT_QUEUE_LIMIT)
+		buf_free(&lines);
 	buf_clear(&text);
 	buf_clear(&lines);
 	for (e = batch; e != NULL; e = e->next) {
