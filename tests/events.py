@@ -249,6 +249,9 @@ def unread_stderr_drops_log_lines_and_crcs_go_on():
             t.join()
         worst = probe.finish()
         reader = pipe_reader(proc.stderr.fileno(), got)
+        # Stop only once the queue has drained and told its count, or the
+        # shutdown's own lines could be dropped too and counted.
+        assert fault.wait_until(lambda: b"log line(s) dropped" in b"".join(got), 10)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         reader.join(5)
