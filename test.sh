@@ -9,7 +9,8 @@
 #      fault tests (tests/fault.py): slowloris, floods, garbage,
 #      kill -9 while events are written, a full disk; and event-path tests
 #      (tests/events.py): sinks that stop reading, bodies that never end, a
-#      peer holding every socket, memory running out;
+#      peer holding every socket, memory running out; and --forward against
+#      a real redis-server (tests/brokers.py), killed and restarted;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
 #      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl;
 #   5. the static binaries (make static, with musl) in an empty root;
@@ -134,6 +135,10 @@ if cc $SAN -Wall -Wextra -Wpedantic -Werror -o tests/xwebhook-asan xwebhook.c 2>
 	python3 tests/events.py tests/xwebhook-asan "$fixtures" "$out/xwebhook-gcc" 2>&1 |
 	    tee "$out/events.log" | grep -vE '^(ok |events: )'
 	count "$out/events.log" "event-path tests"
+	# --forward against a real redis-server (redis-server, redis-tools).
+	python3 tests/brokers.py tests/xwebhook-asan "$fixtures" 2>&1 | tee "$out/brokers.log" |
+	    grep -vE '^(ok |brokers: )'
+	count "$out/brokers.log" "broker tests"
 else
 	fail "the ASan+UBSan server does not build"; cat "$out/asan-build.log"
 fi

@@ -2282,6 +2282,7 @@ struct outcome {
 	size_t in_bytes, out_bytes;   /* request and response body bytes */
 	const char *sig;              /* for POSTs: "ok", "bad", "missing" */
 	const char *why;              /* for errors */
+	int64_t sinks_us;             /* for events: how long every sink took, or -1 */
 };
 
 /* A verified event on its way to the sinks. It lives in its connection,
@@ -2289,6 +2290,7 @@ struct outcome {
 struct event {
 	struct event *next;           /* the event writer's queue */
 	int64_t verified;             /* monotonic ms; sink deadlines count from it */
+	int64_t verified_us, took_us; /* and how long the sinks took, for the log */
 	enum status result;           /* S_INCOMPLETE until the writer decides */
 	const char *why;              /* a static string, when not S_OK */
 };
@@ -2327,6 +2329,7 @@ struct conn {
 	struct buf body;            /* the request body */
 	size_t body_charged;        /* of body's capacity, drawn from the budget */
 	struct buf pretty, compact; /* the event, for stdout and for --output */
+	char body_sha[65];          /* hex SHA-256 of the body, for --forward */
 	struct event ev;
 	struct loop *loop;          /* the loop serving it, or NULL for a thread */
 	struct conn *lprev, *lnext; /* that loop's connections */
@@ -3307,6 +3310,8 @@ static atomic_int output_reopened = -1;  /* SIGHUP's new descriptor, for the wri
 static struct outq stdout_queue;     /* the events, on their way to stdout */
 static int stdout_direct;            /* stdout is a file or /dev/null: no queue */
 static size_t body_budget;           /* see BODY_BUDGET_MIN */
+static unsigned nforwards;           /* --forward brokers (see "Brokers") */
+static char sink_names[96] = "stdout"; /* for the log: stdout+output+redis... */
 static atomic_size_t body_held;      /* of it, drawn by bodies being read */
 static int stop_pipe[2] = { -1, -1 };  /* closed to wake idle connections */
 static volatile sig_atomic_t stop_signal, reload_signal;
@@ -3371,7 +3376,7 @@ static void
 access_log(const struct conn *c, const struct request *req, const struct outcome *o, int64_t start_us)
 {
 	struct buf b = { 0 };
-	char stamp[32], num[96];
+	char stamp[32], num[160];
 	time_t t = time(NULL);
 	struct tm tm;
 	int64_t us = now_us() - start_us;
@@ -3398,6 +3403,11 @@ access_log(const struct conn *c, const struct request *req, const struct outcome
 	if (o->sig != NULL) {
 		buf_adds(&b, " sig=");
 		buf_adds(&b, o->sig);
+	}
+	if (o->code == 200 && o->sig != NULL) {
+		snprintf(num, sizeof(num), " taken=%s %lld.%03lldms", sink_names, (long long)(o->sinks_us / 1000),
+		    (long long)(o->sinks_us % 1000));
+		buf_adds(&b, num);
 	}
 	if (o->why != NULL) {
 		buf_adds(&b, " (");
@@ -3677,11 +3687,12 @@ read_body(struct conn *c, const struct request *req, const char **why)
  *   1. appends the batch to --output (not yet synced);
  *   2. gives it to stdout's queue and waits for stdout to take it, until
  *      SINK_TIMEOUT_S after the oldest event was verified;
- *   3. fdatasyncs --output once for the whole batch (group commit);
- *   4. releases the verdicts: 200 for all, or the failure for all.
+ *   3. hands it to each --forward broker and waits for every entry id;
+ *   4. fdatasyncs --output once for the whole batch (group commit);
+ *   5. releases the verdicts: 200 for all, or the failure for all.
  * A failure at any step cuts --output back to where the batch began, so
- * an event answered 5xx is in no durable sink and X's resend is no
- * duplicate there. (stdout is no record: an event it took before a later
+ * an event answered 5xx is not in that file and X's resend is no
+ * duplicate there (a broker cannot be rolled back: see "Brokers"). (stdout is no record: an event it took before a later
  * step failed, or that it took late, may show there twice.)
  *
  * stdout failing for good (EPIPE, EBADF, a full device): without --output,
@@ -3701,6 +3712,7 @@ static struct {
 	NULL, &writer.head };
 
 static void loop_event_decided(struct conn *c);
+static int forward_batch(struct event *batch, int64_t deadline, const char **why);
 
 static struct conn *
 event_conn(struct event *e)
@@ -3728,7 +3740,8 @@ static void
 event_submit(struct conn *c)
 {
 	c->ev.next = NULL;
-	c->ev.verified = now_ms();
+	c->ev.verified_us = now_us();
+	c->ev.verified = c->ev.verified_us / 1000;
 	c->ev.result = S_INCOMPLETE;
 	c->ev.why = NULL;
 	atomic_store(&c->busy, 1);
@@ -3838,6 +3851,10 @@ writer_batch(struct event *batch, const char **why)
 			return S_INTERNAL_ERROR;
 		}
 	}
+	if (nforwards > 0 && forward_batch(batch, deadline, why) < 0) {
+		output_cut(start);
+		return S_UNAVAILABLE;
+	}
 	if (output_fd >= 0 && fdatasync(output_fd) < 0) {
 		warn("cannot sync %s:", output_path);
 		output_cut(start);
@@ -3879,6 +3896,7 @@ writer_thread(void *arg)
 
 			next = e->next;
 			e->why = why;
+			e->took_us = now_us() - e->verified_us;
 			e->result = st;
 			if (c->loop != NULL)
 				loop_event_decided(c);
@@ -3942,9 +3960,21 @@ event_check(struct conn *c, const struct request *req, const char **why)
 		return S_BAD_REQUEST;
 	}
 	buf_clear(&c->compact);
-	if (output_path != NULL) {
+	if (output_path != NULL || nforwards > 0) {
 		json_event(c->body.p, c->body.len, JSON_COMPACT, &c->compact, detail, sizeof(detail));
 		buf_addc(&c->compact, '\n');
+	}
+	if (nforwards > 0) {
+		/* Consumers tell X's resends of an event by this. */
+		struct sha256 h;
+		unsigned char d[32];
+		int i;
+
+		sha256_init(&h);
+		sha256_update(&h, c->body.p, c->body.len);
+		sha256_final(&h, d);
+		for (i = 0; i < 32; i++)
+			snprintf(c->body_sha + 2 * i, 3, "%02x", d[i]);
 	}
 	if (c->pretty.failed || c->compact.failed) {
 		*why = "out of memory for the event; try again";
@@ -4015,6 +4045,7 @@ event_answer(struct conn *c, enum status st, const char *why, int *linger)
 	int keep = req->keep_alive && !is_stopping();
 
 	atomic_store(&c->busy, 0);
+	c->o.sinks_us = c->ev.took_us;
 	if (st == S_OK) {
 		send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
 		c->o.code = 200;
@@ -4358,7 +4389,7 @@ refuse(int fd, const char *peer)
 	static const char busy[] =
 	    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
 	    "Retry-After: 1\r\nContent-Length: 32\r\nConnection: close\r\n\r\n" BUSY_BODY;
-	struct outcome o = { 503, 0, sizeof(BUSY_BODY) - 1, NULL, "too many connections" };
+	struct outcome o = { 503, 0, sizeof(BUSY_BODY) - 1, NULL, "too many connections", 0 };
 	struct conn c;
 	char sink[4096];
 
@@ -5702,14 +5733,16 @@ struct answer {
 };
 
 /* Connect to host:port; with trust, speak TLS to it as name, verifying
- * the chain. 0, or -1 with cl->why (the connection, if any, stays open
- * for a look at what the handshake saw; client_close ends it). */
+ * the chain. The exchange must end by deadline (0: CLIENT_TIMEOUT_MS from
+ * now). 0, or -1 with cl->why (the connection, if any, stays open for a
+ * look at what the handshake saw; client_close ends it). */
 static int
-client_connect(struct client *cl, const char *host, const char *port, const char *name, const void *trust)
+client_connect(struct client *cl, const char *host, const char *port, const char *name, const void *trust,
+    int64_t deadline)
 {
 	memset(cl, 0, sizeof(*cl));
 	cl->start = now_ms();
-	cl->deadline = cl->start + CLIENT_TIMEOUT_MS;
+	cl->deadline = deadline != 0 ? deadline : cl->start + CLIENT_TIMEOUT_MS;
 	cl->c.accepted = cl->start;
 	cl->c.tr = &plain_transport;
 	cl->c.fd = dial(host, port, cl->deadline, cl->why, sizeof(cl->why));
@@ -6062,6 +6095,294 @@ out:
 }
 
 /* ------------------------------------------------------------------------
+ * Brokers (--forward): Redis Streams, one more sink of the event writer.
+ * A batch goes out as pipelined XADDs on one connection (the client's
+ * plain transport), and is taken when every entry id has come back, in
+ * order. A broker that is down makes POSTs 503 (X retries) and is dialled
+ * again with a backoff; CRCs never wait on it. No Redis library: RESP is a
+ * few lines of text framing.
+ * ------------------------------------------------------------------------ */
+
+enum {
+	MAX_FORWARDS = 4,
+	FORWARD_CONNECT_MS = 2000,    /* dialling and AUTH at start */
+	FORWARD_BACKOFF_MIN_MS = 100,
+	FORWARD_BACKOFF_MAX_MS = 5000,
+	/* A reply line from Redis (an entry id, an error) longer than
+	 * this is no reply of the kind we ask for. */
+	RESP_MAX_LINE = 1024,
+};
+
+struct forward {
+	char shown[400];          /* redis://HOST:PORT/STREAM, no password */
+	char host[256], port[8];
+	char user[128], password[256];
+	char key[256];            /* the stream */
+	struct client cl;
+	int up;
+	int64_t retry_at, backoff;
+	struct buf out, in;       /* commands, and replies not yet parsed */
+};
+
+static struct forward forwards[MAX_FORWARDS];
+
+/* Parse redis://[[USER]:PASSWORD@]HOST:PORT/STREAM into f: 0, or -1 with
+ * *why. */
+static int
+forward_parse(const char *url, struct forward *f, const char **why)
+{
+	const char *a, *at, *slash, *colon;
+	size_t n;
+
+	memset(f, 0, sizeof(*f));
+	*why = "expected redis://[:PASSWORD@]HOST:PORT/STREAM";
+	if (strncmp(url, "redis://", 8) != 0) {
+		if (strstr(url, "://") != NULL)
+			*why = "unknown scheme (redis:// is what this build speaks)";
+		return -1;
+	}
+	a = url + 8;
+	slash = strchr(a, '/');
+	if (slash == NULL || slash[1] == '\0')
+		return -1;
+	at = memchr(a, '@', (size_t)(slash - a));
+	if (at != NULL) {
+		colon = memchr(a, ':', (size_t)(at - a));
+		if (colon == NULL || (size_t)(colon - a) >= sizeof(f->user) ||
+		    (size_t)(at - colon - 1) >= sizeof(f->password) || at == colon + 1)
+			return -1;
+		memcpy(f->user, a, (size_t)(colon - a));
+		memcpy(f->password, colon + 1, (size_t)(at - colon - 1));
+		a = at + 1;
+	}
+	if (split_host_port(a, (size_t)(slash - a), f->host, sizeof(f->host), f->port, sizeof(f->port), why) < 0)
+		return -1;
+	if (f->host[0] == '\0' || f->port[0] == '\0') {
+		*why = "expected redis://[:PASSWORD@]HOST:PORT/STREAM, with the port";
+		return -1;
+	}
+	n = strlen(slash + 1);
+	if (n >= sizeof(f->key) || strcspn(slash + 1, " \t\r\n") != n) {
+		*why = "the stream's name is too long or holds whitespace";
+		return -1;
+	}
+	memcpy(f->key, slash + 1, n);
+	{
+		char shown[sizeof(f->shown)];
+		int v6 = strchr(f->host, ':') != NULL;
+
+		snprintf(shown, sizeof(shown), "redis://%s%s%s:%s/%s", v6 ? "[" : "", f->host, v6 ? "]" : "",
+		    f->port, f->key);
+		memcpy(f->shown, shown, sizeof(shown));
+	}
+	f->backoff = FORWARD_BACKOFF_MIN_MS;
+	return 0;
+}
+
+/* Append one RESP bulk string. */
+static void
+resp_bulk(struct buf *b, const char *p, size_t n)
+{
+	char head[32];
+
+	snprintf(head, sizeof(head), "$%zu\r\n", n);
+	buf_adds(b, head);
+	buf_add(b, p, n);
+	buf_adds(b, "\r\n");
+}
+
+/* Read one reply by deadline: its first byte ('+', '-', ':' or '$'),
+ * with its line (or bulk string) in text; -1 on an I/O or framing error,
+ * with a reason in text. */
+static int
+resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn)
+{
+	for (;;) {
+		char *eol = f->in.len > 0 ? memchr(f->in.p, '\n', f->in.len) : NULL;
+		ssize_t r;
+
+		if (eol != NULL) {
+			size_t line = (size_t)(eol - f->in.p) + 1, used = line;
+			char type = f->in.p[0];
+			const char *v = f->in.p + 1;
+			size_t vn = line - 3;
+
+			if (line < 3 || eol[-1] != '\r' || strchr("+-:$", type) == NULL) {
+				snprintf(text, tn, "not a RESP reply");
+				return -1;
+			}
+			if (type == '$') {
+				long len = 0;
+				size_t k;
+
+				/* The length, read within the line (not NUL-ended). */
+				if (vn == 2 && v[0] == '-' && v[1] == '1')
+					len = -1;
+				for (k = 0; len >= 0 && k < vn && len <= RESP_MAX_LINE; k++)
+					len = isdigit((unsigned char)v[k]) ? len * 10 + (v[k] - '0') : RESP_MAX_LINE + 1;
+				if (vn == 0 || len > RESP_MAX_LINE) {
+					snprintf(text, tn, "a reply of an unexpected size");
+					return -1;
+				}
+				if (len < 0) {
+					vn = 0;
+				} else if (f->in.len < line + (size_t)len + 2) {
+					goto more;  /* the string is still coming */
+				} else {
+					v = f->in.p + line;
+					vn = (size_t)len;
+					used = line + (size_t)len + 2;
+				}
+			}
+			snprintf(text, tn, "%.*s", (int)vn, v);
+			memmove(f->in.p, f->in.p + used, f->in.len - used);
+			f->in.len -= used;
+			return type;
+		}
+		if (f->in.len > RESP_MAX_LINE) {
+			snprintf(text, tn, "a reply line longer than %d bytes", RESP_MAX_LINE);
+			return -1;
+		}
+more:
+		buf_reserve(&f->in, 4096);
+		r = f->cl.c.tr->read(&f->cl.c, f->in.p + f->in.len, f->in.cap - f->in.len, deadline, -1);
+		if (r <= 0) {
+			snprintf(text, tn, r == IO_TIMEOUT ? "no reply in time" : "the connection ended");
+			return -1;
+		}
+		f->in.len += (size_t)r;
+	}
+}
+
+/* Send what is in f->out and read one reply to each of n commands, in
+ * order; every one must be of the type want. 0, or -1 with why. */
+static int
+forward_exchange(struct forward *f, unsigned n, char want, int64_t deadline, char *why, size_t wn)
+{
+	char text[RESP_MAX_LINE + 1];
+	unsigned i;
+
+	if (f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, deadline) < 0) {
+		snprintf(why, wn, "cannot send to it");
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		int t = resp_reply(f, deadline, text, sizeof(text));
+
+		if (t < 0) {
+			snprintf(why, wn, "%s", text);
+			return -1;
+		}
+		if (t != want) {
+			char shown[160];
+			struct buf e = { 0 };
+
+			log_escape(&e, text, strlen(text) < 120 ? strlen(text) : 120);
+			buf_addc(&e, '\0');
+			snprintf(shown, sizeof(shown), "%s", e.p);
+			buf_free(&e);
+			snprintf(why, wn, "Redis answered: %s", shown);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Close f's connection and wait a little longer before the next try. */
+static void
+forward_down(struct forward *f)
+{
+	client_close(&f->cl);
+	f->up = 0;
+	f->in.len = 0;
+	f->retry_at = now_ms() + f->backoff;
+	f->backoff = f->backoff * 2 > FORWARD_BACKOFF_MAX_MS ? FORWARD_BACKOFF_MAX_MS : f->backoff * 2;
+}
+
+/* Dial f, authenticate, and PING it, by deadline: 0, or -1 with why. */
+static int
+forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	unsigned n = 1;
+
+	if (client_connect(&f->cl, f->host, f->port, f->host, NULL, deadline) < 0) {
+		snprintf(why, wn, "%.300s", f->cl.why);
+		client_close(&f->cl);
+		return -1;
+	}
+	buf_clear(&f->out);
+	f->in.len = 0;
+	if (f->password[0] != '\0') {
+		buf_adds(&f->out, f->user[0] ? "*3\r\n" : "*2\r\n");
+		resp_bulk(&f->out, "AUTH", 4);
+		if (f->user[0])
+			resp_bulk(&f->out, f->user, strlen(f->user));
+		resp_bulk(&f->out, f->password, strlen(f->password));
+		n++;
+	}
+	buf_adds(&f->out, "*1\r\n");
+	resp_bulk(&f->out, "PING", 4);
+	if (forward_exchange(f, n, '+', deadline, why, wn) < 0) {
+		client_close(&f->cl);
+		return -1;
+	}
+	f->up = 1;
+	f->backoff = FORWARD_BACKOFF_MIN_MS;
+	return 0;
+}
+
+/* Hand a batch to every broker, by deadline: 0, or -1 with why (a
+ * static string) and the reason logged. */
+static int
+forward_batch(struct event *batch, int64_t deadline, const char **why)
+{
+	unsigned i;
+
+	for (i = 0; i < nforwards; i++) {
+		struct forward *f = &forwards[i];
+		char detail[400];
+		struct event *e;
+		unsigned n = 0;
+
+		if (!f->up) {
+			if (now_ms() < f->retry_at) {
+				*why = "the broker is unreachable; try again";
+				return -1;
+			}
+			if (forward_open(f, deadline, detail, sizeof(detail)) < 0) {
+				warn("--forward %s: %s; POSTs get 503 until it answers", f->shown, detail);
+				forward_down(f);
+				*why = "the broker is unreachable; try again";
+				return -1;
+			}
+			warn("--forward %s: connected", f->shown);
+		}
+		buf_clear(&f->out);
+		for (e = batch; e != NULL; e = e->next, n++) {
+			struct conn *c = event_conn(e);
+
+			buf_adds(&f->out, "*7\r\n");
+			resp_bulk(&f->out, "XADD", 4);
+			resp_bulk(&f->out, f->key, strlen(f->key));
+			resp_bulk(&f->out, "*", 1);
+			resp_bulk(&f->out, "event", 5);
+			resp_bulk(&f->out, c->compact.p, c->compact.len - 1);  /* without its newline */
+			resp_bulk(&f->out, "sha256", 6);
+			resp_bulk(&f->out, c->body_sha, 64);
+		}
+		if (forward_exchange(f, n, '$', deadline, detail, sizeof(detail)) < 0) {
+			warn("--forward %s did not take the events: %s", f->shown, detail);
+			forward_down(f);
+			*why = "the broker did not take the event; try again";
+			return -1;
+		}
+		if (f->out.cap > STDOUT_QUEUE_LIMIT)
+			buf_free(&f->out);
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
  * check URL: do what X does before it accepts a webhook URL, report each
  * requirement on its own line, and exit 0 only if X would accept it.
  * ------------------------------------------------------------------------ */
@@ -6166,7 +6487,7 @@ check_exchange(const struct check_target *t, const struct buf *request, struct a
 	int r = -1;
 
 	(void)report_handshakes;  /* (the plain build has none) */
-	if (client_connect(&cl, t->host, t->port, t->u->host, t->trust) < 0) {
+	if (client_connect(&cl, t->host, t->port, t->u->host, t->trust, 0) < 0) {
 #ifdef XWEBHOOK_TLS
 		if (cl.tls_error != 0 && report_handshakes)
 			report_handshake(t, &cl);
@@ -6361,6 +6682,8 @@ usage(FILE *f)
 "      --max-body BYTES     largest event body (default 1M; K, M and G suffixes; at most 1G)\n"
 "      --max-conns N        connection slots (default 1024); when all are taken, a newcomer\n"
 "                           gets the slot of the idlest connection of the busiest address\n"
+"      --forward URL        also hand each event to a Redis stream, before its 200:\n"
+"                           redis://[:PASSWORD@]HOST:PORT/STREAM (up to 4 of them)\n"
 "  -q, --quiet              no access log on stderr\n"
 "  -u, --user NAME          once the port is bound (and keys read), run as NAME\n"
 #ifdef XWEBHOOK_TLS
@@ -6481,6 +6804,22 @@ parse_commandline(int argc, char **argv, const char *args[3])
 			if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 100000)
 				die("bad --max-conns '%s': expected 1 to 100000", v);
 			max_conns = (unsigned)n;
+		} else if (OPT("--forward", "--forward")) {
+			const char *v = VALUE(), *why, *at = strchr(v, '@');
+			struct forward *f = &forwards[nforwards];
+
+			if (nforwards == MAX_FORWARDS)
+				die("at most %d --forward", MAX_FORWARDS);
+			if (forward_parse(v, f, &why) < 0)
+				die("bad --forward '%.*s%s': %s", at ? (int)(strstr(v, "://") ? strstr(v, "://") + 3 - v : 0) :
+				    (int)strlen(v), v, at ? "...@..." : "", why);
+			if (f->password[0] != '\0') {
+				/* Out of ps and /proc/PID/cmdline from here on. */
+				char *pw = strchr((char *)v + 8, ':');
+
+				memset(pw + 1, '*', strlen(f->password));
+			}
+			nforwards++;
 		} else if (OPT("-u", "--user")) {
 			run_as = VALUE();
 		} else if (OPT("--cert", "--key")) {
@@ -6517,11 +6856,21 @@ static int
 run_server(void)
 {
 	char url[INET6_ADDRSTRLEN + 300];
+	unsigned i;
 	int lfd;
 
 	load_secret(1);
 	if (output_path != NULL)
 		open_output(run_as_user());
+	if (output_path != NULL)
+		strcat(sink_names, "+output");
+	for (i = 0; i < nforwards; i++) {
+		char why[400];
+
+		if (forward_open(&forwards[i], now_ms() + FORWARD_CONNECT_MS, why, sizeof(why)) < 0)
+			die("--forward %s: %s", forwards[i].shown, why);
+		strcat(sink_names, "+redis");  /* at most 4: the buffer holds them */
+	}
 	raise_fd_limit();
 #ifdef XWEBHOOK_TLS
 	if ((cert_path == NULL) != (key_path == NULL))
@@ -6543,8 +6892,8 @@ run_server(void)
 		drop_privileges(run_as);
 	else if (geteuid() == 0)
 		warn("warning: running as root; --user NAME drops to NAME once the port is bound");
-	warn("serving %s (events to stdout%s%s)", url, output_path ? " and " : "",
-	    output_path ? output_path : "");
+	warn("serving %s (events to stdout%s%s%s)", url, output_path ? " and " : "",
+	    output_path ? output_path : "", nforwards > 0 ? " and --forward" : "");
 	return serve(lfd);
 }
 

@@ -7,7 +7,8 @@
 #   tests/bench.sh            (DURATION=10 seconds per wrk run by default)
 #
 # Not part of ./test.sh. Needs: wrk nginx-light jq python3-flask
-# python3-waitress libbearssl-dev openssl (all Debian packages).
+# python3-waitress libbearssl-dev openssl redis-server redis-tools (all
+# Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in wrk nginx jq python3 openssl cc strip; do
-	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl)" >&2; exit 1; }
+for tool in wrk nginx jq python3 openssl cc strip redis-server redis-cli; do
+	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl redis-server redis-tools)" >&2; exit 1; }
 done
 
 echo "building with -O2 ..." >&2
@@ -113,7 +114,12 @@ start xwrsa "$W/xwebhook-tls" --quiet --listen 127.0.0.1:18106 --cert "$W/rsa.pe
 mkdir -p tests/out
 rm -f tests/out/bench-events.jsonl
 start xwout "$W/xwebhook" --quiet --listen 127.0.0.1:18108 --output tests/out/bench-events.jsonl
-for port in 18101 18102 18103 18104 18105 18106 18107 18108; do
+# A Redis of its own for --forward: in memory, as the forwarding is what
+# is measured (with appendfsync always, the disk would be).
+start redis redis-server --port 18110 --bind 127.0.0.1 --save "" --appendonly no
+for _ in $(seq 50); do redis-cli -p 18110 ping >/dev/null 2>&1 && break; sleep 0.1; done
+start xwredis "$W/xwebhook" --quiet --listen 127.0.0.1:18109 --forward redis://127.0.0.1:18110/bench
+for port in 18101 18102 18103 18104 18105 18106 18107 18108 18109; do
 	up=0
 	for _ in $(seq 100); do
 		if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then up=1; break; fi
@@ -147,6 +153,7 @@ bench crc.ref "http://127.0.0.1:18103$CRC"
 bench post.xw "http://127.0.0.1:18101/webhooks/twitter" -s "$W/post.lua"
 bench post.nginx "http://127.0.0.1:18102/webhooks/twitter" -s "$W/post.lua"
 bench post.out "http://127.0.0.1:18108/webhooks/twitter" -s "$W/post.lua"
+bench post.redis "http://127.0.0.1:18109/webhooks/twitter" -s "$W/post.lua"
 bench post.ref "http://127.0.0.1:18103/webhooks/twitter" -s "$W/post.lua"
 bench tls.xw "https://127.0.0.1:18104$CRC"
 bench tls.nginx "https://127.0.0.1:18105$CRC"
@@ -254,6 +261,7 @@ row("CRC p99 latency: xwebhook vs nginx", "%.2f ms" % a, "%.2f ms" % b, "%.2f" %
 rate("signed 2 KB POST (stdout /dev/null) vs nginx", "post.xw", "post.nginx", 0.8)
 rate("signed 2 KB POST vs reference app", "post.xw", "post.ref", 1)
 rate("signed 2 KB POST, --output (group commit) vs without", "post.out", "post.xw", 0.5)
+rate("signed 2 KB POST, --forward redis:// vs without", "post.redis", "post.xw", 0.5)
 rss_idle = num("xw.rss_idle") / 1024
 row("resident memory, idle (plain build)", "%.2f MB" % rss_idle, "", "", "<= 2 MB", rss_idle <= 2)
 rss_k = num("xw.rss_1000") / 1024
