@@ -103,21 +103,11 @@ def redis_stream_gets_every_event_in_order_and_byte_exact():
         for b in bodies:
             assert it.post(c, b)[0].status == 200
         # Four posters at once: each one's events in its own order.
-        errors = []
-
         def poster(k):
-            try:
-                cc = srv.conn()
-                for i in range(50):
-                    assert it.post(cc, b'{"poster":%d,"i":%d}' % (k, i))[0].status == 200
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-        threads = [threading.Thread(target=poster, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+            cc = srv.conn()
+            for i in range(50):
+                assert it.post(cc, b'{"poster":%d,"i":%d}' % (k, i))[0].status == 200
+        it.in_threads(poster, 4)
         assert "taken=stdout+redis " in srv.stderr()
         # The password is out of ps.
         assert PASSWORD.encode() not in open("/proc/%d/cmdline" % srv.proc.pid, "rb").read()

@@ -190,6 +190,25 @@ def post(c, body, sig=True, headers=None):
     return r, r.read()
 
 
+def in_threads(fn, n):
+    """fn(k) for k in range(n), each on a thread of its own; the first
+    failure of any of them is raised here."""
+    errors = []
+
+    def run(k):
+        try:
+            fn(k)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def curl(*args, input=None):
     p = subprocess.run(["curl", "-sS", *args], input=input, capture_output=True, timeout=30)
     return p.returncode, p.stdout, p.stderr
@@ -940,22 +959,12 @@ def output_file_gets_compact_lines_synced():
         r, _ = post(c, b"[1]")
         assert r.status == 400
         # Concurrent posters: whole lines, never interleaved.
-        errors = []
-
         def worker(k):
-            try:
-                cc = srv.conn()
-                for i in range(25):
-                    rr, _ = post(cc, b'{"worker":%d,"i":%d,"pad":"%s"}' % (k, i, b"p" * 3000))
-                    assert rr.status == 200
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+            cc = srv.conn()
+            for i in range(25):
+                rr, _ = post(cc, b'{"worker":%d,"i":%d,"pad":"%s"}' % (k, i, b"p" * 3000))
+                assert rr.status == 200
+        in_threads(worker, 8)
     finally:
         srv.stop()
     lines = open(path, "rb").read().split(b"\n")
