@@ -607,8 +607,13 @@ def pipeline_unread(srv, send, recv, n=80000):
             send(chunk)
     sender = threading.Thread(target=send_all)
     sender.start()
-    time.sleep(1.0)
-    assert threads_of(srv.proc.pid) == base + 1, "the stalled connection did not move to a thread"
+    # Within a second here; an ASan build on a busy machine may need
+    # longer to answer the ~30,000 requests that fill the socket.
+    deadline = time.monotonic() + 15
+    while threads_of(srv.proc.pid) != base + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert threads_of(srv.proc.pid) == base + 1, \
+        "the stalled connection did not move to a thread: " + srv.stderr()[-1500:]
     # One pass with an offset: re-splitting a buffer per answer would be
     # quadratic, slow enough for the connection's 15 s idle time to pass.
     data, pos = bytearray(), 0
