@@ -554,8 +554,8 @@ def all_slots_waiting_on_the_writer_refuse_a_newcomer_with_503():
             s.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
                       b"x-twitter-webhooks-signature: %s\r\n\r\n%s" % (len(body), it.sign(body).encode(), body))
             waiting.append(s)
-            time.sleep(0.2)  # verified, and with the writer
-        time.sleep(0.5)
+            time.sleep(0.3)  # verified, and with the writer
+        time.sleep(1.0)  # (they wait 5 s for stdout: time enough on a busy machine)
         s = srv.sock()
         data = it.recv_all(s)
         assert data.startswith(b"HTTP/1.1 503 ") and b"too many connections" in data, data
