@@ -12,6 +12,7 @@ what is measured). The last line is 'events: N passed, N failed'.
 import grp
 import json
 import os
+import pty
 import pwd
 import resource
 import shutil
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import textwrap
 import threading
 import time
@@ -195,6 +197,40 @@ def unread_stdout_with_output_keeps_503d_events_out_of_the_file():
     a, r, worst = check_stalled_stdout(True)
     print("    (with --output: %d events 200 and in the file, %d 503 and not in it; worst CRC %.1f ms)"
           % (a, r, worst * 1000))
+
+
+@test
+def a_terminal_under_ctrl_s_gives_503_and_crcs_go_on():
+    """stdout a terminal whose output is stopped (Ctrl-S, IXON): events
+    wait their 5 s and get 503, CRCs are answered, and Ctrl-Q lets it all
+    flow again."""
+    master, slave = pty.openpty()
+    attrs = termios.tcgetattr(slave)
+    attrs[0] |= termios.IXON
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    srv = it.Server(stdout=os.fdopen(os.dup(slave), "wb"))
+    os.close(slave)
+    results, got = [], []
+    try:
+        os.write(master, b"\x13")  # Ctrl-S
+        probe = CrcProbe(srv.port)
+        probe.start()
+        for t in posters(srv, 4, 7, results):
+            t.join()
+        worst = probe.finish()
+        codes = {st for _, _, st, _ in results}
+        assert 503 in codes and codes <= {200, 503}, codes
+        os.write(master, b"\x11")  # Ctrl-Q
+        pipe_reader(master, got)
+        r, _ = it.post(srv.conn(), b'{"after":"ctrl-q"}')
+        assert r.status == 200, r.status
+        assert fault.wait_until(lambda: "stdout takes events again" in srv.stderr(), 3)
+        assert fault.wait_until(lambda: b'"after": "ctrl-q"' in b"".join(got), 3)
+    finally:
+        srv.stop()
+        os.close(master)
+    print("    (terminal under Ctrl-S: %d events 503; worst CRC %.1f ms)"
+          % (sum(1 for r in results if r[2] == 503), worst * 1000))
 
 
 @test
