@@ -28,6 +28,9 @@ failed=0
 skipped=0
 out=tests/out
 mkdir -p "$out"
+# The user's own ./xwebhook (perhaps a TLS build) must be the same after
+# the run: checked at the end.
+user_binary=$(sha256sum xwebhook 2>/dev/null)
 
 pass() { passed=$((passed + 1)); echo "ok   $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
@@ -241,6 +244,12 @@ if command -v clang >/dev/null && [ "$FUZZ_SECONDS" -gt 0 ] && have_libfuzzer; t
 else
 	skipped=$((skipped + 1))
 	echo "skip fuzzing: needs clang and libclang-rt-14-dev (FUZZ_SECONDS=$FUZZ_SECONDS)"
+fi
+
+if [ "$(sha256sum xwebhook 2>/dev/null)" = "$user_binary" ]; then
+	pass "./xwebhook is as it was before the tests"
+else
+	fail "the tests changed ./xwebhook"
 fi
 
 echo "$passed passed, $failed failed, $skipped skipped"
