@@ -3711,8 +3711,13 @@ static struct {
 } writer = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
 	NULL, &writer.head };
 
+/* How often an idle writer looks at the brokers' connections (see
+ * "Brokers"). */
+enum { FORWARD_IDLE_MS = 20000 };
+
 static void loop_event_decided(struct conn *c);
 static int forward_batch(struct event *batch, int64_t deadline, const char **why);
+static void forward_idle_all(void);
 
 static struct conn *
 event_conn(struct event *e)
@@ -3875,8 +3880,18 @@ writer_thread(void *arg)
 		int fd;
 
 		pthread_mutex_lock(&writer.lock);
-		while (writer.head == NULL && atomic_load(&output_reopened) < 0)
-			pthread_cond_wait(&writer.work, &writer.lock);
+		while (writer.head == NULL && atomic_load(&output_reopened) < 0) {
+			struct timespec until = deadline_ts(now_ms() + FORWARD_IDLE_MS);
+
+			if (nforwards == 0) {
+				pthread_cond_wait(&writer.work, &writer.lock);
+			} else if (pthread_cond_timedwait(&writer.work, &writer.lock, &until) == ETIMEDOUT) {
+				/* Idle: keep the brokers' connections alive. */
+				pthread_mutex_unlock(&writer.lock);
+				forward_idle_all();
+				pthread_mutex_lock(&writer.lock);
+			}
+		}
 		batch = writer.head;
 		writer.head = NULL;
 		writer.tail = &writer.head;
@@ -3930,6 +3945,7 @@ writer_start(void)
 	pthread_t t;
 	pthread_attr_t a;
 
+	cond_init_monotonic(&writer.work);  /* its idle wait is timed */
 	pthread_attr_init(&a);
 	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
 	if (pthread_create(&t, &a, writer_thread, NULL) != 0)
@@ -6045,11 +6061,12 @@ json_string_decode(const char *p, size_t i, struct buf *out)
 	return i + 1;
 }
 
-/* The string value of the top-level member key of the JSON object in
- * p[0, n), decoded, into out: 0, or -1 when p is not a JSON object, has
- * no such member at its top level, or its value is not a string. */
+/* The value of the top-level member key of the JSON object in p[0, n),
+ * as compact JSON text (strings still escaped), into out: 0, or -1 when
+ * p is not a JSON object or has no such member at its top level. The
+ * first such member decides. */
 static int
-json_member_string(const char *p, size_t n, const char *key, struct buf *out)
+json_member(const char *p, size_t n, const char *key, struct buf *out)
 {
 	struct buf c = { 0 }, k = { 0 };
 	char err[160];
@@ -6058,23 +6075,17 @@ json_member_string(const char *p, size_t n, const char *key, struct buf *out)
 
 	/* Validated and compacted first: what is walked below is valid
 	 * JSON with no whitespace between tokens. */
-	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &c, err, sizeof(err)) < 0)
+	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &c, err, sizeof(err)) < 0 || c.p[0] != '{')
 		goto out;
 	buf_addc(&c, '\0');
 	while (c.p[i] == '"') {
-		int match;
+		size_t at;
 		unsigned depth = 0;
 
 		k.len = 0;
 		i = json_string_decode(c.p, i, &k) + 1;  /* past the ':' too */
-		match = k.len == strlen(key) && (k.len == 0 || memcmp(k.p, key, k.len) == 0);
-		if (match && c.p[i] == '"') {
-			json_string_decode(c.p, i, out);
-			found = 0;
-		}
-		if (match)
-			break;  /* the first such member decides */
 		/* Pass over the value, to the ',' or '}' after it. */
+		at = i;
 		while (depth > 0 || (c.p[i] != ',' && c.p[i] != '}')) {
 			if (c.p[i] == '"')
 				i = json_string_decode(c.p, i, NULL) - 1;
@@ -6083,6 +6094,11 @@ json_member_string(const char *p, size_t n, const char *key, struct buf *out)
 			else if (c.p[i] == '}' || c.p[i] == ']')
 				depth--;
 			i++;
+		}
+		if (k.len == strlen(key) && (k.len == 0 || memcmp(k.p, key, k.len) == 0)) {
+			buf_add(out, c.p + at, i - at);
+			found = 0;
+			break;
 		}
 		if (c.p[i] == '}')
 			break;
@@ -6094,90 +6110,210 @@ out:
 	return found;
 }
 
+/* The string value of the top-level member key of the JSON object in
+ * p[0, n), decoded, into out: 0, or -1 when p is not a JSON object, has
+ * no such member at its top level, or its value is not a string. */
+static int
+json_member_string(const char *p, size_t n, const char *key, struct buf *out)
+{
+	struct buf v = { 0 };
+	int found = -1;
+
+	if (json_member(p, n, key, &v) == 0 && v.p[0] == '"') {
+		buf_addc(&v, '\0');
+		json_string_decode(v.p, 0, out);
+		found = 0;
+	}
+	buf_free(&v);
+	return found;
+}
+
 /* ------------------------------------------------------------------------
- * Brokers (--forward): Redis Streams, one more sink of the event writer.
- * A batch goes out as pipelined XADDs on one connection (the client's
- * plain transport), and is taken when every entry id has come back, in
- * order. A broker that is down makes POSTs 503 (X retries) and is dialled
- * again with a backoff; CRCs never wait on it. No Redis library: RESP is a
- * few lines of text framing.
+ * Brokers (--forward): Redis Streams and NATS JetStream, more sinks of the
+ * event writer. A batch goes out on one connection per broker (the
+ * client's plain transport): pipelined XADDs to Redis, back-to-back
+ * JetStream publishes to NATS, and is taken when every entry id or PubAck
+ * has come back. A broker that is down makes POSTs 503 (X retries) and is
+ * dialled again with a backoff; CRCs never wait on it. No client library:
+ * RESP and the NATS protocol are a few lines of text framing each.
+ *
+ * Between batches the writer looks at each connection every
+ * FORWARD_IDLE_MS: it answers NATS's PINGs (an unanswered server drops us
+ * as stale) and notices a connection the broker closed, so that the next
+ * event is not the one that finds out.
  * ------------------------------------------------------------------------ */
 
 enum {
 	MAX_FORWARDS = 4,
-	FORWARD_CONNECT_MS = 2000,    /* dialling and AUTH at start */
+	FORWARD_CONNECT_MS = 2000,    /* dialling, AUTH and JetStream's answer at start */
 	FORWARD_BACKOFF_MIN_MS = 100,
 	FORWARD_BACKOFF_MAX_MS = 5000,
 	/* A reply line from Redis (an entry id, an error) longer than
 	 * this is no reply of the kind we ask for. */
 	RESP_MAX_LINE = 1024,
+	/* NATS: the longest protocol line (INFO can list a cluster's
+	 * URLs) and the largest reply we take (a PubAck, an API answer). */
+	NATS_MAX_LINE = 64 * 1024,
+	NATS_MAX_REPLY = 64 * 1024,
+	/* What a publish's headers take of the server's max_payload. */
+	NATS_HEADERS = sizeof("NATS/1.0\r\nNats-Msg-Id: \r\n\r\n") - 1 + 64,
 };
 
+enum forward_kind { FORWARD_REDIS, FORWARD_NATS };
+
 struct forward {
-	char shown[400];          /* redis://HOST:PORT/STREAM, no password */
+	enum forward_kind kind;
+	char shown[400];          /* the URL without its password or token */
 	char host[256], port[8];
-	char user[128], password[256];
-	char key[256];            /* the stream */
+	char user[128], password[256];  /* a NATS token is a password with no user */
+	char key[256];            /* the Redis stream, or the NATS subject */
 	struct client cl;
 	int up;
 	int64_t retry_at, backoff;
 	struct buf out, in;       /* commands, and replies not yet parsed */
+	/* NATS only. */
+	size_t used;              /* bytes of in the last nats_read returned */
+	char inbox[48];           /* _INBOX.<random>: where PubAcks come */
+	uint64_t seq;             /* the last reply subject's number */
+	size_t max_payload;       /* from the server's INFO */
+	char stream[128];         /* the JetStream stream that captures key */
 };
 
 static struct forward forwards[MAX_FORWARDS];
 
-/* Parse redis://[[USER]:PASSWORD@]HOST:PORT/STREAM into f: 0, or -1 with
+/* A NATS subject we publish to: dot-separated tokens of visible ASCII,
+ * none empty, no wildcard. */
+static int
+nats_subject_ok(const char *s)
+{
+	size_t i, token = 0;
+
+	for (i = 0; s[i] != '\0'; i++) {
+		if (s[i] == '.') {
+			if (token == 0)
+				return 0;
+			token = 0;
+			continue;
+		}
+		if (s[i] <= ' ' || s[i] > '~' || s[i] == '*' || s[i] == '>')
+			return 0;
+		token++;
+	}
+	return token > 0;
+}
+
+/* Parse redis://[[USER]:PASSWORD@]HOST:PORT/STREAM or
+ * nats://[TOKEN@|USER:PASSWORD@]HOST:PORT/SUBJECT into f: 0, or -1 with
  * *why. */
 static int
 forward_parse(const char *url, struct forward *f, const char **why)
 {
-	const char *a, *at, *slash, *colon;
+	const char *a, *at, *slash, *colon, *name;
 	size_t n;
 
 	memset(f, 0, sizeof(*f));
-	*why = "expected redis://[:PASSWORD@]HOST:PORT/STREAM";
-	if (strncmp(url, "redis://", 8) != 0) {
+	*why = "expected redis://[:PASSWORD@]HOST:PORT/STREAM or nats://[TOKEN@]HOST:PORT/SUBJECT";
+	if (strncmp(url, "redis://", 8) == 0) {
+		f->kind = FORWARD_REDIS;
+	} else if (strncmp(url, "nats://", 7) == 0) {
+		f->kind = FORWARD_NATS;
+	} else {
 		if (strstr(url, "://") != NULL)
-			*why = "unknown scheme (redis:// is what this build speaks)";
+			*why = "unknown scheme (redis:// and nats:// are what xwebhook speaks)";
 		return -1;
 	}
-	a = url + 8;
+	name = f->kind == FORWARD_REDIS ? "redis" : "nats";
+	a = strstr(url, "://") + 3;
 	slash = strchr(a, '/');
 	if (slash == NULL || slash[1] == '\0')
 		return -1;
 	at = memchr(a, '@', (size_t)(slash - a));
 	if (at != NULL) {
 		colon = memchr(a, ':', (size_t)(at - a));
-		if (colon == NULL || (size_t)(colon - a) >= sizeof(f->user) ||
+		if (colon == NULL && f->kind == FORWARD_NATS)
+			colon = a - 1;  /* TOKEN@: a password with no user */
+		if (colon == NULL || colon - a + 1 > (ptrdiff_t)sizeof(f->user) ||
 		    (size_t)(at - colon - 1) >= sizeof(f->password) || at == colon + 1)
 			return -1;
-		memcpy(f->user, a, (size_t)(colon - a));
+		if (colon >= a)
+			memcpy(f->user, a, (size_t)(colon - a));
 		memcpy(f->password, colon + 1, (size_t)(at - colon - 1));
 		a = at + 1;
 	}
 	if (split_host_port(a, (size_t)(slash - a), f->host, sizeof(f->host), f->port, sizeof(f->port), why) < 0)
 		return -1;
 	if (f->host[0] == '\0' || f->port[0] == '\0') {
-		*why = "expected redis://[:PASSWORD@]HOST:PORT/STREAM, with the port";
+		*why = f->kind == FORWARD_REDIS ? "expected redis://[:PASSWORD@]HOST:PORT/STREAM, with the port" :
+		    "expected nats://[TOKEN@]HOST:PORT/SUBJECT, with the port";
 		return -1;
 	}
 	n = strlen(slash + 1);
 	if (n >= sizeof(f->key) || strcspn(slash + 1, " \t\r\n") != n) {
-		*why = "the stream's name is too long or holds whitespace";
+		*why = "the stream's or subject's name is too long or holds whitespace";
 		return -1;
 	}
 	memcpy(f->key, slash + 1, n);
+	if (f->kind == FORWARD_NATS && !nats_subject_ok(f->key)) {
+		*why = "a NATS subject to publish on is dot-separated names, without wildcards";
+		return -1;
+	}
 	{
 		char shown[sizeof(f->shown)];
 		int v6 = strchr(f->host, ':') != NULL;
 
-		snprintf(shown, sizeof(shown), "redis://%s%s%s:%s/%s", v6 ? "[" : "", f->host, v6 ? "]" : "",
+		snprintf(shown, sizeof(shown), "%s://%s%s%s:%s/%s", name, v6 ? "[" : "", f->host, v6 ? "]" : "",
 		    f->port, f->key);
 		memcpy(f->shown, shown, sizeof(shown));
 	}
 	f->backoff = FORWARD_BACKOFF_MIN_MS;
 	return 0;
 }
+
+/* A broker's words, for a log line: at most 160 bytes, escaped. */
+static void
+forward_quote(char *to, size_t tn, const char *p, size_t n)
+{
+	struct buf e = { 0 };
+
+	log_escape(&e, p, n < 160 ? n : 160);
+	buf_addc(&e, '\0');
+	snprintf(to, tn, "%s%s", e.p, n > 160 ? "..." : "");
+	buf_free(&e);
+}
+
+/* Read more of f's replies into f->in, by deadline: 0, or -1 with why. */
+static int
+forward_fill(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	ssize_t r;
+
+	buf_reserve(&f->in, 4096);
+	if (f->in.failed) {
+		snprintf(why, wn, "out of memory");
+		return -1;
+	}
+	r = f->cl.c.tr->read(&f->cl.c, f->in.p + f->in.len, f->in.cap - f->in.len, deadline, -1);
+	if (r <= 0) {
+		snprintf(why, wn, r == IO_TIMEOUT ? "no reply in time" : "the connection ended");
+		return r == IO_TIMEOUT ? IO_TIMEOUT : -1;
+	}
+	f->in.len += (size_t)r;
+	return 0;
+}
+
+/* Close f's connection and wait a little longer before the next try. */
+static void
+forward_down(struct forward *f)
+{
+	client_close(&f->cl);
+	f->up = 0;
+	f->in.len = 0;
+	f->used = 0;
+	f->retry_at = now_ms() + f->backoff;
+	f->backoff = f->backoff * 2 > FORWARD_BACKOFF_MAX_MS ? FORWARD_BACKOFF_MAX_MS : f->backoff * 2;
+}
+
+/* ---- Redis ---- */
 
 /* Append one RESP bulk string. */
 static void
@@ -6199,7 +6335,6 @@ resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn)
 {
 	for (;;) {
 		char *eol = f->in.len > 0 ? memchr(f->in.p, '\n', f->in.len) : NULL;
-		ssize_t r;
 
 		if (eol != NULL) {
 			size_t line = (size_t)(eol - f->in.p) + 1, used = line;
@@ -6244,20 +6379,15 @@ resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn)
 			return -1;
 		}
 more:
-		buf_reserve(&f->in, 4096);
-		r = f->cl.c.tr->read(&f->cl.c, f->in.p + f->in.len, f->in.cap - f->in.len, deadline, -1);
-		if (r <= 0) {
-			snprintf(text, tn, r == IO_TIMEOUT ? "no reply in time" : "the connection ended");
+		if (forward_fill(f, deadline, text, tn) < 0)
 			return -1;
-		}
-		f->in.len += (size_t)r;
 	}
 }
 
 /* Send what is in f->out and read one reply to each of n commands, in
  * order; every one must be of the type want. 0, or -1 with why. */
 static int
-forward_exchange(struct forward *f, unsigned n, char want, int64_t deadline, char *why, size_t wn)
+redis_exchange(struct forward *f, unsigned n, char want, int64_t deadline, char *why, size_t wn)
 {
 	char text[RESP_MAX_LINE + 1];
 	unsigned i;
@@ -6274,13 +6404,9 @@ forward_exchange(struct forward *f, unsigned n, char want, int64_t deadline, cha
 			return -1;
 		}
 		if (t != want) {
-			char shown[160];
-			struct buf e = { 0 };
+			char shown[200];
 
-			log_escape(&e, text, strlen(text) < 120 ? strlen(text) : 120);
-			buf_addc(&e, '\0');
-			snprintf(shown, sizeof(shown), "%s", e.p);
-			buf_free(&e);
+			forward_quote(shown, sizeof(shown), text, strlen(text));
 			snprintf(why, wn, "Redis answered: %s", shown);
 			return -1;
 		}
@@ -6288,30 +6414,12 @@ forward_exchange(struct forward *f, unsigned n, char want, int64_t deadline, cha
 	return 0;
 }
 
-/* Close f's connection and wait a little longer before the next try. */
-static void
-forward_down(struct forward *f)
-{
-	client_close(&f->cl);
-	f->up = 0;
-	f->in.len = 0;
-	f->retry_at = now_ms() + f->backoff;
-	f->backoff = f->backoff * 2 > FORWARD_BACKOFF_MAX_MS ? FORWARD_BACKOFF_MAX_MS : f->backoff * 2;
-}
-
-/* Dial f, authenticate, and PING it, by deadline: 0, or -1 with why. */
+/* Authenticate and PING a fresh connection. */
 static int
-forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
+redis_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 {
 	unsigned n = 1;
 
-	if (client_connect(&f->cl, f->host, f->port, f->host, NULL, deadline) < 0) {
-		snprintf(why, wn, "%.300s", f->cl.why);
-		client_close(&f->cl);
-		return -1;
-	}
-	buf_clear(&f->out);
-	f->in.len = 0;
 	if (f->password[0] != '\0') {
 		buf_adds(&f->out, f->user[0] ? "*3\r\n" : "*2\r\n");
 		resp_bulk(&f->out, "AUTH", 4);
@@ -6322,13 +6430,472 @@ forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	}
 	buf_adds(&f->out, "*1\r\n");
 	resp_bulk(&f->out, "PING", 4);
-	if (forward_exchange(f, n, '+', deadline, why, wn) < 0) {
+	return redis_exchange(f, n, '+', deadline, why, wn);
+}
+
+/* XADD the batch, pipelined, and read every entry id. */
+static int
+redis_batch(struct forward *f, struct event *batch, int64_t deadline, char *why, size_t wn)
+{
+	struct event *e;
+	unsigned n = 0;
+
+	for (e = batch; e != NULL; e = e->next, n++) {
+		struct conn *c = event_conn(e);
+
+		buf_adds(&f->out, "*7\r\n");
+		resp_bulk(&f->out, "XADD", 4);
+		resp_bulk(&f->out, f->key, strlen(f->key));
+		resp_bulk(&f->out, "*", 1);
+		resp_bulk(&f->out, "event", 5);
+		resp_bulk(&f->out, c->compact.p, c->compact.len - 1);  /* without its newline */
+		resp_bulk(&f->out, "sha256", 6);
+		resp_bulk(&f->out, c->body_sha, 64);
+	}
+	return redis_exchange(f, n, '$', deadline, why, wn);
+}
+
+/* ---- NATS ---- */
+
+enum nats_op { NATS_INFO, NATS_MSG, NATS_PING, NATS_PONG, NATS_OK, NATS_ERR };
+
+/* One message or line from a NATS server. Pointers are into f->in and
+ * good until the next nats_read. */
+struct nats_msg {
+	const char *args;         /* the rest of the control line (INFO's JSON, -ERR's text) */
+	size_t args_len;
+	const char *subject;      /* MSG/HMSG */
+	size_t subject_len;
+	int status;               /* HMSG: the status in its header line (503: no responders); else 0 */
+	const char *payload;
+	size_t payload_len;
+};
+
+/* A decimal field of a control line, at most max. -1 if not. */
+static long
+nats_number(const char *p, size_t n, long max)
+{
+	long v = 0;
+	size_t i;
+
+	if (n == 0 || n > 10)
+		return -1;
+	for (i = 0; i < n; i++) {
+		if (!isdigit((unsigned char)p[i]))
+			return -1;
+		v = v * 10 + (p[i] - '0');
+	}
+	return v <= max ? v : -1;
+}
+
+/* Read the next thing the server says, by deadline: its op, with m
+ * filled; IO_TIMEOUT; or -1 with why. */
+static int
+nats_read(struct forward *f, int64_t deadline, struct nats_msg *m, char *why, size_t wn)
+{
+	if (f->used > 0) {
+		memmove(f->in.p, f->in.p + f->used, f->in.len - f->used);
+		f->in.len -= f->used;
+		f->used = 0;
+	}
+	memset(m, 0, sizeof(*m));
+	for (;;) {
+		char *eol = f->in.len > 0 ? memchr(f->in.p, '\n', f->in.len) : NULL;
+		const char *w[6];
+		size_t wl[6], line, k, nw = 0;
+		const char *p, *end;
+		long hdr = 0, size;
+		int r;
+
+		if (eol == NULL) {
+			if (f->in.len > NATS_MAX_LINE) {
+				snprintf(why, wn, "a line longer than %d bytes", NATS_MAX_LINE);
+				return -1;
+			}
+			if ((r = forward_fill(f, deadline, why, wn)) < 0)
+				return r;
+			continue;
+		}
+		line = (size_t)(eol - f->in.p) + 1;
+		end = eol > f->in.p && eol[-1] == '\r' ? eol - 1 : eol;
+		/* The op and up to five arguments, split at spaces and tabs. */
+		for (p = f->in.p; p < end && nw < 6;) {
+			while (p < end && (*p == ' ' || *p == '\t'))
+				p++;
+			if (p == end)
+				break;
+			w[nw] = p;
+			while (p < end && *p != ' ' && *p != '\t')
+				p++;
+			wl[nw] = (size_t)(p - w[nw]);
+			nw++;
+		}
+		if (nw == 0) {
+			memmove(f->in.p, f->in.p + line, f->in.len - line);  /* an empty line: nothing */
+			f->in.len -= line;
+			continue;
+		}
+		m->args = nw > 1 ? w[1] : end;
+		m->args_len = (size_t)(end - m->args);
+#define OP(s) (wl[0] == sizeof(s) - 1 && strncasecmp(w[0], s, wl[0]) == 0)
+		if (OP("PING") || OP("PONG") || OP("+OK") || OP("-ERR") || OP("INFO")) {
+			f->used = line;
+			return OP("PING") ? NATS_PING : OP("PONG") ? NATS_PONG : OP("+OK") ? NATS_OK :
+			    OP("-ERR") ? NATS_ERR : NATS_INFO;
+		}
+		if (!(OP("MSG") && (nw == 4 || nw == 5)) && !(OP("HMSG") && (nw == 5 || nw == 6))) {
+			char shown[200];
+
+			forward_quote(shown, sizeof(shown), f->in.p, (size_t)(end - f->in.p));
+			snprintf(why, wn, "not the NATS protocol: %s", shown);
+			return -1;
+		}
+		size = nats_number(w[nw - 1], wl[nw - 1], NATS_MAX_REPLY);
+		if (OP("HMSG"))
+			hdr = nats_number(w[nw - 2], wl[nw - 2], NATS_MAX_REPLY);
+#undef OP
+		if (size < 0 || hdr < 0 || hdr > size) {
+			snprintf(why, wn, "a message of a size we do not take (at most %d bytes)", NATS_MAX_REPLY);
+			return -1;
+		}
+		if (f->in.len < line + (size_t)size + 2) {
+			if ((r = forward_fill(f, deadline, why, wn)) < 0)
+				return r;
+			continue;
+		}
+		m->subject = w[1];
+		m->subject_len = wl[1];
+		m->payload = f->in.p + line + hdr;
+		m->payload_len = (size_t)(size - hdr);
+		if (hdr > 0) {
+			/* "NATS/1.0 503\r\n...": the status, if any. */
+			const char *h = f->in.p + line;
+
+			if (hdr >= 12 && memcmp(h, "NATS/1.0 ", 9) == 0)
+				m->status = (int)nats_number(h + 9, 3, 999);
+		}
+		for (k = 0; k < 2; k++) {
+			if (f->in.p[line + (size_t)size + k] != "\r\n"[k]) {
+				snprintf(why, wn, "a message not ended by CRLF");
+				return -1;
+			}
+		}
+		f->used = line + (size_t)size + 2;
+		return NATS_MSG;
+	}
+}
+
+/* Send f->out, then read until the message for reply subject inbox.seq:
+ * NATS_MSG with m filled, or -1 with why. PINGs on the way are
+ * answered; a -ERR ends it. */
+static int
+nats_request(struct forward *f, uint64_t seq, int64_t deadline, struct nats_msg *m, char *why, size_t wn)
+{
+	char want[80];
+
+	snprintf(want, sizeof(want), "%s.%llu", f->inbox, (unsigned long long)seq);
+	if (f->out.len > 0 && f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, deadline) < 0) {
+		snprintf(why, wn, "cannot send to it");
+		return -1;
+	}
+	buf_clear(&f->out);
+	for (;;) {
+		int op = nats_read(f, deadline, m, why, wn);
+
+		if (op < 0)
+			return -1;
+		if (op == NATS_PING && f->cl.c.tr->write(&f->cl.c, "PONG\r\n", 6, deadline) < 0) {
+			snprintf(why, wn, "cannot send to it");
+			return -1;
+		}
+		if (op == NATS_ERR) {
+			char shown[200];
+
+			forward_quote(shown, sizeof(shown), m->args, m->args_len);
+			snprintf(why, wn, "NATS answered -ERR %s", shown);
+			return -1;
+		}
+		if (op == NATS_MSG && m->subject_len == strlen(want) && memcmp(m->subject, want, m->subject_len) == 0)
+			return NATS_MSG;
+	}
+}
+
+/* A JetStream API answer's error, if it holds one: 1 with its
+ * description in why, else 0. */
+static int
+jetstream_error(const struct nats_msg *m, const char *what, char *why, size_t wn)
+{
+	struct buf e = { 0 }, d = { 0 };
+	int bad = 0;
+
+	if (json_member(m->payload, m->payload_len, "error", &e) == 0) {
+		char shown[200];
+
+		if (json_member_string(e.p, e.len, "description", &d) < 0)
+			buf_add(&d, e.p, e.len);
+		forward_quote(shown, sizeof(shown), d.p, d.len);
+		snprintf(why, wn, "%s: %s", what, shown);
+		bad = 1;
+	}
+	buf_free(&e);
+	buf_free(&d);
+	return bad;
+}
+
+/* Say hello on a fresh connection: read INFO, send CONNECT with the
+ * credentials, wait for the PONG that says they were taken, subscribe to
+ * our inbox, and ask JetStream which stream captures the subject. */
+static int
+nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	unsigned char r[12];
+	struct nats_msg m;
+	struct buf v = { 0 };
+	size_t i;
+	int op;
+
+	op = nats_read(f, deadline, &m, why, wn);
+	if (op != NATS_INFO) {
+		if (op >= 0)
+			snprintf(why, wn, "the server did not begin with INFO: is this NATS?");
+		return -1;
+	}
+	if (json_member(m.args, m.args_len, "tls_required", &v) == 0 && strncmp(v.p, "true", 4) == 0) {
+		buf_free(&v);
+		snprintf(why, wn, "the server requires TLS, which --forward nats:// does not speak");
+		return -1;
+	}
+	v.len = 0;
+	if (json_member(m.args, m.args_len, "headers", &v) < 0 || strncmp(v.p, "true", 4) != 0) {
+		buf_free(&v);
+		snprintf(why, wn, "the server does not take message headers (NATS 2.2 or later does)");
+		return -1;
+	}
+	v.len = 0;
+	f->max_payload = 1024 * 1024;  /* NATS's default */
+	if (json_member(m.args, m.args_len, "max_payload", &v) == 0) {
+		buf_addc(&v, '\0');
+		f->max_payload = (size_t)strtoull(v.p, NULL, 10);
+	}
+	buf_free(&v);
+
+	buf_adds(&f->out, "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,"
+	    "\"lang\":\"C\",\"version\":\"xwebhook\",\"protocol\":1");
+	if (f->password[0] != '\0') {
+		buf_adds(&f->out, f->user[0] ? ",\"user\":\"" : ",\"auth_token\":\"");
+		if (f->user[0]) {
+			json_escape(&f->out, f->user, strlen(f->user));
+			buf_adds(&f->out, "\",\"pass\":\"");
+		}
+		json_escape(&f->out, f->password, strlen(f->password));
+		buf_addc(&f->out, '"');
+	}
+	buf_adds(&f->out, "}\r\nPING\r\n");
+	if (f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, deadline) < 0) {
+		snprintf(why, wn, "cannot send to it");
+		return -1;
+	}
+	explicit_bzero(f->out.p, f->out.len);  /* it held the password */
+	buf_clear(&f->out);
+	while ((op = nats_read(f, deadline, &m, why, wn)) != NATS_PONG) {
+		char shown[200];
+
+		if (op < 0)
+			return -1;
+		if (op == NATS_ERR) {
+			forward_quote(shown, sizeof(shown), m.args, m.args_len);
+			snprintf(why, wn, "NATS refused us: %s", shown);
+			return -1;
+		}
+	}
+
+	entropy(r, sizeof(r));
+	memcpy(f->inbox, "_INBOX.", 7);
+	for (i = 0; i < sizeof(r); i++)
+		snprintf(f->inbox + 7 + 2 * i, 3, "%02x", r[i]);
+	buf_adds(&f->out, "SUB ");
+	buf_adds(&f->out, f->inbox);
+	buf_adds(&f->out, ".* 1\r\n");
+	{
+		struct buf body = { 0 };
+		char head[200];
+
+		buf_adds(&body, "{\"subject\":\"");
+		json_escape(&body, f->key, strlen(f->key));
+		buf_adds(&body, "\"}");
+		snprintf(head, sizeof(head), "PUB $JS.API.STREAM.NAMES %s.%llu %zu\r\n", f->inbox,
+		    (unsigned long long)++f->seq, body.len);
+		buf_adds(&f->out, head);
+		buf_add(&f->out, body.p, body.len);
+		buf_adds(&f->out, "\r\n");
+		buf_free(&body);
+	}
+	if (nats_request(f, f->seq, deadline, &m, why, wn) < 0)
+		return -1;
+	if (m.status == 503) {
+		snprintf(why, wn, "the server answers no JetStream requests (is it started with -js?)");
+		return -1;
+	}
+	if (jetstream_error(&m, "JetStream refused the stream lookup", why, wn))
+		return -1;
+	v.len = 0;
+	f->stream[0] = '\0';
+	if (json_member(m.payload, m.payload_len, "streams", &v) == 0 && v.len > 3 && v.p[0] == '[') {
+		struct buf name = { 0 };
+
+		buf_addc(&v, '\0');
+		json_string_decode(v.p, 1, &name);  /* the first stream */
+		snprintf(f->stream, sizeof(f->stream), "%.*s", (int)name.len, name.p);
+		buf_free(&name);
+	}
+	buf_free(&v);
+	if (f->stream[0] == '\0') {
+		snprintf(why, wn, "no JetStream stream captures the subject %s (create one whose subjects include it)",
+		    f->key);
+		return -1;
+	}
+	return 0;
+}
+
+/* Publish the batch to JetStream back to back, each with its body's
+ * hash as Nats-Msg-Id (the stream stores X's resends of it once), and
+ * read every PubAck. */
+static int
+nats_batch(struct forward *f, struct event *batch, int64_t deadline, char *why, size_t wn)
+{
+	struct event *e;
+	uint64_t first = f->seq + 1, last;
+	size_t acked = 0, n = 0;
+	struct nats_msg m;
+
+	for (e = batch; e != NULL; e = e->next, n++) {
+		struct conn *c = event_conn(e);
+		size_t len = c->compact.len - 1;  /* without its newline */
+		char head[600];
+
+		if (len + NATS_HEADERS > f->max_payload) {
+			snprintf(why, wn, "an event of %zu bytes is over the server's max_payload of %zu", len,
+			    f->max_payload);
+			return -1;
+		}
+		snprintf(head, sizeof(head), "HPUB %s %s.%llu %d %zu\r\nNATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n", f->key,
+		    f->inbox, (unsigned long long)++f->seq, (int)NATS_HEADERS, NATS_HEADERS + len, c->body_sha);
+		buf_adds(&f->out, head);
+		buf_add(&f->out, c->compact.p, len);
+		buf_adds(&f->out, "\r\n");
+	}
+	last = f->seq;
+	if (f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, deadline) < 0) {
+		snprintf(why, wn, "cannot send to it");
+		return -1;
+	}
+	buf_clear(&f->out);
+	while (acked < n) {
+		int op = nats_read(f, deadline, &m, why, wn);
+		const char *dot;
+		unsigned long long k;
+
+		if (op < 0)
+			return -1;
+		if (op == NATS_PING && f->cl.c.tr->write(&f->cl.c, "PONG\r\n", 6, deadline) < 0) {
+			snprintf(why, wn, "cannot send to it");
+			return -1;
+		}
+		if (op == NATS_ERR) {
+			char shown[200];
+
+			forward_quote(shown, sizeof(shown), m.args, m.args_len);
+			snprintf(why, wn, "NATS answered -ERR %s", shown);
+			return -1;
+		}
+		if (op != NATS_MSG)
+			continue;
+		dot = memrchr(m.subject, '.', m.subject_len);
+		if (dot == NULL || (size_t)(dot - m.subject) != strlen(f->inbox) ||
+		    memcmp(m.subject, f->inbox, strlen(f->inbox)) != 0)
+			continue;
+		k = strtoull(dot + 1, NULL, 10);
+		if (k < first || k > last)
+			continue;  /* not this batch's */
+		if (m.status == 503) {
+			snprintf(why, wn, "no JetStream stream captures %s any more", f->key);
+			return -1;
+		}
+		if (m.status != 0 || jetstream_error(&m, "JetStream did not store it", why, wn)) {
+			if (m.status != 0)
+				snprintf(why, wn, "JetStream answered status %d", m.status);
+			return -1;
+		}
+		acked++;
+	}
+	return 0;
+}
+
+/* ---- Both ---- */
+
+/* Dial f and say hello, by deadline: 0, or -1 with why. */
+static int
+forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	int r;
+
+	if (client_connect(&f->cl, f->host, f->port, f->host, NULL, deadline) < 0) {
+		snprintf(why, wn, "%.300s", f->cl.why);
+		client_close(&f->cl);
+		return -1;
+	}
+	buf_clear(&f->out);
+	f->in.len = 0;
+	f->used = 0;
+	r = f->kind == FORWARD_REDIS ? redis_open(f, deadline, why, wn) : nats_open(f, deadline, why, wn);
+	if (r < 0) {
 		client_close(&f->cl);
 		return -1;
 	}
 	f->up = 1;
 	f->backoff = FORWARD_BACKOFF_MIN_MS;
 	return 0;
+}
+
+/* Between batches: take what an idle connection was sent without
+ * waiting. NATS's PINGs get their PONG; anything else from Redis, or
+ * the connection's end, closes it, to be dialled again at once. */
+static void
+forward_idle(struct forward *f)
+{
+	char why[300];
+	int r;
+
+	if (!f->up)
+		return;
+	if (f->kind == FORWARD_REDIS) {
+		r = forward_fill(f, now_ms(), why, sizeof(why));
+		if (r == IO_TIMEOUT)
+			return;
+	} else {
+		struct nats_msg m;
+
+		while ((r = nats_read(f, now_ms(), &m, why, sizeof(why))) >= 0) {
+			if (r == NATS_PING && f->cl.c.tr->write(&f->cl.c, "PONG\r\n", 6, now_ms() + 1000) < 0)
+				break;
+		}
+		if (r == IO_TIMEOUT)
+			return;
+	}
+	client_close(&f->cl);
+	f->up = 0;
+	f->in.len = 0;
+	f->used = 0;
+	f->retry_at = 0;  /* an idle connection's end is no failure: dial at once */
+}
+
+static void
+forward_idle_all(void)
+{
+	unsigned i;
+
+	for (i = 0; i < nforwards; i++)
+		forward_idle(&forwards[i]);
 }
 
 /* Hand a batch to every broker, by deadline: 0, or -1 with why (a
@@ -6341,9 +6908,9 @@ forward_batch(struct event *batch, int64_t deadline, const char **why)
 	for (i = 0; i < nforwards; i++) {
 		struct forward *f = &forwards[i];
 		char detail[400];
-		struct event *e;
-		unsigned n = 0;
+		int r;
 
+		forward_idle(f);
 		if (!f->up) {
 			if (now_ms() < f->retry_at) {
 				*why = "the broker is unreachable; try again";
@@ -6358,19 +6925,9 @@ forward_batch(struct event *batch, int64_t deadline, const char **why)
 			warn("--forward %s: connected", f->shown);
 		}
 		buf_clear(&f->out);
-		for (e = batch; e != NULL; e = e->next, n++) {
-			struct conn *c = event_conn(e);
-
-			buf_adds(&f->out, "*7\r\n");
-			resp_bulk(&f->out, "XADD", 4);
-			resp_bulk(&f->out, f->key, strlen(f->key));
-			resp_bulk(&f->out, "*", 1);
-			resp_bulk(&f->out, "event", 5);
-			resp_bulk(&f->out, c->compact.p, c->compact.len - 1);  /* without its newline */
-			resp_bulk(&f->out, "sha256", 6);
-			resp_bulk(&f->out, c->body_sha, 64);
-		}
-		if (forward_exchange(f, n, '$', deadline, detail, sizeof(detail)) < 0) {
+		r = f->kind == FORWARD_REDIS ? redis_batch(f, batch, deadline, detail, sizeof(detail)) :
+		    nats_batch(f, batch, deadline, detail, sizeof(detail));
+		if (r < 0) {
 			warn("--forward %s did not take the events: %s", f->shown, detail);
 			forward_down(f);
 			*why = "the broker did not take the event; try again";
@@ -6682,8 +7239,9 @@ usage(FILE *f)
 "      --max-body BYTES     largest event body (default 1M; K, M and G suffixes; at most 1G)\n"
 "      --max-conns N        connection slots (default 1024); when all are taken, a newcomer\n"
 "                           gets the slot of the idlest connection of the busiest address\n"
-"      --forward URL        also hand each event to a Redis stream, before its 200:\n"
-"                           redis://[:PASSWORD@]HOST:PORT/STREAM (up to 4 of them)\n"
+"      --forward URL        also hand each event to a broker, before its 200 (up to 4):\n"
+"                           redis://[:PASSWORD@]HOST:PORT/STREAM  (a Redis stream)\n"
+"                           nats://[TOKEN@]HOST:PORT/SUBJECT      (NATS JetStream)\n"
 "  -q, --quiet              no access log on stderr\n"
 "  -u, --user NAME          once the port is bound (and keys read), run as NAME\n"
 #ifdef XWEBHOOK_TLS
@@ -6815,9 +7373,9 @@ parse_commandline(int argc, char **argv, const char *args[3])
 				    (int)strlen(v), v, at ? "...@..." : "", why);
 			if (f->password[0] != '\0') {
 				/* Out of ps and /proc/PID/cmdline from here on. */
-				char *pw = strchr((char *)v + 8, ':');
+				size_t pn = strlen(f->password);
 
-				memset(pw + 1, '*', strlen(f->password));
+				memset((char *)at - pn, '*', pn);  /* it ends at the '@' */
 			}
 			nforwards++;
 		} else if (OPT("-u", "--user")) {
@@ -6867,9 +7425,22 @@ run_server(void)
 	for (i = 0; i < nforwards; i++) {
 		char why[400];
 
-		if (forward_open(&forwards[i], now_ms() + FORWARD_CONNECT_MS, why, sizeof(why)) < 0)
-			die("--forward %s: %s", forwards[i].shown, why);
-		strcat(sink_names, "+redis");  /* at most 4: the buffer holds them */
+		struct forward *f = &forwards[i];
+
+		if (forward_open(f, now_ms() + FORWARD_CONNECT_MS, why, sizeof(why)) < 0)
+			die("--forward %s: %s", f->shown, why);
+		if (f->kind == FORWARD_NATS && max_body + NATS_HEADERS > f->max_payload) {
+			if (f->max_payload <= NATS_HEADERS)
+				die("--forward %s: the server's max_payload of %zu bytes holds no event", f->shown,
+				    f->max_payload);
+			max_body = f->max_payload - NATS_HEADERS;
+			warn("--forward %s: --max-body lowered to %zu bytes, what the server's max_payload "
+			    "of %zu takes with our headers", f->shown, max_body, f->max_payload);
+		}
+		if (f->kind == FORWARD_NATS)
+			warn("--forward %s: JetStream stream %s takes the events", f->shown, f->stream);
+		/* At most 4 of 6 bytes each: the buffer holds them. */
+		strcat(sink_names, f->kind == FORWARD_REDIS ? "+redis" : "+nats");
 	}
 	raise_fd_limit();
 #ifdef XWEBHOOK_TLS
