@@ -10,7 +10,8 @@
 #      kill -9 while events are written, a full disk; and event-path tests
 #      (tests/events.py): sinks that stop reading, bodies that never end, a
 #      peer holding every socket, memory running out; and --forward against
-#      a real redis-server (tests/brokers.py), killed and restarted;
+#      a real redis-server and nats-server with JetStream (tests/brokers.py),
+#      killed and restarted, and hostile stand-ins for NATS;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
 #      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl;
 #   5. the static binaries (make static, with musl) in an empty root;

@@ -3712,8 +3712,8 @@ static struct {
 	NULL, &writer.head };
 
 /* How often an idle writer looks at the brokers' connections (see
- * "Brokers"). */
-enum { FORWARD_IDLE_MS = 20000 };
+ * "Brokers"): a non-blocking read each, well within any PING interval. */
+enum { FORWARD_IDLE_MS = 1000 };
 
 static void loop_event_decided(struct conn *c);
 static int forward_batch(struct event *batch, int64_t deadline, const char **why);
@@ -6138,7 +6138,7 @@ json_member_string(const char *p, size_t n, const char *key, struct buf *out)
  * RESP and the NATS protocol are a few lines of text framing each.
  *
  * Between batches the writer looks at each connection every
- * FORWARD_IDLE_MS: it answers NATS's PINGs (an unanswered server drops us
+ * FORWARD_IDLE_MS, and before each batch: it answers NATS's PINGs (an unanswered server drops us
  * as stale) and notices a connection the broker closed, so that the next
  * event is not the one that finds out.
  * ------------------------------------------------------------------------ */
@@ -6163,7 +6163,7 @@ enum forward_kind { FORWARD_REDIS, FORWARD_NATS };
 
 struct forward {
 	enum forward_kind kind;
-	char shown[400];          /* the URL without its password or token */
+	char shown[600];          /* the URL without its password or token */
 	char host[256], port[8];
 	char user[128], password[256];  /* a NATS token is a password with no user */
 	char key[256];            /* the Redis stream, or the NATS subject */

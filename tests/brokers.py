@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """--forward against real brokers on loopback: redis-server, started here
-on a free port with its append-only file synced on every write. Usage:
+on a free port with its append-only file synced on every write, and
+nats-server with JetStream on file storage, its stream created here over
+the NATS protocol (Debian has no NATS CLI). Usage:
 
     brokers.py BINARY FIXTURES_DIR
 
 The last line is 'brokers: N passed, N failed'.
 """
+import base64
 import hashlib
 import json
 import os
@@ -25,6 +28,7 @@ import fault  # noqa: E402
 
 TESTS = []
 PASSWORD = "broker-pass-Zq8"
+TOKEN = "nats-token-Kx3"
 
 
 def test(fn):
@@ -134,7 +138,7 @@ def bad_brokers_are_refused_at_start_with_one_line():
     try:
         for args, part in ((["--forward", url(r, "s", "wrong")], "WRONGPASS"),
                            (["--forward", "redis://127.0.0.1:%d/s" % free_port()], "Connection refused"),
-                           (["--forward", "nats://127.0.0.1:4222/s"], "unknown scheme"),
+                           (["--forward", "amqp://127.0.0.1:5672/s"], "unknown scheme"),
                            (["--forward", "redis://:pw@127.0.0.1/s"], "with the port"),
                            (["--forward", "redis://127.0.0.1:%d/" % r.port], "expected redis://")):
             p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30,
@@ -147,10 +151,11 @@ def bad_brokers_are_refused_at_start_with_one_line():
         r.stop()
 
 
-@test
-def broker_killed_and_restarted_loses_no_acknowledged_event():
-    r = Redis()
-    srv = it.Server("--quiet", "--forward", url(r, "durable"))
+def killed_and_restarted(broker, forward, stored_events, what):
+    """Signed POSTs from four posters while the broker is kill -9'ed and
+    restarted: every 200'd event is stored afterwards, the outage gives
+    503 within X's 10 s, and CRCs go on meanwhile."""
+    srv = it.Server("--quiet", "--forward", forward)
     acked, lock = set(), threading.Lock()
     codes = []
     stop = threading.Event()
@@ -179,11 +184,11 @@ def broker_killed_and_restarted_loses_no_acknowledged_event():
         time.sleep(1.5)
         probe = events.CrcProbe(srv.port)
         probe.start()
-        r.kill()  # mid-load; every 200 before this is in its AOF
+        broker.kill()  # mid-load; every 200 before this is stored
         time.sleep(2)
         worst = probe.finish()
         during = len(acked)
-        r.start()
+        broker.start()
         # Back within the backoff (at most 5 s), and events flow again.
         assert fault.wait_until(lambda: len(acked) > during + 20, 15), "events did not resume"
         stop.set()
@@ -193,23 +198,390 @@ def broker_killed_and_restarted_loses_no_acknowledged_event():
     finally:
         stop.set()
         srv.stop()
-        entries = r.entries("durable")
-        r.stop()
+        try:
+            stored = {(o["poster"], o["i"]) for o in (json.loads(ev) for ev in stored_events())}
+        finally:
+            broker.stop()
     statuses = {st for st, _ in codes}
     assert 503 in statuses, "no 503 while the broker was down: %r" % statuses
     assert statuses <= {200, 503}, statuses
     assert max(t for st, t in codes if st == 503) < 9, "a 503 took past X's 10 s"
-    stored = {(o["poster"], o["i"]) for o in (json.loads(ev) for _, ev, _ in entries)}
     missing = acked - stored
     assert not missing, "%d acknowledged events are not in the stream" % len(missing)
-    print("    (redis kill -9 under load: %d events acknowledged, all in the stream after restart; "
-          "%d got 503 meanwhile; worst CRC %.1f ms)" % (len(acked), sum(1 for st, _ in codes if st == 503),
+    print("    (%s kill -9 under load: %d events acknowledged, all in the stream after restart; "
+          "%d got 503 meanwhile; worst CRC %.1f ms)" % (what, len(acked), sum(1 for st, _ in codes if st == 503),
                                                        worst * 1000))
 
 
+@test
+def redis_killed_and_restarted_loses_no_acknowledged_event():
+    r = Redis()
+    killed_and_restarted(r, url(r, "durable"), lambda: [ev for _, ev, _ in r.entries("durable")], "redis")
+
+
+@test
+def idle_connections_closed_by_redis_cost_no_event():
+    """A Redis that closes idle clients (timeout 1): the next event finds
+    out before it is sent, not by getting 503."""
+    r = Redis()
+    r.cli("CONFIG", "SET", "timeout", "1")
+    srv = it.Server("--forward", url(r, "idle"))
+    try:
+        c = srv.conn()
+        assert it.post(c, b'{"n":1}')[0].status == 200
+        time.sleep(12)  # redis checks its timeouts every few seconds
+        for n in range(2, 5):
+            c = srv.conn()
+            assert it.post(c, b'{"n":%d}' % n)[0].status == 200
+    finally:
+        srv.stop()
+        entries = r.entries("idle")
+        r.stop()
+    assert [json.loads(ev)["n"] for _, ev, _ in entries] == [1, 2, 3, 4]
+
+
+# ---- NATS JetStream ----
+
+class NatsClient:
+    """Just enough of the NATS protocol to ask JetStream's API."""
+
+    def __init__(self, port, token=TOKEN):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.f = self.s.makefile("rb")
+        info = self.f.readline()
+        assert info.startswith(b"INFO "), info
+        opts = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True}
+        if token:
+            opts["auth_token"] = token
+        self.s.sendall(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
+        while True:
+            line = self.f.readline()
+            if line.startswith(b"PONG"):
+                break
+            if not line or line.startswith(b"-ERR"):
+                raise RuntimeError(line)
+        self.inbox = "_INBOX.t" + os.urandom(6).hex()
+        self.s.sendall(b"SUB %s.* 1\r\n" % self.inbox.encode())
+        self.n = 0
+
+    def request(self, subject, payload=b""):
+        self.n += 1
+        reply = "%s.%d" % (self.inbox, self.n)
+        if not isinstance(payload, bytes):
+            payload = json.dumps(payload).encode()
+        self.s.sendall(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload))
+        while True:
+            line = self.f.readline()
+            parts = line.split()
+            if not parts:
+                raise RuntimeError("NATS closed the connection")
+            if parts[0] == b"PING":
+                self.s.sendall(b"PONG\r\n")
+            elif parts[0] in (b"MSG", b"HMSG"):
+                data = self.f.read(int(parts[-1]) + 2)[:-2]
+                if parts[1].decode() == reply:
+                    if parts[0] == b"HMSG":
+                        return {"status": data[:int(parts[-2])].decode()}
+                    return json.loads(data)
+            elif parts[0] == b"-ERR":
+                raise RuntimeError(line)
+
+    def close(self):
+        self.s.close()
+
+
+class Nats:
+    """A nats-server of our own: JetStream on file storage, a token."""
+
+    def __init__(self, jetstream=True, extra=""):
+        self.port = free_port()
+        self.data = tempfile.mkdtemp(prefix="nats-", dir=it.WORK)
+        self.conf = os.path.join(self.data, "nats.conf")
+        with open(self.conf, "w") as f:
+            f.write("listen: 127.0.0.1:%d\nauthorization { token: %s }\n%s\n" % (self.port, TOKEN, extra))
+            if jetstream:
+                f.write("jetstream { store_dir: %s }\n" % json.dumps(os.path.join(self.data, "js")))
+        self.start()
+
+    def start(self):
+        self.log = open(os.path.join(self.data, "nats.log"), "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", self.conf], stdout=self.log, stderr=self.log,
+                                     stdin=subprocess.DEVNULL)
+        assert fault.wait_until(self.up, 10), "nats-server did not start"
+
+    def up(self):
+        try:
+            NatsClient(self.port).close()
+            return True
+        except (OSError, RuntimeError, AssertionError):
+            return False
+
+    def create_stream(self, name, subjects):
+        c = NatsClient(self.port)
+        try:
+            got = c.request("$JS.API.STREAM.CREATE." + name,
+                            {"name": name, "subjects": subjects, "storage": "file",
+                             "duplicate_window": 120 * 10**9})
+        finally:
+            c.close()
+        assert "error" not in got, got
+
+    def messages(self, stream):
+        """[(data bytes, Nats-Msg-Id)] of the stream, in order."""
+        c = NatsClient(self.port)
+        try:
+            last = c.request("$JS.API.STREAM.INFO." + stream)["state"]["last_seq"]
+            got = []
+            for seq in range(1, last + 1):
+                m = c.request("$JS.API.STREAM.MSG.GET." + stream, {"seq": seq})["message"]
+                hdrs = base64.b64decode(m.get("hdrs", "")).decode()
+                ids = [h.split(":", 1)[1].strip() for h in hdrs.split("\r\n") if h.lower().startswith("nats-msg-id:")]
+                got.append((base64.b64decode(m.get("data", "")), ids[0] if ids else None))
+            return got
+        finally:
+            c.close()
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+def nats_url(n, subject, token=TOKEN):
+    return "nats://%s@127.0.0.1:%d/%s" % (token, n.port, subject)
+
+
+@test
+def nats_stream_gets_every_event_in_order_byte_exact_and_resends_once():
+    n = Nats()
+    n.create_stream("EVENTS", ["x.events.>"])
+    srv = it.Server("--forward", nats_url(n, "x.events.in"))
+    try:
+        bodies = [b for _, b in it.fixtures()] + [b'{ "spaced" : [ 1 , 2 ] , "u" : "\\u00e9\\/" }']
+        c = srv.conn()
+        for b in bodies:
+            assert it.post(c, b)[0].status == 200
+        # X's resend of the same bytes is stored once (Nats-Msg-Id).
+        for _ in range(2):
+            assert it.post(c, bodies[0])[0].status == 200
+
+        def poster(k):
+            cc = srv.conn()
+            for i in range(50):
+                assert it.post(cc, b'{"poster":%d,"i":%d}' % (k, i))[0].status == 200
+        it.in_threads(poster, 4)
+        err = srv.stderr()
+        assert "taken=stdout+nats " in err and "JetStream stream EVENTS takes the events" in err, err
+        assert TOKEN.encode() not in open("/proc/%d/cmdline" % srv.proc.pid, "rb").read()
+    finally:
+        srv.stop()
+        msgs = n.messages("EVENTS")
+        n.stop()
+    assert TOKEN not in srv.stderr()
+    for b, (data, msg_id) in zip(bodies, msgs):
+        assert msg_id == hashlib.sha256(b).hexdigest()
+        if b.startswith(b"{ "):
+            assert data == b'{"spaced":[1,2],"u":"\\u00e9\\/"}', data
+        else:
+            assert data == json.dumps(json.loads(b), separators=(",", ":"), ensure_ascii=False).encode()
+    rest = [json.loads(d) for d, _ in msgs[len(bodies):]]
+    assert len(rest) == 200, "%d messages after the fixtures: the resends were stored again?" % len(rest)
+    for k in range(4):
+        assert [o["i"] for o in rest if o["poster"] == k] == list(range(50))
+
+
+@test
+def bad_nats_is_refused_at_start_with_one_line():
+    n = Nats()
+    bare = Nats(jetstream=False)
+    n.create_stream("EVENTS", ["x.events"])
+    try:
+        for args, part in ((["--forward", nats_url(n, "x.events", "wrong-token")], "Authorization Violation"),
+                           (["--forward", nats_url(n, "y.elsewhere")], "no JetStream stream captures"),
+                           (["--forward", nats_url(bare, "x.events")], "started with -js"),
+                           (["--forward", nats_url(n, "x.*")], "without wildcards"),
+                           (["--forward", nats_url(n, "x..events")], "without wildcards"),
+                           (["--forward", "nats://%s@127.0.0.1/x" % TOKEN], "with the port"),
+                           (["--forward", "nats://127.0.0.1:%d/x" % n.port], "Authorization Violation"),
+                           (["--forward", "kafka://127.0.0.1:9092/x"], "unknown scheme")):
+            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30,
+                               env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
+            err = p.stderr.decode()
+            it.check_sanitizers(err)
+            assert p.returncode == 1 and part in err and err.count("\n") == 1, (args, p.returncode, err)
+            assert "wrong-token" not in err and TOKEN not in err, err
+    finally:
+        n.stop()
+        bare.stop()
+
+
+@test
+def nats_max_payload_lowers_max_body_and_the_limit_holds():
+    n = Nats(extra="max_payload: 4096")
+    n.create_stream("EVENTS", ["x.events"])
+    srv = it.Server("--forward", nats_url(n, "x.events"))
+    try:
+        err = srv.stderr()
+        assert "--max-body lowered to %d bytes" % (4096 - 91) in err, err
+        c = srv.conn()
+        fits = b'{"pad":"%s"}' % (b"a" * (4096 - 91 - 10))
+        assert len(fits) == 4096 - 91
+        assert it.post(c, fits)[0].status == 200
+        c = srv.conn()
+        assert it.post(c, fits[:-2] + b'a"}')[0].status == 413
+    finally:
+        srv.stop()
+        msgs = n.messages("EVENTS")
+        n.stop()
+    assert [d for d, _ in msgs] == [fits]
+
+
+@test
+def idle_nats_connection_answers_pings_and_survives():
+    """nats-server PINGs every second and drops a client that leaves
+    three unanswered; the idle writer answers them, and an event after a long
+    quiet spell is taken at once."""
+    n = Nats(extra="ping_interval: \"1s\"\nping_max: 3")
+    n.create_stream("EVENTS", ["x.events"])
+    srv = it.Server("--forward", nats_url(n, "x.events"))
+    try:
+        c = srv.conn()
+        assert it.post(c, b'{"n":1}')[0].status == 200
+        time.sleep(6)
+        for k in range(2, 5):
+            c = srv.conn()
+            assert it.post(c, b'{"n":%d}' % k)[0].status == 200
+        assert srv.stderr().count("connected") == 0, srv.stderr()
+    finally:
+        srv.stop()
+        msgs = n.messages("EVENTS")
+        n.stop()
+    assert [json.loads(d)["n"] for d, _ in msgs] == [1, 2, 3, 4]
+
+
+class HostileNats(threading.Thread):
+    """A NATS server that goes as far as `upto` in the handshake and then
+    does `then` (bytes to send, or None to go silent)."""
+
+    def __init__(self, upto, then):
+        super().__init__(daemon=True)
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.port = self.ls.getsockname()[1]
+        self.upto, self.then = upto, then
+        self.conns = []
+        self.start()
+
+    def run(self):
+        while True:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            self.conns.append(s)
+            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        f = s.makefile("rb")
+        try:
+            steps = ["info", "pong", "names", "publish"]
+            for step in steps[:steps.index(self.upto)]:
+                if step == "info":
+                    s.sendall(b'INFO {"server_id":"h","headers":true,"max_payload":1048576}\r\n')
+                elif step == "pong":
+                    while not f.readline().startswith(b"PING"):
+                        pass
+                    s.sendall(b"PONG\r\n")
+                elif step == "names":
+                    f.readline()  # SUB
+                    pub = f.readline().split()
+                    f.read(int(pub[-1]) + 2)
+                    body = b'{"streams":["S"]}'
+                    s.sendall(b"MSG %s 1 %d\r\n%s\r\n" % (pub[2], len(body), body))
+            if self.then is not None:
+                s.sendall(self.then)
+            while f.read(65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        self.ls.close()
+        for s in self.conns:
+            s.close()
+
+
+@test
+def hostile_nats_servers_get_one_line_at_start():
+    cases = (("info", None, "no reply in time"),
+             ("info", b"x" * 70000, "a line longer than 65536 bytes"),
+             ("info", b"HTTP/1.1 400 Bad Request\r\n\r\n", "not the NATS protocol"),
+             ("info", b'INFO {"headers":false}\r\n', "does not take message headers"),
+             ("info", b'INFO {"tls_required":true,"headers":true}\r\n', "requires TLS"),
+             ("pong", None, "no reply in time"),
+             ("pong", b"-ERR 'Authorization Violation'\r\n", "Authorization Violation"),
+             ("names", None, "no reply in time"),
+             ("names", b"MSG _INBOX.zz.1 1 99999999\r\n", "a message of a size we do not take"),
+             ("names", b"\x1b[2J\r\n", "not the NATS protocol: \\x1b[2J"))
+    for upto, then, part in cases:
+        h = HostileNats(upto, then)
+        try:
+            t0 = time.monotonic()
+            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", "--forward", "nats://127.0.0.1:%d/s" % h.port],
+                               capture_output=True, timeout=30,
+                               env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
+            took = time.monotonic() - t0
+        finally:
+            h.close()
+        err = p.stderr.decode()
+        it.check_sanitizers(err)
+        assert p.returncode == 1 and part in err and err.count("\n") == 1, (upto, then, p.returncode, err)
+        assert "\x1b" not in err
+        assert took < 6, "%s: %.1f s to give up" % (part, took)
+
+
+@test
+def a_nats_that_never_acknowledges_gets_503_within_x_s_bound():
+    for then in (None, b"MSG _INBOX.zz.1 1 5\r\nhello\r\nPING\r\n", b"-ERR 'Maximum Payload Violation'\r\n"):
+        h = HostileNats("publish", then)
+        srv = it.Server("--forward", "nats://127.0.0.1:%d/s" % h.port)
+        try:
+            t0 = time.monotonic()
+            c = srv.conn(timeout=15)
+            resp, _ = it.post(c, b'{"n":1}')
+            took = time.monotonic() - t0
+            assert resp.status == 503, resp.status
+            assert took < 9, "%.1f s" % took
+            # CRCs meanwhile are answered at once.
+            c = srv.conn()
+            t0 = time.monotonic()
+            c.request("GET", "/webhooks/twitter?crc_token=abc")
+            assert c.getresponse().status == 200 and time.monotonic() - t0 < 0.3
+            if then is not None and then.startswith(b"-ERR"):
+                assert "Maximum Payload Violation" in srv.stderr()
+        finally:
+            srv.stop()
+            h.close()
+
+
+@test
+def nats_killed_and_restarted_loses_no_acknowledged_event():
+    n = Nats()
+    n.create_stream("DURABLE", ["durable"])
+    killed_and_restarted(n, nats_url(n, "durable"), lambda: [d for d, _ in n.messages("DURABLE")], "nats")
+
+
 def main():
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        print("FAIL redis-server and redis-cli are not installed (.ci/run installs redis-server redis-tools)")
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None or shutil.which("nats-server") is None:
+        print("FAIL redis-server, redis-cli and nats-server are not all installed "
+              "(.ci/run installs redis-server redis-tools nats-server)")
         print("brokers: 0 passed, 1 failed")
         sys.exit(1)
     passed, failed = it.run_suite(TESTS)

@@ -243,6 +243,80 @@ test_json_member(void)
 	expect_member("{\"t\":\"\\ud83d\\ude00 \\u00e9\\n\"}", "t", 0, "\xf0\x9f\x98\x80 \xc3\xa9\n");
 	expect_member("{\"t\":\"\\ud800x\"}", "t", 0, "\xef\xbf\xbdx");
 	expect_member("{}", "t", -1, NULL);
+	expect_member("\"t\"", "t", -1, NULL);
+}
+
+/* The raw value of a member (a PubAck's error, INFO's max_payload). */
+static void
+expect_raw(const char *json, const char *key, int want_rc, const char *want)
+{
+	struct buf out = { 0 };
+	int rc = json_member(json, strlen(json), key, &out);
+
+	CHECK(rc == want_rc && (want == NULL || (out.len == strlen(want) && memcmp(out.p, want, out.len) == 0)),
+	    "raw member %s of %s: %d [%.*s]", key, json, rc, (int)out.len, out.p ? out.p : "");
+	buf_free(&out);
+}
+
+static void
+test_json_member_raw(void)
+{
+	expect_raw("{\"stream\":\"E\",\"seq\":12}", "seq", 0, "12");
+	expect_raw("{ \"error\" : { \"code\" : 503 , \"description\" : \"x}\" } }", "error", 0,
+	    "{\"code\":503,\"description\":\"x}\"}");
+	expect_raw("{\"streams\":null}", "streams", 0, "null");
+	expect_raw("{\"streams\":[\"A\",\"B\"],\"x\":1}", "streams", 0, "[\"A\",\"B\"]");
+	expect_raw("{\"a\":{\"seq\":1}}", "seq", -1, NULL);
+	expect_raw("{\"headers\":true}", "headers", 0, "true");
+	expect_raw("{\"s\":\"a\\\"b\"}", "s", 0, "\"a\\\"b\"");
+	expect_raw("[1]", "seq", -1, NULL);
+	expect_raw("{\"seq\":1,}", "seq", -1, NULL);
+}
+
+/* ---- --forward URLs ---- */
+
+static void
+expect_forward(const char *url, int ok, const char *user, const char *pw, const char *host, const char *port,
+    const char *key, const char *shown)
+{
+	struct forward f;
+	const char *why = "";
+	int rc = forward_parse(url, &f, &why);
+
+	if (!ok) {
+		CHECK(rc < 0 && why[0] != '\0', "--forward %s taken", url);
+		return;
+	}
+	CHECK(rc == 0 && strcmp(f.user, user) == 0 && strcmp(f.password, pw) == 0 && strcmp(f.host, host) == 0 &&
+	    strcmp(f.port, port) == 0 && strcmp(f.key, key) == 0 && strcmp(f.shown, shown) == 0,
+	    "--forward %s: rc %d [%s] [%s] [%s] [%s] [%s] [%s] (%s)", url, rc, f.user, f.password, f.host, f.port, f.key,
+	    f.shown, rc < 0 ? why : "");
+}
+
+static void
+test_forward_parse(void)
+{
+	expect_forward("redis://:pw@127.0.0.1:6379/s", 1, "", "pw", "127.0.0.1", "6379", "s", "redis://127.0.0.1:6379/s");
+	expect_forward("redis://u:p:w@h:1/x:y", 1, "u", "p:w", "h", "1", "x:y", "redis://h:1/x:y");
+	expect_forward("redis://[::1]:6379/s", 1, "", "", "::1", "6379", "s", "redis://[::1]:6379/s");
+	expect_forward("redis://pw@h:1/s", 0, 0, 0, 0, 0, 0, 0);       /* redis wants :PASSWORD */
+	expect_forward("redis://:@h:1/s", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("redis://h/s", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("redis://h:1/", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("redis://h:1/a b", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://tok@127.0.0.1:4222/x.events", 1, "", "tok", "127.0.0.1", "4222", "x.events",
+	    "nats://127.0.0.1:4222/x.events");
+	expect_forward("nats://u:p@h:4222/a.b.c", 1, "u", "p", "h", "4222", "a.b.c", "nats://h:4222/a.b.c");
+	expect_forward("nats://h:4222/e", 1, "", "", "h", "4222", "e", "nats://h:4222/e");
+	expect_forward("nats://h:4222/a.*", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://h:4222/a.>", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://h:4222/.a", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://h:4222/a.", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://h:4222/a..b", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://h:4222/\xc3\xa9", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://@h:4222/e", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("kafka://h:9092/t", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("h:9092/t", 0, 0, 0, 0, 0, 0, 0);
 }
 
 /* ---- base64, RFC 4648 section 10, and the CRC answer ---- */
@@ -939,6 +1013,8 @@ main(void)
 	test_base64();
 	test_json();
 	test_json_member();
+	test_json_member_raw();
+	test_forward_parse();
 	test_http();
 	test_chunked();
 	test_query();
