@@ -22,8 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in wrk nginx jq python3 openssl cc strip redis-server redis-cli; do
-	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl redis-server redis-tools)" >&2; exit 1; }
+for tool in wrk nginx jq python3 openssl cc strip redis-server redis-cli nats-server; do
+	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl redis-server redis-tools nats-server)" >&2; exit 1; }
 done
 
 echo "building with -O2 ..." >&2
@@ -119,7 +119,28 @@ start xwout "$W/xwebhook" --quiet --listen 127.0.0.1:18108 --output tests/out/be
 start redis redis-server --port 18110 --bind 127.0.0.1 --save "" --appendonly no
 for _ in $(seq 50); do redis-cli -p 18110 ping >/dev/null 2>&1 && break; sleep 0.1; done
 start xwredis "$W/xwebhook" --quiet --listen 127.0.0.1:18109 --forward redis://127.0.0.1:18110/bench
-for port in 18101 18102 18103 18104 18105 18106 18107 18108 18109; do
+# A NATS of its own, JetStream in memory for the same reason; its stream
+# made over the protocol (Debian has no NATS CLI).
+start nats nats-server -js -sd "$W/js" -a 127.0.0.1 -p 18112
+python3 - <<'PY'
+import json, socket, time
+for _ in range(50):
+    try:
+        s = socket.create_connection(("127.0.0.1", 18112), timeout=5)
+        break
+    except OSError:
+        time.sleep(0.1)
+f = s.makefile("rb")
+f.readline()
+conf = {"name": "BENCH", "subjects": ["bench"], "storage": "memory"}
+body = json.dumps(conf).encode()
+s.sendall(b'CONNECT {"verbose":false}\r\nSUB _INBOX.b 1\r\nPUB $JS.API.STREAM.CREATE.BENCH _INBOX.b %d\r\n%s\r\n'
+          % (len(body), body))
+while not f.readline().startswith(b"MSG"):
+    pass
+PY
+start xwnats "$W/xwebhook" --quiet --listen 127.0.0.1:18111 --forward nats://127.0.0.1:18112/bench
+for port in 18101 18102 18103 18104 18105 18106 18107 18108 18109 18111; do
 	up=0
 	for _ in $(seq 100); do
 		if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then up=1; break; fi
@@ -154,6 +175,7 @@ bench post.xw "http://127.0.0.1:18101/webhooks/twitter" -s "$W/post.lua"
 bench post.nginx "http://127.0.0.1:18102/webhooks/twitter" -s "$W/post.lua"
 bench post.out "http://127.0.0.1:18108/webhooks/twitter" -s "$W/post.lua"
 bench post.redis "http://127.0.0.1:18109/webhooks/twitter" -s "$W/post.lua"
+bench post.nats "http://127.0.0.1:18111/webhooks/twitter" -s "$W/post.lua"
 bench post.ref "http://127.0.0.1:18103/webhooks/twitter" -s "$W/post.lua"
 bench tls.xw "https://127.0.0.1:18104$CRC"
 bench tls.nginx "https://127.0.0.1:18105$CRC"
@@ -262,6 +284,7 @@ rate("signed 2 KB POST (stdout /dev/null) vs nginx", "post.xw", "post.nginx", 0.
 rate("signed 2 KB POST vs reference app", "post.xw", "post.ref", 1)
 rate("signed 2 KB POST, --output (group commit) vs without", "post.out", "post.xw", 0.5)
 rate("signed 2 KB POST, --forward redis:// vs without", "post.redis", "post.xw", 0.5)
+rate("signed 2 KB POST, --forward nats:// vs without", "post.nats", "post.xw", 0.5)
 rss_idle = num("xw.rss_idle") / 1024
 row("resident memory, idle (plain build)", "%.2f MB" % rss_idle, "", "", "<= 2 MB", rss_idle <= 2)
 rss_k = num("xw.rss_1000") / 1024
