@@ -601,15 +601,22 @@ log_queue_line(const char *line, size_t n)
 }
 
 /* ------------------------------------------------------------------------
- * Crypto: SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104), base64 (RFC 4648)
- * and a constant-time comparison.
+ * Crypto: SHA-256 and SHA-1 (FIPS 180-4), HMAC over each (RFC 2104),
+ * base64 (RFC 4648) and a constant-time comparison. SHA-1 is here for
+ * OAuth 1.0a's HMAC-SHA1 only (X's user-context calls), never for
+ * anything we verify.
  * ------------------------------------------------------------------------ */
 
-struct sha256 {
+/* A hash in progress: SHA-256 or SHA-1, which share their 64-byte
+ * blocks, padding and big-endian length, and differ in the block
+ * function and the state's size. */
+struct digest {
 	uint32_t h[8];
 	uint64_t bytes;          /* message length so far */
 	unsigned char block[64];
 	size_t fill;             /* bytes waiting in block */
+	void (*blocks)(uint32_t h[8], const unsigned char *p, size_t n);
+	unsigned words;          /* of h in the result: 8, or 5 for SHA-1 */
 };
 
 static const uint32_t sha256_k[64] = {
@@ -738,7 +745,7 @@ sha256_select(void)
 }
 
 static void
-sha256_init(struct sha256 *s)
+sha256_init(struct digest *s)
 {
 	static const uint32_t iv[8] = {
 		0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
@@ -748,10 +755,67 @@ sha256_init(struct sha256 *s)
 	memcpy(s->h, iv, sizeof(iv));
 	s->bytes = 0;
 	s->fill = 0;
+	s->blocks = sha256_blocks;
+	s->words = 8;
+}
+
+#define ROL32(x, n) ((x) << (n) | (x) >> (32 - (n)))
+
+/* SHA-1's compression, FIPS 180-4 section 6.1.2, on n blocks. */
+static void
+sha1_blocks(uint32_t h[8], const unsigned char *p, size_t n)
+{
+	for (; n > 0; n--, p += 64) {
+		uint32_t w[80], a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+		int t;
+
+		for (t = 0; t < 16; t++)
+			w[t] = (uint32_t)p[4 * t] << 24 | (uint32_t)p[4 * t + 1] << 16 | (uint32_t)p[4 * t + 2] << 8 |
+			    p[4 * t + 3];
+		for (; t < 80; t++)
+			w[t] = ROL32(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1);
+		for (t = 0; t < 80; t++) {
+			uint32_t f, k, tmp;
+
+			if (t < 20) {
+				f = (b & c) | (~b & d);
+				k = 0x5a827999;
+			} else if (t < 40) {
+				f = b ^ c ^ d;
+				k = 0x6ed9eba1;
+			} else if (t < 60) {
+				f = (b & c) | (b & d) | (c & d);
+				k = 0x8f1bbcdc;
+			} else {
+				f = b ^ c ^ d;
+				k = 0xca62c1d6;
+			}
+			tmp = ROL32(a, 5) + f + e + k + w[t];
+			e = d;
+			d = c;
+			c = ROL32(b, 30);
+			b = a;
+			a = tmp;
+		}
+		h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
+	}
 }
 
 static void
-sha256_update(struct sha256 *s, const void *data, size_t n)
+sha1_init(struct digest *s)
+{
+	static const uint32_t iv[5] = { 0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0 };
+
+	memset(s->h, 0, sizeof(s->h));
+	memcpy(s->h, iv, sizeof(iv));
+	s->bytes = 0;
+	s->fill = 0;
+	s->blocks = sha1_blocks;
+	s->words = 5;
+}
+
+static void
+digest_update(struct digest *s, const void *data, size_t n)
 {
 	const unsigned char *p = data;
 
@@ -765,11 +829,11 @@ sha256_update(struct sha256 *s, const void *data, size_t n)
 		n -= take;
 		if (s->fill < 64)
 			return;
-		sha256_blocks(s->h, s->block, 1);
+		s->blocks(s->h, s->block, 1);
 		s->fill = 0;
 	}
 	if (n >= 64) {
-		sha256_blocks(s->h, p, n / 64);
+		s->blocks(s->h, p, n / 64);
 		p += n / 64 * 64;
 		n %= 64;
 	}
@@ -779,7 +843,7 @@ sha256_update(struct sha256 *s, const void *data, size_t n)
 }
 
 static void
-sha256_final(struct sha256 *s, unsigned char out[32])
+digest_final(struct digest *s, unsigned char *out)
 {
 	uint64_t bits = s->bytes * 8;
 	int i;
@@ -787,14 +851,14 @@ sha256_final(struct sha256 *s, unsigned char out[32])
 	s->block[s->fill++] = 0x80;
 	if (s->fill > 56) {
 		memset(s->block + s->fill, 0, 64 - s->fill);
-		sha256_blocks(s->h, s->block, 1);
+		s->blocks(s->h, s->block, 1);
 		s->fill = 0;
 	}
 	memset(s->block + s->fill, 0, 56 - s->fill);
 	for (i = 0; i < 8; i++)
 		s->block[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
-	sha256_blocks(s->h, s->block, 1);
-	for (i = 0; i < 8; i++) {
+	s->blocks(s->h, s->block, 1);
+	for (i = 0; i < (int)s->words; i++) {
 		out[4 * i] = (unsigned char)(s->h[i] >> 24);
 		out[4 * i + 1] = (unsigned char)(s->h[i] >> 16);
 		out[4 * i + 2] = (unsigned char)(s->h[i] >> 8);
@@ -805,48 +869,74 @@ sha256_final(struct sha256 *s, unsigned char out[32])
 /* An HMAC key, kept as the hash states after the inner and outer pads, so
  * that each HMAC costs two compressions fewer. */
 struct hmac_key {
-	struct sha256 inner, outer;
+	struct digest inner, outer;
 };
 
+/* The key for HMAC over the hash that init starts (both have 64-byte
+ * blocks). */
 static void
-hmac_key_init(struct hmac_key *k, const void *key, size_t n)
+hmac_key_init_hash(struct hmac_key *k, void (*init)(struct digest *), const void *key, size_t n)
 {
 	unsigned char block[64], pad[64];
 	int i;
 
 	memset(block, 0, sizeof(block));
 	if (n > 64) {
-		struct sha256 s;
+		struct digest s;
 
-		sha256_init(&s);
-		sha256_update(&s, key, n);
-		sha256_final(&s, block);
+		init(&s);
+		digest_update(&s, key, n);
+		digest_final(&s, block);
 	} else if (n > 0) {
 		memcpy(block, key, n);
 	}
 	for (i = 0; i < 64; i++)
 		pad[i] = block[i] ^ 0x36;
-	sha256_init(&k->inner);
-	sha256_update(&k->inner, pad, 64);
+	init(&k->inner);
+	digest_update(&k->inner, pad, 64);
 	for (i = 0; i < 64; i++)
 		pad[i] = block[i] ^ 0x5c;
-	sha256_init(&k->outer);
-	sha256_update(&k->outer, pad, 64);
+	init(&k->outer);
+	digest_update(&k->outer, pad, 64);
 	memset(block, 0, sizeof(block));
 	memset(pad, 0, sizeof(pad));
 }
 
 static void
-hmac_sha256(const struct hmac_key *k, const void *msg, size_t n, unsigned char out[32])
+hmac_key_init(struct hmac_key *k, const void *key, size_t n)
 {
-	struct sha256 s = k->inner;
+	hmac_key_init_hash(k, sha256_init, key, n);
+}
+
+/* HMAC of msg under k: 32 bytes into out for SHA-256, 20 for SHA-1. */
+static void
+hmac_digest(const struct hmac_key *k, const void *msg, size_t n, unsigned char *out)
+{
+	struct digest s = k->inner;
 	unsigned char ih[32];
 
-	sha256_update(&s, msg, n);
-	sha256_final(&s, ih);
+	digest_update(&s, msg, n);
+	digest_final(&s, ih);
 	s = k->outer;
-	sha256_update(&s, ih, 32);
-	sha256_final(&s, out);
+	digest_update(&s, ih, 4 * s.words);
+	digest_final(&s, out);
+}
+
+static void
+hmac_sha256(const struct hmac_key *k, const void *msg, size_t n, unsigned char out[32])
+{
+	hmac_digest(k, msg, n, out);
+}
+
+/* HMAC-SHA1 in one call, for OAuth 1.0a's signatures. */
+static void
+hmac_sha1(const void *key, size_t kn, const void *msg, size_t n, unsigned char out[20])
+{
+	struct hmac_key k;
+
+	hmac_key_init_hash(&k, sha1_init, key, kn);
+	hmac_digest(&k, msg, n, out);
+	explicit_bzero(&k, sizeof(k));
 }
 
 /* Encode n bytes as padded standard base64 into out, which holds at least
@@ -2608,13 +2698,13 @@ key_matches(const br_skey_decoder_context *key, const br_x509_pkey *pk)
 		const br_rsa_private_key *sk = br_skey_decoder_get_rsa(key);
 		unsigned char hash[32], out[32], sig[1024];
 		size_t siglen = (sk->n_bitlen + 7) / 8;
-		struct sha256 h;
+		struct digest h;
 
 		if (siglen > sizeof(sig) || pk->key.rsa.nlen > sizeof(sig) + 1)
 			return 0;
 		sha256_init(&h);
-		sha256_update(&h, "xwebhook key check", 18);
-		sha256_final(&h, hash);
+		digest_update(&h, "xwebhook key check", 18);
+		digest_final(&h, hash);
 		return br_rsa_pkcs1_sign_get_default()(BR_HASH_OID_SHA256, hash, 32, sk, sig) == 1 &&
 		    br_rsa_pkcs1_vrfy_get_default()(sig, siglen, BR_HASH_OID_SHA256, 32, &pk->key.rsa, out) == 1 &&
 		    memcmp(out, hash, 32) == 0;
@@ -3995,12 +4085,12 @@ event_check(struct conn *c, const struct request *req, const char **why)
 	}
 	if (nforwards > 0) {
 		/* Consumers tell X's resends of an event by this. */
-		struct sha256 h;
+		struct digest h;
 		unsigned char d[32];
 
 		sha256_init(&h);
-		sha256_update(&h, c->body.p, c->body.len);
-		sha256_final(&h, d);
+		digest_update(&h, c->body.p, c->body.len);
+		digest_final(&h, d);
 		hex_encode(d, sizeof(d), c->body_sha);
 	}
 	if (c->pretty.failed || c->compact.failed) {
@@ -5225,14 +5315,13 @@ serve(int lfd)
  * Secrets and the --output file.
  * ------------------------------------------------------------------------ */
 
-/* Load the consumer secret from --secret-file or the environment, never
- * from argv, where ps would show it. If there is none: dies with status 1
- * when it is required, else returns 0. */
+/* Read the consumer secret from --secret-file or the environment, never
+ * from argv, where ps would show it, into b: 1, or 0 when there is none.
+ * Dies with status 1 when --secret-file cannot be read. */
 static int
-load_secret(int required)
+read_secret(struct buf *b)
 {
 	static const char *const names[] = { "TWITTER_CONSUMER_SECRET", "CONSUMER_SECRET" };
-	struct buf b = { 0 };
 	size_t i;
 
 	if (secret_file != NULL) {
@@ -5240,15 +5329,15 @@ load_secret(int required)
 
 		if (fd < 0)
 			die("cannot read --secret-file %s:", secret_file);
-		if (read_all(fd, &b) < 0)
+		if (read_all(fd, b) < 0)
 			die("cannot read --secret-file %s:", secret_file);
 		close(fd);
 		/* Editors end files with a newline that is no part of it. */
-		if (b.len > 0 && b.p[b.len - 1] == '\n')
-			b.len--;
-		if (b.len > 0 && b.p[b.len - 1] == '\r')
-			b.len--;
-		if (b.len == 0)
+		if (b->len > 0 && b->p[b->len - 1] == '\n')
+			b->len--;
+		if (b->len > 0 && b->p[b->len - 1] == '\r')
+			b->len--;
+		if (b->len == 0)
 			die("--secret-file %s is empty", secret_file);
 	}
 	/* Both variables leave /proc/PID/environ whichever was used, and
@@ -5257,18 +5346,26 @@ load_secret(int required)
 		char *v = getenv(names[i]);
 
 		if (v != NULL && *v != '\0') {
-			if (b.len == 0 && secret_file == NULL)
-				buf_adds(&b, v);
+			if (b->len == 0 && secret_file == NULL)
+				buf_adds(b, v);
 			memset(v, 0, strlen(v));
 		}
 	}
-	if (secret_file == NULL) {
-		if (b.len == 0 && !required)
-			return 0;
-		if (b.len == 0)
-			die("no consumer secret: set TWITTER_CONSUMER_SECRET (or CONSUMER_SECRET) "
-			    "in the environment, or use --secret-file FILE");
-	}
+	return b->len > 0;
+}
+
+/* Load the consumer secret as the HMAC key of CRCs and signatures. If
+ * there is none: dies with status 1 when it is required, else returns 0. */
+static int
+load_secret(int required)
+{
+	struct buf b = { 0 };
+
+	if (!read_secret(&b) && !required)
+		return 0;
+	if (b.len == 0)
+		die("no consumer secret: set TWITTER_CONSUMER_SECRET (or CONSUMER_SECRET) "
+		    "in the environment, or use --secret-file FILE");
 	hmac_key_init(&secret_key, b.p, b.len);
 	memset(b.p, 0, b.cap);
 	buf_free(&b);
@@ -6072,6 +6169,48 @@ json_string_decode(const char *p, size_t i, struct buf *out)
 	return i + 1;
 }
 
+/* In valid compact JSON c (NUL-ended), the index just past the value
+ * that starts at c[i]. */
+static size_t
+json_skip(const char *c, size_t i)
+{
+	unsigned depth = 0;
+
+	do {
+		if (c[i] == '"')
+			i = json_string_decode(c, i, NULL) - 1;
+		else if (c[i] == '{' || c[i] == '[')
+			depth++;
+		else if (c[i] == '}' || c[i] == ']')
+			depth--;
+		i++;
+	} while (depth > 0 || (c[i] != ',' && c[i] != '}' && c[i] != ']' && c[i] != '\0'));
+	return i;
+}
+
+/* The elements of a JSON array in compact text (json_member's, NUL-ended),
+ * one a call: *at starts at 0; 1 with the next element's compact text
+ * appended to out, or 0 after the last. */
+static int
+json_array_next(const char *a, size_t *at, struct buf *out)
+{
+	size_t i = *at, end;
+
+	if (i == 0) {
+		if (a[0] != '[')
+			return 0;
+		i = 1;
+	}
+	if (a[i] == ',')
+		i++;
+	if (a[i] == ']' || a[i] == '\0')
+		return 0;
+	end = json_skip(a, i);
+	buf_add(out, a + i, end - i);
+	*at = end;
+	return 1;
+}
+
 /* The value of the top-level member key of the JSON object in p[0, n),
  * as compact JSON text (strings still escaped), into out: 0, or -1 when
  * p is not a JSON object or has no such member at its top level. The
@@ -6091,21 +6230,11 @@ json_member(const char *p, size_t n, const char *key, struct buf *out)
 	buf_addc(&c, '\0');
 	while (c.p[i] == '"') {
 		size_t at;
-		unsigned depth = 0;
 
 		k.len = 0;
 		i = json_string_decode(c.p, i, &k) + 1;  /* past the ':' too */
-		/* Pass over the value, to the ',' or '}' after it. */
 		at = i;
-		while (depth > 0 || (c.p[i] != ',' && c.p[i] != '}')) {
-			if (c.p[i] == '"')
-				i = json_string_decode(c.p, i, NULL) - 1;
-			else if (c.p[i] == '{' || c.p[i] == '[')
-				depth++;
-			else if (c.p[i] == '}' || c.p[i] == ']')
-				depth--;
-			i++;
-		}
+		i = json_skip(c.p, i);
 		if (k.len == strlen(key) && (k.len == 0 || memcmp(k.p, key, k.len) == 0)) {
 			buf_add(out, c.p + at, i - at);
 			found = 0;
@@ -6961,7 +7090,7 @@ forward_batch(struct event *batch, int64_t deadline, const char **why)
  * ------------------------------------------------------------------------ */
 
 static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
-static const char *check_cacert;    /* --cacert FILE: trust these roots */
+static const char *cacert_path;     /* --cacert FILE: trust these roots (check, X's API) */
 static int check_post;              /* --post: also send a signed event */
 static int check_failed;
 static int check_unsure;            /* something check itself cannot do */
@@ -7115,7 +7244,7 @@ cmd_check(const char *arg)
 	if (u.https) {
 		static struct trust trust;
 
-		t.bundle = check_cacert ? check_cacert : "/etc/ssl/certs/ca-certificates.crt";
+		t.bundle = cacert_path ? cacert_path : "/etc/ssl/certs/ca-certificates.crt";
 		if (trust_load(t.bundle, &trust) < 0 || trust.n == 0) {
 			report("FAIL", "cannot load trusted certificates from %s", t.bundle);
 			printf("X would not accept this URL.\n");
@@ -7228,6 +7357,580 @@ cmd_check(const char *arg)
 }
 
 /* ------------------------------------------------------------------------
+ * The X side of a webhook: webhooks, register, validate, unregister,
+ * subscribe, subscriptions, unsubscribe, replay. Each is one HTTPS
+ * request to X's API through the file's client, with credentials from
+ * the environment only: the app's Bearer token, or for user context
+ * OAuth 1.0a signed here (RFC 5849, HMAC-SHA1). On 2xx X's JSON goes to
+ * stdout in the fmt layout; anything else is one line on stderr with
+ * what X said, escaped, and exit status 1.
+ * ------------------------------------------------------------------------ */
+
+static const char *api_base = "https://api.x.com";  /* --api */
+
+enum { X_API_TIMEOUT_MS = 30000 };  /* X runs a CRC before it answers register */
+
+/* RFC 5849 section 3.6: every byte but ALPHA, DIGIT, '-', '.', '_' and
+ * '~' as %XX, in uppercase hex. */
+static void
+oauth_pct(struct buf *b, const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+		    c == '.' || c == '_' || c == '~') {
+			buf_addc(b, (char)c);
+		} else {
+			char e[3] = { '%', "0123456789ABCDEF"[c >> 4], "0123456789ABCDEF"[c & 15] };
+
+			buf_add(b, e, 3);
+		}
+	}
+}
+
+/* One parameter of a signature base string, both halves encoded. */
+struct oauth_param {
+	char *k, *v;
+};
+
+static int
+oauth_param_cmp(const void *a, const void *b)
+{
+	const struct oauth_param *x = a, *y = b;
+	int c = strcmp(x->k, y->k);
+
+	return c != 0 ? c : strcmp(x->v, y->v);
+}
+
+/* s[0, n) decoded as a form component ('+' a space, %XX a byte) and
+ * encoded again the OAuth way, NUL-ended, in memory of its own. */
+static char *
+oauth_reencoded(const char *s, size_t n)
+{
+	struct buf raw = { 0 }, out = { 0 };
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (s[i] == '%' && i + 2 < n && hex_value((unsigned char)s[i + 1]) >= 0 &&
+		    hex_value((unsigned char)s[i + 2]) >= 0) {
+			buf_addc(&raw, (char)(hex_value((unsigned char)s[i + 1]) << 4 | hex_value((unsigned char)s[i + 2])));
+			i += 2;
+		} else {
+			buf_addc(&raw, s[i] == '+' ? ' ' : s[i]);
+		}
+	}
+	oauth_pct(&out, raw.p, raw.len);
+	buf_addc(&out, '\0');
+	buf_free(&raw);
+	return out.p;
+}
+
+/* The Authorization header's value for an OAuth 1.0a request (RFC 5849
+ * section 3.4, HMAC-SHA1): method on url, whose query parameters are
+ * signed too; a JSON body is not. cred holds the consumer key, consumer
+ * secret, access token and access token secret. */
+static void
+oauth_authorization(struct buf *out, const char *method, const char *url, const char *const cred[4],
+    const char *nonce, const char *timestamp)
+{
+	static const char *const names[6] = { "oauth_consumer_key", "oauth_nonce", "oauth_signature_method",
+		"oauth_timestamp", "oauth_token", "oauth_version" };
+	const char *values[6] = { cred[0], nonce, "HMAC-SHA1", timestamp, cred[2], "1.0" };
+	struct oauth_param *ps = NULL;
+	struct buf base = { 0 }, uri = { 0 }, list = { 0 }, key = { 0 };
+	const char *q, *c, *path_end;
+	size_t np = 0, i;
+	unsigned char mac[20];
+	char sig[32];
+	struct url u;
+
+	if (url_parse(url, &u) < 0)
+		die("cannot sign a request for '%s'", url);
+	/* The base string URI: scheme and host in lowercase, the port only
+	 * if it is not the scheme's own, the path without the query. */
+	buf_adds(&uri, u.https ? "https://" : "http://");
+	if (strchr(u.host, ':') != NULL)
+		buf_addc(&uri, '[');
+	for (c = u.host; *c; c++)
+		buf_addc(&uri, (char)tolower((unsigned char)*c));
+	if (strchr(u.host, ':') != NULL)
+		buf_addc(&uri, ']');
+	if (u.port[0] != '\0' && strcmp(u.port, u.https ? "443" : "80") != 0) {
+		buf_addc(&uri, ':');
+		buf_adds(&uri, u.port);
+	}
+	q = strchr(u.target, '?');
+	path_end = q != NULL ? q : u.target + strlen(u.target);
+	buf_add(&uri, u.target, (size_t)(path_end - u.target));
+
+	ps = xmalloc((6 + strlen(u.target)) * sizeof(*ps));  /* at most one parameter a byte */
+	for (i = 0; i < 6; i++) {
+		ps[np].k = oauth_reencoded(names[i], strlen(names[i]));
+		ps[np++].v = oauth_reencoded(values[i], strlen(values[i]));
+	}
+	for (c = q != NULL ? q + 1 : NULL; c != NULL && *c != '\0';) {
+		size_t len = strcspn(c, "&");
+		const char *eq = memchr(c, '=', len);
+
+		if (len > 0) {
+			ps[np].k = oauth_reencoded(c, eq != NULL ? (size_t)(eq - c) : len);
+			ps[np++].v = eq != NULL ? oauth_reencoded(eq + 1, len - (size_t)(eq - c) - 1) :
+			    oauth_reencoded("", 0);
+		}
+		c += len + (c[len] == '&');
+	}
+	qsort(ps, np, sizeof(*ps), oauth_param_cmp);
+	for (i = 0; i < np; i++) {
+		if (i > 0)
+			buf_addc(&list, '&');
+		buf_adds(&list, ps[i].k);
+		buf_addc(&list, '=');
+		buf_adds(&list, ps[i].v);
+	}
+	buf_adds(&base, method);
+	buf_addc(&base, '&');
+	oauth_pct(&base, uri.p, uri.len);
+	buf_addc(&base, '&');
+	oauth_pct(&base, list.p, list.len);
+	oauth_pct(&key, cred[1], strlen(cred[1]));
+	buf_addc(&key, '&');
+	oauth_pct(&key, cred[3], strlen(cred[3]));
+	hmac_sha1(key.p, key.len, base.p, base.len, mac);
+	sig[base64_encode(mac, sizeof(mac), sig)] = '\0';
+
+	/* The header: the oauth_* parameters and the signature, sorted. */
+	buf_adds(out, "OAuth ");
+	for (i = 0; i < 6; i++) {
+		if (i == 2) {
+			buf_adds(out, "oauth_signature=\"");
+			oauth_pct(out, sig, strlen(sig));
+			buf_adds(out, "\", ");
+		}
+		buf_adds(out, names[i]);
+		buf_adds(out, "=\"");
+		oauth_pct(out, values[i], strlen(values[i]));
+		buf_adds(out, i < 5 ? "\", " : "\"");
+	}
+	for (i = 0; i < np; i++) {
+		free(ps[i].k);
+		free(ps[i].v);
+	}
+	free(ps);
+	explicit_bzero(key.p, key.cap);
+	buf_free(&key);
+	buf_free(&base);
+	buf_free(&uri);
+	buf_free(&list);
+}
+
+enum x_auth { X_BEARER, X_USER };
+
+/* The subcommands: what each sends where, in X API v2's reference. */
+struct x_command {
+	const char *name, *usage;
+	int nargs;
+	const char *method;
+	const char *path;        /* "%1" and "%2" are the first two arguments */
+	enum x_auth auth;
+};
+
+static const struct x_command x_commands[] = {
+	{ "webhooks", "", 0, "GET", "/2/webhooks", X_BEARER },
+	{ "register", " URL", 1, "POST", "/2/webhooks", X_BEARER },
+	{ "validate", " WEBHOOK_ID", 1, "PUT", "/2/webhooks/%1", X_BEARER },
+	{ "unregister", " WEBHOOK_ID", 1, "DELETE", "/2/webhooks/%1", X_BEARER },
+	{ "subscribe", " WEBHOOK_ID", 1, "POST", "/2/account_activity/webhooks/%1/subscriptions/all", X_USER },
+	{ "subscriptions", " WEBHOOK_ID", 1, "GET", "/2/account_activity/webhooks/%1/subscriptions/all/list",
+	    X_BEARER },
+	{ "unsubscribe", " WEBHOOK_ID USER_ID", 2, "DELETE", "/2/account_activity/webhooks/%1/subscriptions/%2/all",
+	    X_BEARER },
+	{ "replay", " WEBHOOK_ID FROM TO", 3, "POST", "/2/webhooks/replay", X_BEARER },
+};
+
+static const struct x_command *
+x_command(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(x_commands) / sizeof(x_commands[0]); i++)
+		if (strcmp(x_commands[i].name, name) == 0)
+			return &x_commands[i];
+	return NULL;
+}
+
+/* X's ids: 1 to 19 digits. */
+static int
+x_id_ok(const char *s)
+{
+	size_t n = strspn(s, "0123456789");
+
+	return n >= 1 && n <= 19 && s[n] == '\0';
+}
+
+/* yyyymmddhhmm, a real minute (UTC). */
+static int
+x_date_ok(const char *s)
+{
+	int y, mo, d, h, mi;
+
+	if (strspn(s, "0123456789") != 12 || s[12] != '\0' ||
+	    sscanf(s, "%4d%2d%2d%2d%2d", &y, &mo, &d, &h, &mi) != 5)
+		return 0;
+	return y >= 2006 && mo >= 1 && mo <= 12 && d >= 1 &&
+	    d <= (mo == 2 ? (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) ? 29 : 28) :
+	    mo == 4 || mo == 6 || mo == 9 || mo == 11 ? 30 : 31) && h <= 23 && mi <= 59;
+}
+
+/* An environment variable's value, wiped from the environment (so that
+ * /proc/PID/environ no longer has it), or NULL with its name added to
+ * missing. */
+static char *
+x_credential(const char *name, struct buf *missing)
+{
+	char *v = getenv(name), *copy;
+
+	if (v == NULL || *v == '\0') {
+		if (missing->len > 0)
+			buf_adds(missing, ", ");
+		buf_adds(missing, name);
+		return NULL;
+	}
+	copy = xmalloc(strlen(v) + 1);
+	memcpy(copy, v, strlen(v) + 1);
+	memset(v, 0, strlen(v));
+	return copy;
+}
+
+/* Append the JSON member's text (a string's, decoded), escaped for a
+ * terminal and at most 300 bytes of it, after sep. 1 if there was one. */
+static int
+x_say(struct buf *line, const char *sep, const char *json, size_t n, const char *member)
+{
+	struct buf v = { 0 };
+	int found = json_member_string(json, n, member, &v) == 0 && v.len > 0;
+
+	if (found) {
+		buf_adds(line, sep);
+		log_escape(line, v.p, v.len < 300 ? v.len : 300);
+		if (v.len > 300)
+			buf_adds(line, "...");
+	}
+	buf_free(&v);
+	return found;
+}
+
+/* What a failed CRC most likely means, from the words X used. */
+static void
+x_crc_hints(struct buf *line, const char *said)
+{
+	static const struct {
+		const char *words, *hint;
+	} hints[] = {
+		{ "token|mismatch|response_token|json|sha256",
+		  "the CRC answer did not match: the server's TWITTER_CONSUMER_SECRET must be this app's API Key "
+		  "Secret (compare `xwebhook crc TOKEN` run with each)" },
+		{ "latency|timeout|timed out|seconds|reach|connect|resolve|dns|refused",
+		  "X could not reach the URL within 3 s: it must be public, on port 443 (try `xwebhook check URL` "
+		  "from another network)" },
+		{ "ssl|tls|certificate|handshake|chain",
+		  "X refused the HTTPS setup: a publicly trusted certificate with its whole chain is needed "
+		  "(fullchain.pem, not cert.pem; `xwebhook check URL` shows the chain)" },
+		{ "non-200|response code|status|404|500",
+		  "the URL answered, but not 200: is its path the server's --path (default /webhooks/twitter)?" },
+	};
+	size_t i, found = 0;
+
+	for (i = 0; i < sizeof(hints) / sizeof(hints[0]); i++) {
+		const char *w = hints[i].words;
+
+		while (*w != '\0') {
+			size_t wl = strcspn(w, "|");
+			char word[32];
+
+			snprintf(word, sizeof(word), "%.*s", (int)wl, w);
+			if (strcasestr(said, word) != NULL) {
+				buf_adds(line, found++ ? "; or " : "; likely: ");
+				buf_adds(line, hints[i].hint);
+				break;
+			}
+			w += wl + (w[wl] == '|');
+		}
+	}
+	if (found == 0)
+		buf_adds(line, "; likely: a wrong consumer secret on the server (compare `xwebhook crc TOKEN`), "
+		    "the URL not reachable on port 443, or an incomplete certificate chain (`xwebhook check URL`)");
+}
+
+/* The one line for a call that did not succeed. */
+static void
+x_failure(const struct x_command *xc, const struct answer *a, const char *api)
+{
+	struct buf line = { 0 }, errs = { 0 }, said = { 0 }, el = { 0 };
+	const char *b = a->body.p != NULL ? a->body.p : "";
+	size_t n = a->body.len, at = 0, len;
+	const char *reset;
+	char num[96];
+
+	snprintf(num, sizeof(num), "%s: %s answered %d", xc->name, api, a->status);
+	buf_adds(&line, num);
+	x_say(&line, ": ", b, n, "title");
+	x_say(&line, ": ", b, n, "detail");
+	/* The reasons, each errors[] element's message (or its detail). */
+	if (json_member(b, n, "errors", &errs) == 0 && errs.p[0] == '[') {
+		buf_addc(&errs, '\0');
+		while (json_array_next(errs.p, &at, &el)) {
+			if (!x_say(&line, "; ", el.p, el.len, "message"))
+				x_say(&line, "; ", el.p, el.len, "detail");
+			el.len = 0;
+		}
+	}
+	if (line.len == strlen(num) && n > 0) {
+		/* Not X's JSON: the start of what came, escaped. */
+		buf_adds(&line, ": ");
+		log_escape(&line, b, n < 200 ? n : 200);
+	}
+	if (a->status == 429 && (reset = answer_field(a, "x-rate-limit-reset", &len)) != NULL) {
+		char stamp[32];
+		time_t at_s = (time_t)strtoll(reset, NULL, 10);
+		struct tm tm;
+
+		if (at_s > 0 && gmtime_r(&at_s, &tm) != NULL) {
+			strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+			snprintf(num, sizeof(num), "; the rate limit resets at %s (in %lld s)", stamp,
+			    (long long)(at_s - time(NULL)));
+			buf_adds(&line, num);
+		}
+	}
+	if (a->status == 401 && xc->auth == X_USER)
+		buf_adds(&line, "; check that TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET belong to this "
+		    "app (TWITTER_CONSUMER_KEY), and the clock: OAuth refuses timestamps far off");
+	else if (a->status == 401)
+		buf_adds(&line, "; check TWITTER_BEARER_TOKEN: the app's Bearer token");
+	buf_addc(&said, ' ');
+	buf_add(&said, line.p, line.len);
+	buf_addc(&said, '\0');
+	if ((strcmp(xc->name, "register") == 0 || strcmp(xc->name, "validate") == 0) && strcasestr(said.p, "crc"))
+		x_crc_hints(&line, said.p);
+	buf_addc(&line, '\0');
+	fprintf(stderr, "%s: %s\n", progname, line.p);
+	buf_free(&line);
+	buf_free(&errs);
+	buf_free(&said);
+	buf_free(&el);
+}
+
+/* Run one subcommand: args[0] is its name. The exit status. */
+static int
+cmd_x(const struct x_command *xc, const char *const *args)
+{
+#ifdef XWEBHOOK_TLS
+	static struct trust trust;
+	const void *roots = &trust;
+#else
+	const void *roots = NULL;
+#endif
+	struct buf missing = { 0 }, path = { 0 }, body = { 0 }, req = { 0 }, auth = { 0 }, out = { 0 };
+	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
+	const char *p;
+	struct client cl;
+	struct answer a;
+	struct url u;
+	char num[64], host[300];
+	int i, rc = 1;
+
+#ifndef XWEBHOOK_TLS
+	die("%s: X's API is HTTPS only, and this build has no TLS: build with make TLS=1", xc->name);
+#endif
+	/* The arguments, before anything is read or sent. */
+	for (i = 1; i <= xc->nargs && i <= 2; i++)
+		if (strcmp(xc->name, "register") != 0 && !x_id_ok(args[i]))
+			die("%s: '%s' is no %s: X's ids are 1 to 19 digits (xwebhook webhooks lists the webhooks)",
+			    xc->name, args[i], i == 2 && xc->nargs == 2 ? "user id" : "webhook id");
+	if (strcmp(xc->name, "register") == 0) {
+		struct url w;
+
+		if (url_parse(args[1], &w) < 0 || !w.https || strlen(args[1]) > 200)
+			die("register: '%s': X takes https:// URLs of at most 200 bytes", args[1]);
+		if (w.port[0] != '\0')
+			die("register: '%s' names a port: X calls port 443 only, and refuses URLs with a port",
+			    args[1]);
+	}
+	if (strcmp(xc->name, "replay") == 0) {
+		for (i = 2; i <= 3; i++)
+			if (!x_date_ok(args[i]))
+				die("replay: '%s' is not a UTC time as yyyymmddhhmm (e.g. %s)", args[i],
+				    i == 2 ? "202611281200" : "202611281300");
+		if (strcmp(args[2], args[3]) > 0)
+			die("replay: FROM %s is after TO %s", args[2], args[3]);
+	}
+	if (url_parse(api_base, &u) < 0 || !u.https || strchr(u.target, '?') != NULL)
+		die("bad --api '%s': expected an https:// base URL without a query", api_base);
+
+	/* The credentials, from the environment only. */
+	if (xc->auth == X_BEARER) {
+		bearer = x_credential("TWITTER_BEARER_TOKEN", &missing);
+	} else {
+		struct buf secret = { 0 };
+
+		cred[0] = x_credential("TWITTER_CONSUMER_KEY", &missing);
+		if (read_secret(&secret)) {
+			buf_addc(&secret, '\0');
+			cred[1] = secret.p;
+		} else {
+			if (missing.len > 0)
+				buf_adds(&missing, ", ");
+			buf_adds(&missing, "TWITTER_CONSUMER_SECRET");
+		}
+		cred[2] = x_credential("TWITTER_ACCESS_TOKEN", &missing);
+		cred[3] = x_credential("TWITTER_ACCESS_TOKEN_SECRET", &missing);
+	}
+	if (missing.len > 0) {
+		buf_addc(&missing, '\0');
+		die("%s: not set in the environment: %s (%s)", xc->name, missing.p, xc->auth == X_BEARER ?
+		    "the app's Bearer token, from the developer portal's Keys and tokens" :
+		    "the app's API Key and Secret, and the subscribing account's Access Token and Secret");
+	}
+
+	/* The request. */
+	p = u.target[1] != '\0' ? u.target : "";
+	buf_add(&path, p, strlen(p) - (strlen(p) > 0 && p[strlen(p) - 1] == '/'));
+	for (p = xc->path; *p; p++) {
+		if (p[0] == '%' && (p[1] == '1' || p[1] == '2')) {
+			buf_adds(&path, args[p[1] - '0']);
+			p++;
+		} else {
+			buf_addc(&path, *p);
+		}
+	}
+	buf_addc(&path, '\0');
+	if (strcmp(xc->name, "register") == 0) {
+		buf_adds(&body, "{\"url\":\"");
+		json_escape(&body, args[1], strlen(args[1]));
+		buf_adds(&body, "\"}");
+	} else if (strcmp(xc->name, "subscribe") == 0) {
+		buf_adds(&body, "{}");
+	} else if (strcmp(xc->name, "replay") == 0) {
+		buf_adds(&body, "{\"webhook_id\":\"");
+		buf_adds(&body, args[1]);
+		buf_adds(&body, "\",\"from_date\":\"");
+		buf_adds(&body, args[2]);
+		buf_adds(&body, "\",\"to_date\":\"");
+		buf_adds(&body, args[3]);
+		buf_adds(&body, "\"}");
+	}
+	snprintf(host, sizeof(host), "%s%s%s%s%s", strchr(u.host, ':') ? "[" : "", u.host,
+	    strchr(u.host, ':') ? "]" : "", u.port[0] && strcmp(u.port, "443") != 0 ? ":" : "",
+	    u.port[0] && strcmp(u.port, "443") != 0 ? u.port : "");
+	if (xc->auth == X_USER) {
+		unsigned char raw[16];
+		char nonce[2 * sizeof(raw) + 1], stamp[24];
+		struct buf url = { 0 };
+		size_t k;
+
+		/* A fresh nonce and the time, every request. */
+		entropy(raw, sizeof(raw));
+		hex_encode(raw, sizeof(raw), nonce);
+		snprintf(stamp, sizeof(stamp), "%lld", (long long)time(NULL));
+		buf_adds(&url, "https://");
+		buf_adds(&url, host);
+		buf_adds(&url, path.p);
+		buf_addc(&url, '\0');
+		buf_adds(&auth, "Authorization: ");
+		oauth_authorization(&auth, xc->method, url.p, (const char *const *)cred, nonce, stamp);
+		buf_free(&url);
+		for (k = 0; k < 4; k++) {
+			explicit_bzero(cred[k], strlen(cred[k]));
+			free(cred[k]);
+		}
+	} else {
+		buf_adds(&auth, "Authorization: Bearer ");
+		buf_adds(&auth, bearer);
+		explicit_bzero(bearer, strlen(bearer));
+		free(bearer);
+	}
+	buf_adds(&req, xc->method);
+	buf_addc(&req, ' ');
+	buf_adds(&req, path.p);
+	buf_adds(&req, " HTTP/1.1\r\nHost: ");
+	buf_adds(&req, host);
+	buf_adds(&req, "\r\nUser-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\n");
+	buf_add(&req, auth.p, auth.len);
+	buf_adds(&req, "\r\nConnection: close\r\n");
+	if (body.len > 0 || strcmp(xc->method, "PUT") == 0 || strcmp(xc->method, "POST") == 0) {
+		snprintf(num, sizeof(num), "Content-Type: application/json\r\nContent-Length: %zu\r\n", body.len);
+		buf_adds(&req, num);
+	}
+	buf_adds(&req, "\r\n");
+	buf_add(&req, body.p, body.len);
+	explicit_bzero(auth.p, auth.cap);
+	buf_free(&auth);
+
+#ifdef XWEBHOOK_TLS
+	{
+		const char *bundle = cacert_path != NULL ? cacert_path : "/etc/ssl/certs/ca-certificates.crt";
+
+		if (trust_load(bundle, &trust) < 0 || trust.n == 0)
+			die("%s: cannot load trusted certificates from %s", xc->name, bundle);
+	}
+#endif
+	if (client_connect(&cl, u.host, u.port[0] ? u.port : "443", u.host, roots, now_ms() + X_API_TIMEOUT_MS) < 0 ||
+	    client_exchange(&cl, req.p, req.len, &a) < 0) {
+		explicit_bzero(req.p, req.cap);
+		die("%s: no answer from %s: %s", xc->name, api_base, cl.why);
+	}
+	explicit_bzero(req.p, req.cap);
+	client_close(&cl);
+
+	if (a.status >= 200 && a.status <= 299) {
+		struct buf data = { 0 }, valid = { 0 };
+		char err[160];
+		int has_data = json_member(a.body.p, a.body.len, "data", &data) == 0;
+
+		if (a.body.len > 0 && json_event(a.body.p, a.body.len, JSON_INDENT, &out, err, sizeof(err)) < 0) {
+			struct buf e = { 0 };
+
+			log_escape(&e, a.body.p, a.body.len < 200 ? a.body.len : 200);
+			buf_addc(&e, '\0');
+			fprintf(stderr, "%s: %s: %s answered %d with something that is not JSON (%s): %s\n", progname,
+			    xc->name, api_base, a.status, err, e.p);
+			buf_free(&e);
+		} else if (!has_data && json_member(a.body.p, a.body.len, "errors", &valid) == 0) {
+			x_failure(xc, &a, api_base);  /* a 2xx that only carries errors */
+		} else {
+			rc = 0;
+			if (write_all(STDOUT_FILENO, out.p, out.len) < 0)
+				die("cannot write to stdout:");
+			if (has_data && json_member(data.p, data.len, "valid", &valid) == 0 &&
+			    strcmp(xc->name, "validate") == 0 && valid.len == 5 && memcmp(valid.p, "false", 5) == 0) {
+				struct buf line = { 0 };
+
+				buf_adds(&line, "validate: X's CRC against the webhook's URL failed: the webhook is not "
+				    "valid and gets no events");
+				x_crc_hints(&line, "crc");
+				buf_addc(&line, '\0');
+				fprintf(stderr, "%s: %s\n", progname, line.p);
+				buf_free(&line);
+				rc = 1;
+			}
+		}
+		buf_free(&data);
+		buf_free(&valid);
+	} else {
+		x_failure(xc, &a, api_base);
+	}
+	answer_free(&a);
+	buf_free(&missing);
+	buf_free(&path);
+	buf_free(&body);
+	buf_free(&req);
+	buf_free(&out);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------
  * The command line.
  * ------------------------------------------------------------------------ */
 
@@ -7242,8 +7945,21 @@ usage(FILE *f)
 "       xwebhook check URL          check URL the way X does before accepting it\n"
 "       xwebhook --help | --version\n"
 "\n"
+"X's side (TLS build), one call to X's API each; X's JSON answer on stdout:\n"
+"       xwebhook webhooks                        list the app's webhooks\n"
+"       xwebhook register URL                    register URL (X runs a CRC against it first)\n"
+"       xwebhook validate WEBHOOK_ID             have X run a CRC now\n"
+"       xwebhook unregister WEBHOOK_ID           delete the webhook\n"
+"       xwebhook subscribe WEBHOOK_ID            send the account's events to it (user context)\n"
+"       xwebhook subscriptions WEBHOOK_ID        list the subscribed user ids\n"
+"       xwebhook unsubscribe WEBHOOK_ID USER_ID  stop a user's events\n"
+"       xwebhook replay WEBHOOK_ID FROM TO       resend events of FROM..TO (yyyymmddhhmm, UTC,\n"
+"                                                within the past 24 hours)\n"
+"\n"
 "The consumer secret (the app's API Key Secret) comes from TWITTER_CONSUMER_SECRET,\n"
 "else CONSUMER_SECRET, in the environment, or from --secret-file; never from argv.\n"
+"X's calls take TWITTER_BEARER_TOKEN; subscribe takes TWITTER_CONSUMER_KEY, the\n"
+"consumer secret, TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET instead.\n"
 "\n"
 "options:\n"
 "  -l, --listen ADDR:PORT   address to serve (default 0.0.0.0:8080; [::]:8080 for IPv6,\n"
@@ -7267,10 +7983,13 @@ usage(FILE *f)
 "\n"
 "check options:\n"
 "      --connect ADDR:PORT  dial ADDR:PORT, keeping the URL's host for SNI and Host\n"
-#ifdef XWEBHOOK_TLS
-"      --cacert FILE        trust these roots (default /etc/ssl/certs/ca-certificates.crt)\n"
-#endif
 "      --post               also send a signed test event (it reaches your pipeline)\n"
+#ifdef XWEBHOOK_TLS
+"check and X's calls:\n"
+"      --cacert FILE        trust these roots (default /etc/ssl/certs/ca-certificates.crt)\n"
+"X's calls:\n"
+"      --api BASE_URL       X's API (default https://api.x.com)\n"
+#endif
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
 "\n"
@@ -7305,7 +8024,7 @@ parse_size(const char *s, const char *opt)
  * options (a subcommand and its arguments) into args. Dies with one line
  * on anything it does not know; exits 0 after --help or --version. */
 static int
-parse_commandline(int argc, char **argv, const char *args[3])
+parse_commandline(int argc, char **argv, const char *args[4])
 {
 	int nargs = 0, i;
 
@@ -7315,13 +8034,13 @@ parse_commandline(int argc, char **argv, const char *args[3])
 		size_t nl;
 
 		if (a[0] != '-' || strcmp(a, "-") == 0) {
-			if (nargs == 3)
+			if (nargs == 4)
 				die("too many arguments (see xwebhook --help)");
 			args[nargs++] = a;
 			continue;
 		}
 		if (strcmp(a, "--") == 0) {
-			while (++i < argc && nargs < 3)
+			while (++i < argc && nargs < 4)
 				args[nargs++] = argv[i];
 			if (i < argc)
 				die("too many arguments (see xwebhook --help)");
@@ -7407,8 +8126,10 @@ parse_commandline(int argc, char **argv, const char *args[3])
 #endif
 		} else if (OPT("--connect", "--connect")) {
 			check_connect = VALUE();
+		} else if (OPT("--api", "--api")) {
+			api_base = VALUE();
 		} else if (OPT("--cacert", "--cacert")) {
-			check_cacert = VALUE();
+			cacert_path = VALUE();
 		} else if (OPT("--post", "--post")) {
 			check_post = 1;
 		} else if (OPT("--secret", "-s")) {
@@ -7487,11 +8208,18 @@ run_server(void)
 int
 main(int argc, char **argv)
 {
-	const char *args[3] = { NULL, NULL, NULL };
+	const char *args[4] = { NULL, NULL, NULL, NULL };
 	int nargs = parse_commandline(argc, argv, args);
 
 	signal(SIGPIPE, SIG_IGN);
 	sha256_select();
+	if (args[0] != NULL && x_command(args[0]) != NULL) {
+		const struct x_command *xc = x_command(args[0]);
+
+		if (nargs != xc->nargs + 1)
+			die("usage: xwebhook %s%s", xc->name, xc->usage);
+		return cmd_x(xc, args);
+	}
 	if (args[0] != NULL) {
 		if (strcmp(args[0], "crc") == 0 && nargs == 2)
 			return cmd_crc(args[1]);

@@ -53,7 +53,7 @@ main(void)
 			char *key = line.p + 2, *msg = strchr(key, ' ');
 			unsigned char *k, *m, d[32];
 			size_t kl, ml;
-			struct sha256 s;
+			struct digest s;
 			struct hmac_key hk;
 
 			*msg++ = '\0';
@@ -62,8 +62,8 @@ main(void)
 			kl = from_hex(key, k);
 			ml = from_hex(msg, m);
 			sha256_init(&s);
-			sha256_update(&s, m, ml);
-			sha256_final(&s, d);
+			digest_update(&s, m, ml);
+			digest_final(&s, d);
 			put_hex(d, 32);
 			putchar(' ');
 			hmac_key_init(&hk, k, kl);

@@ -24,11 +24,7 @@ static int passed, failed;
 static void
 hex(const unsigned char *p, size_t n, char *out)
 {
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		sprintf(out + 2 * i, "%02x", p[i]);
-	out[2 * n] = '\0';
+	hex_encode(p, n, out);
 }
 
 static size_t
@@ -46,15 +42,15 @@ unhex(const char *s, unsigned char *out)
 static void
 sha256_hex(const void *p, size_t n, size_t split, char out[65])
 {
-	struct sha256 s;
+	struct digest s;
 	unsigned char d[32];
 
 	sha256_init(&s);
 	if (split > n)
 		split = n;
-	sha256_update(&s, p, split);
-	sha256_update(&s, (const char *)p + split, n - split);
-	sha256_final(&s, d);
+	digest_update(&s, p, split);
+	digest_update(&s, (const char *)p + split, n - split);
+	digest_final(&s, d);
 	hex(d, 32, out);
 }
 
@@ -71,7 +67,7 @@ test_sha256_impl(void)
 	};
 	char out[65];
 	size_t i, split;
-	struct sha256 s;
+	struct digest s;
 	unsigned char d[32], block[1000];
 
 	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
@@ -87,8 +83,8 @@ test_sha256_impl(void)
 	memset(block, 'a', sizeof(block));
 	sha256_init(&s);
 	for (i = 0; i < 1000; i++)
-		sha256_update(&s, block, sizeof(block));
-	sha256_final(&s, d);
+		digest_update(&s, block, sizeof(block));
+	digest_final(&s, d);
 	hex(d, 32, out);
 	CHECK(strcmp(out, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0") == 0,
 	    "sha256(million a) = %s", out);
@@ -101,8 +97,8 @@ test_sha256_impl(void)
 		sha256_hex(block, i, 0, a);
 		sha256_init(&s);
 		for (k = 0; k < i; k++)
-			sha256_update(&s, block, 1);
-		sha256_final(&s, d);
+			digest_update(&s, block, 1);
+		digest_final(&s, d);
 		hex(d, 32, b);
 		CHECK(strcmp(a, b) == 0, "sha256 of %zu bytes differs when fed bytewise", i);
 	}
@@ -271,6 +267,121 @@ test_json_member_raw(void)
 	expect_raw("{\"s\":\"a\\\"b\"}", "s", 0, "\"a\\\"b\"");
 	expect_raw("[1]", "seq", -1, NULL);
 	expect_raw("{\"seq\":1,}", "seq", -1, NULL);
+}
+
+/* ---- SHA-1 (FIPS 180-4 examples), HMAC-SHA1 (RFC 2202), OAuth 1.0a ---- */
+
+static void
+test_sha1(void)
+{
+	static const struct { const char *msg, *digest; } v[] = {
+		{ "abc", "a9993e364706816aba3e25717850c26c9cd0d89d" },
+		{ "", "da39a3ee5e6b4b0d3255bfef95601890afd80709" },
+		{ "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+		  "84983e441c3bd26ebaae4aa1f95129e5e54670f1" },
+	};
+	static const struct { const char *key, *data, *mac; } h[] = {
+		{ "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "4869205468657265",
+		  "b617318655057264e28bc0b6fb378c8ef146be00" },
+		{ "4a656665", "7768617420646f2079612077616e7420666f72206e6f7468696e673f",
+		  "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79" },
+		{ "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+		  "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd",
+		  "125d7342b9ac11cd91a39af48aa17b4f63f175d3" },
+		{ "0102030405060708090a0b0c0d0e0f10111213141516171819",
+		  "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+		  "4c9007f4026250c6bc8414f9bf50c86c2d7235da" },
+		{ "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c", "546573742057697468205472756e636174696f6e",
+		  "4c1a03424b55e07fe7f27be1d58bb9324a9a5a04" },
+	};
+	char out[41];
+	size_t i, split;
+	struct digest s;
+	unsigned char d[20], block[1000], key[80], data[200];
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		for (split = 0; split <= strlen(v[i].msg); split++) {
+			sha1_init(&s);
+			digest_update(&s, v[i].msg, split);
+			digest_update(&s, v[i].msg + split, strlen(v[i].msg) - split);
+			digest_final(&s, d);
+			hex(d, 20, out);
+			if (strcmp(out, v[i].digest) != 0)
+				break;
+		}
+		CHECK(split > strlen(v[i].msg), "sha1(\"%s\") split %zu = %s", v[i].msg, split, out);
+	}
+	memset(block, 'a', sizeof(block));
+	sha1_init(&s);
+	for (i = 0; i < 1000; i++)
+		digest_update(&s, block, sizeof(block));
+	digest_final(&s, d);
+	hex(d, 20, out);
+	CHECK(strcmp(out, "34aa973cd4c4daa4f61eeb2bdbad27316534016f") == 0, "sha1 of a million 'a' = %s", out);
+
+	for (i = 0; i < sizeof(h) / sizeof(h[0]); i++) {
+		size_t kn = unhex(h[i].key, key), dn = unhex(h[i].data, data);
+
+		hmac_sha1(key, kn, data, dn, d);
+		hex(d, 20, out);
+		CHECK(strcmp(out, h[i].mac) == 0, "RFC 2202 HMAC-SHA1 case %zu = %s", i + 1, out);
+	}
+	/* Cases 6 and 7: a key longer than a block is hashed first. */
+	memset(key, 0xaa, 80);
+	hmac_sha1(key, 80, "Test Using Larger Than Block-Size Key - Hash Key First", 54, d);
+	hex(d, 20, out);
+	CHECK(strcmp(out, "aa4ae5e15272d00e95705637ce8a3b55ed402112") == 0, "RFC 2202 case 6 = %s", out);
+	hmac_sha1(key, 80, "Test Using Larger Than Block-Size Key and Larger Than One Block-Size Data", 73, d);
+	hex(d, 20, out);
+	CHECK(strcmp(out, "e8e99d0f45237d786d6bbaa7965c7808bbff1a91") == 0, "RFC 2202 case 7 = %s", out);
+}
+
+/* The oauth_signature="..." of an Authorization header, still encoded. */
+static void
+expect_oauth(const char *method, const char *url, const char *want_sig, const char *want_header)
+{
+	static const char *const cred[4] = { "xvz1evFS4wEEPTGEFPHBog", "kAcSOqF21Fu85e7zjz7ZN2U4ZRhfV3WpwPAoE3Z7kBw",
+		"370773112-GmHxMAgYyLbNEtIKZeRNFsMKPR9EyMZeS9weJAEb", "LswwdoUaIvS8ltyTt5jkRh4J50vUPVVHtR2YPi5kE" };
+	struct buf h = { 0 };
+	const char *sig;
+
+	oauth_authorization(&h, method, url, cred, "kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg", "1318622958");
+	buf_addc(&h, '\0');
+	sig = strstr(h.p, "oauth_signature=\"");
+	CHECK(sig != NULL && strncmp(sig + 17, want_sig, strlen(want_sig)) == 0 && sig[17 + strlen(want_sig)] == '"',
+	    "OAuth signature for %s %s: %s", method, url, h.p);
+	CHECK(want_header == NULL || strcmp(h.p, want_header) == 0, "OAuth header: %s", h.p);
+	buf_free(&h);
+}
+
+static void
+test_oauth(void)
+{
+	struct buf b = { 0 };
+
+	/* X's worked example ("Creating a signature"): the status is a form
+	 * parameter there, a query parameter here; the base string is the
+	 * same. Its pages give the signature for both API versions' URLs. */
+	expect_oauth("POST", "https://api.twitter.com/1.1/statuses/update.json?include_entities=true&"
+	    "status=Hello%20Ladies%20%2b%20Gentlemen%2c%20a%20signed%20OAuth%20request%21",
+	    "hCtSmYh%2BiHYCEqBWrE7C7hYmtUk%3D",
+	    "OAuth oauth_consumer_key=\"xvz1evFS4wEEPTGEFPHBog\", "
+	    "oauth_nonce=\"kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg\", "
+	    "oauth_signature=\"hCtSmYh%2BiHYCEqBWrE7C7hYmtUk%3D\", oauth_signature_method=\"HMAC-SHA1\", "
+	    "oauth_timestamp=\"1318622958\", oauth_token=\"370773112-GmHxMAgYyLbNEtIKZeRNFsMKPR9EyMZeS9weJAEb\", "
+	    "oauth_version=\"1.0\"");
+	expect_oauth("POST", "https://api.twitter.com/1/statuses/update.json?include_entities=true&"
+	    "status=Hello+Ladies+%2B+Gentlemen%2C+a+signed+OAuth+request!", "tnnArxj06cWHq44gCs1OSKk%2FjLY%3D", NULL);
+	/* Order of the query does not matter; the host's case, the default
+	 * port and a fragment do not either. */
+	expect_oauth("POST", "HTTPS://API.Twitter.com:443/1.1/statuses/update.json?"
+	    "status=Hello%20Ladies%20%2B%20Gentlemen%2C%20a%20signed%20OAuth%20request%21&include_entities=true#x",
+	    "hCtSmYh%2BiHYCEqBWrE7C7hYmtUk%3D", NULL);
+	/* RFC 5849 section 3.6: unreserved bytes stay, the rest is %XX. */
+	oauth_pct(&b, "Az09-._~ +%/\xc3\xa9*", 15);
+	CHECK(b.len == strlen("Az09-._~%20%2B%25%2F%C3%A9%2A") &&
+	    memcmp(b.p, "Az09-._~%20%2B%25%2F%C3%A9%2A", b.len) == 0, "oauth_pct: %.*s", (int)b.len, b.p);
+	buf_free(&b);
 }
 
 /* ---- --forward URLs ---- */
@@ -1015,6 +1126,8 @@ main(void)
 	test_json_member();
 	test_json_member_raw();
 	test_forward_parse();
+	test_sha1();
+	test_oauth();
 	test_http();
 	test_chunked();
 	test_query();
