@@ -13,7 +13,9 @@
 #      a real redis-server and nats-server with JetStream (tests/brokers.py),
 #      killed and restarted, and hostile stand-ins for NATS;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
-#      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl;
+#      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl,
+#      and X's side (tests/xapi.py): every subcommand against a stand-in
+#      for X's API (tests/x_standin.py) that runs real CRCs;
 #   5. the static binaries (make static, with musl) in an empty root;
 #   6. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20).
 # Any sanitizer report fails the run. The last line is
@@ -187,6 +189,11 @@ if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
 		python3 tests/tls.py tests/xwebhook-tls-asan "$fixtures" 2>&1 | tee "$out/tls.log" |
 		    grep -vE '^(ok |tls: )'
 		count "$out/tls.log" "TLS tests"
+		# X's side: the subcommands against the X stand-in, whose CRCs
+		# the TLS server answers.
+		python3 tests/xapi.py tests/xwebhook-tls-asan "$fixtures" tests/xwebhook-asan 2>&1 |
+		    tee "$out/xapi.log" | grep -vE '^(ok |xapi: )'
+		count "$out/xapi.log" "X API tests"
 	else
 		fail "the ASan+UBSan TLS server does not build"; cat "$out/tls-asan-build.log"
 	fi

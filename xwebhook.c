@@ -7787,6 +7787,24 @@ cmd_x(const struct x_command *xc, const char *const *args)
 		cred[2] = x_credential("TWITTER_ACCESS_TOKEN", &missing);
 		cred[3] = x_credential("TWITTER_ACCESS_TOKEN_SECRET", &missing);
 	}
+	{
+		/* The ones this call does not use leave the environment too. */
+		static const char *const all[] = { "TWITTER_BEARER_TOKEN", "TWITTER_CONSUMER_KEY",
+			"TWITTER_ACCESS_TOKEN", "TWITTER_ACCESS_TOKEN_SECRET" };
+		struct buf secret = { 0 };
+		size_t k;
+
+		for (k = 0; k < sizeof(all) / sizeof(all[0]); k++) {
+			char *v = getenv(all[k]);
+
+			if (v != NULL)
+				memset(v, 0, strlen(v));
+		}
+		if (xc->auth == X_BEARER && read_secret(&secret)) {
+			explicit_bzero(secret.p, secret.cap);
+			buf_free(&secret);
+		}
+	}
 	if (missing.len > 0) {
 		buf_addc(&missing, '\0');
 		die("%s: not set in the environment: %s (%s)", xc->name, missing.p, xc->auth == X_BEARER ?

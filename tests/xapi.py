@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""xwebhook's X subcommands (webhooks, register, validate, unregister,
+subscribe, subscriptions, unsubscribe, replay) against the X stand-in of
+tests/x_standin.py, with the real TLS server answering the stand-in's
+CRCs. Usage:
+
+    xapi.py TLS_BINARY FIXTURES_DIR [PLAIN_BINARY]
+
+The last line is 'xapi: N passed, N failed'.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
+import tls  # noqa: E402
+import x_standin as xs  # noqa: E402
+
+BIN = it.BIN
+PLAIN = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else None
+TESTS = []
+HOOK = "https://%s/webhooks/twitter" % tls.HOST
+USER_ID = "2244994945"
+CRED = {
+    "TWITTER_BEARER_TOKEN": "AAAAAAAAAAAAAAAAAAAAAbearer-Zq8x",
+    "TWITTER_CONSUMER_KEY": "ck-consumer-key-Zq8x",
+    "TWITTER_CONSUMER_SECRET": it.SECRET,
+    "TWITTER_ACCESS_TOKEN": "%s-access-token-Zq8x" % USER_ID,
+    "TWITTER_ACCESS_TOKEN_SECRET": "ats-access-token-secret-Zq8x",
+}
+PKI = {}
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def app():
+    return xs.App(CRED["TWITTER_CONSUMER_KEY"], it.SECRET, CRED["TWITTER_BEARER_TOKEN"],
+                  {CRED["TWITTER_ACCESS_TOKEN"]: (CRED["TWITTER_ACCESS_TOKEN_SECRET"], USER_ID)})
+
+
+class World:
+    """The stand-in, and an xwebhook serving HTTPS for HOOK's host."""
+
+    def __init__(self, secret=it.SECRET, chain=None, serve=True, limits=None):
+        self.srv = None
+        port = 1
+        if serve:
+            self.srv = tls.tls_server(chain or PKI["p"]["chain"], PKI["p"]["key"], secret=secret)
+            port = self.srv.port
+        self.x = xs.Standin(PKI["api"]["chain"], PKI["api"]["key"], PKI["p"]["root"], app(),
+                            {tls.HOST: port}, limits)
+
+    def run(self, *args, env=None, creds=True):
+        e = {"PATH": os.environ["PATH"]}
+        if creds:
+            e.update(CRED)
+        e.update(env or {})
+        p = subprocess.run([BIN, "--api", self.x.base, "--cacert", PKI["p"]["root"], *args], env=e,
+                           capture_output=True, timeout=60)
+        out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+        it.check_sanitizers(err)
+        for v in CRED.values():
+            assert v not in out and v not in err, "a credential was printed: %r %r" % (out, err)
+        return p.returncode, out, err
+
+    def ok(self, *args, **kw):
+        rc, out, err = self.run(*args, **kw)
+        assert rc == 0 and err == "", (args, rc, out, err)
+        # The fmt layout: json.dumps(indent=2) and a newline.
+        obj = json.loads(out)
+        assert out == json.dumps(obj, indent=2) + "\n", out
+        return obj
+
+    def fails(self, *args, **kw):
+        rc, out, err = self.run(*args, **kw)
+        assert rc == 1 and err.count("\n") == 1 and err.startswith("xwebhook: "), (args, rc, out, err)
+        assert "\x1b" not in err
+        return err
+
+    def close(self):
+        self.x.close()
+        if self.srv is not None:
+            self.srv.stop()
+
+
+@test
+def the_whole_path_register_subscribe_replay_unregister():
+    w = World()
+    try:
+        assert w.ok("webhooks") == {"meta": {"result_count": 0}}
+        got = w.ok("register", HOOK)
+        wid = got["data"]["id"]
+        assert got["data"]["url"] == HOOK and got["data"]["valid"] is True
+        # X ran a real CRC against the server, which answered it right.
+        assert w.x.crcs == [(HOOK, None)]
+        assert "GET /webhooks/twitter" in w.srv.stderr()
+        assert [h["id"] for h in w.ok("webhooks")["data"]] == [wid]
+        assert w.ok("validate", wid) == {"data": {"valid": True}}
+        assert len(w.x.crcs) == 2 and w.x.crcs[1][1] is None
+        assert w.ok("subscribe", wid) == {"data": {"subscribed": True}}
+        # It went signed with OAuth 1.0a, not with the Bearer token.
+        sub = [r for r in w.x.requests if r["path"].endswith("/subscriptions/all")][-1]
+        assert sub["headers"]["Authorization"].startswith("OAuth ") and sub["body"] == b"{}"
+        assert w.ok("subscriptions", wid)["data"]["subscriptions"] == [{"user_id": USER_ID}]
+        now = time.gmtime(time.time() - 60)
+        frm = time.strftime("%Y%m%d%H%M", time.gmtime(time.time() - 3600))
+        to = time.strftime("%Y%m%d%H%M", now)
+        job = w.ok("replay", wid, frm, to)["data"]["job_id"]
+        body = json.loads([r for r in w.x.requests if r["path"] == "/2/webhooks/replay"][-1]["body"])
+        assert body == {"webhook_id": wid, "from_date": frm, "to_date": to}
+        # The job's end reaches the server as a signed event, printed.
+        tls.wait_for(lambda: ('"job_id": "%s"' % job).encode() in w.srv.stdout(), 10)
+        assert w.ok("unsubscribe", wid, USER_ID) == {"data": {"subscribed": False}}
+        assert w.ok("subscriptions", wid)["data"]["subscriptions"] == []
+        assert w.ok("unregister", wid) == {"data": {"deleted": True}}
+        assert w.ok("webhooks") == {"meta": {"result_count": 0}}
+        ua = {r["headers"].get("User-Agent") for r in w.x.requests}
+        assert len(ua) == 1 and ua.pop().startswith("xwebhook/")
+    finally:
+        w.close()
+
+
+@test
+def a_crc_with_the_wrong_secret_names_the_likely_cause():
+    w = World(secret="not-the-apps-consumer-secret")
+    try:
+        err = w.fails("register", HOOK)
+        assert "400" in err and "Invalid Request" in err and "CrcValidationFailed" in err, err
+        assert "API Key Secret" in err and "xwebhook crc" in err, err
+        assert w.x.webhooks == {}
+    finally:
+        w.close()
+    # validate, after the server's secret changed: the JSON, and exit 1.
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        w.srv.stop()
+        w.srv = tls.tls_server(PKI["p"]["chain"], PKI["p"]["key"], secret="rotated-by-mistake")
+        w.x.host_map[tls.HOST] = w.srv.port
+        rc, out, err = w.run("validate", wid)
+        assert rc == 1 and json.loads(out) == {"data": {"valid": False}}, (rc, out, err)
+        assert err.count("\n") == 1 and "not valid" in err and "consumer secret" in err, err
+    finally:
+        w.close()
+
+
+@test
+def unreachable_urls_and_incomplete_chains_name_their_causes():
+    w = World(serve=False)
+    try:
+        err = w.fails("register", HOOK)
+        assert "could not connect" in err and "port 443" in err, err
+    finally:
+        w.close()
+    w = World(chain=PKI["p"]["leaf"])  # the leaf alone, no intermediate
+    try:
+        err = w.fails("register", HOOK)
+        assert "SSL" in err and "whole chain" in err and "fullchain.pem" in err, err
+    finally:
+        w.close()
+    w = World()
+    try:
+        err = w.fails("register", "https://%s/elsewhere" % tls.HOST)
+        assert "Non-200" in err and "--path" in err, err
+        err = w.fails("register", "https://%s:8443/webhooks/twitter" % tls.HOST)
+        assert "names a port" in err, err
+        err = w.fails("register", "http://%s/webhooks/twitter" % tls.HOST)
+        assert "https://" in err, err
+        assert w.x.requests == [r for r in w.x.requests if r["path"] == "/2/webhooks"]
+        assert len(w.x.requests) == 1  # the two refused here never left
+    finally:
+        w.close()
+
+
+@test
+def bad_user_tokens_and_a_bad_bearer_get_401_with_a_hint():
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        err = w.fails("subscribe", wid, env={"TWITTER_ACCESS_TOKEN_SECRET": "wrong-secret"})
+        assert "401" in err and "signature mismatch" in err and "TWITTER_ACCESS_TOKEN_SECRET" in err, err
+        err = w.fails("subscribe", wid, env={"TWITTER_ACCESS_TOKEN": "0-unknown"})
+        assert "401" in err and "unknown consumer key or token" in err, err
+        err = w.fails("subscribe", wid, env={"TWITTER_CONSUMER_SECRET": "wrong-consumer-secret"})
+        assert "401" in err and "signature mismatch" in err, err
+        err = w.fails("webhooks", env={"TWITTER_BEARER_TOKEN": "wrong-bearer"})
+        assert "401" in err and "TWITTER_BEARER_TOKEN" in err, err
+        assert "wrong-secret" not in err and "wrong-bearer" not in err
+        # The consumer secret may come from --secret-file, as the server's.
+        path = os.path.join(it.WORK, "consumer-secret")
+        with open(path, "w") as f:
+            f.write(it.SECRET + "\n")
+        assert w.ok("--secret-file", path, "subscribe", wid, env={"TWITTER_CONSUMER_SECRET": ""}) == \
+            {"data": {"subscribed": True}}
+    finally:
+        w.close()
+
+
+@test
+def the_standin_refuses_what_x_refuses():
+    """The stand-in is only worth its passes if it fails what X fails: a
+    request replayed with the same nonce, a stale timestamp, a Bearer
+    token where user context is required, a signature over another path."""
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        assert w.ok("subscribe", wid) == {"data": {"subscribed": True}}
+        sent = [r for r in w.x.requests if r["method"] == "POST" and "subscriptions" in r["path"]][-1]
+        auth = sent["headers"]["Authorization"]
+        w.x.subscriptions[wid] = []
+
+        def again(headers, path=sent["path"], method="POST"):
+            ctx = tls.ssl.create_default_context(cafile=PKI["p"]["root"])
+            c = tls.http.client.HTTPSConnection("localhost", w.x.port, timeout=10, context=ctx)
+            c.request(method, path, b"{}", {"Content-Type": "application/json", **headers})
+            r = c.getresponse()
+            body = json.loads(r.read())
+            c.close()
+            return r.status, body
+
+        st, body = again({"Authorization": auth})
+        assert st == 401 and "nonce used before" in body["errors"][0]["message"], body
+        o = xs.parse_oauth_header(auth)
+        for k, v in (("oauth_timestamp", str(int(time.time()) - 3600)), ("oauth_nonce", "fresh-nonce-1")):
+            o2 = dict(o, **{k: v})
+            if k == "oauth_timestamp":
+                o2["oauth_nonce"] = "fresh-nonce-2"
+            params = [(a, b) for a, b in o2.items() if a != "oauth_signature"]
+            o2["oauth_signature"] = xs.oauth_signature("POST", "https://localhost:%d%s" % (w.x.port, sent["path"]),
+                                                       params, it.SECRET, CRED["TWITTER_ACCESS_TOKEN_SECRET"])
+            header = "OAuth " + ", ".join('%s="%s"' % (xs.pct(a), xs.pct(b)) for a, b in o2.items())
+            st, body = again({"Authorization": header})
+            if k == "oauth_timestamp":
+                assert st == 401 and "Timestamp out of bounds" in body["errors"][0]["message"], body
+            else:
+                assert st == 200, body  # the same, freshly signed, passes
+        o3 = dict(o, oauth_nonce="fresh-nonce-3")
+        header = "OAuth " + ", ".join('%s="%s"' % (xs.pct(a), xs.pct(b)) for a, b in o3.items())
+        st, body = again({"Authorization": header})
+        assert st == 401 and "signature mismatch" in body["errors"][0]["message"], body
+        st, body = again({"Authorization": "Bearer " + CRED["TWITTER_BEARER_TOKEN"]})
+        assert st == 403 and body["title"] == "Unsupported Authentication", body
+    finally:
+        w.close()
+
+
+@test
+def a_429_says_when_the_limit_resets():
+    w = World(limits={"webhooks": 2})
+    try:
+        w.ok("webhooks")
+        w.ok("webhooks")
+        err = w.fails("webhooks")
+        reset = w.x.window_end
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset))
+        assert "429" in err and "Too Many Requests" in err and "resets at %s" % stamp in err, err
+        secs = int(err.split("(in ")[1].split(" s)")[0])
+        assert abs(secs - (reset - time.time())) <= 5, err
+    finally:
+        w.close()
+
+
+@test
+def unknown_ids_and_bad_arguments():
+    w = World()
+    try:
+        for args in (("validate", "999"), ("unregister", "999"), ("subscribe", "999"), ("subscriptions", "999"),
+                     ("unsubscribe", "999", USER_ID)):
+            err = w.fails(*args)
+            assert "400" in err and "WebhookIdInvalid" in err, (args, err)
+        before = len(w.x.requests)
+        for args, part in ((("validate", "12a"), "1 to 19 digits"),
+                           (("validate", "1" * 20), "1 to 19 digits"),
+                           (("unsubscribe", "1", "u2"), "user id"),
+                           (("replay", "1", "202611281200"), "usage: xwebhook replay WEBHOOK_ID FROM TO"),
+                           (("replay", "1", "202613011200", "202613011300"), "yyyymmddhhmm"),
+                           (("replay", "1", "202602291200", "202602291300"), "yyyymmddhhmm"),
+                           (("replay", "1", "202611281300", "202611281200"), "after TO"),
+                           (("webhooks", "extra"), "usage: xwebhook webhooks"),
+                           (("register", "https://%s/x" % ("a" * 200)), "at most 200 bytes"),
+                           (("--api", "http://localhost:1", "webhooks"), "bad --api")):
+            err = w.fails(*args)
+            assert part in err, (args, err)
+        assert len(w.x.requests) == before, "a refused command reached X"
+        wid = w.ok("register", HOOK)["data"]["id"]
+        hour_ago = time.strftime("%Y%m%d%H%M", time.gmtime(time.time() - 3600))
+        err = w.fails("replay", wid, "202001010000", hour_ago)
+        assert "InvalidReplayWindow" in err, err
+    finally:
+        w.close()
+
+
+@test
+def missing_variables_are_named_before_any_request():
+    w = World()
+    try:
+        for args, names in ((("webhooks",), ["TWITTER_BEARER_TOKEN"]),
+                            (("register", HOOK), ["TWITTER_BEARER_TOKEN"]),
+                            (("replay", "1", "202611281200", "202611281300"), ["TWITTER_BEARER_TOKEN"]),
+                            (("subscribe", "1"), ["TWITTER_CONSUMER_KEY", "TWITTER_CONSUMER_SECRET",
+                                                  "TWITTER_ACCESS_TOKEN", "TWITTER_ACCESS_TOKEN_SECRET"])):
+            err = w.fails(*args, creds=False)
+            assert all(n in err for n in names) and "not set" in err, (args, err)
+        err = w.fails("subscribe", "1", env={k: v for k, v in CRED.items() if k != "TWITTER_ACCESS_TOKEN"},
+                      creds=False)
+        assert "TWITTER_ACCESS_TOKEN" in err and "TWITTER_ACCESS_TOKEN_SECRET" not in err, err
+        assert w.x.requests == []
+    finally:
+        w.close()
+
+
+@test
+def credentials_stay_out_of_ps_environ_stdout_and_stderr():
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        w.x.delay = 1.5  # time to look at the process while it waits
+        e = {"PATH": os.environ["PATH"], **CRED}
+        for args in (("subscribe", wid), ("webhooks",)):
+            p = subprocess.Popen([BIN, "--api", w.x.base, "--cacert", PKI["p"]["root"], *args], env=e,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(0.8)
+            cmdline = open("/proc/%d/cmdline" % p.pid, "rb").read()
+            environ = open("/proc/%d/environ" % p.pid, "rb").read()
+            out, err = p.communicate(timeout=30)
+            assert p.returncode == 0, err
+            for v in CRED.values():
+                for where, text in (("ps", cmdline), ("environ", environ), ("stdout", out), ("stderr", err)):
+                    assert v.encode() not in text, "%s shows a credential for %s" % (where, args)
+    finally:
+        w.close()
+
+
+@test
+def hostile_answers_are_escaped_and_bounded():
+    w = World()
+    try:
+        w.x.override = (400, {"Content-Type": "application/json"}, json.dumps(
+            {"title": "Bad\x1b[31m", "detail": "line\nbreak", "errors": [{"message": "m\x07"}, {"detail": "d2"}]}
+        ).encode())
+        err = w.fails("webhooks")
+        assert "Bad\\x1b[31m" in err and "line\\x0abreak" in err and "m\\x07" in err and "d2" in err, err
+        w.x.override = (200, {}, b"<html>\x1b]0;pwned\x07</html>")
+        err = w.fails("webhooks")
+        assert "not JSON" in err and "\\x1b]0;pwned\\x07" in err, err
+        w.x.override = (200, {}, json.dumps({"errors": [{"message": "UnknownFailure: only errors"}]}).encode())
+        err = w.fails("webhooks")
+        assert "200" in err and "UnknownFailure" in err, err
+        w.x.override = (200, {}, b'{"data":"' + b"x" * (2 << 20) + b'"}')
+        err = w.fails("webhooks")
+        assert "no answer" in err and "1 MiB" in err, err
+        w.x.override = (502, {}, b"upstream \x00 gone")
+        err = w.fails("webhooks")
+        assert "502" in err and "upstream \\x00 gone" in err, err
+    finally:
+        w.close()
+    # An API whose certificate the roots do not vouch for.
+    w = World()
+    try:
+        e = {"PATH": os.environ["PATH"], **CRED}
+        p = subprocess.run([BIN, "--api", w.x.base, "webhooks"], env=e, capture_output=True, timeout=60)
+        err = p.stderr.decode()
+        assert p.returncode == 1 and err.count("\n") == 1 and "TLS handshake failed" in err, err
+    finally:
+        w.close()
+
+
+@test
+def the_plain_build_says_these_need_tls():
+    if PLAIN is None:
+        return
+    for args in (("webhooks",), ("register", HOOK), ("subscribe", "1")):
+        p = subprocess.run([PLAIN, *args], env={"PATH": os.environ["PATH"], **CRED}, capture_output=True,
+                           timeout=30)
+        err = p.stderr.decode()
+        assert p.returncode == 1 and "make TLS=1" in err and err.count("\n") == 1, err
+
+
+def main():
+    os.makedirs(tls.PKI, exist_ok=True)
+    PKI["p"] = tls.make_pki("p256", "p256")
+    PKI["api"] = tls.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
+    passed, failed = it.run_suite(TESTS)
+    print("xapi: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
