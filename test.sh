@@ -38,6 +38,39 @@ user_binary=$(sha256sum xwebhook 2>/dev/null)
 pass() { passed=$((passed + 1)); echo "ok   $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 
+# 0. What the tests need, from Debian's packages: installed here when run as
+# root on Debian or Ubuntu (a fresh VPS's root shell has no sudo), named
+# otherwise. XWEBHOOK_NO_INSTALL=1 skips this.
+#   gcc and clang: warning-free builds under both, and the sanitizer
+#   runtimes; curl and python3: the real clients the tests drive;
+#   libbearssl-dev: the TLS build; openssl: test certificates and s_client;
+#   libclang-rt-14-dev: libFuzzer; logrotate: the README's rotation snippet,
+#   run as written; strace: the order of write, fdatasync and the 200;
+#   cppcheck: the analyzer stage; musl-tools: the static binaries;
+#   redis-server, redis-tools and nats-server: --forward against real
+#   brokers; systemd: systemd-analyze verify on the README's unit;
+#   debootstrap: the README's two commands in a fresh Debian root.
+needs="ca-certificates gcc clang libc6-dev make curl python3 libbearssl-dev openssl libclang-rt-14-dev
+	logrotate strace cppcheck musl-tools procps redis-server redis-tools nats-server systemd debootstrap"
+missing=""
+if command -v dpkg-query >/dev/null; then
+	for p in $needs; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+	done
+fi
+if [ -n "$missing" ] && [ "${XWEBHOOK_NO_INSTALL:-0}" != 1 ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		echo "installing what the tests need:$missing"
+		export DEBIAN_FRONTEND=noninteractive
+		if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; } \
+		    >/tmp/xwebhook-apt.log 2>&1; then
+			fail "apt-get install$missing"; tail -n 20 /tmp/xwebhook-apt.log
+		fi
+	else
+		echo "not root, so not installing what the tests need; as root: apt-get install -y$missing"
+	fi
+fi
+
 # Add "name: N passed, M failed" from a runner's last line to the totals.
 count() {
 	local line p f
