@@ -17,7 +17,10 @@
 #      and X's side (tests/xapi.py): every subcommand against a stand-in
 #      for X's API (tests/x_standin.py) that runs real CRCs;
 #   5. the static binaries (make static, with musl) in an empty root;
-#   6. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20).
+#   6. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20);
+#   7. the README's two commands, exactly as written, in a fresh Debian 12
+#      root made with debootstrap (tests/fresh_root.sh): the server answers
+#      a CRC, and ./test.sh there installs what it needs and passes whole.
 # Any sanitizer report fails the run. The last line is
 # "N passed, N failed, N skipped".
 set -u
@@ -285,6 +288,20 @@ if command -v clang >/dev/null && [ "$FUZZ_SECONDS" -gt 0 ] && have_libfuzzer; t
 else
 	skipped=$((skipped + 1))
 	echo "skip fuzzing: needs clang and libclang-rt-14-dev (FUZZ_SECONDS=$FUZZ_SECONDS)"
+fi
+
+# 7. The README's two commands, exactly as written, as root in a fresh
+# Debian 12 root made with debootstrap (the second is this script, run
+# there in full). Not inside that root itself.
+if [ -e /.xwebhook-fresh-root ]; then
+	echo "(this is the fresh root of stage 7: it does not start another)"
+elif command -v debootstrap >/dev/null && [ "$(id -u)" = 0 ] && [ -x "$out/xwebhook-gcc" ]; then
+	tests/fresh_root.sh "$out" "$out/xwebhook-gcc" 2>&1 | tee "$out/fresh-root.log" |
+	    grep -vE '^(ok |fresh-root: )'
+	count "$out/fresh-root.log" "the README's commands in a fresh root"
+else
+	skipped=$((skipped + 1))
+	echo "skip the README's commands in a fresh root: needs debootstrap and root"
 fi
 
 if [ "$(sha256sum xwebhook 2>/dev/null)" = "$user_binary" ]; then

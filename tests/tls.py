@@ -432,6 +432,39 @@ def sighup_swaps_the_certificate_and_keeps_a_good_one():
 
 
 @test
+def systemd_unit_from_the_readme_verifies():
+    """The README's unit as written, with the binary where it says
+    (/usr/local/bin/xwebhook, here the test build): systemd-analyze
+    verify finds nothing to say, and it runs the server as the issue asks
+    (a user, the one capability to bind 443, restarts on failure)."""
+    if shutil.which("systemd-analyze") is None:
+        raise AssertionError("systemd-analyze is not installed (./test.sh installs systemd as root)")
+    readme = open(os.path.join(os.path.dirname(BIN), "..", "README.md")).read()
+    unit = readme.split("<!-- systemd-unit -->", 1)[1].split("```", 2)[1].split("\n", 1)[1]
+    for line in ("User=xwebhook", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "Restart=on-failure",
+                 "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert "\n" + line + "\n" in unit, line
+    d = os.path.join(it.WORK, "systemd")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "xwebhook.service")
+    with open(path, "w") as f:
+        f.write(unit.replace("/usr/local/bin/xwebhook", BIN))
+    p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout + p.stderr == "", p.stdout + p.stderr
+    # The check has teeth: a bad value is reported.
+    with open(path, "w") as f:
+        f.write(unit.replace("/usr/local/bin/xwebhook", BIN).replace("Restart=on-failure", "Restart=sometimes"))
+    p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
+    assert "restart specifier" in p.stdout + p.stderr, p.stdout + p.stderr
+    # Its command line is one the binary takes (it refuses only for the
+    # files missing here, naming the first).
+    cmd = unit.split("ExecStart=", 1)[1].split("\n", 1)[0].split()[1:]
+    r = subprocess.run([BIN, *cmd], capture_output=True, text=True, timeout=30,
+                       env={"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET})
+    assert r.returncode == 1 and "/etc/xwebhook/secret" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+@test
 def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
     """The README's hook exactly as written, saved under the name that once
     made it signal itself (deploy/xwebhook), against a server whose
