@@ -7918,9 +7918,29 @@ cmd_x(const struct x_command *xc, const char *const *args)
 		} else if (!has_data && json_member(a.body.p, a.body.len, "errors", &valid) == 0) {
 			x_failure(xc, &a, api_base);  /* a 2xx that only carries errors */
 		} else {
+			struct buf safe = { 0 };
+			size_t k;
+
+			/* Valid JSON can still carry DEL and the C1 controls
+			 * (U+0080 to U+009F) raw, which terminals act on:
+			 * inside strings, where alone they can be, they become
+			 * \u escapes, and the JSON means the same. */
+			for (k = 0; k < out.len; k++) {
+				unsigned char ch = (unsigned char)out.p[k];
+
+				if (ch == 0x7f || (ch == 0xc2 && k + 1 < out.len &&
+				    (unsigned char)out.p[k + 1] >= 0x80 && (unsigned char)out.p[k + 1] <= 0x9f)) {
+					snprintf(num, sizeof(num), "\\u%04x", ch == 0x7f ? 0x7f :
+					    (unsigned char)out.p[++k]);
+					buf_adds(&safe, num);
+				} else {
+					buf_addc(&safe, (char)ch);
+				}
+			}
 			rc = 0;
-			if (write_all(STDOUT_FILENO, out.p, out.len) < 0)
+			if (write_all(STDOUT_FILENO, safe.p, safe.len) < 0)
 				die("cannot write to stdout:");
+			buf_free(&safe);
 			if (has_data && json_member(data.p, data.len, "valid", &valid) == 0 &&
 			    strcmp(xc->name, "validate") == 0 && valid.len == 5 && memcmp(valid.p, "false", 5) == 0) {
 				struct buf line = { 0 };

@@ -347,6 +347,11 @@ def hostile_answers_are_escaped_and_bounded():
         ).encode())
         err = w.fails("webhooks")
         assert "Bad\\x1b[31m" in err and "line\\x0abreak" in err and "m\\x07" in err and "d2" in err, err
+        # Valid JSON may hold DEL and C1 controls raw: they arrive escaped.
+        w.x.override = (200, {}, b'{"data":{"x":"a\x7fb\xc2\x9bc\xc3\xa9"}}')
+        rc, out, err = w.run("webhooks")
+        assert rc == 0 and "\x7f" not in out and "\x9b" not in out and "\\u007f" in out and "\\u009b" in out, out
+        assert json.loads(out) == {"data": {"x": "a\x7fb\x9bc\xe9"}}, out
         w.x.override = (200, {}, b"<html>\x1b]0;pwned\x07</html>")
         err = w.fails("webhooks")
         assert "not JSON" in err and "\\x1b]0;pwned\\x07" in err, err
