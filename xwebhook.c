@@ -163,6 +163,8 @@ static const int64_t drain_timeout = 8000;   /* requests in flight at shutdown: 
 
 /* Settings, with their defaults; the command line changes them. */
 static const char *listen_spec = "0.0.0.0:8080";
+static int listen_given;                   /* --listen was given (--acme's default is :443) */
+static int acme_http_fd = -1;              /* --acme-http's listener */
 static const char *webhook_path = "/webhooks/twitter";
 static const char *output_path;          /* --output: NULL for none */
 static const char *secret_file;          /* --secret-file */
@@ -1649,6 +1651,7 @@ json_event(const char *p, size_t n, enum json_style style, struct buf *out, char
 enum status {
 	S_OK,
 	S_INCOMPLETE,          /* not an answer: more bytes are needed */
+	S_MOVED_PERMANENTLY,
 	S_BAD_REQUEST,
 	S_UNAUTHORIZED,
 	S_NOT_FOUND,
@@ -1669,6 +1672,7 @@ static const struct {
 } statuses[S_COUNT] = {
 	[S_OK]                 = { 200, "OK" },
 	[S_INCOMPLETE]         = { 0, "" },
+	[S_MOVED_PERMANENTLY]  = { 301, "Moved Permanently" },
 	[S_BAD_REQUEST]        = { 400, "Bad Request" },
 	[S_UNAUTHORIZED]       = { 401, "Unauthorized" },
 	[S_NOT_FOUND]          = { 404, "Not Found" },
@@ -2439,6 +2443,7 @@ struct conn {
 	struct conn *finished;      /* the loop's list of events the writer decided */
 	int64_t expires;            /* the loop closes it then, if still idle */
 	int parked;                 /* on a loop, waiting for the event writer */
+	int acme_http;              /* came in on --acme-http: http-01 answers only */
 	int unpolled;               /* parked and out of the epoll set */
 	struct buf pending;         /* an answer a loop could not finish sending */
 	int unsent;                 /* TLS records the loop could not send */
@@ -2900,7 +2905,8 @@ identity_describe(const struct identity *id, const char *when)
 		warn("warning: the certificate expires in %ld day(s), on %s; renew it", days, date);
 	if (id->chain_len == 1)
 		warn("warning: --cert %s holds a single certificate; X will not fetch a missing "
-		    "intermediate, so give the full chain (certbot's fullchain.pem)", cert_path);
+		    "intermediate, so give the full chain (certbot's fullchain.pem)",
+		    cert_path != NULL ? cert_path : "(the CA's)");
 }
 
 static struct identity *
@@ -2910,7 +2916,8 @@ identity_acquire(void)
 
 	pthread_mutex_lock(&identity_lock);
 	id = current_identity;
-	id->refs++;
+	if (id != NULL)  /* none while ACME gets the first certificate */
+		id->refs++;
 	pthread_mutex_unlock(&identity_lock);
 	return id;
 }
@@ -2920,11 +2927,75 @@ identity_release(struct identity *id)
 {
 	unsigned left;
 
+	if (id == NULL)
+		return;
 	pthread_mutex_lock(&identity_lock);
 	left = --id->refs;
 	pthread_mutex_unlock(&identity_lock);
 	if (left == 0)
 		identity_free(id);
+}
+
+/* --acme and its options (see "ACME"): here, as the server's TLS setup
+ * answers tls-alpn-01 challenges. */
+static const char *acme_domain;          /* --acme */
+static const char *acme_server = "https://acme-v02.api.letsencrypt.org/directory";
+static const char *acme_cacert;          /* --acme-cacert */
+static const char *acme_email;           /* --acme-email */
+static const char *acme_http_spec;       /* --acme-http ADDR:PORT */
+static const char *state_dir = "/var/lib/xwebhook";
+
+static void acme_start(void);
+static void acme_stop(void);
+
+/* The challenges being answered (see "ACME"). */
+
+static struct {
+	pthread_mutex_t lock;
+	struct identity *alpn;       /* the tls-alpn-01 certificate, while one is pending */
+	char token[128];             /* http-01: the token, and its key authorization */
+	char key_auth[256];
+} challenge = { PTHREAD_MUTEX_INITIALIZER, NULL, "", "" };
+
+/* The tls-alpn-01 identity for a handshake: a reference, or NULL. */
+static struct identity *
+challenge_acquire(void)
+{
+	struct identity *id;
+
+	pthread_mutex_lock(&identity_lock);
+	id = challenge.alpn;
+	if (id != NULL)
+		id->refs++;
+	pthread_mutex_unlock(&identity_lock);
+	return id;
+}
+
+static void
+challenge_set_alpn(struct identity *id)
+{
+	struct identity *old;
+
+	pthread_mutex_lock(&identity_lock);
+	old = challenge.alpn;
+	challenge.alpn = id;
+	pthread_mutex_unlock(&identity_lock);
+	if (old != NULL)
+		identity_release(old);
+}
+
+/* http-01: the key authorization for token, into out: 1, or 0. */
+static int
+challenge_http(const char *token, size_t n, char *out, size_t on)
+{
+	int found;
+
+	pthread_mutex_lock(&challenge.lock);
+	found = challenge.token[0] != '\0' && strlen(challenge.token) == n && memcmp(challenge.token, token, n) == 0;
+	if (found)
+		snprintf(out, on, "%s", challenge.key_auth);
+	pthread_mutex_unlock(&challenge.lock);
+	return found;
 }
 
 /* BearSSL's LRU session cache is not thread-safe: one lock around it. */
@@ -2986,14 +3057,21 @@ struct tls_io {
 	br_ssl_engine_context *eng;
 	br_sslio_context io;
 	int handshaken;         /* the engine has once been ready for data */
+	int acme_only;          /* a tls-alpn-01 handshake: no HTTP on it */
 };
 
 /* One served TLS connection's state. */
 struct tls_conn {
 	struct tls_io sock;     /* first */
 	br_ssl_server_context sc;
-	struct identity *id;
+	struct identity *id;    /* NULL while ACME gets the first certificate */
 	int first_seen;         /* the client's first byte was looked at */
+	/* With --acme: the tls-alpn-01 certificate pending at accept, and
+	 * the policy that picks it or the served one per handshake. */
+	struct identity *alpn;
+	const br_ssl_server_policy_class *policy;
+	const br_ssl_server_policy_class **chosen;
+	br_ssl_server_policy_ec_context alpn_policy;
 	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
 };
 
@@ -3046,12 +3124,67 @@ tls_sock_write(void *ctx, const unsigned char *p, size_t n)
 	}
 }
 
+/* --acme: the policy of each handshake. A ClientHello that offers only
+ * ALPN acme-tls/1 with the domain as its SNI gets the tls-alpn-01
+ * certificate (RFC 8737, 3), and nothing after the handshake; every other
+ * handshake gets the served certificate, as without --acme. */
+static struct tls_conn *
+tls_of_policy(const br_ssl_server_policy_class **pctx)
+{
+	return (struct tls_conn *)(void *)((char *)pctx - offsetof(struct tls_conn, policy));
+}
+
+static int
+acme_choose(const br_ssl_server_policy_class **pctx, const br_ssl_server_context *cc,
+    br_ssl_server_choices *choices)
+{
+	struct tls_conn *t = tls_of_policy(pctx);
+	const char *proto = br_ssl_engine_get_selected_protocol((br_ssl_engine_context *)&cc->eng);
+	const char *sni = br_ssl_engine_get_server_name(&cc->eng);
+
+	if (proto != NULL && strcmp(proto, "acme-tls/1") == 0) {
+		if (t->alpn == NULL || strcasecmp(sni, acme_domain) != 0)
+			return 0;
+		t->sock.acme_only = 1;
+		t->chosen = &t->alpn_policy.vtable;
+	} else {
+		if (t->id == NULL)
+			return 0;  /* no certificate yet */
+		t->chosen = &t->sc.chain_handler.vtable;
+	}
+	return (*t->chosen)->choose(t->chosen, cc, choices);
+}
+
+static uint32_t
+acme_do_keyx(const br_ssl_server_policy_class **pctx, unsigned char *data, size_t *len)
+{
+	const br_ssl_server_policy_class **p = tls_of_policy(pctx)->chosen;
+
+	return (*p)->do_keyx(p, data, len);
+}
+
+static size_t
+acme_do_sign(const br_ssl_server_policy_class **pctx, unsigned algo_id, unsigned char *data, size_t hv_len,
+    size_t len)
+{
+	const br_ssl_server_policy_class **p = tls_of_policy(pctx)->chosen;
+
+	return (*p)->do_sign(p, algo_id, data, hv_len, len);
+}
+
+static const br_ssl_server_policy_class acme_policy_class = {
+	sizeof(struct tls_conn), acme_choose, acme_do_keyx, acme_do_sign,
+};
+
+static const char *tls_alpn_acme[] = { "http/1.1", "acme-tls/1" };
+
 /* Set up the server engine for a new connection, under the identity
  * current at that moment. */
 static struct tls_conn *
 tls_start(struct conn *c)
 {
 	struct tls_conn *t = malloc(sizeof(*t));
+	struct identity *base;
 	unsigned char seed[32];
 
 	if (t == NULL)
@@ -3059,12 +3192,32 @@ tls_start(struct conn *c)
 	/* iobuf is not cleared: the engine writes before it reads. */
 	memset(t, 0, offsetof(struct tls_conn, iobuf));
 	t->id = identity_acquire();
-	if (t->id->key_type == BR_KEYTYPE_RSA)
-		br_ssl_server_init_full_rsa(&t->sc, t->id->chain, t->id->chain_len,
-		    br_skey_decoder_get_rsa(&t->id->key));
+	t->alpn = acme_domain != NULL ? challenge_acquire() : NULL;
+	base = t->id != NULL ? t->id : t->alpn;
+	if (base == NULL) {
+		free(t);  /* ACME has no certificate yet, and no challenge is pending */
+		return NULL;
+	}
+	if (base->key_type == BR_KEYTYPE_RSA)
+		br_ssl_server_init_full_rsa(&t->sc, base->chain, base->chain_len, br_skey_decoder_get_rsa(&base->key));
 	else
-		br_ssl_server_init_full_ec(&t->sc, t->id->chain, t->id->chain_len,
-		    t->id->issuer_key_type, br_skey_decoder_get_ec(&t->id->key));
+		br_ssl_server_init_full_ec(&t->sc, base->chain, base->chain_len, base->issuer_key_type,
+		    br_skey_decoder_get_ec(&base->key));
+	if (t->alpn != NULL) {
+		/* BearSSL's single-EC policy for the challenge's certificate,
+		 * set up in the context and moved out, the served one put back. */
+		br_ssl_server_context keep = t->sc;
+
+		br_ssl_server_set_single_ec(&t->sc, t->alpn->chain, t->alpn->chain_len,
+		    br_skey_decoder_get_ec(&t->alpn->key), BR_KEYTYPE_SIGN, BR_KEYTYPE_EC, br_ec_get_default(),
+		    br_ecdsa_sign_asn1_get_default());
+		t->alpn_policy = t->sc.chain_handler.single_ec;
+		t->sc.chain_handler = keep.chain_handler;
+	}
+	if (acme_domain != NULL) {
+		t->policy = &acme_policy_class;
+		br_ssl_server_set_policy(&t->sc, &t->policy);
+	}
 	br_ssl_engine_set_versions(&t->sc.eng, BR_TLS12, BR_TLS12);
 	br_ssl_engine_set_suites(&t->sc.eng, tls_suites, sizeof(tls_suites) / sizeof(tls_suites[0]));
 	/* A client that offers ALPN without http/1.1 gets the alert
@@ -3072,7 +3225,10 @@ tls_start(struct conn *c)
 	 * served. */
 	br_ssl_engine_add_flags(&t->sc.eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION |
 	    BR_OPT_FAIL_ON_ALPN_MISMATCH);
-	br_ssl_engine_set_protocol_names(&t->sc.eng, tls_alpn, 1);
+	if (acme_domain != NULL)
+		br_ssl_engine_set_protocol_names(&t->sc.eng, tls_alpn_acme, 2);
+	else
+		br_ssl_engine_set_protocol_names(&t->sc.eng, tls_alpn, 1);
 	br_ssl_engine_set_buffer(&t->sc.eng, t->iobuf, sizeof(t->iobuf), 1);
 	br_ssl_server_set_cache(&t->sc, &session_cache.vtable);
 	/* Seeded from getrandom() here, not from files BearSSL would open
@@ -3107,6 +3263,8 @@ tls_read(struct conn *c, void *p, size_t n, int64_t deadline, int wake_fd)
 	t->status = IO_ERROR;
 	r = br_sslio_read(&t->io, p, n > INT_MAX ? INT_MAX : n);
 	tls_note_handshake(t);
+	if (r > 0 && t->acme_only)
+		return IO_ERROR;  /* tls-alpn-01: nothing is served after its handshake */
 	if (r > 0)
 		return r;
 	if (t->status == IO_TIMEOUT || t->status == IO_WOKEN)
@@ -3230,6 +3388,7 @@ tls_close(struct conn *c, int linger)
 			}
 		}
 		identity_release(t->id);
+		identity_release(t->alpn);
 		free(t);
 		c->tls = NULL;
 	}
@@ -3369,6 +3528,8 @@ tls_pump(struct conn *c, int read_socket)
 			continue;
 		}
 		tls_note_handshake(&t->sock);
+		if (t->sock.acme_only && t->sock.handshaken)
+			return -1;  /* tls-alpn-01: the handshake was all of it */
 		return 0;
 	}
 }
@@ -3382,23 +3543,33 @@ tls_has_app_data(struct conn *c)
 
 /* SIGHUP: load --cert and --key again. New connections get the new pair,
  * connections in flight keep theirs; a bad pair leaves the old one serving. */
+/* Serve id to new connections from now on (SIGHUP, ACME); connections in
+ * flight keep theirs. */
 static void
-identity_reload(void)
+identity_install(struct identity *id, const char *said)
 {
-	char err[1024];
-	struct identity *id = identity_load(cert_path, key_path, err, sizeof(err)), *old;
+	struct identity *old;
 
-	if (id == NULL) {
-		warn("SIGHUP: %s; still serving certificate %s", err, current_identity->leaf.serial);
-		return;
-	}
 	pthread_mutex_lock(&identity_lock);
 	old = current_identity;
 	current_identity = id;
 	pthread_mutex_unlock(&identity_lock);
 	identity_release(old);
 	session_cache_reset();
-	identity_describe(id, "SIGHUP: now serving ");
+	identity_describe(id, said);
+}
+
+static void
+identity_reload(void)
+{
+	char err[1024];
+	struct identity *id = identity_load(cert_path, key_path, err, sizeof(err));
+
+	if (id == NULL) {
+		warn("SIGHUP: %s; still serving certificate %s", err, current_identity->leaf.serial);
+		return;
+	}
+	identity_install(id, "SIGHUP: now serving ");
 }
 #endif /* XWEBHOOK_TLS */
 
@@ -4182,6 +4353,48 @@ event_answer(struct conn *c, enum status st, const char *why, int *linger)
 	return keep ? H_KEEP : H_CLOSE;
 }
 
+#ifdef XWEBHOOK_TLS
+/* --acme-http: /.well-known/acme-challenge/TOKEN answers the key
+ * authorization while that challenge is pending (RFC 8555, 8.3), and
+ * every other request gets a redirect to https://DOMAIN. */
+static enum handled
+handle_acme_http(struct conn *c, int *linger)
+{
+	static const char prefix[] = "/.well-known/acme-challenge/";
+	const struct request *req = &c->req;
+	struct outcome *o = &c->o;
+	size_t pn = sizeof(prefix) - 1;
+	int keep = req->keep_alive && !is_stopping();
+	int challenge_path = req->path_len > pn && memcmp(req->target, prefix, pn) == 0;
+	char ka[256];
+
+	if (req->chunked || (req->has_length && req->content_length > 0)) {
+		keep = 0;
+		*linger = 1;
+	}
+	if (challenge_path && (req->method == M_GET || req->method == M_HEAD) &&
+	    challenge_http(req->target + pn, req->path_len - pn, ka, sizeof(ka))) {
+		send_response(c, req, S_OK, "application/octet-stream", ka, strlen(ka), NULL, keep);
+		o->code = 200;
+		o->out_bytes = req->method == M_HEAD ? 0 : strlen(ka);
+	} else if (challenge_path) {
+		send_error(c, req, S_NOT_FOUND, "no such challenge", NULL, keep, o);
+	} else {
+		struct buf loc = { 0 };
+
+		buf_adds(&loc, "Location: https://");
+		buf_adds(&loc, acme_domain);
+		buf_add(&loc, req->target, req->target_len);  /* checked by the parser: no CR, LF or spaces */
+		buf_adds(&loc, "\r\n");
+		buf_addc(&loc, '\0');
+		send_error(c, req, S_MOVED_PERMANENTLY, "this port answers ACME challenges: use https", loc.p, keep, o);
+		buf_free(&loc);
+	}
+	request_done(c);
+	return keep ? H_KEEP : H_CLOSE;
+}
+#endif
+
 /* Answer the request in c->req, whose head is parsed. *linger is set when
  * the connection must close with unread bytes possibly in flight. */
 static enum handled
@@ -4198,6 +4411,10 @@ handle_request(struct conn *c, int *linger)
 
 	memset(o, 0, sizeof(*o));
 	c->pos = req->head_len;
+#ifdef XWEBHOOK_TLS
+	if (c->acme_http)
+		return handle_acme_http(c, linger);
+#endif
 	if (on_path && req->method == M_POST && req->signature != NULL &&
 	    !(req->has_length && req->content_length > max_body)) {
 		enum status st;
@@ -4424,7 +4641,7 @@ listen_on(const char *spec, char *url, size_t url_len)
 	const char *scheme = "http", *why;
 
 #ifdef XWEBHOOK_TLS
-	if (cert_path != NULL)
+	if (cert_path != NULL || (acme_domain != NULL && spec == listen_spec))
 		scheme = "https";
 #endif
 	if (strspn(spec, "0123456789") == strlen(spec) && strlen(spec) <= 5 && atoi(spec) <= 65535) {
@@ -5155,7 +5372,7 @@ connection_thread(void *arg)
 /* Give an accepted socket to a loop (or a thread), or refuse it when no
  * slot can be had or memory runs out. */
 static void
-start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t *attr)
+start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t *attr, int acme_http)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 	char peer[sizeof(c->peer)];
@@ -5171,8 +5388,9 @@ start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t
 	c->fd = fd;
 	c->accepted = now_ms();
 	c->tr = &plain_transport;
+	c->acme_http = acme_http;
 #ifdef XWEBHOOK_TLS
-	if (cert_path != NULL)
+	if ((cert_path != NULL || acme_domain != NULL) && !acme_http)
 		c->tr = &tls_transport;
 #endif
 	memcpy(c->peer, peer, sizeof(peer));
@@ -5244,12 +5462,16 @@ serve(int lfd)
 	slots_init();
 	body_budget = max_body > BODY_BUDGET_MIN / 2 ? 2 * max_body : BODY_BUDGET_MIN;
 	loops_start();
+#ifdef XWEBHOOK_TLS
+	if (acme_domain != NULL)
+		acme_start();
+#endif
 
 	while (!stop_signal) {
-		struct pollfd pfd;
+		struct pollfd pfd[2];
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
-		int fd;
+		int fd, from;
 
 		if (reload_signal) {
 			reload_signal = 0;
@@ -5266,15 +5488,18 @@ serve(int lfd)
 			paused = 0;
 			continue;
 		}
-		pfd.fd = lfd;
-		pfd.events = POLLIN;
-		if (ppoll(&pfd, 1, NULL, &open_mask) < 0) {
+		pfd[0].fd = lfd;
+		pfd[1].fd = acme_http_fd;  /* --acme-http, or -1 */
+		pfd[0].events = pfd[1].events = POLLIN;
+		pfd[0].revents = pfd[1].revents = 0;
+		if (ppoll(pfd, 2, NULL, &open_mask) < 0) {
 			if (errno == EINTR)
 				continue;
 			die("poll:");
 		}
+		from = (pfd[0].revents & POLLIN) ? 0 : 1;
 		memset(&ss, 0, sizeof(ss));  /* accept4 fills it: this is for the analyzer */
-		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		fd = accept4(pfd[from].fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 				warn("accept:");
@@ -5282,10 +5507,16 @@ serve(int lfd)
 			}
 			continue;  /* EAGAIN, ECONNABORTED, EINTR and the like */
 		}
-		start_connection(fd, &ss, &thread_attr);
+		start_connection(fd, &ss, &thread_attr, from == 1);
 	}
 
 	close(lfd);
+	if (acme_http_fd >= 0)
+		close(acme_http_fd);
+#ifdef XWEBHOOK_TLS
+	if (acme_domain != NULL)
+		acme_stop();
+#endif
 	pthread_mutex_lock(&conns_lock);
 	atomic_store(&stopping, 1);
 	left = nconns;
@@ -7968,6 +8199,1244 @@ cmd_x(const struct x_command *xc, const char *const *args)
 	return rc;
 }
 
+#ifdef XWEBHOOK_TLS
+/* ------------------------------------------------------------------------
+ * ACME (RFC 8555): --acme DOMAIN gets a certificate for DOMAIN from an
+ * ACME CA and keeps it renewed, from a thread of its own: the loops never
+ * wait on the CA. Validation is tls-alpn-01 (RFC 8737) on the serving
+ * port, or http-01 on --acme-http. The account key, the certificate and
+ * its key live in --state-dir, under certbot's names. Requests go through
+ * the file's HTTP client; JWS signatures are ES256 over P-256 keys made
+ * from getrandom(); the DER of a CSR and of the tls-alpn-01 certificate is
+ * written here, as BearSSL writes neither.
+ * ------------------------------------------------------------------------ */
+
+enum {
+	ACME_BACKOFF_MIN_S = 30,     /* after a failed attempt; doubling */
+	ACME_BACKOFF_MAX_S = 3600,
+	ACME_POLL_LIMIT_S = 180,     /* an authorization or order pending longer fails the attempt */
+	ACME_NONCE_RETRIES = 5,      /* badNonce: try again with the nonce that came with it */
+	ACME_URL_MAX = 1024,
+};
+
+/* ---- DER, written ---- */
+
+static void
+der_put(struct buf *b, unsigned char tag, const void *p, size_t n)
+{
+	unsigned char h[5];
+	size_t k = 0;
+
+	h[k++] = tag;
+	if (n < 0x80) {
+		h[k++] = (unsigned char)n;
+	} else if (n < 0x100) {
+		h[k++] = 0x81;
+		h[k++] = (unsigned char)n;
+	} else if (n < 0x10000) {
+		h[k++] = 0x82;
+		h[k++] = (unsigned char)(n >> 8);
+		h[k++] = (unsigned char)n;
+	} else {
+		h[k++] = 0x83;
+		h[k++] = (unsigned char)(n >> 16);
+		h[k++] = (unsigned char)(n >> 8);
+		h[k++] = (unsigned char)n;
+	}
+	buf_add(b, h, k);
+	buf_add(b, p, n);
+}
+
+/* Wrap what inner holds in tag, appending it to b; inner is emptied. */
+static void
+der_wrap(struct buf *b, unsigned char tag, struct buf *inner)
+{
+	der_put(b, tag, inner->p, inner->len);
+	inner->len = 0;
+}
+
+/* The OIDs and fixed pieces, DER-encoded. */
+static const unsigned char oid_ecdsa_sha256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02 };
+static const unsigned char spki_p256_head[] = {  /* SEQUENCE { ecPublicKey, prime256v1 }, BIT STRING head */
+	0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00 };
+static const unsigned char oid_common_name[] = { 0x06, 0x03, 0x55, 0x04, 0x03 };
+static const unsigned char oid_san[] = { 0x06, 0x03, 0x55, 0x1d, 0x11 };
+static const unsigned char oid_extension_request[] = {
+	0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e };
+static const unsigned char oid_acme_identifier[] = {  /* 1.3.6.1.5.5.7.1.31, RFC 8737 */
+	0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f };
+
+/* A P-256 key pair. */
+struct ec_key {
+	br_ec_private_key sk;
+	br_ec_public_key pk;
+	unsigned char x[BR_EC_KBUF_PRIV_MAX_SIZE], q[BR_EC_KBUF_PUB_MAX_SIZE];
+};
+
+static int
+ec_key_generate(struct ec_key *k)
+{
+	br_hmac_drbg_context rng;
+	unsigned char seed[48];
+
+	entropy(seed, sizeof(seed));
+	br_hmac_drbg_init(&rng, &br_sha256_vtable, seed, sizeof(seed));
+	explicit_bzero(seed, sizeof(seed));
+	if (br_ec_keygen(&rng.vtable, br_ec_get_default(), &k->sk, k->x, BR_EC_secp256r1) == 0 ||
+	    br_ec_compute_pub(br_ec_get_default(), &k->pk, k->q, &k->sk) != 65)
+		return -1;
+	explicit_bzero(&rng, sizeof(rng));
+	return 0;
+}
+
+/* Read a P-256 private key from PEM text: 0, or -1. */
+static int
+ec_key_parse(const char *text, size_t n, struct ec_key *k)
+{
+	struct pem_object *objs = NULL;
+	size_t count = 0, i;
+	int ok = -1;
+
+	if (pem_decode(text, n, &objs, &count) < 0)
+		return -1;
+	for (i = 0; i < count && ok < 0; i++) {
+		br_skey_decoder_context dc;
+		const br_ec_private_key *sk;
+
+		br_skey_decoder_init(&dc);
+		br_skey_decoder_push(&dc, objs[i].der.p, objs[i].der.len);
+		if (br_skey_decoder_last_error(&dc) != 0 || br_skey_decoder_key_type(&dc) != BR_KEYTYPE_EC)
+			continue;
+		sk = br_skey_decoder_get_ec(&dc);
+		if (sk->curve != BR_EC_secp256r1 || sk->xlen > sizeof(k->x))
+			continue;
+		memcpy(k->x, sk->x, sk->xlen);
+		k->sk.curve = sk->curve;
+		k->sk.x = k->x;
+		k->sk.xlen = sk->xlen;
+		ok = br_ec_compute_pub(br_ec_get_default(), &k->pk, k->q, &k->sk) == 65 ? 0 : -1;
+		explicit_bzero(&dc, sizeof(dc));
+	}
+	for (i = 0; i < count; i++)
+		if (objs[i].der.len > 0)
+			explicit_bzero(objs[i].der.p, objs[i].der.len);
+	pem_free(objs, count);
+	return ok;
+}
+
+/* The key as PEM ("EC PRIVATE KEY", RFC 5915), appended to out. */
+static void
+ec_key_pem(const struct ec_key *k, struct buf *out)
+{
+	unsigned char der[256];
+	size_t dn = br_encode_ec_raw_der(der, &k->sk, &k->pk), pn;
+
+	pn = br_pem_encode(NULL, der, dn, "EC PRIVATE KEY", BR_PEM_LINE64);
+	buf_reserve(out, pn + 1);
+	if (!out->failed) {
+		br_pem_encode(out->p + out->len, der, dn, "EC PRIVATE KEY", BR_PEM_LINE64);
+		out->len += pn;
+	}
+	explicit_bzero(der, sizeof(der));
+}
+
+/* An ECDSA signature with SHA-256 over p[0, n): raw r||s (64 bytes, for
+ * JWS), or DER (for X.509). Its length, or 0. */
+static size_t
+ec_sign(const struct ec_key *k, const void *p, size_t n, int der, unsigned char *sig)
+{
+	struct digest d;
+	unsigned char h[32];
+
+	sha256_init(&d);
+	digest_update(&d, p, n);
+	digest_final(&d, h);
+	return der ? br_ecdsa_sign_asn1_get_default()(br_ec_get_default(), &br_sha256_vtable, h, &k->sk, sig) :
+	    br_ecdsa_sign_raw_get_default()(br_ec_get_default(), &br_sha256_vtable, h, &k->sk, sig);
+}
+
+/* The SubjectPublicKeyInfo of k. */
+static void
+der_spki(struct buf *b, const struct ec_key *k)
+{
+	struct buf in = { 0 };
+
+	buf_add(&in, spki_p256_head, sizeof(spki_p256_head));
+	buf_add(&in, k->pk.q, k->pk.qlen);
+	der_wrap(b, 0x30, &in);
+	buf_free(&in);
+}
+
+/* Name ::= CN=name. */
+static void
+der_name(struct buf *b, const char *name)
+{
+	struct buf atv = { 0 }, set = { 0 }, seq = { 0 };
+
+	buf_add(&atv, oid_common_name, sizeof(oid_common_name));
+	der_put(&atv, 0x0c, name, strlen(name));  /* UTF8String */
+	der_wrap(&set, 0x30, &atv);
+	der_wrap(&seq, 0x31, &set);
+	der_wrap(b, 0x30, &seq);
+	buf_free(&atv);
+	buf_free(&set);
+	buf_free(&seq);
+}
+
+/* Extension subjectAltName = dNSName name. */
+static void
+der_san(struct buf *b, const char *name)
+{
+	struct buf names = { 0 }, oct = { 0 }, ext = { 0 };
+
+	der_put(&names, 0x82, name, strlen(name));
+	der_wrap(&oct, 0x30, &names);
+	buf_add(&ext, oid_san, sizeof(oid_san));
+	der_wrap(&ext, 0x04, &oct);
+	der_wrap(b, 0x30, &ext);
+	buf_free(&names);
+	buf_free(&oct);
+	buf_free(&ext);
+}
+
+/* Sign tbs with k and append Certificate or CertificationRequest:
+ * SEQUENCE { tbs, ecdsa-with-SHA256, BIT STRING signature }. */
+static int
+der_signed(struct buf *b, struct buf *tbs, const struct ec_key *k)
+{
+	unsigned char sig[80 + 1];
+	size_t sn = ec_sign(k, tbs->p, tbs->len, 1, sig + 1);
+	struct buf alg = { 0 };
+
+	if (sn == 0)
+		return -1;
+	sig[0] = 0;  /* no unused bits */
+	buf_add(&alg, oid_ecdsa_sha256, sizeof(oid_ecdsa_sha256));
+	der_wrap(tbs, 0x30, &alg);
+	der_put(tbs, 0x03, sig, sn + 1);
+	der_wrap(b, 0x30, tbs);
+	buf_free(&alg);
+	return 0;
+}
+
+/* A CSR for name (RFC 2986), its key k, asking for a subjectAltName. */
+static int
+csr_der(struct buf *out, const char *name, const struct ec_key *k)
+{
+	struct buf cri = { 0 }, in = { 0 }, exts = { 0 }, attr = { 0 }, set = { 0 }, tbs = { 0 };
+	int r;
+
+	der_put(&in, 0x02, "\0", 1);  /* version 0 */
+	der_name(&in, name);
+	der_spki(&in, k);
+	der_san(&exts, name);
+	der_wrap(&set, 0x30, &exts);                  /* Extensions */
+	buf_add(&attr, oid_extension_request, sizeof(oid_extension_request));
+	der_wrap(&attr, 0x31, &set);                  /* SET { Extensions } */
+	der_wrap(&set, 0x30, &attr);                  /* Attribute */
+	der_wrap(&in, 0xa0, &set);                    /* [0] attributes */
+	der_wrap(&tbs, 0x30, &in);
+	r = der_signed(out, &tbs, k);
+	buf_free(&cri);
+	buf_free(&in);
+	buf_free(&exts);
+	buf_free(&attr);
+	buf_free(&set);
+	buf_free(&tbs);
+	return r;
+}
+
+/* UTCTime of t. */
+static void
+der_utc_time(struct buf *b, time_t t)
+{
+	struct tm tm;
+	char s[16];
+
+	gmtime_r(&t, &tm);
+	strftime(s, sizeof(s), "%y%m%d%H%M%SZ", &tm);
+	der_put(b, 0x17, s, 13);
+}
+
+/* The tls-alpn-01 certificate (RFC 8737, 3): self-signed by k, for name,
+ * with the critical acmeIdentifier extension holding SHA-256 of the key
+ * authorization. */
+static int
+alpn_cert_der(struct buf *out, const char *name, const char *key_auth, const struct ec_key *k)
+{
+	struct buf in = { 0 }, v = { 0 }, exts = { 0 }, e = { 0 }, oct = { 0 }, tbs = { 0 };
+	unsigned char serial[16], h[32];
+	struct digest d;
+	time_t now = time(NULL);
+	int r;
+
+	der_put(&v, 0x02, "\2", 1);
+	der_wrap(&in, 0xa0, &v);                      /* [0] version 3 */
+	entropy(serial, sizeof(serial));
+	serial[0] &= 0x7f;                            /* positive */
+	serial[0] |= 0x40;                            /* and minimal */
+	der_put(&in, 0x02, serial, sizeof(serial));
+	buf_add(&v, oid_ecdsa_sha256, sizeof(oid_ecdsa_sha256));
+	der_wrap(&in, 0x30, &v);
+	der_name(&in, name);                          /* issuer */
+	der_utc_time(&v, now - 86400);
+	der_utc_time(&v, now + 7 * 86400);
+	der_wrap(&in, 0x30, &v);                      /* validity */
+	der_name(&in, name);                          /* subject */
+	der_spki(&in, k);
+	der_san(&exts, name);
+	sha256_init(&d);
+	digest_update(&d, key_auth, strlen(key_auth));
+	digest_final(&d, h);
+	der_put(&oct, 0x04, h, sizeof(h));            /* Authorization ::= OCTET STRING */
+	buf_add(&e, oid_acme_identifier, sizeof(oid_acme_identifier));
+	der_put(&e, 0x01, "\xff", 1);                 /* critical */
+	der_wrap(&e, 0x04, &oct);
+	der_wrap(&exts, 0x30, &e);
+	der_wrap(&v, 0x30, &exts);
+	der_wrap(&in, 0xa3, &v);                      /* [3] extensions */
+	der_wrap(&tbs, 0x30, &in);
+	r = der_signed(out, &tbs, k);
+	buf_free(&in);
+	buf_free(&v);
+	buf_free(&exts);
+	buf_free(&e);
+	buf_free(&oct);
+	buf_free(&tbs);
+	return r;
+}
+
+/* Does the DER certificate name dns (a dNSName in its subjectAltName)? */
+static int
+cert_names(const unsigned char *der, size_t n, const char *dns)
+{
+	const unsigned char *p = der, *end = der + n, *v;
+	size_t len;
+	unsigned tag;
+	int i;
+
+	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		return 0;
+	p = v;
+	end = v + len;
+	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		return 0;
+	p = v;
+	end = v + len;
+	/* version, serial, signature, issuer, validity, subject, key: then
+	 * the optional unique ids and [3] extensions. */
+	for (i = 0; p < end && der_next(&p, end, &tag, &v, &len) == 0;) {
+		if (tag != 0xa3)
+			continue;
+		p = v;
+		end = v + len;
+		if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+			return 0;
+		p = v;
+		end = v + len;
+		while (p < end && der_next(&p, end, &tag, &v, &len) == 0) {
+			const unsigned char *q = v, *qe = v + len, *ov, *gv;
+			size_t ol, gl;
+			unsigned t;
+
+			if (der_next(&q, qe, &t, &ov, &ol) < 0 || t != 0x06 || ol != 3 || memcmp(ov, "\x55\x1d\x11", 3))
+				continue;
+			if (der_next(&q, qe, &t, &ov, &ol) == 0 && t == 0x01 && der_next(&q, qe, &t, &ov, &ol) < 0)
+				return 0;
+			if (t != 0x04)
+				return 0;
+			q = ov;
+			qe = ov + ol;
+			if (der_next(&q, qe, &t, &gv, &gl) < 0 || t != 0x30)
+				return 0;
+			q = gv;
+			qe = gv + gl;
+			while (q < qe && der_next(&q, qe, &t, &gv, &gl) == 0)
+				if (t == 0x82 && gl == strlen(dns) && strncasecmp((const char *)gv, dns, gl) == 0)
+					i = 1;
+			return i;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+/* ---- JWS (RFC 7515) with ES256, and the JWK thumbprint (RFC 7638) ---- */
+
+/* base64url without padding, appended to b. */
+static void
+b64url(struct buf *b, const void *p, size_t n)
+{
+	char *t = xmalloc(4 * ((n + 2) / 3) + 1);
+	size_t k, m = base64_encode(p, n, t);
+
+	for (k = 0; k < m && t[k] != '='; k++)
+		buf_addc(b, t[k] == '+' ? '-' : t[k] == '/' ? '_' : t[k]);
+	free(t);
+}
+
+/* {"crv":"P-256","kty":"EC","x":"...","y":"..."}: the members in the
+ * order RFC 7638 hashes them. */
+static void
+jwk(struct buf *b, const struct ec_key *k)
+{
+	buf_adds(b, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"");
+	b64url(b, k->pk.q + 1, 32);
+	buf_adds(b, "\",\"y\":\"");
+	b64url(b, k->pk.q + 33, 32);
+	buf_adds(b, "\"}");
+}
+
+/* The state of our side of the CA. */
+struct acme {
+	struct trust trust;
+	char new_nonce[ACME_URL_MAX], new_account[ACME_URL_MAX], new_order[ACME_URL_MAX];
+	char renewal_info[ACME_URL_MAX];
+	char kid[ACME_URL_MAX];      /* the account's URL */
+	char nonce[256];
+	struct ec_key account;
+	char thumbprint[48];
+	long retry_after;            /* the last answer's Retry-After, in seconds (or -1) */
+	char location[ACME_URL_MAX]; /* the last answer's Location */
+};
+
+/* ---- files in --state-dir ---- */
+
+/* Write path atomically (a temporary file, fsynced, renamed), mode 0600. */
+static int
+state_write(const char *path, const void *p, size_t n)
+{
+	char tmp[PATH_MAX];
+	int fd;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	if (write_all(fd, p, n) < 0 || fsync(fd) < 0) {
+		close(fd);
+		unlink(tmp);
+		return -1;
+	}
+	close(fd);
+	return rename(tmp, path);
+}
+
+static int
+state_read(const char *path, struct buf *b)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int r;
+
+	if (fd < 0)
+		return -1;
+	r = read_all(fd, b);
+	close(fd);
+	return r;
+}
+
+/* ---- requests to the CA ---- */
+
+/* A field of the answer, copied into out (empty when absent). */
+static void
+answer_copy(const struct answer *a, const char *name, char *out, size_t on)
+{
+	size_t len = 0;
+	const char *v = answer_field(a, name, &len);
+
+	snprintf(out, on, "%.*s", v != NULL && len < on ? (int)len : 0, v != NULL ? v : "");
+}
+
+/* One HTTPS exchange with the CA: GET (body NULL) or a JOSE POST. 0 with
+ * the answer in ans, or -1 with why. */
+static int
+acme_exchange(struct acme *a, const char *url, const struct buf *body, const char *accept, struct answer *ans,
+    char *why, size_t wn)
+{
+	struct url u;
+	struct client cl;
+	struct buf req = { 0 };
+	char num[64], ra[64];
+	int r;
+
+	if (url_parse(url, &u) < 0 || !u.https) {
+		snprintf(why, wn, "the CA gave a URL that is not https: %.200s", url);
+		return -1;
+	}
+	buf_adds(&req, body != NULL ? "POST " : "GET ");
+	buf_adds(&req, u.target);
+	buf_adds(&req, " HTTP/1.1\r\nHost: ");
+	buf_adds(&req, u.host);
+	if (u.port[0] != '\0' && strcmp(u.port, "443") != 0) {
+		buf_addc(&req, ':');
+		buf_adds(&req, u.port);
+	}
+	buf_adds(&req, "\r\nUser-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: ");
+	buf_adds(&req, accept);
+	buf_adds(&req, "\r\nConnection: close\r\n");
+	if (body != NULL) {
+		snprintf(num, sizeof(num), "Content-Type: application/jose+json\r\nContent-Length: %zu\r\n", body->len);
+		buf_adds(&req, num);
+	}
+	buf_adds(&req, "\r\n");
+	if (body != NULL)
+		buf_add(&req, body->p, body->len);
+	r = client_connect(&cl, u.host, u.port[0] ? u.port : "443", u.host, &a->trust, 0);
+	if (r == 0)
+		r = client_exchange(&cl, req.p, req.len, ans);
+	if (r < 0)
+		snprintf(why, wn, "%s: %.300s", u.host, cl.why);
+	client_close(&cl);
+	buf_free(&req);
+	if (r < 0)
+		return -1;
+	/* Every answer's Replay-Nonce is good for the next request. */
+	answer_copy(ans, "replay-nonce", a->nonce, sizeof(a->nonce));
+	if (strspn(a->nonce, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != strlen(a->nonce))
+		a->nonce[0] = '\0';
+	answer_copy(ans, "location", a->location, sizeof(a->location));
+	answer_copy(ans, "retry-after", ra, sizeof(ra));
+	a->retry_after = -1;
+	if (ra[0] != '\0' && strspn(ra, "0123456789") == strlen(ra)) {
+		a->retry_after = strtol(ra, NULL, 10);
+	} else if (ra[0] != '\0') {
+		struct tm tm;
+
+		memset(&tm, 0, sizeof(tm));
+		if (strptime(ra, "%a, %d %b %Y %H:%M:%S GMT", &tm) != NULL)
+			a->retry_after = (long)(timegm(&tm) - time(NULL));
+	}
+	if (a->retry_after > 86400)
+		a->retry_after = 86400;
+	return 0;
+}
+
+/* An ACME problem document (RFC 8555, 6.7) in one line, escaped: its
+ * type, detail and subproblems. */
+static void
+acme_problem(const struct answer *ans, char *why, size_t wn)
+{
+	struct buf line = { 0 }, v = { 0 }, subs = { 0 }, el = { 0 };
+	size_t at = 0;
+	char num[32];
+
+	snprintf(num, sizeof(num), "%d", ans->status);
+	buf_adds(&line, num);
+	if (json_member_string(ans->body.p, ans->body.len, "type", &v) == 0) {
+		buf_addc(&line, ' ');
+		log_escape(&line, v.p, v.len < 100 ? v.len : 100);
+	}
+	v.len = 0;
+	if (json_member_string(ans->body.p, ans->body.len, "detail", &v) == 0) {
+		buf_adds(&line, ": ");
+		log_escape(&line, v.p, v.len < 300 ? v.len : 300);
+	}
+	if (json_member(ans->body.p, ans->body.len, "subproblems", &subs) == 0) {
+		buf_addc(&subs, '\0');
+		while (json_array_next(subs.p, &at, &el)) {
+			v.len = 0;
+			if (json_member_string(el.p, el.len, "detail", &v) == 0) {
+				buf_adds(&line, "; ");
+				log_escape(&line, v.p, v.len < 200 ? v.len : 200);
+			}
+			el.len = 0;
+		}
+	}
+	buf_addc(&line, '\0');
+	snprintf(why, wn, "%s", line.p);
+	buf_free(&line);
+	buf_free(&v);
+	buf_free(&subs);
+	buf_free(&el);
+}
+
+/* Is the answer the problem of this type (urn:ietf:params:acme:error:...)? */
+static int
+acme_is_problem(const struct answer *ans, const char *type)
+{
+	struct buf v = { 0 };
+	char want[96];
+	int is;
+
+	snprintf(want, sizeof(want), "urn:ietf:params:acme:error:%s", type);
+	is = ans->status >= 400 && json_member_string(ans->body.p, ans->body.len, "type", &v) == 0 &&
+	    v.len == strlen(want) && memcmp(v.p, want, v.len) == 0;
+	buf_free(&v);
+	return is;
+}
+
+/* A JWS POST to url (payload NULL: POST-as-GET), signed with the account
+ * key, as jwk until the account has its URL and as kid after. A badNonce
+ * is tried again with the fresh nonce that came with it. 0 with a 2xx
+ * answer, or -1 with why (and the answer, when there was one). */
+static int
+acme_post(struct acme *a, const char *url, const char *payload, const char *accept, struct answer *ans,
+    char *why, size_t wn)
+{
+	int tries;
+
+	memset(ans, 0, sizeof(*ans));
+	for (tries = 0; tries < ACME_NONCE_RETRIES; tries++) {
+		struct buf prot = { 0 }, body = { 0 }, input = { 0 };
+		unsigned char sig[64];
+
+		if (a->nonce[0] == '\0') {
+			answer_free(ans);
+			if (acme_exchange(a, a->new_nonce, NULL, "*/*", ans, why, wn) < 0)
+				return -1;
+			if (a->nonce[0] == '\0') {
+				snprintf(why, wn, "the CA's newNonce gave no Replay-Nonce (%d)", ans->status);
+				return -1;
+			}
+		}
+		buf_adds(&prot, "{\"alg\":\"ES256\",");
+		if (a->kid[0] != '\0') {
+			buf_adds(&prot, "\"kid\":\"");
+			json_escape(&prot, a->kid, strlen(a->kid));
+			buf_adds(&prot, "\",");
+		} else {
+			buf_adds(&prot, "\"jwk\":");
+			jwk(&prot, &a->account);
+			buf_addc(&prot, ',');
+		}
+		buf_adds(&prot, "\"nonce\":\"");
+		buf_adds(&prot, a->nonce);
+		buf_adds(&prot, "\",\"url\":\"");
+		json_escape(&prot, url, strlen(url));
+		buf_adds(&prot, "\"}");
+		a->nonce[0] = '\0';  /* used */
+		b64url(&input, prot.p, prot.len);
+		buf_addc(&input, '.');
+		if (payload != NULL)
+			b64url(&input, payload, strlen(payload));
+		buf_adds(&body, "{\"protected\":\"");
+		buf_add(&body, input.p, (size_t)(strchr(input.p, '.') - input.p));
+		buf_adds(&body, "\",\"payload\":\"");
+		buf_add(&body, strchr(input.p, '.') + 1, input.len - (size_t)(strchr(input.p, '.') - input.p) - 1);
+		buf_adds(&body, "\",\"signature\":\"");
+		if (ec_sign(&a->account, input.p, input.len, 0, sig) != 64) {
+			snprintf(why, wn, "cannot sign with the account key");
+			buf_free(&prot);
+			buf_free(&body);
+			buf_free(&input);
+			return -1;
+		}
+		b64url(&body, sig, sizeof(sig));
+		buf_adds(&body, "\"}");
+		answer_free(ans);
+		memset(ans, 0, sizeof(*ans));
+		if (acme_exchange(a, url, &body, accept, ans, why, wn) < 0) {
+			buf_free(&prot);
+			buf_free(&body);
+			buf_free(&input);
+			return -1;
+		}
+		buf_free(&prot);
+		buf_free(&body);
+		buf_free(&input);
+		if (ans->status >= 200 && ans->status <= 299)
+			return 0;
+		if (!acme_is_problem(ans, "badNonce"))
+			break;
+	}
+	acme_problem(ans, why, wn);
+	return -1;
+}
+
+/* A string member of a JSON answer, into out. 0, or -1. */
+static int
+acme_member(const struct answer *ans, const char *name, char *out, size_t on)
+{
+	struct buf v = { 0 };
+	int r = json_member_string(ans->body.p, ans->body.len, name, &v);
+
+	if (r == 0 && v.len < on && memchr(v.p, '\0', v.len) == NULL)
+		snprintf(out, on, "%.*s", (int)v.len, v.p);
+	else
+		r = -1;
+	buf_free(&v);
+	return r;
+}
+
+/* The directory, and the account (made or found by its key). */
+static int
+acme_account(struct acme *a, char *why, size_t wn)
+{
+	struct answer ans;
+	struct buf payload = { 0 };
+	int r;
+
+	memset(&ans, 0, sizeof(ans));
+	if (acme_exchange(a, acme_server, NULL, "application/json", &ans, why, wn) < 0)
+		return -1;
+	if (ans.status != 200 || acme_member(&ans, "newNonce", a->new_nonce, sizeof(a->new_nonce)) < 0 ||
+	    acme_member(&ans, "newAccount", a->new_account, sizeof(a->new_account)) < 0 ||
+	    acme_member(&ans, "newOrder", a->new_order, sizeof(a->new_order)) < 0) {
+		snprintf(why, wn, "%s answered %d without an ACME directory", acme_server, ans.status);
+		answer_free(&ans);
+		return -1;
+	}
+	if (acme_member(&ans, "renewalInfo", a->renewal_info, sizeof(a->renewal_info)) < 0)
+		a->renewal_info[0] = '\0';
+	answer_free(&ans);
+	if (a->kid[0] != '\0')
+		return 0;
+	buf_adds(&payload, "{\"termsOfServiceAgreed\":true");
+	if (acme_email != NULL) {
+		buf_adds(&payload, ",\"contact\":[\"mailto:");
+		json_escape(&payload, acme_email, strlen(acme_email));
+		buf_adds(&payload, "\"]");
+	}
+	buf_adds(&payload, "}");
+	buf_addc(&payload, '\0');
+	r = acme_post(a, a->new_account, payload.p, "application/json", &ans, why, wn);
+	buf_free(&payload);
+	if (r == 0) {
+		snprintf(a->kid, sizeof(a->kid), "%s", a->location);
+		if (a->kid[0] == '\0') {
+			snprintf(why, wn, "the CA made the account but gave no Location for it");
+			r = -1;
+		}
+	} else {
+		char detail[600];
+
+		snprintf(detail, sizeof(detail), "%.599s", why);
+		snprintf(why, wn, "the CA refused the account: %s", detail);
+	}
+	answer_free(&ans);
+	return r;
+}
+
+/* Wait, as the CA asks, before polling again; stop early on shutdown. */
+static int acme_sleep(long seconds);
+
+/* POST-as-GET url until its status is no longer pending or processing:
+ * 0 with the final answer, or -1 with why. */
+static int
+acme_poll(struct acme *a, const char *url, const char *what, struct answer *ans, char *status, size_t sn,
+    char *why, size_t wn)
+{
+	time_t give_up = time(NULL) + ACME_POLL_LIMIT_S;
+
+	for (;;) {
+		if (acme_post(a, url, NULL, "application/json", ans, why, wn) < 0)
+			return -1;
+		if (acme_member(ans, "status", status, sn) < 0) {
+			snprintf(why, wn, "the %s has no status", what);
+			return -1;
+		}
+		if (strcmp(status, "pending") != 0 && strcmp(status, "processing") != 0)
+			return 0;
+		if (time(NULL) > give_up) {
+			snprintf(why, wn, "the %s was still %s after %d s", what, status, ACME_POLL_LIMIT_S);
+			return -1;
+		}
+		if (acme_sleep(a->retry_after > 0 ? a->retry_after : 1) < 0) {
+			snprintf(why, wn, "stopping");
+			return -1;
+		}
+		answer_free(ans);
+	}
+}
+
+/* Answer one authorization's challenge, and wait for its verdict. */
+static int
+acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
+{
+	const char *want = acme_http_spec != NULL ? "http-01" : "tls-alpn-01";
+	struct answer ans;
+	struct buf list = { 0 }, el = { 0 }, ka = { 0 };
+	char status[32], type[32], url[ACME_URL_MAX], token[128];
+	size_t at = 0;
+	int found = 0, r = -1;
+
+	if (acme_post(a, authz_url, NULL, "application/json", &ans, why, wn) < 0)
+		goto out;
+	if (acme_member(&ans, "status", status, sizeof(status)) == 0 && strcmp(status, "valid") == 0) {
+		r = 0;  /* validated before, and still good */
+		goto out;
+	}
+	if (json_member(ans.body.p, ans.body.len, "challenges", &list) < 0) {
+		snprintf(why, wn, "the authorization lists no challenges");
+		goto out;
+	}
+	buf_addc(&list, '\0');
+	while (!found && json_array_next(list.p, &at, &el)) {
+		struct buf v = { 0 };
+
+		if (json_member_string(el.p, el.len, "type", &v) == 0 && v.len == strlen(want) &&
+		    memcmp(v.p, want, v.len) == 0) {
+			struct answer fake;
+
+			memset(&fake, 0, sizeof(fake));
+			fake.body = el;
+			found = acme_member(&fake, "url", url, sizeof(url)) == 0 &&
+			    acme_member(&fake, "token", token, sizeof(token)) == 0 &&
+			    strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") ==
+			    strlen(token) && token[0] != '\0';
+		}
+		buf_free(&v);
+		el.len = 0;
+	}
+	(void)type;
+	if (!found) {
+		snprintf(why, wn, "the CA offers no %s challenge for %s", want, acme_domain);
+		goto out;
+	}
+	buf_adds(&ka, token);
+	buf_addc(&ka, '.');
+	buf_adds(&ka, a->thumbprint);
+	buf_addc(&ka, '\0');
+	if (acme_http_spec != NULL) {
+		pthread_mutex_lock(&challenge.lock);
+		snprintf(challenge.token, sizeof(challenge.token), "%s", token);
+		snprintf(challenge.key_auth, sizeof(challenge.key_auth), "%s", ka.p);
+		pthread_mutex_unlock(&challenge.lock);
+	} else {
+		struct ec_key k;
+		struct buf der = { 0 }, cert_pem = { 0 }, key_pem = { 0 };
+		struct identity *id = NULL;
+		char err[300];
+		size_t pn;
+
+		if (ec_key_generate(&k) == 0 && alpn_cert_der(&der, acme_domain, ka.p, &k) == 0) {
+			pn = br_pem_encode(NULL, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
+			buf_reserve(&cert_pem, pn + 1);
+			br_pem_encode(cert_pem.p, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
+			cert_pem.len = pn;
+			ec_key_pem(&k, &key_pem);
+			id = identity_parse("the tls-alpn-01 certificate", &cert_pem, "its key", &key_pem, err,
+			    sizeof(err));
+		}
+		explicit_bzero(&k, sizeof(k));
+		if (key_pem.p != NULL)
+			explicit_bzero(key_pem.p, key_pem.cap);
+		buf_free(&der);
+		buf_free(&cert_pem);
+		buf_free(&key_pem);
+		if (id == NULL) {
+			snprintf(why, wn, "cannot make the tls-alpn-01 certificate");
+			goto out;
+		}
+		challenge_set_alpn(id);
+	}
+	/* Ready: tell the CA, then wait for its verdict. */
+	answer_free(&ans);
+	if (acme_post(a, url, "{}", "application/json", &ans, why, wn) < 0)
+		goto out;
+	answer_free(&ans);
+	if (acme_poll(a, authz_url, "authorization", &ans, status, sizeof(status), why, wn) < 0)
+		goto out;
+	if (strcmp(status, "valid") != 0) {
+		/* The failed challenge's error says why. */
+		char detail[600] = "";
+
+		at = 0;
+		list.len = 0;
+		if (json_member(ans.body.p, ans.body.len, "challenges", &list) == 0) {
+			buf_addc(&list, '\0');
+			while (json_array_next(list.p, &at, &el)) {
+				struct buf e = { 0 };
+
+				if (json_member(el.p, el.len, "error", &e) == 0) {
+					struct answer fake;
+
+					memset(&fake, 0, sizeof(fake));
+					fake.status = 400;
+					fake.body = e;
+					acme_problem(&fake, detail, sizeof(detail));
+				}
+				buf_free(&e);
+				el.len = 0;
+			}
+		}
+		snprintf(why, wn, "the CA found the %s challenge %s%s%s", want, status, detail[0] ? ": " : "",
+		    detail);
+		goto out;
+	}
+	r = 0;
+out:
+	pthread_mutex_lock(&challenge.lock);
+	challenge.token[0] = '\0';
+	pthread_mutex_unlock(&challenge.lock);
+	challenge_set_alpn(NULL);
+	answer_free(&ans);
+	buf_free(&list);
+	buf_free(&el);
+	buf_free(&ka);
+	return r;
+}
+
+/* The path of a file of the domain's in --state-dir. */
+static void
+state_path(char *out, size_t n, const char *file)
+{
+	snprintf(out, n, "%s/%s/%s", state_dir, acme_domain, file);
+}
+
+/* Order a certificate for the domain and install it: 0, or -1 with why. */
+static int
+acme_order(struct acme *a, char *why, size_t wn)
+{
+	struct answer ans;
+	struct buf payload = { 0 }, list = { 0 }, el = { 0 }, csr = { 0 }, key_pem = { 0 };
+	char order_url[ACME_URL_MAX], finalize[ACME_URL_MAX], cert_url[ACME_URL_MAX], status[32], path[PATH_MAX];
+	struct ec_key k;
+	struct identity *id;
+	size_t at = 0;
+	int r = -1;
+
+	memset(&ans, 0, sizeof(ans));
+	memset(&k, 0, sizeof(k));
+	if (acme_account(a, why, wn) < 0)
+		goto out;
+	buf_adds(&payload, "{\"identifiers\":[{\"type\":\"dns\",\"value\":\"");
+	json_escape(&payload, acme_domain, strlen(acme_domain));
+	buf_adds(&payload, "\"}]}");
+	buf_addc(&payload, '\0');
+	if (acme_post(a, a->new_order, payload.p, "application/json", &ans, why, wn) < 0)
+		goto out;
+	snprintf(order_url, sizeof(order_url), "%s", a->location);
+	if (order_url[0] == '\0' || acme_member(&ans, "finalize", finalize, sizeof(finalize)) < 0 ||
+	    json_member(ans.body.p, ans.body.len, "authorizations", &list) < 0) {
+		snprintf(why, wn, "the CA's order has no URL, finalize or authorizations");
+		goto out;
+	}
+	warn("ACME: ordering a certificate for %s from %s", acme_domain, acme_server);
+	buf_addc(&list, '\0');
+	while (json_array_next(list.p, &at, &el)) {
+		char authz[ACME_URL_MAX];
+
+		buf_addc(&el, '\0');
+		if (el.p[0] != '"' || el.len > sizeof(authz)) {
+			snprintf(why, wn, "the order's authorizations are not URLs");
+			goto out;
+		}
+		{
+			struct buf s = { 0 };
+
+			json_string_decode(el.p, 0, &s);
+			snprintf(authz, sizeof(authz), "%.*s", (int)s.len, s.p);
+			buf_free(&s);
+		}
+		if (acme_authorize(a, authz, why, wn) < 0)
+			goto out;
+		el.len = 0;
+	}
+	/* A fresh key for each certificate, and its CSR. */
+	if (ec_key_generate(&k) < 0 || csr_der(&csr, acme_domain, &k) < 0) {
+		snprintf(why, wn, "cannot make the certificate's key");
+		goto out;
+	}
+	payload.len = 0;
+	buf_adds(&payload, "{\"csr\":\"");
+	b64url(&payload, csr.p, csr.len);
+	buf_adds(&payload, "\"}");
+	buf_addc(&payload, '\0');
+	answer_free(&ans);
+	if (acme_post(a, finalize, payload.p, "application/json", &ans, why, wn) < 0)
+		goto out;
+	answer_free(&ans);
+	if (acme_poll(a, order_url, "order", &ans, status, sizeof(status), why, wn) < 0)
+		goto out;
+	if (strcmp(status, "valid") != 0 || acme_member(&ans, "certificate", cert_url, sizeof(cert_url)) < 0) {
+		snprintf(why, wn, "the order ended %s, without a certificate", status);
+		goto out;
+	}
+	answer_free(&ans);
+	if (acme_post(a, cert_url, NULL, "application/pem-certificate-chain", &ans, why, wn) < 0)
+		goto out;
+	ec_key_pem(&k, &key_pem);
+	{
+		char err[600];
+
+		id = identity_parse("the CA's certificate", &ans.body, "its new key", &key_pem, err, sizeof(err));
+		if (id == NULL) {
+			snprintf(why, wn, "the CA's certificate cannot be served: %s", err);
+			goto out;
+		}
+	}
+	state_path(path, sizeof(path), "privkey.pem");
+	if (state_write(path, key_pem.p, key_pem.len) < 0) {
+		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
+		identity_release(id);
+		goto out;
+	}
+	state_path(path, sizeof(path), "fullchain.pem");
+	if (state_write(path, ans.body.p, ans.body.len) < 0) {
+		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
+		identity_release(id);
+		goto out;
+	}
+	identity_install(id, "ACME: now serving ");
+	r = 0;
+out:
+	explicit_bzero(&k, sizeof(k));
+	if (key_pem.p != NULL)
+		explicit_bzero(key_pem.p, key_pem.cap);
+	answer_free(&ans);
+	buf_free(&payload);
+	buf_free(&list);
+	buf_free(&el);
+	buf_free(&csr);
+	buf_free(&key_pem);
+	return r;
+}
+
+/* ---- the thread ---- */
+
+static pthread_mutex_t acme_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t acme_wake;
+/* A stored certificate, valid but due for renewal at start: served only
+ * if ordering its successor fails. */
+static struct identity *acme_fallback;
+
+static int
+acme_sleep(long seconds)
+{
+	struct timespec until = deadline_ts(now_ms() + (int64_t)seconds * 1000);
+
+	pthread_mutex_lock(&acme_lock);
+	while (!is_stopping() && pthread_cond_timedwait(&acme_wake, &acme_lock, &until) != ETIMEDOUT)
+		;
+	pthread_mutex_unlock(&acme_lock);
+	return is_stopping() ? -1 : 0;
+}
+
+/* When the certificate in id should be renewed: when a third of its
+ * lifetime is left, or half for one under 10 days (Let's Encrypt's
+ * short-lived certificates). */
+static time_t
+renew_at(const struct identity *id)
+{
+	time_t life = id->leaf.not_after - id->leaf.not_before;
+
+	return id->leaf.not_after - (life < 10 * 86400 ? life / 2 : life / 3);
+}
+
+/* The stored certificate, if it is for the domain and still valid. */
+static struct identity *
+acme_stored(void)
+{
+	char cert[PATH_MAX], key[PATH_MAX], err[600];
+	struct identity *id;
+
+	state_path(cert, sizeof(cert), "fullchain.pem");
+	state_path(key, sizeof(key), "privkey.pem");
+	if (access(cert, F_OK) < 0)
+		return NULL;
+	id = identity_load(cert, key, err, sizeof(err));
+	if (id == NULL) {
+		warn("ACME: the stored certificate cannot serve (%s); ordering another", err);
+		return NULL;
+	}
+	if (!cert_names(id->chain[0].data, id->chain[0].data_len, acme_domain)) {
+		warn("ACME: the stored certificate %s is not for %s; ordering another", cert, acme_domain);
+		identity_release(id);
+		return NULL;
+	}
+	if (id->leaf.not_after <= time(NULL)) {
+		warn("ACME: the stored certificate expired; ordering another");
+		identity_release(id);
+		return NULL;
+	}
+	return id;
+}
+
+static void *
+acme_thread(void *arg)
+{
+	struct acme *a = arg;
+	long backoff = ACME_BACKOFF_MIN_S;
+
+	for (;;) {
+		char why[1200];
+		time_t now = time(NULL), when;
+		struct identity *id;
+
+		pthread_mutex_lock(&identity_lock);
+		id = current_identity;
+		when = id != NULL ? renew_at(id) : now;
+		pthread_mutex_unlock(&identity_lock);
+		if (when > now) {
+			char date[32];
+
+			format_date(when, date, sizeof(date));
+			warn("ACME: next renewal %s", date);
+			/* In steps, so that a clock that jumps is noticed. */
+			while (time(NULL) < when)
+				if (acme_sleep(when - time(NULL) > 3600 ? 3600 : when - time(NULL)) < 0)
+					return NULL;
+			continue;
+		}
+		if (acme_order(a, why, sizeof(why)) == 0) {
+			backoff = ACME_BACKOFF_MIN_S;
+			continue;
+		}
+		if (is_stopping())
+			return NULL;
+		{
+			long wait = a->retry_after > backoff ? a->retry_after : backoff;
+
+			pthread_mutex_lock(&identity_lock);
+			id = current_identity;
+			pthread_mutex_unlock(&identity_lock);
+			if (id == NULL && acme_fallback != NULL) {
+				/* The stored certificate, valid but due for renewal,
+				 * serves until an order succeeds. */
+				identity_install(acme_fallback, "ACME: meanwhile serving the stored ");
+				acme_fallback = NULL;
+			}
+			warn("ACME: %s; %s, trying again in %ld s", why,
+			    current_identity != NULL ? "still serving the current certificate" :
+			    "no certificate to serve HTTPS with yet", wait);
+			if (acme_sleep(wait) < 0)
+				return NULL;
+			backoff = backoff * 2 > ACME_BACKOFF_MAX_S ? ACME_BACKOFF_MAX_S : backoff * 2;
+		}
+	}
+}
+
+/* A name a CA can issue for: letters, digits and hyphens in dot-separated
+ * labels, at least two of them; no wildcard, no address. */
+static int
+acme_domain_ok(const char *d)
+{
+	size_t i, label = 0, labels = 1;
+
+	if (strlen(d) > 253 || d[0] == '\0')
+		return 0;
+	for (i = 0; d[i] != '\0'; i++) {
+		if (d[i] == '.') {
+			if (label == 0 || d[i - 1] == '-')
+				return 0;
+			label = 0;
+			labels++;
+		} else if (isalnum((unsigned char)d[i]) || (d[i] == '-' && label > 0)) {
+			if (++label > 63)
+				return 0;
+		} else {
+			return 0;
+		}
+	}
+	return label > 0 && labels >= 2 && !isdigit((unsigned char)d[i - 1]) && d[i - 1] != '-';
+}
+
+/* At start, as root: the state directory (0700, the --user's), and what
+ * is served first. A stored certificate for the domain outside its
+ * renewal window serves at once; one inside it only if ordering another
+ * fails; with none, HTTPS waits for the first order (the tls-alpn-01
+ * answer works meanwhile). */
+static void
+acme_prepare(const struct passwd *owner)
+{
+	char dir[PATH_MAX];
+	struct identity *id;
+	int i;
+
+	if (!acme_domain_ok(acme_domain))
+		die("bad --acme '%s': expected a DNS name such as hooks.example.com (no wildcard, no address)",
+		    acme_domain);
+	for (i = 0; i < 2; i++) {
+		struct stat st;
+
+		if (i == 0)
+			snprintf(dir, sizeof(dir), "%s", state_dir);
+		else
+			snprintf(dir, sizeof(dir), "%s/%s", state_dir, acme_domain);
+		if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+			die("cannot make --state-dir %s:", dir);
+		if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+			die("--state-dir %s is not a directory", dir);
+		if (chmod(dir, 0700) < 0)
+			die("cannot make %s private (chmod 0700):", dir);
+		if (owner != NULL && chown(dir, owner->pw_uid, owner->pw_gid) < 0)
+			die("cannot give %s to --user %s:", dir, owner->pw_name);
+	}
+	if (owner != NULL) {
+		/* What an earlier run as root left there, the user's too. */
+		static const char *const files[] = { "account.key", NULL };
+		char path[PATH_MAX];
+
+		for (i = 0; files[i] != NULL; i++) {
+			snprintf(path, sizeof(path), "%s/%s", state_dir, files[i]);
+			if (chown(path, owner->pw_uid, owner->pw_gid) < 0 && errno != ENOENT)
+				die("cannot give %s to --user %s:", path, owner->pw_name);
+		}
+		state_path(path, sizeof(path), "fullchain.pem");
+		if (chown(path, owner->pw_uid, owner->pw_gid) < 0 && errno != ENOENT)
+			die("cannot give %s to --user %s:", path, owner->pw_name);
+		state_path(path, sizeof(path), "privkey.pem");
+		if (chown(path, owner->pw_uid, owner->pw_gid) < 0 && errno != ENOENT)
+			die("cannot give %s to --user %s:", path, owner->pw_name);
+	}
+	id = acme_stored();
+	if (id != NULL && renew_at(id) > time(NULL)) {
+		current_identity = id;
+		identity_describe(id, "ACME: stored ");
+	} else if (id != NULL) {
+		acme_fallback = id;
+		warn("ACME: the stored certificate is due for renewal; ordering its successor first");
+	} else {
+		warn("ACME: no certificate for %s yet: HTTPS waits for the first order", acme_domain);
+	}
+}
+
+/* After the privilege drop: the CA's roots, the account key (made once,
+ * kept in --state-dir), and the thread. */
+static void
+acme_start(void)
+{
+	static struct acme a;
+	char path[PATH_MAX];
+	struct buf text = { 0 }, j = { 0 };
+	struct digest d;
+	unsigned char h[32];
+	const char *roots = acme_cacert != NULL ? acme_cacert : "/etc/ssl/certs/ca-certificates.crt";
+	pthread_t t;
+
+	if (trust_load(roots, &a.trust) < 0 || a.trust.n == 0)
+		die("--acme: cannot load trusted certificates from %s%s", roots,
+		    acme_cacert != NULL ? "" : " (install ca-certificates, or give --acme-cacert)");
+	snprintf(path, sizeof(path), "%s/account.key", state_dir);
+	if (state_read(path, &text) == 0) {
+		if (ec_key_parse(text.p, text.len, &a.account) < 0)
+			die("--acme: %s is not a P-256 key; move it away to make a new account", path);
+	} else if (errno != ENOENT) {
+		die("--acme: cannot read %s:", path);
+	} else {
+		if (ec_key_generate(&a.account) < 0)
+			die("--acme: cannot make an account key");
+		ec_key_pem(&a.account, &text);
+		if (state_write(path, text.p, text.len) < 0)
+			die("--acme: cannot write %s:", path);
+	}
+	explicit_bzero(text.p, text.cap);
+	buf_free(&text);
+	jwk(&j, &a.account);
+	sha256_init(&d);
+	digest_update(&d, j.p, j.len);
+	digest_final(&d, h);
+	j.len = 0;
+	b64url(&j, h, sizeof(h));
+	snprintf(a.thumbprint, sizeof(a.thumbprint), "%.*s", (int)j.len, j.p);
+	buf_free(&j);
+	cond_init_monotonic(&acme_wake);
+	if (pthread_create(&t, &thread_attr, acme_thread, &a) != 0)
+		die("cannot start the ACME thread:");
+}
+
+/* Shutdown: the thread stops waiting. */
+static void
+acme_stop(void)
+{
+	pthread_mutex_lock(&acme_lock);
+	pthread_cond_broadcast(&acme_wake);
+	pthread_mutex_unlock(&acme_lock);
+}
+#endif /* XWEBHOOK_TLS */
+
 /* ------------------------------------------------------------------------
  * The command line.
  * ------------------------------------------------------------------------ */
@@ -8110,6 +9579,7 @@ parse_commandline(int argc, char **argv, const char *args[4])
 			quiet = 1;
 		} else if (OPT("-l", "--listen")) {
 			listen_spec = VALUE();
+			listen_given = 1;
 		} else if (OPT("-p", "--path")) {
 			const char *p = VALUE(), *k;
 
@@ -8162,6 +9632,26 @@ parse_commandline(int argc, char **argv, const char *args[4])
 #else
 			die("%s needs the TLS build of xwebhook (make TLS=1)", name);
 #endif
+		} else if (OPT("--acme", "--acme-server") || OPT("--acme-cacert", "--acme-email") ||
+		    OPT("--acme-http", "--state-dir")) {
+#ifdef XWEBHOOK_TLS
+			const char *v = VALUE();
+
+			if (strcmp(name, "--acme") == 0)
+				acme_domain = v;
+			else if (strcmp(name, "--acme-server") == 0)
+				acme_server = v;
+			else if (strcmp(name, "--acme-cacert") == 0)
+				acme_cacert = v;
+			else if (strcmp(name, "--acme-email") == 0)
+				acme_email = v;
+			else if (strcmp(name, "--acme-http") == 0)
+				acme_http_spec = v;
+			else
+				state_dir = v;
+#else
+			die("%s needs the TLS build of xwebhook (make TLS=1)", name);
+#endif
 		} else if (OPT("--connect", "--connect")) {
 			check_connect = VALUE();
 		} else if (OPT("--api", "--api")) {
@@ -8198,9 +9688,8 @@ run_server(void)
 	if (output_path != NULL)
 		strcat(sink_names, "+output");
 	for (i = 0; i < nforwards; i++) {
-		char why[400];
-
 		struct forward *f = &forwards[i];
+		char why[400];
 
 		if (forward_open(f, now_ms() + FORWARD_CONNECT_MS, why, sizeof(why)) < 0)
 			die("--forward %s: %s", f->shown, why);
@@ -8219,6 +9708,18 @@ run_server(void)
 	}
 	raise_fd_limit();
 #ifdef XWEBHOOK_TLS
+	if (acme_domain != NULL && (cert_path != NULL || key_path != NULL))
+		die("--acme gets and renews its own certificate: give it without --cert and --key");
+	if (acme_domain == NULL && (acme_http_spec != NULL || acme_email != NULL || acme_cacert != NULL ||
+	    strcmp(state_dir, "/var/lib/xwebhook") != 0 || strstr(acme_server, "letsencrypt") == NULL))
+		die("--acme-server, --acme-cacert, --acme-email, --acme-http and --state-dir go with --acme DOMAIN");
+	if (acme_domain != NULL) {
+		tls_suites_init();
+		session_cache_reset();
+		if (!listen_given)
+			listen_spec = "0.0.0.0:443";
+		acme_prepare(run_as != NULL ? run_as_user() : NULL);
+	}
 	if ((cert_path == NULL) != (key_path == NULL))
 		die("HTTPS needs both --cert FILE and --key FILE");
 	if (cert_path != NULL) {
@@ -8233,6 +9734,14 @@ run_server(void)
 	}
 #endif
 	lfd = listen_on(listen_spec, url, sizeof(url));
+#ifdef XWEBHOOK_TLS
+	if (acme_http_spec != NULL) {
+		char http[INET6_ADDRSTRLEN + 300];
+
+		acme_http_fd = listen_on(acme_http_spec, http, sizeof(http));
+		warn("ACME: answering http-01 on %s (everything else there redirects to https)", http);
+	}
+#endif
 	/* Bound and keys loaded: root is no longer needed. */
 	if (run_as != NULL)
 		drop_privileges(run_as);
