@@ -15,7 +15,8 @@
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
 #      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl,
 #      and X's side (tests/xapi.py): every subcommand against a stand-in
-#      for X's API (tests/x_standin.py) that runs real CRCs;
+#      for X's API (tests/x_standin.py) that runs real CRCs, and --acme
+#      against pebble (tests/acme.py);
 #   5. the static binaries (make static, with musl) in an empty root;
 #   6. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20);
 #   7. the README's two commands, exactly as written, in a fresh Debian 12
@@ -51,10 +52,12 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   run as written; strace: the order of write, fdatasync and the 200;
 #   cppcheck: the analyzer stage; musl-tools: the static binaries;
 #   redis-server, redis-tools and nats-server: --forward against real
-#   brokers; systemd: systemd-analyze verify on the README's unit;
-#   debootstrap: the README's two commands in a fresh Debian root.
+#   brokers; pebble: --acme against a real ACME server; systemd:
+#   systemd-analyze verify on the README's unit; debootstrap: the README's
+#   two commands in a fresh Debian root.
 needs="ca-certificates gcc clang libc6-dev make curl python3 libbearssl-dev openssl libclang-rt-14-dev
-	logrotate strace cppcheck musl-tools procps redis-server redis-tools nats-server systemd debootstrap"
+	logrotate strace cppcheck musl-tools procps redis-server redis-tools nats-server pebble systemd
+	debootstrap"
 missing=""
 if command -v dpkg-query >/dev/null; then
 	for p in $needs; do
@@ -230,6 +233,10 @@ if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
 		python3 tests/xapi.py tests/xwebhook-tls-asan "$fixtures" tests/xwebhook-asan 2>&1 |
 		    tee "$out/xapi.log" | grep -vE '^(ok |xapi: )'
 		count "$out/xapi.log" "X API tests"
+		# --acme against pebble, a real ACME server.
+		python3 tests/acme.py tests/xwebhook-tls-asan "$fixtures" tests/xwebhook-asan 2>&1 |
+		    tee "$out/acme.log" | grep -vE '^(ok |acme: )'
+		count "$out/acme.log" "ACME tests"
 	else
 		fail "the ASan+UBSan TLS server does not build"; cat "$out/tls-asan-build.log"
 	fi

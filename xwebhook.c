@@ -8215,7 +8215,7 @@ enum {
 	ACME_BACKOFF_MIN_S = 30,     /* after a failed attempt; doubling */
 	ACME_BACKOFF_MAX_S = 3600,
 	ACME_POLL_LIMIT_S = 180,     /* an authorization or order pending longer fails the attempt */
-	ACME_NONCE_RETRIES = 5,      /* badNonce: try again with the nonce that came with it */
+	ACME_NONCE_RETRIES = 10,     /* badNonce: try again with the nonce that came with it */
 	ACME_URL_MAX = 1024,
 };
 
@@ -8851,7 +8851,7 @@ acme_member(const struct answer *ans, const char *name, char *out, size_t on)
 	struct buf v = { 0 };
 	int r = json_member_string(ans->body.p, ans->body.len, name, &v);
 
-	if (r == 0 && v.len < on && memchr(v.p, '\0', v.len) == NULL)
+	if (r == 0 && v.len > 0 && v.len < on && memchr(v.p, '\0', v.len) == NULL)
 		snprintf(out, on, "%.*s", (int)v.len, v.p);
 	else
 		r = -1;
@@ -9328,9 +9328,12 @@ acme_domain_ok(const char *d)
  * renewal window serves at once; one inside it only if ordering another
  * fails; with none, HTTPS waits for the first order (the tls-alpn-01
  * answer works meanwhile). */
+static struct acme acme;
+
 static void
 acme_prepare(const struct passwd *owner)
 {
+	const char *roots = acme_cacert != NULL ? acme_cacert : "/etc/ssl/certs/ca-certificates.crt";
 	char dir[PATH_MAX];
 	struct identity *id;
 	int i;
@@ -9338,6 +9341,9 @@ acme_prepare(const struct passwd *owner)
 	if (!acme_domain_ok(acme_domain))
 		die("bad --acme '%s': expected a DNS name such as hooks.example.com (no wildcard, no address)",
 		    acme_domain);
+	if (trust_load(roots, &acme.trust) < 0 || acme.trust.n == 0)
+		die("--acme: cannot load trusted certificates from %s%s", roots,
+		    acme_cacert != NULL ? "" : " (install ca-certificates, or give --acme-cacert)");
 	for (i = 0; i < 2; i++) {
 		struct stat st;
 
@@ -9383,47 +9389,43 @@ acme_prepare(const struct passwd *owner)
 	}
 }
 
-/* After the privilege drop: the CA's roots, the account key (made once,
- * kept in --state-dir), and the thread. */
+/* After the privilege drop: the account key (made once, kept in
+ * --state-dir, so the user's), and the thread. */
 static void
 acme_start(void)
 {
-	static struct acme a;
+	struct acme *a = &acme;
 	char path[PATH_MAX];
 	struct buf text = { 0 }, j = { 0 };
 	struct digest d;
 	unsigned char h[32];
-	const char *roots = acme_cacert != NULL ? acme_cacert : "/etc/ssl/certs/ca-certificates.crt";
 	pthread_t t;
 
-	if (trust_load(roots, &a.trust) < 0 || a.trust.n == 0)
-		die("--acme: cannot load trusted certificates from %s%s", roots,
-		    acme_cacert != NULL ? "" : " (install ca-certificates, or give --acme-cacert)");
 	snprintf(path, sizeof(path), "%s/account.key", state_dir);
 	if (state_read(path, &text) == 0) {
-		if (ec_key_parse(text.p, text.len, &a.account) < 0)
+		if (ec_key_parse(text.p, text.len, &a->account) < 0)
 			die("--acme: %s is not a P-256 key; move it away to make a new account", path);
 	} else if (errno != ENOENT) {
 		die("--acme: cannot read %s:", path);
 	} else {
-		if (ec_key_generate(&a.account) < 0)
+		if (ec_key_generate(&a->account) < 0)
 			die("--acme: cannot make an account key");
-		ec_key_pem(&a.account, &text);
+		ec_key_pem(&a->account, &text);
 		if (state_write(path, text.p, text.len) < 0)
 			die("--acme: cannot write %s:", path);
 	}
 	explicit_bzero(text.p, text.cap);
 	buf_free(&text);
-	jwk(&j, &a.account);
+	jwk(&j, &a->account);
 	sha256_init(&d);
 	digest_update(&d, j.p, j.len);
 	digest_final(&d, h);
 	j.len = 0;
 	b64url(&j, h, sizeof(h));
-	snprintf(a.thumbprint, sizeof(a.thumbprint), "%.*s", (int)j.len, j.p);
+	snprintf(a->thumbprint, sizeof(a->thumbprint), "%.*s", (int)j.len, j.p);
 	buf_free(&j);
 	cond_init_monotonic(&acme_wake);
-	if (pthread_create(&t, &thread_attr, acme_thread, &a) != 0)
+	if (pthread_create(&t, &thread_attr, acme_thread, a) != 0)
 		die("cannot start the ACME thread:");
 }
 
@@ -9486,6 +9488,15 @@ usage(FILE *f)
 #ifdef XWEBHOOK_TLS
 "      --cert FILE          serve HTTPS with this PEM chain, leaf first (fullchain.pem)\n"
 "      --key FILE           and this PEM private key (RSA or EC); SIGHUP reloads both\n"
+"      --acme DOMAIN        or get a certificate for DOMAIN from an ACME CA and keep it\n"
+"                           renewed (tls-alpn-01 on the serving port); without --listen,\n"
+"                           listen on 0.0.0.0:443\n"
+"      --acme-server URL    the CA's directory (default Let's Encrypt's)\n"
+"      --acme-cacert FILE   roots for the CA's own HTTPS (private CAs, tests)\n"
+"      --acme-email ADDR    the account's contact\n"
+"      --acme-http ADDR:PORT  answer http-01 there (e.g. :80) instead of tls-alpn-01\n"
+"      --state-dir DIR      account key, DIR/DOMAIN/fullchain.pem and privkey.pem\n"
+"                           (default /var/lib/xwebhook; 0700, the --user's)\n"
 #endif
 "\n"
 "check options:\n"

@@ -62,6 +62,10 @@ mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# What every installed Debian has and a minbase root lacks: localhost by
+# name (the tests' stand-ins for X and the CA answer as localhost).
+[ -s "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+    >"$root/etc/hosts"
 # This tree as a newcomer has it: the project's files, none of the build.
 mkdir -p "$root/root/xwebhook"
 tar -c --exclude=tests/out --exclude=tests/unit --exclude=tests/unit-tls --exclude='tests/xwebhook-*' \

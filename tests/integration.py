@@ -58,7 +58,7 @@ class Server:
     count = 0
 
     def __init__(self, *args, env=None, secret=SECRET, stdout=None, expect_start=True, preexec=None,
-                 wrap=()):
+                 wrap=(), listen="127.0.0.1:0"):
         Server.count += 1
         self.name = os.path.join(WORK, "server%d" % Server.count)
         self.out_path = self.name + ".out"
@@ -69,7 +69,7 @@ class Server:
         e.update(env or {})
         self.err = open(self.err_path, "wb")
         out = stdout if stdout is not None else open(self.out_path, "wb")
-        self.proc = subprocess.Popen([*wrap, BIN, "--listen", "127.0.0.1:0", *args], stdout=out,
+        self.proc = subprocess.Popen([*wrap, BIN, "--listen", listen, *args], stdout=out,
                                      stderr=self.err, stdin=subprocess.DEVNULL, env=e, preexec_fn=preexec)
         if stdout is None:
             out.close()

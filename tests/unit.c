@@ -1115,6 +1115,133 @@ test_der(void)
 }
 #endif
 
+#ifdef XWEBHOOK_TLS
+/* ---- ACME: the DER written here, read back by openssl ---- */
+
+/* Run cmd (a shell line) and return what it printed, both streams. */
+static void
+run_capture(const char *cmd, struct buf *out)
+{
+	FILE *f = popen(cmd, "r");
+	char chunk[4096];
+	size_t n;
+
+	out->len = 0;
+	if (f == NULL)
+		return;
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+		buf_add(out, chunk, n);
+	pclose(f);
+	buf_addc(out, '\0');
+}
+
+static void
+write_file(const char *path, const void *p, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+
+	if (f != NULL) {
+		fwrite(p, 1, n, f);
+		fclose(f);
+	}
+}
+
+static void
+test_acme_der(void)
+{
+	struct ec_key k;
+	struct buf der = { 0 }, out = { 0 }, j = { 0 };
+	char dir[] = "/tmp/xwebhook-unit-XXXXXX", path[128], cmd[1024], hex[65];
+	unsigned char h[32];
+	struct digest d;
+	const char *ka = "tok-en_1.thumb-print_2";
+
+	CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+	CHECK(ec_key_generate(&k) == 0 && k.pk.qlen == 65 && k.pk.q[0] == 4, "a P-256 key");
+
+	/* The CSR: openssl verifies its signature and sees the SAN request. */
+	CHECK(csr_der(&der, "hooks.example.test", &k) == 0, "csr_der");
+	snprintf(path, sizeof(path), "%s/csr.der", dir);
+	write_file(path, der.p, der.len);
+	snprintf(cmd, sizeof(cmd), "openssl req -inform DER -in %s -noout -verify -text 2>&1", path);
+	run_capture(cmd, &out);
+	CHECK(out.p != NULL && strstr(out.p, "verify OK") != NULL && strstr(out.p, "DNS:hooks.example.test") &&
+	    strstr(out.p, "CN = hooks.example.test") && strstr(out.p, "prime256v1") &&
+	    strstr(out.p, "Requested Extensions"), "openssl on our CSR: %s", out.p ? out.p : "");
+
+	/* The tls-alpn-01 certificate: self-signed (openssl checks the
+	 * signature with the certificate's own key), the SAN, and the
+	 * critical acmeIdentifier holding SHA-256 of the key authorization. */
+	der.len = 0;
+	CHECK(alpn_cert_der(&der, "hooks.example.test", ka, &k) == 0, "alpn_cert_der");
+	snprintf(path, sizeof(path), "%s/alpn.der", dir);
+	write_file(path, der.p, der.len);
+	snprintf(cmd, sizeof(cmd), "openssl x509 -inform DER -in %s -noout -text 2>&1 && "
+	    "openssl x509 -inform DER -in %s -out %s/alpn.pem && "
+	    "openssl verify -check_ss_sig -partial_chain -ignore_critical -CAfile %s/alpn.pem %s/alpn.pem 2>&1", path, path, dir, dir,
+	    dir);
+	run_capture(cmd, &out);
+	CHECK(out.p != NULL && strstr(out.p, "DNS:hooks.example.test") && strstr(out.p, "1.3.6.1.5.5.7.1.31: critical") &&
+	    strstr(out.p, "Version: 3 (0x2)") && strstr(out.p, "ecdsa-with-SHA256") && strstr(out.p, ": OK"),
+	    "openssl on our tls-alpn-01 certificate: %s", out.p ? out.p : "");
+	sha256_init(&d);
+	digest_update(&d, ka, strlen(ka));
+	digest_final(&d, h);
+	{
+		/* The extension's value: OCTET STRING { OCTET STRING (32) }. */
+		unsigned char want[34] = { 0x04, 0x20 };
+		size_t i, found = 0;
+
+		memcpy(want + 2, h, 32);
+		for (i = 0; i + sizeof(want) <= der.len; i++)
+			found += memcmp(der.p + i, want, sizeof(want)) == 0;
+		CHECK(found == 1, "the acmeIdentifier's SHA-256 appears once in the certificate");
+	}
+	CHECK(cert_names((unsigned char *)der.p, der.len, "hooks.example.test") &&
+	    cert_names((unsigned char *)der.p, der.len, "HOOKS.example.TEST") &&
+	    !cert_names((unsigned char *)der.p, der.len, "example.test") &&
+	    !cert_names((unsigned char *)der.p, der.len, "hooks.example.tes"), "cert_names");
+
+	/* The key written as PEM reads back, for openssl too. */
+	{
+		struct buf pem = { 0 };
+		struct ec_key back;
+
+		ec_key_pem(&k, &pem);
+		CHECK(ec_key_parse(pem.p, pem.len, &back) == 0 && memcmp(back.pk.q, k.pk.q, 65) == 0, "ec key round trip");
+		snprintf(path, sizeof(path), "%s/key.pem", dir);
+		write_file(path, pem.p, pem.len);
+		snprintf(cmd, sizeof(cmd), "openssl ec -in %s -noout -check 2>&1", path);
+		run_capture(cmd, &out);
+		CHECK(out.p != NULL && strstr(out.p, "valid") != NULL, "openssl ec -check: %s", out.p ? out.p : "");
+		buf_free(&pem);
+	}
+
+	/* JWK members in RFC 7638's order, base64url without padding. */
+	jwk(&j, &k);
+	buf_addc(&j, '\0');
+	CHECK(strncmp(j.p, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"", 31) == 0 && strlen(j.p) == 31 + 43 + 7 + 43 + 2 &&
+	    strpbrk(j.p, "+/=") == NULL, "jwk: %s", j.p);
+	j.len = 0;
+	b64url(&j, "\xfb\xff", 2);
+	CHECK(j.len == 3 && memcmp(j.p, "-_8", 3) == 0, "b64url");
+
+	/* Names a CA issues for. */
+	CHECK(acme_domain_ok("hooks.example.com") && acme_domain_ok("a-b.c1.io") && !acme_domain_ok("localhost") &&
+	    !acme_domain_ok("*.example.com") && !acme_domain_ok("10.0.0.1") && !acme_domain_ok("-a.example.com") &&
+	    !acme_domain_ok("a-.example.com") && !acme_domain_ok("a..b") && !acme_domain_ok("example.com.") &&
+	    !acme_domain_ok("ex ample.com") && !acme_domain_ok(""), "acme_domain_ok");
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	if (system(cmd) != 0)
+		CHECK(0, "rm -rf %s", dir);
+	hex_encode(h, 32, hex);
+	buf_free(&der);
+	buf_free(&out);
+	buf_free(&j);
+}
+#endif
+
 int
 main(void)
 {
@@ -1133,6 +1260,7 @@ main(void)
 	test_query();
 #ifdef XWEBHOOK_TLS
 	test_der();
+	test_acme_der();
 #endif
 	printf("unit: %d passed, %d failed\n", passed, failed);
 	return failed != 0;

@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""--acme against a real ACME server on loopback: Debian's pebble, with
+pebble-challtestsrv as its DNS (every name is 127.0.0.1), both started here
+on free ports. Usage:
+
+    acme.py TLS_BINARY FIXTURES_DIR [PLAIN_BINARY]
+
+The last line is 'acme: N passed, N failed'.
+"""
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
+import fault  # noqa: E402
+import tls  # noqa: E402
+
+BIN = it.BIN
+PLAIN = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else None
+DOMAIN = "hooks.xwebhook.test"
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Pebble:
+    """pebble and pebble-challtestsrv. The validator dials tls_port for
+    tls-alpn-01 and http_port for http-01, on 127.0.0.1."""
+
+    def __init__(self, nonce_reject=None):
+        self.dir = tempfile.mkdtemp(prefix="pebble-", dir=it.WORK)
+        self.port, self.mgmt, self.dns = free_port(), free_port(), free_port()
+        self.tls_port, self.http_port = free_port(), free_port()
+        key, cert = os.path.join(self.dir, "pebble.key"), os.path.join(self.dir, "pebble.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True, timeout=60)
+        self.cacert = cert  # the roots for pebble's own HTTPS
+        with open(os.path.join(self.dir, "config.json"), "w") as f:
+            json.dump({"pebble": {"listenAddress": "127.0.0.1:%d" % self.port,
+                                  "managementListenAddress": "127.0.0.1:%d" % self.mgmt,
+                                  "certificate": cert, "privateKey": key, "httpPort": self.http_port,
+                                  "tlsPort": self.tls_port, "ocspResponderURL": "",
+                                  "externalAccountBindingRequired": False}}, f)
+        self.logs = []
+        log = open(os.path.join(self.dir, "challtestsrv.log"), "wb")
+        self.logs.append(log)
+        self.cts = subprocess.Popen(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+                                     "-dns01", "127.0.0.1:%d" % self.dns, "-http01", "", "-https01", "",
+                                     "-tlsalpn01", "", "-management", "127.0.0.1:%d" % free_port()],
+                                    stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.env = dict(os.environ, PEBBLE_VA_NOSLEEP="1")
+        if nonce_reject is not None:
+            self.env["PEBBLE_WFE_NONCEREJECT"] = str(nonce_reject)
+        self.log_path = os.path.join(self.dir, "pebble.log")
+        self.start()
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.logs.append(log)
+        self.proc = subprocess.Popen(["pebble", "-config", os.path.join(self.dir, "config.json"), "-dnsserver",
+                                      "127.0.0.1:%d" % self.dns], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     env=self.env)
+        assert fault.wait_until(lambda: "Listening on" in self.log(), 20), self.log()
+
+    def log(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def orders(self):
+        return self.log().count("POST /order-plz")
+
+    def issued(self):
+        return re.findall(r"Issued certificate serial ([0-9a-f]+)", self.log())
+
+    def root(self):
+        """The root pebble issues under (it makes a new one each start)."""
+        ctx = ssl.create_default_context(cafile=self.cacert)
+        with urllib.request.urlopen("https://localhost:%d/roots/0" % self.mgmt, context=ctx, timeout=10) as r:
+            pem = r.read()
+        path = os.path.join(self.dir, "root-%d.pem" % self.proc.pid)
+        with open(path, "wb") as f:
+            f.write(pem)
+        return path
+
+    def url(self):
+        return "https://localhost:%d/dir" % self.port
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def close(self):
+        self.stop()
+        self.cts.terminate()
+        self.cts.wait(10)
+        for log in self.logs:
+            log.close()
+
+
+def acme_server(p, state, *extra, listen=None, env=None, expect_start=True):
+    """The TLS build with --acme against pebble, listening where pebble's
+    validator dials for tls-alpn-01 (unless told otherwise)."""
+    saved = it.BIN
+    it.BIN = BIN
+    try:
+        srv = it.Server("--acme", DOMAIN, "--acme-server", p.url(), "--acme-cacert", p.cacert, "--state-dir", state,
+                        *extra, env=env, expect_start=expect_start, listen=listen or "127.0.0.1:%d" % p.tls_port)
+    finally:
+        it.BIN = saved
+    return srv
+
+
+def https_crc(port, root):
+    ctx = ssl.create_default_context(cafile=root)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname=DOMAIN)
+    s.sendall(b"GET /webhooks/twitter?crc_token=abc HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+              % DOMAIN.encode())
+    status, _, body, _ = it.read_response(s)
+    serial = s.getpeercert()["serialNumber"].lower().lstrip("0")
+    s.close()
+    return status, body, serial
+
+
+def check_url(port, root):
+    p = subprocess.run([BIN, "check", "--connect", "127.0.0.1:%d" % port, "--cacert", root,
+                        "https://%s/webhooks/twitter" % DOMAIN], capture_output=True, timeout=60,
+                       env={"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET})
+    return p.returncode, p.stdout.decode()
+
+
+def mode(path):
+    st = os.stat(path)
+    return st.st_mode & 0o777, st.st_uid
+
+
+@test
+def tls_alpn_01_issues_serves_and_check_passes():
+    # pebble refuses 40% of nonces: with nine or so requests, the chance
+    # that none is refused is about 1%, so without the retry on badNonce
+    # this fails.
+    p = Pebble(nonce_reject=40)
+    state = os.path.join(p.dir, "state")
+    srv = acme_server(p, state)
+    try:
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        issued = p.issued()
+        assert len(issued) == 1 and p.orders() == 1, p.log()[-2000:]
+        assert "reject 40% of good nonces" in p.log()
+        root = p.root()
+        status, body, serial = https_crc(srv.port, root)
+        assert status == 200 and json.loads(body)["response_token"] == it.sign(b"abc")
+        assert serial == issued[0].lstrip("0"), (serial, issued)
+        rc, out = check_url(srv.port, root)
+        assert rc == 0 and "X would accept this URL." in out, out
+        # Files: certbot's names, private, in private directories.
+        d = os.path.join(state, DOMAIN)
+        assert mode(state)[0] == 0o700 and mode(d)[0] == 0o700
+        for f in ("fullchain.pem", "privkey.pem"):
+            assert mode(os.path.join(d, f))[0] == 0o600, f
+        assert mode(os.path.join(state, "account.key"))[0] == 0o600
+        chain = open(os.path.join(d, "fullchain.pem")).read()
+        assert chain.count("BEGIN CERTIFICATE") == 2, chain
+        # The file is one openssl reads, for the domain.
+        text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"], input=chain.encode(),
+                              capture_output=True, timeout=30).stdout.decode()
+        assert "DNS:" + DOMAIN in text, text
+        # A handshake offering only acme-tls/1 with nothing pending: refused.
+        ctx = ssl.create_default_context(cafile=root)
+        ctx.set_alpn_protocols(["acme-tls/1"])
+        try:
+            ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10), server_hostname=DOMAIN)
+            raise AssertionError("an acme-tls/1 handshake with no challenge pending was served")
+        except ssl.SSLError:
+            pass
+    finally:
+        srv.stop()
+        p.close()
+
+
+@test
+def restart_serves_the_stored_certificate_without_asking_the_ca():
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    srv = acme_server(p, state)
+    try:
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+    finally:
+        srv.stop()
+    requests_before = p.log().count("calling handler")
+    orders = p.orders()
+    srv = acme_server(p, state)
+    try:
+        assert "ACME: stored certificate serial" in srv.stderr(), srv.stderr()
+        status, _, serial = https_crc(srv.port, p.root())
+        assert status == 200 and serial == p.issued()[0].lstrip("0")
+        time.sleep(1)
+        assert p.orders() == orders and p.log().count("calling handler") == requests_before, \
+            "the restart asked the CA"
+        assert "next renewal" in srv.stderr()
+    finally:
+        srv.stop()
+        p.close()
+
+
+@test
+def http_01_on_its_own_port_and_nothing_else_there():
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    https_port = free_port()
+    srv = acme_server(p, state, "--acme-http", "127.0.0.1:%d" % p.http_port, listen="127.0.0.1:%d" % https_port)
+    try:
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert "answering http-01 on http://127.0.0.1:%d" % p.http_port in srv.stderr()
+        assert "GET /.well-known/acme-challenge/" in srv.stderr()  # pebble's validation, logged
+        status, _, _ = https_crc(https_port, p.root())
+        assert status == 200
+        c = it.http.client.HTTPConnection("127.0.0.1", p.http_port, timeout=10)
+        c.request("GET", "/webhooks/twitter?crc_token=abc")
+        r = c.getresponse()
+        r.read()
+        assert r.status == 301 and r.getheader("Location") == "https://%s/webhooks/twitter?crc_token=abc" % DOMAIN
+        c.request("GET", "/.well-known/acme-challenge/not-pending")
+        r = c.getresponse()
+        r.read()
+        assert r.status == 404
+        c.close()
+    finally:
+        srv.stop()
+        p.close()
+
+
+def stored_cert(state, days_before, days_after, name=DOMAIN):
+    """A certificate for name in state, from a CA of the test's, valid from
+    days_before ago to days_after ahead."""
+    d = os.path.join(state, DOMAIN)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    ca = tempfile.mkdtemp(prefix="ca-", dir=it.WORK)
+    run = lambda *a: subprocess.run(a, cwd=ca, check=True, capture_output=True, timeout=60)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+        "ca.key", "-out", "ca.pem", "-days", "400", "-subj", "/CN=old CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign")
+    with open(os.path.join(ca, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca = ca\n[ca]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+                "default_md = sha256\npolicy = any\ncopy_extensions = copy\nunique_subject = no\n"
+                "[any]\ncommonName = supplied\n")
+    open(os.path.join(ca, "index.txt"), "w").close()
+    with open(os.path.join(ca, "serial"), "w") as f:
+        f.write("1000\n")
+    with open(os.path.join(ca, "leaf.ext"), "w") as f:
+        f.write("subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\n" % name)
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+        os.path.join(d, "privkey.pem"), "-out", "leaf.csr", "-subj", "/CN=" + name)
+    fmt = lambda t: time.strftime("%Y%m%d%H%M%SZ", time.gmtime(t))  # noqa: E731
+    now = time.time()
+    run("openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-in", "leaf.csr",
+        "-out", "leaf.pem", "-startdate", fmt(now - days_before * 86400), "-enddate", fmt(now + days_after * 86400),
+        "-extfile", "leaf.ext", "-notext")
+    with open(os.path.join(d, "fullchain.pem"), "wb") as f:
+        f.write(open(os.path.join(ca, "leaf.pem"), "rb").read() + open(os.path.join(ca, "ca.pem"), "rb").read())
+    os.chmod(os.path.join(d, "privkey.pem"), 0o600)
+    return os.path.join(ca, "ca.pem")
+
+
+@test
+def a_stored_certificate_expiring_in_5_days_is_renewed_first():
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    old_root = stored_cert(state, 85, 5)
+    old = open(os.path.join(state, DOMAIN, "fullchain.pem")).read()
+    srv = acme_server(p, state)
+    try:
+        err = srv.stderr()
+        assert "due for renewal; ordering its successor first" in err, err
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert p.orders() == 1
+        new = open(os.path.join(state, DOMAIN, "fullchain.pem")).read()
+        assert new != old
+        status, _, serial = https_crc(srv.port, p.root())
+        assert status == 200 and serial == p.issued()[0].lstrip("0")
+        assert old_root  # the old chain is no longer what serves
+    finally:
+        srv.stop()
+        p.close()
+
+
+@test
+def the_ca_down_with_a_certificate_stored_serves_it():
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    root = stored_cert(state, 10, 80)  # outside its window: no request at all
+    p.stop()
+    try:
+        srv = acme_server(p, state)
+        try:
+            assert "ACME: stored certificate serial" in srv.stderr()
+            assert https_crc(srv.port, root)[0] == 200
+        finally:
+            srv.stop()
+        # Inside its window, with the CA down: the order fails, the stored
+        # one serves meanwhile, and the next try is backed off.
+        shutil.rmtree(state)
+        root = stored_cert(state, 85, 5)
+        srv = acme_server(p, state)
+        try:
+            assert fault.wait_until(lambda: "meanwhile serving the stored certificate" in srv.stderr(), 30), \
+                srv.stderr()
+            assert "trying again in 30 s" in srv.stderr() and "Connection refused" in srv.stderr(), srv.stderr()
+            assert https_crc(srv.port, root)[0] == 200
+        finally:
+            srv.stop()
+        # Nothing stored, the CA down: no HTTPS yet, and it says so.
+        shutil.rmtree(state)
+        srv = acme_server(p, state)
+        try:
+            assert fault.wait_until(lambda: "no certificate to serve HTTPS with yet, trying again in 30 s"
+                                    in srv.stderr(), 30), srv.stderr()
+            try:
+                https_crc(srv.port, root)
+                raise AssertionError("HTTPS served without a certificate")
+            except (ssl.SSLError, ConnectionError):
+                pass
+            # Plain CRCs are no business of this port; the server is alive.
+            assert srv.proc.poll() is None
+        finally:
+            srv.stop()
+    finally:
+        p.close()
+
+
+@test
+def a_failed_validation_logs_the_cas_problem_and_backs_off():
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    srv = acme_server(p, state, listen="127.0.0.1:%d" % free_port())  # not where the validator dials
+    try:
+        assert fault.wait_until(lambda: "trying again in 30 s" in srv.stderr(), 60), srv.stderr()
+        err = srv.stderr()
+        assert "the CA found the tls-alpn-01 challenge invalid" in err and "urn:ietf:params:acme:error:" in err, err
+        assert err.count("ACME: ordering") == 1  # no tight loop
+    finally:
+        srv.stop()
+        p.close()
+
+
+@test
+def works_after_dropping_root_and_everything_is_the_users():
+    if os.geteuid() != 0:
+        return
+    nobody = pwd.getpwnam("nobody")
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    for d in (it.WORK, p.dir):
+        os.chmod(d, 0o755)  # for nobody to reach its state directory
+    srv = acme_server(p, state, "--user", "nobody")
+    try:
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        for path in (state, os.path.join(state, DOMAIN), os.path.join(state, "account.key"),
+                     os.path.join(state, DOMAIN, "fullchain.pem"), os.path.join(state, DOMAIN, "privkey.pem")):
+            assert mode(path)[1] == nobody.pw_uid, path
+        assert https_crc(srv.port, p.root())[0] == 200
+    finally:
+        srv.stop()
+        p.close()
+
+
+@test
+def bad_acme_options_are_refused_with_one_line():
+    env = {"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET}
+    d = tempfile.mkdtemp(dir=it.WORK)
+    cases = [(["--acme", DOMAIN, "--cert", "c.pem", "--key", "k.pem"], "without --cert and --key"),
+             (["--acme-http", ":80"], "go with --acme DOMAIN"),
+             (["--state-dir", d], "go with --acme DOMAIN"),
+             (["--acme", "*.example.com", "--state-dir", d], "bad --acme"),
+             (["--acme", "127.0.0.1", "--state-dir", d], "bad --acme"),
+             (["--acme", "localhost", "--state-dir", d], "bad --acme"),
+             (["--acme", DOMAIN, "--state-dir", "/proc/version"], "--state-dir"),
+             (["--acme", DOMAIN, "--state-dir", d, "--acme-cacert", "/nonexistent.pem"], "/nonexistent.pem")]
+    for args, part in cases:
+        p = subprocess.run([BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30, env=env)
+        err = p.stderr.decode()
+        it.check_sanitizers(err)
+        lines = [ln for ln in err.splitlines() if not ln.startswith(("xwebhook: warning: running as root",
+                                                                      "xwebhook: ACME: no certificate",
+                                                                      "xwebhook: serving"))]
+        assert p.returncode == 1 and len(lines) == 1 and part in lines[0], (args, p.returncode, err)
+    if PLAIN is not None:
+        p = subprocess.run([PLAIN, "--acme", DOMAIN], capture_output=True, timeout=30, env=env)
+        assert p.returncode == 1 and "needs the TLS build" in p.stderr.decode(), p.stderr
+
+
+def main():
+    for tool in ("pebble", "pebble-challtestsrv"):
+        if shutil.which(tool) is None:
+            print("FAIL %s is not installed (./test.sh installs pebble as root)" % tool)
+            print("acme: 0 passed, 1 failed")
+            sys.exit(1)
+    os.makedirs(tls.PKI, exist_ok=True)
+    passed, failed = it.run_suite(TESTS)
+    print("acme: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
