@@ -7,8 +7,8 @@
 #   tests/bench.sh            (DURATION=10 seconds per wrk run by default)
 #
 # Not part of ./test.sh. Needs: wrk nginx-light jq python3-flask
-# python3-waitress libbearssl-dev openssl redis-server redis-tools (all
-# Debian packages).
+# python3-waitress libbearssl-dev openssl redis-server redis-tools
+# nats-server pebble lego (all Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in wrk nginx jq python3 openssl cc strip redis-server redis-cli nats-server; do
-	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl redis-server redis-tools nats-server)" >&2; exit 1; }
+for tool in wrk nginx jq python3 openssl cc strip redis-server redis-cli nats-server pebble lego; do
+	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl redis-server redis-tools nats-server pebble lego)" >&2; exit 1; }
 done
 
 echo "building with -O2 ..." >&2
@@ -239,6 +239,11 @@ result fmt.xw "$(timed "$W/xwebhook" fmt "$W/big.json")"
 result fmt.jq "$(timed jq . "$W/big.json")"
 result fmt.py "$(timed python3 -m json.tool "$W/big.json")"
 
+# ACME: from start to serving a pebble-issued certificate, xwebhook --acme
+# against lego obtaining one, same pebble, same challenge (tls-alpn-01).
+echo "ACME: xwebhook --acme and lego against pebble, 5 runs each ..." >&2
+python3 tests/acme_bench.py "$W/xwebhook-tls" tests/fixtures 5 >>"$R" || exit 1
+
 echo >&2
 python3 - "$R" "$D" <<'EOF'
 import sys
@@ -298,6 +303,9 @@ for other, name, target in (("fmt.jq", "jq .", 10), ("fmt.py", "python3 -m json.
 rate("TLS: CRC kept alive vs nginx (ECDSA P-256)", "tls.xw", "tls.nginx", 0.8)
 rate("TLS: full handshakes, ECDSA P-256, vs nginx", "hs_ec.xw", "hs_ec.nginx", 0.5)
 rate("TLS: full handshakes, RSA-2048, vs nginx", "hs_rsa.xw", "hs_rsa.nginx")
+a, b = num("acme.xw"), num("acme.lego")
+row("ACME (pebble, tls-alpn-01): start to serving vs lego run", "%.2f s" % a, "%.2f s" % b, "%.2f" % (a / b),
+    "<= 1", a <= b)
 
 w = [max(len(str(x[i])) for x in rows + [("", "xwebhook", "other", "ratio", "target", "met")]) for i in range(6)]
 head = ("measured (wrk -t2 -c64 -d%ss, loopback)" % sys.argv[2], "xwebhook", "other", "ratio", "target", "met")
