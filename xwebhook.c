@@ -8599,6 +8599,7 @@ struct acme {
 	char thumbprint[48];
 	long retry_after;            /* the last answer's Retry-After, in seconds (or -1) */
 	char location[ACME_URL_MAX]; /* the last answer's Location */
+	char replaces[200];          /* ARI's id of the certificate being renewed */
 };
 
 /* ---- files in --state-dir ---- */
@@ -8859,13 +8860,11 @@ acme_member(const struct answer *ans, const char *name, char *out, size_t on)
 	return r;
 }
 
-/* The directory, and the account (made or found by its key). */
+/* The CA's directory. */
 static int
-acme_account(struct acme *a, char *why, size_t wn)
+acme_directory(struct acme *a, char *why, size_t wn)
 {
 	struct answer ans;
-	struct buf payload = { 0 };
-	int r;
 
 	memset(&ans, 0, sizeof(ans));
 	if (acme_exchange(a, acme_server, NULL, "application/json", &ans, why, wn) < 0)
@@ -8880,6 +8879,20 @@ acme_account(struct acme *a, char *why, size_t wn)
 	if (acme_member(&ans, "renewalInfo", a->renewal_info, sizeof(a->renewal_info)) < 0)
 		a->renewal_info[0] = '\0';
 	answer_free(&ans);
+	return 0;
+}
+
+/* The directory, and the account (made or found by its key). */
+static int
+acme_account(struct acme *a, char *why, size_t wn)
+{
+	struct answer ans;
+	struct buf payload = { 0 };
+	int r;
+
+	memset(&ans, 0, sizeof(ans));
+	if (acme_directory(a, why, wn) < 0)
+		return -1;
 	if (a->kid[0] != '\0')
 		return 0;
 	buf_adds(&payload, "{\"termsOfServiceAgreed\":true");
@@ -9093,7 +9106,14 @@ acme_order(struct acme *a, char *why, size_t wn)
 		goto out;
 	buf_adds(&payload, "{\"identifiers\":[{\"type\":\"dns\",\"value\":\"");
 	json_escape(&payload, acme_domain, strlen(acme_domain));
-	buf_adds(&payload, "\"}]}");
+	buf_adds(&payload, "\"}]");
+	if (a->renewal_info[0] != '\0' && a->replaces[0] != '\0') {
+		/* RFC 9773, 5: the order replaces the certificate ARI spoke of. */
+		buf_adds(&payload, ",\"replaces\":\"");
+		buf_adds(&payload, a->replaces);
+		buf_addc(&payload, '"');
+	}
+	buf_adds(&payload, "}");
 	buf_addc(&payload, '\0');
 	if (acme_post(a, a->new_order, payload.p, "application/json", &ans, why, wn) < 0)
 		goto out;
@@ -9184,6 +9204,175 @@ out:
 	return r;
 }
 
+/* ---- ACME Renewal Information (RFC 9773) ---- */
+
+/* The certificate's ARI id: base64url of its Authority Key Identifier's
+ * keyIdentifier, a dot, and base64url of its serial number's DER value.
+ * 0, or -1 when it has no such identifier. */
+static int
+ari_cert_id(const unsigned char *der, size_t n, struct buf *out)
+{
+	const unsigned char *p = der, *end = der + n, *v, *serial = NULL;
+	size_t len, serial_len = 0;
+	unsigned tag;
+
+	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		return -1;
+	p = v;
+	end = v + len;
+	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		return -1;
+	p = v;
+	end = v + len;
+	while (p < end && der_next(&p, end, &tag, &v, &len) == 0) {
+		const unsigned char *q, *qe;
+
+		if (tag == 0x02 && serial == NULL) {
+			serial = v;
+			serial_len = len;
+		}
+		if (tag != 0xa3)
+			continue;
+		q = v;
+		qe = v + len;
+		if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x30)
+			return -1;
+		q = v;
+		qe = v + len;
+		while (q < qe && der_next(&q, qe, &tag, &v, &len) == 0) {
+			const unsigned char *e = v, *ee = v + len, *ov;
+			size_t ol;
+			unsigned t;
+
+			if (der_next(&e, ee, &t, &ov, &ol) < 0 || t != 0x06 || ol != 3 || memcmp(ov, "\x55\x1d\x23", 3))
+				continue;  /* not authorityKeyIdentifier (2.5.29.35) */
+			if (der_next(&e, ee, &t, &ov, &ol) == 0 && t == 0x01 && der_next(&e, ee, &t, &ov, &ol) < 0)
+				return -1;
+			if (t != 0x04)
+				return -1;
+			e = ov;
+			ee = ov + ol;
+			if (der_next(&e, ee, &t, &ov, &ol) < 0 || t != 0x30)
+				return -1;
+			e = ov;
+			ee = ov + ol;
+			if (der_next(&e, ee, &t, &ov, &ol) < 0 || t != 0x80 || ol == 0 || serial == NULL)
+				return -1;
+			b64url(out, ov, ol);
+			buf_addc(out, '.');
+			b64url(out, serial, serial_len);
+			return 0;
+		}
+		return -1;
+	}
+	return -1;
+}
+
+/* An RFC 3339 time (2025-01-02T04:00:00Z, with optional fractions and
+ * offset): 0 with *t, or -1. */
+static int
+rfc3339(const char *s, time_t *t)
+{
+	struct tm tm;
+	const char *p;
+	long off = 0;
+
+	memset(&tm, 0, sizeof(tm));
+	p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (p == NULL)
+		return -1;
+	if (*p == '.')
+		for (p++; isdigit((unsigned char)*p); p++)
+			;
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if ((*p == '+' || *p == '-') && isdigit((unsigned char)p[1]) && isdigit((unsigned char)p[2]) &&
+	    p[3] == ':' && isdigit((unsigned char)p[4]) && isdigit((unsigned char)p[5])) {
+		off = ((p[1] - '0') * 10 + (p[2] - '0')) * 3600 + ((p[4] - '0') * 10 + (p[5] - '0')) * 60;
+		if (*p == '-')
+			off = -off;
+		p += 6;
+	} else {
+		return -1;
+	}
+	if (*p != '\0')
+		return -1;
+	*t = timegm(&tm) - off;
+	return 0;
+}
+
+enum { ARI_POLL_S = 6 * 3600, ARI_POLL_MIN_S = 60, ARI_POLL_MAX_S = 86400 };
+
+/* Ask the CA when to renew the certificate in id (RFC 9773, 4.2): 0
+ * with a moment chosen at random in its suggested window in *when, and
+ * when to ask again in *poll; -1 when the CA offers no renewal
+ * information or did not give it. */
+static int
+acme_ari(struct acme *a, const struct identity *id, time_t *when, long *poll, char *why, size_t wn)
+{
+	struct buf cid = { 0 }, url = { 0 }, win = { 0 }, v = { 0 };
+	struct answer ans;
+	time_t start, end;
+	int r = -1;
+
+	memset(&ans, 0, sizeof(ans));
+	if (acme_directory(a, why, wn) < 0)
+		return -1;
+	if (a->renewal_info[0] == '\0') {
+		snprintf(why, wn, "the CA offers no renewal information");
+		return -1;
+	}
+	if (ari_cert_id(id->chain[0].data, id->chain[0].data_len, &cid) < 0) {
+		snprintf(why, wn, "the certificate has no authority key identifier for ARI");
+		goto out;
+	}
+	buf_addc(&cid, '\0');
+	buf_adds(&url, a->renewal_info);
+	if (url.len > 0 && url.p[url.len - 1] != '/')
+		buf_addc(&url, '/');
+	buf_adds(&url, cid.p);
+	buf_addc(&url, '\0');
+	if (acme_exchange(a, url.p, NULL, "application/json", &ans, why, wn) < 0)
+		goto out;
+	if (ans.status != 200 || json_member(ans.body.p, ans.body.len, "suggestedWindow", &win) < 0 ||
+	    json_member_string(win.p, win.len, "start", &v) < 0) {
+		snprintf(why, wn, "the CA's renewal information for it is %d without a window", ans.status);
+		goto out;
+	}
+	buf_addc(&v, '\0');
+	if (rfc3339(v.p, &start) < 0)
+		goto bad;
+	v.len = 0;
+	if (json_member_string(win.p, win.len, "end", &v) < 0)
+		goto bad;
+	buf_addc(&v, '\0');
+	if (rfc3339(v.p, &end) < 0 || end < start)
+		goto bad;
+	{
+		uint64_t rnd;
+
+		entropy(&rnd, sizeof(rnd));
+		*when = start + (time_t)(rnd % (uint64_t)(end - start + 1));
+	}
+	*poll = a->retry_after > 0 ? a->retry_after : ARI_POLL_S;
+	if (*poll < ARI_POLL_MIN_S)
+		*poll = ARI_POLL_MIN_S;
+	if (*poll > ARI_POLL_MAX_S)
+		*poll = ARI_POLL_MAX_S;
+	snprintf(a->replaces, sizeof(a->replaces), "%s", cid.p);
+	r = 0;
+	goto out;
+bad:
+	snprintf(why, wn, "the CA's renewal window is not two RFC 3339 times in order");
+out:
+	answer_free(&ans);
+	buf_free(&cid);
+	buf_free(&url);
+	buf_free(&win);
+	buf_free(&v);
+	return r;
+}
+
 /* ---- the thread ---- */
 
 static pthread_mutex_t acme_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -9255,21 +9444,48 @@ acme_thread(void *arg)
 		time_t now = time(NULL), when;
 		struct identity *id;
 
+		time_t check;
+		int ari = 0;
+
 		pthread_mutex_lock(&identity_lock);
 		id = current_identity;
-		when = id != NULL ? renew_at(id) : now;
+		if (id != NULL)
+			id->refs++;
 		pthread_mutex_unlock(&identity_lock);
+		when = id != NULL ? renew_at(id) : now;
+		check = when;
+		a->replaces[0] = '\0';
+		if (id != NULL) {
+			/* The CA's own window, when it offers one, overrides the
+			 * lifetime's (it may ask for an early renewal). */
+			time_t w;
+			long poll;
+
+			if (acme_ari(a, id, &w, &poll, why, sizeof(why)) == 0) {
+				when = w;
+				check = now + poll;
+				ari = 1;
+			} else if (a->renewal_info[0] != '\0') {
+				warn("ACME: renewal information: %s; renewing by the lifetime meanwhile", why);
+				check = now + 3600;
+			}
+		}
+		identity_release(id);
 		if (when > now) {
 			char date[32];
 
 			format_date(when, date, sizeof(date));
-			warn("ACME: next renewal %s", date);
+			warn("ACME: next renewal %s%s", date, ari ? ", in the CA's renewal window" : "");
+			if (check > when)
+				check = when;
 			/* In steps, so that a clock that jumps is noticed. */
-			while (time(NULL) < when)
-				if (acme_sleep(when - time(NULL) > 3600 ? 3600 : when - time(NULL)) < 0)
+			while (time(NULL) < check)
+				if (acme_sleep(check - time(NULL) > 3600 ? 3600 : check - time(NULL)) < 0)
 					return NULL;
 			continue;
 		}
+		if (ari)
+			warn("ACME: the CA's renewal window has come; renewing");
 		if (acme_order(a, why, sizeof(why)) == 0) {
 			backoff = ACME_BACKOFF_MIN_S;
 			continue;

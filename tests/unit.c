@@ -1226,6 +1226,18 @@ test_acme_der(void)
 	b64url(&j, "\xfb\xff", 2);
 	CHECK(j.len == 3 && memcmp(j.p, "-_8", 3) == 0, "b64url");
 
+	/* RFC 3339 times, as ARI's windows come. */
+	{
+		time_t t = 0;
+
+		CHECK(rfc3339("2025-01-02T04:00:00Z", &t) == 0 && t == 1735790400, "rfc3339 Z: %lld", (long long)t);
+		CHECK(rfc3339("2025-01-02T04:00:00.123456Z", &t) == 0 && t == 1735790400, "rfc3339 fraction");
+		CHECK(rfc3339("2025-01-02T06:30:00+02:30", &t) == 0 && t == 1735790400, "rfc3339 offset");
+		CHECK(rfc3339("2025-01-02T01:00:00-03:00", &t) == 0 && t == 1735790400, "rfc3339 negative offset");
+		CHECK(rfc3339("2025-01-02T04:00:00", &t) < 0 && rfc3339("2025-01-02 04:00:00Z", &t) < 0 &&
+		    rfc3339("2025-01-02T04:00:00Zx", &t) < 0 && rfc3339("", &t) < 0, "rfc3339 refusals");
+	}
+
 	/* Names a CA issues for. */
 	CHECK(acme_domain_ok("hooks.example.com") && acme_domain_ok("a-b.c1.io") && !acme_domain_ok("localhost") &&
 	    !acme_domain_ok("*.example.com") && !acme_domain_ok("10.0.0.1") && !acme_domain_ok("-a.example.com") &&
