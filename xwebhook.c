@@ -1066,6 +1066,29 @@ der_time(unsigned tag, const unsigned char *v, size_t n, time_t *out)
 	return 0;
 }
 
+/* Enter a DER certificate: *p and *end then span its TBSCertificate's
+ * contents (version, serial, ...). 0, or -1. */
+static int
+der_tbs(const unsigned char *der, size_t n, const unsigned char **p, const unsigned char **end)
+{
+	const unsigned char *v;
+	size_t len;
+	unsigned tag;
+
+	*p = der;
+	*end = der + n;
+	/* Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { ... */
+	if (der_next(p, *end, &tag, &v, &len) < 0 || tag != 0x30)
+		return -1;
+	*p = v;
+	*end = v + len;
+	if (der_next(p, *end, &tag, &v, &len) < 0 || tag != 0x30)
+		return -1;
+	*p = v;
+	*end = v + len;
+	return 0;
+}
+
 /* What we show of a certificate. */
 struct cert_info {
 	char serial[2 * 32 + 1];   /* upper-case hex, as openssl prints it */
@@ -1076,19 +1099,12 @@ struct cert_info {
 static int
 cert_info(const unsigned char *der, size_t n, struct cert_info *ci)
 {
-	const unsigned char *p = der, *end = der + n, *v;
+	const unsigned char *p, *end, *v;
 	size_t len, i, o = 0;
 	unsigned tag;
 
-	/* Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { ... */
-	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+	if (der_tbs(der, n, &p, &end) < 0)
 		return -1;
-	p = v;
-	end = v + len;
-	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
-		return -1;
-	p = v;
-	end = v + len;
 	/* [0] version, optional; serialNumber INTEGER. */
 	if (der_next(&p, end, &tag, &v, &len) < 0)
 		return -1;
@@ -8507,58 +8523,76 @@ alpn_cert_der(struct buf *out, const char *name, const char *key_auth, const str
 	return r;
 }
 
-/* Does the DER certificate name dns (a dNSName in its subjectAltName)? */
+/* The value (the extnValue's contents) of the certificate's extension
+ * whose OID is the three bytes oid (2.5.29.x), and its serial number's
+ * DER value. 0, or -1 when either is missing. */
 static int
-cert_names(const unsigned char *der, size_t n, const char *dns)
+der_extension(const unsigned char *der, size_t n, const char *oid, const unsigned char **val, size_t *vlen,
+    const unsigned char **serial, size_t *slen)
 {
-	const unsigned char *p = der, *end = der + n, *v;
+	const unsigned char *p, *end, *v;
 	size_t len;
 	unsigned tag;
-	int i;
 
-	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
-		return 0;
-	p = v;
-	end = v + len;
-	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
-		return 0;
-	p = v;
-	end = v + len;
+	*serial = NULL;
+	if (der_tbs(der, n, &p, &end) < 0)
+		return -1;
 	/* version, serial, signature, issuer, validity, subject, key: then
 	 * the optional unique ids and [3] extensions. */
-	for (i = 0; p < end && der_next(&p, end, &tag, &v, &len) == 0;) {
+	while (p < end && der_next(&p, end, &tag, &v, &len) == 0) {
+		if (tag == 0x02 && *serial == NULL) {
+			*serial = v;
+			*slen = len;
+		}
 		if (tag != 0xa3)
 			continue;
 		p = v;
 		end = v + len;
 		if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
-			return 0;
+			return -1;
 		p = v;
 		end = v + len;
+		/* Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT
+		 * FALSE, extnValue OCTET STRING } */
 		while (p < end && der_next(&p, end, &tag, &v, &len) == 0) {
-			const unsigned char *q = v, *qe = v + len, *ov, *gv;
-			size_t ol, gl;
+			const unsigned char *q = v, *qe = v + len, *ov;
+			size_t ol;
 			unsigned t;
 
-			if (der_next(&q, qe, &t, &ov, &ol) < 0 || t != 0x06 || ol != 3 || memcmp(ov, "\x55\x1d\x11", 3))
+			if (der_next(&q, qe, &t, &ov, &ol) < 0 || t != 0x06 || ol != 3 || memcmp(ov, oid, 3) != 0)
 				continue;
 			if (der_next(&q, qe, &t, &ov, &ol) == 0 && t == 0x01 && der_next(&q, qe, &t, &ov, &ol) < 0)
-				return 0;
-			if (t != 0x04)
-				return 0;
-			q = ov;
-			qe = ov + ol;
-			if (der_next(&q, qe, &t, &gv, &gl) < 0 || t != 0x30)
-				return 0;
-			q = gv;
-			qe = gv + gl;
-			while (q < qe && der_next(&q, qe, &t, &gv, &gl) == 0)
-				if (t == 0x82 && gl == strlen(dns) && strncasecmp((const char *)gv, dns, gl) == 0)
-					i = 1;
-			return i;
+				return -1;
+			if (t != 0x04 || *serial == NULL)
+				return -1;
+			*val = ov;
+			*vlen = ol;
+			return 0;
 		}
-		return 0;
+		return -1;
 	}
+	return -1;
+}
+
+/* Does the DER certificate name dns (a dNSName in its subjectAltName)? */
+static int
+cert_names(const unsigned char *der, size_t n, const char *dns)
+{
+	const unsigned char *v, *q, *qe, *serial;
+	size_t len, slen;
+	unsigned tag;
+
+	if (der_extension(der, n, "\x55\x1d\x11", &v, &len, &serial, &slen) < 0)
+		return 0;
+	q = v;
+	qe = v + len;
+	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x30)
+		return 0;
+	q = v;
+	qe = v + len;
+	while (q < qe && der_next(&q, qe, &tag, &v, &len) == 0)
+		if (tag == 0x82 && len == strlen(dns) && strncasecmp((const char *)v, dns, len) == 0)
+			return 1;
 	return 0;
 }
 
@@ -9212,60 +9246,25 @@ out:
 static int
 ari_cert_id(const unsigned char *der, size_t n, struct buf *out)
 {
-	const unsigned char *p = der, *end = der + n, *v, *serial = NULL;
-	size_t len, serial_len = 0;
+	const unsigned char *v, *q, *qe, *serial;
+	size_t len, slen;
 	unsigned tag;
 
-	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+	/* authorityKeyIdentifier (2.5.29.35) ::= SEQUENCE { [0] keyIdentifier ... } */
+	if (der_extension(der, n, "\x55\x1d\x23", &v, &len, &serial, &slen) < 0)
 		return -1;
-	p = v;
-	end = v + len;
-	if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+	q = v;
+	qe = v + len;
+	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x30)
 		return -1;
-	p = v;
-	end = v + len;
-	while (p < end && der_next(&p, end, &tag, &v, &len) == 0) {
-		const unsigned char *q, *qe;
-
-		if (tag == 0x02 && serial == NULL) {
-			serial = v;
-			serial_len = len;
-		}
-		if (tag != 0xa3)
-			continue;
-		q = v;
-		qe = v + len;
-		if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x30)
-			return -1;
-		q = v;
-		qe = v + len;
-		while (q < qe && der_next(&q, qe, &tag, &v, &len) == 0) {
-			const unsigned char *e = v, *ee = v + len, *ov;
-			size_t ol;
-			unsigned t;
-
-			if (der_next(&e, ee, &t, &ov, &ol) < 0 || t != 0x06 || ol != 3 || memcmp(ov, "\x55\x1d\x23", 3))
-				continue;  /* not authorityKeyIdentifier (2.5.29.35) */
-			if (der_next(&e, ee, &t, &ov, &ol) == 0 && t == 0x01 && der_next(&e, ee, &t, &ov, &ol) < 0)
-				return -1;
-			if (t != 0x04)
-				return -1;
-			e = ov;
-			ee = ov + ol;
-			if (der_next(&e, ee, &t, &ov, &ol) < 0 || t != 0x30)
-				return -1;
-			e = ov;
-			ee = ov + ol;
-			if (der_next(&e, ee, &t, &ov, &ol) < 0 || t != 0x80 || ol == 0 || serial == NULL)
-				return -1;
-			b64url(out, ov, ol);
-			buf_addc(out, '.');
-			b64url(out, serial, serial_len);
-			return 0;
-		}
+	q = v;
+	qe = v + len;
+	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x80 || len == 0)
 		return -1;
-	}
-	return -1;
+	b64url(out, v, len);
+	buf_addc(out, '.');
+	b64url(out, serial, slen);
+	return 0;
 }
 
 /* An RFC 3339 time (2025-01-02T04:00:00Z, with optional fractions and

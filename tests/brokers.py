@@ -36,15 +36,25 @@ def test(fn):
     return fn
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+free_port = it.free_port
 
 
-class Redis:
+class Broker:
+    """A broker process of the tests' own, with its log."""
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+class Redis(Broker):
     """A redis-server of our own, durable: appendfsync always."""
 
     def __init__(self, port=None, data=None):
@@ -81,16 +91,6 @@ class Redis:
             k += 5
         return got
 
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
 
 
 def url(r, key, password=PASSWORD):
@@ -290,7 +290,7 @@ class NatsClient:
         self.s.close()
 
 
-class Nats:
+class Nats(Broker):
     """A nats-server of our own: JetStream on file storage, a token."""
 
     def __init__(self, jetstream=True, extra=""):
@@ -341,16 +341,6 @@ class Nats:
         finally:
             c.close()
 
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
 
 
 def nats_url(n, subject, token=TOKEN):

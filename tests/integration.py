@@ -116,6 +116,15 @@ class Server:
         return rc
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on just now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def check_sanitizers(text):
     for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer"):
         assert marker not in text, "sanitizer report:\n" + text[-4000:]
