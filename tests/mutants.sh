@@ -19,7 +19,7 @@ SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-r
 
 # One mutant per block: a description; the exact text to replace (it must
 # occur once); what replaces it; the tests that must catch it, as
-# SUITE:NAME,NAME (SUITE is unit, int, tls, events or fault; NAME filters
+# SUITE:NAME,NAME (SUITE is unit, int, tls, events, fault, brokers, xapi or acme; NAME filters
 # test names, as ONLY does).
 python3 - "$W/mutants.json" <<'PY'
 import json, sys
@@ -97,6 +97,26 @@ M = [
   "tls:every_tls12_suite"),
  ("the head deadline ten times longer",
   "deadline = now_ms() + head_timeout;", "deadline = now_ms() + head_timeout * 10;", "fault:slowloris"),
+ ("NATS publishes without Nats-Msg-Id (same length, another name)",
+  "\\r\\nNats-Msg-Id: %s\\r\\n", "\\r\\nNats-Msg-Xx: %s\\r\\n", "brokers:nats_stream"),
+ ("NATS PINGs left unanswered while idle",
+  "if (r == NATS_PING && f->cl.c.tr->write(&f->cl.c, \"PONG\\r\\n\", 6, now_ms() + 1000) < 0)",
+  "if (r == NATS_PING && 0)", "brokers:idle_nats"),
+ ("OAuth parameters not sorted",
+  "\tqsort(ps, np, sizeof(*ps), oauth_param_cmp);\n", "", "unit"),
+ ("one OAuth nonce for every request",
+  "hex_encode(raw, sizeof(raw), nonce);", "snprintf(nonce, sizeof(nonce), \"fixed\");",
+  "xapi:the_whole_path"),
+ ("errors[].message left out of X's failure line",
+  "if (!x_say(&line, \"; \", el.p, el.len, \"message\"))", "if (0)", "xapi:a_crc_with_the_wrong_secret"),
+ ("a 429 without when the limit resets",
+  "if (a->status == 429 && (reset", "if (a->status == 0 && (reset", "xapi:a_429"),
+ ("C1 controls from X reach the terminal raw",
+  "if (ch == 0x7f || (ch == 0xc2 &&", "if (ch == 0x7f || (0 &&", "xapi:hostile"),
+ ("ACME badNonce not tried again",
+  "if (!acme_is_problem(ans, \"badNonce\"))\n\t\t\tbreak;", "break;", "acme:tls_alpn_01"),
+ ("ACME renews only when a thirtieth of the lifetime is left",
+  "life < 10 * 86400 ? life / 2 : life / 3", "life < 10 * 86400 ? life / 2 : life / 30", "acme:expiring_in_5_days"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
@@ -129,6 +149,9 @@ PY
 		case "$tests" in *tls*)
 			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
 		esac
+		case "$tests" in *xapi*|*acme*)
+			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
+		esac
 		case "$tests" in *events*) gcc -O2 -o tests/out/xwebhook-gcc xwebhook.c || exit 2; esac
 		for t in $tests; do
 			suite=${t%%:*}; names=${t#*:}; [ "$names" = "$t" ] && names=""
@@ -139,6 +162,10 @@ PY
 			events) ONLY=$names python3 tests/events.py tests/xwebhook-asan tests/fixtures tests/out/xwebhook-gcc \
 			    >tests/out/events.log 2>&1 ;;
 			tls) ONLY=$names python3 tests/tls.py tests/xwebhook-tls-asan tests/fixtures >tests/out/tls.log 2>&1 ;;
+			brokers) ONLY=$names python3 tests/brokers.py tests/xwebhook-asan tests/fixtures \
+			    >tests/out/brokers.log 2>&1 ;;
+			xapi) ONLY=$names python3 tests/xapi.py tests/xwebhook-tls-asan tests/fixtures >tests/out/xapi.log 2>&1 ;;
+			acme) ONLY=$names python3 tests/acme.py tests/xwebhook-tls-asan tests/fixtures >tests/out/acme.log 2>&1 ;;
 			esac || exit 1
 		done
 		exit 0

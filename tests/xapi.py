@@ -119,6 +119,9 @@ def the_whole_path_register_subscribe_replay_unregister():
         tls.wait_for(lambda: ('"job_id": "%s"' % job).encode() in w.srv.stdout(), 10)
         assert w.ok("unsubscribe", wid, USER_ID) == {"data": {"subscribed": False}}
         assert w.ok("subscriptions", wid)["data"]["subscriptions"] == []
+        # Signed again: a fresh nonce, or X refuses it as a replay.
+        assert w.ok("subscribe", wid) == {"data": {"subscribed": True}}
+        assert w.ok("unsubscribe", wid, USER_ID) == {"data": {"subscribed": False}}
         assert w.ok("unregister", wid) == {"data": {"deleted": True}}
         assert w.ok("webhooks") == {"meta": {"result_count": 0}}
         ua = {r["headers"].get("User-Agent") for r in w.x.requests}
