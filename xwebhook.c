@@ -6497,6 +6497,17 @@ out:
 	return found;
 }
 
+/* Is the top-level member key of the JSON object in p[0, n) true? */
+static int
+json_true(const char *p, size_t n, const char *key)
+{
+	struct buf v = { 0 };
+	int yes = json_member(p, n, key, &v) == 0 && v.len == 4 && memcmp(v.p, "true", 4) == 0;
+
+	buf_free(&v);
+	return yes;
+}
+
 /* The string value of the top-level member key of the JSON object in
  * p[0, n), decoded, into out: 0, or -1 when p is not a JSON object, has
  * no such member at its top level, or its value is not a string. */
@@ -7053,18 +7064,14 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 			snprintf(why, wn, "the server did not begin with INFO: is this NATS?");
 		return -1;
 	}
-	if (json_member(m.args, m.args_len, "tls_required", &v) == 0 && strncmp(v.p, "true", 4) == 0) {
-		buf_free(&v);
+	if (json_true(m.args, m.args_len, "tls_required")) {
 		snprintf(why, wn, "the server requires TLS, which --forward nats:// does not speak");
 		return -1;
 	}
-	v.len = 0;
-	if (json_member(m.args, m.args_len, "headers", &v) < 0 || strncmp(v.p, "true", 4) != 0) {
-		buf_free(&v);
+	if (!json_true(m.args, m.args_len, "headers")) {
 		snprintf(why, wn, "the server does not take message headers (NATS 2.2 or later does)");
 		return -1;
 	}
-	v.len = 0;
 	f->max_payload = 1024 * 1024;  /* NATS's default */
 	if (json_member(m.args, m.args_len, "max_payload", &v) == 0) {
 		buf_addc(&v, '\0');
@@ -8815,6 +8822,7 @@ acme_post(struct acme *a, const char *url, const char *payload, const char *acce
 	for (tries = 0; tries < ACME_NONCE_RETRIES; tries++) {
 		struct buf prot = { 0 }, body = { 0 }, input = { 0 };
 		unsigned char sig[64];
+		size_t dot;
 
 		if (a->nonce[0] == '\0') {
 			answer_free(ans);
@@ -8841,14 +8849,16 @@ acme_post(struct acme *a, const char *url, const char *payload, const char *acce
 		json_escape(&prot, url, strlen(url));
 		buf_adds(&prot, "\"}");
 		a->nonce[0] = '\0';  /* used */
+		/* The signing input: protected "." payload, both base64url. */
 		b64url(&input, prot.p, prot.len);
+		dot = input.len;
 		buf_addc(&input, '.');
 		if (payload != NULL)
 			b64url(&input, payload, strlen(payload));
 		buf_adds(&body, "{\"protected\":\"");
-		buf_add(&body, input.p, (size_t)(strchr(input.p, '.') - input.p));
+		buf_add(&body, input.p, dot);
 		buf_adds(&body, "\",\"payload\":\"");
-		buf_add(&body, strchr(input.p, '.') + 1, input.len - (size_t)(strchr(input.p, '.') - input.p) - 1);
+		buf_add(&body, input.p + dot + 1, input.len - dot - 1);
 		buf_adds(&body, "\",\"signature\":\"");
 		if (ec_sign(&a->account, input.p, input.len, 0, sig) != 64) {
 			snprintf(why, wn, "cannot sign with the account key");
