@@ -476,6 +476,101 @@ def ari_window_from_the_ca_renews_early_and_otherwise_waits():
         p.close()
 
 
+class HostileCa:
+    """An ACME server that misbehaves in one way: 'garbage' (a directory
+    that is not JSON), 'huge' (a 2 MiB directory), or 'ratelimited' (a
+    fine directory and nonce, then 429 rateLimited with Retry-After: 120
+    and a subproblem, for the account)."""
+
+    def __init__(self, mode):
+        import http.server
+        import threading
+        d = tempfile.mkdtemp(prefix="hostile-ca-", dir=it.WORK)
+        self.cert, key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", key, "-out", self.cert, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True, timeout=60)
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def send(self, status, body, headers):
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                base = "https://localhost:%d" % outer.port
+                if mode == "garbage":
+                    return self.send(200, b"<html>\x1b[31mnot ACME</html>", {"Content-Type": "text/html"})
+                if mode == "huge":
+                    return self.send(200, b"{" + b" " * (2 << 20) + b"}", {"Content-Type": "application/json"})
+                if self.path == "/dir":
+                    return self.send(200, json.dumps({"newNonce": base + "/nonce", "newAccount": base + "/acct",
+                                                      "newOrder": base + "/order"}).encode(),
+                                     {"Content-Type": "application/json"})
+                self.send(204, b"", {"Replay-Nonce": "nonce-%d" % time.time_ns()})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                problem = {"type": "urn:ietf:params:acme:error:rateLimited",
+                           "detail": "too many new accounts\x1b[2J from this address",
+                           "subproblems": [{"type": "urn:ietf:params:acme:error:rateLimited",
+                                            "detail": "limit: 10 per 3 hours"}]}
+                self.send(429, json.dumps(problem).encode(), {"Content-Type": "application/problem+json",
+                                                               "Retry-After": "120",
+                                                               "Replay-Nonce": "nonce-%d" % time.time_ns()})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.handle_error = lambda *a: None  # the client hanging up on 2 MiB is the point
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@test
+def hostile_cas_get_one_line_and_a_wait_never_a_crash():
+    for mode, parts, wait in (("garbage", ["without an ACME directory"], 30),
+                              ("huge", ["larger than 1 MiB"], 30),
+                              ("ratelimited", ["429 urn:ietf:params:acme:error:rateLimited",
+                                               "too many new accounts\\x1b[2J from this address",
+                                               "limit: 10 per 3 hours"], 120)):
+        ca = HostileCa(mode)
+        state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+        saved = it.BIN
+        it.BIN = BIN
+        try:
+            srv = it.Server("--acme", DOMAIN, "--acme-server", "https://localhost:%d/dir" % ca.port,
+                            "--acme-cacert", ca.cert, "--state-dir", state)
+        finally:
+            it.BIN = saved
+        try:
+            want = "trying again in %d s" % wait
+            assert fault.wait_until(lambda: want in srv.stderr(), 30), (mode, srv.stderr())
+            line = [ln for ln in srv.stderr().splitlines() if want in ln][0]
+            assert all(p in line for p in parts), (mode, line)
+            assert "\x1b" not in srv.stderr()
+            time.sleep(1)
+            assert srv.stderr().count("trying again") == 1, "a tight loop: " + srv.stderr()
+            assert srv.proc.poll() is None
+        finally:
+            srv.stop()
+            ca.close()
+
+
 @test
 def works_after_dropping_root_and_everything_is_the_users():
     if os.geteuid() != 0:
