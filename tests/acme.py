@@ -482,9 +482,10 @@ class HostileCa:
     fine directory and nonce, then 429 rateLimited with Retry-After: 120
     and a subproblem, for the account)."""
 
-    def __init__(self, mode):
+    def __init__(self, mode, token="tok-Zq8_challenge"):
         import http.server
         import threading
+        self.seen = []
         d = tempfile.mkdtemp(prefix="hostile-ca-", dir=it.WORK)
         self.cert, key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -520,6 +521,24 @@ class HostileCa:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.seen.append(self.path)
+                base = "https://localhost:%d" % outer.port
+                nonce = {"Replay-Nonce": "nonce-%d" % time.time_ns(), "Content-Type": "application/json"}
+                if mode == "pending":
+                    # A CA that hands out a tls-alpn-01 challenge and never
+                    # decides it: the challenge certificate stays up.
+                    if self.path == "/acct":
+                        return self.send(201, b'{"status":"valid"}', dict(nonce, Location=base + "/acct/1"))
+                    if self.path == "/order":
+                        return self.send(201, json.dumps({"status": "pending", "finalize": base + "/fin",
+                                                          "authorizations": [base + "/authz"]}).encode(),
+                                         dict(nonce, Location=base + "/order/1"))
+                    if self.path == "/authz":
+                        return self.send(200, json.dumps({"status": "pending", "challenges": [
+                            {"type": "http-01", "url": base + "/chall-http", "token": "other"},
+                            {"type": "tls-alpn-01", "url": base + "/chall", "token": token}]}).encode(),
+                            dict(nonce, **{"Retry-After": "1"}))
+                    return self.send(200, b"{}", nonce)
                 problem = {"type": "urn:ietf:params:acme:error:rateLimited",
                            "detail": "too many new accounts\x1b[2J from this address",
                            "subproblems": [{"type": "urn:ietf:params:acme:error:rateLimited",
@@ -569,6 +588,71 @@ def hostile_cas_get_one_line_and_a_wait_never_a_crash():
         finally:
             srv.stop()
             ca.close()
+
+
+@test
+def the_tls_alpn_01_certificate_is_for_the_domain_and_the_acme_tls_handshake_alone():
+    """While a challenge is pending (a CA that never decides it): a
+    handshake offering only acme-tls/1 for the domain gets a self-signed
+    certificate with the critical acmeIdentifier extension holding SHA-256
+    of the key authorization; for another name, or an ordinary handshake
+    (no certificate yet), nothing; and no HTTP after it."""
+    import base64
+    import hashlib
+    token = "tok-Zq8_challenge"
+    ca = HostileCa("pending", token)
+    state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+    saved = it.BIN
+    it.BIN = BIN
+    try:
+        srv = it.Server("--acme", DOMAIN, "--acme-server", "https://localhost:%d/dir" % ca.port,
+                        "--acme-cacert", ca.cert, "--state-dir", state)
+    finally:
+        it.BIN = saved
+    try:
+        assert fault.wait_until(lambda: "/chall" in ca.seen, 30), ca.seen
+        # The key authorization, from the account key the server made.
+        text = subprocess.run(["openssl", "ec", "-in", os.path.join(state, "account.key"), "-noout", "-text"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout
+        pub = bytes.fromhex("".join(text.split("pub:")[1].split("ASN1")[0].split()).replace(":", ""))
+        b64 = lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")  # noqa: E731
+        jwk = '{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}' % (b64(pub[1:33]), b64(pub[33:65]))
+        key_auth = token + "." + b64(hashlib.sha256(jwk.encode()).digest())
+        want = b"\x04\x20" + hashlib.sha256(key_auth.encode()).digest()
+
+        def handshake(alpn, name):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            if alpn:
+                ctx.set_alpn_protocols(alpn)
+            return ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10),
+                                   server_hostname=name)
+
+        s = handshake(["acme-tls/1"], DOMAIN)
+        der = s.getpeercert(binary_form=True)
+        assert s.selected_alpn_protocol() == "acme-tls/1"
+        assert der.count(want) == 1, "the acmeIdentifier does not hold SHA-256 of the key authorization"
+        cert = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-text"], input=der,
+                              capture_output=True, timeout=30).stdout.decode()
+        assert "1.3.6.1.5.5.7.1.31: critical" in cert and "DNS:" + DOMAIN in cert, cert
+        # Nothing is served after it.
+        try:
+            s.sendall(b"GET /webhooks/twitter?crc_token=abc HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100) == b""
+        except (ssl.SSLError, OSError):
+            pass
+        s.close()
+        for alpn, name in ((["acme-tls/1"], "other.xwebhook.test"), (["http/1.1"], DOMAIN), (None, DOMAIN)):
+            try:
+                handshake(alpn, name).close()
+                raise AssertionError("a handshake %r for %s was served" % (alpn, name))
+            except (ssl.SSLError, ConnectionError):
+                pass
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+        ca.close()
 
 
 @test

@@ -115,6 +115,10 @@ M = [
   "if (ch == 0x7f || (ch == 0xc2 &&", "if (ch == 0x7f || (0 &&", "xapi:hostile"),
  ("ACME badNonce not tried again",
   "if (!acme_is_problem(ans, \"badNonce\"))\n\t\t\tbreak;", "break;", "acme:tls_alpn_01"),
+ ("the tls-alpn-01 certificate for any name",
+  "if (t->alpn == NULL || strcasecmp(sni, acme_domain) != 0)", "if (t->alpn == NULL)", "acme:the_tls_alpn"),
+ ("HTTP served after a tls-alpn-01 handshake",
+  "if (t->sock.acme_only && t->sock.handshaken)", "if (0)", "acme:the_tls_alpn"),
  ("ACME renews only when a thirtieth of the lifetime is left",
   "life < 10 * 86400 ? life / 2 : life / 3", "life < 10 * 86400 ? life / 2 : life / 30", "acme:expiring_in_5_days"),
 ]
