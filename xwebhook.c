@@ -9497,6 +9497,8 @@ acme_thread(void *arg)
 			warn("ACME: the CA's renewal window has come; renewing");
 		if (acme_order(a, why, sizeof(why)) == 0) {
 			backoff = ACME_BACKOFF_MIN_S;
+			identity_release(acme_fallback);  /* its successor serves */
+			acme_fallback = NULL;
 			continue;
 		}
 		if (is_stopping())
