@@ -144,7 +144,8 @@ def flood_past_the_connection_limit():
         for s in held:
             s.close()
         held = []
-        assert wait_until(lambda: fd_count(srv.proc.pid) <= fds, 5), (fds, fd_count(srv.proc.pid))
+        # Generous: a loaded machine closes 100 sockets slowly; a leak never.
+        assert wait_until(lambda: fd_count(srv.proc.pid) <= fds, 15), (fds, fd_count(srv.proc.pid))
         took = timed_crc(srv.port)
         after = rss_kib(srv.proc.pid)
         print("    (RSS %d KiB idle, %d KiB with 100 held and 300 evicted, %d KiB after; CRC after in %.1f ms)"
