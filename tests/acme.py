@@ -116,17 +116,16 @@ class Pebble:
             log.close()
 
 
-def acme_server(p, state, *extra, listen=None, env=None, expect_start=True):
-    """The TLS build with --acme against pebble, listening where pebble's
-    validator dials for tls-alpn-01 (unless told otherwise)."""
-    saved = it.BIN
-    it.BIN = BIN
-    try:
-        srv = it.Server("--acme", DOMAIN, "--acme-server", p.url(), "--acme-cacert", p.cacert, "--state-dir", state,
-                        *extra, env=env, expect_start=expect_start, listen=listen or "127.0.0.1:%d" % p.tls_port)
-    finally:
-        it.BIN = saved
-    return srv
+def acme_server_at(directory, cacert, state, *extra, listen="127.0.0.1:0"):
+    """The TLS build (it.BIN) with --acme against the CA at directory."""
+    return it.Server("--acme", DOMAIN, "--acme-server", directory, "--acme-cacert", cacert, "--state-dir", state,
+                     *extra, listen=listen)
+
+
+def acme_server(p, state, *extra, listen=None):
+    """Against pebble, listening where its validator dials for tls-alpn-01
+    (unless told otherwise)."""
+    return acme_server_at(p.url(), p.cacert, state, *extra, listen=listen or "127.0.0.1:%d" % p.tls_port)
 
 
 def https_crc(port, root):
@@ -569,13 +568,7 @@ def hostile_cas_get_one_line_and_a_wait_never_a_crash():
                                                "limit: 10 per 3 hours"], 120)):
         ca = HostileCa(mode)
         state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
-        saved = it.BIN
-        it.BIN = BIN
-        try:
-            srv = it.Server("--acme", DOMAIN, "--acme-server", "https://localhost:%d/dir" % ca.port,
-                            "--acme-cacert", ca.cert, "--state-dir", state)
-        finally:
-            it.BIN = saved
+        srv = acme_server_at("https://localhost:%d/dir" % ca.port, ca.cert, state)
         try:
             want = "trying again in %d s" % wait
             assert fault.wait_until(lambda: want in srv.stderr(), 30), (mode, srv.stderr())
@@ -602,13 +595,7 @@ def the_tls_alpn_01_certificate_is_for_the_domain_and_the_acme_tls_handshake_alo
     token = "tok-Zq8_challenge"
     ca = HostileCa("pending", token)
     state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
-    saved = it.BIN
-    it.BIN = BIN
-    try:
-        srv = it.Server("--acme", DOMAIN, "--acme-server", "https://localhost:%d/dir" % ca.port,
-                        "--acme-cacert", ca.cert, "--state-dir", state)
-    finally:
-        it.BIN = saved
+    srv = acme_server_at("https://localhost:%d/dir" % ca.port, ca.cert, state)
     try:
         assert fault.wait_until(lambda: "/chall" in ca.seen, 30), ca.seen
         # The key authorization, from the account key the server made.
