@@ -259,13 +259,7 @@ def stored_cert(state, days_before, days_after, name=DOMAIN):
     run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
         "ca.key", "-out", "ca.pem", "-days", "400", "-subj", "/CN=old CA", "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign")
-    with open(os.path.join(ca, "ca.cnf"), "w") as f:
-        f.write("[ca]\ndefault_ca = ca\n[ca]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
-                "default_md = sha256\npolicy = any\ncopy_extensions = copy\nunique_subject = no\n"
-                "[any]\ncommonName = supplied\n")
-    open(os.path.join(ca, "index.txt"), "w").close()
-    with open(os.path.join(ca, "serial"), "w") as f:
-        f.write("1000\n")
+    tls.openssl_ca_dir(ca)
     with open(os.path.join(ca, "leaf.ext"), "w") as f:
         f.write("subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid\n" % name)
     run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",

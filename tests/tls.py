@@ -845,9 +845,8 @@ def user_drop_and_reload_after_it():
 
 # ---------------------------------------------------------------------------
 
-def make_expired(p):
-    """A leaf whose validity ended in 2020, signed by p's intermediate."""
-    d = p["dir"]
+def openssl_ca_dir(d):
+    """What `openssl ca -config ca.cnf` needs in d, to sign with any dates."""
     with open(os.path.join(d, "ca.cnf"), "w") as f:
         f.write("[ca]\ndefault_ca = ca\n[ca]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
                 "default_md = sha256\npolicy = any\ncopy_extensions = copy\nunique_subject = no\n"
@@ -855,6 +854,12 @@ def make_expired(p):
     open(os.path.join(d, "index.txt"), "w").close()
     with open(os.path.join(d, "serial"), "w") as f:
         f.write("1000\n")
+
+
+def make_expired(p):
+    """A leaf whose validity ended in 2020, signed by p's intermediate."""
+    d = p["dir"]
+    openssl_ca_dir(d)
     openssl("req", *KEYGEN["p256"], "-nodes", "-keyout", "expired.key", "-out", "expired.csr",
             "-subj", "/CN=" + HOST, cwd=d)
     openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "int.pem", "-keyfile", "int.key", "-in", "expired.csr",
