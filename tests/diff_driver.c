@@ -67,7 +67,15 @@ main(void)
 			put_hex(d, 32);
 			putchar(' ');
 			hmac_key_init(&hk, k, kl);
-			hmac_sha256(&hk, m, ml, d);
+			hmac_digest(&hk, m, ml, d, NULL);
+			put_hex(d, 32);
+			/* Both again in one pass, as with --forward. */
+			sha256_init(&s);
+			hmac_digest(&hk, m, ml, d, &s);
+			putchar(' ');
+			put_hex(d, 32);
+			digest_final(&s, d);
+			putchar(' ');
 			put_hex(d, 32);
 			free(k);
 			free(m);

@@ -106,6 +106,7 @@ test_sha256_impl(void)
 
 static void test_hmac(void);
 static void test_hmac_key_lengths(void);
+static void test_hmac_and_hash(void);
 
 /* Both block functions, where the CPU has the second: every vector runs
  * through each. */
@@ -113,12 +114,16 @@ static void
 test_sha256(void)
 {
 	test_sha256_impl();
+	test_hmac_and_hash();
 #ifdef SHA256_X86
 	if (cpu_has_sha()) {
 		sha256_blocks = sha256_blocks_x86;
+		sha256_blocks2 = sha256_blocks2_x86;
 		test_sha256_impl();
 		test_hmac();
+		test_hmac_and_hash();
 		sha256_blocks = sha256_blocks_c;
+		sha256_blocks2 = sha256_blocks2_c;
 	} else {
 		printf("unit: no x86 SHA extensions here; only the portable SHA-256 was tested\n");
 	}
@@ -166,10 +171,49 @@ test_hmac(void)
 			memset(key, 0xaa, kl);
 		}
 		hmac_key_init(&k, key, kl);
-		hmac_sha256(&k, data, dl, mac);
+		hmac_digest(&k, data, dl, mac, NULL);
 		hex(mac, 32, out);
 		CHECK(strncmp(out, v[i].mac, strlen(v[i].mac)) == 0, "RFC 4231 case %zu: %s", i + 1, out);
 	}
+}
+
+/* The signature and the body's own SHA-256 in one pass (--forward), for
+ * every length over four blocks, against the two taken apart; and a
+ * digest that does not stand at a block boundary, which must be fed
+ * apart. */
+static void
+test_hmac_and_hash(void)
+{
+	unsigned char msg[300], mac[32], mac2[32], d[32], d2[32];
+	struct hmac_key k;
+	struct digest s, s2;
+	size_t n;
+
+	for (n = 0; n < sizeof(msg); n++)
+		msg[n] = (unsigned char)(n * 31 + 7);
+	hmac_key_init(&k, "xwebhook", 8);
+	for (n = 0; n <= sizeof(msg); n++) {
+		hmac_digest(&k, msg, n, mac, NULL);
+		sha256_init(&s);
+		digest_update(&s, msg, n);
+		digest_final(&s, d);
+		sha256_init(&s2);
+		hmac_digest(&k, msg, n, mac2, &s2);
+		digest_final(&s2, d2);
+		if (memcmp(mac, mac2, 32) != 0 || memcmp(d, d2, 32) != 0)
+			break;
+		sha256_init(&s2);
+		digest_update(&s2, "x", 1);  /* mid-block */
+		sha256_init(&s);
+		digest_update(&s, "x", 1);
+		digest_update(&s, msg, n);
+		digest_final(&s, d);
+		hmac_digest(&k, msg, n, mac2, &s2);
+		digest_final(&s2, d2);
+		if (memcmp(mac, mac2, 32) != 0 || memcmp(d, d2, 32) != 0)
+			break;
+	}
+	CHECK(n > sizeof(msg), "HMAC and SHA-256 in one pass differ from apart at %zu bytes", n);
 }
 
 /* Keys around the block size (64 bytes): shorter ones are zero-padded,
@@ -204,7 +248,7 @@ test_hmac_key_lengths(void)
 		for (j = 0; j < v[i].n; j++)
 			key[j] = (unsigned char)((j * 7 + 3) & 255);
 		hmac_key_init(&k, key, v[i].n);
-		hmac_sha256(&k, msg, sizeof(msg) - 1, mac);
+		hmac_digest(&k, msg, sizeof(msg) - 1, mac, NULL);
 		hex(mac, 32, out);
 		CHECK(strcmp(out, v[i].mac) == 0, "HMAC with a %zu-byte key: %s", v[i].n, out);
 	}
@@ -456,7 +500,7 @@ test_base64(void)
 
 	/* The test vector from X's documentation. */
 	hmac_key_init(&k, "secret", 6);
-	signature_of(&k, "foo", 3, sig);
+	signature_of(&k, "foo", 3, sig, NULL);
 	sig[SIGNATURE_LEN] = '\0';
 	CHECK(strcmp(sig, "sha256=dzukRpPHVT1u4g9h6l0nV6mk9KRNKEGuTpW1LkzWLbQ=") == 0, "crc(foo) = %s", sig);
 	CHECK(ct_equal("abcd", "abcd", 4) && !ct_equal("abcd", "abce", 4) && !ct_equal("xbcd", "abcd", 4),
@@ -658,6 +702,13 @@ test_json(void)
 	}
 	/* Events must be objects: the CRC can never sign one. */
 	CHECK(json_event("{\"a\":1}", 7, JSON_CHECK, NULL, err, sizeof(err)) == 0, "an object is an event");
+	/* The whitespace it dropped: with none, the body is its own compact
+	 * form (the event writer copies it as it is). Spaces in strings are
+	 * kept, so they do not count. */
+	CHECK(json_event("{ \"a\": 1 }\n", 11, JSON_CHECK, NULL, err, sizeof(err)) == 4, "four spaces dropped");
+	CHECK(json_event("{\"a b\":\"c d\"}", 13, JSON_CHECK, NULL, err, sizeof(err)) == 0,
+	    "spaces in strings are no whitespace between tokens");
+	CHECK(json_event("\t{\"a\":[1,\r\n2]}", 14, JSON_CHECK, NULL, err, sizeof(err)) == 3, "tab and CRLF dropped");
 	CHECK(json_event("[1]", 3, JSON_CHECK, NULL, err, sizeof(err)) < 0 &&
 	    strcmp(err, "line 1, column 1: expected '{' (an event is a JSON object)") == 0, "%s", err);
 	CHECK(json_event("\"abc\"", 5, JSON_CHECK, NULL, err, sizeof(err)) < 0, "a string is no event");
