@@ -4059,12 +4059,17 @@ read_body(struct conn *c, const struct request *req, const char **why)
  *   1. appends the batch to --output (not yet synced);
  *   2. gives it to stdout's queue and waits for stdout to take it, until
  *      SINK_TIMEOUT_S after the oldest event was verified;
- *   3. hands it to each --forward broker and waits for every entry id;
- *   4. fdatasyncs --output once for the whole batch (group commit);
+ *   3. sends it to each --forward broker, and goes on to the next batch
+ *      while their acknowledgements come (up to WRITER_INFLIGHT batches
+ *      out at once, so a broker's round trip is not a pause);
+ *   4. once every broker has acknowledged a batch, and every batch before
+ *      it, fdatasyncs --output once for all of them (group commit);
  *   5. releases the verdicts: 200 for all, or the failure for all.
- * A failure at any step cuts --output back to where the batch began, so
- * an event answered 5xx is not in that file and X's resend is no
- * duplicate there (a broker cannot be rolled back: see "Brokers"). (stdout is no record: an event it took before a later
+ * A failure at any step cuts --output back to where the failed batch
+ * began (a broker's failure fails every batch out to it, so back to where
+ * the oldest of those began): an event answered 5xx is not in that file
+ * and X's resend is no duplicate there (a broker cannot be rolled back:
+ * see "Brokers"). (stdout is no record: an event it took before a later
  * step failed, or that it took late, may show there twice.)
  *
  * stdout failing for good (EPIPE, EBADF, a full device): without --output,
@@ -4080,21 +4085,65 @@ static struct {
 	pthread_cond_t work;      /* events were queued, or SIGHUP reopened --output */
 	pthread_cond_t decided;   /* a batch has its verdict (for threads) */
 	struct event *head, **tail;
+	/* With --forward the writer waits in poll() on the brokers' sockets
+	 * and this eventfd, which is written when polling is set. */
+	int wake_fd;
+	int polling;
 } writer = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-	NULL, &writer.head };
+	NULL, &writer.head, -1, 0 };
 
-/* How often an idle writer looks at the brokers' connections (see
- * "Brokers"): a non-blocking read each, well within any PING interval. */
-enum { FORWARD_IDLE_MS = 1000 };
+enum {
+	MAX_FORWARDS = 4,         /* --forward brokers */
+	WRITER_INFLIGHT = 4,      /* batches sent to the brokers, not yet acknowledged */
+};
+
+/* A batch written to --output (not yet synced) and stdout and sent to
+ * every broker, waiting for their acknowledgements. The writer keeps
+ * them in a ring, oldest first, and decides them in that order. */
+struct batch {
+	struct event *events;
+	unsigned n;                     /* events in it */
+	int64_t deadline;               /* its oldest event's, for every sink */
+	off_t start;                    /* where it begins in --output, or -1 */
+	unsigned acked[MAX_FORWARDS];   /* acknowledgements in, per broker */
+	uint64_t first[MAX_FORWARDS];   /* NATS: its first event's reply number */
+};
+
+static struct {
+	struct batch b[WRITER_INFLIGHT];
+	unsigned head, n;
+} inflight;
+
+static struct batch *
+inflight_at(unsigned i)
+{
+	return &inflight.b[(inflight.head + i) % WRITER_INFLIGHT];
+}
 
 static void loop_event_decided(struct conn *c);
-static int forward_batch(struct event *batch, int64_t deadline, const char **why);
-static void forward_idle_all(void);
+static int forward_send(struct batch *b, const char **why);
+static void forward_wait(int events_too);
+static void forward_replies(void);
+static void forward_forget(void);
 
 static struct conn *
 event_conn(struct event *e)
 {
 	return (struct conn *)(void *)((char *)e - offsetof(struct conn, ev));
+}
+
+/* Under writer.lock: wake the writer, whichever way it waits. */
+static void
+writer_wake(void)
+{
+	uint64_t one = 1;
+
+	pthread_cond_signal(&writer.work);
+	if (writer.polling) {
+		writer.polling = 0;
+		if (write(writer.wake_fd, &one, sizeof(one)) < 0)
+			(void)0;  /* EAGAIN: the counter is full, so it is woken */
+	}
 }
 
 /* Hand the events first..*last (linked by next) to the writer. */
@@ -4104,7 +4153,7 @@ writer_queue(struct event *first, struct event **last)
 	pthread_mutex_lock(&writer.lock);
 	*writer.tail = first;
 	writer.tail = last;
-	pthread_cond_signal(&writer.work);
+	writer_wake();
 	pthread_mutex_unlock(&writer.lock);
 }
 
@@ -4147,16 +4196,16 @@ output_cut(off_t size)
 		warn("cannot cut back --output %s after a failed write:", output_path);
 }
 
-/* Write one batch to every sink; the verdict for all of its events. */
+/* Write one batch to --output (not yet synced) and stdout, noting in
+ * *start where it begins in --output (-1 if it is no regular file): S_OK,
+ * or the verdict for all of its events. */
 static enum status
-writer_batch(struct event *batch, const char **why)
+writer_write(struct event *batch, int64_t deadline, off_t *start, const char **why)
 {
 	static struct buf text = { NULL, 0, 0, 1, 0 }, lines = { NULL, 0, 0, 1, 0 };
 	static int stdout_gone, stdout_stalled, unlinked_told;
-	int64_t deadline = batch->verified + sink_timeout;
 	struct event *e;
 	struct stat sb;
-	off_t start = -1;  /* where the batch begins in --output, if regular */
 	int r;
 
 	/* One huge batch need not keep its memory for all the small ones. */
@@ -4185,7 +4234,7 @@ writer_batch(struct event *batch, const char **why)
 			return S_INTERNAL_ERROR;
 		}
 		if (S_ISREG(sb.st_mode))
-			start = sb.st_size;
+			*start = sb.st_size;
 		if (sb.st_nlink == 0 && S_ISREG(sb.st_mode) && !unlinked_told) {
 			warn("warning: --output %s was deleted while open; events go on to the deleted "
 			    "file until SIGHUP reopens the path", output_path);
@@ -4195,7 +4244,7 @@ writer_batch(struct event *batch, const char **why)
 		}
 		if (write_all(output_fd, lines.p, lines.len) < 0) {
 			warn("cannot append events to %s:", output_path);
-			output_cut(start);
+			output_cut(*start);
 			*why = "could not write the event to the --output file";
 			return S_INTERNAL_ERROR;
 		}
@@ -4210,7 +4259,7 @@ writer_batch(struct event *batch, const char **why)
 				warn("stdout has taken no event for %d s (is its reader paused?): "
 				    "events get 503 until it does", SINK_TIMEOUT_S);
 			stdout_stalled = 1;
-			output_cut(start);
+			output_cut(*start);
 			*why = "stdout did not take the event within " STR(SINK_TIMEOUT_S) " s";
 			return S_UNAVAILABLE;
 		}
@@ -4228,17 +4277,99 @@ writer_batch(struct event *batch, const char **why)
 			return S_INTERNAL_ERROR;
 		}
 	}
-	if (nforwards > 0 && forward_batch(batch, deadline, why) < 0) {
-		output_cut(start);
-		return S_UNAVAILABLE;
+	return S_OK;
+}
+
+/* Give every event of batch its verdict. A loop's connection goes back to
+ * its loop; a thread's result is set under the lock it waits with. */
+static void
+writer_decide(struct event *batch, enum status st, const char *why)
+{
+	int64_t now = now_us();
+	struct event *e, *next;
+
+	pthread_mutex_lock(&writer.lock);
+	for (e = batch; e != NULL; e = next) {
+		struct conn *c = event_conn(e);
+
+		next = e->next;
+		e->why = why;
+		e->took_us = now - e->verified_us;
+		e->result = st;
+		if (c->loop != NULL)
+			loop_event_decided(c);
 	}
+	pthread_cond_broadcast(&writer.decided);
+	pthread_mutex_unlock(&writer.lock);
+}
+
+/* Fail every batch in flight, oldest first, and cut --output back to
+ * where the oldest began. */
+static void
+inflight_fail(enum status st, const char *why)
+{
+	if (inflight.n == 0)
+		return;
+	forward_forget();
+	output_cut(inflight_at(0)->start);
+	for (; inflight.n > 0; inflight.n--) {
+		writer_decide(inflight_at(0)->events, st, why);
+		inflight.head = (inflight.head + 1) % WRITER_INFLIGHT;
+	}
+}
+
+/* Decide the oldest batches that every broker has acknowledged, after one
+ * fdatasync of --output for all of them. */
+static void
+inflight_release(void)
+{
+	unsigned k, i;
+
+	for (k = 0; k < inflight.n; k++) {
+		struct batch *b = inflight_at(k);
+
+		for (i = 0; i < nforwards && b->acked[i] == b->n; i++)
+			;
+		if (i < nforwards)
+			break;
+	}
+	if (k == 0)
+		return;
 	if (output_fd >= 0 && fdatasync(output_fd) < 0) {
 		warn("cannot sync %s:", output_path);
-		output_cut(start);
-		*why = "could not write the event to the --output file";
-		return S_INTERNAL_ERROR;
+		inflight_fail(S_INTERNAL_ERROR, "could not write the event to the --output file");
+		return;
 	}
-	return S_OK;
+	for (; k > 0; k--, inflight.n--) {
+		writer_decide(inflight_at(0)->events, S_OK, NULL);
+		inflight.head = (inflight.head + 1) % WRITER_INFLIGHT;
+	}
+}
+
+/* Write batch to the sinks and send it to the brokers: it is in flight,
+ * or decided already if a sink failed. */
+static void
+writer_send(struct event *batch)
+{
+	struct batch *b = inflight_at(inflight.n);
+	const char *why = NULL;
+	struct event *e;
+	enum status st;
+
+	memset(b, 0, sizeof(*b));
+	b->events = batch;
+	b->deadline = batch->verified + sink_timeout;
+	b->start = -1;
+	for (e = batch; e != NULL; e = e->next)
+		b->n++;
+	st = writer_write(batch, b->deadline, &b->start, &why);
+	if (st != S_OK) {
+		writer_decide(batch, st, why);
+		return;
+	}
+	inflight.n++;
+	if (nforwards > 0 && forward_send(b, &why) < 0)
+		inflight_fail(S_UNAVAILABLE, why);
 }
 
 static void *
@@ -4246,50 +4377,37 @@ writer_thread(void *arg)
 {
 	(void)arg;
 	for (;;) {
-		struct event *batch, *e, *next;
-		const char *why = NULL;
-		enum status st;
-		int fd;
+		struct event *batch = NULL;
+		int reopen, take, fd;
 
 		pthread_mutex_lock(&writer.lock);
-		while (writer.head == NULL && atomic_load(&output_reopened) < 0) {
-			struct timespec until = deadline_ts(now_ms() + FORWARD_IDLE_MS);
-
-			if (nforwards == 0) {
-				pthread_cond_wait(&writer.work, &writer.lock);
-			} else if (pthread_cond_timedwait(&writer.work, &writer.lock, &until) == ETIMEDOUT) {
-				/* Idle: keep the brokers' connections alive. */
-				pthread_mutex_unlock(&writer.lock);
-				forward_idle_all();
-				pthread_mutex_lock(&writer.lock);
-			}
+		reopen = atomic_load(&output_reopened) >= 0;
+		while (nforwards == 0 && writer.head == NULL && !reopen) {
+			pthread_cond_wait(&writer.work, &writer.lock);
+			reopen = atomic_load(&output_reopened) >= 0;
 		}
-		batch = writer.head;
-		writer.head = NULL;
-		writer.tail = &writer.head;
+		/* A reopened --output is taken up with nothing in flight:
+		 * their offsets are the old file's. */
+		take = inflight.n < WRITER_INFLIGHT && !(reopen && inflight.n > 0);
+		if (take) {
+			batch = writer.head;
+			writer.head = NULL;
+			writer.tail = &writer.head;
+			writer.polling = batch == NULL && nforwards > 0;
+		}
 		pthread_mutex_unlock(&writer.lock);
-		if ((fd = atomic_exchange(&output_reopened, -1)) >= 0) {
+		if (inflight.n == 0 && (fd = atomic_exchange(&output_reopened, -1)) >= 0) {
 			close(output_fd);
 			output_fd = fd;
 		}
-		if (batch == NULL)
-			continue;
-		st = writer_batch(batch, &why);
-		/* The verdicts. A loop's connection goes back to its loop; a
-		 * thread's result is set under the lock it waits with. */
-		pthread_mutex_lock(&writer.lock);
-		for (e = batch; e != NULL; e = next) {
-			struct conn *c = event_conn(e);
-
-			next = e->next;
-			e->why = why;
-			e->took_us = now_us() - e->verified_us;
-			e->result = st;
-			if (c->loop != NULL)
-				loop_event_decided(c);
+		if (nforwards > 0) {
+			if (batch == NULL)
+				forward_wait(take);
+			forward_replies();
 		}
-		pthread_cond_broadcast(&writer.decided);
-		pthread_mutex_unlock(&writer.lock);
+		if (batch != NULL)
+			writer_send(batch);
+		inflight_release();
 	}
 	return NULL;
 }
@@ -4317,7 +4435,9 @@ writer_start(void)
 	pthread_t t;
 	pthread_attr_t a;
 
-	cond_init_monotonic(&writer.work);  /* its idle wait is timed */
+	writer.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (writer.wake_fd < 0)
+		die("cannot make the event writer's eventfd:");
 	pthread_attr_init(&a);
 	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
 	if (pthread_create(&t, &a, writer_thread, NULL) != 0)
@@ -4720,7 +4840,7 @@ reload(void)
 			if ((old = atomic_exchange(&output_reopened, fd)) >= 0)
 				close(old);  /* an earlier SIGHUP's, not yet taken up */
 			pthread_mutex_lock(&writer.lock);
-			pthread_cond_signal(&writer.work);
+			writer_wake();
 			pthread_mutex_unlock(&writer.lock);
 			warn("SIGHUP: reopened --output %s", output_path);
 		}
@@ -6618,18 +6738,22 @@ json_member_string(const char *p, size_t n, const char *key, struct buf *out)
  * event writer. A batch goes out on one connection per broker (the
  * client's plain transport): pipelined XADDs to Redis, back-to-back
  * JetStream publishes to NATS, and is taken when every entry id or PubAck
- * has come back. A broker that is down makes POSTs 503 (X retries) and is
- * dialled again with a backoff; CRCs never wait on it. No client library:
- * RESP and the NATS protocol are a few lines of text framing each.
+ * has come back. The writer does not wait for them before it sends the
+ * next batch: up to WRITER_INFLIGHT batches are out at once, and the
+ * replies are matched to them in order (Redis answers in order; a PubAck
+ * names its event by the reply subject's number). A broker that fails
+ * fails every batch out to it; one that is down makes POSTs 503 (X
+ * retries) and is dialled again with a backoff; CRCs never wait on it.
+ * No client library: RESP and the NATS protocol are a few lines of text
+ * framing each.
  *
- * Between batches the writer looks at each connection every
- * FORWARD_IDLE_MS, and before each batch: it answers NATS's PINGs (an unanswered server drops us
- * as stale) and notices a connection the broker closed, so that the next
+ * The writer waits in poll() on the brokers' sockets, so it answers
+ * NATS's PINGs when they come (an unanswered server drops us as stale)
+ * and notices at once a connection the broker closed, so that the next
  * event is not the one that finds out.
  * ------------------------------------------------------------------------ */
 
 enum {
-	MAX_FORWARDS = 4,
 	FORWARD_CONNECT_MS = 2000,    /* dialling, AUTH and JetStream's answer at start */
 	FORWARD_BACKOFF_MIN_MS = 100,
 	FORWARD_BACKOFF_MAX_MS = 5000,
@@ -6652,10 +6776,12 @@ struct forward {
 	char host[256], port[8];
 	char user[128], password[256];  /* a NATS token is a password with no user */
 	char key[256];            /* the Redis stream, or the NATS subject */
+	char maxlen[24];          /* Redis: ?maxlen=N, the entries the stream keeps, or "" */
 	struct client cl;
 	int up;
 	int64_t retry_at, backoff;
 	struct buf out, in;       /* commands, and replies not yet parsed */
+	unsigned skip;            /* Redis: replies still owed to failed batches */
 	/* NATS only. */
 	size_t used;              /* bytes of in the last nats_read returned */
 	char inbox[48];           /* _INBOX.<random>: where PubAcks come */
@@ -6794,6 +6920,7 @@ forward_down(struct forward *f)
 	f->up = 0;
 	f->in.len = 0;
 	f->used = 0;
+	f->skip = 0;
 	f->retry_at = now_ms() + f->backoff;
 	f->backoff = f->backoff * 2 > FORWARD_BACKOFF_MAX_MS ? FORWARD_BACKOFF_MAX_MS : f->backoff * 2;
 }
@@ -6820,11 +6947,13 @@ resp_bulk(struct buf *b, const char *p, size_t n)
 }
 
 /* Read one reply by deadline: its first byte ('+', '-', ':' or '$'),
- * with its line (or bulk string) in text; -1 on an I/O or framing error,
- * with a reason in text. */
+ * with its line (or bulk string) in text; IO_TIMEOUT; or -1 on an I/O or
+ * framing error, with a reason in text. */
 static int
 resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn)
 {
+	int r;
+
 	for (;;) {
 		char *eol = f->in.len > 0 ? memchr(f->in.p, '\n', f->in.len) : NULL;
 
@@ -6871,8 +7000,8 @@ resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn)
 			return -1;
 		}
 more:
-		if (forward_fill(f, deadline, text, tn) < 0)
-			return -1;
+		if ((r = forward_fill(f, deadline, text, tn)) < 0)
+			return r;  /* IO_TIMEOUT, or -1 */
 	}
 }
 
@@ -6925,26 +7054,71 @@ redis_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	return redis_exchange(f, n, '+', deadline, why, wn);
 }
 
-/* XADD the batch, pipelined, and read every entry id. */
-static int
-redis_batch(struct forward *f, struct event *batch, int64_t deadline, char *why, size_t wn)
+/* The batch's XADDs, pipelined, into f->out. */
+static void
+redis_batch(struct forward *f, const struct batch *b)
 {
 	struct event *e;
-	unsigned n = 0;
 
-	for (e = batch; e != NULL; e = e->next, n++) {
+	for (e = b->events; e != NULL; e = e->next) {
 		struct conn *c = event_conn(e);
 
-		buf_adds(&f->out, "*7\r\n");
+		buf_adds(&f->out, f->maxlen[0] ? "*10\r\n" : "*7\r\n");
 		resp_bulk(&f->out, "XADD", 4);
 		resp_bulk(&f->out, f->key, strlen(f->key));
+		if (f->maxlen[0]) {
+			resp_bulk(&f->out, "MAXLEN", 6);
+			resp_bulk(&f->out, "~", 1);
+			resp_bulk(&f->out, f->maxlen, strlen(f->maxlen));
+		}
 		resp_bulk(&f->out, "*", 1);
 		resp_bulk(&f->out, "event", 5);
 		resp_bulk(&f->out, c->compact.p, c->compact.len - 1);  /* without its newline */
 		resp_bulk(&f->out, "sha256", 6);
 		resp_bulk(&f->out, c->body_sha, 64);
 	}
-	return redis_exchange(f, n, '$', deadline, why, wn);
+}
+
+/* The batch in flight that is owed broker i's next reply in order, or NULL. */
+static struct batch *
+forward_owed(unsigned i)
+{
+	unsigned k;
+
+	for (k = 0; k < inflight.n; k++)
+		if (inflight_at(k)->acked[i] < inflight_at(k)->n)
+			return inflight_at(k);
+	return NULL;
+}
+
+/* Take every reply Redis has sent, without waiting: each is an entry id
+ * for the oldest event that has none yet. 0, or -1 with why. */
+static int
+redis_replies(struct forward *f, unsigned i, char *why, size_t wn)
+{
+	char text[RESP_MAX_LINE + 1], shown[200];
+
+	for (;;) {
+		int t = resp_reply(f, now_ms(), text, sizeof(text));
+		struct batch *b;
+
+		if (t == IO_TIMEOUT)
+			return 0;
+		if (t < 0) {
+			snprintf(why, wn, "%.200s", text);
+			return -1;
+		}
+		if (f->skip > 0) {
+			f->skip--;  /* a failed batch's */
+			continue;
+		}
+		if ((b = forward_owed(i)) == NULL || t != '$') {
+			forward_quote(shown, sizeof(shown), text, strlen(text));
+			snprintf(why, wn, "Redis %s: %s", b == NULL ? "said what was not asked" : "answered", shown);
+			return -1;
+		}
+		b->acked[i]++;
+	}
 }
 
 /* ---- NATS ---- */
@@ -7243,18 +7417,16 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	return 0;
 }
 
-/* Publish the batch to JetStream back to back, each with its body's
- * hash as Nats-Msg-Id (the stream stores X's resends of it once), and
- * read every PubAck. */
+/* The batch's JetStream publishes, back to back, into f->out: each with
+ * its body's hash as Nats-Msg-Id (the stream stores X's resends of it
+ * once) and a reply subject numbered from b->first[i]. 0, or -1 with why. */
 static int
-nats_batch(struct forward *f, struct event *batch, int64_t deadline, char *why, size_t wn)
+nats_batch(struct forward *f, unsigned i, struct batch *b, char *why, size_t wn)
 {
 	struct event *e;
-	uint64_t first = f->seq + 1, last;
-	size_t acked = 0, n = 0;
-	struct nats_msg m;
 
-	for (e = batch; e != NULL; e = e->next, n++) {
+	b->first[i] = f->seq + 1;
+	for (e = b->events; e != NULL; e = e->next) {
 		struct conn *c = event_conn(e);
 		size_t len = c->compact.len - 1;  /* without its newline */
 		char head[600];
@@ -7270,20 +7442,30 @@ nats_batch(struct forward *f, struct event *batch, int64_t deadline, char *why, 
 		buf_add(&f->out, c->compact.p, len);
 		buf_adds(&f->out, "\r\n");
 	}
-	last = f->seq;
-	if (f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, deadline) < 0) {
-		snprintf(why, wn, "cannot send to it");
-		return -1;
-	}
-	buf_clear(&f->out);
-	while (acked < n) {
-		int op = nats_read(f, deadline, &m, why, wn);
-		const char *dot;
-		unsigned long long k;
+	return 0;
+}
 
+/* Take everything NATS has sent, without waiting: PINGs get their PONG,
+ * and a PubAck counts for the batch in flight whose event it names.
+ * 0, or -1 with why. */
+static int
+nats_replies(struct forward *f, unsigned i, char *why, size_t wn)
+{
+	size_t inbox = strlen(f->inbox);
+	struct nats_msg m;
+	unsigned k;
+
+	for (;;) {
+		int op = nats_read(f, now_ms(), &m, why, wn);
+		const char *dot;
+		uint64_t seq;
+		struct batch *b = NULL;
+
+		if (op == IO_TIMEOUT)
+			return 0;
 		if (op < 0)
 			return -1;
-		if (op == NATS_PING && f->cl.c.tr->write(&f->cl.c, "PONG\r\n", 6, deadline) < 0) {
+		if (op == NATS_PING && f->cl.c.tr->write(&f->cl.c, "PONG\r\n", 6, now_ms() + 1000) < 0) {
 			snprintf(why, wn, "cannot send to it");
 			return -1;
 		}
@@ -7297,12 +7479,17 @@ nats_batch(struct forward *f, struct event *batch, int64_t deadline, char *why, 
 		if (op != NATS_MSG)
 			continue;
 		dot = memrchr(m.subject, '.', m.subject_len);
-		if (dot == NULL || (size_t)(dot - m.subject) != strlen(f->inbox) ||
-		    memcmp(m.subject, f->inbox, strlen(f->inbox)) != 0)
+		if (dot == NULL || (size_t)(dot - m.subject) != inbox || memcmp(m.subject, f->inbox, inbox) != 0)
 			continue;
-		k = strtoull(dot + 1, NULL, 10);
-		if (k < first || k > last)
-			continue;  /* not this batch's */
+		seq = strtoull(dot + 1, NULL, 10);
+		for (k = 0; k < inflight.n && b == NULL; k++) {
+			struct batch *x = inflight_at(k);
+
+			if (seq >= x->first[i] && seq - x->first[i] < x->n)
+				b = x;
+		}
+		if (b == NULL)
+			continue;  /* a failed batch's, or an old request's */
 		if (m.status == 503) {
 			snprintf(why, wn, "no JetStream stream captures %s any more", f->key);
 			return -1;
@@ -7312,9 +7499,8 @@ nats_batch(struct forward *f, struct event *batch, int64_t deadline, char *why, 
 				snprintf(why, wn, "JetStream answered status %d", m.status);
 			return -1;
 		}
-		acked++;
+		b->acked[i]++;
 	}
-	return 0;
 }
 
 /* ---- Both ---- */
@@ -7333,6 +7519,7 @@ forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	buf_clear(&f->out);
 	f->in.len = 0;
 	f->used = 0;
+	f->skip = 0;
 	r = f->kind == FORWARD_REDIS ? redis_open(f, deadline, why, wn) : nats_open(f, deadline, why, wn);
 	if (r < 0) {
 		client_close(&f->cl);
@@ -7343,66 +7530,25 @@ forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	return 0;
 }
 
-/* Between batches: take what an idle connection was sent without
- * waiting. NATS's PINGs get their PONG; anything else from Redis, or
- * the connection's end, closes it, to be dialled again at once. */
-static void
-forward_idle(struct forward *f)
-{
-	char why[300];
-	int r;
-
-	if (!f->up)
-		return;
-	if (f->kind == FORWARD_REDIS) {
-		r = forward_fill(f, now_ms(), why, sizeof(why));
-		if (r == IO_TIMEOUT)
-			return;
-	} else {
-		struct nats_msg m;
-
-		while ((r = nats_read(f, now_ms(), &m, why, sizeof(why))) >= 0) {
-			if (r == NATS_PING && f->cl.c.tr->write(&f->cl.c, "PONG\r\n", 6, now_ms() + 1000) < 0)
-				break;
-		}
-		if (r == IO_TIMEOUT)
-			return;
-	}
-	client_close(&f->cl);
-	f->up = 0;
-	f->in.len = 0;
-	f->used = 0;
-	f->retry_at = 0;  /* an idle connection's end is no failure: dial at once */
-}
-
-static void
-forward_idle_all(void)
-{
-	unsigned i;
-
-	for (i = 0; i < nforwards; i++)
-		forward_idle(&forwards[i]);
-}
-
-/* Hand a batch to every broker, by deadline: 0, or -1 with why (a
- * static string) and the reason logged. */
+/* Send batch b to every broker, dialling one that is down: 0, or -1
+ * with why (a static string) and the reason logged, every batch in
+ * flight then failing with it. */
 static int
-forward_batch(struct event *batch, int64_t deadline, const char **why)
+forward_send(struct batch *b, const char **why)
 {
 	unsigned i;
 
 	for (i = 0; i < nforwards; i++) {
 		struct forward *f = &forwards[i];
 		char detail[400];
-		int r;
+		int r = 0;
 
-		forward_idle(f);
 		if (!f->up) {
 			if (now_ms() < f->retry_at) {
 				*why = "the broker is unreachable; try again";
 				return -1;
 			}
-			if (forward_open(f, deadline, detail, sizeof(detail)) < 0) {
+			if (forward_open(f, b->deadline, detail, sizeof(detail)) < 0) {
 				warn("--forward %s: %s; POSTs get 503 until it answers", f->shown, detail);
 				forward_down(f);
 				*why = "the broker is unreachable; try again";
@@ -7411,18 +7557,124 @@ forward_batch(struct event *batch, int64_t deadline, const char **why)
 			warn("--forward %s: connected", f->shown);
 		}
 		buf_clear(&f->out);
-		r = f->kind == FORWARD_REDIS ? redis_batch(f, batch, deadline, detail, sizeof(detail)) :
-		    nats_batch(f, batch, deadline, detail, sizeof(detail));
+		if (f->kind == FORWARD_REDIS)
+			redis_batch(f, b);
+		else
+			r = nats_batch(f, i, b, detail, sizeof(detail));
+		if (r == 0 && f->out.failed) {
+			snprintf(detail, sizeof(detail), "out of memory");
+			r = -1;
+		}
+		if (r == 0 && f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, b->deadline) < 0) {
+			snprintf(detail, sizeof(detail), "cannot send to it");
+			r = -1;
+		}
+		if (f->out.cap > STDOUT_QUEUE_LIMIT)
+			buf_free(&f->out);
+		buf_clear(&f->out);
 		if (r < 0) {
 			warn("--forward %s did not take the events: %s", f->shown, detail);
 			forward_down(f);
 			*why = "the broker did not take the event; try again";
 			return -1;
 		}
-		if (f->out.cap > STDOUT_QUEUE_LIMIT)
-			buf_free(&f->out);
 	}
 	return 0;
+}
+
+/* Wait until a broker says something, the oldest batch in flight is
+ * due, or (with events_too) events are queued. */
+static void
+forward_wait(int events_too)
+{
+	struct pollfd pfd[MAX_FORWARDS + 1];
+	nfds_t n = 0;
+	int timeout = -1;
+	uint64_t v;
+	unsigned i;
+
+	for (i = 0; i < nforwards; i++) {
+		if (forwards[i].up) {
+			pfd[n].fd = forwards[i].cl.c.fd;
+			pfd[n].events = POLLIN;
+			n++;
+		}
+	}
+	if (events_too) {
+		pfd[n].fd = writer.wake_fd;
+		pfd[n].events = POLLIN;
+		n++;
+	}
+	if (inflight.n > 0) {
+		int64_t left = inflight_at(0)->deadline - now_ms();
+
+		timeout = left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
+	}
+	if (poll(pfd, n, timeout) < 0 && errno != EINTR)
+		warn("the event writer cannot wait on the brokers:");
+	if (events_too) {
+		pthread_mutex_lock(&writer.lock);
+		writer.polling = 0;
+		pthread_mutex_unlock(&writer.lock);
+		if (read(writer.wake_fd, &v, sizeof(v)) < 0)
+			(void)0;  /* EAGAIN: not written */
+	}
+}
+
+/* Take every broker's replies so far, without waiting, and fail the
+ * batches in flight if a broker failed or the oldest is due. A
+ * connection with nothing owed on it that ends, or says what was not
+ * asked, is closed and dialled again for the next batch: no failure. */
+static void
+forward_replies(void)
+{
+	unsigned i;
+
+	for (i = 0; i < nforwards; i++) {
+		struct forward *f = &forwards[i];
+		char why[300];
+		int r;
+
+		if (!f->up)
+			continue;
+		r = f->kind == FORWARD_REDIS ? redis_replies(f, i, why, sizeof(why)) :
+		    nats_replies(f, i, why, sizeof(why));
+		if (r == 0)
+			continue;
+		if (forward_owed(i) == NULL) {
+			forward_down(f);
+			f->retry_at = 0;
+			f->backoff = FORWARD_BACKOFF_MIN_MS;
+			continue;
+		}
+		warn("--forward %s did not take the events: %s", f->shown, why);
+		forward_down(f);
+		inflight_fail(S_UNAVAILABLE, "the broker did not take the event; try again");
+	}
+	if (inflight.n > 0 && now_ms() >= inflight_at(0)->deadline) {
+		for (i = 0; i < nforwards; i++) {
+			if (forwards[i].up && inflight_at(0)->acked[i] < inflight_at(0)->n) {
+				warn("--forward %s did not take the events: no reply in time", forwards[i].shown);
+				forward_down(&forwards[i]);
+			}
+		}
+		inflight_fail(S_UNAVAILABLE, "the broker did not take the event; try again");
+	}
+}
+
+/* The batches in flight are failing: a broker still up skips the
+ * replies it owes them. (A PubAck names its event, and is skipped as
+ * no batch's; Redis's replies only come in order.) */
+static void
+forward_forget(void)
+{
+	unsigned i, k;
+
+	for (i = 0; i < nforwards; i++) {
+		if (forwards[i].up && forwards[i].kind == FORWARD_REDIS)
+			for (k = 0; k < inflight.n; k++)
+				forwards[i].skip += inflight_at(k)->n - inflight_at(k)->acked[i];
+	}
 }
 
 /* ------------------------------------------------------------------------

@@ -570,6 +570,217 @@ def nats_killed_and_restarted_loses_no_acknowledged_event():
     killed_and_restarted(n, nats_url(n, "durable"), lambda: [d for d, _ in n.messages("DURABLE")], "nats")
 
 
+class HeldRedis(threading.Thread):
+    """A Redis stand-in that answers PING at once and holds every XADD's
+    reply until the test gives it (answer), so a test sees what xwebhook
+    sends while replies are owed, and makes a broker fail at the moment it
+    chooses. Each connection is served on a thread of its own; xadds is
+    every XADD in arrival order, as (connection, event)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.cv = threading.Condition()
+        self.xadds = []
+        self.connections = 0
+        self.closing = False
+        self.start()
+
+    def run(self):
+        while True:
+            try:
+                s, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.cv:
+                self.connections += 1
+            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        f = s.makefile("rb")
+        try:
+            while True:
+                head = f.readline()
+                if not head.startswith(b"*"):
+                    return
+                words = []
+                for _ in range(int(head[1:])):
+                    n = int(f.readline()[1:])
+                    words.append(f.read(n + 2)[:-2])
+                if words[0].upper() == b"PING":
+                    s.sendall(b"+PONG\r\n")
+                elif words[0].upper() == b"XADD":
+                    with self.cv:
+                        self.xadds.append((s, words[4]))
+                        self.cv.notify_all()
+                else:
+                    s.sendall(b"-ERR unknown command\r\n")
+        except (OSError, ValueError, IndexError):
+            return
+
+    def wait_xadds(self, n, timeout=5):
+        with self.cv:
+            return self.cv.wait_for(lambda: len(self.xadds) >= n, timeout)
+
+    def answer(self, i, reply=None):
+        """Reply to the i-th XADD: an entry id, or the reply given."""
+        s = self.xadds[i][0]
+        s.sendall(reply if reply is not None else b"$5\r\n1-%03d\r\n" % i)
+
+    def close(self):
+        self.listener.close()
+        with self.cv:
+            for s, _ in self.xadds:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class Poster(threading.Thread):
+    """One signed POST on a connection of its own, its status kept."""
+
+    def __init__(self, srv, body):
+        super().__init__(daemon=True)
+        self.srv, self.body, self.status = srv, body, None
+        self.start()
+
+    def run(self):
+        try:
+            self.status = it.post(self.srv.conn(timeout=20), self.body)[0].status
+        except OSError as e:
+            self.status = repr(e)
+
+    def result(self, timeout=15):
+        self.join(timeout)
+        return self.status
+
+
+@test
+def the_next_batch_goes_out_while_the_last_is_unacknowledged():
+    h = HeldRedis()
+    srv = it.Server("--forward", "redis://127.0.0.1:%d/s" % h.port)
+    try:
+        a = Poster(srv, b'{"n":1}')
+        assert h.wait_xadds(1)
+        b = Poster(srv, b'{"n":2}')
+        # Event 2 goes to Redis while event 1's entry id is still owed:
+        # one broker round trip at a time would hold it back.
+        assert h.wait_xadds(2), "the second batch waited for the first's reply"
+        assert [e for _, e in h.xadds] == [b'{"n":1}', b'{"n":2}']
+        assert a.status is None and b.status is None, "answered before Redis replied"
+        h.answer(0)
+        assert a.result() == 200
+        assert b.status is None, "event 2 answered before its entry id came"
+        h.answer(1)
+        assert b.result() == 200
+    finally:
+        srv.stop()
+        h.close()
+
+
+@test
+def a_broker_failing_with_batches_out_fails_those_and_output_keeps_none():
+    h = HeldRedis()
+    path = os.path.join(it.WORK, "held-%d.jsonl" % h.port)
+    srv = it.Server("--output", path, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    try:
+        a = Poster(srv, b'{"n":1}')
+        assert h.wait_xadds(1)
+        b = Poster(srv, b'{"n":2}')
+        c = None
+        assert h.wait_xadds(2)
+        c = Poster(srv, b'{"n":3}')
+        assert h.wait_xadds(3)
+        # The first batch's reply: it is taken, ahead of the others.
+        h.answer(0)
+        assert a.result() == 200
+        # The second's is an error: it and the third, out on the same
+        # connection, fail; --output keeps only the first.
+        h.answer(1, b"-OOM command not allowed when used memory > 'maxmemory'\r\n")
+        assert b.result() == 503 and c.result() == 503, (b.status, c.status)
+        assert open(path, "rb").read() == b'{"n":1}\n'
+        assert fault.wait_until(lambda: "OOM command not allowed" in srv.stderr(), 5), srv.stderr()
+        # Dialled again for the next event (after the backoff).
+        time.sleep(0.3)
+        d = Poster(srv, b'{"n":4}')
+        assert h.wait_xadds(4)
+        h.answer(3)
+        assert d.result() == 200
+        assert h.connections == 2
+        assert open(path, "rb").read() == b'{"n":1}\n{"n":4}\n'
+    finally:
+        srv.stop()
+        h.close()
+
+
+@test
+def replies_owed_to_a_failed_batch_are_not_taken_for_the_next():
+    # Two brokers: the second fails event 1 while the first still owes
+    # its reply. When that late reply comes, with event 2 out, it must
+    # not count as event 2's: event 2 waits for its own.
+    h1, h2 = HeldRedis(), HeldRedis()
+    srv = it.Server("--forward", "redis://127.0.0.1:%d/s" % h1.port,
+                    "--forward", "redis://127.0.0.1:%d/s" % h2.port)
+    try:
+        a = Poster(srv, b'{"n":1}')
+        assert h1.wait_xadds(1) and h2.wait_xadds(1)
+        h2.answer(0, b"-ERR no\r\n")
+        assert a.result() == 503
+        time.sleep(0.3)  # the second broker's backoff
+        b = Poster(srv, b'{"n":2}')
+        assert h1.wait_xadds(2) and h2.wait_xadds(2)
+        h2.answer(1)
+        h1.answer(0)  # event 1's, late
+        time.sleep(1)
+        assert b.status is None, "event 2 was answered %s on event 1's late reply" % b.status
+        h1.answer(1)
+        assert b.result() == 200
+    finally:
+        srv.stop()
+        h1.close()
+        h2.close()
+
+
+@test
+def sighup_with_a_batch_out_cuts_it_from_the_file_it_went_to():
+    h = HeldRedis()
+    path = os.path.join(it.WORK, "held-%d.jsonl" % h.port)
+    srv = it.Server("--output", path, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    try:
+        a = Poster(srv, b'{"n":1}')
+        assert h.wait_xadds(1)
+        h.answer(0)
+        assert a.result() == 200
+        b = Poster(srv, b'{"n":2}')
+        assert h.wait_xadds(2)
+        # logrotate moves the file and sends SIGHUP while event 2 is out.
+        os.rename(path, path + ".1")
+        srv.proc.send_signal(signal.SIGHUP)
+        assert fault.wait_until(lambda: "SIGHUP: reopened" in srv.stderr(), 5)
+        c = Poster(srv, b'{"n":3}')
+        time.sleep(0.3)
+        h.answer(1, b"-ERR no\r\n")
+        assert b.result() == 503
+        # Event 2 is cut from the moved file it was written to; the new
+        # file takes event 3 only, with nothing of the old one's offsets.
+        assert open(path + ".1", "rb").read() == b'{"n":1}\n'
+        assert c.result() in (200, 503)
+        if c.status == 503:  # it came within the backoff: once more
+            time.sleep(0.3)
+            c = Poster(srv, b'{"n":3}')
+        assert h.wait_xadds(3)
+        h.answer(len(h.xadds) - 1)
+        assert c.result() == 200
+        assert open(path, "rb").read() == b'{"n":3}\n'
+    finally:
+        srv.stop()
+        h.close()
+
+
 def main():
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None or shutil.which("nats-server") is None:
         print("FAIL redis-server, redis-cli and nats-server are not all installed "
