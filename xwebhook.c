@@ -6813,7 +6813,7 @@ nats_subject_ok(const char *s)
 	return token > 0;
 }
 
-/* Parse redis://[[USER]:PASSWORD@]HOST:PORT/STREAM or
+/* Parse redis://[[USER]:PASSWORD@]HOST:PORT/STREAM[?maxlen=N] or
  * nats://[TOKEN@|USER:PASSWORD@]HOST:PORT/SUBJECT into f: 0, or -1 with
  * *why. */
 static int
@@ -6859,7 +6859,28 @@ forward_parse(const char *url, struct forward *f, const char **why)
 		return -1;
 	}
 	n = strlen(slash + 1);
-	if (n >= sizeof(f->key) || strcspn(slash + 1, " \t\r\n") != n) {
+	if (f->kind == FORWARD_REDIS && memchr(slash + 1, '?', n) != NULL) {
+		/* The one parameter: how many entries each XADD trims the
+		 * stream to (MAXLEN ~ N), a positive number. */
+		const char *q = memchr(slash + 1, '?', n), *v = q + 8;
+		size_t vn = strlen(v);
+
+		if (strncmp(q, "?maxlen=", 8) != 0) {
+			*why = "unknown parameter (?maxlen=N is the one a redis:// URL takes)";
+			return -1;
+		}
+		if (vn == 0 || vn > 12 || strspn(v, "0123456789") != vn || strspn(v, "0") == vn) {
+			*why = "?maxlen= takes a number of entries, 1 to 999999999999";
+			return -1;
+		}
+		memcpy(f->maxlen, v, vn + 1);
+		n = (size_t)(q - slash - 1);
+		if (n == 0) {
+			*why = "the stream's name is missing before ?maxlen=";
+			return -1;
+		}
+	}
+	if (n >= sizeof(f->key) || strcspn(slash + 1, " \t\r\n") < n) {
 		*why = "the stream's or subject's name is too long or holds whitespace";
 		return -1;
 	}
@@ -6872,8 +6893,8 @@ forward_parse(const char *url, struct forward *f, const char **why)
 		char shown[sizeof(f->shown)];
 		int v6 = strchr(f->host, ':') != NULL;
 
-		snprintf(shown, sizeof(shown), "%s://%s%s%s:%s/%s", name, v6 ? "[" : "", f->host, v6 ? "]" : "",
-		    f->port, f->key);
+		snprintf(shown, sizeof(shown), "%s://%s%s%s:%s/%s%s%s", name, v6 ? "[" : "", f->host, v6 ? "]" : "",
+		    f->port, f->key, f->maxlen[0] ? "?maxlen=" : "", f->maxlen);
 		memcpy(f->shown, shown, sizeof(shown));
 	}
 	f->backoff = FORWARD_BACKOFF_MIN_MS;
@@ -10047,7 +10068,8 @@ usage(FILE *f)
 "      --max-conns N        connection slots (default 1024); when all are taken, a newcomer\n"
 "                           gets the slot of the idlest connection of the busiest address\n"
 "      --forward URL        also hand each event to a broker, before its 200 (up to 4):\n"
-"                           redis://[:PASSWORD@]HOST:PORT/STREAM  (a Redis stream)\n"
+"                           redis://[:PASSWORD@]HOST:PORT/STREAM  (a Redis stream;\n"
+"                             ?maxlen=N after it trims the stream to about N entries)\n"
 "                           nats://[TOKEN@]HOST:PORT/SUBJECT      (NATS JetStream)\n"
 "  -q, --quiet              no access log on stderr\n"
 "  -u, --user NAME          once the port is bound (and keys read), run as NAME\n"
@@ -10280,6 +10302,10 @@ run_server(void)
 		}
 		if (f->kind == FORWARD_NATS)
 			warn("--forward %s: JetStream stream %s takes the events", f->shown, f->stream);
+		else
+			warn("--forward %s: Redis takes the events%s%s%s", f->shown,
+			    f->maxlen[0] ? ", the stream trimmed to about " : " (the stream is never trimmed: "
+			    "?maxlen=N keeps about N entries)", f->maxlen, f->maxlen[0] ? " entries" : "");
 		/* At most 4 of 6 bytes each: the buffer holds them. */
 		strcat(sink_names, f->kind == FORWARD_REDIS ? "+redis" : "+nats");
 	}

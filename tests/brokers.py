@@ -140,7 +140,12 @@ def bad_brokers_are_refused_at_start_with_one_line():
                            (["--forward", "redis://127.0.0.1:%d/s" % free_port()], "Connection refused"),
                            (["--forward", "amqp://127.0.0.1:5672/s"], "unknown scheme"),
                            (["--forward", "redis://:pw@127.0.0.1/s"], "with the port"),
-                           (["--forward", "redis://127.0.0.1:%d/" % r.port], "expected redis://")):
+                           (["--forward", "redis://127.0.0.1:%d/" % r.port], "expected redis://"),
+                           (["--forward", url(r, "s?maxlen=0")], "?maxlen= takes a number"),
+                           (["--forward", url(r, "s?maxlen=-5")], "?maxlen= takes a number"),
+                           (["--forward", url(r, "s?maxlen=1000000000000")], "?maxlen= takes a number"),
+                           (["--forward", url(r, "s?max=5")], "unknown parameter"),
+                           (["--forward", url(r, "?maxlen=5")], "stream's name is missing")):
             p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30,
                                env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
             err = p.stderr.decode()
@@ -149,6 +154,25 @@ def bad_brokers_are_refused_at_start_with_one_line():
             assert "wrong" not in err and "pw@" not in err, err  # no password in a message
     finally:
         r.stop()
+
+
+@test
+def maxlen_trims_the_stream_and_keeps_the_newest():
+    # MAXLEN ~ 100: Redis trims whole nodes (100 entries each by default),
+    # so about 100 stay, never fewer, and they are the newest, in order.
+    r = Redis()
+    srv = it.Server("--forward", url(r, "trim?maxlen=100"))
+    try:
+        assert "redis://127.0.0.1:%d/trim?maxlen=100" % r.port in srv.stderr()
+        c = srv.conn()
+        for i in range(450):
+            assert it.post(c, b'{"i":%d}' % i)[0].status == 200
+    finally:
+        srv.stop()
+        got = [json.loads(ev)["i"] for _, ev, _ in r.entries("trim")]
+        r.stop()
+    assert 100 <= len(got) < 300, len(got)
+    assert got == list(range(450 - len(got), 450)), got[:5]
 
 
 def killed_and_restarted(broker, forward, stored_events, what):
