@@ -10056,7 +10056,9 @@ usage(FILE *f)
 "else CONSUMER_SECRET, in the environment, or from --secret-file; never from argv.\n"
 "X's calls take TWITTER_BEARER_TOKEN; subscribe takes TWITTER_CONSUMER_KEY, the\n"
 "consumer secret, TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET instead.\n"
-"\n"
+"\n", f);
+	/* Two strings: ISO C promises literals of 4095 bytes, no more. */
+	fputs(
 "options:\n"
 "  -l, --listen ADDR:PORT   address to serve (default 0.0.0.0:8080; [::]:8080 for IPv6,\n"
 "                           a bare PORT for all IPv4 addresses, port 0 for any free port)\n"
