@@ -158,11 +158,24 @@ for port in 18101 18102 18103 18104 18105 18106 18107 18108 18109 18111; do
 done
 sleep 0.5
 
-# wrk NAME URL [wrk options]: requests per second and p99 latency.
+# The share of CPU time the hypervisor took for other guests (steal) over
+# a run: on a shared VM it swings, and a run that lost much of the
+# machine measures the neighbours as much as us.
+cpu_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9}' /proc/stat; }
+steal_pct() {  # before-ticks before-steal after-ticks after-steal
+	awk -v a="$1" -v b="$2" -v c="$3" -v d="$4" 'BEGIN {printf "%.0f", (c > a) ? 100 * (d - b) / (c - a) : 0}'
+}
+
+# wrk NAME URL [wrk options]: requests per second, p99 latency and steal.
 bench() {
 	local name=$1 url=$2; shift 2
+	local before after
 	echo "wrk $name ..." >&2
+	before=$(cpu_ticks)
 	wrk -t2 -c64 -d"${D}s" --latency "$@" "$url" >"$W/wrk-$name.txt" 2>&1
+	after=$(cpu_ticks)
+	# shellcheck disable=SC2086
+	result "$name.steal" "$(steal_pct $before $after)"
 	result "$name.rps" "$(awk '/^Requests\/sec/ {print $2}' "$W/wrk-$name.txt")"
 	result "$name.p99" "$(awk '$1 == "99%" {print $2}' "$W/wrk-$name.txt")"
 	result "$name.errors" "$(awk '/Non-2xx|Socket errors/ {print}' "$W/wrk-$name.txt" | tr '\n' ' ' | tr ' ' '_')"
@@ -332,6 +345,12 @@ for x in rows:
     print(" | ".join(str(v).ljust(w[i]) for i, v in enumerate(x)))
 for k in sorted(k for k in r if k.endswith(".rounds")):
     print("rounds: %s: %s requests/s" % (k[:-7], r[k]))
+steal = {k[:-6]: int(r[k]) for k in r if k.endswith(".steal")}
+worst = max(steal, key=steal.get)
+print("steal (CPU time the hypervisor gave other guests): at most %d%% of a run (%s)" % (steal[worst], worst))
+if steal[worst] > 5:
+    print("note: runs with more than 5%% steal measure the neighbours too: %s"
+          % ", ".join("%s %d%%" % (k, v) for k, v in sorted(steal.items()) if v > 5))
 errs = [k for k in r if k.endswith(".errors") and r[k]]
 for k in errs:
     print("note: %s: %s" % (k[:-7], r[k].replace("_", " ").strip()))
