@@ -664,6 +664,15 @@ class HeldRedis(threading.Thread):
                     pass
 
 
+def held(output=False):
+    """A HeldRedis, and a server forwarding to it (with output, also to
+    an --output file): (stand-in, the file's path, server)."""
+    h = HeldRedis()
+    path = os.path.join(it.WORK, "held-%d.jsonl" % h.port)
+    args = ["--output", path] if output else []
+    return h, path, it.Server(*args, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+
+
 class Poster(threading.Thread):
     """One signed POST on a connection of its own, its status kept."""
 
@@ -685,8 +694,7 @@ class Poster(threading.Thread):
 
 @test
 def the_next_batch_goes_out_while_the_last_is_unacknowledged():
-    h = HeldRedis()
-    srv = it.Server("--forward", "redis://127.0.0.1:%d/s" % h.port)
+    h, _, srv = held()
     try:
         a = Poster(srv, b'{"n":1}')
         assert h.wait_xadds(1)
@@ -708,14 +716,11 @@ def the_next_batch_goes_out_while_the_last_is_unacknowledged():
 
 @test
 def a_broker_failing_with_batches_out_fails_those_and_output_keeps_none():
-    h = HeldRedis()
-    path = os.path.join(it.WORK, "held-%d.jsonl" % h.port)
-    srv = it.Server("--output", path, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    h, path, srv = held(output=True)
     try:
         a = Poster(srv, b'{"n":1}')
         assert h.wait_xadds(1)
         b = Poster(srv, b'{"n":2}')
-        c = None
         assert h.wait_xadds(2)
         c = Poster(srv, b'{"n":3}')
         assert h.wait_xadds(3)
@@ -771,9 +776,7 @@ def replies_owed_to_a_failed_batch_are_not_taken_for_the_next():
 
 @test
 def sighup_with_a_batch_out_cuts_it_from_the_file_it_went_to():
-    h = HeldRedis()
-    path = os.path.join(it.WORK, "held-%d.jsonl" % h.port)
-    srv = it.Server("--output", path, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    h, path, srv = held(output=True)
     try:
         a = Poster(srv, b'{"n":1}')
         assert h.wait_xadds(1)
