@@ -808,6 +808,73 @@ def sighup_with_a_batch_out_cuts_it_from_the_file_it_went_to():
         h.close()
 
 
+class HeldNats(HostileNats):
+    """A NATS stand-in through the handshake that then keeps every
+    publish's reply subject (pubs, in arrival order) and sends its
+    PubAck only when the test says (ack), in any order."""
+
+    def __init__(self):
+        self.pubs = []
+        self.cv = threading.Condition()
+        super().__init__("publish", None)
+
+    def serve(self, s):
+        f = s.makefile("rb")
+        try:
+            s.sendall(b'INFO {"server_id":"h","headers":true,"max_payload":1048576}\r\n')
+            while not f.readline().startswith(b"PING"):
+                pass
+            s.sendall(b"PONG\r\n")
+            f.readline()  # SUB
+            pub = f.readline().split()
+            f.read(int(pub[-1]) + 2)
+            body = b'{"streams":["S"]}'
+            s.sendall(b"MSG %s 1 %d\r\n%s\r\n" % (pub[2], len(body), body))
+            while True:
+                line = f.readline().split()
+                if not line:
+                    return
+                if line[0] == b"HPUB":
+                    f.read(int(line[-1]) + 2)
+                    with self.cv:
+                        self.pubs.append((s, line[2]))
+                        self.cv.notify_all()
+        except (OSError, ValueError):
+            pass
+
+    def wait_pubs(self, n, timeout=5):
+        with self.cv:
+            return self.cv.wait_for(lambda: len(self.pubs) >= n, timeout)
+
+    def ack(self, i):
+        s, reply = self.pubs[i]
+        body = b'{"stream":"S","seq":%d}' % (i + 1)
+        s.sendall(b"MSG %s 1 %d\r\n%s\r\n" % (reply, len(body), body))
+
+
+@test
+def pubacks_out_of_order_release_each_batch_in_order_and_only_its_own():
+    # Two batches out; the second's PubAck comes first. It must count
+    # for the second batch only (it names its event), and neither is
+    # answered until the first's comes.
+    h = HeldNats()
+    srv = it.Server("--forward", "nats://127.0.0.1:%d/s" % h.port)
+    try:
+        a = Poster(srv, b'{"n":1}')
+        assert h.wait_pubs(1)
+        b = Poster(srv, b'{"n":2}')
+        assert h.wait_pubs(2), "the second batch waited for the first's PubAck"
+        h.ack(1)
+        time.sleep(1)
+        assert a.status is None, "event 1 answered %s on event 2's PubAck" % a.status
+        assert b.status is None, "event 2 answered %s before event 1" % b.status
+        h.ack(0)
+        assert a.result() == 200 and b.result() == 200, (a.status, b.status)
+    finally:
+        srv.stop()
+        h.close()
+
+
 def main():
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None or shutil.which("nats-server") is None:
         print("FAIL redis-server, redis-cli and nats-server are not all installed "

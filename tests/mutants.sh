@@ -138,6 +138,9 @@ M = [
  ("the second hash of the pair takes the first's message words",
   "\t\t\tabef2 = _mm_sha256rnds2_epu32(abef2, cdgh2, m2);", "\t\t\tabef2 = _mm_sha256rnds2_epu32(abef2, cdgh2, m);",
   "unit"),
+ ("a PubAck counted for the batch before its event's",
+  "if (seq >= x->first[i] && seq - x->first[i] < x->n)", "if (seq >= x->first[i] && seq - x->first[i] <= x->n)",
+  "brokers:pubacks_out_of_order"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
