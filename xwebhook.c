@@ -42,6 +42,7 @@
 #include <sys/resource.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -172,6 +173,7 @@ static size_t max_body = 1024 * 1024;    /* --max-body: 1 MiB */
 static unsigned max_conns = 1024;        /* --max-conns */
 static int quiet;                        /* --quiet: no access log */
 static const char *run_as;               /* --user: drop to this user */
+static const char *pid_path;             /* --pid-file: NULL for none */
 
 /* Each connection thread's stack: the deepest path (a response, a log
  * line) needs a few KiB; sanitizer builds need much more. Only the pages
@@ -234,6 +236,14 @@ warn(const char *fmt, ...)
 	 * lines from different threads never mix. */
 	if (log_queue_line(line, (size_t)len) < 0 && write(STDERR_FILENO, line, (size_t)len) < 0)
 		(void)0;
+}
+
+/* Name the calling thread, as top -H and /proc/PID/task/TID/comm show it
+ * (at most 15 bytes). Only a help to whoever looks: a failure is ignored. */
+static void
+thread_name(const char *name)
+{
+	(void)pthread_setname_np(pthread_self(), name);
 }
 
 static void *
@@ -464,6 +474,7 @@ outq_thread(void *arg)
 	struct outq *o = arg;
 	struct buf w = { 0 }, t;
 
+	thread_name(o->fd == STDERR_FILENO ? "xwh-log" : "xwh-stdout");
 	for (;;) {
 		unsigned long dropped;
 		int r, saved;
@@ -3819,6 +3830,8 @@ http_date(void)
 	return text;
 }
 
+static void slot_answered(struct conn *c);
+
 /* Send one response, built whole so that it leaves in one write. */
 static int
 send_response(struct conn *c, const struct request *req, enum status st, const char *type,
@@ -3848,6 +3861,9 @@ send_response(struct conn *c, const struct request *req, enum status st, const c
 		buf_add(o, body, body_len);
 	if (o->failed)
 		return -1;  /* out of memory: the connection ends unanswered */
+	/* The credit before the bytes: a client that has read its answer
+	 * must find its connection already counted as answered (slot_evict). */
+	slot_answered(c);
 	return c->tr->write(c, o->p, o->len, now_ms() + write_timeout);
 }
 
@@ -4384,6 +4400,7 @@ static void *
 writer_thread(void *arg)
 {
 	(void)arg;
+	thread_name("xwh-writer");
 	for (;;) {
 		struct event *batch = NULL;
 		int reopen, take, fd;
@@ -4539,14 +4556,12 @@ handle_crc(struct conn *c, const struct request *req, int keep, struct outcome *
 	o->out_bytes = req->method == M_HEAD ? 0 : sizeof(body);
 }
 
-static void slot_answered(struct conn *c);
-
-/* One request answered: its log line, and its connection's credit. */
+/* One request answered (send_response gave its connection the credit):
+ * its log line. */
 static void
 request_done(struct conn *c)
 {
 	access_log(c, &c->req, &c->o, c->start_us);
-	slot_answered(c);
 }
 
 /* What handle_request did with a request. */
@@ -5420,6 +5435,7 @@ loop_thread(void *arg)
 	int64_t sweep = now_ms() + 1000;
 	int stop_seen = 0;
 
+	thread_name("xwh-loop");
 	for (;;) {
 		int n = epoll_wait(l->epfd, ev, 64, 1000), i, woken = 0;
 		int64_t now;
@@ -5580,6 +5596,7 @@ connection_thread(void *arg)
 	struct conn *c = arg;
 	int linger = c->linger;
 
+	thread_name("xwh-conn");
 	if (c->pending.len > 0 || c->unsent) {
 		/* Writing (perhaps nothing) flushes what a loop left in a TLS
 		 * engine too. */
@@ -5650,9 +5667,62 @@ start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t
 	}
 }
 
-/* Accept until SIGINT or SIGTERM, then let requests in flight finish. */
+static int pid_fd = -1;  /* --pid-file, locked for as long as we serve */
+
+/* --pid-file: our pid, for the scripts that send SIGHUP (logrotate,
+ * certbot's hook) with pkill -F FILE -L -x xwebhook. It is written as the
+ * user we run as, once the signals are ours to handle, and held under an
+ * flock while we serve: pkill -L trusts only a locked file, so one that a
+ * crash left behind signals nothing, and a second server given the same
+ * file is refused. A symlink there is never followed, and anything but a
+ * regular file is refused. */
+static void
+pid_file_write(void)
+{
+	char line[24];
+	struct stat st;
+	int n;
+
+	if (pid_path == NULL)
+		return;
+	pid_fd = open(pid_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+	if (pid_fd < 0 && errno == ELOOP)
+		die("--pid-file %s is a symbolic link: refused, as it is never followed", pid_path);
+	if (pid_fd < 0)
+		die("cannot open --pid-file %s:", pid_path);
+	if (fstat(pid_fd, &st) < 0 || !S_ISREG(st.st_mode))
+		die("--pid-file %s is not a regular file", pid_path);
+	if (flock(pid_fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno == EWOULDBLOCK)
+			die("--pid-file %s is held by another xwebhook that is running", pid_path);
+		die("cannot lock --pid-file %s:", pid_path);
+	}
+	n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
+	if (ftruncate(pid_fd, 0) < 0 || pwrite(pid_fd, line, (size_t)n, 0) != n)
+		die("cannot write --pid-file %s:", pid_path);
+}
+
+/* At the stop: remove --pid-file, if the path still names our file (an
+ * admin may have put another there), then let go of the lock. */
+static void
+pid_file_remove(void)
+{
+	struct stat ours, there;
+
+	if (pid_fd < 0)
+		return;
+	if (fstat(pid_fd, &ours) == 0 && lstat(pid_path, &there) == 0 && ours.st_dev == there.st_dev &&
+	    ours.st_ino == there.st_ino && unlink(pid_path) < 0)
+		warn("cannot remove --pid-file %s:", pid_path);
+	close(pid_fd);
+	pid_fd = -1;
+}
+
+/* Accept until SIGINT or SIGTERM, then let requests in flight finish. The
+ * startup line, naming url, says that every thread is up: from then on
+ * the server takes connections and signals as it will until it stops. */
 static int
-serve(int lfd)
+serve(int lfd, const char *url)
 {
 	sigset_t block, open_mask;
 	struct sigaction sa;
@@ -5680,6 +5750,7 @@ serve(int lfd)
 	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0 ||
 	    sigaction(SIGHUP, &sa, NULL) < 0)
 		die("sigaction:");
+	pid_file_write();
 	pthread_attr_init(&thread_attr);
 	pthread_attr_setdetachstate(&thread_attr, PTHREAD_CREATE_DETACHED);
 	pthread_attr_setstacksize(&thread_attr, thread_stack);
@@ -5697,6 +5768,8 @@ serve(int lfd)
 	if (acme_domain != NULL)
 		acme_start();
 #endif
+	warn("serving %s (events to stdout%s%s%s)", url, output_path ? " and " : "",
+	    output_path ? output_path : "", nforwards > 0 ? " and --forward" : "");
 
 	while (!stop_signal) {
 		struct pollfd pfd[2];
@@ -5763,9 +5836,11 @@ serve(int lfd)
 	pthread_mutex_unlock(&conns_lock);
 	if (left > 0) {
 		warn("stopped with %u connection(s) unfinished after %d s", left, (int)(drain_timeout / 1000));
+		pid_file_remove();
 		outq_flush(&log_queue, now_ms() + 1000);
 		_exit(0);  /* their threads still run: do not tear down under them */
 	}
+	pid_file_remove();
 	warn("stopped");
 	/* The last lines, unless stderr takes nothing. */
 	outq_flush(&log_queue, now_ms() + 1000);
@@ -9816,6 +9891,7 @@ acme_thread(void *arg)
 	struct acme *a = arg;
 	long backoff = ACME_BACKOFF_MIN_S;
 
+	thread_name("xwh-acme");
 	for (;;) {
 		char why[1200];
 		time_t now = time(NULL), when;
@@ -10083,6 +10159,8 @@ usage(FILE *f)
 "                           nats://[TOKEN@]HOST:PORT/SUBJECT      (NATS JetStream)\n"
 "  -q, --quiet              no access log on stderr\n"
 "  -u, --user NAME          once the port is bound (and keys read), run as NAME\n"
+"      --pid-file FILE      write the pid to FILE, locked while serving, and remove it at\n"
+"                           the stop (for pkill -HUP -L -F FILE -x xwebhook)\n"
 #ifdef XWEBHOOK_TLS
 "      --cert FILE          serve HTTPS with this PEM chain, leaf first (fullchain.pem)\n"
 "      --key FILE           and this PEM private key (RSA or EC); SIGHUP reloads both\n"
@@ -10232,6 +10310,8 @@ parse_commandline(int argc, char **argv, const char *args[4])
 			nforwards++;
 		} else if (OPT("-u", "--user")) {
 			run_as = VALUE();
+		} else if (OPT("--pid-file", "--pid-file")) {
+			pid_path = VALUE();
 		} else if (OPT("--cert", "--key")) {
 #ifdef XWEBHOOK_TLS
 			if (strcmp(name, "--cert") == 0)
@@ -10360,9 +10440,7 @@ run_server(void)
 		drop_privileges(run_as);
 	else if (geteuid() == 0)
 		warn("warning: running as root; --user NAME drops to NAME once the port is bound");
-	warn("serving %s (events to stdout%s%s%s)", url, output_path ? " and " : "",
-	    output_path ? output_path : "", nforwards > 0 ? " and --forward" : "");
-	return serve(lfd);
+	return serve(lfd, url);
 }
 
 int
@@ -10373,6 +10451,10 @@ main(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);
 	sha256_select();
+	/* A SIGHUP meant for the server (a hangup, or a pkill by name) does
+	 * not end a subcommand: `tail -f | xwebhook fmt` and a cron check go on. */
+	if (args[0] != NULL)
+		signal(SIGHUP, SIG_IGN);
 	if (args[0] != NULL && x_command(args[0]) != NULL) {
 		const struct x_command *xc = x_command(args[0]);
 

@@ -652,24 +652,37 @@ def logrotate_snippet_from_the_readme_works():
     shutil.copy(it.BIN, os.path.join(bindir, "xwebhook"))
     saved = it.BIN
     it.BIN = os.path.join(bindir, "xwebhook")
+    pid_file = os.path.join(d, "xwebhook.pid")
     try:
-        srv = it.Server("--user", "nobody", "--output", path)
+        srv = it.Server("--user", "nobody", "--output", path, "--pid-file", pid_file)
     finally:
         it.BIN = saved
+    # Another program called xwebhook, which the snippet must leave alone.
+    bystander = subprocess.Popen([os.path.join(bindir, "xwebhook"), "fmt"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert it.post(srv.conn(), b'{"n":1}')[0].status == 200
         conf = os.path.join(it.WORK, "logrotate.conf")
+        assert "/var/lib/xwebhook/xwebhook.pid" in snippet, snippet
         with open(conf, "w") as f:
             group = grp.getgrgid(nobody.pw_gid).gr_name
             f.write(snippet.replace("/var/lib/xwebhook/events.jsonl", path)
+                    .replace("/var/lib/xwebhook/xwebhook.pid", pid_file)
                     .replace("xwebhook xwebhook", "nobody " + group))
         p = subprocess.run(["logrotate", "-f", "-s", os.path.join(it.WORK, "logrotate.state"), conf],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stdout + p.stderr
         assert fault.wait_until(lambda: "reopened --output" in srv.stderr(), 5), srv.stderr()
         assert it.post(srv.conn(), b'{"n":2}')[0].status == 200
+        assert bystander.poll() is None, "the snippet ended another program called xwebhook"
+        out, _ = bystander.communicate(b"[]", timeout=10)
+        assert bystander.returncode == 0 and out == b"[]\n", (bystander.returncode, out)
     finally:
+        if bystander.poll() is None:
+            bystander.kill()
+            bystander.wait()
         srv.stop()
+    assert not os.path.exists(pid_file), "the pid file outlived the server"
     assert open(path, "rb").read() == b'{"n":2}\n'
     rotated = [n for n in os.listdir(d) if n != "events.jsonl"]
     assert len(rotated) == 1, rotated

@@ -8,6 +8,7 @@ The binary is normally the ASan+UBSan build; any sanitizer report in its
 stderr fails the test that ran it. The last line is 'N passed, N failed'.
 """
 import base64
+import fcntl
 import hashlib
 import hmac
 import http.client
@@ -114,6 +115,16 @@ class Server:
         self.err.close()
         check_sanitizers(self.stderr())
         return rc
+
+
+def wait_until(cond, timeout):
+    """Whether cond() came true within timeout seconds (polled)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
 
 
 def free_port():
@@ -593,8 +604,18 @@ def pipelined_events_are_answered_in_order():
         srv.stop()
 
 
-def threads_of(pid):
-    return len(os.listdir("/proc/%d/task" % pid))
+def threads_of(pid, name=None):
+    """How many threads pid has; with name, how many of them are so named
+    (the server names its threads: xwh-loop, xwh-conn, xwh-writer, ...)."""
+    n = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                comm = f.read().strip()
+        except FileNotFoundError:
+            continue  # the thread ended while we looked
+        n += name is None or comm == name
+    return n
 
 
 def pipeline_unread(srv, send, recv, n=80000):
@@ -602,7 +623,6 @@ def pipeline_unread(srv, send, recv, n=80000):
     answers fill the socket (an unread receive buffer does not grow), so the
     loop must leave the rest to a thread of the connection's own. Then every
     answer must arrive, whole and in order."""
-    base = threads_of(srv.proc.pid)
     # Every request is exactly 64 bytes, and so are the loop's reads
     # (28,672 = 448 x 64) and TLS records (16,384 = 256 x 64): the loop only
     # ever holds whole requests, so the one thing that can send this
@@ -619,9 +639,11 @@ def pipeline_unread(srv, send, recv, n=80000):
     # Within a second here; an ASan build on a busy machine may need
     # longer to answer the ~30,000 requests that fill the socket.
     deadline = time.monotonic() + 15
-    while threads_of(srv.proc.pid) != base + 1 and time.monotonic() < deadline:
+    # Counted by name: the loops and the writer may still be starting when
+    # the startup line is out, so the total says nothing.
+    while threads_of(srv.proc.pid, "xwh-conn") != 1 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert threads_of(srv.proc.pid) == base + 1, \
+    assert threads_of(srv.proc.pid, "xwh-conn") == 1, \
         "the stalled connection did not move to a thread: " + srv.stderr()[-1500:]
     # One pass with an offset: re-splitting a buffer per answer would be
     # quadratic, slow enough for the connection's 15 s idle time to pass.
@@ -1310,6 +1332,93 @@ def check_in_the_plain_build(srv):
 
 
 # ---------------------------------------------------------------------------
+
+ROOT_WARNING = "xwebhook: warning: running as root; --user NAME drops to NAME once the port is bound\n"
+
+
+@test
+def pid_file_is_written_locked_refused_twice_and_removed():
+    d = tempfile.mkdtemp(prefix="pid-", dir=WORK)
+    pf = os.path.join(d, "xwebhook.pid")
+    name = os.path.basename(BIN)[:15]
+    srv = Server("--pid-file", pf)
+    try:
+        # Written before the startup line, whole, and locked.
+        assert open(pf).read() == "%d\n" % srv.proc.pid
+        with open(pf) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                raise AssertionError("the pid file is not locked")
+            except BlockingIOError:
+                pass
+        # What the README's scripts run finds exactly this server.
+        r = subprocess.run(["pkill", "-0", "-L", "-F", pf, "-x", name], capture_output=True)
+        assert r.returncode == 0, r
+        # A second server given the same file is refused, and the file stays.
+        second = Server("--pid-file", pf, expect_start=False)
+        assert second.proc.wait(20) == 1
+        err = second.stderr().replace(ROOT_WARNING, "")
+        assert err == "xwebhook: --pid-file %s is held by another xwebhook that is running\n" % pf, err
+        assert open(pf).read() == "%d\n" % srv.proc.pid
+    finally:
+        assert srv.stop() == 0
+    assert not os.path.exists(pf), "the pid file outlived the server"
+    # One left by a crash is not locked: pkill -L signals nothing, and the
+    # next server takes it over.
+    srv = Server("--pid-file", pf)
+    srv.proc.kill()
+    srv.proc.wait()
+    assert open(pf).read() == "%d\n" % srv.proc.pid
+    r = subprocess.run(["pkill", "-0", "-L", "-F", pf, "-x", name], capture_output=True)
+    assert r.returncode != 0, r
+    srv = Server("--pid-file", pf)
+    try:
+        assert open(pf).read() == "%d\n" % srv.proc.pid
+    finally:
+        assert srv.stop() == 0
+
+
+@test
+def pid_file_that_is_a_symlink_or_not_a_file_is_refused():
+    d = tempfile.mkdtemp(prefix="pid-", dir=WORK)
+    target = os.path.join(d, "precious")
+    with open(target, "w") as f:
+        f.write("keep\n")
+    link = os.path.join(d, "link.pid")
+    os.symlink(target, link)
+    srv = Server("--pid-file", link, expect_start=False)
+    assert srv.proc.wait(20) == 1
+    assert srv.stderr().replace(ROOT_WARNING, "") == (
+        "xwebhook: --pid-file %s is a symbolic link: refused, as it is never followed\n" % link), srv.stderr()
+    assert open(target).read() == "keep\n"
+    fifo = os.path.join(d, "fifo.pid")
+    os.mkfifo(fifo)
+    srv = Server("--pid-file", fifo, expect_start=False)
+    assert srv.proc.wait(20) == 1
+    assert srv.stderr().replace(ROOT_WARNING, "") == \
+        "xwebhook: --pid-file %s is not a regular file\n" % fifo, srv.stderr()
+
+
+@test
+def subcommands_are_not_ended_by_sighup():
+    """A SIGHUP meant for the server (a pkill by name, a hangup) leaves
+    `tail -f | xwebhook fmt` running."""
+    p = subprocess.Popen([BIN, "fmt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def ignoring_hup():
+            for line in open("/proc/%d/status" % p.pid):
+                if line.startswith("SigIgn:"):
+                    return int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)) != 0
+            return False
+        assert wait_until(ignoring_hup, 10), "fmt does not ignore SIGHUP"
+        p.send_signal(signal.SIGHUP)
+        out, err = p.communicate(b'{"a":[1]}', timeout=10)
+        assert p.returncode == 0 and out == b'{\n  "a": [\n    1\n  ]\n}\n', (p.returncode, out, err)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
 
 def run_suite(tests, arg=None):
     """Run tests (passing arg to those that take one), printing a line for
