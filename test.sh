@@ -33,8 +33,12 @@ export PYTHONDONTWRITEBYTECODE=1
 passed=0
 failed=0
 skipped=0
-out=tests/out
-mkdir -p "$out"
+# Each run builds and logs into a directory of its own, so that two runs
+# in one tree (say, one started while another goes on) never share a file;
+# it is removed when the run passes, and kept, and named, when it fails.
+mkdir -p tests/out
+out=$(mktemp -d "$PWD/tests/out/run.XXXXXX") && chmod 755 "$out" ||
+	{ echo "cannot make a directory in tests/out"; exit 1; }
 # The user's own ./xwebhook (perhaps a TLS build) must be the same after
 # the run: checked at the end.
 user_binary=$(sha256sum xwebhook 2>/dev/null)
@@ -54,10 +58,12 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   redis-server, redis-tools and nats-server: --forward against real
 #   brokers; pebble: --acme against a real ACME server; systemd:
 #   systemd-analyze verify on the README's unit; debootstrap: the README's
-#   two commands in a fresh Debian root.
+#   two commands in a fresh Debian root; iproute2: there, the server of the
+#   first in a network namespace of its own (its fixed port 8080 is then
+#   not the machine's).
 needs="ca-certificates gcc clang libc6-dev make curl python3 libbearssl-dev openssl libclang-rt-14-dev
 	logrotate strace cppcheck musl-tools procps redis-server redis-tools nats-server pebble systemd
-	debootstrap"
+	debootstrap iproute2"
 missing=""
 if command -v dpkg-query >/dev/null; then
 	for p in $needs; do
@@ -69,8 +75,8 @@ if [ -n "$missing" ] && [ "${XWEBHOOK_NO_INSTALL:-0}" != 1 ]; then
 		echo "installing what the tests need:$missing"
 		export DEBIAN_FRONTEND=noninteractive
 		if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; } \
-		    >/tmp/xwebhook-apt.log 2>&1; then
-			fail "apt-get install$missing"; tail -n 20 /tmp/xwebhook-apt.log
+		    >"$out/apt.log" 2>&1; then
+			fail "apt-get install$missing"; tail -n 20 "$out/apt.log"
 		fi
 	else
 		echo "not root, so not installing what the tests need; as root: apt-get install -y$missing"
@@ -146,8 +152,8 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 # 2. Unit tests.
-if cc $SAN -Wall -Wextra -Wpedantic -Werror -o tests/unit tests/unit.c 2>"$out/unit-build.log"; then
-	tests/unit >"$out/unit.log" 2>&1
+if cc $SAN -Wall -Wextra -Wpedantic -Werror -o "$out/unit" tests/unit.c 2>"$out/unit-build.log"; then
+	"$out/unit" >"$out/unit.log" 2>&1
 	grep FAIL "$out/unit.log" | head -n 40
 	if grep -qE 'Sanitizer|runtime error:' "$out/unit.log"; then
 		fail "unit tests: sanitizer report"; grep -A 20 -E 'Sanitizer|runtime error:' "$out/unit.log" | head -n 40
@@ -167,21 +173,21 @@ else
 fi
 
 # 3. Integration tests against the sanitized server.
-if cc $SAN -Wall -Wextra -Wpedantic -Werror -o tests/xwebhook-asan xwebhook.c 2>"$out/asan-build.log"; then
+if cc $SAN -Wall -Wextra -Wpedantic -Werror -o "$out/xwebhook-asan" xwebhook.c 2>"$out/asan-build.log"; then
 	fixtures=${XWEBHOOK_FIXTURES:-tests/fixtures}
-	python3 tests/integration.py tests/xwebhook-asan "$fixtures" 2>&1 | tee "$out/integration.log" |
+	python3 tests/integration.py "$out/xwebhook-asan" "$fixtures" 2>&1 | tee "$out/integration.log" |
 	    grep -vE '^(ok |integration: )'
 	count "$out/integration.log" "integration tests"
-	python3 tests/fault.py tests/xwebhook-asan "$fixtures" 2>&1 | tee "$out/fault.log" |
+	python3 tests/fault.py "$out/xwebhook-asan" "$fixtures" 2>&1 | tee "$out/fault.log" |
 	    grep -vE '^(ok |fault: )'
 	count "$out/fault.log" "fault tests"
 	# The event path under pressure; memory is measured on the gcc build,
 	# since ASan's own heap would hide it.
-	python3 tests/events.py tests/xwebhook-asan "$fixtures" "$out/xwebhook-gcc" 2>&1 |
+	python3 tests/events.py "$out/xwebhook-asan" "$fixtures" "$out/xwebhook-gcc" 2>&1 |
 	    tee "$out/events.log" | grep -vE '^(ok |events: )'
 	count "$out/events.log" "event-path tests"
 	# --forward against a real redis-server (redis-server, redis-tools).
-	python3 tests/brokers.py tests/xwebhook-asan "$fixtures" 2>&1 | tee "$out/brokers.log" |
+	python3 tests/brokers.py "$out/xwebhook-asan" "$fixtures" 2>&1 | tee "$out/brokers.log" |
 	    grep -vE '^(ok |brokers: )'
 	count "$out/brokers.log" "broker tests"
 else
@@ -206,9 +212,9 @@ if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
 			cat "$out/build-tls-$compiler.log"
 		fi
 	done
-	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o tests/unit-tls tests/unit.c -lbearssl \
+	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o "$out/unit-tls" tests/unit.c -lbearssl \
 	    2>"$out/unit-tls-build.log"; then
-		tests/unit-tls >"$out/unit-tls.log" 2>&1
+		"$out/unit-tls" >"$out/unit-tls.log" 2>&1
 		grep FAIL "$out/unit-tls.log" | head -n 40
 		if grep -qE 'Sanitizer|runtime error:' "$out/unit-tls.log"; then
 			fail "TLS unit tests: sanitizer report"
@@ -218,23 +224,23 @@ if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
 	else
 		fail "TLS unit tests do not build"; cat "$out/unit-tls-build.log"
 	fi
-	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl \
+	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o "$out/xwebhook-tls-asan" xwebhook.c -lbearssl \
 	    2>"$out/tls-asan-build.log"; then
 		# The whole plain suite again, through the TLS build, then HTTPS.
-		python3 tests/integration.py tests/xwebhook-tls-asan "$fixtures" 2>&1 |
+		python3 tests/integration.py "$out/xwebhook-tls-asan" "$fixtures" 2>&1 |
 		    sed 's/^integration: /integration-tls-build: /' | tee "$out/integration-tls.log" |
 		    grep -vE '^(ok |integration-tls-build: )'
 		count "$out/integration-tls.log" "integration tests (TLS build)"
-		python3 tests/tls.py tests/xwebhook-tls-asan "$fixtures" 2>&1 | tee "$out/tls.log" |
+		python3 tests/tls.py "$out/xwebhook-tls-asan" "$fixtures" 2>&1 | tee "$out/tls.log" |
 		    grep -vE '^(ok |tls: )'
 		count "$out/tls.log" "TLS tests"
 		# X's side: the subcommands against the X stand-in, whose CRCs
 		# the TLS server answers.
-		python3 tests/xapi.py tests/xwebhook-tls-asan "$fixtures" tests/xwebhook-asan 2>&1 |
+		python3 tests/xapi.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan" 2>&1 |
 		    tee "$out/xapi.log" | grep -vE '^(ok |xapi: )'
 		count "$out/xapi.log" "X API tests"
 		# --acme against pebble, a real ACME server.
-		python3 tests/acme.py tests/xwebhook-tls-asan "$fixtures" tests/xwebhook-asan 2>&1 |
+		python3 tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan" 2>&1 |
 		    tee "$out/acme.log" | grep -vE '^(ok |acme: )'
 		count "$out/acme.log" "ACME tests"
 	else
@@ -317,5 +323,10 @@ else
 	fail "the tests changed ./xwebhook"
 fi
 
+if [ "$failed" -eq 0 ]; then
+	rm -rf "$out"
+else
+	echo "the builds and logs of this run are in $out"
+fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

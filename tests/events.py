@@ -638,7 +638,7 @@ def output_belongs_to_the_user_and_survives_rotation_and_sighup():
 def logrotate_snippet_from_the_readme_works():
     if shutil.which("logrotate") is None or os.geteuid() != 0:
         raise AssertionError("logrotate is not installed (.ci/run installs it)")
-    readme = open(os.path.join(os.path.dirname(it.BIN), "..", "README.md")).read()
+    readme = open(it.README).read()
     snippet = textwrap.dedent(readme.split("<!-- logrotate -->", 1)[1].split("```", 2)[1].split("\n", 1)[1])
     nobody = pwd.getpwnam("nobody")
     d = tempfile.mkdtemp(prefix="xwebhook-rotate-", dir=it.WORK)

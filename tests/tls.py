@@ -441,7 +441,7 @@ def systemd_unit_from_the_readme_verifies():
     (a user, the one capability to bind 443, restarts on failure)."""
     if shutil.which("systemd-analyze") is None:
         raise AssertionError("systemd-analyze is not installed (./test.sh installs systemd as root)")
-    readme = open(os.path.join(os.path.dirname(BIN), "..", "README.md")).read()
+    readme = open(it.README).read()
     unit = readme.split("<!-- systemd-unit -->", 1)[1].split("```", 2)[1].split("\n", 1)[1]
     for line in ("User=xwebhook", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "Restart=on-failure",
                  "ExecReload=/bin/kill -HUP $MAINPID"):
@@ -485,7 +485,7 @@ def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
         raise AssertionError("the hook installs files for a user: run as root (./test.sh does, in CI)")
     nobody = pwd.getpwnam("nobody")
     group = grp.getgrgid(nobody.pw_gid).gr_name
-    readme = open(os.path.join(os.path.dirname(BIN), "..", "README.md")).read()
+    readme = open(it.README).read()
     hook_text = textwrap.dedent(readme.split("<!-- deploy-hook -->", 1)[1].split("```", 2)[1].split("\n", 1)[1])
     os.chmod(it.WORK, 0o755)  # nobody reads the files below on SIGHUP
     root = tempfile.mkdtemp(prefix="hook-", dir=it.WORK)
