@@ -7061,7 +7061,7 @@ redis_exchange(struct forward *f, unsigned n, char want, int64_t deadline, char 
 		int t = resp_reply(f, deadline, text, sizeof(text), &tl);
 
 		if (t < 0) {
-			snprintf(why, wn, "%s", text);
+			snprintf(why, wn, "%.200s", text);
 			return -1;
 		}
 		if (t != want) {
