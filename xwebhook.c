@@ -6749,14 +6749,14 @@ json_member_string(const char *p, size_t n, const char *key, struct buf *out)
  * acknowledgement: an entry id (MS-SEQ) for each XADD, a PubAck that names
  * the stream and a seq on each publish's own reply subject. A null reply,
  * an error or another stream's PubAck fails the batch; a second PubAck for
- * one publish counts for nothing. The writer does not wait for them before it sends the
- * next batch: up to WRITER_INFLIGHT batches are out at once, and the
- * replies are matched to them in order (Redis answers in order; a PubAck
- * names its event by the reply subject's number). A broker that fails
- * fails every batch out to it; one that is down makes POSTs 503 (X
- * retries) and is dialled again with a backoff; CRCs never wait on it.
- * No client library: RESP and the NATS protocol are a few lines of text
- * framing each.
+ * one publish counts for nothing. The writer does not wait for them
+ * before it sends the next batch: up to WRITER_INFLIGHT batches are out
+ * at once, and the replies are matched to them in order (Redis answers in
+ * order; a PubAck names its event by the reply subject's number). A
+ * broker that fails fails every batch out to it; one that is down makes
+ * POSTs 503 (X retries) and is dialled again with a backoff; CRCs never
+ * wait on it. No client library: RESP and the NATS protocol are a few
+ * lines of text framing each.
  *
  * The writer waits in poll() on the brokers' sockets, so it answers
  * NATS's PINGs when they come (an unanswered server drops us as stale)
