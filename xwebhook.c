@@ -6820,15 +6820,18 @@ json_member_string(const char *p, size_t n, const char *key, struct buf *out)
  * Brokers (--forward): Redis Streams and NATS JetStream, more sinks of the
  * event writer. A batch goes out on one connection per broker (the
  * client's plain transport): pipelined XADDs to Redis, back-to-back
- * JetStream publishes to NATS, and is taken when every entry id or PubAck
- * has come back. The writer does not wait for them before it sends the
- * next batch: up to WRITER_INFLIGHT batches are out at once, and the
- * replies are matched to them in order (Redis answers in order; a PubAck
- * names its event by the reply subject's number). A broker that fails
- * fails every batch out to it; one that is down makes POSTs 503 (X
- * retries) and is dialled again with a backoff; CRCs never wait on it.
- * No client library: RESP and the NATS protocol are a few lines of text
- * framing each.
+ * JetStream publishes to NATS, and is taken when every event has its own
+ * acknowledgement: an entry id (MS-SEQ) for each XADD, a PubAck that names
+ * the stream and a seq on each publish's own reply subject. A null reply,
+ * an error or another stream's PubAck fails the batch; a second PubAck for
+ * one publish counts for nothing. The writer does not wait for them
+ * before it sends the next batch: up to WRITER_INFLIGHT batches are out
+ * at once, and the replies are matched to them in order (Redis answers in
+ * order; a PubAck names its event by the reply subject's number). A
+ * broker that fails fails every batch out to it; one that is down makes
+ * POSTs 503 (X retries) and is dialled again with a backoff; CRCs never
+ * wait on it. No client library: RESP and the NATS protocol are a few
+ * lines of text framing each.
  *
  * The writer waits in poll() on the brokers' sockets, so it answers
  * NATS's PINGs when they come (an unanswered server drops us as stale)
@@ -6843,6 +6846,8 @@ enum {
 	/* A reply line from Redis (an entry id, an error) longer than
 	 * this is no reply of the kind we ask for. */
 	RESP_MAX_LINE = 1024,
+	/* An entry id, MS-SEQ: two 64-bit numbers of up to 20 digits. */
+	RESP_MAX_ENTRY_ID = 20 + 1 + 20,
 	/* NATS: the longest protocol line (INFO can list a cluster's
 	 * URLs) and the largest reply we take (a PubAck, an API answer). */
 	NATS_MAX_LINE = 64 * 1024,
@@ -6869,6 +6874,8 @@ struct forward {
 	size_t used;              /* bytes of in the last nats_read returned */
 	char inbox[48];           /* _INBOX.<random>: where PubAcks come */
 	uint64_t seq;             /* the last reply subject's number */
+	struct buf got;           /* a byte per publish from got_from on: 1 once its PubAck is taken */
+	uint64_t got_from;
 	size_t max_payload;       /* from the server's INFO */
 	char stream[128];         /* the JetStream stream that captures key */
 };
@@ -7051,10 +7058,11 @@ resp_bulk(struct buf *b, const char *p, size_t n)
 }
 
 /* Read one reply by deadline: its first byte ('+', '-', ':' or '$'),
- * with its line (or bulk string) in text; IO_TIMEOUT; or -1 on an I/O or
- * framing error, with a reason in text. */
+ * with its line (or bulk string; a null one is empty) in text and its
+ * length in *len; IO_TIMEOUT; or -1 on an I/O or framing error, with a
+ * reason in text. */
 static int
-resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn)
+resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn, size_t *len)
 {
 	int r;
 
@@ -7094,7 +7102,9 @@ resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn)
 					used = line + (size_t)len + 2;
 				}
 			}
-			snprintf(text, tn, "%.*s", (int)vn, v);
+			*len = vn < tn ? vn : tn - 1;
+			memcpy(text, v, *len);  /* as it came, a NUL in it too */
+			text[*len] = '\0';
 			memmove(f->in.p, f->in.p + used, f->in.len - used);
 			f->in.len -= used;
 			return type;
@@ -7115,6 +7125,7 @@ static int
 redis_exchange(struct forward *f, unsigned n, char want, int64_t deadline, char *why, size_t wn)
 {
 	char text[RESP_MAX_LINE + 1];
+	size_t tl;
 	unsigned i;
 
 	if (f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, deadline) < 0) {
@@ -7122,16 +7133,16 @@ redis_exchange(struct forward *f, unsigned n, char want, int64_t deadline, char 
 		return -1;
 	}
 	for (i = 0; i < n; i++) {
-		int t = resp_reply(f, deadline, text, sizeof(text));
+		int t = resp_reply(f, deadline, text, sizeof(text), &tl);
 
 		if (t < 0) {
-			snprintf(why, wn, "%s", text);
+			snprintf(why, wn, "%.200s", text);
 			return -1;
 		}
 		if (t != want) {
 			char shown[200];
 
-			forward_quote(shown, sizeof(shown), text, strlen(text));
+			forward_quote(shown, sizeof(shown), text, tl);
 			snprintf(why, wn, "Redis answered: %s", shown);
 			return -1;
 		}
@@ -7195,15 +7206,34 @@ forward_owed(unsigned i)
 	return NULL;
 }
 
-/* Take every reply Redis has sent, without waiting: each is an entry id
- * for the oldest event that has none yet. 0, or -1 with why. */
+/* Is s[0, n) a stream entry id, MS-SEQ (digits, a dash, digits)? Only
+ * that reply says XADD stored the entry: a null reply ($-1, which a
+ * stand-in or a proxy may give), any other string, an integer or an
+ * error does not. */
+static int
+resp_entry_id(const char *s, size_t n)
+{
+	size_t k, dash = 0;
+
+	for (k = 0; k < n; k++) {
+		if (s[k] == '-' && dash == 0 && k > 0)
+			dash = k;
+		else if (!isdigit((unsigned char)s[k]))
+			return 0;
+	}
+	return dash > 0 && dash + 1 < n && n <= RESP_MAX_ENTRY_ID;
+}
+
+/* Take every reply Redis has sent, without waiting: each must be an entry
+ * id, for the oldest event that has none yet. 0, or -1 with why. */
 static int
 redis_replies(struct forward *f, unsigned i, char *why, size_t wn)
 {
 	char text[RESP_MAX_LINE + 1], shown[200];
+	size_t tl;
 
 	for (;;) {
-		int t = resp_reply(f, now_ms(), text, sizeof(text));
+		int t = resp_reply(f, now_ms(), text, sizeof(text), &tl);
 		struct batch *b;
 
 		if (t == IO_TIMEOUT)
@@ -7216,9 +7246,11 @@ redis_replies(struct forward *f, unsigned i, char *why, size_t wn)
 			f->skip--;  /* a failed batch's */
 			continue;
 		}
-		if ((b = forward_owed(i)) == NULL || t != '$') {
-			forward_quote(shown, sizeof(shown), text, strlen(text));
-			snprintf(why, wn, "Redis %s: %s", b == NULL ? "said what was not asked" : "answered", shown);
+		if ((b = forward_owed(i)) == NULL || t != '$' || !resp_entry_id(text, tl)) {
+			forward_quote(shown, sizeof(shown), text, tl);
+			snprintf(why, wn, "Redis %s: %c%s", b == NULL ? "said what was not asked" :
+			    t == '$' ? "answered no entry id" : "answered", t, tl == 0 && t == '$' ? "(null or empty)" :
+			    shown);
 			return -1;
 		}
 		b->acked[i]++;
@@ -7523,10 +7555,13 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 
 /* The batch's JetStream publishes, back to back, into f->out: each with
  * its body's hash as Nats-Msg-Id (the stream stores X's resends of it
- * once) and a reply subject numbered from b->first[i]. 0, or -1 with why. */
+ * once) and a reply subject numbered from b->first[i]; and f->got made to
+ * cover every publish still owed, from the oldest batch out to this one's
+ * last. 0, or -1 with why. */
 static int
 nats_batch(struct forward *f, unsigned i, struct batch *b, char *why, size_t wn)
 {
+	uint64_t from;
 	struct event *e;
 
 	b->first[i] = f->seq + 1;
@@ -7545,6 +7580,94 @@ nats_batch(struct forward *f, unsigned i, struct batch *b, char *why, size_t wn)
 		buf_adds(&f->out, head);
 		buf_add(&f->out, c->compact.p, len);
 		buf_adds(&f->out, "\r\n");
+	}
+	/* The publishes of batches decided since the last are let go. */
+	from = inflight_at(0)->first[i] > f->got_from ? inflight_at(0)->first[i] : f->got_from;
+	if (from - f->got_from >= f->got.len) {
+		f->got.len = 0;
+	} else {
+		memmove(f->got.p, f->got.p + (from - f->got_from), f->got.len - (from - f->got_from));
+		f->got.len -= from - f->got_from;
+	}
+	f->got_from = from;
+	if (buf_reserve(&f->got, f->seq + 1 - from - f->got.len) < 0 || f->got.failed) {
+		snprintf(why, wn, "out of memory");
+		return -1;
+	}
+	memset(f->got.p + f->got.len, 0, f->seq + 1 - from - f->got.len);
+	f->got.len = f->seq + 1 - from;
+	return 0;
+}
+
+/* Does the PubAck m say JetStream stored the publish? Only one that names
+ * the stream found at start and carries the message's seq (or says it is
+ * a duplicate, stored before) does; one with an error, for another
+ * stream, or of any other shape is no acknowledgement. 0, or -1 with why.
+ * On the writer alone: its buffers are kept, so a PubAck costs no
+ * allocation. */
+static int
+nats_puback(const struct forward *f, const struct nats_msg *m, char *why, size_t wn)
+{
+	static struct buf c = { NULL, 0, 0, 1, 0 }, k = { NULL, 0, 0, 1, 0 }, name = { NULL, 0, 0, 1, 0 };
+	size_t i = 1, error = 0, stream = 0, seq = 0;
+	char detail[160], shown[200];
+	int duplicate = 0;
+	long r;
+
+	buf_clear(&c);
+	r = json_event(m->payload, m->payload_len, JSON_COMPACT, &c, detail, sizeof(detail));
+	buf_addc(&c, '\0');
+	if (r < 0 || c.failed) {
+		forward_quote(shown, sizeof(shown), m->payload, m->payload_len);
+		snprintf(why, wn, "NATS answered a publish with no PubAck: \"%s\"", shown);
+		return -1;
+	}
+	/* Its top-level members, the first of a name deciding: compact
+	 * JSON, no whitespace between tokens. */
+	while (c.p[i] == '"') {
+		size_t at;
+
+		buf_clear(&k);
+		i = json_string_decode(c.p, i, &k) + 1;  /* past the ':' too */
+		at = i;
+		i = json_skip(c.p, i);
+#define KEY(s) (k.len == sizeof(s) - 1 && memcmp(k.p, s, k.len) == 0)
+#define VALUE(s) (i - at == sizeof(s) - 1 && memcmp(c.p + at, s, i - at) == 0)
+		if (KEY("error") && error == 0 && !VALUE("null"))
+			error = at;
+		else if (KEY("stream") && stream == 0 && c.p[at] == '"')
+			stream = at;
+		else if (KEY("seq") && seq == 0 && c.p[at] >= '1' && c.p[at] <= '9' &&
+		    strspn(c.p + at, "0123456789") == i - at)
+			seq = at;
+		else if (KEY("duplicate") && VALUE("true"))
+			duplicate = 1;
+#undef KEY
+#undef VALUE
+		if (c.p[i] == '}')
+			break;
+		i++;
+	}
+	if (error > 0) {
+		jetstream_error(m, "JetStream did not store it", why, wn);
+		return -1;
+	}
+	buf_clear(&name);
+	if (stream > 0)
+		json_string_decode(c.p, stream, &name);
+	if (stream == 0 || name.failed) {
+		snprintf(why, wn, "a PubAck that names no stream (%s takes the events)", f->stream);
+		return -1;
+	}
+	if (name.len != strlen(f->stream) || memcmp(name.p, f->stream, name.len) != 0) {
+		forward_quote(shown, sizeof(shown), name.p, name.len);
+		snprintf(why, wn, "a PubAck from stream \"%s\", not %s", shown, f->stream);
+		return -1;
+	}
+	if (seq == 0 && !duplicate) {
+		forward_quote(shown, sizeof(shown), m->payload, m->payload_len);
+		snprintf(why, wn, "a PubAck without the message's seq: %s", shown);
+		return -1;
 	}
 	return 0;
 }
@@ -7592,17 +7715,21 @@ nats_replies(struct forward *f, unsigned i, char *why, size_t wn)
 			if (seq >= x->first[i] && seq - x->first[i] < x->n)
 				b = x;
 		}
-		if (b == NULL)
+		if (b == NULL || seq < f->got_from || seq - f->got_from >= f->got.len)
 			continue;  /* a failed batch's, or an old request's */
+		if (f->got.p[seq - f->got_from] != 0)
+			continue;  /* its PubAck was taken: each publish counts once */
 		if (m.status == 503) {
 			snprintf(why, wn, "no JetStream stream captures %s any more", f->key);
 			return -1;
 		}
-		if (m.status != 0 || jetstream_error(&m, "JetStream did not store it", why, wn)) {
-			if (m.status != 0)
-				snprintf(why, wn, "JetStream answered status %d", m.status);
+		if (m.status != 0) {
+			snprintf(why, wn, "JetStream answered status %d", m.status);
 			return -1;
 		}
+		if (nats_puback(f, &m, why, wn) < 0)
+			return -1;
+		f->got.p[seq - f->got_from] = 1;
 		b->acked[i]++;
 	}
 }
@@ -7624,6 +7751,8 @@ forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	f->in.len = 0;
 	f->used = 0;
 	f->skip = 0;
+	f->got.len = 0;
+	f->got_from = f->seq + 1;
 	r = f->kind == FORWARD_REDIS ? redis_open(f, deadline, why, wn) : nats_open(f, deadline, why, wn);
 	if (r < 0) {
 		client_close(&f->cl);

@@ -599,10 +599,12 @@ class HeldRedis(threading.Thread):
     reply until the test gives it (answer), so a test sees what xwebhook
     sends while replies are owed, and makes a broker fail at the moment it
     chooses. Each connection is served on a thread of its own; xadds is
-    every XADD in arrival order, as (connection, event)."""
+    every XADD in arrival order, as (connection, event). With auto, every
+    XADD is answered at once with auto instead."""
 
-    def __init__(self):
+    def __init__(self, auto=None):
         super().__init__(daemon=True)
+        self.auto = auto
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
@@ -640,6 +642,8 @@ class HeldRedis(threading.Thread):
                     with self.cv:
                         self.xadds.append((s, words[4]))
                         self.cv.notify_all()
+                    if self.auto is not None:
+                        s.sendall(self.auto)
                 else:
                     s.sendall(b"-ERR unknown command\r\n")
         except (OSError, ValueError, IndexError):
@@ -653,6 +657,10 @@ class HeldRedis(threading.Thread):
         """Reply to the i-th XADD: an entry id, or the reply given."""
         s = self.xadds[i][0]
         s.sendall(reply if reply is not None else b"$5\r\n1-%03d\r\n" % i)
+
+    def answer_together(self, first, last):
+        """Entry ids for XADDs first..last, in one write."""
+        self.xadds[first][0].sendall(b"".join(b"$5\r\n1-%03d\r\n" % i for i in range(first, last + 1)))
 
     def close(self):
         self.listener.close()
@@ -679,6 +687,7 @@ class Poster(threading.Thread):
     def __init__(self, srv, body):
         super().__init__(daemon=True)
         self.srv, self.body, self.status = srv, body, None
+        self.t0 = time.monotonic()
         self.start()
 
     def run(self):
@@ -686,6 +695,7 @@ class Poster(threading.Thread):
             self.status = it.post(self.srv.conn(timeout=20), self.body)[0].status
         except OSError as e:
             self.status = repr(e)
+        self.took = time.monotonic() - self.t0
 
     def result(self, timeout=15):
         self.join(timeout)
@@ -809,13 +819,16 @@ def sighup_with_a_batch_out_cuts_it_from_the_file_it_went_to():
 
 
 class HeldNats(HostileNats):
-    """A NATS stand-in through the handshake that then keeps every
-    publish's reply subject (pubs, in arrival order) and sends its
-    PubAck only when the test says (ack), in any order."""
+    """A NATS stand-in through the handshake (stream S) that then keeps
+    every publish's reply subject (pubs, in arrival order) and sends its
+    PubAck only when the test says (ack), in any order, as often as it
+    says. With auto, every publish is answered at once with auto instead;
+    conns holds every connection made to it."""
 
-    def __init__(self):
+    def __init__(self, auto=None):
         self.pubs = []
         self.cv = threading.Condition()
+        self.auto = auto
         super().__init__("publish", None)
 
     def serve(self, s):
@@ -839,6 +852,8 @@ class HeldNats(HostileNats):
                     with self.cv:
                         self.pubs.append((s, line[2]))
                         self.cv.notify_all()
+                    if self.auto is not None:
+                        s.sendall(b"MSG %s 1 %d\r\n%s\r\n" % (line[2], len(self.auto), self.auto))
         except (OSError, ValueError):
             pass
 
@@ -846,9 +861,11 @@ class HeldNats(HostileNats):
         with self.cv:
             return self.cv.wait_for(lambda: len(self.pubs) >= n, timeout)
 
-    def ack(self, i):
+    def ack(self, i, body=None):
+        """The i-th publish's PubAck: stream S's, or the body given."""
         s, reply = self.pubs[i]
-        body = b'{"stream":"S","seq":%d}' % (i + 1)
+        if body is None:
+            body = b'{"stream":"S","seq":%d}' % (i + 1)
         s.sendall(b"MSG %s 1 %d\r\n%s\r\n" % (reply, len(body), body))
 
 
@@ -873,6 +890,200 @@ def pubacks_out_of_order_release_each_batch_in_order_and_only_its_own():
     finally:
         srv.stop()
         h.close()
+
+
+# ---- Every 200 backed by an acknowledgement: hostile replies ----
+
+def taken_again(srv, sent, answer, body):
+    """POST body until it reaches the stand-in (sent() counts what it has
+    had; a POST within the backoff after a failure gets 503 without being
+    sent), have answer(i) acknowledge it, and give its status."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        before = sent()
+        p = Poster(srv, body)
+        assert fault.wait_until(lambda: sent() > before or p.status is not None, 10), "no answer"
+        if sent() > before:
+            answer(before)
+            return p.result()
+        assert p.status == 503, p.status
+        time.sleep(0.05)
+    raise AssertionError("the broker was not dialled again within 10 s")
+
+
+@test
+def redis_replies_that_are_no_entry_id_fail_the_event_and_the_next_dials_again():
+    # Only an entry id says XADD stored the entry: anything else is 503,
+    # the event is cut from --output, and the connection is dialled
+    # afresh for the next event, which a good reply takes.
+    cases = ((b"$-1\r\n", "answered no entry id: $(null or empty)"),
+             (b"-ERR unknown command 'XADD'\r\n", "answered: -ERR unknown command"),
+             (b"$5\r\nhello\r\n", "answered no entry id: $hello"),
+             (b":1\r\n", "answered: :1"),
+             (b"+OK\r\n", "answered: +OK"),
+             (b"$0\r\n\r\n", "answered no entry id: $(null or empty)"),
+             (b"$4\r\n1-2\x00\r\n", "answered no entry id: $1-2\\x00"),
+             (b"$3\r\n-12\r\n", "answered no entry id: $-12"))
+    h, path, srv = held(output=True)
+    try:
+        kept = b""
+        for n, (reply, part) in enumerate(cases):
+            before = len(h.xadds)
+            bad = Poster(srv, b'{"bad":%d}' % n)
+            assert h.wait_xadds(before + 1)
+            h.answer(before, reply)
+            assert bad.result() == 503, (reply, bad.status)
+            assert fault.wait_until(lambda: part in srv.stderr(), 5), (part, srv.stderr()[-600:])
+            assert open(path, "rb").read() == kept, (reply, open(path, "rb").read())
+            good = b'{"good":%d}' % n
+            assert taken_again(srv, lambda: len(h.xadds), h.answer, good) == 200, reply
+            kept += good + b"\n"
+            assert h.connections == n + 2, (reply, h.connections)
+        assert open(path, "rb").read() == kept
+    finally:
+        srv.stop()
+        h.close()
+
+
+def forty_posts(srv, what):
+    """40 signed POSTs, one after another: how many were answered 200."""
+    codes = []
+    for i in range(40):
+        codes.append(it.post(srv.conn(), b'{"i":%d}' % i)[0].status)
+    assert set(codes) <= {200, 503}, codes
+    print("    (%s: %d of 40 POSTs answered 200)" % (what, codes.count(200)))
+    return codes.count(200)
+
+
+@test
+def a_redis_answering_null_to_every_xadd_gets_no_200():
+    h = HeldRedis(auto=b"$-1\r\n")
+    path = os.path.join(it.WORK, "null-redis.jsonl")
+    srv = it.Server("--output", path, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    try:
+        ok = forty_posts(srv, "Redis answering $-1")
+        assert ok == 0 and len(h.xadds) > 0, "%d of 40 POSTs answered 200; Redis stored none" % ok
+        assert open(path, "rb").read() == b""
+    finally:
+        srv.stop()
+        h.close()
+
+
+@test
+def a_nats_acknowledging_with_nothing_or_another_stream_gets_no_200():
+    for body in (b"", b'{"stream":"OTHER","seq":1}'):
+        h = HeldNats(auto=body)
+        path = os.path.join(it.WORK, "empty-nats-%d.jsonl" % h.port)
+        srv = it.Server("--output", path, "--forward", "nats://127.0.0.1:%d/s" % h.port)
+        try:
+            ok = forty_posts(srv, "PubAck %r" % body)
+            assert ok == 0 and len(h.pubs) > 0, "%d of 40 POSTs answered 200; JetStream stored none" % ok
+            assert open(path, "rb").read() == b""
+        finally:
+            srv.stop()
+            h.close()
+
+
+@test
+def pubacks_that_do_not_say_stored_fail_the_event_and_the_next_dials_again():
+    cases = ((b"", "no PubAck"),
+             (b'{"stream":"OTHER","seq":1}', 'a PubAck from stream "OTHER", not S'),
+             (b'{"stream":"S"}', "without the message's seq"),
+             (b'{"stream":"S","seq":"7"}', "without the message's seq"),
+             (b'{"seq":7}', "names no stream"),
+             (b'{"stream":"S","seq":7,"error":{"code":503,"err_code":10077,'
+              b'"description":"maximum messages exceeded"}}', "JetStream did not store it: maximum messages exceeded"),
+             (b'{"error":{"code":500,"description":"no quorum"}}', "JetStream did not store it: no quorum"))
+    h = HeldNats()
+    path = os.path.join(it.WORK, "hostile-pubacks.jsonl")
+    srv = it.Server("--output", path, "--forward", "nats://127.0.0.1:%d/s" % h.port)
+    try:
+        kept = b""
+        for n, (ack, part) in enumerate(cases):
+            before = len(h.pubs)
+            bad = Poster(srv, b'{"bad":%d}' % n)
+            assert h.wait_pubs(before + 1)
+            h.ack(before, ack)
+            assert bad.result() == 503, (ack, bad.status)
+            assert fault.wait_until(lambda: part in srv.stderr(), 5), (part, srv.stderr()[-600:])
+            assert open(path, "rb").read() == kept, (ack, open(path, "rb").read())
+            good = b'{"good":%d}' % n
+            assert taken_again(srv, lambda: len(h.pubs), h.ack, good) == 200, ack
+            kept += good + b"\n"
+            assert len(h.conns) == n + 2, (ack, len(h.conns))
+        # A resend JetStream stored before: "duplicate", the original's seq.
+        before = len(h.pubs)
+        dup = Poster(srv, b'{"resent":1}')
+        assert h.wait_pubs(before + 1)
+        h.ack(before, b'{"stream":"S","seq":3,"duplicate":true}')
+        assert dup.result() == 200
+        assert open(path, "rb").read() == kept + b'{"resent":1}\n'
+    finally:
+        srv.stop()
+        h.close()
+
+
+@test
+def a_duplicated_puback_does_not_stand_in_for_a_missing_one():
+    # Two events in one batch: publish 1's PubAck comes twice, publish 2's
+    # never. Matched by reply subject, the batch is still owed one, and
+    # fails at its deadline (X's 10 s) and leaves --output.
+    h = HeldNats()
+    path = os.path.join(it.WORK, "dup-ack.jsonl")
+    srv = it.Server("--output", path, "--forward", "nats://127.0.0.1:%d/s" % h.port)
+    try:
+        first = []
+        for n in range(4):  # four batches out: the writer takes no more
+            first.append(Poster(srv, b'{"n":%d}' % n))
+            assert h.wait_pubs(n + 1)
+        pair = [Poster(srv, b'{"n":%d}' % n) for n in (4, 5)]
+        time.sleep(0.5)  # both queued at the writer (nothing outside shows it)
+        h.ack(0)  # one batch leaves: one more goes out, with what is queued
+        assert first[0].result() == 200
+        assert h.wait_pubs(6), "events 4 and 5 did not go out as one batch (%d publishes)" % len(h.pubs)
+        for n in (1, 2, 3):
+            h.ack(n)
+            assert first[n].result() == 200
+        h.ack(4)
+        h.ack(4)
+        assert [p.result() for p in pair] == [503, 503], [p.status for p in pair]
+        assert max(p.took for p in pair) < 9, [p.took for p in pair]
+        assert open(path, "rb").read() == b'{"n":0}\n{"n":1}\n{"n":2}\n{"n":3}\n'
+        assert fault.wait_until(lambda: "no reply in time" in srv.stderr(), 5), srv.stderr()[-600:]
+    finally:
+        srv.stop()
+        h.close()
+
+
+@test
+def group_commit_with_forward_syncs_output_before_any_200_of_its_batches():
+    """With --forward: four batches out at once, released together once
+    Redis answers them all, and three events queued meanwhile going out
+    as one batch; every fdatasync held 300 ms by strace. No 200 may leave
+    before a sync that returned after its event's line was written."""
+    if shutil.which("strace") is None:
+        raise AssertionError("strace is not installed (.ci/run installs it)")
+    h = HeldRedis()
+    path = os.path.join(it.WORK, "group-commit-forward.jsonl")
+    srv = events.Traced(path, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    posters = []
+    try:
+        for n in range(4):
+            posters.append(events.TracedPoster(srv, b'{"gc":%d}' % n))
+            assert h.wait_xadds(n + 1)
+        posters += [events.TracedPoster(srv, b'{"gc":%d}' % n) for n in (4, 5, 6)]
+        time.sleep(0.5)  # queued at the writer, which has four out
+        h.answer_together(0, 3)
+        assert h.wait_xadds(7), "events 4 to 6 did not go out as one batch"
+        h.answer_together(4, 6)
+        statuses = [p.result() for p in posters]
+        assert statuses == [200] * 7, statuses
+    finally:
+        srv.stop()
+        h.close()
+    problems, batches = srv.order({p.port: n for n, p in enumerate(posters)})
+    assert not problems, problems
+    assert batches == [1, 1, 1, 1, 3], batches
 
 
 def main():

@@ -14,6 +14,7 @@ import json
 import os
 import pty
 import pwd
+import re
 import resource
 import shutil
 import signal
@@ -724,6 +725,115 @@ def both_secret_variables_leave_the_environment():
             assert json.loads(body)["response_token"] == it.sign(b"abc")
         finally:
             srv.stop()
+
+
+# ---- The order of write, fdatasync and the 200, seen by strace ----
+
+SYNC_DELAY_US = 300000
+
+
+class Traced(it.Server):
+    """A server under strace -f -yy, appending to --output path, with every
+    fdatasync held 300 ms before it runs (strace's delay injection). A 200
+    released before the sync has returned then leaves while it is held,
+    and the trace shows it: without the delay the sync returns first by
+    luck of the scheduler (the 200 is sent by another thread)."""
+
+    def __init__(self, path, *args):
+        self.path = path
+        self.trace = path + ".strace"
+        # LeakSanitizer cannot run under ptrace; the rest of ASan can.
+        super().__init__("--output", path, *args,
+                         wrap=["strace", "-f", "-qq", "-yy", "-s", "512", "-o", self.trace,
+                               "-e", "trace=write,fdatasync,sendto",
+                               "-e", "inject=fdatasync:delay_enter=%d" % SYNC_DELAY_US],
+                         env={"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"})
+
+    def stop(self, *a, **k):
+        if self.proc.poll() is None:
+            # SIGTERM to the server itself: strace ends when its tracee does.
+            child = int(subprocess.check_output(["pgrep", "-P", str(self.proc.pid)]).split()[0])
+            os.kill(child, signal.SIGTERM)
+        return super().stop(*a, **k)
+
+    def order(self, ports):
+        """For each event {"gc":N} posted from client port p (ports maps p
+        to N): whether some fdatasync returned after the write that put its
+        line in --output and before its 200 was sent. (problems, the number
+        of events in each --output write)."""
+        written, answered, synced, batches = {}, {}, [], []
+        port_of = {n: p for p, n in ports.items()}
+        with open(self.trace) as f:
+            for k, line in enumerate(f):
+                if ("fdatasync(" in line and "unfinished" not in line) or "<... fdatasync resumed>" in line:
+                    synced.append(k)  # it has returned
+                elif "write(" in line and "<%s>" % self.path in line:
+                    ns = [int(n) for n in re.findall(r'\{\\"gc\\":(\d+)\}', line)]
+                    batches.append(len(ns))
+                    for n in ns:
+                        written[n] = k
+                elif "sendto(" in line and "HTTP/1.1 200" in line:
+                    m = re.search(r"->127\.0\.0\.1:(\d+)\]", line)
+                    if m and int(m.group(1)) in ports:
+                        answered[ports[int(m.group(1))]] = k
+        problems = []
+        for n in sorted(port_of):
+            if n not in written or n not in answered:
+                problems.append("event %d: written at %s, 200 at %s" % (n, written.get(n), answered.get(n)))
+            elif not any(written[n] < s < answered[n] for s in synced):
+                problems.append("event %d: its 200 (trace line %d) left before any fdatasync returned after "
+                                "its write (line %d)" % (n, answered[n] + 1, written[n] + 1))
+        return problems, batches
+
+
+class TracedPoster(threading.Thread):
+    """One signed POST on a connection of its own; port is the client's
+    port, which names the connection in an strace -yy trace."""
+
+    def __init__(self, srv, body):
+        super().__init__(daemon=True)
+        self.srv, self.body, self.status = srv, body, None
+        self.c = srv.conn(timeout=20)
+        self.c.connect()
+        self.port = self.c.sock.getsockname()[1]
+        self.start()
+
+    def run(self):
+        try:
+            self.status = it.post(self.c, self.body)[0].status
+        except OSError as e:
+            self.status = repr(e)
+
+    def result(self, timeout=15):
+        self.join(timeout)
+        return self.status
+
+
+@test
+def group_commit_syncs_output_before_any_200_of_its_batches():
+    """Events that come while --output is being synced queue, and go out
+    as one batch with one fdatasync for all of it: no 200 of that batch
+    may leave before the sync returns. Checked on the order of the calls,
+    since kill -9 keeps the page cache."""
+    if shutil.which("strace") is None:
+        raise AssertionError("strace is not installed (.ci/run installs it)")
+    path = os.path.join(it.WORK, "group-commit.jsonl")
+    srv = Traced(path)
+    posters = []
+    try:
+        posters.append(TracedPoster(srv, b'{"gc":0}'))
+        # Its line is in the file: the writer now holds in fdatasync for
+        # 300 ms, and the next three queue behind it, to go as one batch.
+        assert fault.wait_until(lambda: os.path.getsize(path) > 0, 10)
+        posters += [TracedPoster(srv, b'{"gc":%d}' % n) for n in range(1, 4)]
+        statuses = [p.result() for p in posters]
+        assert statuses == [200] * 4, statuses
+    finally:
+        srv.stop()
+    problems, batches = srv.order({p.port: n for n, p in enumerate(posters)})
+    assert not problems, problems
+    assert max(batches) >= 2, "no batch of several events to commit together: %r" % batches
+    print("    (events per --output write: %r)" % batches)
 
 
 def main():

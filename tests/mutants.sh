@@ -141,6 +141,30 @@ M = [
  ("a PubAck counted for the batch before its event's",
   "if (seq >= x->first[i] && seq - x->first[i] < x->n)", "if (seq >= x->first[i] && seq - x->first[i] <= x->n)",
   "brokers:pubacks_out_of_order"),
+ ("an XADD's reply counted without its entry id ($-1, any string)",
+  "t != '$' || !resp_entry_id(text, tl)) {", "t != '$') {",
+  "brokers:no_entry_id,null_to_every_xadd"),
+ ("a PubAck from another stream counted",
+  "if (name.len != strlen(f->stream) || memcmp(name.p, f->stream, name.len) != 0) {", "if (0) {",
+  "brokers:do_not_say_stored,nothing_or_another_stream"),
+ ("a PubAck carrying a JetStream error counted",
+  "\tif (error > 0) {\n\t\tjetstream_error(m,", "\tif (0) {\n\t\tjetstream_error(m,",
+  "brokers:do_not_say_stored"),
+ ("a PubAck without seq counted",
+  "if (seq == 0 && !duplicate) {", "if (0) {", "brokers:do_not_say_stored"),
+ ("PubAcks counted per batch, not matched once per publish",
+  "if (f->got.p[seq - f->got_from] != 0)\n\t\t\tcontinue;", "if (0)\n\t\t\tcontinue;",
+  "brokers:stand_in_for_a_missing"),
+ ("the group commit's fdatasync after the 200s are released",
+  "\tif (output_fd >= 0 && fdatasync(output_fd) < 0) {\n\t\twarn(\"cannot sync %s:\", output_path);\n"
+  "\t\tinflight_fail(S_INTERNAL_ERROR, \"could not write the event to the --output file\");\n\t\treturn;\n\t}\n"
+  "\tfor (; k > 0; k--, inflight.n--) {\n\t\twriter_decide(inflight_at(0)->events, S_OK, NULL);\n"
+  "\t\tinflight.head = (inflight.head + 1) % WRITER_INFLIGHT;\n\t}\n",
+  "\tfor (; k > 0; k--, inflight.n--) {\n\t\twriter_decide(inflight_at(0)->events, S_OK, NULL);\n"
+  "\t\tinflight.head = (inflight.head + 1) % WRITER_INFLIGHT;\n\t}\n"
+  "\tif (output_fd >= 0 && fdatasync(output_fd) < 0) {\n\t\twarn(\"cannot sync %s:\", output_path);\n"
+  "\t\tinflight_fail(S_INTERNAL_ERROR, \"could not write the event to the --output file\");\n\t\treturn;\n\t}\n",
+  "events:group_commit brokers:group_commit"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
