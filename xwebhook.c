@@ -6042,14 +6042,16 @@ cmd_fmt(const char *path)
  * pieces: http_scan_head for the head, http_next_field for the fields,
  * content_length and the chunked decoder for the body. One deadline
  * covers the whole exchange, and CLIENT_MAX_ANSWER the answer's size.
- * check uses it.
+ * Every caller (check, X's API, ACME, the brokers) gets its failures in
+ * the same words: a certificate's fault named, a deadline as it was.
  * ------------------------------------------------------------------------ */
 
 enum {
 	/* The largest answer taken, head and body: a CRC answer is under
 	 * 100 bytes, an X API answer a few KiB. */
 	CLIENT_MAX_ANSWER = 1 << 20,
-	/* The whole exchange, from connecting to the answer's last byte. */
+	/* The whole exchange, from connecting to the answer's last byte,
+	 * when the caller names no deadline of its own. */
 	CLIENT_TIMEOUT_MS = 10000,
 };
 #define CLIENT_MAX_ANSWER_TEXT "1 MiB"
@@ -6136,6 +6138,7 @@ dial(const char *host, const char *port, int64_t deadline, char *err, size_t err
 struct trust {
 	br_x509_trust_anchor *ta;
 	size_t n;
+	const char *path;        /* the bundle, to name it */
 };
 
 static int
@@ -6148,6 +6151,7 @@ trust_load(const char *path, struct trust *t)
 
 	t->ta = NULL;
 	t->n = 0;
+	t->path = path;
 	if (fd < 0 || read_all(fd, &text) < 0) {
 		if (fd >= 0)
 			close(fd);
@@ -6275,6 +6279,80 @@ suite_name(uint16_t s)
 	default: return "a suite without forward secrecy or AEAD";
 	}
 }
+
+/* Why a server's chain failed to verify, in words, from BearSSL's X.509
+ * code err (bearssl_x509.h): name is who the server was to be, bundle
+ * the roots, leaf the server's certificate if it sent one. 0, or -1
+ * when err is no X.509 code. */
+static int
+x509_error_text(int err, const struct buf *leaf, const char *name, const char *bundle, char *out, size_t n)
+{
+	struct cert_info ci;
+	int dated = leaf->len > 0 && cert_info((const unsigned char *)leaf->p, leaf->len, &ci) == 0;
+	time_t now = time(NULL);
+	char date[32];
+
+	switch (err) {
+	case BR_ERR_X509_NOT_TRUSTED:
+		snprintf(out, n, "certificate not trusted (unknown CA): the chain the server sent does not lead to a "
+		    "root in %s (is an intermediate missing?)", bundle != NULL ? bundle : "the trusted roots");
+		break;
+	case BR_ERR_X509_BAD_SERVER_NAME:
+		snprintf(out, n, "certificate does not name %s", name);
+		break;
+	case BR_ERR_X509_EXPIRED:
+		if (dated && ci.not_after < now) {
+			format_date(ci.not_after, date, sizeof(date));
+			snprintf(out, n, "certificate expired on %s", date);
+		} else if (dated && ci.not_before > now) {
+			format_date(ci.not_before, date, sizeof(date));
+			snprintf(out, n, "certificate not yet valid: from %s", date);
+		} else {
+			snprintf(out, n, "certificate expired or not yet valid: one of the chain's CAs");
+		}
+		break;
+	case BR_ERR_X509_TIME_UNKNOWN:
+		snprintf(out, n, "the time is unknown, so no certificate's dates can be checked");
+		break;
+	case BR_ERR_X509_EMPTY_CHAIN:
+		snprintf(out, n, "the server sent no certificate");
+		break;
+	case BR_ERR_X509_DN_MISMATCH:
+		snprintf(out, n, "certificate chain broken: an issuer is not the next certificate's subject "
+		    "(out of order?)");
+		break;
+	case BR_ERR_X509_NOT_CA:
+		snprintf(out, n, "certificate chain invalid: a certificate that signs another is no CA");
+		break;
+	case BR_ERR_X509_BAD_SIGNATURE:
+		snprintf(out, n, "certificate chain invalid: a signature does not verify");
+		break;
+	case BR_ERR_X509_FORBIDDEN_KEY_USAGE:
+		snprintf(out, n, "certificate not for a TLS server: its key usage forbids it");
+		break;
+	case BR_ERR_X509_WEAK_PUBLIC_KEY:
+		snprintf(out, n, "certificate's key too small");
+		break;
+	case BR_ERR_X509_CRITICAL_EXTENSION:
+		snprintf(out, n, "certificate has a critical extension this client does not know");
+		break;
+	case BR_ERR_X509_WRONG_KEY_TYPE:
+		snprintf(out, n, "certificate's key type does not fit the cipher suite");
+		break;
+	case BR_ERR_X509_LIMIT_EXCEEDED:
+		snprintf(out, n, "certificate's key or signature larger than this client handles");
+		break;
+	case BR_ERR_X509_UNSUPPORTED:
+		snprintf(out, n, "certificate has features this client does not support");
+		break;
+	default:
+		if (err <= BR_ERR_X509_OK || err > BR_ERR_X509_NOT_TRUSTED)
+			return -1;
+		snprintf(out, n, "certificate cannot be decoded (BearSSL X.509 error %d)", err);
+		break;
+	}
+	return 0;
+}
 #endif /* XWEBHOOK_TLS */
 
 #ifdef XWEBHOOK_TLS
@@ -6318,6 +6396,22 @@ struct answer {
 	int64_t ms;                /* from connecting to the answer's last byte */
 };
 
+/* Is name an IPv4 or IPv6 address, not a host name? */
+static int
+ip_literal(const char *name)
+{
+	unsigned char a[16];
+
+	return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
+}
+
+/* The client's deadline, as the seconds its messages give (rounded up). */
+static long long
+client_limit_s(const struct client *cl)
+{
+	return (long long)((cl->deadline - cl->start + 999) / 1000);
+}
+
 /* Connect to host:port; with trust, speak TLS to it as name, verifying
  * the chain. The exchange must end by deadline (0: CLIENT_TIMEOUT_MS from
  * now). 0, or -1 with cl->why (the connection, if any, stays open for a
@@ -6331,6 +6425,15 @@ client_connect(struct client *cl, const char *host, const char *port, const char
 	cl->deadline = deadline != 0 ? deadline : cl->start + CLIENT_TIMEOUT_MS;
 	cl->c.accepted = cl->start;
 	cl->c.tr = &plain_transport;
+	cl->c.fd = -1;
+	/* BearSSL's X.509 engine matches a name against the certificate's
+	 * DNS names only, never its IP addresses (RFC 6125's iPAddress):
+	 * refused here, in words, rather than by a handshake that fails. */
+	if (trust != NULL && ip_literal(name)) {
+		snprintf(cl->why, sizeof(cl->why), "the host %.256s is an IP address, and this client verifies "
+		    "certificates for DNS names only: use the server's DNS name", name);
+		return -1;
+	}
 	cl->c.fd = dial(host, port, cl->deadline, cl->why, sizeof(cl->why));
 	if (cl->c.fd < 0)
 		return -1;
@@ -6363,13 +6466,14 @@ client_connect(struct client *cl, const char *host, const char *port, const char
 		cl->c.tls = t;
 		cl->c.tr = &tls_client_transport;
 		if (br_sslio_flush(&t->sock.io) < 0 || !(br_ssl_engine_current_state(&t->cc.eng) & BR_SSL_SENDAPP)) {
-			char text[128];
+			char text[400];
 
 			cl->tls_error = br_ssl_engine_last_error(&t->cc.eng);
-			tls_error_text(cl->tls_error, text, sizeof(text));
+			if (x509_error_text(cl->tls_error, &t->x509.leaf, name, tr->path, text, sizeof(text)) < 0)
+				tls_error_text(cl->tls_error, text, sizeof(text));
 			if (t->sock.status == IO_TIMEOUT)
-				snprintf(cl->why, sizeof(cl->why), "TLS handshake not finished within %d s",
-				    CLIENT_TIMEOUT_MS / 1000);
+				snprintf(cl->why, sizeof(cl->why), "TLS handshake not finished within %lld s",
+				    client_limit_s(cl));
 			else
 				snprintf(cl->why, sizeof(cl->why), "TLS handshake failed: %s", text);
 			return -1;
@@ -6467,9 +6571,10 @@ client_exchange(struct client *cl, const char *request, size_t n, struct answer 
 			goto out;
 		}
 		if ((r = client_read(cl, &in)) <= 0) {
-			snprintf(cl->why, sizeof(cl->why), r == IO_TIMEOUT ?
-			    "no complete answer within %d s" : "the connection ended inside the answer's head",
-			    CLIENT_TIMEOUT_MS / 1000);
+			if (r == IO_TIMEOUT)
+				snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
+			else
+				snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's head");
 			goto out;
 		}
 		in.len += (size_t)r;
@@ -6538,8 +6643,10 @@ too_large:
 	    " (the most the client reads)");
 	goto out;
 ended:
-	snprintf(cl->why, sizeof(cl->why), r == IO_TIMEOUT ? "no complete answer within %d s" :
-	    "the connection ended inside the answer's body", CLIENT_TIMEOUT_MS / 1000);
+	if (r == IO_TIMEOUT)
+		snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
+	else
+		snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's body");
 out:
 	buf_free(&in);
 	if (ok < 0)
@@ -7745,21 +7852,18 @@ struct check_target {
 };
 
 #ifdef XWEBHOOK_TLS
-/* Say why a handshake failed, in X's terms. */
+/* Say why a handshake failed, in X's terms: a certificate's fault in
+ * the client's words, the rest as X sees it. */
 static void
 report_handshake(const struct check_target *t, const struct client *cl)
 {
 	const struct tls_client *tc = cl->c.tls;
 	int e = cl->tls_error;
 	struct cert_info ci;
+	char text[400];
 
-	if (e == BR_ERR_X509_NOT_TRUSTED)
-		report("FAIL", "the certificate chain does not lead to a root in %s "
-		    "(is an intermediate missing? X will not fetch it)", t->bundle);
-	else if (e == BR_ERR_X509_BAD_SERVER_NAME)
-		report("FAIL", "the certificate is not for %s", t->u->host);
-	else if (e == BR_ERR_X509_EXPIRED)
-		report("FAIL", "the certificate has expired or is not yet valid");
+	if (tc != NULL && x509_error_text(e, &tc->x509.leaf, t->u->host, t->bundle, text, sizeof(text)) == 0)
+		report("FAIL", "%s%s", text, e == BR_ERR_X509_NOT_TRUSTED ? "; X will not fetch a missing one" : "");
 	else if (e == BR_ERR_RECV_FATAL_ALERT + 70 && (check_unsure = 1))
 		report("FAIL", "cannot check: the server wants a TLS version this build lacks, most likely "
 		    "TLS 1.3 alone. X accepts TLS 1.3, but check speaks TLS 1.2 at most (BearSSL has no "

@@ -48,22 +48,22 @@ def app():
 class World:
     """The stand-in, and an xwebhook serving HTTPS for HOOK's host."""
 
-    def __init__(self, secret=it.SECRET, chain=None, serve=True, limits=None):
+    def __init__(self, secret=it.SECRET, chain=None, serve=True, limits=None, api=None):
         self.srv = None
         port = 1
         if serve:
             self.srv = tls.tls_server(chain or PKI["p"]["chain"], PKI["p"]["key"], secret=secret)
             port = self.srv.port
-        self.x = xs.Standin(PKI["api"]["chain"], PKI["api"]["key"], PKI["p"]["root"], app(),
-                            {tls.HOST: port}, limits)
+        api = api or PKI["api"]
+        self.x = xs.Standin(api["chain"], api["key"], PKI["p"]["root"], app(), {tls.HOST: port}, limits)
 
-    def run(self, *args, env=None, creds=True):
+    def run(self, *args, env=None, creds=True, base=None, cacert=None):
         e = {"PATH": os.environ["PATH"]}
         if creds:
             e.update(CRED)
         e.update(env or {})
-        p = subprocess.run([BIN, "--api", self.x.base, "--cacert", PKI["p"]["root"], *args], env=e,
-                           capture_output=True, timeout=60)
+        p = subprocess.run([BIN, "--api", base or self.x.base, "--cacert", cacert or PKI["p"]["root"], *args],
+                           env=e, capture_output=True, timeout=60)
         out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
         it.check_sanitizers(err)
         for v in CRED.values():
@@ -381,6 +381,51 @@ def hostile_answers_are_escaped_and_bounded():
 
 
 @test
+def a_slow_x_fails_at_the_deadline_it_names():
+    """X's calls wait X_API_TIMEOUT_MS (30 s: X runs a CRC before it
+    answers register), and say so: not the client's default 10 s. The one
+    test that waits that long."""
+    w = World()
+    try:
+        w.x.delay = 60
+        t0 = time.monotonic()
+        err = w.fails("webhooks")
+        took = time.monotonic() - t0
+        assert "no answer from %s: no complete answer within 30 s" % w.x.base in err, err
+        assert 29.5 <= took <= 40, took
+    finally:
+        w.close()
+
+
+@test
+def tls_failures_with_x_s_api_are_named():
+    """The shared client names what BearSSL's X.509 engine found, for
+    every caller: not "protocol error"."""
+    w = World(serve=False, api=PKI["other"])  # a certificate for elsewhere.test
+    try:
+        err = w.fails("webhooks")
+        assert "TLS handshake failed: certificate does not name localhost" in err, err
+    finally:
+        w.close()
+    w = World(serve=False)
+    try:
+        err = w.fails("webhooks", cacert=PKI["q"]["root"])  # roots of another CA
+        assert "TLS handshake failed: certificate not trusted (unknown CA)" in err, err
+        assert "a root in %s" % PKI["q"]["root"] in err, err
+        # An IP address for a host: refused in words, before anything is
+        # sent (BearSSL matches DNS names only).
+        t0 = time.monotonic()
+        err = w.fails("webhooks", base="https://127.0.0.1:%d" % w.x.port)
+        assert "the host 127.0.0.1 is an IP address" in err and "DNS names only" in err, err
+        err = w.fails("webhooks", base="https://[::1]:%d" % w.x.port)
+        assert "the host ::1 is an IP address" in err, err
+        assert time.monotonic() - t0 < 10
+        assert w.x.requests == []
+    finally:
+        w.close()
+
+
+@test
 def the_plain_build_says_these_need_tls():
     if PLAIN is None:
         return
@@ -395,6 +440,8 @@ def main():
     os.makedirs(tls.PKI, exist_ok=True)
     PKI["p"] = tls.make_pki("p256", "p256")
     PKI["api"] = tls.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
+    PKI["other"] = tls.leaf(PKI["p"]["dir"], "other", "p256", host="elsewhere.test")
+    PKI["q"] = tls.make_pki("q", "p256")
     passed, failed = it.run_suite(TESTS)
     print("xapi: %d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
