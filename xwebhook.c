@@ -8448,6 +8448,32 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 	buf_free(&el);
 }
 
+/* What a 2xx answer lacks, when it lacks what X's API reference has
+ * in every 2xx of these calls (a JSON object with data: an object, or
+ * for webhooks an array, left out only when meta.result_count is 0), in
+ * words after "answered 200 "; NULL when it has it. body is valid JSON
+ * or empty. */
+static const char *
+x_answer_lacks(const struct x_command *xc, const struct answer *a)
+{
+	struct buf data = { 0 }, meta = { 0 }, count = { 0 };
+	int list = strcmp(xc->name, "webhooks") == 0;
+	const char *lacks = NULL;
+
+	if (a->body.len == 0)
+		lacks = "with an empty body";
+	else if (json_member(a->body.p, a->body.len, "data", &data) < 0)
+		lacks = list && json_member(a->body.p, a->body.len, "meta", &meta) == 0 &&
+		    json_member(meta.p, meta.len, "result_count", &count) == 0 && count.len == 1 && count.p[0] == '0' ?
+		    NULL : "without a data member";
+	else if (data.p[0] != (list ? '[' : '{'))
+		lacks = list ? "with data that is not an array" : "with data that is not an object";
+	buf_free(&data);
+	buf_free(&meta);
+	buf_free(&count);
+	return lacks;
+}
+
 /* Run one subcommand: args[0] is its name. The exit status. */
 static int
 cmd_x(const struct x_command *xc, const char *const *args)
@@ -8460,7 +8486,7 @@ cmd_x(const struct x_command *xc, const char *const *args)
 #endif
 	struct buf missing = { 0 }, path = { 0 }, body = { 0 }, req = { 0 }, auth = { 0 }, out = { 0 };
 	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
-	const char *p;
+	const char *p, *why;
 	struct client cl;
 	struct answer a;
 	struct url u;
@@ -8643,6 +8669,15 @@ cmd_x(const struct x_command *xc, const char *const *args)
 			buf_free(&e);
 		} else if (!has_data && json_member(a.body.p, a.body.len, "errors", &valid) == 0) {
 			x_failure(xc, &a, api_base);  /* a 2xx that only carries errors */
+		} else if ((why = x_answer_lacks(xc, &a)) != NULL) {
+			struct buf e = { 0 };
+
+			log_escape(&e, a.body.p, a.body.len < 200 ? a.body.len : 200);
+			buf_addc(&e, '\0');
+			fprintf(stderr, "%s: %s: %s answered %d %s%s%s, where X's API sends a JSON object with data: "
+			    "the outcome is unknown\n", progname, xc->name, api_base, a.status, why,
+			    a.body.len > 0 ? ": " : "", e.p);
+			buf_free(&e);
 		} else {
 			struct buf safe = { 0 };
 			size_t k;
@@ -10153,7 +10188,8 @@ usage(FILE *f)
 "       xwebhook check URL          check URL the way X does before accepting it\n"
 "       xwebhook --help | --version\n"
 "\n"
-"X's side (TLS build), one call to X's API each; X's JSON answer on stdout:\n"
+"X's side (TLS build), one call to X's API each; X's JSON answer on stdout, or one\n"
+"line on stderr and exit status 1 (also for a 2xx without the data X's API sends):\n"
 "       xwebhook webhooks                        list the app's webhooks\n"
 "       xwebhook register URL                    register URL (X runs a CRC against it first)\n"
 "       xwebhook validate WEBHOOK_ID             have X run a CRC now\n"

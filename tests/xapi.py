@@ -351,10 +351,10 @@ def hostile_answers_are_escaped_and_bounded():
         err = w.fails("webhooks")
         assert "Bad\\x1b[31m" in err and "line\\x0abreak" in err and "m\\x07" in err and "d2" in err, err
         # Valid JSON may hold DEL and C1 controls raw: they arrive escaped.
-        w.x.override = (200, {}, b'{"data":{"x":"a\x7fb\xc2\x9bc\xc3\xa9"}}')
+        w.x.override = (200, {}, b'{"data":[{"x":"a\x7fb\xc2\x9bc\xc3\xa9"}]}')
         rc, out, err = w.run("webhooks")
         assert rc == 0 and "\x7f" not in out and "\x9b" not in out and "\\u007f" in out and "\\u009b" in out, out
-        assert json.loads(out) == {"data": {"x": "a\x7fb\x9bc\xe9"}}, out
+        assert json.loads(out) == {"data": [{"x": "a\x7fb\x9bc\xe9"}]}, out
         w.x.override = (200, {}, b"<html>\x1b]0;pwned\x07</html>")
         err = w.fails("webhooks")
         assert "not JSON" in err and "\\x1b]0;pwned\\x07" in err, err
@@ -376,6 +376,41 @@ def hostile_answers_are_escaped_and_bounded():
         p = subprocess.run([BIN, "--api", w.x.base, "webhooks"], env=e, capture_output=True, timeout=60)
         err = p.stderr.decode()
         assert p.returncode == 1 and err.count("\n") == 1 and "TLS handshake failed" in err, err
+    finally:
+        w.close()
+
+
+@test
+def a_2xx_without_x_s_data_is_no_success():
+    """X's API reference (xdevplatform/docs openapi.json) answers every
+    one of these calls 200 with a JSON object holding data (an object; for
+    GET /2/webhooks an array, which X leaves out when result_count is 0);
+    none is a 204. An answer without it says nothing was done."""
+    w = World()
+    try:
+        calls = (("webhooks",), ("register", HOOK), ("validate", "1"), ("unregister", "1"), ("subscribe", "1"),
+                 ("subscriptions", "1"), ("unsubscribe", "1", USER_ID),
+                 ("replay", "1", "202611281200", "202611281300"))
+        for status, raw, part in ((200, b"", "answered 200 with an empty body"),
+                                  (204, b"", "answered 204 with an empty body"),
+                                  (201, b"{}", "answered 201 without a data member: {}"),
+                                  (200, b'{"meta":{"result_count":3}}', "answered 200 without a data member"),
+                                  (200, b'{"data":"yes"}', "with data that is not a")):
+            w.x.override = (status, {"Content-Type": "application/json"}, raw)
+            for args in calls:
+                rc, out, err = w.run(*args)
+                assert rc == 1 and out == "" and err.count("\n") == 1, (args, raw, rc, out, err)
+                assert part in err and "the outcome is unknown" in err and args[0] + ": " in err, (args, err)
+        # The shape of the other kind is no data either.
+        w.x.override = (200, {}, b'{"data":{"id":"1"}}')
+        assert "with data that is not an array" in w.fails("webhooks")
+        w.x.override = (200, {}, b'{"data":[{"id":"1"}]}')
+        assert "with data that is not an object" in w.fails("register", HOOK)
+        # What X sends for no webhooks passes, with data or without.
+        w.x.override = (200, {}, b'{"meta":{"result_count":0}}')
+        assert w.ok("webhooks") == {"meta": {"result_count": 0}}
+        w.x.override = (200, {}, b'{"data":[],"meta":{"result_count":0}}')
+        assert w.ok("webhooks") == {"data": [], "meta": {"result_count": 0}}
     finally:
         w.close()
 
