@@ -7815,7 +7815,9 @@ forward_forget(void)
 
 /* ------------------------------------------------------------------------
  * check URL: do what X does before it accepts a webhook URL, report each
- * requirement on its own line, and exit 0 only if X would accept it.
+ * requirement on its own line, and exit 0 only if X would accept it: 1
+ * if X would not, CHECK_CANNOT_TELL if something X requires could not be
+ * checked here (and nothing failed).
  * ------------------------------------------------------------------------ */
 
 static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
@@ -7824,7 +7826,10 @@ static int check_post;              /* --post: also send a signed event */
 static int check_failed;
 static int check_unsure;            /* something check itself cannot do */
 
-enum { CHECK_TIME_LIMIT_MS = 3000 };  /* X's limit for a CRC answer */
+enum {
+	CHECK_TIME_LIMIT_MS = 3000,   /* X's limit for a CRC answer */
+	CHECK_CANNOT_TELL = 2,        /* the exit status when check_unsure decides */
+};
 
 static void report(const char *mark, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -7835,6 +7840,8 @@ report(const char *mark, const char *fmt, ...)
 
 	if (strcmp(mark, "FAIL") == 0)
 		check_failed = 1;
+	if (strcmp(mark, "unknown") == 0)
+		check_unsure = 1;
 	printf("[%s] ", mark);
 	va_start(ap, fmt);
 	vprintf(fmt, ap);
@@ -7864,8 +7871,8 @@ report_handshake(const struct check_target *t, const struct client *cl)
 
 	if (tc != NULL && x509_error_text(e, &tc->x509.leaf, t->u->host, t->bundle, text, sizeof(text)) == 0)
 		report("FAIL", "%s%s", text, e == BR_ERR_X509_NOT_TRUSTED ? "; X will not fetch a missing one" : "");
-	else if (e == BR_ERR_RECV_FATAL_ALERT + 70 && (check_unsure = 1))
-		report("FAIL", "cannot check: the server wants a TLS version this build lacks, most likely "
+	else if (e == BR_ERR_RECV_FATAL_ALERT + 70)
+		report("unknown", "cannot check: the server wants a TLS version this build lacks, most likely "
 		    "TLS 1.3 alone. X accepts TLS 1.3, but check speaks TLS 1.2 at most (BearSSL has no "
 		    "1.3): try curl -v --tlsv1.3 %s, or enable TLS 1.2 as well", t->u->host);
 	else if (e == BR_ERR_BAD_VERSION || e == BR_ERR_UNSUPPORTED_VERSION)
@@ -7919,6 +7926,8 @@ check_exchange(const struct check_target *t, const struct buf *request, struct a
 #ifdef XWEBHOOK_TLS
 		if (cl.tls_error != 0 && report_handshakes)
 			report_handshake(t, &cl);
+		else if (cl.tls_error == BR_ERR_RECV_FATAL_ALERT + 70)
+			report("unknown", "%s: %s (a TLS version this build lacks)", what, cl.why);
 		else
 #endif
 			report("FAIL", "%s: %s", what, cl.why);
@@ -8035,12 +8044,14 @@ cmd_check(const char *arg)
 				else
 					report("FAIL", "response_token does not match the HMAC under this consumer "
 					    "secret (a different app's secret, or the wrong construction)");
+			} else if (got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0) {
+				/* X refuses any value but the HMAC: without the
+				 * secret, the shape is no verdict. */
+				report("unknown", "response_token has the right shape, but its value was not checked: no "
+				    "consumer secret here (TWITTER_CONSUMER_SECRET or --secret-file), and X accepts only "
+				    "the HMAC of the token under the app's secret");
 			} else {
-				int shape = got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0;
-
-				report(shape ? "warn" : "FAIL", "response_token %s; no consumer secret here "
-				    "(TWITTER_CONSUMER_SECRET or --secret-file), so its value was not checked",
-				    shape ? "has the right shape" : "is not sha256=<base64 of 32 bytes>");
+				report("FAIL", "response_token is not sha256=<base64 of 32 bytes>");
 			}
 		}
 		answer_free(&a);
@@ -8077,9 +8088,17 @@ cmd_check(const char *arg)
 	}
 	buf_free(&req);
 	buf_free(&got);
-	printf(check_unsure ? "check cannot tell whether X would accept this URL.\n" :
-	    check_failed ? "X would not accept this URL.\n" : "X would accept this URL.\n");
-	return check_failed ? 1 : 0;
+	if (check_failed) {
+		printf("X would not accept this URL.\n");
+		return 1;
+	}
+	if (check_unsure) {
+		printf("check cannot tell whether X would accept this URL: what it checked passed, "
+		    "but not what [unknown] names.\n");
+		return CHECK_CANNOT_TELL;
+	}
+	printf("X would accept this URL.\n");
+	return 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -10185,7 +10204,9 @@ usage(FILE *f)
 "       xwebhook crc TOKEN          print the JSON body X expects for crc_token TOKEN\n"
 "       xwebhook sign [FILE]        print the x-twitter-webhooks-signature for FILE (or stdin)\n"
 "       xwebhook fmt [FILE]         pretty-print JSON as the server prints events\n"
-"       xwebhook check URL          check URL the way X does before accepting it\n"
+"       xwebhook check URL          check URL the way X does before accepting it; exit status\n"
+"                                   0: X would accept it, 1: X would not, 2: check cannot tell\n"
+"                                   (no consumer secret to check the CRC answer's value, say)\n"
 "       xwebhook --help | --version\n"
 "\n"
 "X's side (TLS build), one call to X's API each; X's JSON answer on stdout, or one\n"
