@@ -6117,14 +6117,16 @@ cmd_fmt(const char *path)
  * pieces: http_scan_head for the head, http_next_field for the fields,
  * content_length and the chunked decoder for the body. One deadline
  * covers the whole exchange, and CLIENT_MAX_ANSWER the answer's size.
- * check uses it.
+ * Every caller (check, X's API, ACME, the brokers) gets its failures in
+ * the same words: a certificate's fault named, a deadline as it was.
  * ------------------------------------------------------------------------ */
 
 enum {
 	/* The largest answer taken, head and body: a CRC answer is under
 	 * 100 bytes, an X API answer a few KiB. */
 	CLIENT_MAX_ANSWER = 1 << 20,
-	/* The whole exchange, from connecting to the answer's last byte. */
+	/* The whole exchange, from connecting to the answer's last byte,
+	 * when the caller names no deadline of its own. */
 	CLIENT_TIMEOUT_MS = 10000,
 };
 #define CLIENT_MAX_ANSWER_TEXT "1 MiB"
@@ -6211,6 +6213,7 @@ dial(const char *host, const char *port, int64_t deadline, char *err, size_t err
 struct trust {
 	br_x509_trust_anchor *ta;
 	size_t n;
+	const char *path;        /* the bundle, to name it */
 };
 
 static int
@@ -6223,6 +6226,7 @@ trust_load(const char *path, struct trust *t)
 
 	t->ta = NULL;
 	t->n = 0;
+	t->path = path;
 	if (fd < 0 || read_all(fd, &text) < 0) {
 		if (fd >= 0)
 			close(fd);
@@ -6350,6 +6354,80 @@ suite_name(uint16_t s)
 	default: return "a suite without forward secrecy or AEAD";
 	}
 }
+
+/* Why a server's chain failed to verify, in words, from BearSSL's X.509
+ * code err (bearssl_x509.h): name is who the server was to be, bundle
+ * the roots, leaf the server's certificate if it sent one. 0, or -1
+ * when err is no X.509 code. */
+static int
+x509_error_text(int err, const struct buf *leaf, const char *name, const char *bundle, char *out, size_t n)
+{
+	struct cert_info ci;
+	int dated = leaf->len > 0 && cert_info((const unsigned char *)leaf->p, leaf->len, &ci) == 0;
+	time_t now = time(NULL);
+	char date[32];
+
+	switch (err) {
+	case BR_ERR_X509_NOT_TRUSTED:
+		snprintf(out, n, "certificate not trusted (unknown CA): the chain the server sent does not lead to a "
+		    "root in %s (is an intermediate missing?)", bundle != NULL ? bundle : "the trusted roots");
+		break;
+	case BR_ERR_X509_BAD_SERVER_NAME:
+		snprintf(out, n, "certificate does not name %s", name);
+		break;
+	case BR_ERR_X509_EXPIRED:
+		if (dated && ci.not_after < now) {
+			format_date(ci.not_after, date, sizeof(date));
+			snprintf(out, n, "certificate expired on %s", date);
+		} else if (dated && ci.not_before > now) {
+			format_date(ci.not_before, date, sizeof(date));
+			snprintf(out, n, "certificate not yet valid: from %s", date);
+		} else {
+			snprintf(out, n, "certificate expired or not yet valid: one of the chain's CAs");
+		}
+		break;
+	case BR_ERR_X509_TIME_UNKNOWN:
+		snprintf(out, n, "the time is unknown, so no certificate's dates can be checked");
+		break;
+	case BR_ERR_X509_EMPTY_CHAIN:
+		snprintf(out, n, "the server sent no certificate");
+		break;
+	case BR_ERR_X509_DN_MISMATCH:
+		snprintf(out, n, "certificate chain broken: an issuer is not the next certificate's subject "
+		    "(out of order?)");
+		break;
+	case BR_ERR_X509_NOT_CA:
+		snprintf(out, n, "certificate chain invalid: a certificate that signs another is no CA");
+		break;
+	case BR_ERR_X509_BAD_SIGNATURE:
+		snprintf(out, n, "certificate chain invalid: a signature does not verify");
+		break;
+	case BR_ERR_X509_FORBIDDEN_KEY_USAGE:
+		snprintf(out, n, "certificate not for a TLS server: its key usage forbids it");
+		break;
+	case BR_ERR_X509_WEAK_PUBLIC_KEY:
+		snprintf(out, n, "certificate's key too small");
+		break;
+	case BR_ERR_X509_CRITICAL_EXTENSION:
+		snprintf(out, n, "certificate has a critical extension this client does not know");
+		break;
+	case BR_ERR_X509_WRONG_KEY_TYPE:
+		snprintf(out, n, "certificate's key type does not fit the cipher suite");
+		break;
+	case BR_ERR_X509_LIMIT_EXCEEDED:
+		snprintf(out, n, "certificate's key or signature larger than this client handles");
+		break;
+	case BR_ERR_X509_UNSUPPORTED:
+		snprintf(out, n, "certificate has features this client does not support");
+		break;
+	default:
+		if (err <= BR_ERR_X509_OK || err > BR_ERR_X509_NOT_TRUSTED)
+			return -1;
+		snprintf(out, n, "certificate cannot be decoded (BearSSL X.509 error %d)", err);
+		break;
+	}
+	return 0;
+}
 #endif /* XWEBHOOK_TLS */
 
 #ifdef XWEBHOOK_TLS
@@ -6393,6 +6471,22 @@ struct answer {
 	int64_t ms;                /* from connecting to the answer's last byte */
 };
 
+/* Is name an IPv4 or IPv6 address, not a host name? */
+static int
+ip_literal(const char *name)
+{
+	unsigned char a[16];
+
+	return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
+}
+
+/* The client's deadline, as the seconds its messages give (rounded up). */
+static long long
+client_limit_s(const struct client *cl)
+{
+	return (long long)((cl->deadline - cl->start + 999) / 1000);
+}
+
 /* Connect to host:port; with trust, speak TLS to it as name, verifying
  * the chain. The exchange must end by deadline (0: CLIENT_TIMEOUT_MS from
  * now). 0, or -1 with cl->why (the connection, if any, stays open for a
@@ -6406,6 +6500,15 @@ client_connect(struct client *cl, const char *host, const char *port, const char
 	cl->deadline = deadline != 0 ? deadline : cl->start + CLIENT_TIMEOUT_MS;
 	cl->c.accepted = cl->start;
 	cl->c.tr = &plain_transport;
+	cl->c.fd = -1;
+	/* BearSSL's X.509 engine matches a name against the certificate's
+	 * DNS names only, never its IP addresses (RFC 6125's iPAddress):
+	 * refused here, in words, rather than by a handshake that fails. */
+	if (trust != NULL && ip_literal(name)) {
+		snprintf(cl->why, sizeof(cl->why), "the host %.256s is an IP address, and this client verifies "
+		    "certificates for DNS names only: use the server's DNS name", name);
+		return -1;
+	}
 	cl->c.fd = dial(host, port, cl->deadline, cl->why, sizeof(cl->why));
 	if (cl->c.fd < 0)
 		return -1;
@@ -6438,13 +6541,14 @@ client_connect(struct client *cl, const char *host, const char *port, const char
 		cl->c.tls = t;
 		cl->c.tr = &tls_client_transport;
 		if (br_sslio_flush(&t->sock.io) < 0 || !(br_ssl_engine_current_state(&t->cc.eng) & BR_SSL_SENDAPP)) {
-			char text[128];
+			char text[400];
 
 			cl->tls_error = br_ssl_engine_last_error(&t->cc.eng);
-			tls_error_text(cl->tls_error, text, sizeof(text));
+			if (x509_error_text(cl->tls_error, &t->x509.leaf, name, tr->path, text, sizeof(text)) < 0)
+				tls_error_text(cl->tls_error, text, sizeof(text));
 			if (t->sock.status == IO_TIMEOUT)
-				snprintf(cl->why, sizeof(cl->why), "TLS handshake not finished within %d s",
-				    CLIENT_TIMEOUT_MS / 1000);
+				snprintf(cl->why, sizeof(cl->why), "TLS handshake not finished within %lld s",
+				    client_limit_s(cl));
 			else
 				snprintf(cl->why, sizeof(cl->why), "TLS handshake failed: %s", text);
 			return -1;
@@ -6542,9 +6646,10 @@ client_exchange(struct client *cl, const char *request, size_t n, struct answer 
 			goto out;
 		}
 		if ((r = client_read(cl, &in)) <= 0) {
-			snprintf(cl->why, sizeof(cl->why), r == IO_TIMEOUT ?
-			    "no complete answer within %d s" : "the connection ended inside the answer's head",
-			    CLIENT_TIMEOUT_MS / 1000);
+			if (r == IO_TIMEOUT)
+				snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
+			else
+				snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's head");
 			goto out;
 		}
 		in.len += (size_t)r;
@@ -6613,8 +6718,10 @@ too_large:
 	    " (the most the client reads)");
 	goto out;
 ended:
-	snprintf(cl->why, sizeof(cl->why), r == IO_TIMEOUT ? "no complete answer within %d s" :
-	    "the connection ended inside the answer's body", CLIENT_TIMEOUT_MS / 1000);
+	if (r == IO_TIMEOUT)
+		snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
+	else
+		snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's body");
 out:
 	buf_free(&in);
 	if (ok < 0)
@@ -7912,7 +8019,9 @@ forward_forget(void)
 
 /* ------------------------------------------------------------------------
  * check URL: do what X does before it accepts a webhook URL, report each
- * requirement on its own line, and exit 0 only if X would accept it.
+ * requirement on its own line, and exit 0 only if X would accept it: 1
+ * if X would not, CHECK_CANNOT_TELL if something X requires could not be
+ * checked here (and nothing failed).
  * ------------------------------------------------------------------------ */
 
 static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
@@ -7921,7 +8030,10 @@ static int check_post;              /* --post: also send a signed event */
 static int check_failed;
 static int check_unsure;            /* something check itself cannot do */
 
-enum { CHECK_TIME_LIMIT_MS = 3000 };  /* X's limit for a CRC answer */
+enum {
+	CHECK_TIME_LIMIT_MS = 3000,   /* X's limit for a CRC answer */
+	CHECK_CANNOT_TELL = 2,        /* the exit status when check_unsure decides */
+};
 
 static void report(const char *mark, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -7932,6 +8044,8 @@ report(const char *mark, const char *fmt, ...)
 
 	if (strcmp(mark, "FAIL") == 0)
 		check_failed = 1;
+	if (strcmp(mark, "unknown") == 0)
+		check_unsure = 1;
 	printf("[%s] ", mark);
 	va_start(ap, fmt);
 	vprintf(fmt, ap);
@@ -7949,23 +8063,20 @@ struct check_target {
 };
 
 #ifdef XWEBHOOK_TLS
-/* Say why a handshake failed, in X's terms. */
+/* Say why a handshake failed, in X's terms: a certificate's fault in
+ * the client's words, the rest as X sees it. */
 static void
 report_handshake(const struct check_target *t, const struct client *cl)
 {
 	const struct tls_client *tc = cl->c.tls;
 	int e = cl->tls_error;
 	struct cert_info ci;
+	char text[400];
 
-	if (e == BR_ERR_X509_NOT_TRUSTED)
-		report("FAIL", "the certificate chain does not lead to a root in %s "
-		    "(is an intermediate missing? X will not fetch it)", t->bundle);
-	else if (e == BR_ERR_X509_BAD_SERVER_NAME)
-		report("FAIL", "the certificate is not for %s", t->u->host);
-	else if (e == BR_ERR_X509_EXPIRED)
-		report("FAIL", "the certificate has expired or is not yet valid");
-	else if (e == BR_ERR_RECV_FATAL_ALERT + 70 && (check_unsure = 1))
-		report("FAIL", "cannot check: the server wants a TLS version this build lacks, most likely "
+	if (tc != NULL && x509_error_text(e, &tc->x509.leaf, t->u->host, t->bundle, text, sizeof(text)) == 0)
+		report("FAIL", "%s%s", text, e == BR_ERR_X509_NOT_TRUSTED ? "; X will not fetch a missing one" : "");
+	else if (e == BR_ERR_RECV_FATAL_ALERT + 70)
+		report("unknown", "cannot check: the server wants a TLS version this build lacks, most likely "
 		    "TLS 1.3 alone. X accepts TLS 1.3, but check speaks TLS 1.2 at most (BearSSL has no "
 		    "1.3): try curl -v --tlsv1.3 %s, or enable TLS 1.2 as well", t->u->host);
 	else if (e == BR_ERR_BAD_VERSION || e == BR_ERR_UNSUPPORTED_VERSION)
@@ -8019,6 +8130,8 @@ check_exchange(const struct check_target *t, const struct buf *request, struct a
 #ifdef XWEBHOOK_TLS
 		if (cl.tls_error != 0 && report_handshakes)
 			report_handshake(t, &cl);
+		else if (cl.tls_error == BR_ERR_RECV_FATAL_ALERT + 70)
+			report("unknown", "%s: %s (a TLS version this build lacks)", what, cl.why);
 		else
 #endif
 			report("FAIL", "%s: %s", what, cl.why);
@@ -8135,12 +8248,14 @@ cmd_check(const char *arg)
 				else
 					report("FAIL", "response_token does not match the HMAC under this consumer "
 					    "secret (a different app's secret, or the wrong construction)");
+			} else if (got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0) {
+				/* X refuses any value but the HMAC: without the
+				 * secret, the shape is no verdict. */
+				report("unknown", "response_token has the right shape, but its value was not checked: no "
+				    "consumer secret here (TWITTER_CONSUMER_SECRET or --secret-file), and X accepts only "
+				    "the HMAC of the token under the app's secret");
 			} else {
-				int shape = got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0;
-
-				report(shape ? "warn" : "FAIL", "response_token %s; no consumer secret here "
-				    "(TWITTER_CONSUMER_SECRET or --secret-file), so its value was not checked",
-				    shape ? "has the right shape" : "is not sha256=<base64 of 32 bytes>");
+				report("FAIL", "response_token is not sha256=<base64 of 32 bytes>");
 			}
 		}
 		answer_free(&a);
@@ -8177,9 +8292,17 @@ cmd_check(const char *arg)
 	}
 	buf_free(&req);
 	buf_free(&got);
-	printf(check_unsure ? "check cannot tell whether X would accept this URL.\n" :
-	    check_failed ? "X would not accept this URL.\n" : "X would accept this URL.\n");
-	return check_failed ? 1 : 0;
+	if (check_failed) {
+		printf("X would not accept this URL.\n");
+		return 1;
+	}
+	if (check_unsure) {
+		printf("check cannot tell whether X would accept this URL: what it checked passed, "
+		    "but not what [unknown] names.\n");
+		return CHECK_CANNOT_TELL;
+	}
+	printf("X would accept this URL.\n");
+	return 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -8548,6 +8671,32 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 	buf_free(&el);
 }
 
+/* What a 2xx answer lacks, when it lacks what X's API reference has
+ * in every 2xx of these calls (a JSON object with data: an object, or
+ * for webhooks an array, left out only when meta.result_count is 0), in
+ * words after "answered 200 "; NULL when it has it. body is valid JSON
+ * or empty. */
+static const char *
+x_answer_lacks(const struct x_command *xc, const struct answer *a)
+{
+	struct buf data = { 0 }, meta = { 0 }, count = { 0 };
+	int list = strcmp(xc->name, "webhooks") == 0;
+	const char *lacks = NULL;
+
+	if (a->body.len == 0)
+		lacks = "with an empty body";
+	else if (json_member(a->body.p, a->body.len, "data", &data) < 0)
+		lacks = list && json_member(a->body.p, a->body.len, "meta", &meta) == 0 &&
+		    json_member(meta.p, meta.len, "result_count", &count) == 0 && count.len == 1 && count.p[0] == '0' ?
+		    NULL : "without a data member";
+	else if (data.p[0] != (list ? '[' : '{'))
+		lacks = list ? "with data that is not an array" : "with data that is not an object";
+	buf_free(&data);
+	buf_free(&meta);
+	buf_free(&count);
+	return lacks;
+}
+
 /* Run one subcommand: args[0] is its name. The exit status. */
 static int
 cmd_x(const struct x_command *xc, const char *const *args)
@@ -8560,7 +8709,7 @@ cmd_x(const struct x_command *xc, const char *const *args)
 #endif
 	struct buf missing = { 0 }, path = { 0 }, body = { 0 }, req = { 0 }, auth = { 0 }, out = { 0 };
 	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
-	const char *p;
+	const char *p, *why;
 	struct client cl;
 	struct answer a;
 	struct url u;
@@ -8743,6 +8892,15 @@ cmd_x(const struct x_command *xc, const char *const *args)
 			buf_free(&e);
 		} else if (!has_data && json_member(a.body.p, a.body.len, "errors", &valid) == 0) {
 			x_failure(xc, &a, api_base);  /* a 2xx that only carries errors */
+		} else if ((why = x_answer_lacks(xc, &a)) != NULL) {
+			struct buf e = { 0 };
+
+			log_escape(&e, a.body.p, a.body.len < 200 ? a.body.len : 200);
+			buf_addc(&e, '\0');
+			fprintf(stderr, "%s: %s: %s answered %d %s%s%s, where X's API sends a JSON object with data: "
+			    "the outcome is unknown\n", progname, xc->name, api_base, a.status, why,
+			    a.body.len > 0 ? ": " : "", e.p);
+			buf_free(&e);
 		} else {
 			struct buf safe = { 0 };
 			size_t k;
@@ -10251,10 +10409,13 @@ usage(FILE *f)
 "       xwebhook crc TOKEN          print the JSON body X expects for crc_token TOKEN\n"
 "       xwebhook sign [FILE]        print the x-twitter-webhooks-signature for FILE (or stdin)\n"
 "       xwebhook fmt [FILE]         pretty-print JSON as the server prints events\n"
-"       xwebhook check URL          check URL the way X does before accepting it\n"
+"       xwebhook check URL          check URL the way X does before accepting it; exit status\n"
+"                                   0: X would accept it, 1: X would not, 2: check cannot tell\n"
+"                                   (no consumer secret to check the CRC answer's value, say)\n"
 "       xwebhook --help | --version\n"
 "\n"
-"X's side (TLS build), one call to X's API each; X's JSON answer on stdout:\n"
+"X's side (TLS build), one call to X's API each; X's JSON answer on stdout, or one\n"
+"line on stderr and exit status 1 (also for a 2xx without the data X's API sends):\n"
 "       xwebhook webhooks                        list the app's webhooks\n"
 "       xwebhook register URL                    register URL (X runs a CRC against it first)\n"
 "       xwebhook validate WEBHOOK_ID             have X run a CRC now\n"

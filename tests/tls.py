@@ -600,13 +600,39 @@ def check_passes_against_a_good_server():
                      "[ok] certificate expires", "[ok] the CRC was answered 200", "[ok] the CRC was answered in",
                      "[ok] response_token is the HMAC", "[ok] a signed test event was answered 200"):
             assert part in out, (part, out)
-        # No secret: the shape only, said so.
-        rc, out, err = check("https://%s/webhooks/twitter" % HOST, "--connect", "127.0.0.1:%d" % srv.port,
-                             "--cacert", p["root"], secret=None)
-        assert "[warn] response_token has the right shape; no consumer secret here" in out, out
     finally:
         srv.stop()
     assert b'"xwebhook_check"' in srv.stdout()
+
+
+@test
+def check_without_a_secret_cannot_tell():
+    """Without the consumer secret the CRC answer's value cannot be
+    checked, and X refuses any but the right one: no acceptance, exit 2."""
+    p = PKIS["p256"]
+    url = "https://%s/webhooks/twitter" % HOST
+    srv = tls_server(p["chain"], p["key"])
+    try:
+        rc, out, err = check(url, "--connect", "127.0.0.1:%d" % srv.port, "--cacert", p["root"], secret=None)
+        assert rc == 2, (rc, out + err)
+        assert "\nX would accept this URL." not in out and "[FAIL]" not in out, out
+        for part in ("[ok] certificate chain verified", "[ok] the CRC was answered 200",
+                     "[unknown] response_token has the right shape, but its value was not checked: no consumer "
+                     "secret here"):
+            assert part in out, (part, out)
+        assert out.rstrip().endswith("check cannot tell whether X would accept this URL: what it checked passed, "
+                                     "but not what [unknown] names."), out
+    finally:
+        srv.stop()
+    # Something X refuses still decides: exit 1.
+    srv = tls_server(p["chain"], p["key"], secret="the server's other secret")
+    try:
+        rc, out, err = check("https://%s/elsewhere" % HOST, "--connect", "127.0.0.1:%d" % srv.port,
+                             "--cacert", p["root"], secret=None)
+        assert rc == 1 and "[FAIL] the CRC was answered 404" in out, out
+        assert out.rstrip().endswith("X would not accept this URL."), out
+    finally:
+        srv.stop()
 
 
 @test
@@ -619,7 +645,7 @@ def check_fails_for_each_reason_x_would():
         rc, out, _ = check(url, *where, secret="not the secret")
         assert rc == 1 and "[FAIL] response_token does not match" in out, out
         rc, out, _ = check("https://other.test/webhooks/twitter", *where)
-        assert rc == 1 and "[FAIL] the certificate is not for other.test" in out, out
+        assert rc == 1 and "[FAIL] certificate does not name other.test" in out, out
         rc, out, _ = check("https://%s:8443/webhooks/twitter" % HOST, *where)
         assert rc == 1 and "[FAIL] the URL names port 8443" in out, out
         rc, out, _ = check("https://%s/elsewhere" % HOST, *where)
@@ -630,7 +656,8 @@ def check_fails_for_each_reason_x_would():
     srv = tls_server(p["leaf"], p["key"])
     try:
         rc, out, _ = check(url, "--connect", "127.0.0.1:%d" % srv.port, "--cacert", p["root"])
-        assert rc == 1 and "is an intermediate missing" in out, out
+        assert rc == 1 and "[FAIL] certificate not trusted (unknown CA): the chain the server sent does not lead " \
+            "to a root in %s (is an intermediate missing?); X will not fetch a missing one" % p["root"] in out, out
         assert "[info] the server's certificate expires" in out, out
     finally:
         srv.stop()
@@ -638,7 +665,7 @@ def check_fails_for_each_reason_x_would():
     srv = tls_server(EXPIRED["chain"], EXPIRED["key"])
     try:
         rc, out, _ = check(url, "--connect", "127.0.0.1:%d" % srv.port, "--cacert", p["root"])
-        assert rc == 1 and "[FAIL] the certificate has expired" in out, out
+        assert rc == 1 and "[FAIL] certificate expired on 2020-02-01" in out, out
         assert "expires 2020-02-01" in out, out
     finally:
         srv.stop()
@@ -748,7 +775,7 @@ def check_against_hostile_servers():
         ("huge", 1, "[FAIL] the CRC: the answer is larger than 1 MiB"),
         ("linger", 0, "[ok] the CRC was answered in"),
         ("post-refused", 1, "[FAIL] the signed test event: TLS handshake failed"),
-        ("tls13", 1, "X accepts TLS 1.3, but check speaks TLS 1.2 at most"),
+        ("tls13", 2, "[unknown] cannot check: the server wants a TLS version this build lacks"),
         ("alert", 1, "the peer sent the alert handshake_failure (40)"),
     ]
     for behaviour, want_rc, part in cases:
@@ -761,8 +788,8 @@ def check_against_hostile_servers():
             assert rc == want_rc and part in out, (behaviour, rc, out + err)
             assert "BearSSL error" not in out, (behaviour, out)
             verdict = ("X would accept this URL." if want_rc == 0 else
-                       "check cannot tell whether X would accept this URL." if behaviour == "tls13" else
-                       "X would not accept this URL.")
+                       "check cannot tell whether X would accept this URL: what it checked passed, but not what "
+                       "[unknown] names." if want_rc == 2 else "X would not accept this URL.")
             assert out.rstrip().endswith(verdict), (behaviour, out)
             if behaviour == "linger":
                 ms = int(out.split("the CRC was answered in ")[1].split()[0])

@@ -21,6 +21,9 @@ pages) for the calls xwebhook makes, and does what X does behind them:
 - a replay job whose completion is POSTed, signed, to the webhook.
 
 Every request is recorded (method, path, headers, body) for the tests.
+Misbehaviour on demand: `override` answers one fixed answer to everything
+(an empty 200, say), `delay` holds every answer (a slow X), and the
+certificate it is started with may be for another name or from another CA.
 """
 import base64
 import hashlib
@@ -89,7 +92,8 @@ class Standin:
         self.crcs = []  # (url, outcome)
         self.next_id = 1460000000000000000
         self.lock = threading.Lock()
-        self.delay = 0  # seconds before each answer (to look at the client meanwhile)
+        self.delay = 0  # seconds before each answer (to look at the client meanwhile, or to be slow)
+        self.released = threading.Event()  # ends every delay at once (set by close)
         self.override = None  # (status, headers, body bytes): answer this to everything
         standin = self
 
@@ -115,6 +119,7 @@ class Standin:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -271,8 +276,8 @@ class Standin:
         with self.lock:
             self.requests.append({"method": h.command, "path": h.path, "headers": dict(h.headers.items()),
                                   "body": body})
-        if self.delay:
-            time.sleep(self.delay)
+        if self.delay and self.released.wait(self.delay):
+            return  # closing: the client gave up long ago
         if self.override is not None:
             status, headers, raw = self.override
             h.send_response(status)

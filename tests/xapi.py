@@ -48,22 +48,22 @@ def app():
 class World:
     """The stand-in, and an xwebhook serving HTTPS for HOOK's host."""
 
-    def __init__(self, secret=it.SECRET, chain=None, serve=True, limits=None):
+    def __init__(self, secret=it.SECRET, chain=None, serve=True, limits=None, api=None):
         self.srv = None
         port = 1
         if serve:
             self.srv = tls.tls_server(chain or PKI["p"]["chain"], PKI["p"]["key"], secret=secret)
             port = self.srv.port
-        self.x = xs.Standin(PKI["api"]["chain"], PKI["api"]["key"], PKI["p"]["root"], app(),
-                            {tls.HOST: port}, limits)
+        api = api or PKI["api"]
+        self.x = xs.Standin(api["chain"], api["key"], PKI["p"]["root"], app(), {tls.HOST: port}, limits)
 
-    def run(self, *args, env=None, creds=True):
+    def run(self, *args, env=None, creds=True, base=None, cacert=None):
         e = {"PATH": os.environ["PATH"]}
         if creds:
             e.update(CRED)
         e.update(env or {})
-        p = subprocess.run([BIN, "--api", self.x.base, "--cacert", PKI["p"]["root"], *args], env=e,
-                           capture_output=True, timeout=60)
+        p = subprocess.run([BIN, "--api", base or self.x.base, "--cacert", cacert or PKI["p"]["root"], *args],
+                           env=e, capture_output=True, timeout=60)
         out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
         it.check_sanitizers(err)
         for v in CRED.values():
@@ -351,10 +351,10 @@ def hostile_answers_are_escaped_and_bounded():
         err = w.fails("webhooks")
         assert "Bad\\x1b[31m" in err and "line\\x0abreak" in err and "m\\x07" in err and "d2" in err, err
         # Valid JSON may hold DEL and C1 controls raw: they arrive escaped.
-        w.x.override = (200, {}, b'{"data":{"x":"a\x7fb\xc2\x9bc\xc3\xa9"}}')
+        w.x.override = (200, {}, b'{"data":[{"x":"a\x7fb\xc2\x9bc\xc3\xa9"}]}')
         rc, out, err = w.run("webhooks")
         assert rc == 0 and "\x7f" not in out and "\x9b" not in out and "\\u007f" in out and "\\u009b" in out, out
-        assert json.loads(out) == {"data": {"x": "a\x7fb\x9bc\xe9"}}, out
+        assert json.loads(out) == {"data": [{"x": "a\x7fb\x9bc\xe9"}]}, out
         w.x.override = (200, {}, b"<html>\x1b]0;pwned\x07</html>")
         err = w.fails("webhooks")
         assert "not JSON" in err and "\\x1b]0;pwned\\x07" in err, err
@@ -381,6 +381,86 @@ def hostile_answers_are_escaped_and_bounded():
 
 
 @test
+def a_2xx_without_x_s_data_is_no_success():
+    """X's API reference (xdevplatform/docs openapi.json) answers every
+    one of these calls 200 with a JSON object holding data (an object; for
+    GET /2/webhooks an array, which X leaves out when result_count is 0);
+    none is a 204. An answer without it says nothing was done."""
+    w = World()
+    try:
+        calls = (("webhooks",), ("register", HOOK), ("validate", "1"), ("unregister", "1"), ("subscribe", "1"),
+                 ("subscriptions", "1"), ("unsubscribe", "1", USER_ID),
+                 ("replay", "1", "202611281200", "202611281300"))
+        for status, raw, part in ((200, b"", "answered 200 with an empty body"),
+                                  (204, b"", "answered 204 with an empty body"),
+                                  (201, b"{}", "answered 201 without a data member: {}"),
+                                  (200, b'{"meta":{"result_count":3}}', "answered 200 without a data member"),
+                                  (200, b'{"data":"yes"}', "with data that is not a")):
+            w.x.override = (status, {"Content-Type": "application/json"}, raw)
+            for args in calls:
+                rc, out, err = w.run(*args)
+                assert rc == 1 and out == "" and err.count("\n") == 1, (args, raw, rc, out, err)
+                assert part in err and "the outcome is unknown" in err and args[0] + ": " in err, (args, err)
+        # The shape of the other kind is no data either.
+        w.x.override = (200, {}, b'{"data":{"id":"1"}}')
+        assert "with data that is not an array" in w.fails("webhooks")
+        w.x.override = (200, {}, b'{"data":[{"id":"1"}]}')
+        assert "with data that is not an object" in w.fails("register", HOOK)
+        # What X sends for no webhooks passes, with data or without.
+        w.x.override = (200, {}, b'{"meta":{"result_count":0}}')
+        assert w.ok("webhooks") == {"meta": {"result_count": 0}}
+        w.x.override = (200, {}, b'{"data":[],"meta":{"result_count":0}}')
+        assert w.ok("webhooks") == {"data": [], "meta": {"result_count": 0}}
+    finally:
+        w.close()
+
+
+@test
+def a_slow_x_fails_at_the_deadline_it_names():
+    """X's calls wait X_API_TIMEOUT_MS (30 s: X runs a CRC before it
+    answers register), and say so: not the client's default 10 s. The one
+    test that waits that long."""
+    w = World()
+    try:
+        w.x.delay = 60
+        t0 = time.monotonic()
+        err = w.fails("webhooks")
+        took = time.monotonic() - t0
+        assert "no answer from %s: no complete answer within 30 s" % w.x.base in err, err
+        assert 29.5 <= took <= 40, took
+    finally:
+        w.close()
+
+
+@test
+def tls_failures_with_x_s_api_are_named():
+    """The shared client names what BearSSL's X.509 engine found, for
+    every caller: not "protocol error"."""
+    w = World(serve=False, api=PKI["other"])  # a certificate for elsewhere.test
+    try:
+        err = w.fails("webhooks")
+        assert "TLS handshake failed: certificate does not name localhost" in err, err
+    finally:
+        w.close()
+    w = World(serve=False)
+    try:
+        err = w.fails("webhooks", cacert=PKI["q"]["root"])  # roots of another CA
+        assert "TLS handshake failed: certificate not trusted (unknown CA)" in err, err
+        assert "a root in %s" % PKI["q"]["root"] in err, err
+        # An IP address for a host: refused in words, before anything is
+        # sent (BearSSL matches DNS names only).
+        t0 = time.monotonic()
+        err = w.fails("webhooks", base="https://127.0.0.1:%d" % w.x.port)
+        assert "the host 127.0.0.1 is an IP address" in err and "DNS names only" in err, err
+        err = w.fails("webhooks", base="https://[::1]:%d" % w.x.port)
+        assert "the host ::1 is an IP address" in err, err
+        assert time.monotonic() - t0 < 10
+        assert w.x.requests == []
+    finally:
+        w.close()
+
+
+@test
 def the_plain_build_says_these_need_tls():
     if PLAIN is None:
         return
@@ -395,6 +475,8 @@ def main():
     os.makedirs(tls.PKI, exist_ok=True)
     PKI["p"] = tls.make_pki("p256", "p256")
     PKI["api"] = tls.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
+    PKI["other"] = tls.leaf(PKI["p"]["dir"], "other", "p256", host="elsewhere.test")
+    PKI["q"] = tls.make_pki("q", "p256")
     passed, failed = it.run_suite(TESTS)
     print("xapi: %d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
