@@ -119,7 +119,7 @@ def page_entries(lines, macro):
         if line.startswith(".It "):
             body = [line]
             j = i + 1
-            while j < len(lines) and not lines[j].startswith((".It ", ".It\n", ".El", ".Ss ")):
+            while j < len(lines) and lines[j] != ".It" and not lines[j].startswith((".It ", ".El", ".Ss ")):
                 body.append(lines[j])
                 j += 1
             words = line.split()
