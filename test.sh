@@ -16,7 +16,8 @@
 #      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl,
 #      and X's side (tests/xapi.py): every subcommand against a stand-in
 #      for X's API (tests/x_standin.py) that runs real CRCs, and --acme
-#      against pebble (tests/acme.py);
+#      against pebble (tests/acme.py); and the man page, doc/xwebhook.1,
+#      against --help of both builds, through mandoc's lint (tests/doc.py);
 #   5. the static binaries (make static, with musl) in an empty root;
 #   6. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20);
 #   7. the README's two commands, exactly as written, in a fresh Debian 12
@@ -60,10 +61,11 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   systemd-analyze verify on the README's unit; debootstrap: the README's
 #   two commands in a fresh Debian root; iproute2: there, the server of the
 #   first in a network namespace of its own (its fixed port 8080 is then
-#   not the machine's).
+#   not the machine's); mandoc and man-db: the man page's lint, and its
+#   rendering by mandoc and by man -l (groff).
 needs="ca-certificates gcc clang libc6-dev make curl python3 libbearssl-dev openssl libclang-rt-14-dev
 	logrotate strace cppcheck musl-tools procps redis-server redis-tools nats-server pebble systemd
-	debootstrap iproute2"
+	debootstrap iproute2 mandoc man-db"
 missing=""
 if command -v dpkg-query >/dev/null; then
 	for p in $needs; do
@@ -212,6 +214,17 @@ if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
 			cat "$out/build-tls-$compiler.log"
 		fi
 	done
+	# The man page against --help of the plain and the TLS build: every
+	# option and command in both, and mandoc's lint without a word.
+	if ! command -v mandoc >/dev/null; then
+		fail "mandoc is not installed (.ci/run installs it): the man page is not checked"
+	elif [ -x "$out/xwebhook-gcc" ] && [ -x "$out/xwebhook-tls" ]; then
+		python3 tests/doc.py "$out/xwebhook-gcc" "$out/xwebhook-tls" 2>&1 | tee "$out/doc.log" |
+		    grep -vE '^(ok |doc: )'
+		count "$out/doc.log" "man page"
+	else
+		fail "the man page is not checked: it needs the gcc and the TLS build"
+	fi
 	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o "$out/unit-tls" tests/unit.c -lbearssl \
 	    2>"$out/unit-tls-build.log"; then
 		"$out/unit-tls" >"$out/unit-tls.log" 2>&1
