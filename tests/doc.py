@@ -68,11 +68,13 @@ def help_commands(text):
     """{command: True if the help lists it under the TLS build's heading}."""
     cmds = {}
     tls = False
+    prev = ""
     for line in text.splitlines():
-        # A heading (a line at the margin) starts a block; the one that
-        # names the TLS build marks the commands under it.
+        # A heading (lines at the margin, after a blank line) starts a
+        # block; the one that names the TLS build marks the commands under it.
         if line and not line.startswith((" ", "usage:")):
-            tls = "(TLS build)" in line
+            tls = "(TLS build)" in line or (tls and prev != "" and not prev.startswith(" "))
+        prev = line
         m = re.match(r"^(?:usage:)? +xwebhook ([a-z][a-z-]*)\b", line)
         if m:
             cmds[m.group(1)] = tls
