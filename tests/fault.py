@@ -98,7 +98,9 @@ def slowloris_is_cut_off_by_the_head_deadline():
         assert 9 <= times[0] and times[-1] <= 13, (times[0], times[-1])
         got_408 = sum(1 for a in answers.values() if a.startswith(b"HTTP/1.1 408 "))
         assert got_408 >= n * 0.9, "only %d of %d got 408" % (got_408, n)
-        assert worst_crc < 0.2, "a CRC took %.0f ms during the slowloris" % (worst_crc * 1000)
+        # A loop held by the slow clients would take their 10 s: a second
+        # is generous, and holds on a machine another test run keeps busy.
+        assert worst_crc < 1.0, "a CRC took %.0f ms during the slowloris" % (worst_crc * 1000)
         print("    (500 slow clients closed between %.1f and %.1f s; %d got 408; worst CRC meanwhile %.1f ms)"
               % (times[0], times[-1], got_408, worst_crc * 1000))
     finally:
