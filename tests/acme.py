@@ -845,6 +845,15 @@ def children(pid):
     return out
 
 
+def stop_traced(srv):
+    """Stop a server run under strace (which SIGTERM would only detach)."""
+    if srv.proc.poll() is None:
+        for pid in children(srv.proc.pid):
+            os.kill(pid, signal.SIGTERM)
+        srv.proc.wait(30)
+    srv.stop()
+
+
 @test
 def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_removes():
     # strace holds the ACME thread's second fsync (privkey.pem's, then
@@ -871,10 +880,7 @@ def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_r
         assert fault.wait_until(lambda: "stopped" in srv.stderr(), 5), srv.stderr()
         srv.proc.wait(30)  # the process ends once strace lets the held thread go
     finally:
-        if srv.proc.poll() is None:
-            for pid in children(srv.proc.pid):
-                os.kill(pid, signal.SIGKILL)
-        srv.stop()
+        stop_traced(srv)
     assert os.path.exists(tmp) and not os.path.exists(tmp[:-4]), os.listdir(os.path.dirname(tmp))
     srv = acme_server(p, state, "--user", "nobody")
     try:
@@ -884,6 +890,37 @@ def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_r
         assert https_crc(srv.port, p.root())[0] == 200
     finally:
         srv.stop()
+        p.close()
+
+
+
+@test
+def a_link_at_a_temp_name_while_running_is_never_written_through():
+    # As root without --user, the writes are root's. strace holds the
+    # privkey.pem write in fsync; meanwhile a link to root's file appears
+    # at fullchain.pem.tmp. The certificate's write fails (a temp file is
+    # always new: O_EXCL, O_NOFOLLOW) instead of filling root's file.
+    need_root("files of root's")
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    domain = os.path.join(state, DOMAIN)
+    victim = os.path.join(p.dir, "roots-file")
+    with open(victim, "w") as f:
+        f.write("root's alone\n")
+    os.chmod(victim, 0o640)
+    was = owned(victim)
+    srv = acme_server(p, state, env={"ASAN_OPTIONS": "detect_leaks=0"},
+                      wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
+                            "-e", "inject=fsync:delay_enter=3000000:when=1"))
+    try:
+        assert fault.wait_until(lambda: os.path.exists(os.path.join(domain, "privkey.pem.tmp")), 60), srv.stderr()
+        os.symlink(victim, os.path.join(domain, "fullchain.pem.tmp"))
+        want = "cannot write %s: File exists" % os.path.join(domain, "fullchain.pem")
+        assert fault.wait_until(lambda: want in srv.stderr() or "now serving" in srv.stderr(), 30), srv.stderr()
+        assert owned(victim) == was and open(victim).read() == "root's alone\n", open(victim).read()[:80]
+        assert want in srv.stderr(), srv.stderr()
+    finally:
+        stop_traced(srv)
         p.close()
 
 
