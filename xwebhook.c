@@ -4863,10 +4863,15 @@ output_open(void)
 	fd = open(output_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC | (root ? O_NOFOLLOW : 0), 0600);
 	if (fd < 0 || !root)
 		return fd;
-	if (fstat(fd, &st) < 0 || (S_ISREG(st.st_mode) && st.st_nlink > 1)) {
-		saved = S_ISREG(st.st_mode) && st.st_nlink > 1 ? EMLINK : errno;
+	if (fstat(fd, &st) < 0) {
+		saved = errno;
 		close(fd);
 		errno = saved;
+		return -1;
+	}
+	if (S_ISREG(st.st_mode) && st.st_nlink > 1) {
+		close(fd);
+		errno = EMLINK;
 		return -1;
 	}
 	return fd;
