@@ -9139,9 +9139,10 @@ struct acme {
  * What is trusted: the path up to the state directory's parent, as the
  * admin typed it, is followed. The state directory itself and everything
  * in it may be --user's doing (it owns them, and can plant links there),
- * so nothing there is followed: acme_prepare opens the two directories
- * once, with O_NOFOLLOW, checks each file, and from then on every file is
- * reached relative to those descriptors, never by its path. */
+ * so nothing there is followed: at start, state_open opens the two
+ * directories once, with O_NOFOLLOW, checks each file and removes the
+ * *.tmp that a cut-off write left, and from then on every file is reached
+ * relative to those descriptors, never by its path. */
 
 #define STATE_TMP ".tmp"  /* the suffix of a file being written */
 
