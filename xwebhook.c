@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -4848,6 +4849,45 @@ on_signal(int sig)
 		stop_signal = sig;
 }
 
+/* Open --output for appending. As root, neither through a symbolic link
+ * nor to a file with other names (a hard link): the file's directory may
+ * be --user's (as /var/lib/xwebhook is), and a link planted there would
+ * have root append to, and give away, a file of root's. -1 with errno
+ * (ELOOP and EMLINK for those). */
+static int
+output_open(void)
+{
+	int root = geteuid() == 0, fd, saved;
+	struct stat st;
+
+	fd = open(output_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC | (root ? O_NOFOLLOW : 0), 0600);
+	if (fd < 0 || !root)
+		return fd;
+	if (fstat(fd, &st) < 0) {
+		saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	if (S_ISREG(st.st_mode) && st.st_nlink > 1) {
+		close(fd);
+		errno = EMLINK;
+		return -1;
+	}
+	return fd;
+}
+
+/* Why output_open failed, for the one line. */
+static const char *
+output_refusal(int err)
+{
+	if (err == ELOOP)
+		return "it is a symbolic link, which root does not follow";
+	if (err == EMLINK)
+		return "it has other names (hard links), which root refuses";
+	return strerror(err);
+}
+
 /* SIGHUP: reopen --output (after logrotate moved it), for the event
  * writer to take up before its next batch, and with TLS load the
  * certificate and key again (after certbot renewed them). */
@@ -4855,10 +4895,11 @@ static void
 reload(void)
 {
 	if (output_path != NULL) {
-		int fd = open(output_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600), old;
+		int fd = output_open(), old;
 
 		if (fd < 0) {
-			warn("SIGHUP: cannot reopen --output %s (still appending to the old file):", output_path);
+			warn("SIGHUP: cannot reopen --output %s (still appending to the old file): %s", output_path,
+			    output_refusal(errno));
 		} else {
 			if ((old = atomic_exchange(&output_reopened, fd)) >= 0)
 				close(old);  /* an earlier SIGHUP's, not yet taken up */
@@ -5919,22 +5960,29 @@ open_output(const struct passwd *owner)
 	off_t end, keep = 0;
 	char tail[4096];
 
-	output_fd = open(output_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	output_fd = output_open();
 	if (output_fd < 0)
-		die("cannot open --output %s:", output_path);
+		die("cannot open --output %s: %s", output_path, output_refusal(errno));
 	if (fstat(output_fd, &st) < 0)
 		die("cannot stat --output %s:", output_path);
 	/* The file is --user's from the start, so that it can reopen it
-	 * after SIGHUP (and logrotate's "create" can keep it so). */
+	 * after SIGHUP (and logrotate's "create" can keep it so); never a
+	 * third user's file given to it. */
+	if (owner != NULL && S_ISREG(st.st_mode) && st.st_uid != 0 && st.st_uid != owner->pw_uid)
+		die("cannot open --output %s: it belongs to uid %lu, neither root nor --user %s", output_path,
+		    (unsigned long)st.st_uid, owner->pw_name);
 	if (owner != NULL && S_ISREG(st.st_mode) && fchown(output_fd, owner->pw_uid, owner->pw_gid) < 0)
 		die("cannot give --output %s to --user %s:", output_path, owner->pw_name);
 	if (!S_ISREG(st.st_mode) || st.st_size == 0)
 		return;
 	{
-		int rfd = open(output_path, O_RDONLY | O_CLOEXEC);
+		int rfd = open(output_path, O_RDONLY | O_NOCTTY | O_CLOEXEC | (geteuid() == 0 ? O_NOFOLLOW : 0));
+		struct stat rst;
 
-		if (rfd < 0)
+		if (rfd < 0 || fstat(rfd, &rst) < 0)
 			die("cannot read --output %s:", output_path);
+		if (rst.st_dev != st.st_dev || rst.st_ino != st.st_ino)
+			die("cannot read --output %s: it was replaced while being opened", output_path);
 		for (end = st.st_size; end > 0 && keep == 0;) {
 			size_t n = end < (off_t)sizeof(tail) ? (size_t)end : sizeof(tail);
 			ssize_t r = pread(rfd, tail, n, end - (off_t)n);
@@ -9373,39 +9421,271 @@ struct acme {
 	char replaces[200];          /* ARI's id of the certificate being renewed */
 };
 
-/* ---- files in --state-dir ---- */
+/* ---- files in --state-dir ----
+ *
+ * What is trusted: the path up to the state directory's parent, as the
+ * admin typed it, is followed. The state directory itself and everything
+ * in it may be --user's doing (it owns them, and can plant links there),
+ * so nothing there is followed: at start, state_open opens the two
+ * directories once, with O_NOFOLLOW, checks each file and removes the
+ * *.tmp that a cut-off write left, and from then on every file is reached
+ * relative to those descriptors, never by its path. */
 
-/* Write path atomically (a temporary file, fsynced, renamed), mode 0600. */
+#define STATE_TMP ".tmp"  /* the suffix of a file being written */
+
+static int state_fd = -1;   /* --state-dir, open */
+static int domain_fd = -1;  /* --state-dir/DOMAIN, open */
+
+/* The files kept in --state-dir and in its DOMAIN directory: each is
+ * checked, and given to --user, at start (a new file goes here too). */
+static const char *const state_files[] = { "account.key", NULL };
+static const char *const domain_files[] = { "fullchain.pem", "privkey.pem", NULL };
+
+/* The directory descriptor of a path in --state-dir or in its DOMAIN
+ * directory (as state_path makes them), and the file's name there; -1
+ * with EINVAL for any other path, EBADF before acme_prepare. */
+static int
+state_at(const char *path, const char **name)
+{
+	size_t sl = strlen(state_dir), dl = acme_domain != NULL ? strlen(acme_domain) : 0;
+	const char *rest;
+
+	if (state_fd < 0 || domain_fd < 0) {
+		errno = EBADF;
+		return -1;
+	}
+	errno = EINVAL;
+	if (strncmp(path, state_dir, sl) != 0 || path[sl] != '/')
+		return -1;
+	rest = path + sl + 1;
+	if (dl > 0 && strncmp(rest, acme_domain, dl) == 0 && rest[dl] == '/') {
+		*name = rest + dl + 1;
+		return **name != '\0' && strchr(*name, '/') == NULL ? domain_fd : -1;
+	}
+	*name = rest;
+	return *rest != '\0' && strchr(rest, '/') == NULL ? state_fd : -1;
+}
+
+/* Write path atomically (a temporary file, fsynced, renamed), mode 0600.
+ * The temporary file is always a new one (O_EXCL, O_NOFOLLOW); one that a
+ * signal or a crash cut off is removed at the next start (state_sweep). */
 static int
 state_write(const char *path, const void *p, size_t n)
 {
-	char tmp[PATH_MAX];
-	int fd;
+	char tmp[NAME_MAX + 1];
+	const char *name = NULL;
+	int dir = state_at(path, &name), fd, len, saved;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (dir < 0)
+		return -1;
+	len = snprintf(tmp, sizeof(tmp), "%s" STATE_TMP, name);
+	if (len < 0 || (size_t)len >= sizeof(tmp)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	fd = openat(dir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -1;
 	if (write_all(fd, p, n) < 0 || fsync(fd) < 0) {
+		saved = errno;
 		close(fd);
-		unlink(tmp);
+		unlinkat(dir, tmp, 0);
+		errno = saved;
 		return -1;
 	}
 	close(fd);
-	return rename(tmp, path);
+	if (renameat(dir, tmp, dir, name) < 0) {
+		saved = errno;
+		unlinkat(dir, tmp, 0);
+		errno = saved;
+		return -1;
+	}
+	return 0;
 }
 
+/* Read a regular file in --state-dir, never through a link: 0, or -1 with
+ * errno (ENOENT when there is none). */
 static int
 state_read(const char *path, struct buf *b)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int r;
+	const char *name = NULL;
+	int dir = state_at(path, &name), fd, r;
+	struct stat st;
 
+	if (dir < 0)
+		return -1;
+	fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
+	if (fstat(fd, &st) < 0) {
+		r = errno;
+		close(fd);
+		errno = r;
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		errno = EINVAL;
+		return -1;
+	}
 	r = read_all(fd, b);
 	close(fd);
 	return r;
+}
+
+/* Whether uid may own what is in --state-dir: root, or who we run as now
+ * or after --user. */
+static int
+state_owner_ok(uid_t uid, const struct passwd *owner)
+{
+	return uid == 0 || uid == geteuid() || (owner != NULL && uid == owner->pw_uid);
+}
+
+/* Die, in one line naming shown, unless st is a directory (dir) or a
+ * regular file with no other name, owned by root or --user. */
+static void
+state_check(const struct stat *st, const char *shown, int dir, const struct passwd *owner)
+{
+	if (S_ISLNK(st->st_mode))
+		die("--state-dir: %s is a symbolic link; refusing to follow it", shown);
+	if (dir && !S_ISDIR(st->st_mode))
+		die("--state-dir: %s is not a directory", shown);
+	if (!dir && !S_ISREG(st->st_mode))
+		die("--state-dir: %s is not a regular file", shown);
+	if (!state_owner_ok(st->st_uid, owner))
+		die("--state-dir: %s belongs to uid %lu, neither root nor %s%s", shown, (unsigned long)st->st_uid,
+		    owner != NULL ? "--user " : "us", owner != NULL ? owner->pw_name : "");
+	if (!dir && st->st_nlink != 1)
+		die("--state-dir: %s has %lu hard links; refusing a file with other names", shown,
+		    (unsigned long)st->st_nlink);
+}
+
+/* Make (0700) and open the directory name in at, not through a link;
+ * check it and give it to --user. Its descriptor. */
+static int
+state_dir_open(int at, const char *name, const char *shown, const struct passwd *owner)
+{
+	struct stat st;
+	int fd, saved;
+
+	if (mkdirat(at, name, 0700) < 0 && errno != EEXIST)
+		die("cannot make --state-dir %s:", shown);
+	fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		saved = errno;
+		if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			state_check(&st, shown, 1, owner);
+		errno = saved;
+		die("cannot open --state-dir %s:", shown);
+	}
+	if (fstat(fd, &st) < 0)
+		die("cannot stat --state-dir %s:", shown);
+	state_check(&st, shown, 1, owner);
+	if (fchmod(fd, 0700) < 0)
+		die("cannot make %s private (chmod 0700):", shown);
+	if (owner != NULL && fchown(fd, owner->pw_uid, owner->pw_gid) < 0)
+		die("cannot give %s to --user %s:", shown, owner->pw_name);
+	return fd;
+}
+
+/* Check the file name in dir (shown) as state_check does, not through a
+ * link, and give it to --user (what a run as root left is the user's
+ * too); nothing when there is none. */
+static void
+state_file_own(int dir, const char *name, const char *shown, const struct passwd *owner)
+{
+	struct stat st;
+	int fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC), saved;
+
+	if (fd < 0) {
+		saved = errno;
+		if (saved == ENOENT)
+			return;
+		if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			state_check(&st, shown, 0, owner);
+		errno = saved;
+		die("cannot open %s:", shown);
+	}
+	if (fstat(fd, &st) < 0)
+		die("cannot stat %s:", shown);
+	state_check(&st, shown, 0, owner);
+	if (owner != NULL && fchown(fd, owner->pw_uid, owner->pw_gid) < 0)
+		die("cannot give %s to --user %s:", shown, owner->pw_name);
+	close(fd);
+}
+
+/* Remove the temporary files (NAME.tmp) in dir (shown) that a write cut
+ * off by a signal or a crash left: a link among them goes, not what it
+ * points at. */
+static void
+state_sweep(int dir, const char *shown)
+{
+	int fd = fcntl(dir, F_DUPFD_CLOEXEC, 0);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	const size_t sn = strlen(STATE_TMP);
+	struct dirent *e;
+
+	if (d == NULL)
+		die("cannot list --state-dir %s:", shown);
+	for (errno = 0; (e = readdir(d)) != NULL; errno = 0) {
+		size_t n = strlen(e->d_name);
+
+		if (n <= sn || strcmp(e->d_name + n - sn, STATE_TMP) != 0)
+			continue;
+		if (unlinkat(dir, e->d_name, 0) < 0)
+			die("cannot remove %s/%s:", shown, e->d_name);
+		warn("--state-dir: removed %s/%s, which a write cut off left behind", shown, e->d_name);
+	}
+	if (errno != 0)
+		die("cannot list --state-dir %s:", shown);
+	closedir(d);
+}
+
+/* Open --state-dir and its DOMAIN directory (made 0700, --user's) into
+ * state_fd and domain_fd, and check what is in them (see above). */
+static void
+state_open(const struct passwd *owner)
+{
+	static char dir[PATH_MAX];
+	char shown[2 * PATH_MAX], parent[PATH_MAX];  /* the paths fit in PATH_MAX (checked) */
+	const char *base;
+	size_t n = strlen(state_dir);
+	int at = AT_FDCWD, i;
+
+	while (n > 1 && state_dir[n - 1] == '/')
+		n--;
+	if (n + strlen(acme_domain) + NAME_MAX + 3 > PATH_MAX)
+		die("--state-dir %s: the path is too long", state_dir);
+	memcpy(dir, state_dir, n);
+	dir[n] = '\0';
+	state_dir = dir;  /* without trailing slashes: state_at compares paths with it */
+	if (strcmp(dir, "/") == 0)
+		die("--state-dir /: give the server a directory of its own");
+	base = strrchr(dir, '/');
+	if (base != NULL) {
+		snprintf(parent, sizeof(parent), "%.*s", base == dir ? 1 : (int)(base - dir), dir);
+		at = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (at < 0)
+			die("cannot make --state-dir %s:", dir);
+		base++;
+	} else {
+		base = dir;
+	}
+	state_fd = state_dir_open(at, base, dir, owner);
+	if (at != AT_FDCWD)
+		close(at);
+	snprintf(shown, sizeof(shown), "%s/%s", dir, acme_domain);
+	domain_fd = state_dir_open(state_fd, acme_domain, shown, owner);
+	state_sweep(state_fd, dir);
+	state_sweep(domain_fd, shown);
+	for (i = 0; state_files[i] != NULL; i++) {
+		snprintf(shown, sizeof(shown), "%s/%s", dir, state_files[i]);
+		state_file_own(state_fd, state_files[i], shown, owner);
+	}
+	for (i = 0; domain_files[i] != NULL; i++) {
+		snprintf(shown, sizeof(shown), "%s/%s/%s", dir, acme_domain, domain_files[i]);
+		state_file_own(domain_fd, domain_files[i], shown, owner);
+	}
 }
 
 /* ---- requests to the CA ---- */
@@ -10148,13 +10428,26 @@ static struct identity *
 acme_stored(void)
 {
 	char cert[PATH_MAX], key[PATH_MAX], err[600];
-	struct identity *id;
+	struct buf cert_text = { 0 }, key_text = { 0 };
+	struct identity *id = NULL;
 
 	state_path(cert, sizeof(cert), "fullchain.pem");
 	state_path(key, sizeof(key), "privkey.pem");
-	if (access(cert, F_OK) < 0)
-		return NULL;
-	id = identity_load(cert, key, err, sizeof(err));
+	if (state_read(cert, &cert_text) < 0) {
+		if (errno == ENOENT) {
+			buf_free(&cert_text);
+			return NULL;
+		}
+		snprintf(err, sizeof(err), "cannot read %.400s: %s", cert, strerror(errno));
+	} else if (state_read(key, &key_text) < 0) {
+		snprintf(err, sizeof(err), "cannot read %.400s: %s", key, strerror(errno));
+	} else {
+		id = identity_parse(cert, &cert_text, key, &key_text, err, sizeof(err));
+	}
+	if (key_text.p != NULL)
+		explicit_bzero(key_text.p, key_text.cap);
+	buf_free(&cert_text);
+	buf_free(&key_text);
 	if (id == NULL) {
 		warn("ACME: the stored certificate cannot serve (%s); ordering another", err);
 		return NULL;
@@ -10292,9 +10585,7 @@ static void
 acme_prepare(const struct passwd *owner)
 {
 	const char *roots = acme_cacert != NULL ? acme_cacert : "/etc/ssl/certs/ca-certificates.crt";
-	char dir[PATH_MAX];
 	struct identity *id;
-	int i;
 
 	if (!acme_domain_ok(acme_domain))
 		die("bad --acme '%s': expected a DNS name such as hooks.example.com (no wildcard, no address)",
@@ -10302,39 +10593,7 @@ acme_prepare(const struct passwd *owner)
 	if (trust_load(roots, &acme.trust) < 0 || acme.trust.n == 0)
 		die("--acme: cannot load trusted certificates from %s%s", roots,
 		    acme_cacert != NULL ? "" : " (install ca-certificates, or give --acme-cacert)");
-	for (i = 0; i < 2; i++) {
-		struct stat st;
-
-		if (i == 0)
-			snprintf(dir, sizeof(dir), "%s", state_dir);
-		else
-			snprintf(dir, sizeof(dir), "%s/%s", state_dir, acme_domain);
-		if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-			die("cannot make --state-dir %s:", dir);
-		if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-			die("--state-dir %s is not a directory", dir);
-		if (chmod(dir, 0700) < 0)
-			die("cannot make %s private (chmod 0700):", dir);
-		if (owner != NULL && chown(dir, owner->pw_uid, owner->pw_gid) < 0)
-			die("cannot give %s to --user %s:", dir, owner->pw_name);
-	}
-	if (owner != NULL) {
-		/* What an earlier run as root left there, the user's too. */
-		static const char *const files[] = { "account.key", NULL };
-		char path[PATH_MAX];
-
-		for (i = 0; files[i] != NULL; i++) {
-			snprintf(path, sizeof(path), "%s/%s", state_dir, files[i]);
-			if (chown(path, owner->pw_uid, owner->pw_gid) < 0 && errno != ENOENT)
-				die("cannot give %s to --user %s:", path, owner->pw_name);
-		}
-		state_path(path, sizeof(path), "fullchain.pem");
-		if (chown(path, owner->pw_uid, owner->pw_gid) < 0 && errno != ENOENT)
-			die("cannot give %s to --user %s:", path, owner->pw_name);
-		state_path(path, sizeof(path), "privkey.pem");
-		if (chown(path, owner->pw_uid, owner->pw_gid) < 0 && errno != ENOENT)
-			die("cannot give %s to --user %s:", path, owner->pw_name);
-	}
+	state_open(owner);
 	id = acme_stored();
 	if (id != NULL && renew_at(id) > time(NULL)) {
 		current_identity = id;

@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -116,16 +117,16 @@ class Pebble:
             log.close()
 
 
-def acme_server_at(directory, cacert, state, *extra, listen="127.0.0.1:0"):
+def acme_server_at(directory, cacert, state, *extra, listen="127.0.0.1:0", **kw):
     """The TLS build (it.BIN) with --acme against the CA at directory."""
     return it.Server("--acme", DOMAIN, "--acme-server", directory, "--acme-cacert", cacert, "--state-dir", state,
-                     *extra, listen=listen)
+                     *extra, listen=listen, **kw)
 
 
-def acme_server(p, state, *extra, listen=None):
+def acme_server(p, state, *extra, listen=None, **kw):
     """Against pebble, listening where its validator dials for tls-alpn-01
     (unless told otherwise)."""
-    return acme_server_at(p.url(), p.cacert, state, *extra, listen=listen or "127.0.0.1:%d" % p.tls_port)
+    return acme_server_at(p.url(), p.cacert, state, *extra, listen=listen or "127.0.0.1:%d" % p.tls_port, **kw)
 
 
 def https_crc(port, root):
@@ -636,10 +637,14 @@ def the_tls_alpn_01_certificate_is_for_the_domain_and_the_acme_tls_handshake_alo
         ca.close()
 
 
+def need_root(why):
+    if os.geteuid() != 0:
+        raise AssertionError("needs root (%s): run the suite as root, as CI does" % why)
+
+
 @test
 def works_after_dropping_root_and_everything_is_the_users():
-    if os.geteuid() != 0:
-        return
+    need_root("--user")
     nobody = pwd.getpwnam("nobody")
     p = Pebble()
     state = os.path.join(p.dir, "state")
@@ -654,6 +659,268 @@ def works_after_dropping_root_and_everything_is_the_users():
         assert https_crc(srv.port, p.root())[0] == 200
     finally:
         srv.stop()
+        p.close()
+
+
+_self_signed = []
+
+
+def self_signed():
+    """A certificate for --acme-cacert (these runs stop before any order)."""
+    if not _self_signed:
+        d = tempfile.mkdtemp(prefix="cacert-", dir=it.WORK)
+        cert = os.path.join(d, "ca.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", os.path.join(d, "ca.key"), "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+                       check=True, capture_output=True, timeout=60)
+        _self_signed.append(cert)
+    return _self_signed[0]
+
+
+def owned(path):
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, st.st_mode
+
+
+class Planted:
+    """A state directory as --user nobody left it (the directory and DOMAIN
+    in it nobody's, 0700), and, beside it, root's file and directory that
+    a link planted there could hand over."""
+
+    def __init__(self):
+        need_root("--user, and files of root's and nobody's")
+        self.nobody = pwd.getpwnam("nobody")
+        os.chmod(it.WORK, 0o755)
+        self.base = tempfile.mkdtemp(prefix="planted-", dir=it.WORK)
+        os.chmod(self.base, 0o755)
+        self.state = os.path.join(self.base, "state")
+        self.domain = os.path.join(self.state, DOMAIN)
+        os.makedirs(self.domain)
+        for d in (self.state, self.domain):
+            os.chmod(d, 0o700)
+            self.give(d)
+        self.victim = os.path.join(self.base, "roots-file")
+        with open(self.victim, "w") as f:
+            f.write("root's alone\n")
+        os.chmod(self.victim, 0o640)
+        self.victim_dir = os.path.join(self.base, "roots-dir")
+        os.mkdir(self.victim_dir, 0o755)
+        self.before = {p: owned(p) for p in (self.victim, self.victim_dir)}
+
+    def give(self, path):
+        os.lchown(path, self.nobody.pw_uid, self.nobody.pw_gid)
+
+    def link(self, path, target):
+        """A symbolic link, as nobody would make it."""
+        os.symlink(target, path)
+        self.give(path)
+
+    def run(self, *extra, state=None):
+        """The server as root with --user nobody: (returncode, stderr)."""
+        env = {"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET}
+        try:
+            p = subprocess.run([BIN, "--listen", "127.0.0.1:0", "--acme", DOMAIN, "--acme-server",
+                                "https://127.0.0.1:1/dir", "--acme-cacert", self_signed(), "--state-dir",
+                                state or self.state, "--user", "nobody", *extra],
+                               capture_output=True, timeout=15, env=env)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError("no refusal: still running (or stuck on a FIFO) after 15 s; %s now %r: %r"
+                                 % (self.victim, owned(self.victim), e.stderr))
+        err = p.stderr.decode(errors="replace")
+        it.check_sanitizers(err)
+        return p.returncode, err
+
+    def unchanged(self):
+        for p, was in self.before.items():
+            assert owned(p) == was, "%s changed: %r, was %r" % (p, owned(p), was)
+        assert open(self.victim).read() == "root's alone\n"
+
+
+def refused(rc, err, path, reason):
+    lines = err.splitlines()
+    assert rc == 1 and len(lines) == 1 and path in lines[0] and reason in lines[0], (rc, err, path, reason)
+
+
+@test
+def links_planted_in_the_state_dir_are_refused_and_their_targets_untouched():
+    # nobody, once compromised, plants a link to a file of root's in its
+    # own state directory; at the next start as root, nothing is followed.
+    for name in ("privkey.pem", "fullchain.pem", "account.key"):
+        t = Planted()
+        path = os.path.join(t.domain if name != "account.key" else t.state, name)
+        t.link(path, t.victim)
+        rc, err = t.run()
+        refused(rc, err, path, "is a symbolic link")
+        t.unchanged()
+        assert os.path.islink(path) and owned(path)[0] == t.nobody.pw_uid
+    # A dangling link too: nothing is made at its target.
+    t = Planted()
+    path = os.path.join(t.domain, "privkey.pem")
+    t.link(path, os.path.join(t.base, "made-by-root"))
+    refused(*t.run(), path, "is a symbolic link")
+    assert not os.path.lexists(os.path.join(t.base, "made-by-root"))
+
+
+@test
+def a_linked_domain_dir_or_state_dir_is_refused_and_its_target_untouched():
+    t = Planted()
+    shutil.rmtree(t.domain)
+    t.link(t.domain, t.victim_dir)
+    refused(*t.run(), t.domain, "is a symbolic link")
+    t.unchanged()
+    # The state directory itself (its last component): given as typed,
+    # and with a trailing slash, which would follow it.
+    for given in ("state", "state/"):
+        t = Planted()
+        shutil.rmtree(t.state)
+        t.link(t.state, t.victim_dir)
+        refused(*t.run(state=os.path.join(t.base, given)), t.state, "is a symbolic link")
+        t.unchanged()
+        assert os.listdir(t.victim_dir) == []
+
+
+@test
+def a_fifo_a_hard_link_or_a_third_users_file_in_the_state_dir_is_refused():
+    t = Planted()
+    path = os.path.join(t.domain, "fullchain.pem")
+    os.mkfifo(path, 0o600)
+    t.give(path)
+    refused(*t.run(), path, "is not a regular file")
+    assert owned(path)[0] == t.nobody.pw_uid
+    # A hard link to root's file (fs.protected_hardlinks=0 lets nobody make one).
+    t = Planted()
+    path = os.path.join(t.domain, "privkey.pem")
+    os.link(t.victim, path)
+    refused(*t.run(), path, "hard links")
+    t.unchanged()
+    # A file of a third user's (and a directory): not given to nobody.
+    third = 54321
+    t = Planted()
+    path = os.path.join(t.state, "account.key")
+    with open(path, "w") as f:
+        f.write("a third user's\n")
+    os.chown(path, third, third)
+    os.chmod(path, 0o640)
+    was = owned(path)
+    refused(*t.run(), path, "belongs to uid %d" % third)
+    assert owned(path) == was
+    t = Planted()
+    os.chown(t.domain, third, third)
+    was = owned(t.domain)
+    refused(*t.run(), t.domain, "belongs to uid %d" % third)
+    assert owned(t.domain) == was
+
+
+@test
+def leftover_temp_files_are_removed_at_start_links_among_them_unfollowed():
+    # What a write cut off by SIGTERM or a crash leaves: NAME.tmp, here
+    # also as a link nobody planted (root must remove the link, not its
+    # target, and never write through it).
+    t = Planted()
+    leftovers = [os.path.join(t.domain, "fullchain.pem.tmp"), os.path.join(t.domain, "privkey.pem.tmp"),
+                 os.path.join(t.state, "account.key.tmp")]
+    with open(leftovers[0], "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\ncut off\n")
+    t.give(leftovers[0])
+    t.link(leftovers[1], t.victim)
+    t.link(leftovers[2], t.victim)
+    srv = acme_server_at("https://127.0.0.1:1/dir", self_signed(), t.state, "--user", "nobody")
+    try:
+        for p in leftovers:
+            assert "removed %s" % p in srv.stderr(), srv.stderr()
+            # (account.key.tmp comes back for a moment: the new account key.)
+            assert fault.wait_until(lambda: not os.path.lexists(p), 10), (p, srv.stderr())
+        assert fault.wait_until(lambda: "trying again" in srv.stderr(), 30), srv.stderr()
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+    t.unchanged()
+
+
+def children(pid):
+    out = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def stop_traced(srv):
+    """Stop a server run under strace (which SIGTERM would only detach)."""
+    if srv.proc.poll() is None:
+        for pid in children(srv.proc.pid):
+            os.kill(pid, signal.SIGTERM)
+        srv.proc.wait(30)
+    srv.stop()
+
+
+@test
+def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_removes():
+    # strace holds the ACME thread's second fsync (privkey.pem's, then
+    # fullchain.pem's; strace counts per thread) for 8 s: SIGTERM arrives
+    # while fullchain.pem.tmp is half made. The temp file survives that
+    # exit; the next start removes it before anything else.
+    need_root("--user")
+    if shutil.which("strace") is None:
+        raise AssertionError("strace is not installed")
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    tmp = os.path.join(state, DOMAIN, "fullchain.pem.tmp")
+    for d in (it.WORK, p.dir):
+        os.chmod(d, 0o755)
+    srv = acme_server(p, state, "--user", "nobody",
+                      env={"ASAN_OPTIONS": "detect_leaks=0"},  # LeakSanitizer cannot run under ptrace
+                      wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
+                            "-e", "inject=fsync:delay_enter=8000000:when=2"))
+    try:
+        assert fault.wait_until(lambda: os.path.exists(tmp), 60), srv.stderr()
+        server = children(srv.proc.pid)
+        assert len(server) == 1, server
+        os.kill(server[0], signal.SIGTERM)
+        assert fault.wait_until(lambda: "stopped" in srv.stderr(), 5), srv.stderr()
+        srv.proc.wait(30)  # the process ends once strace lets the held thread go
+    finally:
+        stop_traced(srv)
+    assert os.path.exists(tmp) and not os.path.exists(tmp[:-4]), os.listdir(os.path.dirname(tmp))
+    srv = acme_server(p, state, "--user", "nobody")
+    try:
+        assert "removed %s" % tmp in srv.stderr(), srv.stderr()
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert not os.path.exists(tmp)
+        assert https_crc(srv.port, p.root())[0] == 200
+    finally:
+        srv.stop()
+        p.close()
+
+
+
+@test
+def a_link_at_a_temp_name_while_running_is_never_written_through():
+    # As root without --user, the writes are root's. strace holds the
+    # privkey.pem write in fsync; meanwhile a link to root's file appears
+    # at fullchain.pem.tmp. The certificate's write fails (a temp file is
+    # always new: O_EXCL, O_NOFOLLOW) instead of filling root's file.
+    need_root("files of root's")
+    p = Pebble()
+    state = os.path.join(p.dir, "state")
+    domain = os.path.join(state, DOMAIN)
+    victim = os.path.join(p.dir, "roots-file")
+    with open(victim, "w") as f:
+        f.write("root's alone\n")
+    os.chmod(victim, 0o640)
+    was = owned(victim)
+    srv = acme_server(p, state, env={"ASAN_OPTIONS": "detect_leaks=0"},
+                      wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
+                            "-e", "inject=fsync:delay_enter=3000000:when=1"))
+    try:
+        assert fault.wait_until(lambda: os.path.exists(os.path.join(domain, "privkey.pem.tmp")), 60), srv.stderr()
+        os.symlink(victim, os.path.join(domain, "fullchain.pem.tmp"))
+        want = "cannot write %s: File exists" % os.path.join(domain, "fullchain.pem")
+        assert fault.wait_until(lambda: want in srv.stderr() or "now serving" in srv.stderr(), 30), srv.stderr()
+        assert owned(victim) == was and open(victim).read() == "root's alone\n", open(victim).read()[:80]
+        assert want in srv.stderr(), srv.stderr()
+    finally:
+        stop_traced(srv)
         p.close()
 
 

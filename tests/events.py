@@ -639,6 +639,86 @@ def output_belongs_to_the_user_and_survives_rotation_and_sighup():
     assert open(path, "rb").read() == b'{"after":1}\n'
 
 
+def owned(path):
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, st.st_mode
+
+
+@test
+def output_through_a_link_or_of_a_third_user_is_refused_as_root():
+    # The README keeps --output in /var/lib/xwebhook, a directory of
+    # --user's: a link planted there must not make root append to, or give
+    # away, a file of root's at the next start, nor at SIGHUP.
+    if os.geteuid() != 0:
+        raise AssertionError("needs root (--user, and files of root's): run the suite as root, as CI does")
+    nobody = pwd.getpwnam("nobody")
+    os.chmod(it.WORK, 0o755)
+    base = tempfile.mkdtemp(prefix="xwebhook-outlinks-", dir=it.WORK)
+    os.chmod(base, 0o755)
+    victim = os.path.join(base, "roots-file")
+    with open(victim, "w") as f:
+        f.write("root's alone\n")
+    os.chmod(victim, 0o640)
+    was = owned(victim)
+    env = {"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET}
+
+    def users_dir():
+        d = tempfile.mkdtemp(prefix="var-lib-", dir=base)
+        os.chmod(d, 0o755)
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+        return d, os.path.join(d, "events.jsonl")
+
+    def planted_link(path, target):
+        os.symlink(target, path)
+        os.lchown(path, nobody.pw_uid, nobody.pw_gid)
+
+    def refused(path, reason, *user):
+        try:
+            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", "--output", path, *user],
+                               capture_output=True, timeout=15, env=env)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError("no refusal: still running after 15 s; %s now %r: %r"
+                                 % (victim, owned(victim), e.stderr))
+        err = p.stderr.decode(errors="replace")
+        it.check_sanitizers(err)
+        lines = err.splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and path in lines[0] and reason in lines[0], (path, err)
+        assert owned(victim) == was and open(victim).read() == "root's alone\n", owned(victim)
+
+    for user in (["--user", "nobody"], []):
+        _, path = users_dir()
+        planted_link(path, victim)
+        refused(path, "symbolic link", *user)
+    _, path = users_dir()
+    planted_link(path, os.path.join(base, "made-by-root"))
+    refused(path, "symbolic link", "--user", "nobody")
+    assert not os.path.lexists(os.path.join(base, "made-by-root"))
+    _, path = users_dir()
+    os.link(victim, path)  # fs.protected_hardlinks=0 lets nobody do this
+    refused(path, "hard links", "--user", "nobody")
+    _, path = users_dir()
+    with open(path, "w") as f:
+        f.write("{}\n")
+    os.chown(path, 54321, 54321)
+    refused(path, "belongs to uid 54321", "--user", "nobody")
+    assert owned(path)[0] == 54321
+    # SIGHUP, as root without --user: the link planted after the move is
+    # not opened, the old file takes the events.
+    _, path = users_dir()
+    srv = it.Server("--output", path)
+    try:
+        os.rename(path, path + ".1")
+        planted_link(path, victim)
+        srv.proc.send_signal(signal.SIGHUP)
+        assert fault.wait_until(lambda: "cannot reopen --output" in srv.stderr(), 5), srv.stderr()
+        assert "symbolic link" in srv.stderr(), srv.stderr()
+        assert it.post(srv.conn(), b'{"after":"sighup"}')[0].status == 200
+    finally:
+        srv.stop()
+    assert open(path + ".1", "rb").read() == b'{"after":"sighup"}\n'
+    assert owned(victim) == was and open(victim).read() == "root's alone\n"
+
+
 @test
 def logrotate_snippet_from_the_readme_works():
     if shutil.which("logrotate") is None or os.geteuid() != 0:
