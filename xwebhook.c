@@ -5733,6 +5733,9 @@ pid_file_write(void)
 		die("cannot open --pid-file %s:", pid_path);
 	if (fstat(pid_fd, &st) < 0 || !S_ISREG(st.st_mode))
 		die("--pid-file %s is not a regular file", pid_path);
+	if (st.st_nlink > 1)  /* where hard links are not protected: another file's name */
+		die("--pid-file %s has %lu links: refused, as another file would be written", pid_path,
+		    (unsigned long)st.st_nlink);
 	if (flock(pid_fd, LOCK_EX | LOCK_NB) < 0) {
 		if (errno == EWOULDBLOCK)
 			die("--pid-file %s is held by another xwebhook that is running", pid_path);

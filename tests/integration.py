@@ -1413,6 +1413,13 @@ def pid_file_that_is_a_symlink_or_not_a_file_is_refused():
     assert srv.proc.wait(20) == 1
     assert srv.stderr().replace(ROOT_WARNING, "") == \
         "xwebhook: --pid-file %s is not a regular file\n" % fifo, srv.stderr()
+    hard = os.path.join(d, "hard.pid")
+    os.link(target, hard)
+    srv = Server("--pid-file", hard, expect_start=False)
+    assert srv.proc.wait(20) == 1
+    assert srv.stderr().replace(ROOT_WARNING, "") == \
+        "xwebhook: --pid-file %s has 2 links: refused, as another file would be written\n" % hard, srv.stderr()
+    assert open(target).read() == "keep\n"
 
 
 @test
