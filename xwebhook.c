@@ -247,6 +247,48 @@ thread_name(const char *name)
 	(void)pthread_setname_np(pthread_self(), name);
 }
 
+/* Open the directory named by the first len bytes of path. As root, no
+ * symbolic link is followed anywhere on the way: each component is opened
+ * from the one before with O_NOFOLLOW, so a link that a user planted on
+ * the path (before or while we walk it) cannot lead root elsewhere; give
+ * root real paths. Not root, a plain open. -1 with errno (ELOOP or
+ * ENOTDIR: a link or a file on the path). */
+static int
+dir_open_nofollow(const char *path, size_t len)
+{
+	char comp[PATH_MAX];
+	size_t i = 0, k;
+	int fd, next, saved;
+
+	if (len >= sizeof(comp)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	if (geteuid() != 0) {
+		memcpy(comp, path, len);
+		comp[len] = '\0';
+		return open(len > 0 ? comp : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	}
+	fd = open(len > 0 && path[0] == '/' ? "/" : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	while (fd >= 0) {
+		while (i < len && path[i] == '/')
+			i++;
+		for (k = i; k < len && path[k] != '/'; k++)
+			;
+		if (k == i)
+			break;
+		memcpy(comp, path + i, k - i);
+		comp[k - i] = '\0';
+		next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		saved = errno;
+		close(fd);
+		errno = saved;
+		fd = next;
+		i = k;
+	}
+	return fd;
+}
+
 static void *
 xmalloc(size_t n)
 {
@@ -4849,29 +4891,41 @@ on_signal(int sig)
 		stop_signal = sig;
 }
 
-/* Open --output for appending. As root, neither through a symbolic link
- * nor to a file with other names (a hard link): the file's directory may
- * be --user's (as /var/lib/xwebhook is), and a link planted there would
- * have root append to, and give away, a file of root's. -1 with errno
- * (ELOOP and EMLINK for those). */
+/* Open --output for appending. As root, not through a symbolic link (on
+ * its path either), to nothing but a regular file, and not to a file with
+ * other names (a hard link): the file's directory may be --user's (as
+ * /var/lib/xwebhook is), and a link planted there would have root append
+ * to, and give away, a file of root's. -1 with errno (ELOOP or ENOTDIR,
+ * ENODEV and EMLINK for those). */
 static int
 output_open(void)
 {
-	int root = geteuid() == 0, fd, saved;
+	const char *slash = strrchr(output_path, '/'), *name;
+	int fd, dir, saved;
 	struct stat st;
 
-	fd = open(output_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC | (root ? O_NOFOLLOW : 0), 0600);
-	if (fd < 0 || !root)
-		return fd;
-	if (fstat(fd, &st) < 0) {
+	if (geteuid() != 0)
+		return open(output_path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC, 0600);
+	name = slash != NULL ? slash + 1 : output_path;
+	dir = dir_open_nofollow(output_path, slash == NULL ? 0 : slash == output_path ? 1 :
+	    (size_t)(slash - output_path));
+	if (dir < 0)
+		return -1;
+	/* O_NONBLOCK: a FIFO planted there must not hang the start. */
+	fd = openat(dir, name, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+	    0600);
+	saved = errno;
+	close(dir);
+	errno = saved;
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink > 1 ||
+	    fcntl(fd, F_SETFL, O_APPEND) < 0) {
 		saved = errno;
+		if (fstat(fd, &st) == 0)
+			saved = !S_ISREG(st.st_mode) ? ENODEV : st.st_nlink > 1 ? EMLINK : saved;
 		close(fd);
 		errno = saved;
-		return -1;
-	}
-	if (S_ISREG(st.st_mode) && st.st_nlink > 1) {
-		close(fd);
-		errno = EMLINK;
 		return -1;
 	}
 	return fd;
@@ -4881,10 +4935,13 @@ output_open(void)
 static const char *
 output_refusal(int err)
 {
-	if (err == ELOOP)
-		return "it is a symbolic link, which root does not follow";
+	if (err == ELOOP || err == ENOTDIR)
+		return "it, or a directory on its path, is a symbolic link, which root does not follow "
+		    "(give its real path)";
 	if (err == EMLINK)
 		return "it has other names (hard links), which root refuses";
+	if (err == ENODEV || err == ENXIO)  /* ENXIO: a FIFO that nothing reads */
+		return "it is not a regular file, which root refuses";
 	return strerror(err);
 }
 
@@ -9650,7 +9707,7 @@ static void
 state_open(const struct passwd *owner)
 {
 	static char dir[PATH_MAX];
-	char shown[2 * PATH_MAX], parent[PATH_MAX];  /* the paths fit in PATH_MAX (checked) */
+	char shown[2 * PATH_MAX];  /* the paths fit in PATH_MAX (checked) */
 	const char *base;
 	size_t n = strlen(state_dir);
 	int at = AT_FDCWD, i;
@@ -9665,14 +9722,17 @@ state_open(const struct passwd *owner)
 	if (strcmp(dir, "/") == 0)
 		die("--state-dir /: give the server a directory of its own");
 	base = strrchr(dir, '/');
-	if (base != NULL) {
-		snprintf(parent, sizeof(parent), "%.*s", base == dir ? 1 : (int)(base - dir), dir);
-		at = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	base = base != NULL ? base + 1 : dir;
+	if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+		die("--state-dir %s: name the directory itself, not . or ..", dir);
+	if (base != dir) {
+		/* As root, its path too is walked without following a link. */
+		at = dir_open_nofollow(dir, base - 1 == dir ? 1 : (size_t)(base - 1 - dir));
+		if (at < 0 && (errno == ELOOP || errno == ENOTDIR))
+			die("--state-dir %s: a directory on its path is a symbolic link, which root does not "
+			    "follow (give its real path)", dir);
 		if (at < 0)
 			die("cannot make --state-dir %s:", dir);
-		base++;
-	} else {
-		base = dir;
 	}
 	state_fd = state_dir_open(at, base, dir, owner);
 	if (at != AT_FDCWD)

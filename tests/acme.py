@@ -780,6 +780,29 @@ def a_linked_domain_dir_or_state_dir_is_refused_and_its_target_untouched():
 
 
 @test
+def a_link_on_the_state_dirs_path_or_a_dot_dot_is_refused():
+    """--state-dir two levels below a directory of nobody's: a link nobody
+    plants there (lib/sub -> root's directory) is not followed, so root's
+    directory of that name is neither made 0700 nor given to nobody. And
+    --state-dir DIR/.. would have root chmod and chown DIR's parent."""
+    t = Planted()
+    lib = os.path.join(t.base, "lib")
+    os.mkdir(lib, 0o755)
+    t.give(lib)
+    target = os.path.join(t.victim_dir, "acme")
+    os.mkdir(target, 0o755)
+    was = owned(target)
+    t.link(os.path.join(lib, "sub"), t.victim_dir)
+    refused(*t.run(state=os.path.join(lib, "sub", "acme")), os.path.join(lib, "sub", "acme"),
+            "a directory on its path is a symbolic link, which root does not follow")
+    assert owned(target) == was, (owned(target), was)
+    t.unchanged()
+    was = owned(t.base)
+    refused(*t.run(state=os.path.join(lib, "..")), os.path.join(lib, ".."), "not . or ..")
+    assert owned(t.base) == was
+
+
+@test
 def a_fifo_a_hard_link_or_a_third_users_file_in_the_state_dir_is_refused():
     t = Planted()
     path = os.path.join(t.domain, "fullchain.pem")

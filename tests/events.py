@@ -693,6 +693,24 @@ def output_through_a_link_or_of_a_third_user_is_refused_as_root():
     planted_link(path, os.path.join(base, "made-by-root"))
     refused(path, "symbolic link", "--user", "nobody")
     assert not os.path.lexists(os.path.join(base, "made-by-root"))
+    # A link on the path, one level up: lib/sub -> root's directory, which
+    # holds a file of the name.
+    d, _ = users_dir()
+    roots_dir = tempfile.mkdtemp(prefix="roots-dir-", dir=base)
+    with open(os.path.join(roots_dir, "events.jsonl"), "w") as f:
+        f.write("root's log\n")
+    os.chmod(os.path.join(roots_dir, "events.jsonl"), 0o600)
+    before = owned(os.path.join(roots_dir, "events.jsonl"))
+    planted_link(os.path.join(d, "sub"), roots_dir)
+    refused(os.path.join(d, "sub", "events.jsonl"), "a directory on its path, is a symbolic link",
+            "--user", "nobody")
+    assert owned(os.path.join(roots_dir, "events.jsonl")) == before
+    assert open(os.path.join(roots_dir, "events.jsonl")).read() == "root's log\n"
+    # A FIFO nobody made: refused at once, not a start that hangs.
+    _, path = users_dir()
+    os.mkfifo(path, 0o600)
+    os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    refused(path, "not a regular file", "--user", "nobody")
     _, path = users_dir()
     os.link(victim, path)  # fs.protected_hardlinks=0 lets nobody do this
     refused(path, "hard links", "--user", "nobody")
