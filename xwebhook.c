@@ -5778,25 +5778,37 @@ static void
 pid_file_write(void)
 {
 	char line[24];
-	struct stat st;
-	int n;
+	struct stat st, there;
+	int n, tries;
 
 	if (pid_path == NULL)
 		return;
-	pid_fd = open(pid_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
-	if (pid_fd < 0 && errno == ELOOP)
-		die("--pid-file %s is a symbolic link: refused, as it is never followed", pid_path);
-	if (pid_fd < 0)
-		die("cannot open --pid-file %s:", pid_path);
-	if (fstat(pid_fd, &st) < 0 || !S_ISREG(st.st_mode))
-		die("--pid-file %s is not a regular file", pid_path);
-	if (st.st_nlink > 1)  /* where hard links are not protected: another file's name */
-		die("--pid-file %s has %lu links: refused, as another file would be written", pid_path,
-		    (unsigned long)st.st_nlink);
-	if (flock(pid_fd, LOCK_EX | LOCK_NB) < 0) {
-		if (errno == EWOULDBLOCK)
-			die("--pid-file %s is held by another xwebhook that is running", pid_path);
-		die("cannot lock --pid-file %s:", pid_path);
+	/* A server stopping as we start may remove the file between our open
+	 * and our lock: then the lock is on a name no longer there; again. */
+	for (tries = 0;; tries++) {
+		pid_fd = open(pid_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+		if (pid_fd < 0 && errno == ELOOP)
+			die("--pid-file %s is a symbolic link: refused, as it is never followed", pid_path);
+		if (pid_fd < 0 && errno == EACCES && run_as != NULL)
+			die("cannot open --pid-file %s as --user %s (it is written once root is dropped: "
+			    "put it in a directory of that user's):", pid_path, run_as);
+		if (pid_fd < 0)
+			die("cannot open --pid-file %s:", pid_path);
+		if (fstat(pid_fd, &st) < 0 || !S_ISREG(st.st_mode))
+			die("--pid-file %s is not a regular file", pid_path);
+		if (st.st_nlink > 1)  /* where hard links are not protected: another file's name */
+			die("--pid-file %s has %lu links: refused, as another file would be written", pid_path,
+			    (unsigned long)st.st_nlink);
+		if (flock(pid_fd, LOCK_EX | LOCK_NB) < 0) {
+			if (errno == EWOULDBLOCK)
+				die("--pid-file %s is held by another xwebhook that is running", pid_path);
+			die("cannot lock --pid-file %s:", pid_path);
+		}
+		if (lstat(pid_path, &there) == 0 && there.st_dev == st.st_dev && there.st_ino == st.st_ino)
+			break;
+		close(pid_fd);
+		if (tries == 3)
+			die("--pid-file %s keeps being replaced while we lock it", pid_path);
 	}
 	n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
 	if (ftruncate(pid_fd, 0) < 0 || pwrite(pid_fd, line, (size_t)n, 0) != n)
@@ -7311,6 +7323,9 @@ resp_reply(struct forward *f, int64_t deadline, char *text, size_t tn, size_t *l
 					vn = 0;
 				} else if (f->in.len < line + (size_t)len + 2) {
 					goto more;  /* the string is still coming */
+				} else if (f->in.p[line + (size_t)len] != '\r' || f->in.p[line + (size_t)len + 1] != '\n') {
+					snprintf(text, tn, "a bulk string longer than its length says");
+					return -1;
 				} else {
 					v = f->in.p + line;
 					vn = (size_t)len;
@@ -7436,6 +7451,9 @@ resp_entry_id(const char *s, size_t n)
 		else if (!isdigit((unsigned char)s[k]))
 			return 0;
 	}
+	/* 0-0 is the one id no stream can hold (XADD refuses it). */
+	if (n == 3 && s[0] == '0' && s[2] == '0')
+		return 0;
 	return dash > 0 && dash + 1 < n && n <= RESP_MAX_ENTRY_ID;
 }
 

@@ -923,7 +923,9 @@ def redis_replies_that_are_no_entry_id_fail_the_event_and_the_next_dials_again()
              (b"+OK\r\n", "answered: +OK"),
              (b"$0\r\n\r\n", "answered no entry id: $(null or empty)"),
              (b"$4\r\n1-2\x00\r\n", "answered no entry id: $1-2\\x00"),
-             (b"$3\r\n-12\r\n", "answered no entry id: $-12"))
+             (b"$3\r\n-12\r\n", "answered no entry id: $-12"),
+             (b"$3\r\n0-0\r\n", "answered no entry id: $0-0"),
+             (b"$3\r\n1-1XX", "a bulk string longer than its length says"))
     h, path, srv = held(output=True)
     try:
         kept = b""
