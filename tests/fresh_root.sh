@@ -73,7 +73,7 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 mkdir -p "$root/root/xwebhook"
 tar -c --exclude=tests/out --exclude=tests/unit --exclude=tests/unit-tls --exclude='tests/xwebhook-*' \
     --exclude=tests/fuzz-out --exclude=./xwebhook \
-    xwebhook.c Makefile README.md test.sh LICENSE .ci tests | tar -x -C "$root/root/xwebhook"
+    xwebhook.c Makefile README.md test.sh LICENSE .ci doc tests | tar -x -C "$root/root/xwebhook"
 
 # Command 1 builds, then serves on 0.0.0.0:8080 in the foreground. Its
 # build steps run as written with the machine's network (apt-get needs
