@@ -10295,8 +10295,8 @@ acme_chain_check(const struct identity *id, char *why, size_t wn)
 	buf_free(&dn);
 	if (err != 0) {
 		snprintf(why, wn, "the CA's chain does not hold together (BearSSL X.509 error %u: %s)", err,
-		    err == BR_ERR_X509_BAD_SIGNATURE ? "a signature does not verify with the next certificate's key" :
-		    err == BR_ERR_X509_NOT_TRUSTED ? "an issuer is not the next certificate" :
+		    err == BR_ERR_X509_BAD_SIGNATURE || err == BR_ERR_X509_NOT_TRUSTED ?
+		    "a certificate is not signed by the next one given" :
 		    err == BR_ERR_X509_EXPIRED ? "an intermediate is expired or not yet valid" :
 		    err == BR_ERR_X509_NOT_CA ? "an intermediate is not a CA" : "see bearssl_x509.h");
 		return -1;
@@ -10706,7 +10706,7 @@ acme_thread(void *arg)
 			id->refs++;
 		pthread_mutex_unlock(&identity_lock);
 		when = id != NULL ? renew_at(id) : now;
-		check = when;
+		check = 0;  /* when to look again before then: renewal information's */
 		a->replaces[0] = '\0';
 		if (id != NULL) {
 			/* The CA's own window, when it offers one, overrides the
@@ -10734,7 +10734,7 @@ acme_thread(void *arg)
 			format_date(when, date, sizeof(date));
 			warn("ACME: next renewal %s%s", date, held ? ", the soonest for a certificate this new (a third "
 			    "of its lifetime, at most a day)" : ari ? ", in the CA's renewal window" : "");
-			if (check > when)
+			if (check == 0 || check > when)
 				check = when;
 			if (acme_sleep_until(check) < 0)
 				return NULL;
