@@ -10950,7 +10950,8 @@ usage(FILE *f)
 "      --acme-cacert FILE   roots for the CA's own HTTPS (private CAs, tests)\n"
 "      --acme-email ADDR    the account's contact\n"
 "      --acme-http ADDR:PORT  answer http-01 there (e.g. :80) instead of tls-alpn-01\n"
-"      --state-dir DIR      account key, DIR/DOMAIN/fullchain.pem and privkey.pem\n"
+"      --state-dir DIR      account key, DIR/DOMAIN/fullchain.pem and privkey.pem, and\n"
+"                           DIR/DOMAIN/orders (the week's orders: 5 at most)\n"
 "                           (default /var/lib/xwebhook; 0700, the --user's)\n"
 #endif
 "\n"
