@@ -1139,10 +1139,11 @@ def stop_traced(srv):
 
 @test
 def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_removes():
-    # strace holds the ACME thread's second fsync (privkey.pem's, then
-    # fullchain.pem's; strace counts per thread) for 8 s: SIGTERM arrives
-    # while fullchain.pem.tmp is half made. The temp file survives that
-    # exit; the next start removes it before anything else.
+    # strace holds the ACME thread's third fsync (the orders count's,
+    # privkey.pem's, then fullchain.pem's; strace counts per thread) for
+    # 8 s: SIGTERM arrives while fullchain.pem.tmp is half made. The temp
+    # file survives that exit; the next start removes it before anything
+    # else.
     need_root("--user")
     if shutil.which("strace") is None:
         raise AssertionError("strace is not installed")
@@ -1154,7 +1155,7 @@ def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_r
     srv = acme_server(p, state, "--user", "nobody",
                       env={"ASAN_OPTIONS": "detect_leaks=0"},  # LeakSanitizer cannot run under ptrace
                       wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
-                            "-e", "inject=fsync:delay_enter=8000000:when=2"))
+                            "-e", "inject=fsync:delay_enter=8000000:when=3"))
     try:
         assert fault.wait_until(lambda: os.path.exists(tmp), 60), srv.stderr()
         server = children(srv.proc.pid)
@@ -1180,7 +1181,8 @@ def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_r
 @test
 def a_link_at_a_temp_name_while_running_is_never_written_through():
     # As root without --user, the writes are root's. strace holds the
-    # privkey.pem write in fsync; meanwhile a link to root's file appears
+    # privkey.pem write in fsync (the ACME thread's second, after the
+    # orders count's); meanwhile a link to root's file appears
     # at fullchain.pem.tmp. The certificate's write fails (a temp file is
     # always new: O_EXCL, O_NOFOLLOW) instead of filling root's file.
     need_root("files of root's")
@@ -1194,7 +1196,7 @@ def a_link_at_a_temp_name_while_running_is_never_written_through():
     was = owned(victim)
     srv = acme_server(p, state, env={"ASAN_OPTIONS": "detect_leaks=0"},
                       wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
-                            "-e", "inject=fsync:delay_enter=3000000:when=1"))
+                            "-e", "inject=fsync:delay_enter=3000000:when=2"))
     try:
         assert fault.wait_until(lambda: os.path.exists(os.path.join(domain, "privkey.pem.tmp")), 60), srv.stderr()
         os.symlink(victim, os.path.join(domain, "fullchain.pem.tmp"))
