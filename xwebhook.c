@@ -9096,6 +9096,12 @@ enum {
 	ACME_POLL_LIMIT_S = 180,     /* an authorization or order pending longer fails the attempt */
 	ACME_NONCE_RETRIES = 10,     /* badNonce: try again with the nonce that came with it */
 	ACME_URL_MAX = 1024,
+	ACME_RETRY_AFTER_MAX_S = 86400, /* the longest Retry-After taken from the CA */
+	ACME_CLOCK_SKEW_S = 300,     /* how far the CA's clock may be ahead of ours */
+	ACME_FLOOR_FRACTION = 3,     /* a new certificate serves at least this fraction of its lifetime... */
+	ACME_FLOOR_MAX_S = 86400,    /* ...or this long, whichever is shorter, before it is renewed */
+	ACME_ORDERS_PER_WEEK = 5,    /* orders per domain per week: Let's Encrypt's duplicate-certificate limit */
+	ACME_WEEK_S = 7 * 86400,
 };
 
 /* ---- DER, written ---- */
@@ -9517,7 +9523,7 @@ static int domain_fd = -1;  /* --state-dir/DOMAIN, open */
 /* The files kept in --state-dir and in its DOMAIN directory: each is
  * checked, and given to --user, at start (a new file goes here too). */
 static const char *const state_files[] = { "account.key", NULL };
-static const char *const domain_files[] = { "fullchain.pem", "privkey.pem", NULL };
+static const char *const domain_files[] = { "fullchain.pem", "privkey.pem", "orders", NULL };
 
 /* The directory descriptor of a path in --state-dir or in its DOMAIN
  * directory (as state_path makes them), and the file's name there; -1
@@ -9840,8 +9846,8 @@ acme_exchange(struct acme *a, const char *url, const struct buf *body, const cha
 		if (strptime(ra, "%a, %d %b %Y %H:%M:%S GMT", &tm) != NULL)
 			a->retry_after = (long)(timegm(&tm) - time(NULL));
 	}
-	if (a->retry_after > 86400)
-		a->retry_after = 86400;
+	if (a->retry_after > ACME_RETRY_AFTER_MAX_S)
+		a->retry_after = ACME_RETRY_AFTER_MAX_S;
 	return 0;
 }
 
@@ -10060,7 +10066,8 @@ acme_account(struct acme *a, char *why, size_t wn)
 static int acme_sleep(long seconds);
 
 /* POST-as-GET url until its status is no longer pending or processing:
- * 0 with the final answer, or -1 with why. */
+ * 0 with the final answer, or -1 with why. The CA's Retry-After is
+ * honoured up to the ACME_POLL_LIMIT_S the poll has, never past it. */
 static int
 acme_poll(struct acme *a, const char *url, const char *what, struct answer *ans, char *status, size_t sn,
     char *why, size_t wn)
@@ -10068,6 +10075,8 @@ acme_poll(struct acme *a, const char *url, const char *what, struct answer *ans,
 	time_t give_up = time(NULL) + ACME_POLL_LIMIT_S;
 
 	for (;;) {
+		long wait, left;
+
 		if (acme_post(a, url, NULL, "application/json", ans, why, wn) < 0)
 			return -1;
 		if (acme_member(ans, "status", status, sn) < 0) {
@@ -10076,11 +10085,19 @@ acme_poll(struct acme *a, const char *url, const char *what, struct answer *ans,
 		}
 		if (strcmp(status, "pending") != 0 && strcmp(status, "processing") != 0)
 			return 0;
-		if (time(NULL) > give_up) {
+		left = (long)(give_up - time(NULL));
+		if (left <= 0) {
 			snprintf(why, wn, "the %s was still %s after %d s", what, status, ACME_POLL_LIMIT_S);
+			a->retry_after = -1;  /* it was for this poll, not for the next attempt */
 			return -1;
 		}
-		if (acme_sleep(a->retry_after > 0 ? a->retry_after : 1) < 0) {
+		wait = a->retry_after > 0 ? a->retry_after : 1;
+		if (wait > left) {
+			warn("ACME: the CA asks to poll the %s again in %ld s, past the %d s it is given; "
+			    "polling it once more in %ld s", what, wait, ACME_POLL_LIMIT_S, left);
+			wait = left;
+		}
+		if (acme_sleep(wait) < 0) {
 			snprintf(why, wn, "stopping");
 			return -1;
 		}
@@ -10223,6 +10240,148 @@ state_path(char *out, size_t n, const char *file)
 	snprintf(out, n, "%s/%s/%s", state_dir, acme_domain, file);
 }
 
+/* The orders placed for the domain in the last week, as Unix times, one
+ * a line, in --state-dir/DOMAIN/orders: a file, so that a crash-restart
+ * loop cannot reset the count that keeps the CA's duplicate-certificate
+ * limit (and a ban) away. With record, now is added and the file written
+ * back. 0; 1 at ACME_ORDERS_PER_WEEK, with when ordering resumes in
+ * *resume; -1 with why when the file cannot be read or written. */
+static int
+acme_orders(int record, time_t *resume, char *why, size_t wn)
+{
+	char path[PATH_MAX], line[32];
+	struct buf text = { 0 }, out = { 0 };
+	time_t now = time(NULL), t[ACME_ORDERS_PER_WEEK + 1];
+	size_t n = 0, i, at = 0;
+	int r = -1;
+
+	state_path(path, sizeof(path), "orders");
+	if (state_read(path, &text) < 0 && errno != ENOENT) {
+		snprintf(why, wn, "cannot read %.600s: %s", path, strerror(errno));
+		goto out;
+	}
+	/* The newest ACME_ORDERS_PER_WEEK of the week, oldest first. */
+	while (at < text.len) {
+		const char *p = text.p + at, *nl = memchr(p, '\n', text.len - at);
+		long long v = 0;
+
+		if (nl != NULL && nl > p && nl - p <= 18)
+			for (; p < nl && isdigit((unsigned char)*p); p++)
+				v = v * 10 + (*p - '0');
+		if (nl == NULL || p != nl || v == 0) {
+			snprintf(why, wn, "%.600s is not a list of times, one a line; remove it to order again", path);
+			goto out;
+		}
+		at = (size_t)(nl - text.p) + 1;
+		if (v > (long long)now)
+			v = now;  /* a clock set back must not stop orders for longer than a week */
+		if (v <= (long long)now - ACME_WEEK_S)
+			continue;
+		for (i = n; i > 0 && t[i - 1] > (time_t)v; i--)
+			t[i] = t[i - 1];
+		t[i] = (time_t)v;
+		if (++n > ACME_ORDERS_PER_WEEK) {
+			memmove(t, t + 1, ACME_ORDERS_PER_WEEK * sizeof(*t));
+			n--;
+		}
+	}
+	if (n >= ACME_ORDERS_PER_WEEK) {
+		*resume = t[0] + ACME_WEEK_S;
+		r = 1;
+		goto out;
+	}
+	if (record) {
+		t[n++] = now;
+		for (i = 0; i < n; i++) {
+			snprintf(line, sizeof(line), "%lld\n", (long long)t[i]);
+			buf_adds(&out, line);
+		}
+		if (out.failed || state_write(path, out.p, out.len) < 0) {
+			snprintf(why, wn, "cannot count the order in %.600s: %s", path, strerror(errno));
+			goto out;
+		}
+	}
+	r = 0;
+out:
+	buf_free(&text);
+	buf_free(&out);
+	return r;
+}
+
+/* Is the chain the CA issued fit to store and serve? Its leaf names the
+ * domain exactly, is valid now (the CA's clock may be ACME_CLOCK_SKEW_S
+ * ahead), and each certificate is signed by the next one given, up to the
+ * last (BearSSL's minimal engine, with that last one as the anchor). The
+ * leaf's key is ours: identity_parse has compared it with the key made
+ * for it. 0, or -1 with why. */
+static int
+acme_chain_check(const struct identity *id, char *why, size_t wn)
+{
+	time_t now = time(NULL), at;
+	const br_x509_certificate *last = &id->chain[id->chain_len - 1];
+	br_x509_decoder_context dc;
+	br_x509_minimal_context xc;
+	br_x509_trust_anchor ta;
+	const br_x509_pkey *pk;
+	struct buf dn = { 0 };
+	char date[32];
+	unsigned err;
+	size_t i;
+
+	if (!cert_names(id->chain[0].data, id->chain[0].data_len, acme_domain)) {
+		snprintf(why, wn, "the CA issued a certificate that is not for %s", acme_domain);
+		return -1;
+	}
+	if (id->leaf.not_after <= now + ACME_CLOCK_SKEW_S) {
+		format_date(id->leaf.not_after, date, sizeof(date));
+		snprintf(why, wn, "the CA issued a certificate that expired %s", date);
+		return -1;
+	}
+	if (id->leaf.not_before > now + ACME_CLOCK_SKEW_S) {
+		format_date(id->leaf.not_before, date, sizeof(date));
+		snprintf(why, wn, "the CA issued a certificate that is not valid before %s", date);
+		return -1;
+	}
+	if (id->chain_len < 2) {
+		snprintf(why, wn, "the CA issued a certificate without the intermediate that signed it");
+		return -1;
+	}
+	br_x509_decoder_init(&dc, pem_collect, &dn);
+	br_x509_decoder_push(&dc, last->data, last->data_len);
+	pk = br_x509_decoder_get_pkey(&dc);
+	if (pk == NULL || dn.failed) {
+		snprintf(why, wn, "the CA's last certificate in the chain cannot be decoded");
+		buf_free(&dn);
+		return -1;
+	}
+	ta.dn.data = (unsigned char *)dn.p;
+	ta.dn.len = dn.len;
+	ta.flags = BR_X509_TA_CA;
+	ta.pkey = *pk;  /* its bytes stay in dc, which outlives xc */
+	br_x509_minimal_init_full(&xc, &ta, 1);
+	/* The leaf was checked against the skew above; the chain is checked
+	 * at a moment the leaf is valid. Days are counted from 0 AD. */
+	at = now > id->leaf.not_before ? now : id->leaf.not_before;
+	br_x509_minimal_set_time(&xc, (uint32_t)(at / 86400 + 719528), (uint32_t)(at % 86400));
+	xc.vtable->start_chain(&xc.vtable, NULL);
+	for (i = 0; i + 1 < id->chain_len; i++) {
+		xc.vtable->start_cert(&xc.vtable, (uint32_t)id->chain[i].data_len);
+		xc.vtable->append(&xc.vtable, id->chain[i].data, id->chain[i].data_len);
+		xc.vtable->end_cert(&xc.vtable);
+	}
+	err = xc.vtable->end_chain(&xc.vtable);
+	buf_free(&dn);
+	if (err != 0) {
+		snprintf(why, wn, "the CA's chain does not hold together (BearSSL X.509 error %u: %s)", err,
+		    err == BR_ERR_X509_BAD_SIGNATURE || err == BR_ERR_X509_NOT_TRUSTED ?
+		    "a certificate is not signed by the next one given" :
+		    err == BR_ERR_X509_EXPIRED ? "an intermediate is expired or not yet valid" :
+		    err == BR_ERR_X509_NOT_CA ? "an intermediate is not a CA" : "see bearssl_x509.h");
+		return -1;
+	}
+	return 0;
+}
+
 /* Order a certificate for the domain and install it: 0, or -1 with why. */
 static int
 acme_order(struct acme *a, char *why, size_t wn)
@@ -10250,6 +10409,15 @@ acme_order(struct acme *a, char *why, size_t wn)
 	}
 	buf_adds(&payload, "}");
 	buf_addc(&payload, '\0');
+	{
+		time_t resume;
+		int capped = acme_orders(1, &resume, why, wn);
+
+		if (capped == 1)
+			snprintf(why, wn, "the week's %d orders are placed", ACME_ORDERS_PER_WEEK);
+		if (capped != 0)
+			goto out;
+	}
 	if (acme_post(a, a->new_order, payload.p, "application/json", &ans, why, wn) < 0)
 		goto out;
 	snprintf(order_url, sizeof(order_url), "%s", a->location);
@@ -10311,6 +10479,10 @@ acme_order(struct acme *a, char *why, size_t wn)
 			snprintf(why, wn, "the CA's certificate cannot be served: %s", err);
 			goto out;
 		}
+	}
+	if (acme_chain_check(id, why, wn) < 0) {
+		identity_release(id);
+		goto out;
 	}
 	state_path(path, sizeof(path), "privkey.pem");
 	if (state_write(path, key_pem.p, key_pem.len) < 0) {
@@ -10504,6 +10676,25 @@ renew_at(const struct identity *id)
 	return id->leaf.not_after - (life < 10 * 86400 ? life / 2 : life / 3);
 }
 
+/* When this run last installed a certificate it ordered (0: never). */
+static time_t acme_issued;
+
+/* The soonest the certificate in id is renewed, whatever a renewal window
+ * says: a third of its lifetime, at most ACME_FLOOR_MAX_S, after its issue
+ * (its notBefore, or when this run got it, if later: CAs backdate). So a
+ * CA that issues certificates already due (a renewal window in the past,
+ * an hour's lifetime) gets one order, not one a second. */
+static time_t
+renew_floor(const struct identity *id)
+{
+	time_t life = id->leaf.not_after - id->leaf.not_before, keep = life / ACME_FLOOR_FRACTION;
+	time_t from = acme_issued > id->leaf.not_before ? acme_issued : id->leaf.not_before;
+
+	if (keep > ACME_FLOOR_MAX_S)
+		keep = ACME_FLOOR_MAX_S;
+	return from + (keep > 0 ? keep : 0);
+}
+
 /* The stored certificate, if it is for the domain and still valid. */
 static struct identity *
 acme_stored(void)
@@ -10546,6 +10737,32 @@ acme_stored(void)
 	return id;
 }
 
+/* With nothing served, the stored certificate (valid, but due for
+ * renewal) serves until an order succeeds. */
+static void
+acme_serve_fallback(void)
+{
+	struct identity *id;
+
+	pthread_mutex_lock(&identity_lock);
+	id = current_identity;
+	pthread_mutex_unlock(&identity_lock);
+	if (id == NULL && acme_fallback != NULL) {
+		identity_install(acme_fallback, "ACME: meanwhile serving the stored ");
+		acme_fallback = NULL;
+	}
+}
+
+/* Wait until t, in steps, so that a clock that jumps is noticed. */
+static int
+acme_sleep_until(time_t t)
+{
+	while (time(NULL) < t)
+		if (acme_sleep(t - time(NULL) > 3600 ? 3600 : t - time(NULL)) < 0)
+			return -1;
+	return 0;
+}
+
 static void *
 acme_thread(void *arg)
 {
@@ -10558,8 +10775,8 @@ acme_thread(void *arg)
 		time_t now = time(NULL), when;
 		struct identity *id;
 
-		time_t check;
-		int ari = 0;
+		time_t check, resume = 0;
+		int ari = 0, held = 0, capped;
 
 		pthread_mutex_lock(&identity_lock);
 		id = current_identity;
@@ -10567,7 +10784,7 @@ acme_thread(void *arg)
 			id->refs++;
 		pthread_mutex_unlock(&identity_lock);
 		when = id != NULL ? renew_at(id) : now;
-		check = when;
+		check = 0;  /* when to look again before then: renewal information's */
 		a->replaces[0] = '\0';
 		if (id != NULL) {
 			/* The CA's own window, when it offers one, overrides the
@@ -10583,25 +10800,43 @@ acme_thread(void *arg)
 				warn("ACME: renewal information: %s; renewing by the lifetime meanwhile", why);
 				check = now + 3600;
 			}
+			if (when < renew_floor(id)) {
+				when = renew_floor(id);
+				held = 1;
+			}
 		}
 		identity_release(id);
 		if (when > now) {
 			char date[32];
 
 			format_date(when, date, sizeof(date));
-			warn("ACME: next renewal %s%s", date, ari ? ", in the CA's renewal window" : "");
-			if (check > when)
+			warn("ACME: next renewal %s%s", date, held ? ", the soonest for a certificate this new (a third "
+			    "of its lifetime, at most a day)" : ari ? ", in the CA's renewal window" : "");
+			if (check == 0 || check > when)
 				check = when;
-			/* In steps, so that a clock that jumps is noticed. */
-			while (time(NULL) < check)
-				if (acme_sleep(check - time(NULL) > 3600 ? 3600 : check - time(NULL)) < 0)
-					return NULL;
+			if (acme_sleep_until(check) < 0)
+				return NULL;
 			continue;
 		}
 		if (ari)
 			warn("ACME: the CA's renewal window has come; renewing");
-		if (acme_order(a, why, sizeof(why)) == 0) {
+		a->retry_after = -1;  /* renewal information's, if any, is spent */
+		capped = acme_orders(0, &resume, why, sizeof(why));
+		if (capped == 1) {
+			char date[32];
+
+			acme_serve_fallback();
+			format_date(resume, date, sizeof(date));
+			warn("ACME: %d orders for %s in the last 7 days, the most it places in a week; ordering "
+			    "resumes %s; %s", ACME_ORDERS_PER_WEEK, acme_domain, date, current_identity != NULL ?
+			    "still serving the current certificate" : "no certificate to serve HTTPS with meanwhile");
+			if (acme_sleep_until(resume) < 0)
+				return NULL;
+			continue;
+		}
+		if (capped == 0 && acme_order(a, why, sizeof(why)) == 0) {
 			backoff = ACME_BACKOFF_MIN_S;
+			acme_issued = time(NULL);
 			identity_release(acme_fallback);  /* its successor serves */
 			acme_fallback = NULL;
 			continue;
@@ -10611,15 +10846,7 @@ acme_thread(void *arg)
 		{
 			long wait = a->retry_after > backoff ? a->retry_after : backoff;
 
-			pthread_mutex_lock(&identity_lock);
-			id = current_identity;
-			pthread_mutex_unlock(&identity_lock);
-			if (id == NULL && acme_fallback != NULL) {
-				/* The stored certificate, valid but due for renewal,
-				 * serves until an order succeeds. */
-				identity_install(acme_fallback, "ACME: meanwhile serving the stored ");
-				acme_fallback = NULL;
-			}
+			acme_serve_fallback();
 			warn("ACME: %s; %s, trying again in %ld s", why,
 			    current_identity != NULL ? "still serving the current certificate" :
 			    "no certificate to serve HTTPS with yet", wait);
@@ -10801,7 +11028,8 @@ usage(FILE *f)
 "      --acme-cacert FILE   roots for the CA's own HTTPS (private CAs, tests)\n"
 "      --acme-email ADDR    the account's contact\n"
 "      --acme-http ADDR:PORT  answer http-01 there (e.g. :80) instead of tls-alpn-01\n"
-"      --state-dir DIR      account key, DIR/DOMAIN/fullchain.pem and privkey.pem\n"
+"      --state-dir DIR      account key, DIR/DOMAIN/fullchain.pem and privkey.pem, and\n"
+"                           DIR/DOMAIN/orders (the week's orders: 5 at most)\n"
 "                           (default /var/lib/xwebhook; 0700, the --user's)\n"
 #endif
 "\n"

@@ -472,11 +472,12 @@ def ari_window_from_the_ca_renews_early_and_otherwise_waits():
 
 class HostileCa:
     """An ACME server that misbehaves in one way: 'garbage' (a directory
-    that is not JSON), 'huge' (a 2 MiB directory), or 'ratelimited' (a
+    that is not JSON), 'huge' (a 2 MiB directory), 'ratelimited' (a
     fine directory and nonce, then 429 rateLimited with Retry-After: 120
-    and a subproblem, for the account)."""
+    and a subproblem, for the account), or 'pending' (an authorization
+    never decided, polled again after retry_after)."""
 
-    def __init__(self, mode, token="tok-Zq8_challenge"):
+    def __init__(self, mode, token="tok-Zq8_challenge", retry_after="1"):
         import http.server
         import threading
         self.seen = []
@@ -531,7 +532,7 @@ class HostileCa:
                         return self.send(200, json.dumps({"status": "pending", "challenges": [
                             {"type": "http-01", "url": base + "/chall-http", "token": "other"},
                             {"type": "tls-alpn-01", "url": base + "/chall", "token": token}]}).encode(),
-                            dict(nonce, **{"Retry-After": "1"}))
+                            dict(nonce, **{"Retry-After": retry_after}))
                     return self.send(200, b"{}", nonce)
                 problem = {"type": "urn:ietf:params:acme:error:rateLimited",
                            "detail": "too many new accounts\x1b[2J from this address",
@@ -634,6 +635,288 @@ def the_tls_alpn_01_certificate_is_for_the_domain_and_the_acme_tls_handshake_alo
         assert srv.proc.poll() is None
     finally:
         srv.stop()
+        ca.close()
+
+
+class IssuingCa:
+    """An ACME CA stand-in that validates nothing (every authorization is
+    already valid) and issues, with `openssl ca`, what mode says:
+
+    'good': for the CSR's key and name, valid for 90 days;
+    'ari-past': the same, and renewal information whose window has passed,
+        for every certificate;
+    'short': an hour's lifetime, 45 minutes of it gone: due at once;
+    'name:NAME': for NAME instead of the domain;
+    'expired': ended a day ago;
+    'key': for a key that is not the CSR's;
+    'chain': signed by one intermediate, given with another of the same
+        name and a different key.
+
+    orders counts newOrder requests; issued holds the serials, in hex."""
+
+    def __init__(self, mode):
+        import base64
+        import http.server
+        import threading
+        self.orders = 0
+        self.issued = []
+        self.lock = threading.Lock()
+        self.dir = d = tempfile.mkdtemp(prefix="issuing-ca-", dir=it.WORK)
+        run = lambda *a, **kw: subprocess.run(a, cwd=d, check=True, capture_output=True, timeout=60, **kw)  # noqa
+        self.cert, key = os.path.join(d, "https.pem"), os.path.join(d, "https.key")
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            key, "-out", self.cert, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost")
+        for name in ("int", "other"):  # two intermediates of one name
+            run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", name + ".key", "-out", name + ".pem", "-days", "400", "-subj", "/CN=Hostile Intermediate",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+        self.root = os.path.join(d, "int.pem")  # what the issued certificates chain to
+        tls.openssl_ca_dir(d)
+        with open(os.path.join(d, "serial"), "w") as f:
+            f.write("A000\n")  # not stored_cert's 1000
+        cnf = os.path.join(d, "ca.cnf")
+        with open(cnf) as f:
+            text = f.read().replace("copy_extensions = copy", "copy_extensions = none")
+        with open(cnf, "w") as f:
+            f.write(text)
+        outer = self
+        b64d = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))  # noqa: E731
+        fmt = lambda t: time.strftime("%Y%m%d%H%M%SZ", time.gmtime(t))  # noqa: E731
+        chains = {}
+
+        def issue(n, csr_der):
+            now = time.time()
+            name, start, end = DOMAIN, now - 60, now + 90 * 86400
+            if mode.startswith("name:"):
+                name = mode[5:]
+            elif mode == "expired":
+                start, end = now - 90 * 86400, now - 86400
+            elif mode == "short":
+                start, end = now - 45 * 60, now + 15 * 60
+            csr = "req%d.pem" % n
+            run("openssl", "req", "-inform", "DER", "-out", csr, input=csr_der)
+            if mode == "key":
+                run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                    "stranger%d.key" % n, "-out", csr, "-subj", "/CN=" + DOMAIN)
+            with open(os.path.join(d, "leaf.ext"), "w") as f:
+                f.write("subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid\n"
+                        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n" % name)
+            leaf = "leaf%d.pem" % n
+            with outer.lock:  # openssl ca keeps its serial and index in d
+                run("openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", "int.pem", "-keyfile", "int.key",
+                    "-in", csr, "-out", leaf, "-startdate", fmt(start), "-enddate", fmt(end), "-extfile",
+                    "leaf.ext", "-notext")
+                outer.issued.append(pem_serial(os.path.join(d, leaf)))
+            with open(os.path.join(d, leaf), "rb") as f, \
+                    open(os.path.join(d, "other.pem" if mode == "chain" else "int.pem"), "rb") as g:
+                chains[n] = f.read() + g.read()
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def send(self, status, obj, headers=None, ctype="application/json"):
+                body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Replay-Nonce", "nonce-%d" % time.time_ns())
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                base = "https://localhost:%d" % outer.port
+                if self.path == "/dir":
+                    dr = {"newNonce": base + "/nonce", "newAccount": base + "/acct", "newOrder": base + "/order"}
+                    if mode == "ari-past":
+                        dr["renewalInfo"] = base + "/renewal-info"
+                    return self.send(200, dr)
+                if self.path.startswith("/renewal-info/") and mode == "ari-past":
+                    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+                    return self.send(200, {"suggestedWindow": {"start": iso(time.time() - 7200),
+                                                               "end": iso(time.time() - 3600)}})
+                self.send(204, b"")
+
+            def do_POST(self):
+                jws = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                payload = json.loads(b64d(jws["payload"])) if jws["payload"] else None
+                base = "https://localhost:%d" % outer.port
+                part = self.path.split("/")
+                if self.path == "/acct":
+                    return self.send(201, {"status": "valid"}, {"Location": base + "/acct/1"})
+                if self.path == "/order":
+                    with outer.lock:
+                        outer.orders += 1
+                        n = outer.orders
+                    return self.send(201, {"status": "pending", "finalize": base + "/fin/%d" % n,
+                                           "authorizations": [base + "/authz/%d" % n]},
+                                     {"Location": base + "/order/%d" % n})
+                n = int(part[2])
+                if part[1] == "authz":
+                    return self.send(200, {"status": "valid", "identifier": {"type": "dns", "value": DOMAIN},
+                                           "challenges": []})
+                if part[1] == "fin":
+                    issue(n, b64d(payload["csr"]))
+                    return self.send(200, {"status": "processing"})
+                if part[1] == "order":
+                    return self.send(200, {"status": "valid", "certificate": base + "/cert/%d" % n}
+                                     if n in chains else {"status": "processing"})
+                if part[1] == "cert":
+                    return self.send(200, chains[n], ctype="application/pem-certificate-chain")
+                self.send(404, {"type": "urn:ietf:params:acme:error:malformed"})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.url = "https://localhost:%d/dir" % self.port
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def pem_serial(path):
+    """A certificate's serial as https_crc gives it: lower-case hex."""
+    out = subprocess.run(["openssl", "x509", "-in", path, "-noout", "-serial"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return out.strip().split("=", 1)[1].lower().lstrip("0")
+
+
+def cpu_seconds(pid):
+    """User and system time the process has used."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def next_renewal(err):
+    """The time of the last 'next renewal' line."""
+    import calendar
+    when = re.findall(r"next renewal (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", err)[-1]
+    return calendar.timegm(time.strptime(when, "%Y-%m-%d %H:%M"))
+
+
+@test
+def a_ca_issuing_certificates_already_due_gets_one_order_not_a_loop():
+    """A renewal window already past, or an hour's certificate with 15
+    minutes left: one order, then the floor (a third of the lifetime, at
+    most a day) before the next, and an idle thread meanwhile. Main's code
+    ordered again at once, forever (hundreds of orders, 50% CPU)."""
+    for mode, keep in (("ari-past", 86400), ("short", 20 * 60)):
+        ca = IssuingCa(mode)
+        state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+        srv = acme_server_at(ca.url, ca.cert, state)
+        try:
+            assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
+            issued, cpu = time.time(), cpu_seconds(srv.proc.pid)
+            assert not fault.wait_until(lambda: ca.orders > 1, 5), (mode, ca.orders, srv.stderr()[-3000:])
+            cpu = cpu_seconds(srv.proc.pid) - cpu
+            assert cpu < 1.0, (mode, "%.2f s of CPU in 5 s" % cpu)
+            assert fault.wait_until(lambda: "the soonest for a certificate this new" in srv.stderr(), 10), \
+                srv.stderr()
+            assert abs(next_renewal(srv.stderr()) - (issued + keep)) < 120, (mode, srv.stderr())
+            assert ca.orders == 1 and len(ca.issued) == 1
+            assert https_crc(srv.port, ca.root)[2] == ca.issued[0]
+        finally:
+            srv.stop()
+            ca.close()
+
+
+@test
+def a_certificate_the_ca_should_not_have_issued_is_neither_stored_nor_served():
+    """For another name (a prefix of the domain, the domain with more after
+    it), expired, for a key not ours, or under an intermediate that did not
+    sign it: one line with the reason, a backoff, the stored certificate
+    untouched and still what HTTPS serves."""
+    for mode, reason in (("name:other.xwebhook.test", "is not for " + DOMAIN),
+                         ("name:" + DOMAIN[:-1], "is not for " + DOMAIN),
+                         ("name:" + DOMAIN + "x", "is not for " + DOMAIN),
+                         ("expired", "the CA issued a certificate that expired"),
+                         ("key", "does not match the certificate"),
+                         ("chain", "a certificate is not signed by the next one given")):
+        ca = IssuingCa(mode)
+        state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+        old_root = stored_cert(state, 85, 5)  # due, still valid
+        d = os.path.join(state, DOMAIN)
+        old = {f: open(os.path.join(d, f), "rb").read() for f in ("fullchain.pem", "privkey.pem")}
+        old_serial = pem_serial(os.path.join(d, "fullchain.pem"))
+        srv = acme_server_at(ca.url, ca.cert, state)
+        try:
+            want = "trying again in 30 s"
+            assert fault.wait_until(lambda: want in srv.stderr(), 30), (mode, srv.stderr())
+            line = [ln for ln in srv.stderr().splitlines() if want in ln][0]
+            assert reason in line and "still serving the current certificate" in line, (mode, line)
+            assert ca.orders == 1 and len(ca.issued) == 1, (mode, ca.orders)
+            assert {f: open(os.path.join(d, f), "rb").read() for f in old} == old, mode
+            status, _, serial = https_crc(srv.port, old_root)
+            assert status == 200 and serial == old_serial != ca.issued[0], (mode, serial, old_serial)
+            assert "now serving" not in srv.stderr(), (mode, srv.stderr())
+        finally:
+            srv.stop()
+            ca.close()
+
+
+@test
+def a_pending_authorization_with_a_huge_retry_after_is_polled_within_its_limit():
+    """Retry-After: 999999999 on a pending authorization: the next poll is
+    within the 180 s the poll has (main's code slept a day). The wait is
+    read from the log: the test does not wait 180 s."""
+    ca = HostileCa("pending", retry_after="999999999")
+    state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+    srv = acme_server_at("https://localhost:%d/dir" % ca.port, ca.cert, state)
+    try:
+        want = re.compile(r"ACME: the CA asks to poll the authorization again in (\d+) s, past the 180 s it is "
+                          r"given; polling it once more in (\d+) s")
+        assert fault.wait_until(lambda: want.search(srv.stderr()), 30), srv.stderr()
+        asked, wait = map(int, want.search(srv.stderr()).groups())
+        assert asked == 86400 and 170 <= wait <= 180, (asked, wait)
+    finally:
+        t0 = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - t0 < 10  # the wait ends at shutdown
+        ca.close()
+
+
+@test
+def the_weekly_order_cap_survives_restarts():
+    """A crash-restart loop with a CA whose certificates are due at once:
+    each start orders once, until five in the week; the sixth start places
+    no order, says when ordering resumes, and serves the stored one."""
+    ca = IssuingCa("short")
+    state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+    try:
+        first = time.time()
+        for i in range(5):
+            srv = acme_server_at(ca.url, ca.cert, state)
+            try:
+                assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
+                assert ca.orders == i + 1, (i, ca.orders, srv.stderr())
+            finally:
+                srv.stop()
+        orders = open(os.path.join(state, DOMAIN, "orders")).read().split()
+        assert len(orders) == 5 and all(abs(int(t) - first) < 120 for t in orders), orders
+        assert mode(os.path.join(state, DOMAIN, "orders"))[0] == 0o600
+        srv = acme_server_at(ca.url, ca.cert, state)
+        try:
+            assert fault.wait_until(lambda: "ordering resumes" in srv.stderr(), 30), srv.stderr()
+            assert not fault.wait_until(lambda: ca.orders > 5, 3), srv.stderr()
+            err = srv.stderr()
+            assert err.count("ordering resumes") == 1, err
+            line = [ln for ln in err.splitlines() if "ordering resumes" in ln][0]
+            resume = time.strftime("%Y-%m-%d", time.gmtime(int(orders[0]) + 7 * 86400))
+            assert "5 orders for %s in the last 7 days" % DOMAIN in line and resume in line, line
+            assert "meanwhile serving the stored certificate" in err
+            assert https_crc(srv.port, ca.root)[2] == ca.issued[-1]
+        finally:
+            srv.stop()
+    finally:
         ca.close()
 
 
@@ -879,10 +1162,11 @@ def stop_traced(srv):
 
 @test
 def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_removes():
-    # strace holds the ACME thread's second fsync (privkey.pem's, then
-    # fullchain.pem's; strace counts per thread) for 8 s: SIGTERM arrives
-    # while fullchain.pem.tmp is half made. The temp file survives that
-    # exit; the next start removes it before anything else.
+    # strace holds the ACME thread's third fsync (the orders count's,
+    # privkey.pem's, then fullchain.pem's; strace counts per thread) for
+    # 8 s: SIGTERM arrives while fullchain.pem.tmp is half made. The temp
+    # file survives that exit; the next start removes it before anything
+    # else.
     need_root("--user")
     if shutil.which("strace") is None:
         raise AssertionError("strace is not installed")
@@ -894,7 +1178,7 @@ def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_r
     srv = acme_server(p, state, "--user", "nobody",
                       env={"ASAN_OPTIONS": "detect_leaks=0"},  # LeakSanitizer cannot run under ptrace
                       wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
-                            "-e", "inject=fsync:delay_enter=8000000:when=2"))
+                            "-e", "inject=fsync:delay_enter=8000000:when=3"))
     try:
         assert fault.wait_until(lambda: os.path.exists(tmp), 60), srv.stderr()
         server = children(srv.proc.pid)
@@ -920,7 +1204,8 @@ def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_r
 @test
 def a_link_at_a_temp_name_while_running_is_never_written_through():
     # As root without --user, the writes are root's. strace holds the
-    # privkey.pem write in fsync; meanwhile a link to root's file appears
+    # privkey.pem write in fsync (the ACME thread's second, after the
+    # orders count's); meanwhile a link to root's file appears
     # at fullchain.pem.tmp. The certificate's write fails (a temp file is
     # always new: O_EXCL, O_NOFOLLOW) instead of filling root's file.
     need_root("files of root's")
@@ -934,7 +1219,7 @@ def a_link_at_a_temp_name_while_running_is_never_written_through():
     was = owned(victim)
     srv = acme_server(p, state, env={"ASAN_OPTIONS": "detect_leaks=0"},
                       wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
-                            "-e", "inject=fsync:delay_enter=3000000:when=1"))
+                            "-e", "inject=fsync:delay_enter=3000000:when=2"))
     try:
         assert fault.wait_until(lambda: os.path.exists(os.path.join(domain, "privkey.pem.tmp")), 60), srv.stderr()
         os.symlink(victim, os.path.join(domain, "fullchain.pem.tmp"))

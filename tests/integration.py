@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -80,9 +81,9 @@ class Server:
             deadline = time.time() + 20
             while time.time() < deadline:
                 text = self.stderr()
-                if "serving http" in text:
-                    url = text.split("serving ", 1)[1].split()[0]
-                    self.port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+                m = re.search(r"serving (https?://\S+)", text)  # not "ACME: meanwhile serving the ..."
+                if m:
+                    self.port = int(m.group(1).rsplit(":", 1)[1].split("/", 1)[0])
                     break
                 if self.proc.poll() is not None:
                     raise AssertionError("server exited at start: " + text)

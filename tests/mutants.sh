@@ -19,7 +19,7 @@ SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-r
 
 # One mutant per block: a description; the exact text to replace (it must
 # occur once); what replaces it; the tests that must catch it, as
-# SUITE:NAME,NAME (SUITE is unit, int, tls, events, fault, brokers, xapi or acme; NAME filters
+# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi or acme; NAME filters
 # test names, as ONLY does).
 python3 - "$W/mutants.json" <<'PY'
 import json, sys
@@ -212,6 +212,31 @@ M = [
   "tls:check_without_a_secret"),
  ("check exits 0 when it cannot tell",
   "return CHECK_CANNOT_TELL;", "return 0;", "tls:check_without_a_secret,check_against_hostile"),
+ ("cert_names without its length check: a prefix of the domain taken for it",
+  "if (tag == 0x82 && len == strlen(dns) && strncasecmp((const char *)v, dns, len) == 0)",
+  "if (tag == 0x82 && strncasecmp((const char *)v, dns, len) == 0)", "unit-tls acme:should_not_have_issued"),
+ ("cert_names compares the domain's length only: a longer name taken for it",
+  "if (tag == 0x82 && len == strlen(dns) && strncasecmp((const char *)v, dns, len) == 0)",
+  "if (tag == 0x82 && len >= strlen(dns) && strncasecmp((const char *)v, dns, strlen(dns)) == 0)",
+  "unit-tls acme:should_not_have_issued"),
+ ("an issued certificate for another name stored and served",
+  "if (!cert_names(id->chain[0].data, id->chain[0].data_len, acme_domain)) {\n\t\tsnprintf(why, wn, \"the CA issued",
+  "if (0) {\n\t\tsnprintf(why, wn, \"the CA issued", "acme:should_not_have_issued"),
+ ("an issued certificate's expiry not checked",
+  "if (id->leaf.not_after <= now + ACME_CLOCK_SKEW_S) {", "if (0) {", "acme:should_not_have_issued"),
+ ("an issued chain's signatures not checked",
+  "\tif (err != 0) {", "\tif (0) {", "acme:should_not_have_issued"),
+ ("no floor: a certificate already due renewed at once",
+  "\t\t\tif (when < renew_floor(id)) {", "\t\t\tif (0) {", "acme:already_due"),
+ ("the floor a thirtieth of the lifetime",
+  "keep = life / ACME_FLOOR_FRACTION;", "keep = life / 30;", "acme:already_due"),
+ ("no weekly cap on orders",
+  "\tif (n >= ACME_ORDERS_PER_WEEK) {", "\tif (0) {", "unit-tls acme:weekly_order_cap"),
+ ("the weekly count never written to --state-dir",
+  "if (out.failed || state_write(path, out.p, out.len) < 0) {", "if (out.failed) {",
+  "unit-tls acme:weekly_order_cap"),
+ ("a poll's Retry-After not clamped to the poll's limit",
+  "\t\tif (wait > left) {", "\t\tif (0) {", "acme:huge_retry_after"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
@@ -252,6 +277,8 @@ PY
 			suite=${t%%:*}; names=${t#*:}; [ "$names" = "$t" ] && names=""
 			case "$suite" in
 			unit) cc $SAN -o tests/unit tests/unit.c 2>>tests/out/build.log && tests/unit >tests/out/unit.log 2>&1 ;;
+			unit-tls) cc $SAN -DXWEBHOOK_TLS -o tests/unit-tls tests/unit.c -lbearssl 2>>tests/out/build.log &&
+			    tests/unit-tls >tests/out/unit-tls.log 2>&1 ;;
 			int) ONLY=$names python3 tests/integration.py tests/xwebhook-asan tests/fixtures >tests/out/int.log 2>&1 ;;
 			fault) ONLY=$names python3 tests/fault.py tests/xwebhook-asan tests/fixtures >tests/out/fault.log 2>&1 ;;
 			events) ONLY=$names python3 tests/events.py tests/xwebhook-asan tests/fixtures tests/out/xwebhook-gcc \

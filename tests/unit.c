@@ -1252,6 +1252,19 @@ test_acme_der(void)
 	    cert_names((unsigned char *)der.p, der.len, "HOOKS.example.TEST") &&
 	    !cert_names((unsigned char *)der.p, der.len, "example.test") &&
 	    !cert_names((unsigned char *)der.p, der.len, "hooks.example.tes"), "cert_names");
+	/* A certificate for a prefix of the name, or for the name with more
+	 * after it, is not the name's. */
+	{
+		struct buf other = { 0 };
+
+		CHECK(alpn_cert_der(&other, "hooks.example.tes", ka, &k) == 0 &&
+		    cert_names((unsigned char *)other.p, other.len, "hooks.example.tes") &&
+		    !cert_names((unsigned char *)other.p, other.len, "hooks.example.test"), "cert_names: a prefix");
+		other.len = 0;
+		CHECK(alpn_cert_der(&other, "hooks.example.testx", ka, &k) == 0 &&
+		    !cert_names((unsigned char *)other.p, other.len, "hooks.example.test"), "cert_names: a longer name");
+		buf_free(&other);
+	}
 
 	/* The key written as PEM reads back, for openssl too. */
 	{
@@ -1294,6 +1307,42 @@ test_acme_der(void)
 	    !acme_domain_ok("*.example.com") && !acme_domain_ok("10.0.0.1") && !acme_domain_ok("-a.example.com") &&
 	    !acme_domain_ok("a-.example.com") && !acme_domain_ok("a..b") && !acme_domain_ok("example.com.") &&
 	    !acme_domain_ok("ex ample.com") && !acme_domain_ok(""), "acme_domain_ok");
+
+	/* The week's orders, counted in --state-dir/DOMAIN/orders. */
+	{
+		char file[256], text[128], why[800] = "";
+		time_t now = time(NULL), resume = 0;
+		int i;
+
+		state_dir = dir;
+		acme_domain = "hooks.example.test";
+		state_open(NULL);  /* makes DOMAIN; every state file is reached through it */
+		for (i = 0; i < ACME_ORDERS_PER_WEEK; i++)
+			CHECK(acme_orders(1, &resume, why, sizeof(why)) == 0, "order %d: %s", i, why);
+		CHECK(acme_orders(0, &resume, why, sizeof(why)) == 1 && resume >= now + ACME_WEEK_S &&
+		    resume <= time(NULL) + ACME_WEEK_S, "the cap, and a week after the first");
+		CHECK(acme_orders(1, &resume, why, sizeof(why)) == 1, "no order recorded past the cap");
+		state_path(file, sizeof(file), "orders");
+		/* One older than a week does not count; one ahead of the clock
+		 * (set back) counts as now. */
+		snprintf(text, sizeof(text), "%lld\n%lld\n%lld\n%lld\n%lld\n", (long long)now - ACME_WEEK_S - 1,
+		    (long long)now - 3, (long long)now - 2, (long long)now - 1, (long long)now + 365 * 86400);
+		write_file(file, text, strlen(text));
+		CHECK(acme_orders(0, &resume, why, sizeof(why)) == 0, "an order older than a week counts: %s", why);
+		CHECK(acme_orders(1, &resume, why, sizeof(why)) == 0 &&
+		    acme_orders(0, &resume, why, sizeof(why)) == 1 && resume == now - 3 + ACME_WEEK_S,
+		    "the cap after one more: resumes %lld", (long long)resume);
+		write_file(file, "12x\n", 4);
+		CHECK(acme_orders(0, &resume, why, sizeof(why)) < 0 && strstr(why, "not a list of times") != NULL,
+		    "garbage refused: %s", why);
+		write_file(file, "1234", 4);
+		CHECK(acme_orders(0, &resume, why, sizeof(why)) < 0, "a line without its end refused");
+		close(domain_fd);
+		close(state_fd);
+		domain_fd = state_fd = -1;
+		state_dir = "/var/lib/xwebhook";
+		acme_domain = NULL;
+	}
 
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	if (system(cmd) != 0)
