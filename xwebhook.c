@@ -4919,11 +4919,14 @@ output_open(void)
 	errno = saved;
 	if (fd < 0)
 		return -1;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink > 1 ||
-	    fcntl(fd, F_SETFL, O_APPEND) < 0) {
+	/* A device (/dev/null, /dev/full) only root can have made; a FIFO or a
+	 * socket anyone could have. */
+	if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISCHR(st.st_mode)) ||
+	    (S_ISREG(st.st_mode) && st.st_nlink > 1) || fcntl(fd, F_SETFL, O_APPEND) < 0) {
 		saved = errno;
 		if (fstat(fd, &st) == 0)
-			saved = !S_ISREG(st.st_mode) ? ENODEV : st.st_nlink > 1 ? EMLINK : saved;
+			saved = !(S_ISREG(st.st_mode) || S_ISCHR(st.st_mode)) ? ENODEV :
+			    S_ISREG(st.st_mode) && st.st_nlink > 1 ? EMLINK : saved;
 		close(fd);
 		errno = saved;
 		return -1;
@@ -4941,7 +4944,7 @@ output_refusal(int err)
 	if (err == EMLINK)
 		return "it has other names (hard links), which root refuses";
 	if (err == ENODEV || err == ENXIO)  /* ENXIO: a FIFO that nothing reads */
-		return "it is not a regular file, which root refuses";
+		return "it is neither a regular file nor a device, which root refuses";
 	return strerror(err);
 }
 

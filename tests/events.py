@@ -710,7 +710,7 @@ def output_through_a_link_or_of_a_third_user_is_refused_as_root():
     _, path = users_dir()
     os.mkfifo(path, 0o600)
     os.chown(path, nobody.pw_uid, nobody.pw_gid)
-    refused(path, "not a regular file", "--user", "nobody")
+    refused(path, "neither a regular file nor a device", "--user", "nobody")
     _, path = users_dir()
     os.link(victim, path)  # fs.protected_hardlinks=0 lets nobody do this
     refused(path, "hard links", "--user", "nobody")
