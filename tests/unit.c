@@ -1367,16 +1367,21 @@ test_acme_der(void)
 			for (i = 0; i + 11 <= (int)sizeof(big); i += 11)
 				memcpy(big + i, "1000000000\n", 11);
 			write_file(file, big, (size_t)i);
+			int refused;
+
 			why[0] = '\0';
-			CHECK(acme_orders(0, &resume, why, sizeof(why)) < 0 && strstr(why, "larger than 4096 bytes") != NULL &&
-			    strstr(why, "remove it") != NULL, "an orders file over 4 KiB refused: %s", why);
-			fd = open(file, O_WRONLY | O_TRUNC);
-			CHECK(fd >= 0 && ftruncate(fd, (off_t)5 << 30) == 0, "a sparse 5 GiB orders file");
-			if (fd >= 0)
-				close(fd);
-			why[0] = '\0';
-			CHECK(acme_orders(0, &resume, why, sizeof(why)) < 0 && strstr(why, "larger than") != NULL,
-			    "a 5 GiB orders file refused unread: %s", why);
+			refused = acme_orders(0, &resume, why, sizeof(why)) < 0 && strstr(why, "larger than 4096 bytes") != NULL &&
+			    strstr(why, "remove it") != NULL;
+			CHECK(refused, "an orders file over 4 KiB refused: %s", why);
+			if (refused) {  /* else it would be read: gigabytes */
+				fd = open(file, O_WRONLY | O_TRUNC);
+				CHECK(fd >= 0 && ftruncate(fd, (off_t)5 << 30) == 0, "a sparse 5 GiB orders file");
+				if (fd >= 0)
+					close(fd);
+				why[0] = '\0';
+				CHECK(acme_orders(0, &resume, why, sizeof(why)) < 0 && strstr(why, "larger than") != NULL,
+				    "a 5 GiB orders file refused unread: %s", why);
+			}
 			unlink(file);
 		}
 		/* The renewal floor: never after notAfter (less a margin), and
