@@ -11083,7 +11083,7 @@ usage(FILE *f)
 "      --acme-email ADDR    the account's contact\n"
 "      --acme-http ADDR:PORT  answer http-01 there (e.g. :80) instead of tls-alpn-01\n"
 "      --state-dir DIR      account key, DIR/DOMAIN/fullchain.pem and privkey.pem, and\n"
-"                           DIR/DOMAIN/orders (the week's orders: 5 at most)\n"
+"                           DIR/DOMAIN/orders (the week's certificates: 5 at most)\n"
 "                           (default /var/lib/xwebhook; 0700, the --user's)\n"
 #endif
 "\n"
