@@ -836,9 +836,11 @@ def next_renewal(err):
 def a_ca_issuing_certificates_already_due_gets_one_order_not_a_loop():
     """A renewal window already past, or an hour's certificate with 15
     minutes left: one order, then the floor (a third of the lifetime, at
-    most a day) before the next, and an idle thread meanwhile. Main's code
-    ordered again at once, forever (hundreds of orders, 50% CPU)."""
-    for mode, keep in (("ari-past", 86400), ("short", 20 * 60)):
+    most a day, and a minute before notAfter at the latest: 14 minutes for
+    the hour's certificate, not 20, past its end) before the next, and an
+    idle thread meanwhile. Main's code ordered again at once, forever
+    (hundreds of orders, 50% CPU)."""
+    for mode, keep in (("ari-past", 86400), ("short", 15 * 60 - 60)):
         ca = IssuingCa(mode)
         state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
         srv = acme_server_at(ca.url, ca.cert, state)
