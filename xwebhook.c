@@ -9103,8 +9103,10 @@ enum {
 	ACME_CLOCK_SKEW_S = 300,     /* how far the CA's clock may be ahead of ours */
 	ACME_FLOOR_FRACTION = 3,     /* a new certificate serves at least this fraction of its lifetime... */
 	ACME_FLOOR_MAX_S = 86400,    /* ...or this long, whichever is shorter, before it is renewed */
-	ACME_ORDERS_PER_WEEK = 5,    /* orders per domain per week: Let's Encrypt's duplicate-certificate limit */
+	ACME_ORDERS_PER_WEEK = 5,    /* certificates issued per domain per week: Let's Encrypt's duplicate-certificate limit */
 	ACME_WEEK_S = 7 * 86400,
+	ACME_ORDERS_FILE_MAX = 4096, /* the orders file holds 5 short lines: anything larger is not ours */
+	ACME_FLOOR_MARGIN_S = 60,    /* the renewal floor is at least this long before notAfter (< ACME_CLOCK_SKEW_S) */
 };
 
 /* ---- DER, written ---- */
@@ -9590,10 +9592,11 @@ state_write(const char *path, const void *p, size_t n)
 	return 0;
 }
 
-/* Read a regular file in --state-dir, never through a link: 0, or -1 with
- * errno (ENOENT when there is none). */
+/* Read a regular file in --state-dir, never through a link, of at most
+ * max bytes (0: any size): 0, or -1 with errno (ENOENT when there is
+ * none, EFBIG when it is larger than max). */
 static int
-state_read(const char *path, struct buf *b)
+state_read_max(const char *path, struct buf *b, size_t max)
 {
 	const char *name = NULL;
 	int dir = state_at(path, &name), fd, r;
@@ -9615,9 +9618,25 @@ state_read(const char *path, struct buf *b)
 		errno = EINVAL;
 		return -1;
 	}
+	if (max > 0 && (uintmax_t)st.st_size > max) {
+		close(fd);
+		errno = EFBIG;
+		return -1;
+	}
 	r = read_all(fd, b);
 	close(fd);
+	if (r == 0 && max > 0 && b->len > max) {  /* it grew after fstat */
+		errno = EFBIG;
+		return -1;
+	}
 	return r;
+}
+
+/* Read a regular file in --state-dir, of any size (see state_read_max). */
+static int
+state_read(const char *path, struct buf *b)
+{
+	return state_read_max(path, b, 0);
 }
 
 /* Whether uid may own what is in --state-dir: root, or who we run as now
@@ -10243,12 +10262,14 @@ state_path(char *out, size_t n, const char *file)
 	snprintf(out, n, "%s/%s/%s", state_dir, acme_domain, file);
 }
 
-/* The orders placed for the domain in the last week, as Unix times, one
- * a line, in --state-dir/DOMAIN/orders: a file, so that a crash-restart
- * loop cannot reset the count that keeps the CA's duplicate-certificate
- * limit (and a ban) away. With record, now is added and the file written
- * back. 0; 1 at ACME_ORDERS_PER_WEEK, with when ordering resumes in
- * *resume; -1 with why when the file cannot be read or written. */
+/* The orders finalized for the domain in the last week (the CA issues at
+ * finalize), as Unix times, one a line, in --state-dir/DOMAIN/orders: a
+ * file, so that a crash-restart loop cannot reset the count that keeps
+ * the CA's duplicate-certificate limit (and a ban) away. A time ahead of
+ * the clock counts as now and is written back as now, so the cap never
+ * holds for more than a week. With record, now is added and the file
+ * written back. 0; 1 at ACME_ORDERS_PER_WEEK, with when ordering resumes
+ * in *resume; -1 with why when the file cannot be read or written. */
 static int
 acme_orders(int record, time_t *resume, char *why, size_t wn)
 {
@@ -10256,11 +10277,15 @@ acme_orders(int record, time_t *resume, char *why, size_t wn)
 	struct buf text = { 0 }, out = { 0 };
 	time_t now = time(NULL), t[ACME_ORDERS_PER_WEEK + 1];
 	size_t n = 0, i, at = 0;
-	int r = -1;
+	int r = -1, clamped = 0;
 
 	state_path(path, sizeof(path), "orders");
-	if (state_read(path, &text) < 0 && errno != ENOENT) {
-		snprintf(why, wn, "cannot read %.600s: %s", path, strerror(errno));
+	if (state_read_max(path, &text, ACME_ORDERS_FILE_MAX) < 0 && errno != ENOENT) {
+		if (errno == EFBIG)
+			snprintf(why, wn, "%.600s is larger than %d bytes, not a list of times; remove it to order again",
+			    path, ACME_ORDERS_FILE_MAX);
+		else
+			snprintf(why, wn, "cannot read %.600s: %s", path, strerror(errno));
 		goto out;
 	}
 	/* The newest ACME_ORDERS_PER_WEEK of the week, oldest first. */
@@ -10276,8 +10301,10 @@ acme_orders(int record, time_t *resume, char *why, size_t wn)
 			goto out;
 		}
 		at = (size_t)(nl - text.p) + 1;
-		if (v > (long long)now)
+		if (v > (long long)now) {
 			v = now;  /* a clock set back must not stop orders for longer than a week */
+			clamped = 1;
+		}
 		if (v <= (long long)now - ACME_WEEK_S)
 			continue;
 		for (i = n; i > 0 && t[i - 1] > (time_t)v; i--)
@@ -10291,37 +10318,43 @@ acme_orders(int record, time_t *resume, char *why, size_t wn)
 	if (n >= ACME_ORDERS_PER_WEEK) {
 		*resume = t[0] + ACME_WEEK_S;
 		r = 1;
-		goto out;
+		record = 0;
 	}
-	if (record) {
-		t[n++] = now;
+	if (record || clamped) {
+		if (record)
+			t[n++] = now;
 		for (i = 0; i < n; i++) {
 			snprintf(line, sizeof(line), "%lld\n", (long long)t[i]);
 			buf_adds(&out, line);
 		}
 		if (out.failed || state_write(path, out.p, out.len) < 0) {
 			snprintf(why, wn, "cannot count the order in %.600s: %s", path, strerror(errno));
+			r = -1;
 			goto out;
 		}
 	}
-	r = 0;
+	if (r < 0)
+		r = 0;
 out:
 	buf_free(&text);
 	buf_free(&out);
 	return r;
 }
 
-/* Is the chain the CA issued fit to store and serve? Its leaf names the
- * domain exactly, is valid now (the CA's clock may be ACME_CLOCK_SKEW_S
- * ahead), and each certificate is signed by the next one given, up to the
- * last (BearSSL's minimal engine, with that last one as the anchor). The
- * leaf's key is ours: identity_parse has compared it with the key made
- * for it. 0, or -1 with why. */
+/* Is the chain the CA issued fit to store and serve? What is proven: the
+ * leaf names the domain exactly, is valid now (the CA's clock may be
+ * ACME_CLOCK_SKEW_S ahead), has our key (identity_parse compared it with
+ * the key made for it), and is signed by the next certificate given
+ * (BearSSL's minimal engine, with that one as the anchor and the leaf
+ * alone pushed). What is not: that the chain leads to a root a client
+ * trusts; this client has no trust store for that, and the links above
+ * the leaf (name constraints, RSA-PSS) are the clients' to check. 0, or
+ * -1 with why. */
 static int
 acme_chain_check(const struct identity *id, char *why, size_t wn)
 {
 	time_t now = time(NULL), at;
-	const br_x509_certificate *last = &id->chain[id->chain_len - 1];
+	const br_x509_certificate *last;
 	br_x509_decoder_context dc;
 	br_x509_minimal_context xc;
 	br_x509_trust_anchor ta;
@@ -10329,7 +10362,6 @@ acme_chain_check(const struct identity *id, char *why, size_t wn)
 	struct buf dn = { 0 };
 	char date[32];
 	unsigned err;
-	size_t i;
 
 	if (!cert_names(id->chain[0].data, id->chain[0].data_len, acme_domain)) {
 		snprintf(why, wn, "the CA issued a certificate that is not for %s", acme_domain);
@@ -10349,11 +10381,12 @@ acme_chain_check(const struct identity *id, char *why, size_t wn)
 		snprintf(why, wn, "the CA issued a certificate without the intermediate that signed it");
 		return -1;
 	}
+	last = &id->chain[1];
 	br_x509_decoder_init(&dc, pem_collect, &dn);
 	br_x509_decoder_push(&dc, last->data, last->data_len);
 	pk = br_x509_decoder_get_pkey(&dc);
 	if (pk == NULL || dn.failed) {
-		snprintf(why, wn, "the CA's last certificate in the chain cannot be decoded");
+		snprintf(why, wn, "the CA's intermediate (the chain's second certificate) cannot be decoded");
 		buf_free(&dn);
 		return -1;
 	}
@@ -10367,19 +10400,21 @@ acme_chain_check(const struct identity *id, char *why, size_t wn)
 	at = now > id->leaf.not_before ? now : id->leaf.not_before;
 	br_x509_minimal_set_time(&xc, (uint32_t)(at / 86400 + 719528), (uint32_t)(at % 86400));
 	xc.vtable->start_chain(&xc.vtable, NULL);
-	for (i = 0; i + 1 < id->chain_len; i++) {
-		xc.vtable->start_cert(&xc.vtable, (uint32_t)id->chain[i].data_len);
-		xc.vtable->append(&xc.vtable, id->chain[i].data, id->chain[i].data_len);
-		xc.vtable->end_cert(&xc.vtable);
-	}
+	xc.vtable->start_cert(&xc.vtable, (uint32_t)id->chain[0].data_len);
+	xc.vtable->append(&xc.vtable, id->chain[0].data, id->chain[0].data_len);
+	xc.vtable->end_cert(&xc.vtable);
 	err = xc.vtable->end_chain(&xc.vtable);
 	buf_free(&dn);
 	if (err != 0) {
-		snprintf(why, wn, "the CA's chain does not hold together (BearSSL X.509 error %u: %s)", err,
-		    err == BR_ERR_X509_BAD_SIGNATURE || err == BR_ERR_X509_NOT_TRUSTED ?
-		    "a certificate is not signed by the next one given" :
-		    err == BR_ERR_X509_EXPIRED ? "an intermediate is expired or not yet valid" :
-		    err == BR_ERR_X509_NOT_CA ? "an intermediate is not a CA" : "see bearssl_x509.h");
+		char text[300];
+		struct buf leaf = { (char *)id->chain[0].data, id->chain[0].data_len, id->chain[0].data_len, 0, 0 };
+
+		if (err == BR_ERR_X509_BAD_SIGNATURE || err == BR_ERR_X509_NOT_TRUSTED || err == BR_ERR_X509_DN_MISMATCH)
+			snprintf(text, sizeof(text), "the certificate is not signed by the next one given");
+		else if (x509_error_text((int)err, &leaf, acme_domain, NULL, text, sizeof(text)) < 0)
+			snprintf(text, sizeof(text), "an error BearSSL does not name");
+		snprintf(why, wn, "the CA's certificate does not check against its intermediate (BearSSL X.509 "
+		    "error %u: %s)", err, text);
 		return -1;
 	}
 	return 0;
@@ -10412,15 +10447,6 @@ acme_order(struct acme *a, char *why, size_t wn)
 	}
 	buf_adds(&payload, "}");
 	buf_addc(&payload, '\0');
-	{
-		time_t resume;
-		int capped = acme_orders(1, &resume, why, wn);
-
-		if (capped == 1)
-			snprintf(why, wn, "the week's %d orders are placed", ACME_ORDERS_PER_WEEK);
-		if (capped != 0)
-			goto out;
-	}
 	if (acme_post(a, a->new_order, payload.p, "application/json", &ans, why, wn) < 0)
 		goto out;
 	snprintf(order_url, sizeof(order_url), "%s", a->location);
@@ -10461,6 +10487,17 @@ acme_order(struct acme *a, char *why, size_t wn)
 	buf_adds(&payload, "\"}");
 	buf_addc(&payload, '\0');
 	answer_free(&ans);
+	{
+		/* Counted here, where the CA issues: an order that fails before
+		 * (validation, an outage) is paced by the backoff, not the cap. */
+		time_t resume;
+		int capped = acme_orders(1, &resume, why, wn);
+
+		if (capped == 1)
+			snprintf(why, wn, "the week's %d certificates are issued", ACME_ORDERS_PER_WEEK);
+		if (capped != 0)
+			goto out;
+	}
 	if (acme_post(a, finalize, payload.p, "application/json", &ans, why, wn) < 0)
 		goto out;
 	answer_free(&ans);
@@ -10684,21 +10721,29 @@ static time_t acme_issued;
 
 /* The soonest the certificate in id is renewed, whatever a renewal window
  * says: a third of its lifetime, at most ACME_FLOOR_MAX_S, after its issue
- * (its notBefore, or when this run got it, if later: CAs backdate). So a
- * CA that issues certificates already due (a renewal window in the past,
- * an hour's lifetime) gets one order, not one a second. */
+ * (its notBefore, or when this run got it, if later: CAs backdate; never
+ * later than now), and ACME_FLOOR_MARGIN_S before its notAfter at the
+ * latest. So a CA that issues certificates already due (a renewal window
+ * in the past, an hour's lifetime) gets one order, not one a second, and
+ * no certificate expires waiting for the floor. */
 static time_t
 renew_floor(const struct identity *id)
 {
 	time_t life = id->leaf.not_after - id->leaf.not_before, keep = life / ACME_FLOOR_FRACTION;
-	time_t from = acme_issued > id->leaf.not_before ? acme_issued : id->leaf.not_before;
+	time_t from = acme_issued > id->leaf.not_before ? acme_issued : id->leaf.not_before, now = time(NULL);
+	time_t last = id->leaf.not_after - ACME_FLOOR_MARGIN_S;
 
+	if (from > now)
+		from = now;
 	if (keep > ACME_FLOOR_MAX_S)
 		keep = ACME_FLOOR_MAX_S;
-	return from + (keep > 0 ? keep : 0);
+	from += keep > 0 ? keep : 0;
+	return from < last ? from : last;
 }
 
-/* The stored certificate, if it is for the domain and still valid. */
+/* The stored certificate, if it is for the domain and valid now (its
+ * notBefore no further ahead than a CA's clock may be, and before its
+ * notAfter). */
 static struct identity *
 acme_stored(void)
 {
@@ -10734,6 +10779,14 @@ acme_stored(void)
 	}
 	if (id->leaf.not_after <= time(NULL)) {
 		warn("ACME: the stored certificate expired; ordering another");
+		identity_release(id);
+		return NULL;
+	}
+	if (id->leaf.not_before > time(NULL) + ACME_CLOCK_SKEW_S || id->leaf.not_before >= id->leaf.not_after) {
+		char date[32];
+
+		format_date(id->leaf.not_before, date, sizeof(date));
+		warn("ACME: the stored certificate is not valid before %s; ordering another", date);
 		identity_release(id);
 		return NULL;
 	}
@@ -10831,7 +10884,8 @@ acme_thread(void *arg)
 			acme_serve_fallback();
 			format_date(resume, date, sizeof(date));
 			warn("ACME: %d orders for %s in the last 7 days, the most it places in a week; ordering "
-			    "resumes %s; %s", ACME_ORDERS_PER_WEEK, acme_domain, date, current_identity != NULL ?
+			    "resumes %s by itself (to order sooner, remove %s/%s/orders and restart); %s", ACME_ORDERS_PER_WEEK,
+			    acme_domain, date, state_dir, acme_domain, current_identity != NULL ?
 			    "still serving the current certificate" : "no certificate to serve HTTPS with meanwhile");
 			if (acme_sleep_until(resume) < 0)
 				return NULL;
@@ -11032,7 +11086,7 @@ usage(FILE *f)
 "      --acme-email ADDR    the account's contact\n"
 "      --acme-http ADDR:PORT  answer http-01 there (e.g. :80) instead of tls-alpn-01\n"
 "      --state-dir DIR      account key, DIR/DOMAIN/fullchain.pem and privkey.pem, and\n"
-"                           DIR/DOMAIN/orders (the week's orders: 5 at most)\n"
+"                           DIR/DOMAIN/orders (the week's certificates: 5 at most)\n"
 "                           (default /var/lib/xwebhook; 0700, the --user's)\n"
 #endif
 "\n"

@@ -650,7 +650,13 @@ class IssuingCa:
     'expired': ended a day ago;
     'key': for a key that is not the CSR's;
     'chain': signed by one intermediate, given with another of the same
-        name and a different key.
+        name and a different key;
+    'nc': signed by an intermediate with critical name constraints, signed
+        by a root: given as [leaf, intermediate, root];
+    'pss': the same without name constraints, the intermediate signed by
+        an RSA root with RSA-PSS;
+    'fail:N': the first N orders' authorizations are invalid (a failed
+        validation), then as 'good'.
 
     orders counts newOrder requests; issued holds the serials, in hex."""
 
@@ -671,6 +677,26 @@ class IssuingCa:
                 "-keyout", name + ".key", "-out", name + ".pem", "-days", "400", "-subj", "/CN=Hostile Intermediate",
                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
         self.root = os.path.join(d, "int.pem")  # what the issued certificates chain to
+        ca_cert, ca_key, above = "int.pem", "int.key", b""
+        if mode in ("nc", "pss"):
+            rsa = mode == "pss"
+            run("openssl", "req", "-x509", "-newkey", "rsa:2048" if rsa else "ec", *(() if rsa else (
+                "-pkeyopt", "ec_paramgen_curve:P-256")), "-nodes", "-keyout", "root.key", "-out", "root.pem",
+                "-days", "400", "-subj", "/CN=Test Root", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign")
+            run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                "nc.key", "-out", "nc.csr", "-subj", "/CN=Constrained Intermediate")
+            with open(os.path.join(d, "nc.ext"), "w") as f:
+                f.write("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n"
+                        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n" +
+                        ("" if rsa else "nameConstraints=critical,permitted;DNS:xwebhook.test\n"))
+            run("openssl", "x509", "-req", "-in", "nc.csr", "-CA", "root.pem", "-CAkey", "root.key",
+                "-set_serial", "77", "-days", "400", "-extfile", "nc.ext", "-out", "nc.pem",
+                *(("-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32") if rsa else ()))
+            ca_cert, ca_key = "nc.pem", "nc.key"
+            self.root = os.path.join(d, "root.pem")
+            with open(self.root, "rb") as f:
+                above = f.read()
         tls.openssl_ca_dir(d)
         with open(os.path.join(d, "serial"), "w") as f:
             f.write("A000\n")  # not stored_cert's 1000
@@ -703,13 +729,13 @@ class IssuingCa:
                         "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n" % name)
             leaf = "leaf%d.pem" % n
             with outer.lock:  # openssl ca keeps its serial and index in d
-                run("openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", "int.pem", "-keyfile", "int.key",
+                run("openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", ca_cert, "-keyfile", ca_key,
                     "-in", csr, "-out", leaf, "-startdate", fmt(start), "-enddate", fmt(end), "-extfile",
                     "leaf.ext", "-notext")
                 outer.issued.append(pem_serial(os.path.join(d, leaf)))
             with open(os.path.join(d, leaf), "rb") as f, \
-                    open(os.path.join(d, "other.pem" if mode == "chain" else "int.pem"), "rb") as g:
-                chains[n] = f.read() + g.read()
+                    open(os.path.join(d, "other.pem" if mode == "chain" else ca_cert), "rb") as g:
+                chains[n] = f.read() + g.read() + above
 
         class H(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -756,6 +782,9 @@ class IssuingCa:
                                            "authorizations": [base + "/authz/%d" % n]},
                                      {"Location": base + "/order/%d" % n})
                 n = int(part[2])
+                if part[1] == "authz" and mode.startswith("fail:") and n <= int(mode[5:]):
+                    return self.send(200, {"status": "invalid", "identifier": {"type": "dns", "value": DOMAIN},
+                                           "challenges": []})
                 if part[1] == "authz":
                     return self.send(200, {"status": "valid", "identifier": {"type": "dns", "value": DOMAIN},
                                            "challenges": []})
@@ -807,9 +836,11 @@ def next_renewal(err):
 def a_ca_issuing_certificates_already_due_gets_one_order_not_a_loop():
     """A renewal window already past, or an hour's certificate with 15
     minutes left: one order, then the floor (a third of the lifetime, at
-    most a day) before the next, and an idle thread meanwhile. Main's code
-    ordered again at once, forever (hundreds of orders, 50% CPU)."""
-    for mode, keep in (("ari-past", 86400), ("short", 20 * 60)):
+    most a day, and a minute before notAfter at the latest: 14 minutes for
+    the hour's certificate, not 20, past its end) before the next, and an
+    idle thread meanwhile. Main's code ordered again at once, forever
+    (hundreds of orders, 50% CPU)."""
+    for mode, keep in (("ari-past", 86400), ("short", 15 * 60 - 60)):
         ca = IssuingCa(mode)
         state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
         srv = acme_server_at(ca.url, ca.cert, state)
@@ -840,7 +871,7 @@ def a_certificate_the_ca_should_not_have_issued_is_neither_stored_nor_served():
                          ("name:" + DOMAIN + "x", "is not for " + DOMAIN),
                          ("expired", "the CA issued a certificate that expired"),
                          ("key", "does not match the certificate"),
-                         ("chain", "a certificate is not signed by the next one given")):
+                         ("chain", "is not signed by the next one given")):
         ca = IssuingCa(mode)
         state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
         old_root = stored_cert(state, 85, 5)  # due, still valid
@@ -861,6 +892,78 @@ def a_certificate_the_ca_should_not_have_issued_is_neither_stored_nor_served():
         finally:
             srv.stop()
             ca.close()
+
+
+@test
+def a_chain_through_a_name_constrained_or_rsa_pss_signed_intermediate_is_stored_and_served():
+    """[leaf, intermediate with critical name constraints, root], and the
+    same with the intermediate RSA-PSS-signed: the leaf is signed by the
+    intermediate, which is the one link checked; the chain is stored and
+    served. Main's code checked every link with BearSSL and refused them
+    (error 57, a critical extension; 49, unsupported)."""
+    for mode in ("nc", "pss"):
+        ca = IssuingCa(mode)
+        state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+        srv = acme_server_at(ca.url, ca.cert, state)
+        try:
+            assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), \
+                (mode, srv.stderr())
+            assert ca.orders == 1 and len(ca.issued) == 1, (mode, ca.orders)
+            stored = open(os.path.join(state, DOMAIN, "fullchain.pem")).read()
+            assert stored.count("BEGIN CERTIFICATE") == 3, (mode, stored)
+            status, _, serial = https_crc(srv.port, ca.root)
+            assert status == 200 and serial == ca.issued[0], (mode, status, serial)
+        finally:
+            srv.stop()
+            ca.close()
+
+
+@test
+def failed_validations_do_not_count_against_the_weekly_cap():
+    """Three certificates issued this week already, then a CA whose
+    validations fail twice before the third order succeeds: the backoff
+    paces the retries, the certificate is issued and served, and the
+    orders file counts four certificates, not six. Main's code counted
+    every attempt: capped after the second failure, no HTTPS for a week."""
+    ca = IssuingCa("fail:2")
+    state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+    os.makedirs(os.path.join(state, DOMAIN), mode=0o700)
+    now = int(time.time())
+    orders = os.path.join(state, DOMAIN, "orders")
+    with open(orders, "w") as f:
+        f.write("".join("%d\n" % (now - 3600 * k) for k in (3, 2, 1)))
+    os.chmod(orders, 0o600)
+    srv = acme_server_at(ca.url, ca.cert, state)
+    try:
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 150), srv.stderr()
+        err = srv.stderr()
+        assert err.count("trying again in") == 2 and "trying again in 30 s" in err and \
+            "trying again in 60 s" in err, err
+        assert ca.orders == 3 and len(ca.issued) == 1, (ca.orders, ca.issued)
+        lines = open(orders).read().split()
+        assert len(lines) == 4 and int(lines[-1]) >= now, lines
+        assert https_crc(srv.port, ca.root)[2] == ca.issued[0]
+    finally:
+        srv.stop()
+        ca.close()
+
+
+@test
+def a_stored_certificate_not_yet_valid_is_replaced_at_once():
+    """A stored certificate valid from 10 days ahead: unusable now, so one
+    is ordered at once. Main's code kept it, with its renewal counted from
+    its notBefore (a date that could be millennia ahead)."""
+    ca = IssuingCa("good")
+    state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
+    stored_cert(state, -10, 90)
+    srv = acme_server_at(ca.url, ca.cert, state)
+    try:
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
+        assert "the stored certificate is not valid before" in srv.stderr(), srv.stderr()
+        assert ca.orders == 1 and https_crc(srv.port, ca.root)[2] == ca.issued[0]
+    finally:
+        srv.stop()
+        ca.close()
 
 
 @test

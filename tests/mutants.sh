@@ -249,6 +249,23 @@ M = [
   "unit-tls acme:weekly_order_cap"),
  ("a poll's Retry-After not clamped to the poll's limit",
   "\t\tif (wait > left) {", "\t\tif (0) {", "acme:huge_retry_after"),
+ ("times ahead of the clock clamped but never written back: capped forever",
+  "\t\t\tclamped = 1;\n", "", "unit-tls"),
+ ("every order attempt counted at newOrder, not the certificate at finalize",
+  "\tif (acme_post(a, a->new_order, payload.p,",
+  "\tif (acme_orders(1, &(time_t){ 0 }, why, wn) != 0 || acme_post(a, a->new_order, payload.p,",
+  "acme:failed_validations"),
+ ("the orders file read whatever its size",
+  "state_read_max(path, &text, ACME_ORDERS_FILE_MAX)", "state_read_max(path, &text, 0)", "unit-tls"),
+ ("the issued chain checked up to its last certificate again",
+  "last = &id->chain[1];", "last = &id->chain[id->chain_len - 1];", "acme:name_constrained"),
+ ("the renewal floor may fall after notAfter",
+  "return from < last ? from : last;", "return from;", "unit-tls"),
+ ("the renewal floor counted from a notBefore ahead of now",
+  "\tif (from > now)\n\t\tfrom = now;", "\tif (0)\n\t\tfrom = now;", "unit-tls"),
+ ("a stored certificate not yet valid kept",
+  "if (id->leaf.not_before > time(NULL) + ACME_CLOCK_SKEW_S || id->leaf.not_before >= id->leaf.not_after) {",
+  "if (0) {", "acme:not_yet_valid"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY

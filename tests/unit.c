@@ -1337,6 +1337,77 @@ test_acme_der(void)
 		    "garbage refused: %s", why);
 		write_file(file, "1234", 4);
 		CHECK(acme_orders(0, &resume, why, sizeof(why)) < 0, "a line without its end refused");
+		/* Times in the future (a clock that was ahead): counted as now,
+		 * and written back as now, so the cap lifts a week later. */
+		write_file(file, "99999999999\n99999999999\n99999999999\n99999999999\n99999999999\n", 60);
+		now = time(NULL);
+		CHECK(acme_orders(0, &resume, why, sizeof(why)) == 1 && resume >= now + ACME_WEEK_S &&
+		    resume <= time(NULL) + ACME_WEEK_S, "future times capped for a week: %s", why);
+		{
+			FILE *f = fopen(file, "r");
+			long long v;
+			int lines = 0, future = 0;
+
+			while (f != NULL && fscanf(f, "%lld", &v) == 1) {
+				lines++;
+				future += v > (long long)time(NULL);
+			}
+			if (f != NULL)
+				fclose(f);
+			CHECK(lines == ACME_ORDERS_PER_WEEK && future == 0, "future times written back as now: %d lines, "
+			    "%d in the future", lines, future);
+		}
+		/* Larger than ACME_ORDERS_FILE_MAX: refused before reading, as
+		 * malformed (main's code read a file of any size: die() in
+		 * buf_reserve took the server down). */
+		{
+			char big[ACME_ORDERS_FILE_MAX + 11];
+			int fd;
+
+			for (i = 0; i + 11 <= (int)sizeof(big); i += 11)
+				memcpy(big + i, "1000000000\n", 11);
+			write_file(file, big, (size_t)i);
+			int refused;
+
+			why[0] = '\0';
+			refused = acme_orders(0, &resume, why, sizeof(why)) < 0 && strstr(why, "larger than 4096 bytes") != NULL &&
+			    strstr(why, "remove it") != NULL;
+			CHECK(refused, "an orders file over 4 KiB refused: %s", why);
+			if (refused) {  /* else it would be read: gigabytes */
+				fd = open(file, O_WRONLY | O_TRUNC);
+				CHECK(fd >= 0 && ftruncate(fd, (off_t)5 << 30) == 0, "a sparse 5 GiB orders file");
+				if (fd >= 0)
+					close(fd);
+				why[0] = '\0';
+				CHECK(acme_orders(0, &resume, why, sizeof(why)) < 0 && strstr(why, "larger than") != NULL,
+				    "a 5 GiB orders file refused unread: %s", why);
+			}
+			unlink(file);
+		}
+		/* The renewal floor: never after notAfter (less a margin), and
+		 * counted from now at the latest. */
+		{
+			struct identity fake;
+
+			memset(&fake, 0, sizeof(fake));
+			now = time(NULL);
+			acme_issued = now;
+			fake.leaf.not_before = now - 3600;
+			fake.leaf.not_after = now + 600;
+			CHECK(renew_floor(&fake) <= fake.leaf.not_after - ACME_FLOOR_MARGIN_S &&
+			    renew_floor(&fake) >= now, "floor of a certificate with 10 minutes left: %+lld s from notAfter",
+			    (long long)(renew_floor(&fake) - fake.leaf.not_after));
+			acme_issued = 0;
+			fake.leaf.not_before = now + 1000LL * 365 * 86400;
+			fake.leaf.not_after = now + 1001LL * 365 * 86400;
+			CHECK(renew_floor(&fake) <= time(NULL) + ACME_FLOOR_MAX_S,
+			    "floor of a certificate valid from a millennium ahead: %+lld s from now",
+			    (long long)(renew_floor(&fake) - now));
+			fake.leaf.not_before = now - 86400;
+			fake.leaf.not_after = now + 89 * 86400;
+			CHECK(renew_floor(&fake) == now, "floor of a 90-day certificate a day old: %+lld s from now",
+			    (long long)(renew_floor(&fake) - now));
+		}
 		close(domain_fd);
 		close(state_fd);
 		domain_fd = state_fd = -1;
