@@ -911,6 +911,27 @@ def taken_again(srv, sent, answer, body):
     raise AssertionError("the broker was not dialled again within 10 s")
 
 
+def each_refused_then_taken(srv, path, cases, sent, wait, answer, connections):
+    """For each (reply, part) in cases: an event the stand-in answers with
+    reply gets 503, the log names part, --output keeps nothing of it, and
+    the next event, on a connection dialled afresh, gets 200. Returns what
+    --output holds."""
+    kept = b""
+    for n, (reply, part) in enumerate(cases):
+        before = sent()
+        bad = Poster(srv, b'{"bad":%d}' % n)
+        assert wait(before + 1)
+        answer(before, reply)
+        assert bad.result() == 503, (reply, bad.status)
+        assert fault.wait_until(lambda: part in srv.stderr(), 5), (part, srv.stderr()[-600:])
+        assert open(path, "rb").read() == kept, (reply, open(path, "rb").read())
+        good = b'{"good":%d}' % n
+        assert taken_again(srv, sent, answer, good) == 200, reply
+        kept += good + b"\n"
+        assert connections() == n + 2, (reply, connections())
+    return kept
+
+
 @test
 def redis_replies_that_are_no_entry_id_fail_the_event_and_the_next_dials_again():
     # Only an entry id says XADD stored the entry: anything else is 503,
@@ -928,19 +949,8 @@ def redis_replies_that_are_no_entry_id_fail_the_event_and_the_next_dials_again()
              (b"$3\r\n1-1XX", "a bulk string longer than its length says"))
     h, path, srv = held(output=True)
     try:
-        kept = b""
-        for n, (reply, part) in enumerate(cases):
-            before = len(h.xadds)
-            bad = Poster(srv, b'{"bad":%d}' % n)
-            assert h.wait_xadds(before + 1)
-            h.answer(before, reply)
-            assert bad.result() == 503, (reply, bad.status)
-            assert fault.wait_until(lambda: part in srv.stderr(), 5), (part, srv.stderr()[-600:])
-            assert open(path, "rb").read() == kept, (reply, open(path, "rb").read())
-            good = b'{"good":%d}' % n
-            assert taken_again(srv, lambda: len(h.xadds), h.answer, good) == 200, reply
-            kept += good + b"\n"
-            assert h.connections == n + 2, (reply, h.connections)
+        kept = each_refused_then_taken(srv, path, cases, lambda: len(h.xadds), h.wait_xadds, h.answer,
+                                       lambda: h.connections)
         assert open(path, "rb").read() == kept
     finally:
         srv.stop()
@@ -1000,19 +1010,8 @@ def pubacks_that_do_not_say_stored_fail_the_event_and_the_next_dials_again():
     path = os.path.join(it.WORK, "hostile-pubacks.jsonl")
     srv = it.Server("--output", path, "--forward", "nats://127.0.0.1:%d/s" % h.port)
     try:
-        kept = b""
-        for n, (ack, part) in enumerate(cases):
-            before = len(h.pubs)
-            bad = Poster(srv, b'{"bad":%d}' % n)
-            assert h.wait_pubs(before + 1)
-            h.ack(before, ack)
-            assert bad.result() == 503, (ack, bad.status)
-            assert fault.wait_until(lambda: part in srv.stderr(), 5), (part, srv.stderr()[-600:])
-            assert open(path, "rb").read() == kept, (ack, open(path, "rb").read())
-            good = b'{"good":%d}' % n
-            assert taken_again(srv, lambda: len(h.pubs), h.ack, good) == 200, ack
-            kept += good + b"\n"
-            assert len(h.conns) == n + 2, (ack, len(h.conns))
+        kept = each_refused_then_taken(srv, path, cases, lambda: len(h.pubs), h.wait_pubs, h.ack,
+                                       lambda: len(h.conns))
         # A resend JetStream stored before: "duplicate", the original's seq.
         before = len(h.pubs)
         dup = Poster(srv, b'{"resent":1}')
