@@ -256,6 +256,10 @@ if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
 		python3 tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan" 2>&1 |
 		    tee "$out/acme.log" | grep -vE '^(ok |acme: )'
 		count "$out/acme.log" "ACME tests"
+		# The README's path, every sh block as written, in one shell.
+		python3 tests/readme.py "$out/xwebhook-tls-asan" "$fixtures" 2>&1 | tee "$out/readme.log" |
+		    grep -vE '^(ok |readme: )'
+		count "$out/readme.log" "the README's commands"
 	else
 		fail "the ASan+UBSan TLS server does not build"; cat "$out/tls-asan-build.log"
 	fi

@@ -9,7 +9,6 @@ BINARY is normally the ASan+UBSan build; PLAIN_BINARY an -O2 build without
 sanitizers, for the tests that measure memory (ASan's own heap would hide
 what is measured). The last line is 'events: N passed, N failed'.
 """
-import grp
 import json
 import os
 import pty
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import termios
-import textwrap
 import threading
 import time
 
@@ -735,64 +733,6 @@ def output_through_a_link_or_of_a_third_user_is_refused_as_root():
         srv.stop()
     assert open(path + ".1", "rb").read() == b'{"after":"sighup"}\n'
     assert owned(victim) == was and open(victim).read() == "root's alone\n"
-
-
-@test
-def logrotate_snippet_from_the_readme_works():
-    if shutil.which("logrotate") is None or os.geteuid() != 0:
-        raise AssertionError("logrotate is not installed (.ci/run installs it)")
-    readme = open(it.README).read()
-    snippet = textwrap.dedent(readme.split("<!-- logrotate -->", 1)[1].split("```", 2)[1].split("\n", 1)[1])
-    nobody = pwd.getpwnam("nobody")
-    d = tempfile.mkdtemp(prefix="xwebhook-rotate-", dir=it.WORK)
-    os.chmod(it.WORK, 0o755)  # logrotate's su: the user must reach the file
-    os.chmod(d, 0o755)
-    os.chown(d, nobody.pw_uid, nobody.pw_gid)
-    path = os.path.join(d, "events.jsonl")
-    # The binary under test is not called xwebhook: a copy that is, so
-    # that the snippet's own way of finding it is what is tested.
-    bindir = tempfile.mkdtemp(prefix="xwebhook-bin-", dir=it.WORK)
-    shutil.copy(it.BIN, os.path.join(bindir, "xwebhook"))
-    saved = it.BIN
-    it.BIN = os.path.join(bindir, "xwebhook")
-    pid_file = os.path.join(d, "xwebhook.pid")
-    try:
-        srv = it.Server("--user", "nobody", "--output", path, "--pid-file", pid_file)
-    finally:
-        it.BIN = saved
-    # Another program called xwebhook, which the snippet must leave alone.
-    bystander = subprocess.Popen([os.path.join(bindir, "xwebhook"), "fmt"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert it.post(srv.conn(), b'{"n":1}')[0].status == 200
-        conf = os.path.join(it.WORK, "logrotate.conf")
-        assert "/var/lib/xwebhook/xwebhook.pid" in snippet, snippet
-        with open(conf, "w") as f:
-            group = grp.getgrgid(nobody.pw_gid).gr_name
-            f.write(snippet.replace("/var/lib/xwebhook/events.jsonl", path)
-                    .replace("/var/lib/xwebhook/xwebhook.pid", pid_file)
-                    .replace("xwebhook xwebhook", "nobody " + group))
-        p = subprocess.run(["logrotate", "-f", "-s", os.path.join(it.WORK, "logrotate.state"), conf],
-                           capture_output=True, text=True, timeout=30)
-        assert p.returncode == 0, p.stdout + p.stderr
-        assert fault.wait_until(lambda: "reopened --output" in srv.stderr(), 5), srv.stderr()
-        assert it.post(srv.conn(), b'{"n":2}')[0].status == 200
-        assert bystander.poll() is None, "the snippet ended another program called xwebhook"
-        out, _ = bystander.communicate(b"[]", timeout=10)
-        assert bystander.returncode == 0 and out == b"[]\n", (bystander.returncode, out)
-    finally:
-        if bystander.poll() is None:
-            bystander.kill()
-            bystander.wait()
-        srv.stop()
-    assert not os.path.exists(pid_file), "the pid file outlived the server"
-    assert open(path, "rb").read() == b'{"n":2}\n'
-    rotated = [n for n in os.listdir(d) if n != "events.jsonl"]
-    assert len(rotated) == 1, rotated
-    assert b'{"n":1}' in open(os.path.join(d, rotated[0]), "rb").read() or rotated[0].endswith(".gz")
-    st = os.stat(path)
-    assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o600)
-    assert "cannot reopen" not in srv.stderr()
 
 
 @test

@@ -7,7 +7,6 @@ openssl, driven by curl, openssl s_client and Python's ssl module, and
 
 The last line is 'tls: N passed, N failed'.
 """
-import grp
 import http.client
 import json
 import os
@@ -19,7 +18,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import traceback
@@ -431,139 +429,6 @@ def sighup_swaps_the_certificate_and_keeps_a_good_one():
             chain, serial_of(fresh["leaf"])) in srv.stderr(), srv.stderr()
     finally:
         srv.stop()
-
-
-@test
-def systemd_unit_from_the_readme_verifies():
-    """The README's unit as written, with the binary where it says
-    (/usr/local/bin/xwebhook, here the test build): systemd-analyze
-    verify finds nothing to say, and it runs the server as the issue asks
-    (a user, the one capability to bind 443, restarts on failure)."""
-    if shutil.which("systemd-analyze") is None:
-        raise AssertionError("systemd-analyze is not installed (./test.sh installs systemd as root)")
-    readme = open(it.README).read()
-    unit = readme.split("<!-- systemd-unit -->", 1)[1].split("```", 2)[1].split("\n", 1)[1]
-    for line in ("User=xwebhook", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "Restart=on-failure",
-                 "ExecReload=/bin/kill -HUP $MAINPID"):
-        assert "\n" + line + "\n" in unit, line
-    d = os.path.join(it.WORK, "systemd")
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, "xwebhook.service")
-    with open(path, "w") as f:
-        f.write(unit.replace("/usr/local/bin/xwebhook", BIN))
-    p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0 and p.stdout + p.stderr == "", p.stdout + p.stderr
-    # The check has teeth: a bad value is reported.
-    with open(path, "w") as f:
-        f.write(unit.replace("/usr/local/bin/xwebhook", BIN).replace("Restart=on-failure", "Restart=sometimes"))
-    p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
-    assert "restart specifier" in p.stdout + p.stderr, p.stdout + p.stderr
-    # Its command line is one the binary takes (it refuses only for the
-    # files missing here, naming the first). Run with the machine's own
-    # paths swapped for the test's: a live install (a real
-    # /etc/xwebhook/secret, /var/lib/xwebhook) is never read or written.
-    etc, state = os.path.join(d, "etc-xwebhook"), os.path.join(d, "var-lib-xwebhook")
-    cmd = unit.split("ExecStart=", 1)[1].split("\n", 1)[0]
-    assert "/etc/xwebhook/secret" in cmd and "/var/lib/xwebhook/" in cmd, cmd
-    cmd = cmd.replace("/etc/xwebhook", etc).replace("/var/lib/xwebhook", state).split()[1:]
-    r = subprocess.run([BIN, *cmd], capture_output=True, text=True, timeout=30,
-                       env={"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET})
-    assert r.returncode == 1 and etc + "/secret" in r.stderr and r.stderr.count("\n") == 1, r.stderr
-    assert not os.path.exists(state), "the refused start made " + state
-
-
-@test
-def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
-    """The README's hook exactly as written but for the machine's paths
-    (/etc/xwebhook, /var/lib/xwebhook: the test's own directories stand in,
-    so a live install is never touched) and the service user (nobody),
-    saved under the name that once made it signal itself (deploy/xwebhook).
-    It copies the renewed files, the server loads them, and it signals
-    nothing else called xwebhook: a bystander server without the pid file
-    and a `tail -f | xwebhook fmt` pipeline carry on."""
-    if os.geteuid() != 0:
-        raise AssertionError("the hook installs files for a user: run as root (./test.sh does, in CI)")
-    nobody = pwd.getpwnam("nobody")
-    group = grp.getgrgid(nobody.pw_gid).gr_name
-    readme = open(it.README).read()
-    hook_text = textwrap.dedent(readme.split("<!-- deploy-hook -->", 1)[1].split("```", 2)[1].split("\n", 1)[1])
-    os.chmod(it.WORK, 0o755)  # nobody reads the files below on SIGHUP
-    root = tempfile.mkdtemp(prefix="hook-", dir=it.WORK)
-    os.chmod(root, 0o755)
-    etc, state = os.path.join(root, "etc-xwebhook"), os.path.join(root, "var-lib-xwebhook")
-    for path in (etc, state):
-        os.makedirs(path)
-        os.chown(path, nobody.pw_uid, nobody.pw_gid)
-    pid_file = os.path.join(state, "xwebhook.pid")
-    assert "/etc/xwebhook" in hook_text and "/var/lib/xwebhook/xwebhook.pid" in hook_text, hook_text
-    hook_text = (hook_text.replace("/etc/xwebhook", etc).replace("/var/lib/xwebhook", state)
-                 .replace("-o xwebhook -g xwebhook", "-o nobody -g " + group))
-    d = os.path.join(root, "letsencrypt", "renewal-hooks", "deploy")
-    os.makedirs(d)
-    hook = os.path.join(d, "xwebhook")
-    with open(hook, "w") as f:
-        f.write(hook_text)
-    os.chmod(hook, 0o755)
-    bindir = os.path.join(root, "bin-named-xwebhook")
-    os.makedirs(bindir)
-    named = os.path.join(bindir, "xwebhook")
-    shutil.copy(BIN, named)
-    p = PKIS["p256"]
-    live = os.path.join(PKI, "hook-live")
-    os.makedirs(live, exist_ok=True)
-    chain, key = os.path.join(etc, "fullchain.pem"), os.path.join(etc, "privkey.pem")
-    shutil.copy(p["chain"], chain)
-    shutil.copy(p["key"], key)
-    for f in (chain, key):
-        os.chown(f, nobody.pw_uid, nobody.pw_gid)
-    renewed = leaf(p["dir"], "hook-renewed", "p256", days=45)
-    shutil.copy(renewed["chain"], os.path.join(live, "fullchain.pem"))
-    shutil.copy(renewed["key"], os.path.join(live, "privkey.pem"))
-    saved = it.BIN
-    it.BIN = named
-    try:
-        srv = tls_server(chain, key, "--user", "nobody", "--pid-file", pid_file)
-        bystander = tls_server(p["chain"], p["key"])
-    finally:
-        it.BIN = saved
-    fmt = subprocess.Popen([named, "fmt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
-    try:
-        # The startup line is out: the pid file is there, locked.
-        assert open(pid_file).read() == "%d\n" % srv.proc.pid
-        r = subprocess.run([hook], capture_output=True, text=True, timeout=30,
-                           env={"PATH": os.environ["PATH"], "RENEWED_LINEAGE": live})
-        assert r.returncode == 0, "the hook exited %d: %s" % (r.returncode, r.stdout + r.stderr)
-        for f, mode in ((chain, 0o644), (key, 0o600)):
-            st = os.stat(f)
-            assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, mode), (f, st)
-        wait_for(lambda: "SIGHUP: now serving" in srv.stderr())
-        s = tls_sock(srv, p["root"])
-        pem = ssl.DER_cert_to_PEM_cert(s.getpeercert(binary_form=True))
-        s.close()
-        path = os.path.join(root, "hook-peer.pem")
-        with open(path, "w") as f:
-            f.write(pem)
-        assert serial_of(path) == serial_of(renewed["leaf"])
-        # Nothing else called xwebhook was signalled.
-        assert bystander.proc.poll() is None and "SIGHUP" not in bystander.stderr(), bystander.stderr()
-        assert fmt.poll() is None, "the hook ended a running `xwebhook fmt`"
-        out, err = fmt.communicate(b'{"a":1}', timeout=10)
-        assert fmt.returncode == 0 and out == b'{\n  "a": 1\n}\n', (fmt.returncode, out, err)
-        # With the server stopped, the pid file is gone and the hook says
-        # so, with a failure certbot reports.
-        assert srv.stop() == 0
-        assert not os.path.exists(pid_file)
-        r = subprocess.run([hook], capture_output=True, text=True, timeout=30,
-                           env={"PATH": os.environ["PATH"], "RENEWED_LINEAGE": live})
-        assert r.returncode == 1 and "xwebhook is not running" in r.stderr, (r.returncode, r.stderr)
-        assert bystander.proc.poll() is None and "SIGHUP" not in bystander.stderr(), bystander.stderr()
-    finally:
-        if fmt.poll() is None:
-            fmt.kill()
-            fmt.wait()
-        srv.stop()
-        bystander.stop()
 
 
 @test

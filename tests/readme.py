@@ -1,0 +1,614 @@
+#!/usr/bin/env python3
+"""README.md as a newcomer follows it: every ```sh block, top to bottom,
+typed into one bash session (so what one block exports or starts, the next
+has), exactly as written but for the substitutions in SUBSTITUTIONS, and
+each block's outcome checked; the systemd unit through systemd-analyze
+verify, the certbot deploy hook and the logrotate snippet run against a
+server of the test's own. A fenced block the test does not know fails it,
+so a command added to the README cannot go untested. Usage:
+
+    readme.py TLS_BINARY FIXTURES_DIR
+
+TLS_BINARY is the build under test (ASan+UBSan); it stands in for the
+README's ./xwebhook once the README's own build command has been run. Needs
+root (a server that drops to --user, files installed for a user), curl,
+redis-server, nats-server, systemd-analyze and logrotate. The last line is
+'readme: N passed, N failed'.
+"""
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
+import fault  # noqa: E402
+import tls  # noqa: E402
+import x_standin as xs  # noqa: E402
+
+BIN = it.BIN
+TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+README = os.path.join(TOP, "README.md")
+HOST = tls.HOST
+TESTS = []
+PKI = {}
+
+# What the README's placeholders are here: the test's X stand-in knows
+# exactly these credentials, and the test's servers use this secret, so the
+# placeholders need no substitution.
+SECRET = "your-api-key-secret"
+CRED = {"TWITTER_BEARER_TOKEN": "your-bearer-token", "TWITTER_CONSUMER_KEY": "your-api-key",
+        "TWITTER_ACCESS_TOKEN": "the-account-access-token",
+        "TWITTER_ACCESS_TOKEN_SECRET": "the-account-access-token-secret"}
+USER_ID = "2244994945"
+
+# Every change the test makes to the README's text before running it, and
+# why; nothing else is changed. {name}s are filled in per run. Each must
+# apply to some block, or the table is stale.
+SUBSTITUTIONS = [
+    ("apt-get update && apt-get install -y gcc curl libbearssl-dev && ", "",
+     "the packages are installed (test.sh does it as root; asserted below): no network here"),
+    ("127.0.0.1:8080", "127.0.0.1:{port}", "a free loopback port for the local server"),
+    ("--listen :443 ", "--listen 127.0.0.1:{tls_port} ", "a free loopback port stands in for 443"),
+    ("your.domain", HOST, "the host name the test's certificates name"),
+    ("/etc/letsencrypt", "{root}/letsencrypt", "certbot's files, as certbot would have left them"),
+    ("/etc/xwebhook", "{root}/etc-xwebhook", "the machine's own install is never touched"),
+    ("/var/lib/xwebhook", "{root}/var-lib-xwebhook", "the machine's own install is never touched"),
+    ("/usr/local/bin", "{root}/usr-local-bin", "the machine's own install is never touched"),
+    ("-o xwebhook -g xwebhook", "-o nobody -g {group}", "the test makes no system user: nobody stands in"),
+    ("chown xwebhook ", "chown nobody ", "the test makes no system user: nobody stands in"),
+    ("--user xwebhook ", "--user nobody ", "the test makes no system user: nobody stands in"),
+    ("./xwebhook check ", "./xwebhook check --connect 127.0.0.1:{tls_port} --cacert {ca} ",
+     "the host name is the test's, not in DNS, under the test's root"),
+    (re.compile(r"\./xwebhook (webhooks|register|validate|subscribe|subscriptions|replay)\b"),
+     r"./xwebhook --api {api} --cacert {ca} \1", "X's API is the stand-in, tests/x_standin.py"),
+    ("6379", "{redis_port}", "the test's own redis-server"),
+    ("4222", "{nats_port}", "the test's own nats-server"),
+    (re.compile(r"(--pid-file \S+xwebhook\.pid)$", re.M), r"\1 &",
+     "the server of step 3 goes on in the background (the user's next steps are another shell's)"),
+]
+
+# Lines not run, each with why; a block must be one of BLOCKS below.
+NOT_RUN = {
+    "useradd --system --no-create-home --shell /usr/sbin/nologin xwebhook":
+        "adds a system account; nobody stands in for it",
+    "./xwebhook --acme your.domain --user xwebhook --secret-file /etc/xwebhook/secret "
+    "--output /var/lib/xwebhook/events.jsonl --pid-file /var/lib/xwebhook/xwebhook.pid":
+        "binds 443 and asks Let's Encrypt; tests/acme.py runs --acme against pebble",
+    "apt-get install -y certbot": "certbot is not the project's",
+    "certbot certonly --standalone -d your.domain":
+        "asks Let's Encrypt on port 80; the test puts its own certificate where certbot would",
+    "systemctl daemon-reload && systemctl enable --now xwebhook":
+        "would start the unit on this machine; the unit is checked by systemd-analyze verify",
+}
+
+# Every fenced block of the README, in order: (what its first line starts
+# with, how the test takes it). "session": typed into the session, then
+# checked by CHECKS[key]; "fresh": run by tests/fresh_root.sh (test.sh's
+# stage 7); "unit", "hook", "logrotate": the tests below; "sample": an
+# example of output, not a command.
+BLOCKS = [
+    ("apt-get update && apt-get install -y gcc && cc -O2 -o xwebhook", "fresh", None),
+    ("./test.sh", "fresh", None),
+    ("apt-get update && apt-get install -y gcc curl libbearssl-dev", "session", "build"),
+    ("export TWITTER_CONSUMER_SECRET=secret", "session", "crc"),
+    ("body='", "session", "event"),
+    ("useradd ", "session", "user"),
+    ("./xwebhook --acme ", "session", "none"),
+    ("apt-get install -y certbot", "session", "none"),
+    ("install -o xwebhook -g xwebhook -m 0600 /etc/letsencrypt", "session", "serve"),
+    ("#!/bin/sh", "hook", None),
+    ("TWITTER_CONSUMER_SECRET='your-api-key-secret' ./xwebhook check", "session", "check"),
+    ("export TWITTER_BEARER_TOKEN=", "session", "register"),
+    ("{", "sample", None),
+    ("./xwebhook webhooks", "session", "webhooks"),
+    ("export TWITTER_CONSUMER_KEY=", "session", "subscribe"),
+    ("./xwebhook replay ", "session", "replay"),
+    ("./xwebhook fmt /var/lib/xwebhook/events.jsonl", "session", "fmt"),
+    ("[Unit]", "unit", None),
+    ("install -m 0755 xwebhook /usr/local/bin/xwebhook", "session", "install"),
+    ("/var/lib/xwebhook/events.jsonl {", "logrotate", None),
+    ("cfg='", "session", "stream"),
+    ("./xwebhook --listen 127.0.0.1:8080 --forward", "session", "forward"),
+    ("man doc/xwebhook.1", "session", "man"),
+]
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def readme():
+    with open(README, encoding="utf-8") as f:
+        return f.read()
+
+
+def fenced(text):
+    """[(language, the comment line before it or '', body)] of every fenced
+    block, in order."""
+    out = []
+    for m in re.finditer(r"(?:(<!-- [a-z-]+ -->)\n)?```([a-z]*)\n(.*?)\n```", text, re.S):
+        out.append((m.group(2), m.group(1) or "", m.group(3)))
+    return out
+
+
+def blocks():
+    """The README's blocks, each with its BLOCKS entry: [(kind, key, body)];
+    raises naming a block the test does not know, or one out of order."""
+    got = fenced(readme())
+    assert len(got) == len(BLOCKS), "the README has %d fenced blocks, the test knows %d: %s" % (
+        len(got), len(BLOCKS), [b[:40] for _, _, b in got])
+    out = []
+    for (lang, mark, body), (start, kind, key) in zip(got, BLOCKS):
+        assert body.startswith(start), "a README block the test does not know (or out of order; expected " \
+            "one starting %r):\n%s" % (start, body)
+        want_lang = {"unit": "ini", "logrotate": "", "sample": "json"}.get(kind, "sh")
+        assert lang == want_lang, (body[:60], lang, want_lang)
+        if kind in ("hook", "unit", "logrotate"):
+            assert mark == "<!-- %s -->" % {"hook": "deploy-hook", "unit": "systemd-unit"}.get(kind, kind), mark
+        out.append((kind, key, body))
+    return out
+
+
+def substitute(body, values):
+    """body with NOT_RUN lines dropped and SUBSTITUTIONS applied; and the
+    set of substitutions that applied."""
+    used = set()
+    lines = []
+    for line in body.split("\n"):
+        if line in NOT_RUN:
+            continue
+        lines.append(line)
+    text = "\n".join(lines)
+    for k, (old, new, _) in enumerate(SUBSTITUTIONS):
+        for name, value in values.items():
+            new = new.replace("{%s}" % name, str(value))
+        if isinstance(old, re.Pattern):
+            text, n = old.subn(new, text)
+        else:
+            n = text.count(old)
+            text = text.replace(old, new)
+        if n:
+            used.add(k)
+    return text, used
+
+
+class Session:
+    """One bash reading the README's blocks on its stdin, as a user types
+    them into one shell; its stdout and stderr (and those of what it
+    starts) go to files."""
+
+    def __init__(self, cwd, env):
+        self.out_path = os.path.join(cwd, ".session.out")
+        self.err_path = os.path.join(cwd, ".session.err")
+        self.out = open(self.out_path, "wb")
+        self.err = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(["bash"], stdin=subprocess.PIPE, stdout=self.out, stderr=self.err,
+                                     cwd=cwd, env=env, start_new_session=True)
+        self.n = 0
+
+    def output(self):
+        with open(self.out_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stderr(self):
+        with open(self.err_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def run(self, text, timeout=120):
+        """Type text; wait for it to finish. (its stdout, the last command's status)"""
+        self.n += 1
+        mark = "__readme_block_%d_status" % self.n
+        start = len(self.output())
+        self.proc.stdin.write(("%s\necho %s $?\n" % (text, mark)).encode())
+        self.proc.stdin.flush()
+        ok = fault.wait_until(lambda: mark in self.output()[start:] or self.proc.poll() is not None, timeout)
+        out = self.output()[start:]
+        assert ok and mark in out, "the block did not finish within %ds:\n%s\nstdout: %s\nstderr: %s" % (
+            timeout, text, out[-2000:], self.stderr()[-2000:])
+        before, after = out.split(mark, 1)
+        return before, int(after.split()[0])
+
+    def close(self):
+        # The session and everything it started (its servers) are one
+        # process group, the test's own.
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.out.close()
+        self.err.close()
+
+
+# ---- The tests ----
+
+@test
+def every_block_is_known_and_every_substitution_used():
+    bs = blocks()
+    values = {"port": 1, "tls_port": 2, "root": "/R", "group": "g", "ca": "/ca", "api": "https://a",
+              "redis_port": 3, "nats_port": 4}
+    used = set()
+    for kind, _, body in bs:
+        if kind == "session":
+            used |= substitute(body, values)[1]
+    stale = [SUBSTITUTIONS[k][0] for k in range(len(SUBSTITUTIONS)) if k not in used]
+    assert not stale, "substitutions that apply to no block (stale): %s" % stale
+    every_line = "\n".join(b for _, _, b in bs).split("\n")
+    assert all(line in every_line for line in NOT_RUN), [line for line in NOT_RUN if line not in every_line]
+    # The blocks fresh_root.sh runs are the first two of their section.
+    with open(os.path.join(TOP, "tests", "fresh_root.sh")) as f:
+        assert '"## Two commands on a fresh machine"' in f.read()
+    assert bs[0][0] == bs[1][0] == "fresh" and "\n## Two commands on a fresh machine\n" in readme()
+    # And the check has teeth: a block it does not know fails it.
+    saved = globals()["README"]
+    path = os.path.join(it.WORK, "README-extra.md")
+    with open(path, "w") as f:
+        f.write(readme().replace("## The reference\n", "## The reference\n\n```sh\nrm -rf /tmp/x\n```\n", 1))
+    globals()["README"] = path
+    try:
+        blocks()
+        raise RuntimeError("a README with a block the test does not know passed")
+    except AssertionError as e:
+        assert "fenced blocks" in str(e), e
+    finally:
+        globals()["README"] = saved
+
+
+def start_brokers(root):
+    """A redis-server and a JetStream nats-server of the test's own, on
+    free ports, without passwords (as the README's URLs have none)."""
+    rport, nport = it.free_port(), it.free_port()
+    rdir, ndir = os.path.join(root, "redis"), os.path.join(root, "nats")
+    os.makedirs(rdir)
+    os.makedirs(ndir)
+    procs = [subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                               "--dir", rdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL),
+             subprocess.Popen(["nats-server", "-js", "-sd", os.path.join(ndir, "js"), "-a", "127.0.0.1",
+                               "-p", str(nport)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL)]
+
+    def up(port):
+        try:
+            import socket
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return True
+        except OSError:
+            return False
+    assert fault.wait_until(lambda: up(rport) and up(nport), 10), "the brokers did not start"
+    return procs, rport, nport
+
+
+@test
+def the_path_top_to_bottom():
+    """Every sh block in order, in one bash, as the README says to type
+    them; each block's outcome is the one the README describes."""
+    if os.geteuid() != 0:
+        raise AssertionError("needs root (files installed for a user, --user): run as root, as CI does")
+    missing = [p for p in ("gcc", "curl", "libbearssl-dev")
+               if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
+                                 text=True).stdout != "install ok installed"]
+    assert not missing, "the README's build installs %s, which are not installed" % missing
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    os.chmod(it.WORK, 0o755)  # nobody reaches its files under it
+    root = tempfile.mkdtemp(prefix="readme-", dir=it.WORK)
+    os.chmod(root, 0o755)
+    # "This directory": the tree's files the README names.
+    shutil.copy(os.path.join(TOP, "xwebhook.c"), root)
+    shutil.copytree(os.path.join(TOP, "doc"), os.path.join(root, "doc"))
+    os.makedirs(os.path.join(root, "usr-local-bin"))
+    # What certbot would have written.
+    live = os.path.join(root, "letsencrypt", "live", HOST)
+    os.makedirs(live)
+    shutil.copy(PKI["p"]["chain"], os.path.join(live, "fullchain.pem"))
+    shutil.copy(PKI["p"]["key"], os.path.join(live, "privkey.pem"))
+    tls_port = it.free_port()
+    app = xs.App(CRED["TWITTER_CONSUMER_KEY"], SECRET, CRED["TWITTER_BEARER_TOKEN"],
+                 {CRED["TWITTER_ACCESS_TOKEN"]: (CRED["TWITTER_ACCESS_TOKEN_SECRET"], USER_ID)})
+    x = xs.Standin(PKI["api"]["chain"], PKI["api"]["key"], PKI["p"]["root"], app, {HOST: tls_port})
+    procs, rport, nport = start_brokers(root)
+    values = {"port": it.free_port(), "tls_port": tls_port, "root": root, "group": group,
+              "ca": PKI["p"]["root"], "api": x.base, "redis_port": rport, "nats_port": nport}
+    env = {"PATH": os.environ["PATH"], "HOME": root, "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80",
+           "LC_ALL": "C.UTF-8"}
+    for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    etc, state = os.path.join(root, "etc-xwebhook"), os.path.join(root, "var-lib-xwebhook")
+    events = os.path.join(state, "events.jsonl")
+    text = readme()
+    body = json.loads(re.search(r"^body='(.*)'$", text, re.M).group(1))
+    crc_answer = re.search(r"The answer is `(\{\"response_token\":[^`]*\})`", text).group(1)
+
+    def check(key, out, rc):
+        # err_at: where this block's stderr begins.
+        if key == "build":
+            v = subprocess.run([os.path.join(root, "xwebhook"), "--version"], capture_output=True, text=True)
+            assert rc == 0 and "BearSSL" in v.stdout, (rc, v.stdout, s.stderr()[-2000:])
+            # From here on ./xwebhook is the build under test.
+            shutil.copy(BIN, os.path.join(root, "xwebhook"))
+        elif key == "crc":
+            assert rc == 0 and out.strip() == crc_answer, (rc, out)
+        elif key == "event":
+            assert rc == 0 and "HTTP/1.1 200" in out, (rc, out)
+            assert it.pretty(body) in s.output(), "the event was not printed: " + s.output()[-2000:]
+        elif key == "user":
+            assert rc == 0
+            for d in (etc, state):
+                st = os.stat(d)
+                assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o700), (d, st)
+            st = os.stat(os.path.join(etc, "secret"))
+            assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o600), st
+            assert open(os.path.join(etc, "secret")).read() == SECRET + "\n"
+        elif key == "serve":
+            assert fault.wait_until(lambda: "serving https://" in s.stderr(), 30), s.stderr()[-2000:]
+            assert "running as root" not in s.stderr()[err_at:], s.stderr()[err_at:]
+            assert os.stat(os.path.join(etc, "privkey.pem")).st_uid == nobody.pw_uid
+        elif key == "check":
+            assert rc == 0 and "[FAIL]" not in out and "[unknown]" not in out, (rc, out)
+        elif key == "register":
+            got = json.loads(out)
+            assert rc == 0 and got["data"]["id"] == "1460000000000000001" and got["data"]["valid"], (rc, out)
+            assert x.crcs == [("https://%s/webhooks/twitter" % HOST, None)], x.crcs
+        elif key == "webhooks":
+            assert rc == 0 and out.count('"valid": true') == 2, (rc, out)
+        elif key == "subscribe":
+            assert rc == 0 and '"subscribed": true' in out and '"user_id": "%s"' % USER_ID in out, (rc, out)
+        elif key == "replay":
+            assert rc == 0 and '"job_id"' in out, (rc, out)
+            assert fault.wait_until(lambda: os.path.exists(events) and b"replay_job_status" in
+                                    open(events, "rb").read(), 10), s.stderr()[-2000:]
+        elif key == "fmt":
+            assert rc == 0 and '"replay_job_status": {' in out, (rc, out)
+        elif key == "install":
+            assert rc == 0 and os.access(os.path.join(root, "usr-local-bin", "xwebhook"), os.X_OK)
+        elif key == "stream":
+            assert rc == 0 and '"did_create":true' in out, (rc, out)
+        elif key == "forward":
+            assert rc == 0 and "event\n" + json.dumps(body, separators=(",", ":")) in out, (rc, out)
+            assert "sha256" in out
+        elif key == "man":
+            assert rc == 0 and "SYNOPSIS" in out and "--forward" in out, (rc, out[:400])
+        elif key == "none":
+            pass
+        else:
+            raise AssertionError("no check for " + key)
+
+    s = Session(root, env)
+    try:
+        ran = 0
+        for kind, key, b in blocks():
+            if kind != "session":
+                continue
+            cmd, _ = substitute(b, values)
+            err_at = len(s.stderr())
+            out, rc = s.run(cmd, timeout=600 if key == "build" else 120)
+            check(key, out, rc)
+            ran += 1
+        assert ran == sum(1 for _, k, _ in BLOCKS if k == "session")
+    finally:
+        s.close()
+        x.close()
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+    # The session's servers end on its SIGTERM, and remove their pid file.
+    assert fault.wait_until(lambda: not os.path.exists(os.path.join(state, "xwebhook.pid")), 15), \
+        "the pid file outlived the server"
+    it.check_sanitizers(s.stderr())
+
+
+@test
+def systemd_unit_from_the_readme_verifies():
+    """The README's unit as written, with the binary where it says
+    (/usr/local/bin/xwebhook, here the test build): systemd-analyze
+    verify finds nothing to say, and it runs the server as the issue asks
+    (a user, the one capability to bind 443, restarts on failure)."""
+    if shutil.which("systemd-analyze") is None:
+        raise AssertionError("systemd-analyze is not installed (./test.sh installs systemd as root)")
+    unit = [b for kind, _, b in blocks() if kind == "unit"][0] + "\n"
+    for line in ("User=xwebhook", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "Restart=on-failure",
+                 "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert "\n" + line + "\n" in unit, line
+    d = os.path.join(it.WORK, "systemd")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "xwebhook.service")
+    with open(path, "w") as f:
+        f.write(unit.replace("/usr/local/bin/xwebhook", BIN))
+    p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout + p.stderr == "", p.stdout + p.stderr
+    # The check has teeth: a bad value is reported.
+    with open(path, "w") as f:
+        f.write(unit.replace("/usr/local/bin/xwebhook", BIN).replace("Restart=on-failure", "Restart=sometimes"))
+    p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
+    assert "restart specifier" in p.stdout + p.stderr, p.stdout + p.stderr
+    # Its command line is one the binary takes (it refuses only for the
+    # files missing here, naming the first). Run with the machine's own
+    # paths swapped for the test's: a live install (a real
+    # /etc/xwebhook/secret, /var/lib/xwebhook) is never read or written.
+    etc, state = os.path.join(d, "etc-xwebhook"), os.path.join(d, "var-lib-xwebhook")
+    cmd = unit.split("ExecStart=", 1)[1].split("\n", 1)[0]
+    assert "/etc/xwebhook/secret" in cmd and "/var/lib/xwebhook/" in cmd, cmd
+    cmd = cmd.replace("/etc/xwebhook", etc).replace("/var/lib/xwebhook", state).split()[1:]
+    r = subprocess.run([BIN, *cmd], capture_output=True, text=True, timeout=30,
+                       env={"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET})
+    assert r.returncode == 1 and etc + "/secret" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not os.path.exists(state), "the refused start made " + state
+
+
+@test
+def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
+    """The README's hook exactly as written but for the machine's paths
+    (/etc/xwebhook, /var/lib/xwebhook: the test's own directories stand in,
+    so a live install is never touched) and the service user (nobody),
+    saved under the name that once made it signal itself (deploy/xwebhook).
+    It copies the renewed files, the server loads them, and it signals
+    nothing else called xwebhook: a bystander server without the pid file
+    and a `tail -f | xwebhook fmt` pipeline carry on."""
+    if os.geteuid() != 0:
+        raise AssertionError("the hook installs files for a user: run as root (./test.sh does, in CI)")
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    hook_text = [b for kind, _, b in blocks() if kind == "hook"][0] + "\n"
+    os.chmod(it.WORK, 0o755)  # nobody reads the files below on SIGHUP
+    root = tempfile.mkdtemp(prefix="hook-", dir=it.WORK)
+    os.chmod(root, 0o755)
+    etc, state = os.path.join(root, "etc-xwebhook"), os.path.join(root, "var-lib-xwebhook")
+    for path in (etc, state):
+        os.makedirs(path)
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    pid_file = os.path.join(state, "xwebhook.pid")
+    assert "/etc/xwebhook" in hook_text and "/var/lib/xwebhook/xwebhook.pid" in hook_text, hook_text
+    hook_text = (hook_text.replace("/etc/xwebhook", etc).replace("/var/lib/xwebhook", state)
+                 .replace("-o xwebhook -g xwebhook", "-o nobody -g " + group))
+    d = os.path.join(root, "letsencrypt", "renewal-hooks", "deploy")
+    os.makedirs(d)
+    hook = os.path.join(d, "xwebhook")
+    with open(hook, "w") as f:
+        f.write(hook_text)
+    os.chmod(hook, 0o755)
+    bindir = os.path.join(root, "bin-named-xwebhook")
+    os.makedirs(bindir)
+    named = os.path.join(bindir, "xwebhook")
+    shutil.copy(BIN, named)
+    p = PKI["p"]
+    live = os.path.join(root, "hook-live")
+    os.makedirs(live, exist_ok=True)
+    chain, key = os.path.join(etc, "fullchain.pem"), os.path.join(etc, "privkey.pem")
+    shutil.copy(p["chain"], chain)
+    shutil.copy(p["key"], key)
+    for f in (chain, key):
+        os.chown(f, nobody.pw_uid, nobody.pw_gid)
+    renewed = tls.leaf(p["dir"], "hook-renewed", "p256", days=45)
+    shutil.copy(renewed["chain"], os.path.join(live, "fullchain.pem"))
+    shutil.copy(renewed["key"], os.path.join(live, "privkey.pem"))
+    saved = it.BIN
+    it.BIN = named
+    try:
+        srv = tls.tls_server(chain, key, "--user", "nobody", "--pid-file", pid_file)
+        bystander = tls.tls_server(p["chain"], p["key"])
+    finally:
+        it.BIN = saved
+    fmt = subprocess.Popen([named, "fmt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    try:
+        # The startup line is out: the pid file is there, locked.
+        assert open(pid_file).read() == "%d\n" % srv.proc.pid
+        r = subprocess.run([hook], capture_output=True, text=True, timeout=30,
+                           env={"PATH": os.environ["PATH"], "RENEWED_LINEAGE": live})
+        assert r.returncode == 0, "the hook exited %d: %s" % (r.returncode, r.stdout + r.stderr)
+        for f, mode in ((chain, 0o644), (key, 0o600)):
+            st = os.stat(f)
+            assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, mode), (f, st)
+        tls.wait_for(lambda: "SIGHUP: now serving" in srv.stderr())
+        sock = tls.tls_sock(srv, p["root"])
+        pem = ssl.DER_cert_to_PEM_cert(sock.getpeercert(binary_form=True))
+        sock.close()
+        path = os.path.join(root, "hook-peer.pem")
+        with open(path, "w") as f:
+            f.write(pem)
+        assert tls.serial_of(path) == tls.serial_of(renewed["leaf"])
+        # Nothing else called xwebhook was signalled.
+        assert bystander.proc.poll() is None and "SIGHUP" not in bystander.stderr(), bystander.stderr()
+        assert fmt.poll() is None, "the hook ended a running `xwebhook fmt`"
+        out, err = fmt.communicate(b'{"a":1}', timeout=10)
+        assert fmt.returncode == 0 and out == b'{\n  "a": 1\n}\n', (fmt.returncode, out, err)
+        # With the server stopped, the pid file is gone and the hook says
+        # so, with a failure certbot reports.
+        assert srv.stop() == 0
+        assert not os.path.exists(pid_file)
+        r = subprocess.run([hook], capture_output=True, text=True, timeout=30,
+                           env={"PATH": os.environ["PATH"], "RENEWED_LINEAGE": live})
+        assert r.returncode == 1 and "xwebhook is not running" in r.stderr, (r.returncode, r.stderr)
+        assert bystander.proc.poll() is None and "SIGHUP" not in bystander.stderr(), bystander.stderr()
+    finally:
+        if fmt.poll() is None:
+            fmt.kill()
+            fmt.wait()
+        srv.stop()
+        bystander.stop()
+
+
+@test
+def logrotate_snippet_from_the_readme_works():
+    if shutil.which("logrotate") is None or os.geteuid() != 0:
+        raise AssertionError("logrotate is not installed (.ci/run installs it)")
+    snippet = [b for kind, _, b in blocks() if kind == "logrotate"][0] + "\n"
+    nobody = pwd.getpwnam("nobody")
+    d = tempfile.mkdtemp(prefix="xwebhook-rotate-", dir=it.WORK)
+    os.chmod(it.WORK, 0o755)  # logrotate's su: the user must reach the file
+    os.chmod(d, 0o755)
+    os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    path = os.path.join(d, "events.jsonl")
+    # The binary under test is not called xwebhook: a copy that is, so
+    # that the snippet's own way of finding it is what is tested.
+    bindir = tempfile.mkdtemp(prefix="xwebhook-bin-", dir=it.WORK)
+    shutil.copy(it.BIN, os.path.join(bindir, "xwebhook"))
+    saved = it.BIN
+    it.BIN = os.path.join(bindir, "xwebhook")
+    pid_file = os.path.join(d, "xwebhook.pid")
+    try:
+        srv = it.Server("--user", "nobody", "--output", path, "--pid-file", pid_file)
+    finally:
+        it.BIN = saved
+    # Another program called xwebhook, which the snippet must leave alone.
+    bystander = subprocess.Popen([os.path.join(bindir, "xwebhook"), "fmt"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert it.post(srv.conn(), b'{"n":1}')[0].status == 200
+        conf = os.path.join(it.WORK, "logrotate.conf")
+        assert "/var/lib/xwebhook/xwebhook.pid" in snippet, snippet
+        with open(conf, "w") as f:
+            group = grp.getgrgid(nobody.pw_gid).gr_name
+            f.write(snippet.replace("/var/lib/xwebhook/events.jsonl", path)
+                    .replace("/var/lib/xwebhook/xwebhook.pid", pid_file)
+                    .replace("xwebhook xwebhook", "nobody " + group))
+        p = subprocess.run(["logrotate", "-f", "-s", os.path.join(it.WORK, "logrotate.state"), conf],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert fault.wait_until(lambda: "reopened --output" in srv.stderr(), 5), srv.stderr()
+        assert it.post(srv.conn(), b'{"n":2}')[0].status == 200
+        assert bystander.poll() is None, "the snippet ended another program called xwebhook"
+        out, _ = bystander.communicate(b"[]", timeout=10)
+        assert bystander.returncode == 0 and out == b"[]\n", (bystander.returncode, out)
+    finally:
+        if bystander.poll() is None:
+            bystander.kill()
+            bystander.wait()
+        srv.stop()
+    assert not os.path.exists(pid_file), "the pid file outlived the server"
+    assert open(path, "rb").read() == b'{"n":2}\n'
+    rotated = [n for n in os.listdir(d) if n != "events.jsonl"]
+    assert len(rotated) == 1, rotated
+    assert b'{"n":1}' in open(os.path.join(d, rotated[0]), "rb").read() or rotated[0].endswith(".gz")
+    st = os.stat(path)
+    assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o600)
+    assert "cannot reopen" not in srv.stderr()
+
+
+def main():
+    os.makedirs(tls.PKI, exist_ok=True)
+    PKI["p"] = tls.make_pki("p256", "p256")
+    PKI["api"] = tls.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
+    passed, failed = it.run_suite(TESTS)
+    shutil.rmtree(it.WORK, ignore_errors=True)
+    print("readme: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
