@@ -21,6 +21,7 @@ import integration as it  # noqa: E402
 
 PLAIN, TLS = (os.path.abspath(p) for p in sys.argv[1:3])
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "doc", "xwebhook.1")
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
 TESTS = []
 
 
@@ -216,6 +217,42 @@ def check_page(src, plain_help, tls_help):
     return problems
 
 
+def readme_names(text):
+    """(options, commands) the README gives xwebhook: those on each command
+    line that runs it (./xwebhook, /usr/local/bin/xwebhook, or a code span
+    or line starting with xwebhook), up to the end of that command, and
+    every code span that starts with an option (`--output`)."""
+    text = text.replace("\\\n", " ")
+    code = re.findall(r"```[a-z]*\n(.*?)\n```", text, re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    lines = [line for c in code for line in c.split("\n")] + spans
+    opts, cmds = set(), set()
+    for line in lines:
+        line = re.sub(r"\$\([^)]*\)", "", line)  # another command's words
+        for m in re.finditer(r"(?:^|[\s=(])(?:\./|/usr/local/bin/)?xwebhook((?: [^|&;)]*)?)", line):
+            if not (m.group(0).lstrip(" =(").startswith(("./", "/")) or line.startswith("xwebhook")):
+                continue
+            words = m.group(1).split()
+            opts.update(w for w in words if re.match(r"^--?[a-zA-Z][a-z0-9-]*$", w))
+            if words and re.match(r"^[a-z][a-z-]*$", words[0]):
+                cmds.add(words[0])
+        m = re.match(r"^(--[a-z][a-z0-9-]*)\b", line)
+        if m:
+            opts.add(m.group(1))
+    return opts, cmds
+
+
+def check_readme(text, tls_help):
+    """Each option and command the README gives xwebhook that the TLS
+    build's --help does not list, one line each."""
+    opts, cmds = readme_names(text)
+    known_opts, known_cmds = help_options(tls_help), help_commands(tls_help)
+    return (["the README gives xwebhook the option %s, which --help does not list" % o
+             for o in sorted(opts) if o not in known_opts] +
+            ["the README gives xwebhook the command %s, which --help does not list" % c
+             for c in sorted(cmds) if c not in known_cmds])
+
+
 def run(argv, env=None):
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
 
@@ -292,6 +329,42 @@ def the_check_catches_a_missing_a_stale_and_a_misplaced_option():
     assert nocmd != src
     got = check_page(nocmd, plain, tls)
     assert any(p.startswith("command fmt is in --help but has no .It Cm entry") for p in got), got
+
+
+@test
+def readme_names_only_what_help_lists():
+    """The README cannot drift from the code: every option and command it
+    gives xwebhook is in --help (and the checker finds them, and finds a
+    stray one)."""
+    text, tls = read(README), help_text(TLS)
+    opts, cmds = readme_names(text)
+    for must in ("--listen", "--acme", "--cert", "--secret-file", "--pid-file", "--forward", "--user"):
+        assert must in opts, "the README checker found no %s in the README" % must
+    for must in ("sign", "check", "register", "subscribe", "replay", "fmt"):
+        assert must in cmds, "the README checker found no command %s in the README" % must
+    problems = check_readme(text, tls)
+    assert not problems, "README.md and --help disagree:\n  " + "\n  ".join(problems)
+    stray = text.replace("./xwebhook fmt /var", "./xwebhook fmtx --no-such /var", 1)
+    assert stray != text
+    assert check_readme(stray, tls) == [
+        "the README gives xwebhook the option --no-such, which --help does not list",
+        "the README gives xwebhook the command fmtx, which --help does not list"], check_readme(stray, tls)
+
+
+@test
+def help_and_man_page_agree_on_sizes_and_slots():
+    """--max-body's suffixes and limit, as --help and the page give them,
+    are what the binary takes."""
+    out = help_text(PLAIN)
+    page = read(PAGE)
+    assert "K, M and G suffixes" in out and ".Ql K ,\n.Ql M\nor\n.Ql G\nsuffix" in page
+    assert "at most 1G" in out and "1 byte to 1G" in page
+    assert "connection slots" in out and "Connection slots" in page
+    for size, ok in (("1G", True), ("1g", True), ("1048576K", True), ("2G", False), ("1T", False)):
+        p = subprocess.run([PLAIN, "--max-body", size, "--listen", "127.0.0.1:99999"], capture_output=True,
+                           env={"TWITTER_CONSUMER_SECRET": "x"}, timeout=30)
+        err = p.stderr.decode()
+        assert ("bad --max-body" in err) != ok, (size, err)
 
 
 @test
