@@ -2,27 +2,44 @@
 # Every test of xwebhook, in one run:
 #   1. the README's build commands, warning-free builds under gcc and clang,
 #      and cppcheck and clang --analyze with zero findings;
-#   2. unit tests (tests/unit.c includes xwebhook.c), under ASan and UBSan,
-#      and differential checks against Python's hashlib, hmac and json;
+#   2. unit tests (tests/unit.c includes xwebhook.c), under ASan and UBSan:
+#      SHA-256 against FIPS 180-4 (and a million 'a'), HMAC against every
+#      RFC 4231 case, base64 against RFC 4648, SHA-1 and HMAC-SHA1 against
+#      FIPS 180-4 and RFC 2202, the OAuth signer against X's worked example,
+#      through both SHA-256 implementations; and differential checks against
+#      Python's hashlib, hmac (every length 0 to 300) and json (2,000
+#      random documents);
 #   3. integration tests (tests/integration.py) against an ASan+UBSan build
-#      of the server, on loopback, with curl, http.client and raw sockets,
-#      fault tests (tests/fault.py): slowloris, floods, garbage,
-#      kill -9 while events are written, a full disk; and event-path tests
-#      (tests/events.py): sinks that stop reading, bodies that never end, a
-#      peer holding every socket, memory running out; and --forward against
-#      a real redis-server and nats-server with JetStream (tests/brokers.py),
-#      killed and restarted, and hostile stand-ins for NATS;
+#      of the server, on loopback, with curl, http.client and raw sockets:
+#      CRCs against Python's HMAC, every framing error and limit, keep-alive,
+#      pipelining, 100-continue, chunked bodies, deadlines, signals; fault
+#      tests (tests/fault.py): 500 slowloris clients, floods past
+#      --max-conns, 10,000 random and mutated requests, kill -9 while events
+#      are written, a full disk; event-path tests (tests/events.py): sinks
+#      that stop reading, bodies that never end, one address holding every
+#      socket, memory running out; and --forward against a real
+#      redis-server and nats-server with JetStream (tests/brokers.py),
+#      killed -9 and restarted under load, and hostile stand-ins for NATS;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
-#      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl,
-#      and X's side (tests/xapi.py): every subcommand against a stand-in
-#      for X's API (tests/x_standin.py) that runs real CRCs, and --acme
-#      against pebble (tests/acme.py); and the man page, doc/xwebhook.1,
-#      against --help of both builds, through mandoc's lint (tests/doc.py);
+#      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl
+#      (RSA-2048, P-256, P-384; suites and versions refused; resumption;
+#      SIGHUP; check against good and bad servers), and X's side
+#      (tests/xapi.py): every subcommand against a stand-in for X's API
+#      (tests/x_standin.py) that checks OAuth itself, rate-limits, runs real
+#      CRCs and misbehaves on demand, and --acme against pebble and a
+#      stand-in CA (tests/acme.py); the man page, doc/xwebhook.1, against
+#      --help of both builds, through mandoc's lint, and the README's
+#      options against --help (tests/doc.py); and every command of the
+#      README, as written, in one shell (tests/readme.py);
 #   5. the static binaries (make static, with musl) in an empty root;
-#   6. each libFuzzer target (tests/fuzz_*.c) for FUZZ_SECONDS (default 20);
+#   6. each libFuzzer target (tests/fuzz_*.c: request parser, chunked
+#      decoder, query decoder, JSON, PEM) for FUZZ_SECONDS (default 20);
 #   7. the README's two commands, exactly as written, in a fresh Debian 12
 #      root made with debootstrap (tests/fresh_root.sh): the server answers
 #      a CRC, and ./test.sh there installs what it needs and passes whole.
+# On demand, not here: tests/mutants.sh plants one bug at a time in a copy
+# of xwebhook.c and runs the tests that claim to catch it (every mutant must
+# be killed); tests/bench.sh measures against nginx and Flask + waitress.
 # Any sanitizer report fails the run. The last line is
 # "N passed, N failed, N skipped".
 set -u
