@@ -22,6 +22,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -75,13 +76,15 @@ SUBSTITUTIONS = [
      "the server of step 3 goes on in the background (the user's next steps are another shell's)"),
 ]
 
+# For the --acme command alone, after SUBSTITUTIONS: Let's Encrypt is pebble
+# (tests/acme.py's), which dials the port it was told for tls-alpn-01, and
+# --state-dir's default is the machine's own /var/lib/xwebhook.
+ACME_ADDED = "--acme-server {directory} --acme-cacert {cacert} --state-dir {state} --listen 127.0.0.1:{tls_port}"
+
 # Lines not run, each with why; a block must be one of BLOCKS below.
 NOT_RUN = {
     "useradd --system --no-create-home --shell /usr/sbin/nologin xwebhook":
         "adds a system account; nobody stands in for it",
-    "./xwebhook --acme your.domain --user xwebhook --secret-file /etc/xwebhook/secret "
-    "--output /var/lib/xwebhook/events.jsonl --pid-file /var/lib/xwebhook/xwebhook.pid":
-        "binds 443 and asks Let's Encrypt; tests/acme.py runs --acme against pebble",
     "apt-get install -y certbot": "certbot is not the project's",
     "certbot certonly --standalone -d your.domain":
         "asks Let's Encrypt on port 80; the test puts its own certificate where certbot would",
@@ -91,9 +94,10 @@ NOT_RUN = {
 
 # Every fenced block of the README, in order: (what its first line starts
 # with, how the test takes it). "session": typed into the session, then
-# checked by CHECKS[key]; "fresh": run by tests/fresh_root.sh (test.sh's
-# stage 7); "unit", "hook", "logrotate": the tests below; "sample": an
-# example of output, not a command.
+# checked by check(key) in the_path_top_to_bottom; "fresh": run by
+# tests/fresh_root.sh (test.sh's stage 7); "acme", "unit", "hook",
+# "logrotate": the tests below; "sample": an example of output, not a
+# command.
 BLOCKS = [
     ("apt-get update && apt-get install -y gcc && cc -O2 -o xwebhook", "fresh", None),
     ("./test.sh", "fresh", None),
@@ -101,7 +105,7 @@ BLOCKS = [
     ("export TWITTER_CONSUMER_SECRET=secret", "session", "crc"),
     ("body='", "session", "event"),
     ("useradd ", "session", "user"),
-    ("./xwebhook --acme ", "session", "none"),
+    ("./xwebhook --acme ", "acme", None),
     ("apt-get install -y certbot", "session", "none"),
     ("install -o xwebhook -g xwebhook -m 0600 /etc/letsencrypt", "session", "serve"),
     ("#!/bin/sh", "hook", None),
@@ -267,6 +271,70 @@ def every_block_is_known_and_every_substitution_used():
         globals()["README"] = saved
 
 
+def user_dirs(root):
+    """What step 2 makes, for nobody: (etc, state), the secret in etc."""
+    nobody = pwd.getpwnam("nobody")
+    os.chmod(it.WORK, 0o755)
+    etc, state = os.path.join(root, "etc-xwebhook"), os.path.join(root, "var-lib-xwebhook")
+    for d in (etc, state):
+        os.makedirs(d, mode=0o700)
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    with open(os.path.join(etc, "secret"), "w") as f:
+        f.write(SECRET + "\n")
+    os.chmod(os.path.join(etc, "secret"), 0o600)
+    os.chown(os.path.join(etc, "secret"), nobody.pw_uid, nobody.pw_gid)
+    return etc, state
+
+
+@test
+def the_acme_command_serves_with_a_certificate_from_pebble():
+    """Step 3's --acme command as written, but for SUBSTITUTIONS and
+    ACME_ADDED: it gets a certificate over tls-alpn-01, drops to the user,
+    and answers a CRC over HTTPS with it."""
+    if os.geteuid() != 0:
+        raise AssertionError("needs root (--user): run as root, as CI does")
+    import acme
+    line = [b for kind, _, b in blocks() if kind == "acme"][0]
+    assert "\n" not in line and line.startswith("./xwebhook --acme your.domain "), line
+    root = tempfile.mkdtemp(prefix="readme-acme-", dir=it.WORK)
+    os.chmod(root, 0o755)
+    etc, state = user_dirs(root)
+    shutil.copy(BIN, os.path.join(root, "xwebhook"))
+    p = acme.Pebble()
+    s = None
+    try:
+        values = {"root": root, "group": "nogroup", "tls_port": p.tls_port, "directory": p.url(),
+                  "cacert": p.cacert, "state": state}
+        cmd, _ = substitute(line, values)
+        added = ACME_ADDED
+        for k, v in values.items():
+            added = added.replace("{%s}" % k, str(v))
+        cmd = cmd.replace("--acme %s " % HOST, "--acme %s %s " % (HOST, added), 1)
+        assert added in cmd and cmd.endswith(" &"), cmd
+        env = {"PATH": os.environ["PATH"], "HOME": root}
+        env.update({k: os.environ[k] for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS") if k in os.environ})
+        s = Session(root, env)
+        out, rc = s.run(cmd)
+        assert rc == 0, (rc, out, s.stderr())
+        assert fault.wait_until(lambda: "ACME: now serving certificate" in s.stderr(), 60), s.stderr()[-3000:]
+        ctx = ssl.create_default_context(cafile=p.root())
+        raw = socket.create_connection(("127.0.0.1", p.tls_port), timeout=10)
+        conn = ctx.wrap_socket(raw, server_hostname=HOST)
+        conn.sendall(b"GET /webhooks/twitter?crc_token=abc HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                     % HOST.encode())
+        status, _, body, _ = it.read_response(conn)
+        conn.close()
+        assert status == 200 and json.loads(body)["response_token"] == it.sign(b"abc", SECRET), (status, body)
+        assert os.stat(os.path.join(state, HOST, "privkey.pem")).st_uid == pwd.getpwnam("nobody").pw_uid
+    finally:
+        if s is not None:
+            s.close()
+        p.close()
+    assert fault.wait_until(lambda: not os.path.exists(os.path.join(state, "xwebhook.pid")), 15), \
+        "the pid file outlived the server"
+    it.check_sanitizers(s.stderr())
+
+
 def start_brokers(root):
     """A redis-server and a JetStream nats-server of the test's own, on
     free ports, without passwords (as the README's URLs have none)."""
@@ -283,7 +351,6 @@ def start_brokers(root):
 
     def up(port):
         try:
-            import socket
             socket.create_connection(("127.0.0.1", port), 1).close()
             return True
         except OSError:
