@@ -303,7 +303,8 @@ def the_acme_command_serves_with_a_certificate_from_pebble():
     p = acme.Pebble()
     s = None
     try:
-        values = {"root": root, "group": "nogroup", "tls_port": p.tls_port, "directory": p.url(),
+        values = {"root": root, "group": grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name,
+                  "tls_port": p.tls_port, "directory": p.url(),
                   "cacert": p.cacert, "state": state}
         cmd, _ = substitute(line, values)
         added = ACME_ADDED
