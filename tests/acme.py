@@ -28,8 +28,6 @@ PLAIN = it.arg(3)
 DOMAIN = "hooks.xwebhook.test"
 
 test = it.test
-
-
 free_port = it.free_port
 
 
@@ -1353,11 +1351,7 @@ def bad_acme_options_are_refused_with_one_line():
 
 
 def main():
-    for tool in ("pebble", "pebble-challtestsrv"):
-        if shutil.which(tool) is None:
-            print("FAIL %s is not installed (./test.sh installs pebble as root)" % tool)
-            print("acme: 0 passed, 1 failed")
-            sys.exit(1)
+    it.require("acme", ("pebble", "pebble-challtestsrv"), "{tool} is not installed (./test.sh installs pebble as root)")
     os.makedirs(it.PKI, exist_ok=True)
     it.finish("acme", *it.run_suite())
 

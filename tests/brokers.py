@@ -28,8 +28,6 @@ PASSWORD = "broker-pass-Zq8"
 TOKEN = "nats-token-Kx3"
 
 test = it.test
-
-
 free_port = it.free_port
 
 
@@ -1080,11 +1078,9 @@ def group_commit_with_forward_syncs_output_before_any_200_of_its_batches():
 
 
 def main():
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None or shutil.which("nats-server") is None:
-        print("FAIL redis-server, redis-cli and nats-server are not all installed "
-              "(.ci/run installs redis-server redis-tools nats-server)")
-        print("brokers: 0 passed, 1 failed")
-        sys.exit(1)
+    it.require("brokers", ("redis-server", "redis-cli", "nats-server"),
+               "redis-server, redis-cli and nats-server are not all installed "
+               "(.ci/run installs redis-server redis-tools nats-server)")
     it.finish("brokers", *it.run_suite())
 
 

@@ -97,9 +97,11 @@ def finish(name, passed, failed):
 
 
 def require(name, tools, hint):
-    """A suite that cannot run without tools fails whole, in one line."""
-    if any(shutil.which(t) is None for t in tools):
-        print("FAIL " + hint, flush=True)
+    """A suite that cannot run without tools fails whole, in one line:
+    hint, with {tool} the first one missing."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        print("FAIL " + hint.replace("{tool}", missing[0]), flush=True)
         finish(name, 0, 1)
 
 
