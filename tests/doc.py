@@ -302,8 +302,9 @@ def lint_fails_a_broken_page():
 
 
 def main():
+    passed, failed = it.run_suite()
     shutil.rmtree(it.WORK, ignore_errors=True)
-    it.finish("doc", *it.run_suite())
+    it.finish("doc", passed, failed)
 
 
 if __name__ == "__main__":
