@@ -1351,7 +1351,8 @@ def bad_acme_options_are_refused_with_one_line():
 
 
 def main():
-    it.require("acme", ("pebble", "pebble-challtestsrv"), "{tool} is not installed (./test.sh installs pebble as root)")
+    it.require("acme", ("pebble", "pebble-challtestsrv"),
+               "{tool} is not installed (./test.sh installs pebble as root)")
     os.makedirs(it.PKI, exist_ok=True)
     it.finish("acme", *it.run_suite())
 
