@@ -42,10 +42,17 @@
 # be killed); tests/bench.sh measures against nginx and Flask + waitress.
 # Any sanitizer report fails the run. The last line is
 # "N passed, N failed, N skipped".
+#
+# The stages are the table in stages() below: each one's name, what it
+# needs (a build, a tool, root) and the command that runs it. STAGES=a,b
+# runs only those (say STAGES=unit,integration); the install step and the
+# final check of ./xwebhook always run. A stage whose needs are missing is
+# skipped with one "skip" line, or fails with one "FAIL" line if a build
+# it needs does not build.
 set -u
 cd "$(dirname "$0")"
 
-# The Python suites import each other; leave no __pycache__ in the tree.
+# The Python suites import tests/harness.py; leave no __pycache__ in the tree.
 export PYTHONDONTWRITEBYTECODE=1
 
 passed=0
@@ -120,102 +127,107 @@ count() {
 
 # 1. Builds. The README's command first, exactly as written there, in a
 # directory of its own: the user's ./xwebhook (perhaps a TLS build) stays.
-readme_dir=$(mktemp -d "${TMPDIR:-/tmp}/xwebhook-readme.XXXXXX")
-cp xwebhook.c "$readme_dir/"
-if (cd "$readme_dir" && cc -O2 -o xwebhook xwebhook.c) 2>"$out/build.log"; then
-	pass "cc -O2 -o xwebhook xwebhook.c"
-else
-	fail "cc -O2 -o xwebhook xwebhook.c"; cat "$out/build.log"
-fi
-rm -rf "$readme_dir"
-for compiler in gcc clang; do
-	if ! command -v "$compiler" >/dev/null; then
-		fail "$compiler is not installed (.ci/run installs it)"
-		continue
-	fi
-	if "$compiler" -O2 -Wall -Wextra -Wpedantic -Werror -o "$out/xwebhook-$compiler" xwebhook.c \
-	    2>"$out/build-$compiler.log"; then
-		pass "$compiler -Wall -Wextra -Wpedantic -Werror"
+stage_build() {
+	local readme_dir compiler
+	readme_dir=$(mktemp -d "${TMPDIR:-/tmp}/xwebhook-readme.XXXXXX")
+	cp xwebhook.c "$readme_dir/"
+	if (cd "$readme_dir" && cc -O2 -o xwebhook xwebhook.c) 2>"$out/build.log"; then
+		pass "cc -O2 -o xwebhook xwebhook.c"
 	else
-		fail "$compiler -Wall -Wextra -Wpedantic -Werror"; cat "$out/build-$compiler.log"
+		fail "cc -O2 -o xwebhook xwebhook.c"; cat "$out/build.log"
 	fi
-done
+	rm -rf "$readme_dir"
+	for compiler in gcc clang; do
+		if ! command -v "$compiler" >/dev/null; then
+			fail "$compiler is not installed (.ci/run installs it)"
+			continue
+		fi
+		if "$compiler" -O2 -Wall -Wextra -Wpedantic -Werror -o "$out/xwebhook-$compiler" xwebhook.c \
+		    2>"$out/build-$compiler.log"; then
+			pass "$compiler -Wall -Wextra -Wpedantic -Werror"
+		else
+			fail "$compiler -Wall -Wextra -Wpedantic -Werror"; cat "$out/build-$compiler.log"
+		fi
+	done
+}
 
 # Static analysis, plain and TLS build: zero findings. A suppression is
 # inline (cppcheck-suppress) and says why.
-for flags in "" "-DXWEBHOOK_TLS"; do
-	name="plain build"; [ -n "$flags" ] && name="TLS build"
-	if command -v cppcheck >/dev/null; then
-		cppcheck -q --std=c11 --enable=warning,portability --inline-suppr $flags xwebhook.c \
-		    >"$out/cppcheck.log" 2>&1
-		if grep -qE ': (warning|error|portability)' "$out/cppcheck.log"; then
-			fail "cppcheck ($name)"; cat "$out/cppcheck.log"
+stage_analyze() {
+	local flags name
+	for flags in "" "-DXWEBHOOK_TLS"; do
+		name="plain build"; [ -n "$flags" ] && name="TLS build"
+		if command -v cppcheck >/dev/null; then
+			cppcheck -q --std=c11 --enable=warning,portability --inline-suppr $flags xwebhook.c \
+			    >"$out/cppcheck.log" 2>&1
+			if grep -qE ': (warning|error|portability)' "$out/cppcheck.log"; then
+				fail "cppcheck ($name)"; cat "$out/cppcheck.log"
+			else
+				pass "cppcheck --enable=warning,portability ($name): no findings"
+			fi
 		else
-			pass "cppcheck --enable=warning,portability ($name): no findings"
+			fail "cppcheck is not installed (.ci/run installs it)"
 		fi
-	else
-		fail "cppcheck is not installed (.ci/run installs it)"
-	fi
-	if command -v clang >/dev/null; then
-		clang --analyze $flags -o /dev/null xwebhook.c >"$out/analyze.log" 2>&1
-		if grep -q 'warning:' "$out/analyze.log"; then
-			fail "clang --analyze ($name)"; cat "$out/analyze.log"
-		else
-			pass "clang --analyze ($name): no findings"
+		if command -v clang >/dev/null; then
+			clang --analyze $flags -o /dev/null xwebhook.c >"$out/analyze.log" 2>&1
+			if grep -q 'warning:' "$out/analyze.log"; then
+				fail "clang --analyze ($name)"; cat "$out/analyze.log"
+			else
+				pass "clang --analyze ($name): no findings"
+			fi
 		fi
-	fi
-done
+	done
+}
 
 SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+TLS="-DXWEBHOOK_TLS"
+fixtures=${XWEBHOOK_FIXTURES:-tests/fixtures}
 
-# 2. Unit tests.
-if cc $SAN -Wall -Wextra -Wpedantic -Werror -o "$out/unit" tests/unit.c 2>"$out/unit-build.log"; then
-	"$out/unit" >"$out/unit.log" 2>&1
-	grep FAIL "$out/unit.log" | head -n 40
-	if grep -qE 'Sanitizer|runtime error:' "$out/unit.log"; then
-		fail "unit tests: sanitizer report"; grep -A 20 -E 'Sanitizer|runtime error:' "$out/unit.log" | head -n 40
+# 2. Unit tests (stage_unit NAME LABEL [-DXWEBHOOK_TLS -lbearssl]).
+stage_unit() {
+	local name=$1 label=$2; shift 2
+	if cc $SAN -Wall -Wextra -Wpedantic -Werror ${1:-} -o "$out/$name" tests/unit.c ${2:-} \
+	    2>"$out/$name-build.log"; then
+		"$out/$name" >"$out/$name.log" 2>&1
+		grep FAIL "$out/$name.log" | head -n 40
+		if grep -qE 'Sanitizer|runtime error:' "$out/$name.log"; then
+			fail "$label: sanitizer report"; grep -A 20 -E 'Sanitizer|runtime error:' "$out/$name.log" | head -n 40
+		fi
+		count "$out/$name.log" "$label"
+	else
+		fail "$label do not build"; cat "$out/$name-build.log"
 	fi
-	count "$out/unit.log" "unit tests"
-else
-	fail "unit tests do not build"; cat "$out/unit-build.log"
-fi
+}
 
 # Differential: SHA-256, HMAC and the indenter against Python's own.
-if cc $SAN -Wall -Wextra -Wpedantic -Werror -o "$out/diff_driver" tests/diff_driver.c 2>"$out/diff-build.log"; then
-	python3 tests/differential.py "$out/diff_driver" >"$out/differential.log" 2>&1
-	grep -E 'FAIL|Sanitizer|runtime error' "$out/differential.log" | head -n 20
-	count "$out/differential.log" "differential tests"
-else
-	fail "the differential driver does not build"; cat "$out/diff-build.log"
-fi
+stage_differential() {
+	if cc $SAN -Wall -Wextra -Wpedantic -Werror -o "$out/diff_driver" tests/diff_driver.c 2>"$out/diff-build.log"; then
+		python3 tests/differential.py "$out/diff_driver" >"$out/differential.log" 2>&1
+		grep -E 'FAIL|Sanitizer|runtime error' "$out/differential.log" | head -n 20
+		count "$out/differential.log" "differential tests"
+	else
+		fail "the differential driver does not build"; cat "$out/diff-build.log"
+	fi
+}
 
-# 3. Integration tests against the sanitized server.
-if cc $SAN -Wall -Wextra -Wpedantic -Werror -o "$out/xwebhook-asan" xwebhook.c 2>"$out/asan-build.log"; then
-	fixtures=${XWEBHOOK_FIXTURES:-tests/fixtures}
-	python3 tests/integration.py "$out/xwebhook-asan" "$fixtures" 2>&1 | tee "$out/integration.log" |
-	    grep -vE '^(ok |integration: )'
-	count "$out/integration.log" "integration tests"
-	python3 tests/fault.py "$out/xwebhook-asan" "$fixtures" 2>&1 | tee "$out/fault.log" |
-	    grep -vE '^(ok |fault: )'
-	count "$out/fault.log" "fault tests"
-	# The event path under pressure; memory is measured on the gcc build,
-	# since ASan's own heap would hide it.
-	python3 tests/events.py "$out/xwebhook-asan" "$fixtures" "$out/xwebhook-gcc" 2>&1 |
-	    tee "$out/events.log" | grep -vE '^(ok |events: )'
-	count "$out/events.log" "event-path tests"
-	# --forward against a real redis-server (redis-server, redis-tools).
-	python3 tests/brokers.py "$out/xwebhook-asan" "$fixtures" 2>&1 | tee "$out/brokers.log" |
-	    grep -vE '^(ok |brokers: )'
-	count "$out/brokers.log" "broker tests"
-else
-	fail "the ASan+UBSan server does not build"; cat "$out/asan-build.log"
-fi
+# 3. and 4. A Python suite (suite NAME LABEL SCRIPT ARGS...): every line
+# but its "ok" lines and summary is shown; the summary is counted, named
+# NAME (so integration.py on the TLS build counts as
+# integration-tls-build).
+suite() {
+	local name=$1 label=$2 script=$3 base
+	shift 3
+	base=$(basename "$script" .py)
+	python3 "$script" "$@" 2>&1 | sed -u "s/^$base: /$name: /" | tee "$out/$name.log" |
+	    grep -vE "^(ok |$name: )"
+	count "$out/$name.log" "$label"
+}
 
-# 4. TLS.
-if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
-	TLS="-DXWEBHOOK_TLS"
+# The TLS builds: plain, and warning-free under gcc and clang.
+stage_tls_build() {
+	local compiler
 	if cc -O2 $TLS -o "$out/xwebhook-tls" xwebhook.c -lbearssl 2>"$out/build-tls.log"; then
 		pass "cc -O2 -DXWEBHOOK_TLS -o xwebhook xwebhook.c -lbearssl"
 	else
@@ -231,75 +243,18 @@ if [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; then
 			cat "$out/build-tls-$compiler.log"
 		fi
 	done
-	# The man page against --help of the plain and the TLS build: every
-	# option and command in both, and mandoc's lint without a word.
-	if ! command -v mandoc >/dev/null; then
-		fail "mandoc is not installed (.ci/run installs it): the man page is not checked"
-	elif [ -x "$out/xwebhook-gcc" ] && [ -x "$out/xwebhook-tls" ]; then
-		python3 tests/doc.py "$out/xwebhook-gcc" "$out/xwebhook-tls" 2>&1 | tee "$out/doc.log" |
-		    grep -vE '^(ok |doc: )'
-		count "$out/doc.log" "man page"
-	else
-		fail "the man page is not checked: it needs the gcc and the TLS build"
-	fi
-	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o "$out/unit-tls" tests/unit.c -lbearssl \
-	    2>"$out/unit-tls-build.log"; then
-		"$out/unit-tls" >"$out/unit-tls.log" 2>&1
-		grep FAIL "$out/unit-tls.log" | head -n 40
-		if grep -qE 'Sanitizer|runtime error:' "$out/unit-tls.log"; then
-			fail "TLS unit tests: sanitizer report"
-			grep -A 20 -E 'Sanitizer|runtime error:' "$out/unit-tls.log" | head -n 40
-		fi
-		count "$out/unit-tls.log" "TLS unit tests"
-	else
-		fail "TLS unit tests do not build"; cat "$out/unit-tls-build.log"
-	fi
-	if cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS -o "$out/xwebhook-tls-asan" xwebhook.c -lbearssl \
-	    2>"$out/tls-asan-build.log"; then
-		# The whole plain suite again, through the TLS build, then HTTPS.
-		python3 tests/integration.py "$out/xwebhook-tls-asan" "$fixtures" 2>&1 |
-		    sed 's/^integration: /integration-tls-build: /' | tee "$out/integration-tls.log" |
-		    grep -vE '^(ok |integration-tls-build: )'
-		count "$out/integration-tls.log" "integration tests (TLS build)"
-		python3 tests/tls.py "$out/xwebhook-tls-asan" "$fixtures" 2>&1 | tee "$out/tls.log" |
-		    grep -vE '^(ok |tls: )'
-		count "$out/tls.log" "TLS tests"
-		# X's side: the subcommands against the X stand-in, whose CRCs
-		# the TLS server answers.
-		python3 tests/xapi.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan" 2>&1 |
-		    tee "$out/xapi.log" | grep -vE '^(ok |xapi: )'
-		count "$out/xapi.log" "X API tests"
-		# --acme against pebble, a real ACME server.
-		python3 tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan" 2>&1 |
-		    tee "$out/acme.log" | grep -vE '^(ok |acme: )'
-		count "$out/acme.log" "ACME tests"
-		# The README's path, every sh block as written, in one shell.
-		python3 tests/readme.py "$out/xwebhook-tls-asan" "$fixtures" 2>&1 | tee "$out/readme.log" |
-		    grep -vE '^(ok |readme: )'
-		count "$out/readme.log" "the README's commands"
-	else
-		fail "the ASan+UBSan TLS server does not build"; cat "$out/tls-asan-build.log"
-	fi
-else
-	skipped=$((skipped + 1))
-	echo "skip TLS build and HTTPS tests: install libbearssl-dev and openssl (apt-get install -y libbearssl-dev openssl)"
-fi
+}
 
 # 5. Static binaries (musl-tools), served from an empty root with chroot.
-if command -v musl-gcc >/dev/null && [ -e /usr/include/bearssl.h ] && [ "$(id -u)" = 0 ]; then
+stage_static() {
 	if make -s static OUT="$out/xwebhook-static" >"$out/static-build.log" 2>&1 &&
 	    make -s static TLS=1 OUT="$out/xwebhook-static-tls" >>"$out/static-build.log" 2>&1; then
 		pass "make static; make static TLS=1"
-		python3 tests/static.py "$out/xwebhook-static" "$out/xwebhook-static-tls" 2>&1 |
-		    tee "$out/static.log" | grep -vE '^(ok |static: )'
-		count "$out/static.log" "static binaries"
+		suite static "static binaries" tests/static.py "$out/xwebhook-static" "$out/xwebhook-static-tls"
 	else
 		fail "make static"; cat "$out/static-build.log"
 	fi
-else
-	skipped=$((skipped + 1))
-	echo "skip static binaries: needs musl-tools, libbearssl-dev and root (for chroot)"
-fi
+}
 
 # 6. Fuzzing, for FUZZ_SECONDS each (libFuzzer, with ASan and UBSan).
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
@@ -308,7 +263,8 @@ have_libfuzzer() {
 	    >"$out/probe.c"
 	clang -fsanitize=fuzzer -o "$out/probe" "$out/probe.c" >/dev/null 2>&1
 }
-if command -v clang >/dev/null && [ "$FUZZ_SECONDS" -gt 0 ] && have_libfuzzer; then
+stage_fuzz() {
+	local targets t flags libs
 	targets="http chunked query json"
 	[ -e /usr/include/bearssl.h ] && targets="$targets pem"
 	for t in $targets; do
@@ -332,24 +288,110 @@ if command -v clang >/dev/null && [ "$FUZZ_SECONDS" -gt 0 ] && have_libfuzzer; t
 			grep -E 'ERROR|SUMMARY|runtime error|Test unit written' "$out/fuzz_$t.log" | head -n 10
 		fi
 	done
-else
-	skipped=$((skipped + 1))
-	echo "skip fuzzing: needs clang and libclang-rt-14-dev (FUZZ_SECONDS=$FUZZ_SECONDS)"
-fi
+}
 
 # 7. The README's two commands, exactly as written, as root in a fresh
 # Debian 12 root made with debootstrap (the second is this script, run
 # there in full). Not inside that root itself.
-if [ -e /.xwebhook-fresh-root ]; then
-	echo "(this is the fresh root of stage 7: it does not start another)"
-elif command -v debootstrap >/dev/null && [ "$(id -u)" = 0 ] && [ -x "$out/xwebhook-gcc" ]; then
+stage_fresh_root() {
 	tests/fresh_root.sh "$out" "$out/xwebhook-gcc" 2>&1 | tee "$out/fresh-root.log" |
 	    grep -vE '^(ok |fresh-root: )'
 	count "$out/fresh-root.log" "the README's commands in a fresh root"
-else
+}
+
+# What a stage needs (need WHAT): true if it is there. A build is made
+# once, the first time a stage needs it; one that does not build fails
+# once, and the stages that need it do not run. A missing tool or root
+# skips the stage, with one "skip" line for all the stages it skips.
+built=" "
+said=" "
+skip_once() {
+	case $said in *" $1 "*) return 1 ;; esac
+	said="$said$1 "
 	skipped=$((skipped + 1))
-	echo "skip the README's commands in a fresh root: needs debootstrap and root"
-fi
+	echo "skip $2"
+	return 1
+}
+build_once() {
+	local what=$1 label=$2; shift 2
+	case $built in *" $what=ok "*) return 0 ;; *" $what=no "*) return 1 ;; esac
+	if [ -x "$out/xwebhook-$what" ] || "$@" -o "$out/xwebhook-$what" xwebhook.c $LIBS 2>"$out/$what-build.log"; then
+		built="$built$what=ok "
+	else
+		built="$built$what=no "
+		[ -n "$label" ] && { fail "$label"; cat "$out/$what-build.log"; }
+		return 1
+	fi
+}
+need() {
+	case $1 in
+	-) ;;
+	asan) LIBS= build_once asan "the ASan+UBSan server does not build" cc $SAN -Wall -Wextra -Wpedantic -Werror ;;
+	tls-asan) LIBS=-lbearssl build_once tls-asan "the ASan+UBSan TLS server does not build" \
+	    cc $SAN -Wall -Wextra -Wpedantic -Werror $TLS ;;
+	# Made by the build and tls-build stages, which say if they fail.
+	gcc) LIBS= build_once gcc "" gcc -O2 ;;
+	tls) LIBS=-lbearssl build_once tls "" cc -O2 $TLS ;;
+	bearssl) { [ -e /usr/include/bearssl.h ] && command -v openssl >/dev/null; } ||
+	    skip_once bearssl "TLS build and HTTPS tests: install libbearssl-dev and openssl (apt-get install -y libbearssl-dev openssl)" ;;
+	mandoc) command -v mandoc >/dev/null ||
+	    { fail "mandoc is not installed (.ci/run installs it): the man page is not checked"; return 1; } ;;
+	musl) { command -v musl-gcc >/dev/null && [ -e /usr/include/bearssl.h ] && [ "$(id -u)" = 0 ]; } ||
+	    skip_once musl "static binaries: needs musl-tools, libbearssl-dev and root (for chroot)" ;;
+	libfuzzer) { command -v clang >/dev/null && [ "$FUZZ_SECONDS" -gt 0 ] && have_libfuzzer; } ||
+	    skip_once libfuzzer "fuzzing: needs clang and libclang-rt-14-dev (FUZZ_SECONDS=$FUZZ_SECONDS)" ;;
+	not-fresh-root) [ ! -e /.xwebhook-fresh-root ] ||
+	    { echo "(this is the fresh root of stage 7: it does not start another)"; return 1; } ;;
+	debootstrap) { command -v debootstrap >/dev/null && [ "$(id -u)" = 0 ]; } ||
+	    skip_once debootstrap "the README's commands in a fresh root: needs debootstrap and root" ;;
+	# A stage for a file another branch adds: not run, and not counted, until it is there.
+	file:*) [ -e "${1#file:}" ] ;;
+	*) fail "test.sh: stage needs unknown '$1'"; return 1 ;;
+	esac
+}
+
+# Every stage, in order: its name (for STAGES=), what it needs (in the
+# order checked), and its command. The Python suites' arguments: the
+# server under test, the fixtures, and the build the suite also drives.
+stages() {
+	cat <<'EOF'
+build                  -                           stage_build
+analyze                -                           stage_analyze
+unit                   -                           stage_unit unit "unit tests"
+differential           -                           stage_differential
+integration            asan                        suite integration "integration tests" tests/integration.py "$out/xwebhook-asan" "$fixtures"
+fault                  asan                        suite fault "fault tests" tests/fault.py "$out/xwebhook-asan" "$fixtures"
+events                 asan,gcc                    suite events "event-path tests" tests/events.py "$out/xwebhook-asan" "$fixtures" "$out/xwebhook-gcc"
+brokers                asan                        suite brokers "broker tests" tests/brokers.py "$out/xwebhook-asan" "$fixtures"
+tls-build              bearssl                     stage_tls_build
+doc                    bearssl,mandoc,gcc,tls      suite doc "man page" tests/doc.py "$out/xwebhook-gcc" "$out/xwebhook-tls"
+unit-tls               bearssl                     stage_unit unit-tls "TLS unit tests" "$TLS" -lbearssl
+integration-tls-build  bearssl,tls-asan            suite integration-tls-build "integration tests (TLS build)" tests/integration.py "$out/xwebhook-tls-asan" "$fixtures"
+tls                    bearssl,tls-asan            suite tls "TLS tests" tests/tls.py "$out/xwebhook-tls-asan" "$fixtures"
+xapi                   bearssl,tls-asan,asan       suite xapi "X API tests" tests/xapi.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
+acme                   bearssl,tls-asan,asan       suite acme "ACME tests" tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
+readme                 bearssl,tls-asan            suite readme "the README's commands" tests/readme.py "$out/xwebhook-tls-asan" "$fixtures"
+static                 musl                        stage_static
+fuzz                   libfuzzer                   stage_fuzz
+fresh-root             not-fresh-root,debootstrap,gcc stage_fresh_root
+EOF
+}
+
+# STAGES=a,b: run only those.
+selected() {
+	[ -z "${STAGES:-}" ] && return 0
+	case ",$STAGES," in *",$1,"*) return 0 ;; esac
+	return 1
+}
+
+while read -r -u 3 name needs command; do
+	selected "$name" || continue
+	ok=1
+	for n in ${needs//,/ }; do
+		need "$n" || { ok=0; break; }
+	done
+	[ "$ok" = 1 ] && eval "$command"
+done 3< <(stages)
 
 if [ "$(sha256sum xwebhook 2>/dev/null)" = "$user_binary" ]; then
 	pass "./xwebhook is as it was before the tests"

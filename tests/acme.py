@@ -22,21 +22,12 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
-import fault  # noqa: E402
-import tls  # noqa: E402
+import harness as it  # noqa: E402  (what every suite shares)
 
-BIN = it.BIN
-PLAIN = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else None
+PLAIN = it.arg(3)
 DOMAIN = "hooks.xwebhook.test"
-TESTS = []
 
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
+test = it.test
 free_port = it.free_port
 
 
@@ -78,7 +69,7 @@ class Pebble:
         self.proc = subprocess.Popen(["pebble", "-config", os.path.join(self.dir, "config.json"), "-dnsserver",
                                       "127.0.0.1:%d" % self.dns], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                      env=self.env)
-        assert fault.wait_until(lambda: "Listening on" in self.log(), 20), self.log()
+        assert it.wait_until(lambda: "Listening on" in self.log(), 20), self.log()
 
     def log(self):
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
@@ -142,7 +133,7 @@ def https_crc(port, root):
 
 
 def check_url(port, root):
-    p = subprocess.run([BIN, "check", "--connect", "127.0.0.1:%d" % port, "--cacert", root,
+    p = subprocess.run([it.BIN, "check", "--connect", "127.0.0.1:%d" % port, "--cacert", root,
                         "https://%s/webhooks/twitter" % DOMAIN], capture_output=True, timeout=60,
                        env={"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET})
     return p.returncode, p.stdout.decode()
@@ -162,7 +153,7 @@ def tls_alpn_01_issues_serves_and_check_passes():
     state = os.path.join(p.dir, "state")
     srv = acme_server(p, state)
     try:
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
         issued = p.issued()
         assert len(issued) == 1 and p.orders() == 1, p.log()[-2000:]
         assert "reject 40% of good nonces" in p.log()
@@ -203,7 +194,7 @@ def restart_serves_the_stored_certificate_without_asking_the_ca():
     state = os.path.join(p.dir, "state")
     srv = acme_server(p, state)
     try:
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
     finally:
         srv.stop()
     posts_before = p.log().count("POST /")
@@ -230,7 +221,7 @@ def http_01_on_its_own_port_and_nothing_else_there():
     https_port = free_port()
     srv = acme_server(p, state, "--acme-http", "127.0.0.1:%d" % p.http_port, listen="127.0.0.1:%d" % https_port)
     try:
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
         assert "answering http-01 on http://127.0.0.1:%d" % p.http_port in srv.stderr()
         assert "GET /.well-known/acme-challenge/" in srv.stderr()  # pebble's validation, logged
         status, _, _ = https_crc(https_port, p.root())
@@ -260,7 +251,7 @@ def stored_cert(state, days_before, days_after, name=DOMAIN):
     run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
         "ca.key", "-out", "ca.pem", "-days", "400", "-subj", "/CN=old CA", "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign")
-    tls.openssl_ca_dir(ca)
+    it.openssl_ca_dir(ca)
     with open(os.path.join(ca, "leaf.ext"), "w") as f:
         f.write("subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid\n" % name)
     run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
@@ -286,7 +277,7 @@ def a_stored_certificate_expiring_in_5_days_is_renewed_first():
     try:
         err = srv.stderr()
         assert "due for renewal; ordering its successor first" in err, err
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
         assert p.orders() == 1
         new = open(os.path.join(state, DOMAIN, "fullchain.pem")).read()
         assert new != old
@@ -317,7 +308,7 @@ def the_ca_down_with_a_certificate_stored_serves_it():
         root = stored_cert(state, 85, 5)
         srv = acme_server(p, state)
         try:
-            assert fault.wait_until(lambda: "meanwhile serving the stored certificate" in srv.stderr(), 30), \
+            assert it.wait_until(lambda: "meanwhile serving the stored certificate" in srv.stderr(), 30), \
                 srv.stderr()
             assert "trying again in 30 s" in srv.stderr() and "Connection refused" in srv.stderr(), srv.stderr()
             assert https_crc(srv.port, root)[0] == 200
@@ -327,7 +318,7 @@ def the_ca_down_with_a_certificate_stored_serves_it():
         shutil.rmtree(state)
         srv = acme_server(p, state)
         try:
-            assert fault.wait_until(lambda: "no certificate to serve HTTPS with yet, trying again in 30 s"
+            assert it.wait_until(lambda: "no certificate to serve HTTPS with yet, trying again in 30 s"
                                     in srv.stderr(), 30), srv.stderr()
             try:
                 https_crc(srv.port, root)
@@ -348,7 +339,7 @@ def a_failed_validation_logs_the_cas_problem_and_backs_off():
     state = os.path.join(p.dir, "state")
     srv = acme_server(p, state, listen="127.0.0.1:%d" % free_port())  # not where the validator dials
     try:
-        assert fault.wait_until(lambda: "trying again in 30 s" in srv.stderr(), 60), srv.stderr()
+        assert it.wait_until(lambda: "trying again in 30 s" in srv.stderr(), 60), srv.stderr()
         err = srv.stderr()
         assert "the CA found the tls-alpn-01 challenge invalid" in err and "urn:ietf:params:acme:error:" in err, err
         assert err.count("ACME: ordering") == 1  # no tight loop
@@ -446,7 +437,7 @@ def ari_window_from_the_ca_renews_early_and_otherwise_waits():
     try:
         srv = acme_server(p, state)
         try:
-            assert fault.wait_until(lambda: "in the CA's renewal window" in srv.stderr(), 30), srv.stderr()
+            assert it.wait_until(lambda: "in the CA's renewal window" in srv.stderr(), 30), srv.stderr()
             assert "/renewal-info/" + cid in ari.seen, ari.seen
             when = time.strftime("%Y-%m-%d", time.gmtime(now + 7 * 86400))
             assert "next renewal %s" % when in srv.stderr() or \
@@ -459,7 +450,7 @@ def ari_window_from_the_ca_renews_early_and_otherwise_waits():
         ari = AriDirectory(p, cid, now - 3600, now - 1800)
         srv = acme_server(p, state)
         try:
-            assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+            assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
             assert "the CA's renewal window has come" in srv.stderr()
             assert p.orders() == 1 and "/renewal-info/" + cid in ari.seen
         finally:
@@ -567,7 +558,7 @@ def hostile_cas_get_one_line_and_a_wait_never_a_crash():
         srv = acme_server_at("https://localhost:%d/dir" % ca.port, ca.cert, state)
         try:
             want = "trying again in %d s" % wait
-            assert fault.wait_until(lambda: want in srv.stderr(), 30), (mode, srv.stderr())
+            assert it.wait_until(lambda: want in srv.stderr(), 30), (mode, srv.stderr())
             line = [ln for ln in srv.stderr().splitlines() if want in ln][0]
             assert all(p in line for p in parts), (mode, line)
             assert "\x1b" not in srv.stderr()
@@ -593,7 +584,7 @@ def the_tls_alpn_01_certificate_is_for_the_domain_and_the_acme_tls_handshake_alo
     state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
     srv = acme_server_at("https://localhost:%d/dir" % ca.port, ca.cert, state)
     try:
-        assert fault.wait_until(lambda: "/chall" in ca.seen, 30), ca.seen
+        assert it.wait_until(lambda: "/chall" in ca.seen, 30), ca.seen
         # The key authorization, from the account key the server made.
         text = subprocess.run(["openssl", "ec", "-in", os.path.join(state, "account.key"), "-noout", "-text"],
                               capture_output=True, text=True, timeout=30, check=True).stdout
@@ -697,7 +688,7 @@ class IssuingCa:
             self.root = os.path.join(d, "root.pem")
             with open(self.root, "rb") as f:
                 above = f.read()
-        tls.openssl_ca_dir(d)
+        it.openssl_ca_dir(d)
         with open(os.path.join(d, "serial"), "w") as f:
             f.write("A000\n")  # not stored_cert's 1000
         cnf = os.path.join(d, "ca.cnf")
@@ -845,12 +836,12 @@ def a_ca_issuing_certificates_already_due_gets_one_order_not_a_loop():
         state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
         srv = acme_server_at(ca.url, ca.cert, state)
         try:
-            assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
+            assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
             issued, cpu = time.time(), cpu_seconds(srv.proc.pid)
-            assert not fault.wait_until(lambda: ca.orders > 1, 5), (mode, ca.orders, srv.stderr()[-3000:])
+            assert not it.wait_until(lambda: ca.orders > 1, 5), (mode, ca.orders, srv.stderr()[-3000:])
             cpu = cpu_seconds(srv.proc.pid) - cpu
             assert cpu < 1.0, (mode, "%.2f s of CPU in 5 s" % cpu)
-            assert fault.wait_until(lambda: "the soonest for a certificate this new" in srv.stderr(), 10), \
+            assert it.wait_until(lambda: "the soonest for a certificate this new" in srv.stderr(), 10), \
                 srv.stderr()
             assert abs(next_renewal(srv.stderr()) - (issued + keep)) < 120, (mode, srv.stderr())
             assert ca.orders == 1 and len(ca.issued) == 1
@@ -881,7 +872,7 @@ def a_certificate_the_ca_should_not_have_issued_is_neither_stored_nor_served():
         srv = acme_server_at(ca.url, ca.cert, state)
         try:
             want = "trying again in 30 s"
-            assert fault.wait_until(lambda: want in srv.stderr(), 30), (mode, srv.stderr())
+            assert it.wait_until(lambda: want in srv.stderr(), 30), (mode, srv.stderr())
             line = [ln for ln in srv.stderr().splitlines() if want in ln][0]
             assert reason in line and "still serving the current certificate" in line, (mode, line)
             assert ca.orders == 1 and len(ca.issued) == 1, (mode, ca.orders)
@@ -906,7 +897,7 @@ def a_chain_through_a_name_constrained_or_rsa_pss_signed_intermediate_is_stored_
         state = tempfile.mkdtemp(prefix="state-", dir=it.WORK)
         srv = acme_server_at(ca.url, ca.cert, state)
         try:
-            assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), \
+            assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), \
                 (mode, srv.stderr())
             assert ca.orders == 1 and len(ca.issued) == 1, (mode, ca.orders)
             stored = open(os.path.join(state, DOMAIN, "fullchain.pem")).read()
@@ -935,7 +926,7 @@ def failed_validations_do_not_count_against_the_weekly_cap():
     os.chmod(orders, 0o600)
     srv = acme_server_at(ca.url, ca.cert, state)
     try:
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 150), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 150), srv.stderr()
         err = srv.stderr()
         assert err.count("trying again in") == 2 and "trying again in 30 s" in err and \
             "trying again in 60 s" in err, err
@@ -958,7 +949,7 @@ def a_stored_certificate_not_yet_valid_is_replaced_at_once():
     stored_cert(state, -10, 90)
     srv = acme_server_at(ca.url, ca.cert, state)
     try:
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
         assert "the stored certificate is not valid before" in srv.stderr(), srv.stderr()
         assert ca.orders == 1 and https_crc(srv.port, ca.root)[2] == ca.issued[0]
     finally:
@@ -977,7 +968,7 @@ def a_pending_authorization_with_a_huge_retry_after_is_polled_within_its_limit()
     try:
         want = re.compile(r"ACME: the CA asks to poll the authorization again in (\d+) s, past the 180 s it is "
                           r"given; polling it once more in (\d+) s")
-        assert fault.wait_until(lambda: want.search(srv.stderr()), 30), srv.stderr()
+        assert it.wait_until(lambda: want.search(srv.stderr()), 30), srv.stderr()
         asked, wait = map(int, want.search(srv.stderr()).groups())
         assert asked == 86400 and 170 <= wait <= 180, (asked, wait)
     finally:
@@ -999,7 +990,7 @@ def the_weekly_order_cap_survives_restarts():
         for i in range(5):
             srv = acme_server_at(ca.url, ca.cert, state)
             try:
-                assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
+                assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 30), srv.stderr()
                 assert ca.orders == i + 1, (i, ca.orders, srv.stderr())
             finally:
                 srv.stop()
@@ -1008,8 +999,8 @@ def the_weekly_order_cap_survives_restarts():
         assert mode(os.path.join(state, DOMAIN, "orders"))[0] == 0o600
         srv = acme_server_at(ca.url, ca.cert, state)
         try:
-            assert fault.wait_until(lambda: "ordering resumes" in srv.stderr(), 30), srv.stderr()
-            assert not fault.wait_until(lambda: ca.orders > 5, 3), srv.stderr()
+            assert it.wait_until(lambda: "ordering resumes" in srv.stderr(), 30), srv.stderr()
+            assert not it.wait_until(lambda: ca.orders > 5, 3), srv.stderr()
             err = srv.stderr()
             assert err.count("ordering resumes") == 1, err
             line = [ln for ln in err.splitlines() if "ordering resumes" in ln][0]
@@ -1038,7 +1029,7 @@ def works_after_dropping_root_and_everything_is_the_users():
         os.chmod(d, 0o755)  # for nobody to reach its state directory
     srv = acme_server(p, state, "--user", "nobody")
     try:
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
         for path in (state, os.path.join(state, DOMAIN), os.path.join(state, "account.key"),
                      os.path.join(state, DOMAIN, "fullchain.pem"), os.path.join(state, DOMAIN, "privkey.pem")):
             assert mode(path)[1] == nobody.pw_uid, path
@@ -1105,7 +1096,7 @@ class Planted:
         """The server as root with --user nobody: (returncode, stderr)."""
         env = {"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET}
         try:
-            p = subprocess.run([BIN, "--listen", "127.0.0.1:0", "--acme", DOMAIN, "--acme-server",
+            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", "--acme", DOMAIN, "--acme-server",
                                 "https://127.0.0.1:1/dir", "--acme-cacert", self_signed(), "--state-dir",
                                 state or self.state, "--user", "nobody", *extra],
                                capture_output=True, timeout=15, env=env)
@@ -1238,8 +1229,8 @@ def leftover_temp_files_are_removed_at_start_links_among_them_unfollowed():
         for p in leftovers:
             assert "removed %s" % p in srv.stderr(), srv.stderr()
             # (account.key.tmp comes back for a moment: the new account key.)
-            assert fault.wait_until(lambda: not os.path.lexists(p), 10), (p, srv.stderr())
-        assert fault.wait_until(lambda: "trying again" in srv.stderr(), 30), srv.stderr()
+            assert it.wait_until(lambda: not os.path.lexists(p), 10), (p, srv.stderr())
+        assert it.wait_until(lambda: "trying again" in srv.stderr(), 30), srv.stderr()
         assert srv.proc.poll() is None
     finally:
         srv.stop()
@@ -1283,11 +1274,11 @@ def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_r
                       wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
                             "-e", "inject=fsync:delay_enter=8000000:when=3"))
     try:
-        assert fault.wait_until(lambda: os.path.exists(tmp), 60), srv.stderr()
+        assert it.wait_until(lambda: os.path.exists(tmp), 60), srv.stderr()
         server = children(srv.proc.pid)
         assert len(server) == 1, server
         os.kill(server[0], signal.SIGTERM)
-        assert fault.wait_until(lambda: "stopped" in srv.stderr(), 5), srv.stderr()
+        assert it.wait_until(lambda: "stopped" in srv.stderr(), 5), srv.stderr()
         srv.proc.wait(30)  # the process ends once strace lets the held thread go
     finally:
         stop_traced(srv)
@@ -1295,13 +1286,12 @@ def sigterm_while_the_certificate_is_written_leaves_a_temp_file_the_next_start_r
     srv = acme_server(p, state, "--user", "nobody")
     try:
         assert "removed %s" % tmp in srv.stderr(), srv.stderr()
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
         assert not os.path.exists(tmp)
         assert https_crc(srv.port, p.root())[0] == 200
     finally:
         srv.stop()
         p.close()
-
 
 
 @test
@@ -1324,10 +1314,10 @@ def a_link_at_a_temp_name_while_running_is_never_written_through():
                       wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
                             "-e", "inject=fsync:delay_enter=3000000:when=2"))
     try:
-        assert fault.wait_until(lambda: os.path.exists(os.path.join(domain, "privkey.pem.tmp")), 60), srv.stderr()
+        assert it.wait_until(lambda: os.path.exists(os.path.join(domain, "privkey.pem.tmp")), 60), srv.stderr()
         os.symlink(victim, os.path.join(domain, "fullchain.pem.tmp"))
         want = "cannot write %s: File exists" % os.path.join(domain, "fullchain.pem")
-        assert fault.wait_until(lambda: want in srv.stderr() or "now serving" in srv.stderr(), 30), srv.stderr()
+        assert it.wait_until(lambda: want in srv.stderr() or "now serving" in srv.stderr(), 30), srv.stderr()
         assert owned(victim) == was and open(victim).read() == "root's alone\n", open(victim).read()[:80]
         assert want in srv.stderr(), srv.stderr()
     finally:
@@ -1348,7 +1338,7 @@ def bad_acme_options_are_refused_with_one_line():
              (["--acme", DOMAIN, "--state-dir", "/proc/version"], "--state-dir"),
              (["--acme", DOMAIN, "--state-dir", d, "--acme-cacert", "/nonexistent.pem"], "/nonexistent.pem")]
     for args, part in cases:
-        p = subprocess.run([BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30, env=env)
+        p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30, env=env)
         err = p.stderr.decode()
         it.check_sanitizers(err)
         lines = [ln for ln in err.splitlines() if not ln.startswith(("xwebhook: warning: running as root",
@@ -1361,15 +1351,10 @@ def bad_acme_options_are_refused_with_one_line():
 
 
 def main():
-    for tool in ("pebble", "pebble-challtestsrv"):
-        if shutil.which(tool) is None:
-            print("FAIL %s is not installed (./test.sh installs pebble as root)" % tool)
-            print("acme: 0 passed, 1 failed")
-            sys.exit(1)
-    os.makedirs(tls.PKI, exist_ok=True)
-    passed, failed = it.run_suite(TESTS)
-    print("acme: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    it.require("acme", ("pebble", "pebble-challtestsrv"),
+               "{tool} is not installed (./test.sh installs pebble as root)")
+    os.makedirs(it.PKI, exist_ok=True)
+    it.finish("acme", *it.run_suite())
 
 
 if __name__ == "__main__":

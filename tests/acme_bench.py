@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import acme  # noqa: E402
-import integration as it  # noqa: E402
+import harness as it  # noqa: E402
 
 
 def xwebhook_once(p, n):

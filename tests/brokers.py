@@ -22,20 +22,12 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402
-import events  # noqa: E402
-import fault  # noqa: E402
+import harness as it  # noqa: E402  (what every suite shares)
 
-TESTS = []
 PASSWORD = "broker-pass-Zq8"
 TOKEN = "nats-token-Kx3"
 
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
+test = it.test
 free_port = it.free_port
 
 
@@ -68,7 +60,7 @@ class Redis(Broker):
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes", "--appendfsync", "always", "--dir", self.data,
              "--requirepass", PASSWORD], stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
-        assert fault.wait_until(lambda: self.ping(), 10), "redis-server did not start"
+        assert it.wait_until(lambda: self.ping(), 10), "redis-server did not start"
 
     def ping(self):
         try:
@@ -90,7 +82,6 @@ class Redis(Broker):
             got.append((out[k], fields["event"], fields["sha256"]))
             k += 5
         return got
-
 
 
 def url(r, key, password=PASSWORD):
@@ -206,7 +197,7 @@ def killed_and_restarted(broker, forward, stored_events, what):
         for t in posters:
             t.start()
         time.sleep(1.5)
-        probe = events.CrcProbe(srv.port)
+        probe = it.CrcProbe(srv.port)
         probe.start()
         broker.kill()  # mid-load; every 200 before this is stored
         time.sleep(2)
@@ -214,7 +205,7 @@ def killed_and_restarted(broker, forward, stored_events, what):
         during = len(acked)
         broker.start()
         # Back within the backoff (at most 5 s), and events flow again.
-        assert fault.wait_until(lambda: len(acked) > during + 20, 15), "events did not resume"
+        assert it.wait_until(lambda: len(acked) > during + 20, 15), "events did not resume"
         stop.set()
         for t in posters:
             t.join()
@@ -333,7 +324,7 @@ class Nats(Broker):
         self.log = open(os.path.join(self.data, "nats.log"), "ab")
         self.proc = subprocess.Popen(["nats-server", "-c", self.conf], stdout=self.log, stderr=self.log,
                                      stdin=subprocess.DEVNULL)
-        assert fault.wait_until(self.up, 10), "nats-server did not start"
+        assert it.wait_until(self.up, 10), "nats-server did not start"
 
     def up(self):
         try:
@@ -366,7 +357,6 @@ class Nats(Broker):
             return got
         finally:
             c.close()
-
 
 
 def nats_url(n, subject, token=TOKEN):
@@ -742,7 +732,7 @@ def a_broker_failing_with_batches_out_fails_those_and_output_keeps_none():
         h.answer(1, b"-OOM command not allowed when used memory > 'maxmemory'\r\n")
         assert b.result() == 503 and c.result() == 503, (b.status, c.status)
         assert open(path, "rb").read() == b'{"n":1}\n'
-        assert fault.wait_until(lambda: "OOM command not allowed" in srv.stderr(), 5), srv.stderr()
+        assert it.wait_until(lambda: "OOM command not allowed" in srv.stderr(), 5), srv.stderr()
         # Dialled again for the next event (after the backoff).
         time.sleep(0.3)
         d = Poster(srv, b'{"n":4}')
@@ -797,7 +787,7 @@ def sighup_with_a_batch_out_cuts_it_from_the_file_it_went_to():
         # logrotate moves the file and sends SIGHUP while event 2 is out.
         os.rename(path, path + ".1")
         srv.proc.send_signal(signal.SIGHUP)
-        assert fault.wait_until(lambda: "SIGHUP: reopened" in srv.stderr(), 5)
+        assert it.wait_until(lambda: "SIGHUP: reopened" in srv.stderr(), 5)
         c = Poster(srv, b'{"n":3}')
         time.sleep(0.3)
         h.answer(1, b"-ERR no\r\n")
@@ -902,7 +892,7 @@ def taken_again(srv, sent, answer, body):
     while time.monotonic() < deadline:
         before = sent()
         p = Poster(srv, body)
-        assert fault.wait_until(lambda: sent() > before or p.status is not None, 10), "no answer"
+        assert it.wait_until(lambda: sent() > before or p.status is not None, 10), "no answer"
         if sent() > before:
             answer(before)
             return p.result()
@@ -923,7 +913,7 @@ def each_refused_then_taken(srv, path, cases, sent, wait, answer, connections):
         assert wait(before + 1)
         answer(before, reply)
         assert bad.result() == 503, (reply, bad.status)
-        assert fault.wait_until(lambda: part in srv.stderr(), 5), (part, srv.stderr()[-600:])
+        assert it.wait_until(lambda: part in srv.stderr(), 5), (part, srv.stderr()[-600:])
         assert open(path, "rb").read() == kept, (reply, open(path, "rb").read())
         good = b'{"good":%d}' % n
         assert taken_again(srv, sent, answer, good) == 200, reply
@@ -1050,7 +1040,7 @@ def a_duplicated_puback_does_not_stand_in_for_a_missing_one():
         assert [p.result() for p in pair] == [503, 503], [p.status for p in pair]
         assert max(p.took for p in pair) < 9, [p.took for p in pair]
         assert open(path, "rb").read() == b'{"n":0}\n{"n":1}\n{"n":2}\n{"n":3}\n'
-        assert fault.wait_until(lambda: "no reply in time" in srv.stderr(), 5), srv.stderr()[-600:]
+        assert it.wait_until(lambda: "no reply in time" in srv.stderr(), 5), srv.stderr()[-600:]
     finally:
         srv.stop()
         h.close()
@@ -1066,13 +1056,13 @@ def group_commit_with_forward_syncs_output_before_any_200_of_its_batches():
         raise AssertionError("strace is not installed (.ci/run installs it)")
     h = HeldRedis()
     path = os.path.join(it.WORK, "group-commit-forward.jsonl")
-    srv = events.Traced(path, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    srv = it.Traced(path, "--forward", "redis://127.0.0.1:%d/s" % h.port)
     posters = []
     try:
         for n in range(4):
-            posters.append(events.TracedPoster(srv, b'{"gc":%d}' % n))
+            posters.append(it.TracedPoster(srv, b'{"gc":%d}' % n))
             assert h.wait_xadds(n + 1)
-        posters += [events.TracedPoster(srv, b'{"gc":%d}' % n) for n in (4, 5, 6)]
+        posters += [it.TracedPoster(srv, b'{"gc":%d}' % n) for n in (4, 5, 6)]
         time.sleep(0.5)  # queued at the writer, which has four out
         h.answer_together(0, 3)
         assert h.wait_xadds(7), "events 4 to 6 did not go out as one batch"
@@ -1088,14 +1078,10 @@ def group_commit_with_forward_syncs_output_before_any_200_of_its_batches():
 
 
 def main():
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None or shutil.which("nats-server") is None:
-        print("FAIL redis-server, redis-cli and nats-server are not all installed "
-              "(.ci/run installs redis-server redis-tools nats-server)")
-        print("brokers: 0 passed, 1 failed")
-        sys.exit(1)
-    passed, failed = it.run_suite(TESTS)
-    print("brokers: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    it.require("brokers", ("redis-server", "redis-cli", "nats-server"),
+               "redis-server, redis-cli and nats-server are not all installed "
+               "(.ci/run installs redis-server redis-tools nats-server)")
+    it.finish("brokers", *it.run_suite())
 
 
 if __name__ == "__main__":

@@ -17,17 +17,13 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402
+import harness as it  # noqa: E402  (what every suite shares)
 
-PLAIN, TLS = (os.path.abspath(p) for p in sys.argv[1:3])
-PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "doc", "xwebhook.1")
+PLAIN, TLS = it.arg(1), it.arg(2)
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
-TESTS = []
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "doc", "xwebhook.1")
 
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+test = it.test
 
 
 def read(path):
@@ -379,10 +375,9 @@ def lint_fails_a_broken_page():
 
 
 def main():
-    passed, failed = it.run_suite(TESTS)
+    passed, failed = it.run_suite()
     shutil.rmtree(it.WORK, ignore_errors=True)
-    print("doc: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    it.finish("doc", passed, failed)
 
 
 if __name__ == "__main__":

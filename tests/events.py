@@ -13,7 +13,6 @@ import json
 import os
 import pty
 import pwd
-import re
 import resource
 import shutil
 import signal
@@ -26,63 +25,11 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402
-import fault  # noqa: E402
+import harness as it  # noqa: E402  (what every suite shares)
 
-PLAIN = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else None
-TESTS = []
+PLAIN = it.arg(3)
 
-# A CRC must be answered within this while a sink or a peer misbehaves.
-# X allows 3 s; what these tests guard against (a loop waiting on a sink,
-# or on a slow peer) takes 5 s or more, so a second tells the two apart
-# even with an ASan build on a machine another test run keeps busy.
-CRC_BOUND = 1.0
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-class CrcProbe(threading.Thread):
-    """CRCs every interval from source address src, until stopped; keeps
-    the slowest answer and every failure."""
-
-    def __init__(self, port, interval=0.1, src="127.0.0.1"):
-        super().__init__(daemon=True)
-        self.port, self.interval, self.src = port, interval, src
-        self.stop_flag = threading.Event()
-        self.times, self.failures = [], []
-
-    def run(self):
-        n = 0
-        while not self.stop_flag.is_set():
-            n += 1
-            token = b"probe%d" % n
-            t0 = time.monotonic()
-            try:
-                s = socket.create_connection(("127.0.0.1", self.port), timeout=5,
-                                             source_address=(self.src, 0))
-                s.sendall(b"GET /webhooks/twitter?crc_token=%s HTTP/1.1\r\nHost: x\r\n"
-                          b"Connection: close\r\n\r\n" % token)
-                status, _, body, _ = it.read_response(s)
-                s.close()
-                took = time.monotonic() - t0
-                if status != 200 or json.loads(body)["response_token"] != it.sign(token):
-                    self.failures.append("CRC %d: %d %r" % (n, status, body))
-                self.times.append(took)
-            except Exception as e:  # noqa: BLE001
-                self.failures.append("CRC %d: %r after %.2f s" % (n, e, time.monotonic() - t0))
-            time.sleep(self.interval)
-
-    def finish(self, bound=CRC_BOUND):
-        self.stop_flag.set()
-        self.join()
-        assert not self.failures, self.failures[:5]
-        assert self.times, "no CRC was tried"
-        worst = max(self.times)
-        assert worst < bound, "a CRC took %.0f ms (bound %.0f ms)" % (worst * 1000, bound * 1000)
-        return worst
+test = it.test
 
 
 def event(k, i, pad=3900):
@@ -144,7 +91,7 @@ def check_stalled_stdout(with_output):
     srv, r_fd, path = stalled_stdout(with_output)
     results = []
     try:
-        probe = CrcProbe(srv.port)
+        probe = it.CrcProbe(srv.port)
         probe.start()
         # 4 KB events: the pipe (64 KiB) fills after a dozen or so, and
         # nobody reads it. Each then waits SINK_TIMEOUT_S and gets 503.
@@ -168,7 +115,7 @@ def check_stalled_stdout(with_output):
             if r.status == 200 or time.monotonic() > deadline:
                 break
         assert r.status == 200, r.status
-        assert fault.wait_until(lambda: "stdout takes events again" in srv.stderr(), 3)
+        assert it.wait_until(lambda: "stdout takes events again" in srv.stderr(), 3)
     finally:
         srv.stop()
     accepted = {(k, i) for k, i, st, _ in results if st == 200}
@@ -214,7 +161,7 @@ def a_terminal_under_ctrl_s_gives_503_and_crcs_go_on():
     results, got = [], []
     try:
         os.write(master, b"\x13")  # Ctrl-S
-        probe = CrcProbe(srv.port)
+        probe = it.CrcProbe(srv.port)
         probe.start()
         for t in posters(srv, 4, 7, results):
             t.join()
@@ -225,8 +172,8 @@ def a_terminal_under_ctrl_s_gives_503_and_crcs_go_on():
         pipe_reader(master, got)
         r, _ = it.post(srv.conn(), b'{"after":"ctrl-q"}')
         assert r.status == 200, r.status
-        assert fault.wait_until(lambda: "stdout takes events again" in srv.stderr(), 3)
-        assert fault.wait_until(lambda: b'"after": "ctrl-q"' in b"".join(got), 3)
+        assert it.wait_until(lambda: "stdout takes events again" in srv.stderr(), 3)
+        assert it.wait_until(lambda: b'"after": "ctrl-q"' in b"".join(got), 3)
     finally:
         srv.stop()
         os.close(master)
@@ -264,7 +211,7 @@ def unread_stderr_drops_log_lines_and_crcs_go_on():
     port = int(line.split("serving ", 1)[1].split()[0].rsplit(":", 1)[1].split("/", 1)[0])
     got = []
     try:
-        probe = CrcProbe(port)
+        probe = it.CrcProbe(port)
         probe.start()
         # A scanner: 20,000 pipelined requests for /wp-login.php, some
         # 2 MB of log lines, into a pipe of 64 KiB that nobody reads.
@@ -288,7 +235,7 @@ def unread_stderr_drops_log_lines_and_crcs_go_on():
         reader = pipe_reader(proc.stderr.fileno(), got)
         # Stop only once the queue has drained and told its count, or the
         # shutdown's own lines could be dropped too and counted.
-        assert fault.wait_until(lambda: b"log line(s) dropped" in b"".join(got), 10)
+        assert it.wait_until(lambda: b"log line(s) dropped" in b"".join(got), 10)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         reader.join(5)
@@ -309,44 +256,11 @@ def unread_stderr_drops_log_lines_and_crcs_go_on():
           % (logged, n, worst * 1000))
 
 
-def chunked_post(port, body, chunk, wrap=None):
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    if wrap:
-        s = wrap(s)
-    head = (b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-            b"x-twitter-webhooks-signature: %s\r\n\r\n" % it.sign(body).encode())
-    parts = [head]
-    for k in range(0, len(body), chunk):
-        piece = body[k:k + chunk]
-        parts.append(b"%x\r\n%s\r\n" % (len(piece), piece))
-    parts.append(b"0\r\n\r\n")
-    wire = b"".join(parts)
-    for k in range(0, len(wire), 1 << 20):
-        s.sendall(wire[k:k + (1 << 20)])
-    status, _, rbody, _ = it.read_response(s)
-    s.close()
-    return status, rbody
-
-
-CHUNKED_CASES = [(40_000, 1), (40_000, 65536), (100_000, 4096), (300_000, 7), (1_000_000, 1000),
-                 (1_500_000, 65536), (1_500_000, 1)]
-
-
-def check_chunked(srv, wrap=None):
-    for n, chunk in CHUNKED_CASES:
-        pad = b"c" * (n - 30)
-        body = b'{"size":%d,"chunk":%d,"p":"%s"}' % (n, chunk, pad)
-        body = body[:-2 - (len(body) - n)] + b'"}' if len(body) > n else body
-        status, rbody = chunked_post(srv.port, body, chunk, wrap)
-        assert status == 200, "%d bytes in %d-byte chunks: %d %r" % (len(body), chunk, status, rbody[:200])
-    assert fault.wait_until(lambda: srv.stdout().count(b'"chunk": ') == len(CHUNKED_CASES), 5)
-
-
 @test
 def chunked_bodies_of_any_size_in_chunks_of_any_size():
     srv = it.Server("--quiet", "--max-body", "2M")
     try:
-        check_chunked(srv)
+        it.check_chunked(srv)
     finally:
         srv.stop()
 
@@ -394,7 +308,7 @@ def thousand_slow_unsigned_megabyte_bodies_stay_under_the_memory_bound():
                     socks.append(s)
                     outcome[key] += 1
         threads = [threading.Thread(target=opener, args=(k,)) for k in range(20)]
-        probe = CrcProbe(srv.port, interval=0.2)
+        probe = it.CrcProbe(srv.port, interval=0.2)
         probe.start()
         for t in threads:
             t.start()
@@ -403,7 +317,7 @@ def thousand_slow_unsigned_megabyte_bodies_stay_under_the_memory_bound():
         time.sleep(1)
         # Twice CRC_BOUND: here the test's own 20 threads push a gigabyte
         # through the same two cores as the server.
-        worst = probe.finish(2 * CRC_BOUND)
+        worst = probe.finish(2 * it.CRC_BOUND)
         peak = rusage_peak(srv.proc.pid)
         refused = 0
         for s in socks:
@@ -420,7 +334,7 @@ def thousand_slow_unsigned_megabyte_bodies_stay_under_the_memory_bound():
         socks = []
         # Everything given back: a signed event of a megabyte goes through.
         big = b'{"big":"%s"}' % (b"b" * 1000000)
-        assert fault.wait_until(lambda: it.post(srv.conn(), big)[0].status == 200, 10)
+        assert it.wait_until(lambda: it.post(srv.conn(), big)[0].status == 200, 10)
         print("    (1,000 slow 1 MiB bodies: peak RSS %d KiB, %d refused with 503; worst CRC %.1f ms)"
               % (peak, refused, worst * 1000))
     finally:
@@ -443,7 +357,7 @@ def declared_sizes_cost_nothing_and_a_failed_allocation_refuses_one_request():
             held.append(s)
         time.sleep(0.5)
         assert srv.proc.poll() is None, "the server exited: " + srv.stderr()[-500:]
-        fault.timed_crc(srv.port)
+        it.timed_crc(srv.port)
         for s in held:
             s.settimeout(0.3)
             try:
@@ -466,9 +380,9 @@ def declared_sizes_cost_nothing_and_a_failed_allocation_refuses_one_request():
         except OSError:
             pass
         s.close()
-        assert fault.wait_until(lambda: "out of memory for the body" in srv.stderr(), 10), srv.stderr()[-500:]
+        assert it.wait_until(lambda: "out of memory for the body" in srv.stderr(), 10), srv.stderr()[-500:]
         assert srv.proc.poll() is None, "the server exited: " + srv.stderr()[-500:]
-        took = fault.timed_crc(srv.port)
+        took = it.timed_crc(srv.port)
         r, _ = it.post(srv.conn(), b'{"after":"oom"}')
         assert r.status == 200
         print("    (4 heads declaring 1 GiB under a 1 GiB address space: served; a 1 GiB body "
@@ -550,7 +464,7 @@ def one_peer_holding_every_socket_neither_stops_crcs_nor_busy_senders():
         a = threading.Thread(target=attack)
         a.start()
         time.sleep(3)
-        probe = CrcProbe(srv.port, interval=0.25, src="127.0.0.3")
+        probe = it.CrcProbe(srv.port, interval=0.25, src="127.0.0.3")
         probe.start()
         time.sleep(8)
         worst = probe.finish(1.0)
@@ -625,7 +539,7 @@ def output_belongs_to_the_user_and_survives_rotation_and_sighup():
         for n in range(2):
             os.rename(path, path + ".%d" % n)
             srv.proc.send_signal(signal.SIGHUP)
-            assert fault.wait_until(lambda: srv.stderr().count("reopened --output") == n + 1, 5), srv.stderr()
+            assert it.wait_until(lambda: srv.stderr().count("reopened --output") == n + 1, 5), srv.stderr()
             assert it.post(srv.conn(), b'{"after":%d}' % n)[0].status == 200
             st = os.stat(path)
             assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o600), (st.st_uid, oct(st.st_mode))
@@ -726,7 +640,7 @@ def output_through_a_link_or_of_a_third_user_is_refused_as_root():
         os.rename(path, path + ".1")
         planted_link(path, victim)
         srv.proc.send_signal(signal.SIGHUP)
-        assert fault.wait_until(lambda: "cannot reopen --output" in srv.stderr(), 5), srv.stderr()
+        assert it.wait_until(lambda: "cannot reopen --output" in srv.stderr(), 5), srv.stderr()
         assert "symbolic link" in srv.stderr(), srv.stderr()
         assert it.post(srv.conn(), b'{"after":"sighup"}')[0].status == 200
     finally:
@@ -745,7 +659,7 @@ def a_deleted_output_file_is_warned_of_once():
         os.unlink(path)
         for n in range(3):
             assert it.post(c, b'{"n":%d}' % (n + 2))[0].status == 200
-        assert fault.wait_until(lambda: "was deleted while open" in srv.stderr(), 3)
+        assert it.wait_until(lambda: "was deleted while open" in srv.stderr(), 3)
     finally:
         srv.stop()
     assert srv.stderr().count("was deleted while open") == 1
@@ -771,85 +685,6 @@ def both_secret_variables_leave_the_environment():
 
 # ---- The order of write, fdatasync and the 200, seen by strace ----
 
-SYNC_DELAY_US = 300000
-
-
-class Traced(it.Server):
-    """A server under strace -f -yy, appending to --output path, with every
-    fdatasync held 300 ms before it runs (strace's delay injection). A 200
-    released before the sync has returned then leaves while it is held,
-    and the trace shows it: without the delay the sync returns first by
-    luck of the scheduler (the 200 is sent by another thread)."""
-
-    def __init__(self, path, *args):
-        self.path = path
-        self.trace = path + ".strace"
-        # LeakSanitizer cannot run under ptrace; the rest of ASan can.
-        super().__init__("--output", path, *args,
-                         wrap=["strace", "-f", "-qq", "-yy", "-s", "512", "-o", self.trace,
-                               "-e", "trace=write,fdatasync,sendto",
-                               "-e", "inject=fdatasync:delay_enter=%d" % SYNC_DELAY_US],
-                         env={"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"})
-
-    def stop(self, *a, **k):
-        if self.proc.poll() is None:
-            # SIGTERM to the server itself: strace ends when its tracee does.
-            child = int(subprocess.check_output(["pgrep", "-P", str(self.proc.pid)]).split()[0])
-            os.kill(child, signal.SIGTERM)
-        return super().stop(*a, **k)
-
-    def order(self, ports):
-        """For each event {"gc":N} posted from client port p (ports maps p
-        to N): whether some fdatasync returned after the write that put its
-        line in --output and before its 200 was sent. (problems, the number
-        of events in each --output write)."""
-        written, answered, synced, batches = {}, {}, [], []
-        port_of = {n: p for p, n in ports.items()}
-        with open(self.trace) as f:
-            for k, line in enumerate(f):
-                if ("fdatasync(" in line and "unfinished" not in line) or "<... fdatasync resumed>" in line:
-                    synced.append(k)  # it has returned
-                elif "write(" in line and "<%s>" % self.path in line:
-                    ns = [int(n) for n in re.findall(r'\{\\"gc\\":(\d+)\}', line)]
-                    batches.append(len(ns))
-                    for n in ns:
-                        written[n] = k
-                elif "sendto(" in line and "HTTP/1.1 200" in line:
-                    m = re.search(r"->127\.0\.0\.1:(\d+)\]", line)
-                    if m and int(m.group(1)) in ports:
-                        answered[ports[int(m.group(1))]] = k
-        problems = []
-        for n in sorted(port_of):
-            if n not in written or n not in answered:
-                problems.append("event %d: written at %s, 200 at %s" % (n, written.get(n), answered.get(n)))
-            elif not any(written[n] < s < answered[n] for s in synced):
-                problems.append("event %d: its 200 (trace line %d) left before any fdatasync returned after "
-                                "its write (line %d)" % (n, answered[n] + 1, written[n] + 1))
-        return problems, batches
-
-
-class TracedPoster(threading.Thread):
-    """One signed POST on a connection of its own; port is the client's
-    port, which names the connection in an strace -yy trace."""
-
-    def __init__(self, srv, body):
-        super().__init__(daemon=True)
-        self.srv, self.body, self.status = srv, body, None
-        self.c = srv.conn(timeout=20)
-        self.c.connect()
-        self.port = self.c.sock.getsockname()[1]
-        self.start()
-
-    def run(self):
-        try:
-            self.status = it.post(self.c, self.body)[0].status
-        except OSError as e:
-            self.status = repr(e)
-
-    def result(self, timeout=15):
-        self.join(timeout)
-        return self.status
-
 
 @test
 def group_commit_syncs_output_before_any_200_of_its_batches():
@@ -860,14 +695,14 @@ def group_commit_syncs_output_before_any_200_of_its_batches():
     if shutil.which("strace") is None:
         raise AssertionError("strace is not installed (.ci/run installs it)")
     path = os.path.join(it.WORK, "group-commit.jsonl")
-    srv = Traced(path)
+    srv = it.Traced(path)
     posters = []
     try:
-        posters.append(TracedPoster(srv, b'{"gc":0}'))
+        posters.append(it.TracedPoster(srv, b'{"gc":0}'))
         # Its line is in the file: the writer now holds in fdatasync for
         # 300 ms, and the next three queue behind it, to go as one batch.
-        assert fault.wait_until(lambda: os.path.getsize(path) > 0, 10)
-        posters += [TracedPoster(srv, b'{"gc":%d}' % n) for n in range(1, 4)]
+        assert it.wait_until(lambda: os.path.getsize(path) > 0, 10)
+        posters += [it.TracedPoster(srv, b'{"gc":%d}' % n) for n in range(1, 4)]
         statuses = [p.result() for p in posters]
         assert statuses == [200] * 4, statuses
     finally:
@@ -880,9 +715,7 @@ def group_commit_syncs_output_before_any_200_of_its_batches():
 
 def main():
     raise_nofile()
-    passed, failed = it.run_suite(TESTS)
-    print("events: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    it.finish("events", *it.run_suite())
 
 
 if __name__ == "__main__":

@@ -18,20 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402
+import harness as it  # noqa: E402  (what every suite shares)
 
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-fd_count = it.fd_count
+test = it.test
 
 
 def rss_kib(pid):
@@ -39,17 +30,6 @@ def rss_kib(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-wait_until = it.wait_until  # the other suites call it as fault.wait_until
-
-
-def timed_crc(port, token=b"probe"):
-    t0 = time.monotonic()
-    r, body = it.crc_request(port, "crc_token=" + token.decode())
-    took = time.monotonic() - t0
-    assert r.status == 200 and json.loads(body)["response_token"] == it.sign(token)
-    return took
 
 
 @test
@@ -80,7 +60,7 @@ def slowloris_is_cut_off_by_the_head_deadline():
             sent += 1
             tick = time.monotonic()
             if 2 <= tick - opened <= 8:
-                worst_crc = max(worst_crc, timed_crc(srv.port))
+                worst_crc = max(worst_crc, it.timed_crc(srv.port))
             while time.monotonic() - tick < 1:
                 live = [s for i, s in enumerate(socks) if i not in closed_at]
                 readable, _, _ = select.select(live, [], [], 0.1)
@@ -115,7 +95,7 @@ def flood_past_the_connection_limit():
     held = []
     try:
         before = rss_kib(srv.proc.pid)
-        fds = fd_count(srv.proc.pid)
+        fds = it.fd_count(srv.proc.pid)
         busy = 0
         for _ in range(400):
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
@@ -146,8 +126,8 @@ def flood_past_the_connection_limit():
             s.close()
         held = []
         # Generous: a loaded machine closes 100 sockets slowly; a leak never.
-        assert wait_until(lambda: fd_count(srv.proc.pid) <= fds, 15), (fds, fd_count(srv.proc.pid))
-        took = timed_crc(srv.port)
+        assert it.wait_until(lambda: it.fd_count(srv.proc.pid) <= fds, 15), (fds, it.fd_count(srv.proc.pid))
+        took = it.timed_crc(srv.port)
         after = rss_kib(srv.proc.pid)
         print("    (RSS %d KiB idle, %d KiB with 100 held and 300 evicted, %d KiB after; CRC after in %.1f ms)"
               % (before, during, after, took * 1000))
@@ -221,7 +201,7 @@ def ten_thousand_garbage_requests():
     bad = []
     try:
         time.sleep(0.2)
-        fds_before = fd_count(srv.proc.pid)
+        fds_before = it.fd_count(srv.proc.pid)
 
         def worker(chunk):
             for data in chunk:
@@ -243,9 +223,9 @@ def ten_thousand_garbage_requests():
             t.join()
         assert srv.proc.poll() is None, "the server died"
         assert not bad, "%d malformed answers, first: %r -> %r" % (len(bad), bad[0][0][:200], bad[0][1][:200])
-        assert wait_until(lambda: fd_count(srv.proc.pid) == fds_before, 5), \
-            "descriptors: %d before, %d after" % (fds_before, fd_count(srv.proc.pid))
-        timed_crc(srv.port)
+        assert it.wait_until(lambda: it.fd_count(srv.proc.pid) == fds_before, 5), \
+            "descriptors: %d before, %d after" % (fds_before, it.fd_count(srv.proc.pid))
+        it.timed_crc(srv.port)
         print("    (10,000 garbage requests; descriptors %d before and after)" % fds_before)
     finally:
         assert srv.stop() == 0
@@ -332,9 +312,9 @@ def full_disk_gets_500_and_nothing_unwritten_is_acknowledged():
                     assert r.status == 500 and "--output" in json.loads(rb)["error"], (r.status, rb)
                     refused += 1
                 if i % 50 == 0:
-                    timed_crc(srv.port)
+                    it.timed_crc(srv.port)
             assert refused > 0, "the disk never filled"
-            took = timed_crc(srv.port)
+            took = it.timed_crc(srv.port)
         finally:
             srv.stop()
         lines = open(path, "rb").read().split(b"\n")
@@ -359,9 +339,7 @@ def secret_never_leaks():
 def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
-    passed, failed = it.run_suite(TESTS)
-    print("fault: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    it.finish("fault", *it.run_suite())
 
 
 if __name__ == "__main__":

@@ -15,242 +15,22 @@ import http.client
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import urllib.parse
 
-BIN = os.path.abspath(sys.argv[1])
-FIXTURES = os.path.abspath(sys.argv[2])
-README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
-SECRET = "s3cr3t-consumer-secret-Zq8+/="
-WORK = tempfile.mkdtemp(prefix="xwebhook-test-")
-CRC_OK_ALPHABET = string.ascii_letters + string.digits + "+/=_-"
-
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def sign(body, secret=SECRET):
-    mac = hmac.new(secret.encode(), body, hashlib.sha256).digest()
-    return "sha256=" + base64.b64encode(mac).decode()
-
-
-def pretty(obj):
-    """json.dumps(indent=2), as the reference app prints events. xwebhook
-    copies strings byte for byte, so raw UTF-8 stays raw: the canonical
-    form to compare with is the one without ensure_ascii."""
-    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-
-
-class Server:
-    """One xwebhook process; stdout and stderr go to files we can read."""
-    count = 0
-
-    def __init__(self, *args, env=None, secret=SECRET, stdout=None, expect_start=True, preexec=None,
-                 wrap=(), listen="127.0.0.1:0"):
-        Server.count += 1
-        self.name = os.path.join(WORK, "server%d" % Server.count)
-        self.out_path = self.name + ".out"
-        self.err_path = self.name + ".err"
-        e = {k: v for k, v in os.environ.items() if "SECRET" not in k}
-        if secret is not None:
-            e["TWITTER_CONSUMER_SECRET"] = secret
-        e.update(env or {})
-        self.err = open(self.err_path, "wb")
-        out = stdout if stdout is not None else open(self.out_path, "wb")
-        self.proc = subprocess.Popen([*wrap, BIN, "--listen", listen, *args], stdout=out,
-                                     stderr=self.err, stdin=subprocess.DEVNULL, env=e, preexec_fn=preexec)
-        if stdout is None:
-            out.close()
-        self.port = None
-        if expect_start:
-            deadline = time.time() + 20
-            while time.time() < deadline:
-                text = self.stderr()
-                m = re.search(r"serving (https?://\S+)", text)  # not "ACME: meanwhile serving the ..."
-                if m:
-                    self.port = int(m.group(1).rsplit(":", 1)[1].split("/", 1)[0])
-                    break
-                if self.proc.poll() is not None:
-                    raise AssertionError("server exited at start: " + text)
-                time.sleep(0.02)
-            assert self.port, "no startup line: " + self.stderr()
-
-    def stdout(self):
-        with open(self.out_path, "rb") as f:
-            return f.read()
-
-    def stderr(self):
-        with open(self.err_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def conn(self, timeout=10):
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-    def sock(self, timeout=10):
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        return s
-
-    def stop(self, sig=signal.SIGTERM, timeout=15):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("server did not stop within %d s" % timeout)
-        self.err.close()
-        check_sanitizers(self.stderr())
-        return rc
-
-
-def wait_until(cond, timeout):
-    """Whether cond() came true within timeout seconds (polled)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
-def fd_count(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def wait_accepted(srv, before, n, timeout=20):
-    """Wait until the server holds n more descriptors than before: every
-    connection opened is accepted, however busy the machine."""
-    assert wait_until(lambda: fd_count(srv.proc.pid) >= before + n, timeout), \
-        "%d of %d connections accepted" % (fd_count(srv.proc.pid) - before, n)
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on just now."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def check_sanitizers(text):
-    for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer"):
-        assert marker not in text, "sanitizer report:\n" + text[-4000:]
-
-
-def recv_all(s, limit=1 << 20):
-    """Read until the peer closes (or the socket's timeout fires)."""
-    data = b""
-    try:
-        while len(data) < limit:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except (ConnectionResetError, socket.timeout):
-        pass
-    return data
-
-
-def read_response(s, buf=b""):
-    """Read one HTTP response from a socket: (status, headers, body, rest)."""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise AssertionError("connection closed before a response head: %r" % buf)
-        buf += chunk
-    head, buf = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        k, v = line.split(":", 1)
-        headers[k.strip().lower()] = v.strip()
-    n = int(headers.get("content-length", "0"))
-    while len(buf) < n:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise AssertionError("connection closed inside a body")
-        buf += chunk
-    return status, headers, buf[:n], buf[n:]
-
-
-def is_closed(s, wait=3.0):
-    """True if the peer has closed (EOF or reset) within wait seconds."""
-    s.settimeout(wait)
-    try:
-        return s.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except socket.timeout:
-        return False
-
-
-def crc_request(port, token_query, method="GET"):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request(method, "/webhooks/twitter?" + token_query)
-    r = c.getresponse()
-    body = r.read()
-    c.close()
-    return r, body
-
-
-def post(c, body, sig=True, headers=None):
-    h = {"Content-Type": "application/json"}
-    if sig is True:
-        h["x-twitter-webhooks-signature"] = sign(body)
-    elif isinstance(sig, str):
-        h["x-twitter-webhooks-signature"] = sig
-    h.update(headers or {})
-    c.request("POST", "/webhooks/twitter", body=body, headers=h)
-    r = c.getresponse()
-    return r, r.read()
-
-
-def in_threads(fn, n):
-    """fn(k) for k in range(n), each on a thread of its own; the first
-    failure of any of them is raised here."""
-    errors = []
-
-    def run(k):
-        try:
-            fn(k)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def curl(*args, input=None):
-    p = subprocess.run(["curl", "-sS", *args], input=input, capture_output=True, timeout=30)
-    return p.returncode, p.stdout, p.stderr
-
-
-def fixtures():
-    names = sorted(n for n in os.listdir(FIXTURES) if n.endswith(".json"))
-    assert names, "no fixtures in " + FIXTURES
-    return [(n, open(os.path.join(FIXTURES, n), "rb").read()) for n in names]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (  # noqa: E402  (what every suite shares)
+    BIN, CRC_OK_ALPHABET, FIXTURES, FRAMING, SECRET, Server, WORK, check_sanitizers, crc_request,
+    curl, fd_count, finish, fixtures, in_threads, is_closed, pipeline_unread, pipelined_events, post, pretty,
+    read_response, run_suite, sign, test, wait_accepted, wait_until)
 
 
 # ---------------------------------------------------------------------------
@@ -583,29 +363,6 @@ def pipelined_requests_are_answered_in_order(srv):
     s.close()
 
 
-def pipelined_events(srv, sock, n=200):
-    """n signed POSTs, each followed by a CRC, in one write on one
-    connection: each event waits on the writer while the requests behind
-    it wait in the buffer; every answer must come, in order, and every
-    event reach stdout once, in order."""
-    wire = b""
-    for i in range(n):
-        body = b'{"pipelined_event":%d}' % i
-        wire += (b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
-                 b"x-twitter-webhooks-signature: %s\r\n\r\n%s" % (len(body), sign(body).encode(), body))
-        wire += b"GET /webhooks/twitter?crc_token=p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i
-    sock.sendall(wire)
-    rest = b""
-    for i in range(n):
-        st, _, b, rest = read_response(sock, rest)
-        assert st == 200 and b == b"", (i, st, b)
-        st, _, b, rest = read_response(sock, rest)
-        assert st == 200 and json.loads(b)["response_token"] == sign(b"p%d" % i), (i, st, b)
-    seen = [json.loads(line.split(b": ", 1)[1])
-            for line in srv.stdout().splitlines() if b'"pipelined_event"' in line]
-    assert seen == list(range(n)), seen[:20]
-
-
 @test
 def pipelined_events_are_answered_in_order():
     srv = Server("--quiet")
@@ -617,69 +374,6 @@ def pipelined_events_are_answered_in_order():
         srv.stop()
 
 
-def threads_of(pid, name=None):
-    """How many threads pid has; with name, how many of them are so named
-    (the server names its threads: xwh-loop, xwh-conn, xwh-writer, ...)."""
-    n = 0
-    for tid in os.listdir("/proc/%d/task" % pid):
-        try:
-            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-                comm = f.read().strip()
-        except FileNotFoundError:
-            continue  # the thread ended while we looked
-        n += name is None or comm == name
-    return n
-
-
-def pipeline_unread(srv, send, recv, n=80000):
-    """Pipeline n CRCs and read nothing for a second: ~15 MB of
-    answers fill the socket (an unread receive buffer does not grow), so the
-    loop must leave the rest to a thread of the connection's own. Then every
-    answer must arrive, whole and in order."""
-    # Every request is exactly 64 bytes, and so are the loop's reads
-    # (28,672 = 448 x 64) and TLS records (16,384 = 256 x 64): the loop only
-    # ever holds whole requests, so the one thing that can send this
-    # connection to a thread is an answer the socket will not take.
-    reqs = [b"GET /webhooks/twitter?crc_token=p%05d HTTP/1.1\r\nHost: xxxxx\r\n\r\n" % i for i in range(n)]
-    assert all(len(r) == 64 for r in reqs) and CONN_BUF_BYTES % 64 == 0
-    chunks = [b"".join(reqs[k:k + 448]) for k in range(0, n, 448)]
-
-    def send_all():
-        for chunk in chunks:
-            send(chunk)
-    sender = threading.Thread(target=send_all)
-    sender.start()
-    # Within a second here; an ASan build on a busy machine may need
-    # longer to answer the ~30,000 requests that fill the socket.
-    deadline = time.monotonic() + 15
-    # Counted by name: the loops and the writer may still be starting when
-    # the startup line is out, so the total says nothing.
-    while threads_of(srv.proc.pid, "xwh-conn") != 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert threads_of(srv.proc.pid, "xwh-conn") == 1, \
-        "the stalled connection did not move to a thread: " + srv.stderr()[-1500:]
-    # One pass with an offset: re-splitting a buffer per answer would be
-    # quadratic, slow enough for the connection's 15 s idle time to pass.
-    data, pos = bytearray(), 0
-    for i in range(n):
-        while True:
-            end = data.find(b"\r\n\r\n", pos)
-            if end >= 0:
-                head = bytes(data[pos:end])
-                length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-                if len(data) >= end + 4 + length:
-                    break
-            chunk = recv.recv(1 << 20)
-            assert chunk, "connection closed after %d of %d answers" % (i, n)
-            data += chunk
-        body = bytes(data[end + 4:end + 4 + length])
-        assert head.startswith(b"HTTP/1.1 200 ") and \
-            json.loads(body)["response_token"] == sign(b"p%05d" % i), (i, head, body)
-        pos = end + 4 + length
-    assert pos == len(data), "bytes after the last answer"
-    sender.join()
-
-
 class RawPeer:
     """A plain socket, as read_response wants it."""
 
@@ -688,9 +382,6 @@ class RawPeer:
 
     def recv(self, n):
         return self.s.recv(n)
-
-
-CONN_BUF_BYTES = 8192 + 16384 + 4096   # CONN_BUF in xwebhook.c
 
 
 @test
@@ -774,41 +465,6 @@ def http_get(port, path):
     body = r.read()
     c.close()
     return r.status, body
-
-
-# Each framing error: the answer, then the connection closes.
-FRAMING = [
-    ("CL and TE", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    ("two CL", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", 400),
-    ("CL not digits", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 2a\r\n\r\n{}", 400),
-    ("CL negative", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: -2\r\n\r\n{}", 400),
-    ("CL overflow", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nContent-Length: 184467440737095516160\r\n\r\n", 400),
-    ("TE gzip", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-    ("TE list", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
-    ("bad chunk size", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-     b"x-twitter-webhooks-signature: sha256=x\r\n\r\nzz\r\n", 400),
-    ("bad chunk terminator", b"POST /webhooks/twitter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-     b"x-twitter-webhooks-signature: sha256=x\r\n\r\n2\r\n{}XX0\r\n\r\n", 400),
-    ("obs-fold", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n", 400),
-    ("space before colon", b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n", 400),
-    ("NUL", b"GET /healthz HTTP/1.1\r\nHost: x\x00\r\n\r\n", 400),
-    ("control byte", b"GET /healthz HTTP/1.1\r\nHost: x\x1b[31m\r\n\r\n", 400),
-    ("bare CR", b"GET /healthz HTTP/1.1\rHost: x\r\n\r\n", 400),
-    ("bare LF", b"GET /healthz HTTP/1.1\nHost: x\n\n", 400),
-    ("two spaces", b"GET  /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-    ("no version", b"GET /healthz\r\n\r\n", 400),
-    ("HTTP/2.0", b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 400),
-    ("absolute form without a path", b"GET http://x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-    ("no Host", b"GET /healthz HTTP/1.1\r\n\r\n", 400),
-    ("two Hosts", b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
-    ("TLS hello", bytes.fromhex("160301020001") + b"\x00" * 40, 400),
-    ("request line 8193", b"GET /" + b"a" * (8193 - 14) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-    ("header block 16385", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (16385 - 9 - 7 - 4) +
-     b"\r\n\r\n", 431),
-    ("101 fields", b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-F: 1\r\n" * 100 + b"\r\n", 431),
-    ("Expect other", b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n", 417),
-]
 
 
 @test
@@ -1429,33 +1085,9 @@ def subcommands_are_not_ended_by_sighup():
             p.wait()
 
 
-def run_suite(tests, arg=None):
-    """Run tests (passing arg to those that take one), printing a line for
-    each, and the traceback of each failure. Returns (passed, failed); the
-    caller prints the summary line."""
-    only = [o for o in os.environ.get("ONLY", "").split(",") if o]
-    passed = failed = 0
-    for fn in tests:
-        if only and not any(o in fn.__name__ for o in only):
-            continue
-        t0 = time.monotonic()
-        try:
-            if fn.__code__.co_argcount == 1:
-                fn(arg)
-            else:
-                fn()
-            passed += 1
-            print("ok   %-60s %6.2fs" % (fn.__name__, time.monotonic() - t0), flush=True)
-        except Exception:  # noqa: BLE001
-            failed += 1
-            print("FAIL %s" % fn.__name__, flush=True)
-            traceback.print_exc(file=sys.stdout)
-    return passed, failed
-
-
 def main():
     shared = Server()
-    passed, failed = run_suite(TESTS, shared)
+    passed, failed = run_suite(shared)
     try:
         rc = shared.stop()
         assert rc == 0, "shared server exited %d" % rc
@@ -1463,8 +1095,7 @@ def main():
         failed += 1
         print("FAIL shared server shutdown", flush=True)
         traceback.print_exc(file=sys.stdout)
-    print("integration: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    finish("integration", passed, failed)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,13 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
-import fault  # noqa: E402
-import tls  # noqa: E402
+import harness as it  # noqa: E402  (what every suite shares)
 import x_standin as xs  # noqa: E402
 
 BIN = it.BIN
 TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 README = os.path.join(TOP, "README.md")
-HOST = tls.HOST
+HOST = it.HOST
 TESTS = []
 PKI = {}
 
@@ -214,7 +212,7 @@ class Session:
         start = len(self.output())
         self.proc.stdin.write(("%s\necho %s $?\n" % (text, mark)).encode())
         self.proc.stdin.flush()
-        ok = fault.wait_until(lambda: mark in self.output()[start:] or self.proc.poll() is not None, timeout)
+        ok = it.wait_until(lambda: mark in self.output()[start:] or self.proc.poll() is not None, timeout)
         out = self.output()[start:]
         assert ok and mark in out, "the block did not finish within %ds:\n%s\nstdout: %s\nstderr: %s" % (
             timeout, text, out[-2000:], self.stderr()[-2000:])
@@ -317,7 +315,7 @@ def the_acme_command_serves_with_a_certificate_from_pebble():
         s = Session(root, env)
         out, rc = s.run(cmd)
         assert rc == 0, (rc, out, s.stderr())
-        assert fault.wait_until(lambda: "ACME: now serving certificate" in s.stderr(), 60), s.stderr()[-3000:]
+        assert it.wait_until(lambda: "ACME: now serving certificate" in s.stderr(), 60), s.stderr()[-3000:]
         ctx = ssl.create_default_context(cafile=p.root())
         raw = socket.create_connection(("127.0.0.1", p.tls_port), timeout=10)
         conn = ctx.wrap_socket(raw, server_hostname=HOST)
@@ -331,7 +329,7 @@ def the_acme_command_serves_with_a_certificate_from_pebble():
         if s is not None:
             s.close()
         p.close()
-    assert fault.wait_until(lambda: not os.path.exists(os.path.join(state, "xwebhook.pid")), 15), \
+    assert it.wait_until(lambda: not os.path.exists(os.path.join(state, "xwebhook.pid")), 15), \
         "the pid file outlived the server"
     it.check_sanitizers(s.stderr())
 
@@ -356,7 +354,7 @@ def start_brokers(root):
             return True
         except OSError:
             return False
-    assert fault.wait_until(lambda: up(rport) and up(nport), 10), "the brokers did not start"
+    assert it.wait_until(lambda: up(rport) and up(nport), 10), "the brokers did not start"
     return procs, rport, nport
 
 
@@ -423,7 +421,7 @@ def the_path_top_to_bottom():
             assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o600), st
             assert open(os.path.join(etc, "secret")).read() == SECRET + "\n"
         elif key == "serve":
-            assert fault.wait_until(lambda: "serving https://" in s.stderr(), 30), s.stderr()[-2000:]
+            assert it.wait_until(lambda: "serving https://" in s.stderr(), 30), s.stderr()[-2000:]
             assert "running as root" not in s.stderr()[err_at:], s.stderr()[err_at:]
             assert os.stat(os.path.join(etc, "privkey.pem")).st_uid == nobody.pw_uid
         elif key == "check":
@@ -438,7 +436,7 @@ def the_path_top_to_bottom():
             assert rc == 0 and '"subscribed": true' in out and '"user_id": "%s"' % USER_ID in out, (rc, out)
         elif key == "replay":
             assert rc == 0 and '"job_id"' in out, (rc, out)
-            assert fault.wait_until(lambda: os.path.exists(events) and b"replay_job_status" in
+            assert it.wait_until(lambda: os.path.exists(events) and b"replay_job_status" in
                                     open(events, "rb").read(), 10), s.stderr()[-2000:]
         elif key == "fmt":
             assert rc == 0 and '"replay_job_status": {' in out, (rc, out)
@@ -475,7 +473,7 @@ def the_path_top_to_bottom():
             p.terminate()
             p.wait(10)
     # The session's servers end on its SIGTERM, and remove their pid file.
-    assert fault.wait_until(lambda: not os.path.exists(os.path.join(state, "xwebhook.pid")), 15), \
+    assert it.wait_until(lambda: not os.path.exists(os.path.join(state, "xwebhook.pid")), 15), \
         "the pid file outlived the server"
     it.check_sanitizers(s.stderr())
 
@@ -561,14 +559,14 @@ def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
     shutil.copy(p["key"], key)
     for f in (chain, key):
         os.chown(f, nobody.pw_uid, nobody.pw_gid)
-    renewed = tls.leaf(p["dir"], "hook-renewed", "p256", days=45)
+    renewed = it.leaf(p["dir"], "hook-renewed", "p256", days=45)
     shutil.copy(renewed["chain"], os.path.join(live, "fullchain.pem"))
     shutil.copy(renewed["key"], os.path.join(live, "privkey.pem"))
     saved = it.BIN
     it.BIN = named
     try:
-        srv = tls.tls_server(chain, key, "--user", "nobody", "--pid-file", pid_file)
-        bystander = tls.tls_server(p["chain"], p["key"])
+        srv = it.tls_server(chain, key, "--user", "nobody", "--pid-file", pid_file)
+        bystander = it.tls_server(p["chain"], p["key"])
     finally:
         it.BIN = saved
     fmt = subprocess.Popen([named, "fmt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -582,14 +580,14 @@ def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
         for f, mode in ((chain, 0o644), (key, 0o600)):
             st = os.stat(f)
             assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, mode), (f, st)
-        tls.wait_for(lambda: "SIGHUP: now serving" in srv.stderr())
-        sock = tls.tls_sock(srv, p["root"])
+        assert it.wait_until(lambda: "SIGHUP: now serving" in srv.stderr()), srv.stderr()
+        sock = it.tls_sock(srv, p["root"])
         pem = ssl.DER_cert_to_PEM_cert(sock.getpeercert(binary_form=True))
         sock.close()
         path = os.path.join(root, "hook-peer.pem")
         with open(path, "w") as f:
             f.write(pem)
-        assert tls.serial_of(path) == tls.serial_of(renewed["leaf"])
+        assert it.serial_of(path) == it.serial_of(renewed["leaf"])
         # Nothing else called xwebhook was signalled.
         assert bystander.proc.poll() is None and "SIGHUP" not in bystander.stderr(), bystander.stderr()
         assert fmt.poll() is None, "the hook ended a running `xwebhook fmt`"
@@ -648,7 +646,7 @@ def logrotate_snippet_from_the_readme_works():
         p = subprocess.run(["logrotate", "-f", "-s", os.path.join(it.WORK, "logrotate.state"), conf],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stdout + p.stderr
-        assert fault.wait_until(lambda: "reopened --output" in srv.stderr(), 5), srv.stderr()
+        assert it.wait_until(lambda: "reopened --output" in srv.stderr(), 5), srv.stderr()
         assert it.post(srv.conn(), b'{"n":2}')[0].status == 200
         assert bystander.poll() is None, "the snippet ended another program called xwebhook"
         out, _ = bystander.communicate(b"[]", timeout=10)
@@ -669,9 +667,9 @@ def logrotate_snippet_from_the_readme_works():
 
 
 def main():
-    os.makedirs(tls.PKI, exist_ok=True)
-    PKI["p"] = tls.make_pki("p256", "p256")
-    PKI["api"] = tls.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
+    os.makedirs(it.PKI, exist_ok=True)
+    PKI["p"] = it.make_pki("p256", "p256")
+    PKI["api"] = it.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
     passed, failed = it.run_suite(TESTS)
     shutil.rmtree(it.WORK, ignore_errors=True)
     print("readme: %d passed, %d failed" % (passed, failed))

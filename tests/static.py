@@ -19,15 +19,11 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402
+import harness as it  # noqa: E402  (what every suite shares)
 
-PLAIN, TLS = (os.path.abspath(p) for p in sys.argv[1:3])
-TESTS = []
+PLAIN, TLS = it.arg(1), it.arg(2)
 
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+test = it.test
 
 
 def is_static(path):
@@ -105,9 +101,7 @@ def tls_static_binary_serves_https_from_an_empty_root():
 
 
 def main():
-    passed, failed = it.run_suite(TESTS)
-    print("static: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    it.finish("static", *it.run_suite())
 
 
 if __name__ == "__main__":

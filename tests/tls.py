@@ -20,104 +20,22 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
+import harness as it  # noqa: E402  (what every suite shares)
+from harness import HOST, KEYGEN, PKI, leaf, make_pki, openssl, openssl_ca_dir, tls_server  # noqa: E402
 
 BIN = it.BIN
-PKI = os.path.join(it.WORK, "pki")
-HOST = "xwebhook.test"
-TESTS = []
 
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def openssl(*args, cwd=None):
-    p = subprocess.run(["openssl", *args], capture_output=True, cwd=cwd or PKI, timeout=60)
-    assert p.returncode == 0, "openssl %s: %s" % (" ".join(args), p.stderr.decode())
-    return p.stdout
-
-
-KEYGEN = {
-    "rsa": ["-newkey", "rsa:2048"],
-    "p256": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
-    "p384": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
-    "k256": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp256k1"],
-}
-
-LEAF_EXT = ("subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,"
-            "keyEncipherment\nextendedKeyUsage=serverAuth\n" % HOST)
-CA_EXT = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
-
-
-def make_pki(name, kind):
-    """A root, an intermediate and a leaf for HOST, all of one key kind.
-    Returns the paths: root, int, leaf, leaf_key (PKCS#8), leaf_key_trad,
-    chain (leaf then intermediate), int_key."""
-    d = os.path.join(PKI, name)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "ca.ext"), "w") as f:
-        f.write(CA_EXT)
-    with open(os.path.join(d, "leaf.ext"), "w") as f:
-        f.write(LEAF_EXT)
-    openssl("req", "-x509", *KEYGEN[kind], "-nodes", "-keyout", "root.key", "-out", "root.pem",
-            "-days", "60", "-subj", "/CN=%s test root" % name, "-addext",
-            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    openssl("req", *KEYGEN[kind], "-nodes", "-keyout", "int.key", "-out", "int.csr",
-            "-subj", "/CN=%s test intermediate" % name, cwd=d)
-    openssl("x509", "-req", "-in", "int.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial",
-            "-out", "int.pem", "-days", "60", "-extfile", "ca.ext", cwd=d)
-    p = leaf(d, "leaf", kind, days=40)
-    p.update(root=os.path.join(d, "root.pem"), int=os.path.join(d, "int.pem"),
-             int_key=os.path.join(d, "int.key"), dir=d)
-    return p
-
-
-def leaf(d, name, kind, days=40, host=HOST):
-    """A leaf signed by the intermediate in d, with its key in both forms."""
-    ext = os.path.join(d, name + ".ext")
-    with open(ext, "w") as f:
-        f.write(LEAF_EXT.replace(HOST, host))
-    openssl("req", *KEYGEN[kind], "-nodes", "-keyout", name + ".key", "-out", name + ".csr",
-            "-subj", "/CN=%s" % host, cwd=d)
-    openssl("x509", "-req", "-in", name + ".csr", "-CA", "int.pem", "-CAkey", "int.key", "-CAcreateserial",
-            "-out", name + ".pem", "-days", str(days), "-extfile", ext, cwd=d)
-    openssl("pkey", "-in", name + ".key", "-traditional", "-out", name + ".trad.key", cwd=d)
-    with open(os.path.join(d, name + ".chain.pem"), "wb") as f:
-        f.write(open(os.path.join(d, name + ".pem"), "rb").read() + open(os.path.join(d, "int.pem"), "rb").read())
-    return {"leaf": os.path.join(d, name + ".pem"), "key": os.path.join(d, name + ".key"),
-            "key_trad": os.path.join(d, name + ".trad.key"), "chain": os.path.join(d, name + ".chain.pem")}
-
-
-def serial_of(pem):
-    return openssl("x509", "-in", pem, "-noout", "-serial").decode().strip().split("=", 1)[1]
-
-
-def tls_server(chain, key, *args, **kw):
-    return it.Server("--cert", chain, "--key", key, *args, **kw)
-
-
-def context(root):
-    ctx = ssl.create_default_context(cafile=root)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
-def tls_sock(srv, root, timeout=10):
-    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
-    return context(root).wrap_socket(raw, server_hostname=HOST)
+test = it.test
 
 
 def https(srv, root, path="/webhooks/twitter?crc_token=abc"):
-    c = http.client.HTTPSConnection("127.0.0.1", srv.port, timeout=10, context=context(root))
+    c = http.client.HTTPSConnection("127.0.0.1", srv.port, timeout=10, context=it.tls_context(root))
     c._tunnel_host = None
     # Verify against HOST while dialling 127.0.0.1.
-    c.sock = tls_sock(srv, root)
+    c.sock = it.tls_sock(srv, root)
     c.request("GET", path, headers={"Host": HOST})
     r = c.getresponse()
     body = r.read()
@@ -162,7 +80,7 @@ def every_key_kind_and_form_serves_curl():
                 assert rc.returncode == 0, (name, head, rc.stderr)
                 assert json.loads(rc.stdout)["response_token"] == it.sign(name.encode()), rc.stdout
                 assert "(%s key, chain of 2)" % ("RSA" if name == "rsa" else "EC") in srv.stderr()
-                assert serial_of(p["leaf"]) in srv.stderr()
+                assert it.serial_of(p["leaf"]) in srv.stderr()
             finally:
                 assert srv.stop() == 0, (name, head)
 
@@ -244,7 +162,7 @@ def python_ssl_keep_alive_and_alpn():
     p = PKIS["p256"]
     srv = tls_server(p["chain"], p["key"])
     try:
-        s = tls_sock(srv, p["root"])
+        s = it.tls_sock(srv, p["root"])
         assert s.version() == "TLSv1.2" and s.selected_alpn_protocol() == "http/1.1"
         rest = b""
         for i in range(50):
@@ -272,7 +190,7 @@ class TlsPeer:
     def __init__(self, raw, root):
         self.raw = raw
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = context(root).wrap_bio(self.inc, self.out, server_hostname=HOST)
+        self.obj = it.tls_context(root).wrap_bio(self.inc, self.out, server_hostname=HOST)
         while True:
             try:
                 self.obj.do_handshake()
@@ -318,7 +236,7 @@ def pipelined_events_over_tls_are_answered_in_order():
     p = PKIS["p256"]
     srv = tls_server(p["chain"], p["key"], "--quiet")
     try:
-        s = tls_sock(srv, p["root"])
+        s = it.tls_sock(srv, p["root"])
         it.pipelined_events(srv, s)
         s.close()
     finally:
@@ -399,22 +317,22 @@ def sighup_swaps_the_certificate_and_keeps_a_good_one():
     srv = tls_server(chain, key)
     try:
         def served_serial():
-            s = tls_sock(srv, p["root"])
+            s = it.tls_sock(srv, p["root"])
             der = s.getpeercert(binary_form=True)
             s.close()
             pem = ssl.DER_cert_to_PEM_cert(der)
             path = os.path.join(it.WORK, "peer.pem")
             with open(path, "w") as f:
                 f.write(pem)
-            return serial_of(path)
+            return it.serial_of(path)
 
-        kept = tls_sock(srv, p["root"])   # in flight across the reload
-        assert served_serial() == serial_of(p["leaf"])
+        kept = it.tls_sock(srv, p["root"])   # in flight across the reload
+        assert served_serial() == it.serial_of(p["leaf"])
         shutil.copy(fresh["chain"], chain)
         shutil.copy(fresh["key"], key)
         srv.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "SIGHUP: now serving" in srv.stderr())
-        assert served_serial() == serial_of(fresh["leaf"])
+        assert it.wait_until(lambda: "SIGHUP: now serving" in srv.stderr())
+        assert served_serial() == it.serial_of(fresh["leaf"])
         # The connection made before the reload still works.
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert it.read_response(kept)[0] == 200
@@ -423,33 +341,23 @@ def sighup_swaps_the_certificate_and_keeps_a_good_one():
         with open(chain, "w") as f:
             f.write("garbage\n")
         srv.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "still serving certificate" in srv.stderr())
-        assert served_serial() == serial_of(fresh["leaf"])
+        assert it.wait_until(lambda: "still serving certificate" in srv.stderr())
+        assert served_serial() == it.serial_of(fresh["leaf"])
         assert "SIGHUP: --cert %s holds no certificate; still serving certificate %s" % (
-            chain, serial_of(fresh["leaf"])) in srv.stderr(), srv.stderr()
+            chain, it.serial_of(fresh["leaf"])) in srv.stderr(), srv.stderr()
     finally:
         srv.stop()
 
 
 @test
 def chunked_bodies_of_any_size_over_tls():
-    import events
     p = PKIS["p256"]
     srv = tls_server(p["chain"], p["key"], "--quiet", "--max-body", "2M")
-    ctx = context(p["root"])
+    ctx = it.tls_context(p["root"])
     try:
-        events.check_chunked(srv, wrap=lambda raw: ctx.wrap_socket(raw, server_hostname=HOST))
+        it.check_chunked(srv, wrap=lambda raw: ctx.wrap_socket(raw, server_hostname=HOST))
     finally:
         srv.stop()
-
-
-def wait_for(cond, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting")
 
 
 @test
@@ -738,7 +646,7 @@ def silent_and_plain_clients_are_closed():
         s.close()
         st, body = https(srv, p["root"])
         assert st == 200
-        wait_for(lambda: "TLS handshake failed" in srv.stderr())
+        assert it.wait_until(lambda: "TLS handshake failed" in srv.stderr())
         # Saying nothing: closed by the head deadline (10 s), not the idle one (15 s).
         s = srv.sock(timeout=30)
         t0 = time.monotonic()
@@ -777,11 +685,11 @@ def user_drop_and_reload_after_it():
         assert "running as root" not in srv.stderr()
         # Reloading works after the drop when nobody can read the files...
         srv.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "SIGHUP: now serving" in srv.stderr())
+        assert it.wait_until(lambda: "SIGHUP: now serving" in srv.stderr())
         # ...and keeps the old pair, saying why, when it cannot.
         os.chown(key, 0, 0)
         srv.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "Permission denied; still serving" in srv.stderr())
+        assert it.wait_until(lambda: "Permission denied; still serving" in srv.stderr())
         st, _ = https(srv, p["root"])
         assert st == 200
     finally:
@@ -791,16 +699,6 @@ def user_drop_and_reload_after_it():
 
 
 # ---------------------------------------------------------------------------
-
-def openssl_ca_dir(d):
-    """What `openssl ca -config ca.cnf` needs in d, to sign with any dates."""
-    with open(os.path.join(d, "ca.cnf"), "w") as f:
-        f.write("[ca]\ndefault_ca = ca\n[ca]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
-                "default_md = sha256\npolicy = any\ncopy_extensions = copy\nunique_subject = no\n"
-                "[any]\ncommonName = supplied\n")
-    open(os.path.join(d, "index.txt"), "w").close()
-    with open(os.path.join(d, "serial"), "w") as f:
-        f.write("1000\n")
 
 
 def make_expired(p):
@@ -823,9 +721,7 @@ def main():
     os.makedirs(PKI, exist_ok=True)
     PKIS = {name: make_pki(name, name) for name in ("rsa", "p256", "p384")}
     EXPIRED = make_expired(PKIS["p256"])
-    passed, failed = it.run_suite(TESTS)
-    print("tls: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    it.finish("tls", *it.run_suite())
 
 
 if __name__ == "__main__":

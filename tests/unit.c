@@ -1425,6 +1425,398 @@ test_acme_der(void)
 }
 #endif
 
+/* ---- Parsers of what other servers say: HTTP status lines, host:port,
+ * Redis (RESP) and NATS replies, and the small checks beside them ---- */
+
+static void
+test_http_status_line(void)
+{
+	/* RFC 9112, 4: HTTP-version SP 3DIGIT SP [ reason-phrase ] CRLF. */
+	static const struct { const char *line; int status; } v[] = {
+		{ "HTTP/1.1 200 OK\r\n", 200 },
+		{ "HTTP/1.0 404 Not Found\r\n", 404 },
+		{ "HTTP/1.1 100 Continue\r\n", 100 },
+		{ "HTTP/1.1 999 \r\n", 999 },
+		{ "HTTP/1.1 204\r\n", 204 },               /* no SP before an empty reason: taken */
+		{ "HTTP/1.1 200 OK", 200 },
+		{ "HTTP/1.2 200 OK\r\n", -1 },
+		{ "HTTP/2 200 OK\r\n", -1 },
+		{ "HTTP/2.0 200 OK\r\n", -1 },
+		{ "http/1.1 200 OK\r\n", -1 },             /* HTTP-name is case-sensitive */
+		{ "HTTP/1.1 20 OK\r\n", -1 },
+		{ "HTTP/1.1 2000 OK\r\n", -1 },
+		{ "HTTP/1.1 2x0 OK\r\n", -1 },
+		{ "HTTP/1.1 -20 OK\r\n", -1 },
+		{ "HTTP/1.1  200 OK\r\n", -1 },
+		{ "HTTP/1.1\t200 OK\r\n", -1 },
+		{ " HTTP/1.1 200 OK\r\n", -1 },
+		{ "HTTP/1.1 200\n", -1 },                  /* n < 14 */
+		{ "HTTP/1.1 200", -1 },
+		{ "", -1 },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+		CHECK(http_status_line(v[i].line, strlen(v[i].line)) == v[i].status, "status line '%s': %d, not %d",
+		    v[i].line, http_status_line(v[i].line, strlen(v[i].line)), v[i].status);
+	/* Only n bytes are read: a whole line, cut short, is no status line. */
+	CHECK(http_status_line("HTTP/1.1 200 OK\r\n", 13) == -1, "a status line cut at 13 bytes taken");
+	CHECK(http_status_line("HTTP/1.1 200 OK\r\n", 14) == 200, "a status line of exactly 14 bytes refused");
+}
+
+static void
+test_split_host_port(void)
+{
+	static const struct { const char *in, *host, *port; } ok[] = {
+		{ "127.0.0.1:8080", "127.0.0.1", "8080" },
+		{ "example.com", "example.com", "" },
+		{ "example.com:443", "example.com", "443" },
+		{ "[::1]:443", "::1", "443" },
+		{ "[::1]", "::1", "" },
+		{ "[2001:db8::1]:65535", "2001:db8::1", "65535" },
+		{ ":8080", "", "8080" },
+		{ "h:0", "h", "0" },
+		{ "h:00080", "h", "00080" },
+		{ "", "", "" },
+	};
+	static const char *const bad[] = {
+		"h:", "h:123456", "h:65536", "h:99999", "h:8a", "h:-1", "h: 80", "h:+80",
+		"::1:80", "a:b:c", "[::1", "[::1]x", "[::1]80", "[::1]:", "[abc]:80", "[]:80",
+	};
+	char host[16], port[6];
+	const char *why;
+	size_t i;
+
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		int r = split_host_port(ok[i].in, strlen(ok[i].in), host, sizeof(host), port, sizeof(port), &why);
+
+		CHECK(r == 0 && strcmp(host, ok[i].host) == 0 && strcmp(port, ok[i].port) == 0,
+		    "'%s': %d, host '%s', port '%s'", ok[i].in, r, r == 0 ? host : "", r == 0 ? port : "");
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		CHECK(split_host_port(bad[i], strlen(bad[i]), host, sizeof(host), port, sizeof(port), &why) < 0 &&
+		    why != NULL && why[0] != '\0', "'%s' taken", bad[i]);
+	CHECK(split_host_port("::1:80", 6, host, sizeof(host), port, sizeof(port), &why) < 0 &&
+	    strstr(why, "brackets") != NULL, "an IPv6 address without brackets: %s", why);
+	/* The host must fit with its NUL: 15 bytes do, 16 do not. */
+	CHECK(split_host_port("abcdefghijklmno:1", 17, host, sizeof(host), port, sizeof(port), &why) == 0 &&
+	    strcmp(host, "abcdefghijklmno") == 0, "a 15-byte host refused");
+	CHECK(split_host_port("abcdefghijklmnop:1", 18, host, sizeof(host), port, sizeof(port), &why) < 0 &&
+	    strstr(why, "too long") != NULL, "a 16-byte host taken: %s", why);
+	CHECK(split_host_port("[abcdefghijklmn:]:1", 19, host, sizeof(host), port, sizeof(port), &why) == 0 &&
+	    strcmp(host, "abcdefghijklmn:") == 0, "a 15-byte bracketed host refused");
+	CHECK(split_host_port("h:123", 5, host, sizeof(host), port, 3, &why) < 0, "a port longer than its room taken");
+	/* Only n bytes are read. */
+	CHECK(split_host_port("host:80garbage", 7, host, sizeof(host), port, sizeof(port), &why) == 0 &&
+	    strcmp(host, "host") == 0 && strcmp(port, "80") == 0, "host:80 read past its length");
+	CHECK(split_host_port("h:8080", 4, host, sizeof(host), port, sizeof(port), &why) == 0 &&
+	    strcmp(port, "80") == 0, "a port cut at n: '%s'", port);
+}
+
+/* A string literal and its length, NULs in it counted. */
+#define LIT(s) s, sizeof(s) - 1
+
+/* A forward whose connection holds the bytes given (then its end, with
+ * eof, else silence): what resp_reply and nats_read are fed below. */
+static void
+fake_forward(struct forward *f, int sv[2], const char *p, size_t n, int eof)
+{
+	memset(f, 0, sizeof(*f));
+	sv[0] = sv[1] = -1;
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0 || fcntl(sv[0], F_SETFL, O_NONBLOCK) < 0 ||
+	    write_all(sv[1], p, n) < 0 || (eof && shutdown(sv[1], SHUT_WR) < 0)) {
+		CHECK(0, "fake_forward: %s", strerror(errno));
+		return;
+	}
+	f->cl.c.fd = sv[0];
+	f->cl.c.tr = &plain_transport;
+}
+
+static void
+fake_forward_end(struct forward *f, int sv[2])
+{
+	if (sv[0] >= 0)
+		close(sv[0]);
+	if (sv[1] >= 0)
+		close(sv[1]);
+	buf_free(&f->in);
+}
+
+/* resp_reply on in (then the connection's end): its type, and its text. */
+static int
+resp_one(const char *in, size_t n, char *text, size_t tn, size_t *len)
+{
+	struct forward f;
+	int sv[2], t;
+
+	fake_forward(&f, sv, in, n, 1);
+	t = resp_reply(&f, now_ms() + 2000, text, tn, len);
+	fake_forward_end(&f, sv);
+	return t;
+}
+
+static void
+test_resp_reply(void)
+{
+	/* The RESP2 reply types XADD and AUTH answer with (redis.io's
+	 * protocol spec): simple strings, errors, integers, bulk strings. */
+	static const struct { const char *in; size_t n; int type; const char *text; size_t len; } ok[] = {
+		{ LIT("+OK\r\n"), '+', LIT("OK") },
+		{ LIT("-ERR unknown command 'XADD'\r\n"), '-', LIT("ERR unknown command 'XADD'") },
+		{ LIT("-WRONGPASS invalid username-password pair\r\n"), '-', LIT("WRONGPASS invalid username-password pair") },
+		{ LIT(":1000\r\n"), ':', LIT("1000") },
+		{ LIT("+\r\n"), '+', LIT("") },
+		{ LIT("$15\r\n1700000000000-0\r\n"), '$', LIT("1700000000000-0") },
+		{ LIT("$0\r\n\r\n"), '$', LIT("") },
+		{ LIT("$-1\r\n"), '$', LIT("") },               /* the null bulk string */
+		{ LIT("$3\r\na\0b\r\n"), '$', LIT("a\0b") },      /* a NUL comes through */
+		{ LIT("$2\r\n\r\n\r\n"), '$', LIT("\r\n") },      /* CRLF inside a bulk string */
+	};
+	static const char *const bad[] = {
+		"OK\r\n", "*1\r\n$2\r\nOK\r\n", "+OK\n", "\r\n", "\n", "_\r\n",
+		"$\r\n", "$-2\r\n", "$-\r\n", "$abc\r\n", "$ 3\r\nabc\r\n", "$1025\r\n", "$99999999999999999999\r\n",
+		"$3\r\nhello\r\n", "$5\r\nhelloXY", "$5\r\nhello\n\n",
+		"$5\r\nhel", ":10", "",                   /* cut short by the connection's end */
+	};
+	char text[RESP_MAX_LINE + 1], big[RESP_MAX_LINE + 16];
+	size_t i, len;
+	struct forward f;
+	int sv[2], t;
+
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		len = 99;
+		t = resp_one(ok[i].in, ok[i].n, text, sizeof(text), &len);
+		CHECK(t == ok[i].type && len == ok[i].len && memcmp(text, ok[i].text, len) == 0 && text[len] == '\0',
+		    "RESP reply %zu: type %d, %zu bytes '%s'", i, t, len, t < 0 ? text : "");
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		t = resp_one(bad[i], strlen(bad[i]), text, sizeof(text), &len);
+		CHECK(t == -1 && text[0] != '\0', "bad RESP reply '%s': %d", bad[i], t);
+	}
+	/* A bulk string of RESP_MAX_LINE bytes is taken; a line longer than
+	 * that, with no end in sight, is not waited for. */
+	memcpy(big, "$1024\r\n", 7);
+	memset(big + 7, 'x', RESP_MAX_LINE);
+	memcpy(big + 7 + RESP_MAX_LINE, "\r\n", 2);
+	t = resp_one(big, 7 + RESP_MAX_LINE + 2, text, sizeof(text), &len);
+	CHECK(t == '$' && len == RESP_MAX_LINE, "a bulk string of %d bytes: %d, %zu", RESP_MAX_LINE, t, len);
+	big[0] = '+';
+	memset(big + 1, 'y', RESP_MAX_LINE + 8);
+	fake_forward(&f, sv, big, RESP_MAX_LINE + 9, 0);
+	t = resp_reply(&f, now_ms() + 2000, text, sizeof(text), &len);
+	CHECK(t == -1 && strstr(text, "longer than") != NULL, "a reply line with no end: %d %s", t, text);
+	fake_forward_end(&f, sv);
+	/* Text longer than its room is cut, and NUL-ended. */
+	t = resp_one(LIT("+OKAYOKAY\r\n"), text, 4, &len);
+	CHECK(t == '+' && len == 3 && strcmp(text, "OKA") == 0, "a reply cut to its room: %zu '%s'", len, text);
+	/* Two replies in one read come one at a time; a reply still coming
+	 * is waited for (IO_TIMEOUT by the deadline) and then taken whole. */
+	fake_forward(&f, sv, LIT("+OK\r\n:2\r\n$5\r\nhel"), 0);
+	t = resp_reply(&f, now_ms() + 2000, text, sizeof(text), &len);
+	CHECK(t == '+' && strcmp(text, "OK") == 0, "the first of three replies: %d '%s'", t, text);
+	t = resp_reply(&f, now_ms() + 2000, text, sizeof(text), &len);
+	CHECK(t == ':' && strcmp(text, "2") == 0, "the second of three replies: %d '%s'", t, text);
+	t = resp_reply(&f, now_ms() + 50, text, sizeof(text), &len);
+	CHECK(t == IO_TIMEOUT, "a bulk string still coming: %d, not IO_TIMEOUT", t);
+	CHECK(write_all(sv[1], LIT("lo\r\n")) == 0, "write");
+	t = resp_reply(&f, now_ms() + 2000, text, sizeof(text), &len);
+	CHECK(t == '$' && len == 5 && strcmp(text, "hello") == 0, "a bulk string in two reads: %d '%s'", t, text);
+	fake_forward_end(&f, sv);
+}
+
+static void
+test_resp_entry_id(void)
+{
+	/* Redis stream ids: <millisecondsTime>-<sequenceNumber>, each a
+	 * 64-bit number. */
+	static const char *const ok[] = {
+		"1700000000000-0", "0-1", "1-0", "18446744073709551615-18446744073709551615",
+	};
+	static const char *const bad[] = {
+		"", "0-0", "-", "-1", "1-", "1", "12", "1--2", "1-2-3", "a-1", "1-a", " 1-2", "1-2 ", "+1-2",
+		"18446744073709551615-184467440737095516150",
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		CHECK(resp_entry_id(ok[i], strlen(ok[i])), "entry id '%s' refused", ok[i]);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		CHECK(!resp_entry_id(bad[i], strlen(bad[i])), "'%s' taken as an entry id", bad[i]);
+	CHECK(!resp_entry_id("1-23", 2), "an entry id read past its length");
+}
+
+/* nats_read on in (then the end, with eof): its op, with m and why. */
+static int
+nats_one(struct forward *f, int sv[2], const char *in, size_t n, int eof, struct nats_msg *m, char *why,
+    size_t wn)
+{
+	fake_forward(f, sv, in, n, eof);
+	why[0] = '\0';
+	return nats_read(f, now_ms() + (eof ? 2000 : 50), m, why, wn);
+}
+
+static void
+test_nats_read(void)
+{
+	/* The NATS client protocol (docs.nats.io, "Client Protocol"): control
+	 * lines end in CRLF, ops are case-insensitive, fields are split by
+	 * spaces or tabs; MSG <subject> <sid> [reply-to] <#bytes>, and HMSG
+	 * <subject> <sid> [reply-to] <#header bytes> <#total bytes>. */
+	static const struct { const char *in; int op; const char *args; } lines[] = {
+		{ "INFO {\"max_payload\":1048576}\r\n", NATS_INFO, "{\"max_payload\":1048576}" },
+		{ "PING\r\n", NATS_PING, "" },
+		{ "PONG\r\n", NATS_PONG, "" },
+		{ "pong\r\n", NATS_PONG, "" },
+		{ "+OK\r\n", NATS_OK, "" },
+		{ "-ERR 'Authorization Violation'\r\n", NATS_ERR, "'Authorization Violation'" },
+		{ "PING\n", NATS_PING, "" },
+		{ "\r\n\r\n  \r\nPING\r\n", NATS_PING, "" },  /* empty lines are nothing */
+		{ "INFO\t{}\r\n", NATS_INFO, "{}" },
+	};
+	static const struct { const char *in; const char *subject, *payload; int status; } msgs[] = {
+		{ "MSG x.events 1 5\r\nhello\r\n", "x.events", "hello", 0 },
+		{ "msg x.events 1 _INBOX.a.1 5\r\nhello\r\n", "x.events", "hello", 0 },
+		{ "MSG\tx\t1\t0\r\n\r\n", "x", "", 0 },
+		{ "MSG x 1 2\r\n\r\n\r\n", "x", "\r\n", 0 },
+		{ "HMSG _INBOX.a.1 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n", "_INBOX.a.1", "", 503 },
+		{ "HMSG _INBOX.a.1 1 r 16 16\r\nNATS/1.0 503\r\n\r\n\r\n", "_INBOX.a.1", "", 503 },
+		{ "HMSG s 1 12 17\r\nNATS/1.0\r\n\r\nhello\r\n", "s", "hello", 0 },
+	};
+	static const char *const bad[] = {
+		"FOO\r\n", "MSG\r\n", "MSG x 1\r\n", "MSG x 1 r s 5\r\n", "HMSG x 1 5\r\n",
+		"MSG x 1 5x\r\nhello\r\n", "MSG x 1 -5\r\n", "MSG x 1 99999999999\r\n", "MSG x 1 65537\r\n",
+		"HMSG x 1 10 5\r\n0123456789\r\n", "MSG x 1 5\r\nhelloXY", "MSG x 1 5\r\nhello\n\n",
+		"MSG x 1 5\r\nhel", "PIN", "",          /* cut short by the connection's end */
+	};
+	char why[256], *big;
+	struct nats_msg m;
+	struct forward f;
+	size_t i;
+	int sv[2], op;
+
+	for (i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+		op = nats_one(&f, sv, lines[i].in, strlen(lines[i].in), 1, &m, why, sizeof(why));
+		CHECK(op == lines[i].op && m.args_len == strlen(lines[i].args) &&
+		    memcmp(m.args, lines[i].args, m.args_len) == 0, "NATS line %zu: op %d, args '%.*s' %s", i, op,
+		    (int)m.args_len, m.args ? m.args : "", why);
+		fake_forward_end(&f, sv);
+	}
+	for (i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
+		op = nats_one(&f, sv, msgs[i].in, strlen(msgs[i].in), 1, &m, why, sizeof(why));
+		CHECK(op == NATS_MSG && m.subject_len == strlen(msgs[i].subject) &&
+		    memcmp(m.subject, msgs[i].subject, m.subject_len) == 0 &&
+		    m.payload_len == strlen(msgs[i].payload) && memcmp(m.payload, msgs[i].payload, m.payload_len) == 0 &&
+		    m.status == msgs[i].status, "NATS message %zu: op %d, subject '%.*s', %zu bytes, status %d %s", i,
+		    op, (int)m.subject_len, m.subject ? m.subject : "", m.payload_len, m.status, why);
+		fake_forward_end(&f, sv);
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		op = nats_one(&f, sv, bad[i], strlen(bad[i]), 1, &m, why, sizeof(why));
+		CHECK(op == -1 && why[0] != '\0', "bad NATS input '%s': %d", bad[i], op);
+		fake_forward_end(&f, sv);
+	}
+	/* Several in one read come one at a time; a message still coming is
+	 * waited for, then taken whole. */
+	op = nats_one(&f, sv, LIT("PING\r\n+OK\r\nMSG s 1 5\r\nhel"), 0, &m, why, sizeof(why));
+	CHECK(op == NATS_PING, "the first of three: %d %s", op, why);
+	op = nats_read(&f, now_ms() + 2000, &m, why, sizeof(why));
+	CHECK(op == NATS_OK, "the second of three: %d %s", op, why);
+	op = nats_read(&f, now_ms() + 50, &m, why, sizeof(why));
+	CHECK(op == IO_TIMEOUT, "a message still coming: %d, not IO_TIMEOUT", op);
+	CHECK(write_all(sv[1], LIT("lo\r\nPONG\r\n")) == 0, "write");
+	op = nats_read(&f, now_ms() + 2000, &m, why, sizeof(why));
+	CHECK(op == NATS_MSG && m.payload_len == 5 && memcmp(m.payload, "hello", 5) == 0,
+	    "a message in two reads: %d %s", op, why);
+	op = nats_read(&f, now_ms() + 2000, &m, why, sizeof(why));
+	CHECK(op == NATS_PONG, "the line after a message: %d %s", op, why);
+	fake_forward_end(&f, sv);
+	/* A line of NATS_MAX_LINE bytes is read; a longer one, with no end
+	 * in sight, is not waited for. A payload of NATS_MAX_REPLY is taken. */
+	big = malloc(NATS_MAX_LINE + 64);
+	if (big == NULL) {
+		CHECK(0, "malloc");
+		return;
+	}
+	memcpy(big, "INFO ", 5);
+	memset(big + 5, 'i', NATS_MAX_LINE - 7);
+	memcpy(big + NATS_MAX_LINE - 2, "\r\n", 2);
+	op = nats_one(&f, sv, big, NATS_MAX_LINE, 1, &m, why, sizeof(why));
+	CHECK(op == NATS_INFO && m.args_len == NATS_MAX_LINE - 7, "a line of %d bytes: %d %s", NATS_MAX_LINE, op, why);
+	fake_forward_end(&f, sv);
+	memset(big + 5, 'i', NATS_MAX_LINE + 8);
+	op = nats_one(&f, sv, big, NATS_MAX_LINE + 13, 0, &m, why, sizeof(why));
+	CHECK(op == -1 && strstr(why, "longer than") != NULL, "a line with no end: %d %s", op, why);
+	fake_forward_end(&f, sv);
+	i = (size_t)snprintf(big, 64, "MSG s 1 %d\r\n", NATS_MAX_REPLY);
+	memset(big + i, 'p', NATS_MAX_REPLY);
+	memcpy(big + i + NATS_MAX_REPLY, "\r\n", 2);
+	op = nats_one(&f, sv, big, i + NATS_MAX_REPLY + 2, 1, &m, why, sizeof(why));
+	CHECK(op == NATS_MSG && m.payload_len == NATS_MAX_REPLY, "a payload of %d bytes: %d %s", NATS_MAX_REPLY, op,
+	    why);
+	fake_forward_end(&f, sv);
+	free(big);
+}
+
+static void
+test_nats_fields(void)
+{
+	static const char *const subjects_ok[] = { "x", "x.events", "x.events.in", "_INBOX.abc", "a-b_c~!" };
+	static const char *const subjects_bad[] = {
+		"", ".", "x.", ".x", "x..y", "x.*", "x.>", "*", ">", "x y", "x\ty", "x\x7f", "x\xc3\xa9",
+	};
+	size_t i;
+
+	CHECK(nats_number("0", 1, 10) == 0, "0");
+	CHECK(nats_number("123", 3, 1000) == 123, "123");
+	CHECK(nats_number("1000", 4, 1000) == 1000, "the most");
+	CHECK(nats_number("1001", 4, 1000) == -1, "one past the most");
+	CHECK(nats_number("", 0, 10) == -1, "empty");
+	CHECK(nats_number("12a", 3, 1000) == -1, "12a");
+	CHECK(nats_number("-1", 2, 10) == -1, "-1");
+	CHECK(nats_number("+1", 2, 10) == -1, "+1");
+	CHECK(nats_number("9999999999", 10, LONG_MAX) == 9999999999L, "ten digits");
+	CHECK(nats_number("99999999999", 11, LONG_MAX) == -1, "eleven digits");
+	CHECK(nats_number("129", 2, 100) == 12, "read past its length");
+	for (i = 0; i < sizeof(subjects_ok) / sizeof(subjects_ok[0]); i++)
+		CHECK(nats_subject_ok(subjects_ok[i]), "subject '%s' refused", subjects_ok[i]);
+	for (i = 0; i < sizeof(subjects_bad) / sizeof(subjects_bad[0]); i++)
+		CHECK(!nats_subject_ok(subjects_bad[i]), "subject '%s' taken", subjects_bad[i]);
+}
+
+static void
+test_small_checks(void)
+{
+	/* host_ok: RFC 9112 3.2's Host is uri-host [ ":" port ]. */
+	static const char *const hosts_ok[] = { "x", "example.com", "example.com:8080", "[::1]:80", "127.0.0.1", "" };
+	static const char *const hosts_bad[] = { "a b", "a\tb", "a,b", "a/b", "a\\b", "a?b", "a#b", "user@host" };
+	/* X's ids and dates, as its API takes them. */
+	static const char *const ids_ok[] = { "1", "2244994945", "9223372036854775807", "0000000000000000001" };
+	static const char *const ids_bad[] = { "", "-1", "12a", "1 ", " 1", "12345678901234567890", "+1" };
+	static const char *const dates_ok[] = { "202401010000", "200601010000", "202402292359", "240002291200",
+		"202412311159" };
+	static const char *const dates_bad[] = { "", "20240101000", "2024010100000", "200512312359", "202402300000",
+		"202302290000", "190002290000", "210002290000", "202413010000", "202400010000", "202401000000",
+		"202401012400", "202401010060", "202404310000", "2024-1010000", "20240101000a" };
+	size_t i;
+
+	for (i = 0; i < sizeof(hosts_ok) / sizeof(hosts_ok[0]); i++)
+		CHECK(host_ok(hosts_ok[i], strlen(hosts_ok[i])), "Host '%s' refused", hosts_ok[i]);
+	for (i = 0; i < sizeof(hosts_bad) / sizeof(hosts_bad[0]); i++)
+		CHECK(!host_ok(hosts_bad[i], strlen(hosts_bad[i])), "Host '%s' taken", hosts_bad[i]);
+	CHECK(host_ok("a,b", 1), "a Host read past its length");
+	for (i = 0; i < sizeof(ids_ok) / sizeof(ids_ok[0]); i++)
+		CHECK(x_id_ok(ids_ok[i]), "X id '%s' refused", ids_ok[i]);
+	for (i = 0; i < sizeof(ids_bad) / sizeof(ids_bad[0]); i++)
+		CHECK(!x_id_ok(ids_bad[i]), "X id '%s' taken", ids_bad[i]);
+	for (i = 0; i < sizeof(dates_ok) / sizeof(dates_ok[0]); i++)
+		CHECK(x_date_ok(dates_ok[i]), "X date '%s' refused", dates_ok[i]);
+	for (i = 0; i < sizeof(dates_bad) / sizeof(dates_bad[0]); i++)
+		CHECK(!x_date_ok(dates_bad[i]), "X date '%s' taken", dates_bad[i]);
+	CHECK(ip_literal("127.0.0.1") && ip_literal("::1") && ip_literal("2001:db8::1"), "IP literals");
+	CHECK(!ip_literal("example.com") && !ip_literal("") && !ip_literal("[::1]") && !ip_literal("1.2.3") &&
+	    !ip_literal("256.1.1.1"), "names taken as IP literals");
+}
+
 int
 main(void)
 {
@@ -1441,6 +1833,13 @@ main(void)
 	test_http();
 	test_chunked();
 	test_query();
+	test_http_status_line();
+	test_split_host_port();
+	test_resp_reply();
+	test_resp_entry_id();
+	test_nats_read();
+	test_nats_fields();
+	test_small_checks();
 #ifdef XWEBHOOK_TLS
 	test_der();
 	test_acme_der();

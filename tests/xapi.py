@@ -8,22 +8,21 @@ CRCs. Usage:
 
 The last line is 'xapi: N passed, N failed'.
 """
+import http.client
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import integration as it  # noqa: E402  (BIN and FIXTURES come from argv)
-import tls  # noqa: E402
+import harness as it  # noqa: E402  (what every suite shares)
 import x_standin as xs  # noqa: E402
 
-BIN = it.BIN
-PLAIN = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else None
-TESTS = []
-HOOK = "https://%s/webhooks/twitter" % tls.HOST
+PLAIN = it.arg(3)
+HOOK = "https://%s/webhooks/twitter" % it.HOST
 USER_ID = "2244994945"
 CRED = {
     "TWITTER_BEARER_TOKEN": "AAAAAAAAAAAAAAAAAAAAAbearer-Zq8x",
@@ -34,10 +33,7 @@ CRED = {
 }
 PKI = {}
 
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+test = it.test
 
 
 def app():
@@ -52,17 +48,17 @@ class World:
         self.srv = None
         port = 1
         if serve:
-            self.srv = tls.tls_server(chain or PKI["p"]["chain"], PKI["p"]["key"], secret=secret)
+            self.srv = it.tls_server(chain or PKI["p"]["chain"], PKI["p"]["key"], secret=secret)
             port = self.srv.port
         api = api or PKI["api"]
-        self.x = xs.Standin(api["chain"], api["key"], PKI["p"]["root"], app(), {tls.HOST: port}, limits)
+        self.x = xs.Standin(api["chain"], api["key"], PKI["p"]["root"], app(), {it.HOST: port}, limits)
 
     def run(self, *args, env=None, creds=True, base=None, cacert=None):
         e = {"PATH": os.environ["PATH"]}
         if creds:
             e.update(CRED)
         e.update(env or {})
-        p = subprocess.run([BIN, "--api", base or self.x.base, "--cacert", cacert or PKI["p"]["root"], *args],
+        p = subprocess.run([it.BIN, "--api", base or self.x.base, "--cacert", cacert or PKI["p"]["root"], *args],
                            env=e, capture_output=True, timeout=60)
         out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
         it.check_sanitizers(err)
@@ -116,7 +112,7 @@ def the_whole_path_register_subscribe_replay_unregister():
         body = json.loads([r for r in w.x.requests if r["path"] == "/2/webhooks/replay"][-1]["body"])
         assert body == {"webhook_id": wid, "from_date": frm, "to_date": to}
         # The job's end reaches the server as a signed event, printed.
-        tls.wait_for(lambda: ('"job_id": "%s"' % job).encode() in w.srv.stdout(), 10)
+        assert it.wait_until(lambda: ('"job_id": "%s"' % job).encode() in w.srv.stdout(), 10)
         assert w.ok("unsubscribe", wid, USER_ID) == {"data": {"subscribed": False}}
         assert w.ok("subscriptions", wid)["data"]["subscriptions"] == []
         # Signed again: a fresh nonce, or X refuses it as a replay.
@@ -145,8 +141,8 @@ def a_crc_with_the_wrong_secret_names_the_likely_cause():
     try:
         wid = w.ok("register", HOOK)["data"]["id"]
         w.srv.stop()
-        w.srv = tls.tls_server(PKI["p"]["chain"], PKI["p"]["key"], secret="rotated-by-mistake")
-        w.x.host_map[tls.HOST] = w.srv.port
+        w.srv = it.tls_server(PKI["p"]["chain"], PKI["p"]["key"], secret="rotated-by-mistake")
+        w.x.host_map[it.HOST] = w.srv.port
         rc, out, err = w.run("validate", wid)
         assert rc == 1 and json.loads(out) == {"data": {"valid": False}}, (rc, out, err)
         assert err.count("\n") == 1 and "not valid" in err and "consumer secret" in err, err
@@ -170,11 +166,11 @@ def unreachable_urls_and_incomplete_chains_name_their_causes():
         w.close()
     w = World()
     try:
-        err = w.fails("register", "https://%s/elsewhere" % tls.HOST)
+        err = w.fails("register", "https://%s/elsewhere" % it.HOST)
         assert "Non-200" in err and "--path" in err, err
-        err = w.fails("register", "https://%s:8443/webhooks/twitter" % tls.HOST)
+        err = w.fails("register", "https://%s:8443/webhooks/twitter" % it.HOST)
         assert "names a port" in err, err
-        err = w.fails("register", "http://%s/webhooks/twitter" % tls.HOST)
+        err = w.fails("register", "http://%s/webhooks/twitter" % it.HOST)
         assert "https://" in err, err
         assert w.x.requests == [r for r in w.x.requests if r["path"] == "/2/webhooks"]
         assert len(w.x.requests) == 1  # the two refused here never left
@@ -220,8 +216,8 @@ def the_standin_refuses_what_x_refuses():
         w.x.subscriptions[wid] = []
 
         def again(headers, path=sent["path"], method="POST"):
-            ctx = tls.ssl.create_default_context(cafile=PKI["p"]["root"])
-            c = tls.http.client.HTTPSConnection("localhost", w.x.port, timeout=10, context=ctx)
+            ctx = ssl.create_default_context(cafile=PKI["p"]["root"])
+            c = http.client.HTTPSConnection("localhost", w.x.port, timeout=10, context=ctx)
             c.request(method, path, b"{}", {"Content-Type": "application/json", **headers})
             r = c.getresponse()
             body = json.loads(r.read())
@@ -327,7 +323,7 @@ def credentials_stay_out_of_ps_environ_stdout_and_stderr():
         w.x.delay = 1.5  # time to look at the process while it waits
         e = {"PATH": os.environ["PATH"], **CRED}
         for args in (("subscribe", wid), ("webhooks",)):
-            p = subprocess.Popen([BIN, "--api", w.x.base, "--cacert", PKI["p"]["root"], *args], env=e,
+            p = subprocess.Popen([it.BIN, "--api", w.x.base, "--cacert", PKI["p"]["root"], *args], env=e,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             time.sleep(0.8)
             cmdline = open("/proc/%d/cmdline" % p.pid, "rb").read()
@@ -373,7 +369,7 @@ def hostile_answers_are_escaped_and_bounded():
     w = World()
     try:
         e = {"PATH": os.environ["PATH"], **CRED}
-        p = subprocess.run([BIN, "--api", w.x.base, "webhooks"], env=e, capture_output=True, timeout=60)
+        p = subprocess.run([it.BIN, "--api", w.x.base, "webhooks"], env=e, capture_output=True, timeout=60)
         err = p.stderr.decode()
         assert p.returncode == 1 and err.count("\n") == 1 and "TLS handshake failed" in err, err
     finally:
@@ -472,14 +468,12 @@ def the_plain_build_says_these_need_tls():
 
 
 def main():
-    os.makedirs(tls.PKI, exist_ok=True)
-    PKI["p"] = tls.make_pki("p256", "p256")
-    PKI["api"] = tls.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
-    PKI["other"] = tls.leaf(PKI["p"]["dir"], "other", "p256", host="elsewhere.test")
-    PKI["q"] = tls.make_pki("q", "p256")
-    passed, failed = it.run_suite(TESTS)
-    print("xapi: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    os.makedirs(it.PKI, exist_ok=True)
+    PKI["p"] = it.make_pki("p256", "p256")
+    PKI["api"] = it.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
+    PKI["other"] = it.leaf(PKI["p"]["dir"], "other", "p256", host="elsewhere.test")
+    PKI["q"] = it.make_pki("q", "p256")
+    it.finish("xapi", *it.run_suite())
 
 
 if __name__ == "__main__":
