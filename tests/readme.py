@@ -36,7 +36,6 @@ BIN = it.BIN
 TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 README = os.path.join(TOP, "README.md")
 HOST = it.HOST
-TESTS = []
 PKI = {}
 
 # What the README's placeholders are here: the test's X stand-in knows
@@ -123,9 +122,7 @@ BLOCKS = [
 ]
 
 
-def test(fn):
-    TESTS.append(fn)
-    return fn
+test = it.test
 
 
 def readme():
@@ -670,10 +667,9 @@ def main():
     os.makedirs(it.PKI, exist_ok=True)
     PKI["p"] = it.make_pki("p256", "p256")
     PKI["api"] = it.leaf(PKI["p"]["dir"], "api", "p256", host="localhost")
-    passed, failed = it.run_suite(TESTS)
+    passed, failed = it.run_suite()
     shutil.rmtree(it.WORK, ignore_errors=True)
-    print("readme: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    it.finish("readme", passed, failed)
 
 
 if __name__ == "__main__":
