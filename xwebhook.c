@@ -6261,10 +6261,40 @@ struct url {
 	char target[2048];  /* path and query */
 };
 
+/* A URL's authority split: what came before an '@' in it, and the host
+ * and port as split_host_port gives them. */
+struct authority {
+	const char *userinfo;    /* NULL when there is no '@' */
+	size_t userinfo_len;
+	char host[256];
+	char port[8];            /* empty when the authority names none */
+	const char *end;         /* the first byte after the authority */
+};
+
+/* Split the authority that starts at s (just past "scheme://") and ends
+ * at the first byte of stops or at the string's end, the file's one URL
+ * splitter (url_parse's URLs, --forward's): 0, or -1 with *why. */
+static int
+url_authority(const char *s, const char *stops, struct authority *a, const char **why)
+{
+	const char *at;
+
+	memset(a, 0, sizeof(*a));
+	a->end = s + strcspn(s, stops);
+	at = memchr(s, '@', (size_t)(a->end - s));
+	if (at != NULL) {
+		a->userinfo = s;
+		a->userinfo_len = (size_t)(at - s);
+		s = at + 1;
+	}
+	return split_host_port(s, (size_t)(a->end - s), a->host, sizeof(a->host), a->port, sizeof(a->port), why);
+}
+
 static int
 url_parse(const char *s, struct url *u)
 {
-	const char *a, *ae, *p, *why;
+	struct authority au;
+	const char *a, *p, *why;
 
 	memset(u, 0, sizeof(*u));
 	if (strncasecmp(s, "https://", 8) == 0) {
@@ -6275,12 +6305,11 @@ url_parse(const char *s, struct url *u)
 	} else {
 		return -1;
 	}
-	ae = a + strcspn(a, "/?#");
-	if (memchr(a, '@', (size_t)(ae - a)) != NULL ||
-	    split_host_port(a, (size_t)(ae - a), u->host, sizeof(u->host), u->port, sizeof(u->port), &why) < 0 ||
-	    u->host[0] == '\0')
+	if (url_authority(a, "/?#", &au, &why) < 0 || au.userinfo != NULL || au.host[0] == '\0')
 		return -1;
-	p = ae;
+	memcpy(u->host, au.host, sizeof(u->host));
+	memcpy(u->port, au.port, sizeof(u->port));
+	p = au.end;
 	if (strlen(p) + 2 > sizeof(u->target))
 		return -1;
 	snprintf(u->target, sizeof(u->target), "%s%s", *p == '/' ? "" : "/", p);
@@ -6290,6 +6319,53 @@ url_parse(const char *s, struct url *u)
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
 			return -1;
 	return 0;
+}
+
+enum {
+	/* host:port text: a host of up to 255 bytes, its brackets, ':'
+	 * and five digits. */
+	HOST_PORT_MAX = 255 + 2 + 1 + 5 + 1,
+};
+
+/* host and port as a URL's authority or a Host field writes them (RFC
+ * 9110 7.2, RFC 3986 3.2.2): an IPv6 literal in brackets, and the port
+ * left out when it is empty or omit (the scheme's default; NULL: never
+ * left out). The file's one such formatter. 0, or -1 if it did not fit. */
+static int
+host_port_format(char *out, size_t on, const char *host, const char *port, const char *omit)
+{
+	int v6 = strchr(host, ':') != NULL;
+	int show = port[0] != '\0' && (omit == NULL || strcmp(port, omit) != 0);
+	int n = snprintf(out, on, "%s%s%s%s%s", v6 ? "[" : "", host, v6 ? "]" : "", show ? ":" : "",
+	    show ? port : "");
+
+	return n < 0 || (size_t)n >= on ? -1 : 0;
+}
+
+/* The head of a request to u, the file's one request builder: the
+ * request line (target, or the URL's own when NULL), Host as RFC 9112
+ * 3.2 wants it (the scheme's default port left out), then fields (whole
+ * lines, each CRLF-ended, in the caller's order) and, when body_len is
+ * not negative, Content-Length; the blank line ends it. */
+static void
+http_request_head(struct buf *b, const char *method, const struct url *u, const char *target, const char *fields,
+    long long body_len)
+{
+	char host[HOST_PORT_MAX], num[48];
+
+	(void)host_port_format(host, sizeof(host), u->host, u->port, u->https ? "443" : "80");
+	buf_adds(b, method);
+	buf_addc(b, ' ');
+	buf_adds(b, target != NULL ? target : u->target);
+	buf_adds(b, " HTTP/1.1\r\nHost: ");
+	buf_adds(b, host);
+	buf_adds(b, "\r\n");
+	buf_adds(b, fields);
+	if (body_len >= 0) {
+		snprintf(num, sizeof(num), "Content-Length: %lld\r\n", body_len);
+		buf_adds(b, num);
+	}
+	buf_adds(b, "\r\n");
 }
 
 /* Connect to host:port by deadline; -1 with a reason in err. */
@@ -6332,6 +6408,9 @@ dial(const char *host, const char *port, int64_t deadline, char *err, size_t err
 }
 
 #ifdef XWEBHOOK_TLS
+/* Where the system keeps its trusted roots (Debian's ca-certificates). */
+#define TRUST_SYSTEM_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+
 /* Trust anchors from a PEM bundle (the system's, or --cacert). */
 struct trust {
 	br_x509_trust_anchor *ta;
@@ -6339,14 +6418,20 @@ struct trust {
 	const char *path;        /* the bundle, to name it */
 };
 
+/* The file's one loader of trusted roots: those in path, or with path
+ * NULL the system's bundle (t->path names the one read either way).
+ * 0, or -1 when it cannot be read or holds no root BearSSL can use. */
 static int
 trust_load(const char *path, struct trust *t)
 {
 	struct buf text = { 0 };
 	struct pem_object *objs = NULL;
 	size_t count = 0, i;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd;
 
+	if (path == NULL)
+		path = TRUST_SYSTEM_BUNDLE;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
 	t->ta = NULL;
 	t->n = 0;
 	t->path = path;
@@ -6394,7 +6479,7 @@ trust_load(const char *path, struct trust *t)
 	}
 	pem_free(objs, count);
 	buf_free(&text);
-	return 0;
+	return t->n > 0 ? 0 : -1;
 }
 
 /* An X.509 engine that hands everything to BearSSL's minimal validator
@@ -7139,7 +7224,8 @@ nats_subject_ok(const char *s)
 static int
 forward_parse(const char *url, struct forward *f, const char **why)
 {
-	const char *a, *at, *slash, *colon, *name;
+	const char *a, *slash, *colon, *name;
+	struct authority au;
 	size_t n;
 
 	memset(f, 0, sizeof(*f));
@@ -7158,9 +7244,13 @@ forward_parse(const char *url, struct forward *f, const char **why)
 	slash = strchr(a, '/');
 	if (slash == NULL || slash[1] == '\0')
 		return -1;
-	at = memchr(a, '@', (size_t)(slash - a));
-	if (at != NULL) {
-		colon = memchr(a, ':', (size_t)(at - a));
+	if (url_authority(a, "/", &au, why) < 0)
+		return -1;
+	if (au.userinfo != NULL) {
+		const char *at = au.userinfo + au.userinfo_len;
+
+		*why = "expected redis://[:PASSWORD@]HOST:PORT/STREAM or nats://[TOKEN@]HOST:PORT/SUBJECT";
+		colon = memchr(a, ':', au.userinfo_len);
 		if (colon == NULL && f->kind == FORWARD_NATS)
 			colon = a - 1;  /* TOKEN@: a password with no user */
 		if (colon == NULL || colon - a + 1 > (ptrdiff_t)sizeof(f->user) ||
@@ -7169,10 +7259,9 @@ forward_parse(const char *url, struct forward *f, const char **why)
 		if (colon >= a)
 			memcpy(f->user, a, (size_t)(colon - a));
 		memcpy(f->password, colon + 1, (size_t)(at - colon - 1));
-		a = at + 1;
 	}
-	if (split_host_port(a, (size_t)(slash - a), f->host, sizeof(f->host), f->port, sizeof(f->port), why) < 0)
-		return -1;
+	memcpy(f->host, au.host, sizeof(f->host));
+	memcpy(f->port, au.port, sizeof(f->port));
 	if (f->host[0] == '\0' || f->port[0] == '\0') {
 		*why = f->kind == FORWARD_REDIS ? "expected redis://[:PASSWORD@]HOST:PORT/STREAM, with the port" :
 		    "expected nats://[TOKEN@]HOST:PORT/SUBJECT, with the port";
@@ -7210,12 +7299,11 @@ forward_parse(const char *url, struct forward *f, const char **why)
 		return -1;
 	}
 	{
-		char shown[sizeof(f->shown)];
-		int v6 = strchr(f->host, ':') != NULL;
+		char host[HOST_PORT_MAX];
 
-		snprintf(shown, sizeof(shown), "%s://%s%s%s:%s/%s%s%s", name, v6 ? "[" : "", f->host, v6 ? "]" : "",
-		    f->port, f->key, f->maxlen[0] ? "?maxlen=" : "", f->maxlen);
-		memcpy(f->shown, shown, sizeof(shown));
+		(void)host_port_format(host, sizeof(host), f->host, f->port, NULL);
+		snprintf(f->shown, sizeof(f->shown), "%s://%s/%s%s%s", name, host, f->key,
+		    f->maxlen[0] ? "?maxlen=" : "", f->maxlen);
 	}
 	f->backoff = FORWARD_BACKOFF_MIN_MS;
 	return 0;
@@ -8279,18 +8367,162 @@ check_exchange(const struct check_target *t, const struct buf *request, struct a
 	return r;
 }
 
+/* Percent-encode s[0, n) onto b, the file's one encoder: every byte but
+ * RFC 3986's unreserved (ALPHA, DIGIT, '-', '.', '_', '~') as %XX in
+ * uppercase hex, as OAuth (RFC 5849 3.6) and a query both take it. */
+static void
+pct_encode(struct buf *b, const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+		    c == '.' || c == '_' || c == '~') {
+			buf_addc(b, (char)c);
+		} else {
+			char e[3] = { '%', "0123456789ABCDEF"[c >> 4], "0123456789ABCDEF"[c & 15] };
+
+			buf_add(b, e, 3);
+		}
+	}
+}
+
+/* The CRC as X sends it: GET the URL with a fresh crc_token and nonce,
+ * and judge the answer's status, time, coding and response_token. */
+static void
+check_crc(const struct check_target *t, const char *token, const char *nonce, int have_secret)
+{
+	struct buf target = { 0 }, req = { 0 }, got = { 0 };
+	struct answer a;
+	char want[SIGNATURE_LEN + 1];
+	const char *v;
+	size_t vl;
+
+	buf_adds(&target, t->u->target);
+	buf_adds(&target, strchr(t->u->target, '?') ? "&crc_token=" : "?crc_token=");
+	pct_encode(&target, token, strlen(token));
+	buf_adds(&target, "&nonce=");
+	buf_adds(&target, nonce);
+	buf_addc(&target, '\0');
+	http_request_head(&req, "GET", t->u, target.p, "User-Agent: xwebhook-check\r\nAccept-Encoding: gzip\r\n"
+	    "Connection: close\r\n", -1);
+	buf_free(&target);
+	if (check_exchange(t, &req, &a, 1, "the CRC") < 0) {
+		buf_free(&req);
+		return;
+	}
+	buf_free(&req);
+	if (a.status >= 300 && a.status < 400) {
+		v = answer_field(&a, "location", &vl);
+		report("FAIL", "the CRC was answered %d, a redirect%s%.*s: X treats any 3XX as invalid",
+		    a.status, v ? " to " : "", v ? (int)(vl > 200 ? 200 : vl) : 0, v ? v : "");
+	} else {
+		report(a.status == 200 ? "ok" : "FAIL", "the CRC was answered %d", a.status);
+	}
+	report(a.ms <= CHECK_TIME_LIMIT_MS ? "ok" : "FAIL", "the CRC was answered in %lld ms, all of "
+	    "it (X allows %d ms)", (long long)a.ms, CHECK_TIME_LIMIT_MS);
+	if ((v = answer_field(&a, "content-encoding", &vl)) != NULL)
+		report("FAIL", "the answer has Content-Encoding: %.*s; X wants the JSON as it is",
+		    (int)(vl > 64 ? 64 : vl), v);
+	if (a.status != 200) {
+		/* nothing more to judge */
+	} else if (json_member_string(a.body.p, a.body.len, "response_token", &got) < 0) {
+		report("FAIL", "the answer is not a JSON object with a response_token string at its top level");
+	} else if (have_secret) {
+		signature_of(&secret_key, token, strlen(token), want, NULL);
+		want[SIGNATURE_LEN] = '\0';
+		if (got.len == SIGNATURE_LEN && memcmp(got.p, want, SIGNATURE_LEN) == 0)
+			report("ok", "response_token is the HMAC of the token under the consumer secret");
+		else
+			report("FAIL", "response_token does not match the HMAC under this consumer "
+			    "secret (a different app's secret, or the wrong construction)");
+	} else if (got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0) {
+		/* X refuses any value but the HMAC: without the secret, the
+		 * shape is no verdict. */
+		report("unknown", "response_token has the right shape, but its value was not checked: no "
+		    "consumer secret here (TWITTER_CONSUMER_SECRET or --secret-file), and X accepts only "
+		    "the HMAC of the token under the app's secret");
+	} else {
+		report("FAIL", "response_token is not sha256=<base64 of 32 bytes>");
+	}
+	answer_free(&a);
+	buf_free(&got);
+}
+
+/* --post: a signed test event, as X would deliver one, must get 200. */
+static void
+check_signed_post(const struct check_target *t, const char *stamp, const char *nonce)
+{
+	struct buf req = { 0 }, fields = { 0 };
+	struct answer a;
+	char body[160], sig[SIGNATURE_LEN + 1];
+
+	snprintf(body, sizeof(body), "{\"xwebhook_check\":{\"sent_at\":\"%s\",\"nonce\":\"%s\"}}", stamp, nonce);
+	signature_of(&secret_key, body, strlen(body), sig, NULL);
+	sig[SIGNATURE_LEN] = '\0';
+	buf_adds(&fields, "User-Agent: xwebhook-check\r\nContent-Type: application/json\r\nConnection: close\r\n"
+	    "x-twitter-webhooks-signature: ");
+	buf_adds(&fields, sig);
+	buf_adds(&fields, "\r\n");
+	buf_addc(&fields, '\0');
+	http_request_head(&req, "POST", t->u, NULL, fields.p, (long long)strlen(body));
+	buf_adds(&req, body);
+	if (check_exchange(t, &req, &a, 0, "the signed test event") == 0) {
+		report(a.status == 200 ? "ok" : "FAIL", "a signed test event was answered %d in %lld ms", a.status,
+		    (long long)a.ms);
+		answer_free(&a);
+	}
+	buf_free(&fields);
+	buf_free(&req);
+}
+
+/* Where check dials (the URL's host and port, or --connect), and for
+ * https the roots it verifies with: 0, or -1 when it cannot check
+ * (reported). */
+static int
+check_target_init(struct check_target *t, const struct url *u)
+{
+	const char *why;
+
+	memset(t, 0, sizeof(*t));
+	t->u = u;
+	snprintf(t->host, sizeof(t->host), "%s", u->host);
+	snprintf(t->port, sizeof(t->port), "%s", u->port[0] ? u->port : u->https ? "443" : "80");
+	if (check_connect != NULL &&
+	    (split_host_port(check_connect, strlen(check_connect), t->host, sizeof(t->host), t->port,
+	    sizeof(t->port), &why) < 0 || t->host[0] == '\0' || t->port[0] == '\0'))
+		die("bad --connect '%s': expected ADDR:PORT or [IPV6]:PORT", check_connect);
+#ifdef XWEBHOOK_TLS
+	if (u->https) {
+		static struct trust trust;
+
+		if (trust_load(cacert_path, &trust) < 0) {
+			report("FAIL", "cannot load trusted certificates from %s", trust.path);
+			return -1;
+		}
+		t->bundle = trust.path;
+		t->trust = &trust;
+	}
+#else
+	if (u->https) {
+		report("FAIL", "https needs the TLS build of xwebhook (make TLS=1)");
+		return -1;
+	}
+#endif
+	return 0;
+}
+
 static int
 cmd_check(const char *arg)
 {
 	struct url u;
 	struct check_target t;
-	struct buf req = { 0 }, got = { 0 };
-	struct answer a;
 	unsigned char raw[24];
-	char token[40], qtoken[80], nonce[32], stamp[24], want[SIGNATURE_LEN + 1];
-	const char *why, *v;
-	int have_secret = load_secret(0), i, o = 0;
-	size_t n, vl;
+	char token[40], nonce[32], stamp[24];
+	int have_secret = load_secret(0);
+	size_t n;
 
 	if (url_parse(arg, &u) < 0)
 		die("check: '%s' is not an http:// or https:// URL", arg);
@@ -8300,127 +8532,27 @@ cmd_check(const char *arg)
 		report("FAIL", "the URL names port %s: X refuses URLs with a port other than 443", u.port);
 	else
 		report("ok", "no port in the URL (443)");
-	memset(&t, 0, sizeof(t));
-	t.u = &u;
-	snprintf(t.host, sizeof(t.host), "%s", u.host);
-	snprintf(t.port, sizeof(t.port), "%s", u.port[0] ? u.port : u.https ? "443" : "80");
-	if (check_connect != NULL &&
-	    (split_host_port(check_connect, strlen(check_connect), t.host, sizeof(t.host), t.port,
-	    sizeof(t.port), &why) < 0 || t.host[0] == '\0' || t.port[0] == '\0'))
-		die("bad --connect '%s': expected ADDR:PORT or [IPV6]:PORT", check_connect);
+	if (check_target_init(&t, &u) < 0) {
 #ifdef XWEBHOOK_TLS
-	if (u.https) {
-		static struct trust trust;
-
-		t.bundle = cacert_path ? cacert_path : "/etc/ssl/certs/ca-certificates.crt";
-		if (trust_load(t.bundle, &trust) < 0 || trust.n == 0) {
-			report("FAIL", "cannot load trusted certificates from %s", t.bundle);
-			printf("X would not accept this URL.\n");
-			return 1;
-		}
-		t.trust = &trust;
-	}
-#else
-	if (u.https) {
-		report("FAIL", "https needs the TLS build of xwebhook (make TLS=1)");
+		printf("X would not accept this URL.\n");
+#endif
 		return 1;
 	}
-#endif
 	/* A fresh token, as X makes them: base64, here of 24 random bytes,
 	 * so that '+' and '/' are likely to need their %-escapes. */
 	entropy(raw, sizeof(raw));
 	n = base64_encode(raw, sizeof(raw), token);
 	token[n] = '\0';
-	for (i = 0; token[i]; i++) {
-		if (token[i] == '+' || token[i] == '/' || token[i] == '=')
-			o += snprintf(qtoken + o, sizeof(qtoken) - (size_t)o, "%%%02X", (unsigned char)token[i]);
-		else
-			qtoken[o++] = token[i];
-	}
-	qtoken[o] = '\0';
 	snprintf(stamp, sizeof(stamp), "%lld", (long long)time(NULL) * 1000);
 	n = base64_encode((unsigned char *)stamp, strlen(stamp), nonce);
 	while (n > 0 && nonce[n - 1] == '=')
 		n--;
 	nonce[n] = '\0';
-	buf_adds(&req, "GET ");
-	buf_adds(&req, u.target);
-	buf_adds(&req, strchr(u.target, '?') ? "&crc_token=" : "?crc_token=");
-	buf_adds(&req, qtoken);
-	buf_adds(&req, "&nonce=");
-	buf_adds(&req, nonce);
-	buf_adds(&req, " HTTP/1.1\r\nHost: ");
-	buf_adds(&req, u.host);
-	buf_adds(&req, "\r\nUser-Agent: xwebhook-check\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n");
-	if (check_exchange(&t, &req, &a, 1, "the CRC") == 0) {
-		if (a.status >= 300 && a.status < 400) {
-			v = answer_field(&a, "location", &vl);
-			report("FAIL", "the CRC was answered %d, a redirect%s%.*s: X treats any 3XX as invalid",
-			    a.status, v ? " to " : "", v ? (int)(vl > 200 ? 200 : vl) : 0, v ? v : "");
-		} else {
-			report(a.status == 200 ? "ok" : "FAIL", "the CRC was answered %d", a.status);
-		}
-		report(a.ms <= CHECK_TIME_LIMIT_MS ? "ok" : "FAIL", "the CRC was answered in %lld ms, all of "
-		    "it (X allows %d ms)", (long long)a.ms, CHECK_TIME_LIMIT_MS);
-		if ((v = answer_field(&a, "content-encoding", &vl)) != NULL)
-			report("FAIL", "the answer has Content-Encoding: %.*s; X wants the JSON as it is",
-			    (int)(vl > 64 ? 64 : vl), v);
-		if (a.status == 200) {
-			if (json_member_string(a.body.p, a.body.len, "response_token", &got) < 0) {
-				report("FAIL", "the answer is not a JSON object with a response_token string at its "
-				    "top level");
-			} else if (have_secret) {
-				signature_of(&secret_key, token, strlen(token), want, NULL);
-				want[SIGNATURE_LEN] = '\0';
-				if (got.len == SIGNATURE_LEN && memcmp(got.p, want, SIGNATURE_LEN) == 0)
-					report("ok", "response_token is the HMAC of the token under the consumer secret");
-				else
-					report("FAIL", "response_token does not match the HMAC under this consumer "
-					    "secret (a different app's secret, or the wrong construction)");
-			} else if (got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0) {
-				/* X refuses any value but the HMAC: without the
-				 * secret, the shape is no verdict. */
-				report("unknown", "response_token has the right shape, but its value was not checked: no "
-				    "consumer secret here (TWITTER_CONSUMER_SECRET or --secret-file), and X accepts only "
-				    "the HMAC of the token under the app's secret");
-			} else {
-				report("FAIL", "response_token is not sha256=<base64 of 32 bytes>");
-			}
-		}
-		answer_free(&a);
-	}
-	if (check_post) {
-		char body[160], sig[SIGNATURE_LEN + 1], len[32];
-
-		if (!have_secret) {
-			report("FAIL", "--post needs the consumer secret, to sign the event");
-		} else {
-			snprintf(body, sizeof(body), "{\"xwebhook_check\":{\"sent_at\":\"%s\",\"nonce\":\"%s\"}}",
-			    stamp, nonce);
-			signature_of(&secret_key, body, strlen(body), sig, NULL);
-			sig[SIGNATURE_LEN] = '\0';
-			snprintf(len, sizeof(len), "%zu", strlen(body));
-			buf_clear(&req);
-			buf_adds(&req, "POST ");
-			buf_adds(&req, u.target);
-			buf_adds(&req, " HTTP/1.1\r\nHost: ");
-			buf_adds(&req, u.host);
-			buf_adds(&req, "\r\nUser-Agent: xwebhook-check\r\nContent-Type: application/json\r\n"
-			    "Connection: close\r\nx-twitter-webhooks-signature: ");
-			buf_adds(&req, sig);
-			buf_adds(&req, "\r\nContent-Length: ");
-			buf_adds(&req, len);
-			buf_adds(&req, "\r\n\r\n");
-			buf_adds(&req, body);
-			if (check_exchange(&t, &req, &a, 0, "the signed test event") == 0) {
-				report(a.status == 200 ? "ok" : "FAIL", "a signed test event was answered %d in "
-				    "%lld ms", a.status, (long long)a.ms);
-				answer_free(&a);
-			}
-		}
-	}
-	buf_free(&req);
-	buf_free(&got);
+	check_crc(&t, token, nonce, have_secret);
+	if (check_post && !have_secret)
+		report("FAIL", "--post needs the consumer secret, to sign the event");
+	else if (check_post)
+		check_signed_post(&t, stamp, nonce);
 	if (check_failed) {
 		printf("X would not accept this URL.\n");
 		return 1;
@@ -8448,27 +8580,6 @@ static const char *api_base = "https://api.x.com";  /* --api */
 
 enum { X_API_TIMEOUT_MS = 30000 };  /* X runs a CRC before it answers register */
 
-/* RFC 5849 section 3.6: every byte but ALPHA, DIGIT, '-', '.', '_' and
- * '~' as %XX, in uppercase hex. */
-static void
-oauth_pct(struct buf *b, const char *s, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-		    c == '.' || c == '_' || c == '~') {
-			buf_addc(b, (char)c);
-		} else {
-			char e[3] = { '%', "0123456789ABCDEF"[c >> 4], "0123456789ABCDEF"[c & 15] };
-
-			buf_add(b, e, 3);
-		}
-	}
-}
-
 /* One parameter of a signature base string, both halves encoded. */
 struct oauth_param {
 	char *k, *v;
@@ -8488,21 +8599,12 @@ oauth_param_cmp(const void *a, const void *b)
 static char *
 oauth_reencoded(const char *s, size_t n)
 {
-	struct buf raw = { 0 }, out = { 0 };
-	size_t i;
+	struct buf out = { 0 };
+	char *raw = xmalloc(n + 1);  /* decoding never lengthens */
 
-	for (i = 0; i < n; i++) {
-		if (s[i] == '%' && i + 2 < n && hex_value((unsigned char)s[i + 1]) >= 0 &&
-		    hex_value((unsigned char)s[i + 2]) >= 0) {
-			buf_addc(&raw, (char)(hex_value((unsigned char)s[i + 1]) << 4 | hex_value((unsigned char)s[i + 2])));
-			i += 2;
-		} else {
-			buf_addc(&raw, s[i] == '+' ? ' ' : s[i]);
-		}
-	}
-	oauth_pct(&out, raw.p, raw.len);
+	pct_encode(&out, raw, form_decode(s, n, raw, n));
 	buf_addc(&out, '\0');
-	buf_free(&raw);
+	free(raw);
 	return out.p;
 }
 
@@ -8522,7 +8624,7 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 	const char *q, *c, *path_end;
 	size_t np = 0, i;
 	unsigned char mac[20];
-	char sig[32];
+	char sig[32], host[HOST_PORT_MAX];
 	struct url u;
 
 	if (url_parse(url, &u) < 0)
@@ -8530,16 +8632,9 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 	/* The base string URI: scheme and host in lowercase, the port only
 	 * if it is not the scheme's own, the path without the query. */
 	buf_adds(&uri, u.https ? "https://" : "http://");
-	if (strchr(u.host, ':') != NULL)
-		buf_addc(&uri, '[');
-	for (c = u.host; *c; c++)
+	(void)host_port_format(host, sizeof(host), u.host, u.port, u.https ? "443" : "80");
+	for (c = host; *c; c++)
 		buf_addc(&uri, (char)tolower((unsigned char)*c));
-	if (strchr(u.host, ':') != NULL)
-		buf_addc(&uri, ']');
-	if (u.port[0] != '\0' && strcmp(u.port, u.https ? "443" : "80") != 0) {
-		buf_addc(&uri, ':');
-		buf_adds(&uri, u.port);
-	}
 	q = strchr(u.target, '?');
 	path_end = q != NULL ? q : u.target + strlen(u.target);
 	buf_add(&uri, u.target, (size_t)(path_end - u.target));
@@ -8570,12 +8665,12 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 	}
 	buf_adds(&base, method);
 	buf_addc(&base, '&');
-	oauth_pct(&base, uri.p, uri.len);
+	pct_encode(&base, uri.p, uri.len);
 	buf_addc(&base, '&');
-	oauth_pct(&base, list.p, list.len);
-	oauth_pct(&key, cred[1], strlen(cred[1]));
+	pct_encode(&base, list.p, list.len);
+	pct_encode(&key, cred[1], strlen(cred[1]));
 	buf_addc(&key, '&');
-	oauth_pct(&key, cred[3], strlen(cred[3]));
+	pct_encode(&key, cred[3], strlen(cred[3]));
 	hmac_sha1(key.p, key.len, base.p, base.len, mac);
 	sig[base64_encode(mac, sizeof(mac), sig)] = '\0';
 
@@ -8584,12 +8679,12 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 	for (i = 0; i < 6; i++) {
 		if (i == 2) {
 			buf_adds(out, "oauth_signature=\"");
-			oauth_pct(out, sig, strlen(sig));
+			pct_encode(out, sig, strlen(sig));
 			buf_adds(out, "\", ");
 		}
 		buf_adds(out, names[i]);
 		buf_adds(out, "=\"");
-		oauth_pct(out, values[i], strlen(values[i]));
+		pct_encode(out, values[i], strlen(values[i]));
 		buf_adds(out, i < 5 ? "\", " : "\"");
 	}
 	for (i = 0; i < np; i++) {
@@ -8842,8 +8937,8 @@ cmd_x(const struct x_command *xc, const char *const *args)
 	struct client cl;
 	struct answer a;
 	struct url u;
-	char num[64], host[300];
-	int i, rc = 1;
+	char num[64], host[HOST_PORT_MAX];
+	int i, rc = 1, has_body;
 
 #ifndef XWEBHOOK_TLS
 	die("%s: X's API is HTTPS only, and this build has no TLS: build with make TLS=1", xc->name);
@@ -8943,9 +9038,7 @@ cmd_x(const struct x_command *xc, const char *const *args)
 		buf_adds(&body, args[3]);
 		buf_adds(&body, "\"}");
 	}
-	snprintf(host, sizeof(host), "%s%s%s%s%s", strchr(u.host, ':') ? "[" : "", u.host,
-	    strchr(u.host, ':') ? "]" : "", u.port[0] && strcmp(u.port, "443") != 0 ? ":" : "",
-	    u.port[0] && strcmp(u.port, "443") != 0 ? u.port : "");
+	(void)host_port_format(host, sizeof(host), u.host, u.port, "443");
 	if (xc->auth == X_USER) {
 		unsigned char raw[16];
 		char nonce[2 * sizeof(raw) + 1], stamp[24];
@@ -8960,7 +9053,7 @@ cmd_x(const struct x_command *xc, const char *const *args)
 		buf_adds(&url, host);
 		buf_adds(&url, path.p);
 		buf_addc(&url, '\0');
-		buf_adds(&auth, "Authorization: ");
+		buf_adds(&auth, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\nAuthorization: ");
 		oauth_authorization(&auth, xc->method, url.p, (const char *const *)cred, nonce, stamp);
 		buf_free(&url);
 		for (k = 0; k < 4; k++) {
@@ -8968,35 +9061,25 @@ cmd_x(const struct x_command *xc, const char *const *args)
 			free(cred[k]);
 		}
 	} else {
-		buf_adds(&auth, "Authorization: Bearer ");
+		buf_adds(&auth, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\n"
+		    "Authorization: Bearer ");
 		buf_adds(&auth, bearer);
 		explicit_bzero(bearer, strlen(bearer));
 		free(bearer);
 	}
-	buf_adds(&req, xc->method);
-	buf_addc(&req, ' ');
-	buf_adds(&req, path.p);
-	buf_adds(&req, " HTTP/1.1\r\nHost: ");
-	buf_adds(&req, host);
-	buf_adds(&req, "\r\nUser-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\n");
-	buf_add(&req, auth.p, auth.len);
-	buf_adds(&req, "\r\nConnection: close\r\n");
-	if (body.len > 0 || strcmp(xc->method, "PUT") == 0 || strcmp(xc->method, "POST") == 0) {
-		snprintf(num, sizeof(num), "Content-Type: application/json\r\nContent-Length: %zu\r\n", body.len);
-		buf_adds(&req, num);
-	}
-	buf_adds(&req, "\r\n");
+	buf_adds(&auth, "\r\nConnection: close\r\n");
+	has_body = body.len > 0 || strcmp(xc->method, "PUT") == 0 || strcmp(xc->method, "POST") == 0;
+	if (has_body)
+		buf_adds(&auth, "Content-Type: application/json\r\n");
+	buf_addc(&auth, '\0');
+	http_request_head(&req, xc->method, &u, path.p, auth.p, has_body ? (long long)body.len : -1);
 	buf_add(&req, body.p, body.len);
 	explicit_bzero(auth.p, auth.cap);
 	buf_free(&auth);
 
 #ifdef XWEBHOOK_TLS
-	{
-		const char *bundle = cacert_path != NULL ? cacert_path : "/etc/ssl/certs/ca-certificates.crt";
-
-		if (trust_load(bundle, &trust) < 0 || trust.n == 0)
-			die("%s: cannot load trusted certificates from %s", xc->name, bundle);
-	}
+	if (trust_load(cacert_path, &trust) < 0)
+		die("%s: cannot load trusted certificates from %s", xc->name, trust.path);
 #endif
 	if (client_connect(&cl, u.host, u.port[0] ? u.port : "443", u.host, roots, now_ms() + X_API_TIMEOUT_MS) < 0 ||
 	    client_exchange(&cl, req.p, req.len, &a) < 0) {
@@ -9817,30 +9900,22 @@ acme_exchange(struct acme *a, const char *url, const struct buf *body, const cha
 {
 	struct url u;
 	struct client cl;
-	struct buf req = { 0 };
-	char num[64], ra[64];
+	struct buf req = { 0 }, fields = { 0 };
+	char ra[64];
 	int r;
 
 	if (url_parse(url, &u) < 0 || !u.https) {
 		snprintf(why, wn, "the CA gave a URL that is not https: %.200s", url);
 		return -1;
 	}
-	buf_adds(&req, body != NULL ? "POST " : "GET ");
-	buf_adds(&req, u.target);
-	buf_adds(&req, " HTTP/1.1\r\nHost: ");
-	buf_adds(&req, u.host);
-	if (u.port[0] != '\0' && strcmp(u.port, "443") != 0) {
-		buf_addc(&req, ':');
-		buf_adds(&req, u.port);
-	}
-	buf_adds(&req, "\r\nUser-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: ");
-	buf_adds(&req, accept);
-	buf_adds(&req, "\r\nConnection: close\r\n");
-	if (body != NULL) {
-		snprintf(num, sizeof(num), "Content-Type: application/jose+json\r\nContent-Length: %zu\r\n", body->len);
-		buf_adds(&req, num);
-	}
-	buf_adds(&req, "\r\n");
+	buf_adds(&fields, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: ");
+	buf_adds(&fields, accept);
+	buf_adds(&fields, "\r\nConnection: close\r\n");
+	if (body != NULL)
+		buf_adds(&fields, "Content-Type: application/jose+json\r\n");
+	buf_addc(&fields, '\0');
+	http_request_head(&req, body != NULL ? "POST" : "GET", &u, NULL, fields.p, body != NULL ? (long long)body->len : -1);
+	buf_free(&fields);
 	if (body != NULL)
 		buf_add(&req, body->p, body->len);
 	r = client_connect(&cl, u.host, u.port[0] ? u.port : "443", u.host, &a->trust, 0);
@@ -10949,14 +11024,13 @@ static struct acme acme;
 static void
 acme_prepare(const struct passwd *owner)
 {
-	const char *roots = acme_cacert != NULL ? acme_cacert : "/etc/ssl/certs/ca-certificates.crt";
 	struct identity *id;
 
 	if (!acme_domain_ok(acme_domain))
 		die("bad --acme '%s': expected a DNS name such as hooks.example.com (no wildcard, no address)",
 		    acme_domain);
-	if (trust_load(roots, &acme.trust) < 0 || acme.trust.n == 0)
-		die("--acme: cannot load trusted certificates from %s%s", roots,
+	if (trust_load(acme_cacert, &acme.trust) < 0)
+		die("--acme: cannot load trusted certificates from %s%s", acme.trust.path,
 		    acme_cacert != NULL ? "" : " (install ca-certificates, or give --acme-cacert)");
 	state_open(owner);
 	id = acme_stored();

@@ -422,7 +422,7 @@ test_oauth(void)
 	    "status=Hello%20Ladies%20%2B%20Gentlemen%2C%20a%20signed%20OAuth%20request%21&include_entities=true#x",
 	    "hCtSmYh%2BiHYCEqBWrE7C7hYmtUk%3D", NULL);
 	/* RFC 5849 section 3.6: unreserved bytes stay, the rest is %XX. */
-	oauth_pct(&b, "Az09-._~ +%/\xc3\xa9*", 15);
+	pct_encode(&b, "Az09-._~ +%/\xc3\xa9*", 15);
 	CHECK(b.len == strlen("Az09-._~%20%2B%25%2F%C3%A9%2A") &&
 	    memcmp(b.p, "Az09-._~%20%2B%25%2F%C3%A9%2A", b.len) == 0, "oauth_pct: %.*s", (int)b.len, b.p);
 	buf_free(&b);
