@@ -7063,42 +7063,116 @@ json_array_next(const char *a, size_t *at, struct buf *out)
 	return 1;
 }
 
-/* The value of the top-level member key of the JSON object in p[0, n),
- * as compact JSON text (strings still escaped), into out: 0, or -1 when
- * p is not a JSON object or has no such member at its top level. The
- * first such member decides. */
-static int
-json_member(const char *p, size_t n, const char *key, struct buf *out)
+/* A JSON object's top-level members, indexed by one validating pass so
+ * that each look-up after it is a walk of the index, not of the text. */
+struct json_object {
+	struct buf text;          /* the object as compact JSON, NUL-ended */
+	struct buf keys;          /* each member's key, decoded, back to back */
+	struct buf slots;         /* a struct json_slot for each member, in order */
+	size_t n;
+};
+
+struct json_slot {
+	size_t key, key_len;      /* in keys */
+	size_t value, value_len;  /* in text: compact JSON, strings still escaped */
+};
+
+static void
+json_object_free(struct json_object *o)
 {
-	struct buf c = { 0 }, k = { 0 };
+	buf_free(&o->text);
+	buf_free(&o->keys);
+	buf_free(&o->slots);
+	memset(o, 0, sizeof(*o));
+}
+
+/* Index the top-level members of the JSON object in p[0, n), in their
+ * order: 0, or -1 (o empty) when p is not a JSON object. */
+static int
+json_object_parse(const char *p, size_t n, struct json_object *o)
+{
 	char err[160];
 	size_t i = 1;
-	int found = -1;
 
+	memset(o, 0, sizeof(*o));
 	/* Validated and compacted first: what is walked below is valid
 	 * JSON with no whitespace between tokens. */
-	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &c, err, sizeof(err)) < 0 || c.p[0] != '{')
-		goto out;
-	buf_addc(&c, '\0');
-	while (c.p[i] == '"') {
-		size_t at;
+	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &o->text, err, sizeof(err)) < 0 || o->text.p[0] != '{') {
+		json_object_free(o);
+		return -1;
+	}
+	buf_addc(&o->text, '\0');
+	while (o->text.p[i] == '"') {
+		struct json_slot sl;
 
-		k.len = 0;
-		i = json_string_decode(c.p, i, &k) + 1;  /* past the ':' too */
-		at = i;
-		i = json_skip(c.p, i);
-		if (k.len == strlen(key) && (k.len == 0 || memcmp(k.p, key, k.len) == 0)) {
-			buf_add(out, c.p + at, i - at);
-			found = 0;
-			break;
-		}
-		if (c.p[i] == '}')
+		sl.key = o->keys.len;
+		i = json_string_decode(o->text.p, i, &o->keys) + 1;  /* past the ':' too */
+		sl.key_len = o->keys.len - sl.key;
+		sl.value = i;
+		i = json_skip(o->text.p, i);
+		sl.value_len = i - sl.value;
+		buf_add(&o->slots, &sl, sizeof(sl));
+		o->n++;
+		if (o->text.p[i] == '}')
 			break;
 		i++;
 	}
-out:
-	buf_free(&c);
-	buf_free(&k);
+	return 0;
+}
+
+/* The first member called key (compared decoded, so "a" finds "\u0061"),
+ * or NULL: a later duplicate is never seen. */
+static const struct json_slot *
+json_object_find(const struct json_object *o, const char *key)
+{
+	/* (realloc's memory is aligned for any type) */
+	const struct json_slot *slot = (const struct json_slot *)(const void *)o->slots.p;
+	size_t i, kl = strlen(key);
+
+	for (i = 0; i < o->n; i++)
+		if (slot[i].key_len == kl && (kl == 0 || memcmp(o->keys.p + slot[i].key, key, kl) == 0))
+			return &slot[i];
+	return NULL;
+}
+
+/* The member key's value as compact JSON text, appended to out: 0, or
+ * -1 when there is no such member. */
+static int
+json_object_get(const struct json_object *o, const char *key, struct buf *out)
+{
+	const struct json_slot *sl = json_object_find(o, key);
+
+	if (sl == NULL)
+		return -1;
+	buf_add(out, o->text.p + sl->value, sl->value_len);
+	return 0;
+}
+
+/* The member key's string value, decoded, appended to out: 0, or -1
+ * when there is no such member or its value is not a string. */
+static int
+json_object_string(const struct json_object *o, const char *key, struct buf *out)
+{
+	const struct json_slot *sl = json_object_find(o, key);
+
+	if (sl == NULL || o->text.p[sl->value] != '"')
+		return -1;
+	json_string_decode(o->text.p, sl->value, out);
+	return 0;
+}
+
+/* The value of the top-level member key of the JSON object in p[0, n),
+ * as compact JSON text (strings still escaped), into out: 0, or -1 when
+ * p is not a JSON object or has no such member at its top level. The
+ * first such member decides. For one look-up; more parse once with
+ * json_object_parse. */
+static int
+json_member(const char *p, size_t n, const char *key, struct buf *out)
+{
+	struct json_object o;
+	int found = json_object_parse(p, n, &o) == 0 ? json_object_get(&o, key, out) : -1;
+
+	json_object_free(&o);
 	return found;
 }
 
@@ -7119,15 +7193,10 @@ json_true(const char *p, size_t n, const char *key)
 static int
 json_member_string(const char *p, size_t n, const char *key, struct buf *out)
 {
-	struct buf v = { 0 };
-	int found = -1;
+	struct json_object o;
+	int found = json_object_parse(p, n, &o) == 0 ? json_object_string(&o, key, out) : -1;
 
-	if (json_member(p, n, key, &v) == 0 && v.p[0] == '"') {
-		buf_addc(&v, '\0');
-		json_string_decode(v.p, 0, out);
-		found = 0;
-	}
-	buf_free(&v);
+	json_object_free(&o);
 	return found;
 }
 
@@ -8701,39 +8770,6 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 
 enum x_auth { X_BEARER, X_USER };
 
-/* The subcommands: what each sends where, in X API v2's reference. */
-struct x_command {
-	const char *name, *usage;
-	int nargs;
-	const char *method;
-	const char *path;        /* "%1" and "%2" are the first two arguments */
-	enum x_auth auth;
-};
-
-static const struct x_command x_commands[] = {
-	{ "webhooks", "", 0, "GET", "/2/webhooks", X_BEARER },
-	{ "register", " URL", 1, "POST", "/2/webhooks", X_BEARER },
-	{ "validate", " WEBHOOK_ID", 1, "PUT", "/2/webhooks/%1", X_BEARER },
-	{ "unregister", " WEBHOOK_ID", 1, "DELETE", "/2/webhooks/%1", X_BEARER },
-	{ "subscribe", " WEBHOOK_ID", 1, "POST", "/2/account_activity/webhooks/%1/subscriptions/all", X_USER },
-	{ "subscriptions", " WEBHOOK_ID", 1, "GET", "/2/account_activity/webhooks/%1/subscriptions/all/list",
-	    X_BEARER },
-	{ "unsubscribe", " WEBHOOK_ID USER_ID", 2, "DELETE", "/2/account_activity/webhooks/%1/subscriptions/%2/all",
-	    X_BEARER },
-	{ "replay", " WEBHOOK_ID FROM TO", 3, "POST", "/2/webhooks/replay", X_BEARER },
-};
-
-static const struct x_command *
-x_command(const char *name)
-{
-	size_t i;
-
-	for (i = 0; i < sizeof(x_commands) / sizeof(x_commands[0]); i++)
-		if (strcmp(x_commands[i].name, name) == 0)
-			return &x_commands[i];
-	return NULL;
-}
-
 /* X's ids: 1 to 19 digits. */
 static int
 x_id_ok(const char *s)
@@ -8755,6 +8791,102 @@ x_date_ok(const char *s)
 	return y >= 2006 && mo >= 1 && mo <= 12 && d >= 1 &&
 	    d <= (mo == 2 ? (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) ? 29 : 28) :
 	    mo == 4 || mo == 6 || mo == 9 || mo == 11 ? 30 : 31) && h <= 23 && mi <= 59;
+}
+
+/* register URL: what X takes, before anything is sent. */
+static void
+x_register_args(const char *const *args)
+{
+	struct url w;
+
+	if (url_parse(args[1], &w) < 0 || !w.https || strlen(args[1]) > 200)
+		die("register: '%s': X takes https:// URLs of at most 200 bytes", args[1]);
+	if (w.port[0] != '\0')
+		die("register: '%s' names a port: X calls port 443 only, and refuses URLs with a port", args[1]);
+}
+
+static void
+x_register_body(struct buf *body, const char *const *args)
+{
+	buf_adds(body, "{\"url\":\"");
+	json_escape(body, args[1], strlen(args[1]));
+	buf_adds(body, "\"}");
+}
+
+static void
+x_subscribe_body(struct buf *body, const char *const *args)
+{
+	(void)args;
+	buf_adds(body, "{}");
+}
+
+/* replay WEBHOOK_ID FROM TO: two real minutes, in order. */
+static void
+x_replay_args(const char *const *args)
+{
+	int i;
+
+	for (i = 2; i <= 3; i++)
+		if (!x_date_ok(args[i]))
+			die("replay: '%s' is not a UTC time as yyyymmddhhmm (e.g. %s)", args[i],
+			    i == 2 ? "202611281200" : "202611281300");
+	if (strcmp(args[2], args[3]) > 0)
+		die("replay: FROM %s is after TO %s", args[2], args[3]);
+}
+
+static void
+x_replay_body(struct buf *body, const char *const *args)
+{
+	buf_adds(body, "{\"webhook_id\":\"");
+	buf_adds(body, args[1]);
+	buf_adds(body, "\",\"from_date\":\"");
+	buf_adds(body, args[2]);
+	buf_adds(body, "\",\"to_date\":\"");
+	buf_adds(body, args[3]);
+	buf_adds(body, "\"}");
+}
+
+/* The subcommands: what each sends where, in X API v2's reference, and
+ * what is particular to each. */
+struct x_command {
+	const char *name, *usage;
+	int nargs;
+	int ids;                 /* the first ids arguments are X's ids */
+	const char *method;
+	const char *path;        /* "%1" and "%2" are the first two arguments */
+	enum x_auth auth;
+	void (*check)(const char *const *args);              /* dies on bad arguments; or NULL */
+	void (*body)(struct buf *body, const char *const *args);  /* the JSON sent; or NULL */
+	char data;               /* what a 2xx's data is: '[' an array, '{' an object */
+	unsigned crc : 1;        /* X runs a CRC for it: a failure may be the CRC's */
+	unsigned invalid_fails : 1;  /* a 2xx whose data says valid: false fails */
+};
+
+static const struct x_command x_commands[] = {
+	{ "webhooks", "", 0, 0, "GET", "/2/webhooks", X_BEARER, NULL, NULL, '[', 0, 0 },
+	{ "register", " URL", 1, 0, "POST", "/2/webhooks", X_BEARER, x_register_args, x_register_body, '{', 1, 0 },
+	{ "validate", " WEBHOOK_ID", 1, 1, "PUT", "/2/webhooks/%1", X_BEARER, NULL, NULL, '{', 1, 1 },
+	{ "unregister", " WEBHOOK_ID", 1, 1, "DELETE", "/2/webhooks/%1", X_BEARER, NULL, NULL, '{', 0, 0 },
+	{ "subscribe", " WEBHOOK_ID", 1, 1, "POST", "/2/account_activity/webhooks/%1/subscriptions/all", X_USER,
+	    NULL, x_subscribe_body, '{', 0, 0 },
+	{ "subscriptions", " WEBHOOK_ID", 1, 1, "GET", "/2/account_activity/webhooks/%1/subscriptions/all/list",
+	    X_BEARER, NULL, NULL, '{', 0, 0 },
+	{ "unsubscribe", " WEBHOOK_ID USER_ID", 2, 2, "DELETE",
+	    "/2/account_activity/webhooks/%1/subscriptions/%2/all", X_BEARER, NULL, NULL, '{', 0, 0 },
+	/* (FROM is checked as an id too before it is checked as a date) */
+	{ "replay", " WEBHOOK_ID FROM TO", 3, 2, "POST", "/2/webhooks/replay", X_BEARER, x_replay_args,
+	    x_replay_body, '{', 0, 0 },
+};
+
+static const struct x_command *
+x_command(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(x_commands) / sizeof(x_commands[0]); i++)
+		if (strcmp(x_commands[i].name, name) == 0)
+			return &x_commands[i];
+	return NULL;
 }
 
 /* An environment variable's value, wiped from the environment (so that
@@ -8780,10 +8912,10 @@ x_credential(const char *name, struct buf *missing)
 /* Append the JSON member's text (a string's, decoded), escaped for a
  * terminal and at most 300 bytes of it, after sep. 1 if there was one. */
 static int
-x_say(struct buf *line, const char *sep, const char *json, size_t n, const char *member)
+x_say(struct buf *line, const char *sep, const struct json_object *o, const char *member)
 {
 	struct buf v = { 0 };
-	int found = json_member_string(json, n, member, &v) == 0 && v.len > 0;
+	int found = json_object_string(o, member, &v) == 0 && v.len > 0;
 
 	if (found) {
 		buf_adds(line, sep);
@@ -8844,22 +8976,27 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 	struct buf line = { 0 }, errs = { 0 }, said = { 0 }, el = { 0 };
 	const char *b = a->body.p != NULL ? a->body.p : "";
 	size_t n = a->body.len, at = 0, len;
+	struct json_object o, eo;
 	const char *reset;
 	char num[96];
 
 	snprintf(num, sizeof(num), "%s: %s answered %d", xc->name, api, a->status);
 	buf_adds(&line, num);
-	x_say(&line, ": ", b, n, "title");
-	x_say(&line, ": ", b, n, "detail");
+	(void)json_object_parse(b, n, &o);
+	x_say(&line, ": ", &o, "title");
+	x_say(&line, ": ", &o, "detail");
 	/* The reasons, each errors[] element's message (or its detail). */
-	if (json_member(b, n, "errors", &errs) == 0 && errs.p[0] == '[') {
+	if (json_object_get(&o, "errors", &errs) == 0 && errs.p[0] == '[') {
 		buf_addc(&errs, '\0');
 		while (json_array_next(errs.p, &at, &el)) {
-			if (!x_say(&line, "; ", el.p, el.len, "message"))
-				x_say(&line, "; ", el.p, el.len, "detail");
+			(void)json_object_parse(el.p, el.len, &eo);
+			if (!x_say(&line, "; ", &eo, "message"))
+				x_say(&line, "; ", &eo, "detail");
+			json_object_free(&eo);
 			el.len = 0;
 		}
 	}
+	json_object_free(&o);
 	if (line.len == strlen(num) && n > 0) {
 		/* Not X's JSON: the start of what came, escaped. */
 		buf_adds(&line, ": ");
@@ -8885,7 +9022,7 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 	buf_addc(&said, ' ');
 	buf_add(&said, line.p, line.len);
 	buf_addc(&said, '\0');
-	if ((strcmp(xc->name, "register") == 0 || strcmp(xc->name, "validate") == 0) && strcasestr(said.p, "crc"))
+	if (xc->crc && strcasestr(said.p, "crc"))
 		x_crc_hints(&line, said.p);
 	buf_addc(&line, '\0');
 	fprintf(stderr, "%s: %s\n", progname, line.p);
@@ -8904,21 +9041,221 @@ static const char *
 x_answer_lacks(const struct x_command *xc, const struct answer *a)
 {
 	struct buf data = { 0 }, meta = { 0 }, count = { 0 };
-	int list = strcmp(xc->name, "webhooks") == 0;
+	int list = xc->data == '[';
 	const char *lacks = NULL;
+	struct json_object o;
 
+	(void)json_object_parse(a->body.p, a->body.len, &o);
 	if (a->body.len == 0)
 		lacks = "with an empty body";
-	else if (json_member(a->body.p, a->body.len, "data", &data) < 0)
-		lacks = list && json_member(a->body.p, a->body.len, "meta", &meta) == 0 &&
+	else if (json_object_get(&o, "data", &data) < 0)
+		lacks = list && json_object_get(&o, "meta", &meta) == 0 &&
 		    json_member(meta.p, meta.len, "result_count", &count) == 0 && count.len == 1 && count.p[0] == '0' ?
 		    NULL : "without a data member";
 	else if (data.p[0] != (list ? '[' : '{'))
 		lacks = list ? "with data that is not an array" : "with data that is not an object";
+	json_object_free(&o);
 	buf_free(&data);
 	buf_free(&meta);
 	buf_free(&count);
 	return lacks;
+}
+
+/* The credentials xc needs, from the environment only: the consumer key
+ * and secret and the access token and its secret into cred for X_USER,
+ * the Bearer token into *bearer for X_BEARER. Each leaves the
+ * environment, the ones xc does not use too; dies naming what is
+ * missing. */
+static void
+x_credentials(const struct x_command *xc, char *cred[4], char **bearer)
+{
+	/* The ones this call does not use leave the environment too. */
+	static const char *const all[] = { "TWITTER_BEARER_TOKEN", "TWITTER_CONSUMER_KEY", "TWITTER_ACCESS_TOKEN",
+		"TWITTER_ACCESS_TOKEN_SECRET" };
+	struct buf missing = { 0 }, secret = { 0 };
+	size_t k;
+
+	if (xc->auth == X_BEARER) {
+		*bearer = x_credential("TWITTER_BEARER_TOKEN", &missing);
+	} else {
+		cred[0] = x_credential("TWITTER_CONSUMER_KEY", &missing);
+		if (read_secret(&secret)) {
+			buf_addc(&secret, '\0');
+			cred[1] = secret.p;
+			secret = (struct buf){ 0 };
+		} else {
+			if (missing.len > 0)
+				buf_adds(&missing, ", ");
+			buf_adds(&missing, "TWITTER_CONSUMER_SECRET");
+		}
+		cred[2] = x_credential("TWITTER_ACCESS_TOKEN", &missing);
+		cred[3] = x_credential("TWITTER_ACCESS_TOKEN_SECRET", &missing);
+	}
+	for (k = 0; k < sizeof(all) / sizeof(all[0]); k++) {
+		char *v = getenv(all[k]);
+
+		if (v != NULL)
+			memset(v, 0, strlen(v));
+	}
+	if (xc->auth == X_BEARER && read_secret(&secret)) {
+		explicit_bzero(secret.p, secret.cap);
+		buf_free(&secret);
+	}
+	if (missing.len > 0) {
+		buf_addc(&missing, '\0');
+		die("%s: not set in the environment: %s (%s)", xc->name, missing.p, xc->auth == X_BEARER ?
+		    "the app's Bearer token, from the developer portal's Keys and tokens" :
+		    "the app's API Key and Secret, and the subscribing account's Access Token and Secret");
+	}
+	buf_free(&missing);
+}
+
+/* xc's request with args to the API at u, whole, into req: its path,
+ * its JSON body, and its Authorization (a Bearer token, or OAuth 1.0a
+ * signed here). The credentials are wiped and freed once used. */
+static void
+x_request(const struct x_command *xc, const char *const *args, const struct url *u, char *cred[4], char *bearer,
+    struct buf *req)
+{
+	struct buf path = { 0 }, body = { 0 }, fields = { 0 };
+	char host[HOST_PORT_MAX];
+	const char *p;
+	int has_body;
+	size_t k;
+
+	p = u->target[1] != '\0' ? u->target : "";
+	buf_add(&path, p, strlen(p) - (strlen(p) > 0 && p[strlen(p) - 1] == '/'));
+	for (p = xc->path; *p; p++) {
+		if (p[0] == '%' && (p[1] == '1' || p[1] == '2')) {
+			buf_adds(&path, args[p[1] - '0']);
+			p++;
+		} else {
+			buf_addc(&path, *p);
+		}
+	}
+	buf_addc(&path, '\0');
+	if (xc->body != NULL)
+		xc->body(&body, args);
+	buf_adds(&fields, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\nAuthorization: ");
+	if (xc->auth == X_USER) {
+		unsigned char raw[16];
+		char nonce[2 * sizeof(raw) + 1], stamp[24];
+		struct buf url = { 0 };
+
+		/* A fresh nonce and the time, every request. */
+		entropy(raw, sizeof(raw));
+		hex_encode(raw, sizeof(raw), nonce);
+		snprintf(stamp, sizeof(stamp), "%lld", (long long)time(NULL));
+		(void)host_port_format(host, sizeof(host), u->host, u->port, "443");
+		buf_adds(&url, "https://");
+		buf_adds(&url, host);
+		buf_adds(&url, path.p);
+		buf_addc(&url, '\0');
+		oauth_authorization(&fields, xc->method, url.p, (const char *const *)cred, nonce, stamp);
+		buf_free(&url);
+		for (k = 0; k < 4; k++) {
+			explicit_bzero(cred[k], strlen(cred[k]));
+			free(cred[k]);
+		}
+	} else {
+		buf_adds(&fields, "Bearer ");
+		buf_adds(&fields, bearer);
+		explicit_bzero(bearer, strlen(bearer));
+		free(bearer);
+	}
+	buf_adds(&fields, "\r\nConnection: close\r\n");
+	has_body = body.len > 0 || strcmp(xc->method, "PUT") == 0 || strcmp(xc->method, "POST") == 0;
+	if (has_body)
+		buf_adds(&fields, "Content-Type: application/json\r\n");
+	buf_addc(&fields, '\0');
+	http_request_head(req, xc->method, u, path.p, fields.p, has_body ? (long long)body.len : -1);
+	buf_add(req, body.p, body.len);
+	explicit_bzero(fields.p, fields.cap);
+	buf_free(&fields);
+	buf_free(&path);
+	buf_free(&body);
+}
+
+/* JSON in out with DEL and the C1 controls (U+0080 to U+009F), which
+ * valid JSON can carry raw and terminals act on, as \u escapes: inside
+ * strings, where alone they can be, the JSON means the same. */
+static void
+x_terminal_safe(const struct buf *in, struct buf *out)
+{
+	char esc[8];
+	size_t k;
+
+	for (k = 0; k < in->len; k++) {
+		unsigned char ch = (unsigned char)in->p[k];
+
+		if (ch == 0x7f || (ch == 0xc2 && k + 1 < in->len && (unsigned char)in->p[k + 1] >= 0x80 &&
+		    (unsigned char)in->p[k + 1] <= 0x9f)) {
+			snprintf(esc, sizeof(esc), "\\u%04x", ch == 0x7f ? 0x7f : (unsigned char)in->p[++k]);
+			buf_adds(out, esc);
+		} else {
+			buf_addc(out, (char)ch);
+		}
+	}
+}
+
+/* Say on stderr that a 2xx's body is start, the first of it escaped. */
+static void
+x_unexpected(const struct x_command *xc, const struct answer *a, const char *start, const char *end)
+{
+	struct buf e = { 0 };
+
+	log_escape(&e, a->body.p, a->body.len < 200 ? a->body.len : 200);
+	buf_addc(&e, '\0');
+	fprintf(stderr, "%s: %s: %s answered %d %s%s%s%s\n", progname, xc->name, api_base, a->status, start,
+	    a->body.len > 0 ? ": " : "", e.p, end);
+	buf_free(&e);
+}
+
+/* A 2xx answer: X's JSON on stdout in the fmt layout, or one line on
+ * stderr when it is not what X's API sends (or says the webhook is not
+ * valid). The exit status. */
+static int
+x_success(const struct x_command *xc, const struct answer *a)
+{
+	struct buf out = { 0 }, data = { 0 }, valid = { 0 }, safe = { 0 };
+	struct json_object o;
+	const char *why;
+	char err[160], text[240];
+	int has_data, rc = 1;
+
+	(void)json_object_parse(a->body.p, a->body.len, &o);
+	has_data = json_object_get(&o, "data", &data) == 0;
+	if (a->body.len > 0 && json_event(a->body.p, a->body.len, JSON_INDENT, &out, err, sizeof(err)) < 0) {
+		snprintf(text, sizeof(text), "with something that is not JSON (%s)", err);
+		x_unexpected(xc, a, text, "");
+	} else if (!has_data && json_object_get(&o, "errors", &valid) == 0) {
+		x_failure(xc, a, api_base);  /* a 2xx that only carries errors */
+	} else if ((why = x_answer_lacks(xc, a)) != NULL) {
+		x_unexpected(xc, a, why, ", where X's API sends a JSON object with data: the outcome is unknown");
+	} else {
+		x_terminal_safe(&out, &safe);
+		rc = 0;
+		if (write_all(STDOUT_FILENO, safe.p, safe.len) < 0)
+			die("cannot write to stdout:");
+		if (has_data && xc->invalid_fails && json_member(data.p, data.len, "valid", &valid) == 0 &&
+		    valid.len == 5 && memcmp(valid.p, "false", 5) == 0) {
+			struct buf line = { 0 };
+
+			buf_adds(&line, "validate: X's CRC against the webhook's URL failed: the webhook is not "
+			    "valid and gets no events");
+			x_crc_hints(&line, "crc");
+			buf_addc(&line, '\0');
+			fprintf(stderr, "%s: %s\n", progname, line.p);
+			buf_free(&line);
+			rc = 1;
+		}
+	}
+	json_object_free(&o);
+	buf_free(&out);
+	buf_free(&data);
+	buf_free(&valid);
+	buf_free(&safe);
+	return rc;
 }
 
 /* Run one subcommand: args[0] is its name. The exit status. */
@@ -8931,152 +9268,27 @@ cmd_x(const struct x_command *xc, const char *const *args)
 #else
 	const void *roots = NULL;
 #endif
-	struct buf missing = { 0 }, path = { 0 }, body = { 0 }, req = { 0 }, auth = { 0 }, out = { 0 };
 	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
-	const char *p, *why;
+	struct buf req = { 0 };
 	struct client cl;
 	struct answer a;
 	struct url u;
-	char num[64], host[HOST_PORT_MAX];
-	int i, rc = 1, has_body;
+	int i, rc;
 
 #ifndef XWEBHOOK_TLS
 	die("%s: X's API is HTTPS only, and this build has no TLS: build with make TLS=1", xc->name);
 #endif
 	/* The arguments, before anything is read or sent. */
-	for (i = 1; i <= xc->nargs && i <= 2; i++)
-		if (strcmp(xc->name, "register") != 0 && !x_id_ok(args[i]))
+	for (i = 1; i <= xc->ids; i++)
+		if (!x_id_ok(args[i]))
 			die("%s: '%s' is no %s: X's ids are 1 to 19 digits (xwebhook webhooks lists the webhooks)",
 			    xc->name, args[i], i == 2 && xc->nargs == 2 ? "user id" : "webhook id");
-	if (strcmp(xc->name, "register") == 0) {
-		struct url w;
-
-		if (url_parse(args[1], &w) < 0 || !w.https || strlen(args[1]) > 200)
-			die("register: '%s': X takes https:// URLs of at most 200 bytes", args[1]);
-		if (w.port[0] != '\0')
-			die("register: '%s' names a port: X calls port 443 only, and refuses URLs with a port",
-			    args[1]);
-	}
-	if (strcmp(xc->name, "replay") == 0) {
-		for (i = 2; i <= 3; i++)
-			if (!x_date_ok(args[i]))
-				die("replay: '%s' is not a UTC time as yyyymmddhhmm (e.g. %s)", args[i],
-				    i == 2 ? "202611281200" : "202611281300");
-		if (strcmp(args[2], args[3]) > 0)
-			die("replay: FROM %s is after TO %s", args[2], args[3]);
-	}
+	if (xc->check != NULL)
+		xc->check(args);
 	if (url_parse(api_base, &u) < 0 || !u.https || strchr(u.target, '?') != NULL)
 		die("bad --api '%s': expected an https:// base URL without a query", api_base);
-
-	/* The credentials, from the environment only. */
-	if (xc->auth == X_BEARER) {
-		bearer = x_credential("TWITTER_BEARER_TOKEN", &missing);
-	} else {
-		struct buf secret = { 0 };
-
-		cred[0] = x_credential("TWITTER_CONSUMER_KEY", &missing);
-		if (read_secret(&secret)) {
-			buf_addc(&secret, '\0');
-			cred[1] = secret.p;
-		} else {
-			if (missing.len > 0)
-				buf_adds(&missing, ", ");
-			buf_adds(&missing, "TWITTER_CONSUMER_SECRET");
-		}
-		cred[2] = x_credential("TWITTER_ACCESS_TOKEN", &missing);
-		cred[3] = x_credential("TWITTER_ACCESS_TOKEN_SECRET", &missing);
-	}
-	{
-		/* The ones this call does not use leave the environment too. */
-		static const char *const all[] = { "TWITTER_BEARER_TOKEN", "TWITTER_CONSUMER_KEY",
-			"TWITTER_ACCESS_TOKEN", "TWITTER_ACCESS_TOKEN_SECRET" };
-		struct buf secret = { 0 };
-		size_t k;
-
-		for (k = 0; k < sizeof(all) / sizeof(all[0]); k++) {
-			char *v = getenv(all[k]);
-
-			if (v != NULL)
-				memset(v, 0, strlen(v));
-		}
-		if (xc->auth == X_BEARER && read_secret(&secret)) {
-			explicit_bzero(secret.p, secret.cap);
-			buf_free(&secret);
-		}
-	}
-	if (missing.len > 0) {
-		buf_addc(&missing, '\0');
-		die("%s: not set in the environment: %s (%s)", xc->name, missing.p, xc->auth == X_BEARER ?
-		    "the app's Bearer token, from the developer portal's Keys and tokens" :
-		    "the app's API Key and Secret, and the subscribing account's Access Token and Secret");
-	}
-
-	/* The request. */
-	p = u.target[1] != '\0' ? u.target : "";
-	buf_add(&path, p, strlen(p) - (strlen(p) > 0 && p[strlen(p) - 1] == '/'));
-	for (p = xc->path; *p; p++) {
-		if (p[0] == '%' && (p[1] == '1' || p[1] == '2')) {
-			buf_adds(&path, args[p[1] - '0']);
-			p++;
-		} else {
-			buf_addc(&path, *p);
-		}
-	}
-	buf_addc(&path, '\0');
-	if (strcmp(xc->name, "register") == 0) {
-		buf_adds(&body, "{\"url\":\"");
-		json_escape(&body, args[1], strlen(args[1]));
-		buf_adds(&body, "\"}");
-	} else if (strcmp(xc->name, "subscribe") == 0) {
-		buf_adds(&body, "{}");
-	} else if (strcmp(xc->name, "replay") == 0) {
-		buf_adds(&body, "{\"webhook_id\":\"");
-		buf_adds(&body, args[1]);
-		buf_adds(&body, "\",\"from_date\":\"");
-		buf_adds(&body, args[2]);
-		buf_adds(&body, "\",\"to_date\":\"");
-		buf_adds(&body, args[3]);
-		buf_adds(&body, "\"}");
-	}
-	(void)host_port_format(host, sizeof(host), u.host, u.port, "443");
-	if (xc->auth == X_USER) {
-		unsigned char raw[16];
-		char nonce[2 * sizeof(raw) + 1], stamp[24];
-		struct buf url = { 0 };
-		size_t k;
-
-		/* A fresh nonce and the time, every request. */
-		entropy(raw, sizeof(raw));
-		hex_encode(raw, sizeof(raw), nonce);
-		snprintf(stamp, sizeof(stamp), "%lld", (long long)time(NULL));
-		buf_adds(&url, "https://");
-		buf_adds(&url, host);
-		buf_adds(&url, path.p);
-		buf_addc(&url, '\0');
-		buf_adds(&auth, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\nAuthorization: ");
-		oauth_authorization(&auth, xc->method, url.p, (const char *const *)cred, nonce, stamp);
-		buf_free(&url);
-		for (k = 0; k < 4; k++) {
-			explicit_bzero(cred[k], strlen(cred[k]));
-			free(cred[k]);
-		}
-	} else {
-		buf_adds(&auth, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\n"
-		    "Authorization: Bearer ");
-		buf_adds(&auth, bearer);
-		explicit_bzero(bearer, strlen(bearer));
-		free(bearer);
-	}
-	buf_adds(&auth, "\r\nConnection: close\r\n");
-	has_body = body.len > 0 || strcmp(xc->method, "PUT") == 0 || strcmp(xc->method, "POST") == 0;
-	if (has_body)
-		buf_adds(&auth, "Content-Type: application/json\r\n");
-	buf_addc(&auth, '\0');
-	http_request_head(&req, xc->method, &u, path.p, auth.p, has_body ? (long long)body.len : -1);
-	buf_add(&req, body.p, body.len);
-	explicit_bzero(auth.p, auth.cap);
-	buf_free(&auth);
-
+	x_credentials(xc, cred, &bearer);
+	x_request(xc, args, &u, cred, bearer, &req);
 #ifdef XWEBHOOK_TLS
 	if (trust_load(cacert_path, &trust) < 0)
 		die("%s: cannot load trusted certificates from %s", xc->name, trust.path);
@@ -9088,79 +9300,14 @@ cmd_x(const struct x_command *xc, const char *const *args)
 	}
 	explicit_bzero(req.p, req.cap);
 	client_close(&cl);
-
+	buf_free(&req);
 	if (a.status >= 200 && a.status <= 299) {
-		struct buf data = { 0 }, valid = { 0 };
-		char err[160];
-		int has_data = json_member(a.body.p, a.body.len, "data", &data) == 0;
-
-		if (a.body.len > 0 && json_event(a.body.p, a.body.len, JSON_INDENT, &out, err, sizeof(err)) < 0) {
-			struct buf e = { 0 };
-
-			log_escape(&e, a.body.p, a.body.len < 200 ? a.body.len : 200);
-			buf_addc(&e, '\0');
-			fprintf(stderr, "%s: %s: %s answered %d with something that is not JSON (%s): %s\n", progname,
-			    xc->name, api_base, a.status, err, e.p);
-			buf_free(&e);
-		} else if (!has_data && json_member(a.body.p, a.body.len, "errors", &valid) == 0) {
-			x_failure(xc, &a, api_base);  /* a 2xx that only carries errors */
-		} else if ((why = x_answer_lacks(xc, &a)) != NULL) {
-			struct buf e = { 0 };
-
-			log_escape(&e, a.body.p, a.body.len < 200 ? a.body.len : 200);
-			buf_addc(&e, '\0');
-			fprintf(stderr, "%s: %s: %s answered %d %s%s%s, where X's API sends a JSON object with data: "
-			    "the outcome is unknown\n", progname, xc->name, api_base, a.status, why,
-			    a.body.len > 0 ? ": " : "", e.p);
-			buf_free(&e);
-		} else {
-			struct buf safe = { 0 };
-			size_t k;
-
-			/* Valid JSON can still carry DEL and the C1 controls
-			 * (U+0080 to U+009F) raw, which terminals act on:
-			 * inside strings, where alone they can be, they become
-			 * \u escapes, and the JSON means the same. */
-			for (k = 0; k < out.len; k++) {
-				unsigned char ch = (unsigned char)out.p[k];
-
-				if (ch == 0x7f || (ch == 0xc2 && k + 1 < out.len &&
-				    (unsigned char)out.p[k + 1] >= 0x80 && (unsigned char)out.p[k + 1] <= 0x9f)) {
-					snprintf(num, sizeof(num), "\\u%04x", ch == 0x7f ? 0x7f :
-					    (unsigned char)out.p[++k]);
-					buf_adds(&safe, num);
-				} else {
-					buf_addc(&safe, (char)ch);
-				}
-			}
-			rc = 0;
-			if (write_all(STDOUT_FILENO, safe.p, safe.len) < 0)
-				die("cannot write to stdout:");
-			buf_free(&safe);
-			if (has_data && json_member(data.p, data.len, "valid", &valid) == 0 &&
-			    strcmp(xc->name, "validate") == 0 && valid.len == 5 && memcmp(valid.p, "false", 5) == 0) {
-				struct buf line = { 0 };
-
-				buf_adds(&line, "validate: X's CRC against the webhook's URL failed: the webhook is not "
-				    "valid and gets no events");
-				x_crc_hints(&line, "crc");
-				buf_addc(&line, '\0');
-				fprintf(stderr, "%s: %s\n", progname, line.p);
-				buf_free(&line);
-				rc = 1;
-			}
-		}
-		buf_free(&data);
-		buf_free(&valid);
+		rc = x_success(xc, &a);
 	} else {
 		x_failure(xc, &a, api_base);
+		rc = 1;
 	}
 	answer_free(&a);
-	buf_free(&missing);
-	buf_free(&path);
-	buf_free(&body);
-	buf_free(&req);
-	buf_free(&out);
 	return rc;
 }
 
@@ -9954,21 +10101,23 @@ static void
 acme_problem(const struct answer *ans, char *why, size_t wn)
 {
 	struct buf line = { 0 }, v = { 0 }, subs = { 0 }, el = { 0 };
+	struct json_object o;
 	size_t at = 0;
 	char num[32];
 
 	snprintf(num, sizeof(num), "%d", ans->status);
 	buf_adds(&line, num);
-	if (json_member_string(ans->body.p, ans->body.len, "type", &v) == 0) {
+	(void)json_object_parse(ans->body.p, ans->body.len, &o);
+	if (json_object_string(&o, "type", &v) == 0) {
 		buf_addc(&line, ' ');
 		log_escape(&line, v.p, v.len < 100 ? v.len : 100);
 	}
 	v.len = 0;
-	if (json_member_string(ans->body.p, ans->body.len, "detail", &v) == 0) {
+	if (json_object_string(&o, "detail", &v) == 0) {
 		buf_adds(&line, ": ");
 		log_escape(&line, v.p, v.len < 300 ? v.len : 300);
 	}
-	if (json_member(ans->body.p, ans->body.len, "subproblems", &subs) == 0) {
+	if (json_object_get(&o, "subproblems", &subs) == 0) {
 		buf_addc(&subs, '\0');
 		while (json_array_next(subs.p, &at, &el)) {
 			v.len = 0;
@@ -9979,6 +10128,7 @@ acme_problem(const struct answer *ans, char *why, size_t wn)
 			el.len = 0;
 		}
 	}
+	json_object_free(&o);
 	buf_addc(&line, '\0');
 	snprintf(why, wn, "%s", line.p);
 	buf_free(&line);
