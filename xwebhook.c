@@ -6813,81 +6813,93 @@ answer_free(struct answer *a)
 	buf_free(&a->body);
 }
 
-/* Send request, then read one whole answer into a by cl's deadline:
- * 0, or -1 with cl->why. Interim (1xx) answers are passed over. */
+/* What an answer's head says of its body. */
+struct answer_framing {
+	size_t head_len;
+	uint64_t length;
+	int has_length, chunked;
+};
+
+/* Read the head of the final (non-1xx) answer into in: a->status and
+ * fr, 0, or -1 with cl->why. Interim (1xx) answers are passed over. */
 static int
-client_exchange(struct client *cl, const char *request, size_t n, struct answer *a)
+client_read_head(struct client *cl, struct buf *in, struct answer *a, struct answer_framing *fr)
 {
-	struct buf in = { 0 };
-	size_t scan = 0, line_end = 0, head_len = 0, at;
-	uint64_t length = 0;
-	int has_length = 0, chunked = 0, ok = -1;
+	size_t scan = 0, line_end = 0, head_len = 0;
 	const char *why, *p;
 	unsigned count = 0;
 	struct field f;
 	ssize_t r;
 
-	memset(a, 0, sizeof(*a));
-	if (cl->c.tr->write(&cl->c, request, n, cl->deadline) < 0) {
-		snprintf(cl->why, sizeof(cl->why), "cannot send the request");
-		return -1;
-	}
+	memset(fr, 0, sizeof(*fr));
 	for (;;) {
-		enum status st = in.len > 0 ?
-		    http_scan_head(in.p, in.len, &scan, &line_end, &head_len, &why) : S_INCOMPLETE;
+		enum status st = in->len > 0 ?
+		    http_scan_head(in->p, in->len, &scan, &line_end, &head_len, &why) : S_INCOMPLETE;
 
 		if (st == S_OK) {
-			a->status = http_status_line(in.p, head_len);
+			a->status = http_status_line(in->p, head_len);
 			if (a->status < 0) {
 				snprintf(cl->why, sizeof(cl->why), "the answer is not HTTP/1.x");
-				goto out;
+				return -1;
 			}
 			if (a->status >= 200)
 				break;
-			memmove(in.p, in.p + head_len, in.len - head_len);  /* 1xx: the next */
-			in.len -= head_len;
+			memmove(in->p, in->p + head_len, in->len - head_len);  /* 1xx: the next */
+			in->len -= head_len;
 			scan = line_end = head_len = 0;
 			continue;
 		}
 		if (st != S_INCOMPLETE) {
 			snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
-			goto out;
+			return -1;
 		}
-		if ((r = client_read(cl, &in)) <= 0) {
+		if ((r = client_read(cl, in)) <= 0) {
 			if (r == IO_TIMEOUT)
 				snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
 			else
 				snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's head");
-			goto out;
+			return -1;
 		}
-		in.len += (size_t)r;
+		in->len += (size_t)r;
 	}
-	p = (const char *)memchr(in.p, '\n', head_len) + 1;
-	while ((r = http_next_field(&p, in.p + head_len, &count, &f, &why)) > 0) {
+	fr->head_len = head_len;
+	p = (const char *)memchr(in->p, '\n', head_len) + 1;
+	while ((r = http_next_field(&p, in->p + head_len, &count, &f, &why)) > 0) {
 		if (span_is(f.name, f.name_len, "content-length")) {
-			if (has_length++ || content_length(&f, &length, &why) < 0) {
+			if (fr->has_length++ || content_length(&f, &fr->length, &why) < 0) {
 				snprintf(cl->why, sizeof(cl->why), "the answer's Content-Length is bad");
-				goto out;
+				return -1;
 			}
 		} else if (span_is(f.name, f.name_len, "transfer-encoding")) {
-			chunked = span_is(f.value, f.value_len, "chunked");
+			fr->chunked = span_is(f.value, f.value_len, "chunked");
 		}
 	}
 	if (r < 0) {
 		snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
-		goto out;
+		return -1;
 	}
-	buf_add(&a->head, in.p, head_len);
-	at = head_len;
+	buf_add(&a->head, in->p, head_len);
+	return 0;
+}
+
+/* Read the body that fr frames into a->body (in holds the head and what
+ * came after it): 0, or -1 with cl->why. */
+static int
+client_read_body(struct client *cl, struct buf *in, struct answer *a, const struct answer_framing *fr)
+{
+	size_t head_len = fr->head_len, at = head_len;
+	const char *why;
+	ssize_t r = 0;
+
 	if (a->status == 204 || a->status == 304) {
-		/* no body */
-	} else if (chunked) {
+		return 0;  /* no body */
+	} else if (fr->chunked) {
 		struct chunked ch;
 		size_t used;
 
 		memset(&ch, 0, sizeof(ch));
 		for (;;) {
-			enum status st = chunked_decode(&ch, in.p + at, in.len - at, &used, &a->body,
+			enum status st = chunked_decode(&ch, in->p + at, in->len - at, &used, &a->body,
 			    CLIENT_MAX_ANSWER - head_len, &why);
 
 			if (st == S_OK)
@@ -6896,41 +6908,59 @@ client_exchange(struct client *cl, const char *request, size_t n, struct answer 
 				goto too_large;
 			if (st != S_INCOMPLETE) {
 				snprintf(cl->why, sizeof(cl->why), "the answer's chunked body is malformed: %s", why);
-				goto out;
+				return -1;
 			}
-			in.len = at = head_len;  /* all used: read more in its place */
-			if ((r = client_read(cl, &in)) <= 0)
+			in->len = at = head_len;  /* all used: read more in its place */
+			if ((r = client_read(cl, in)) <= 0)
 				goto ended;
-			in.len += (size_t)r;
+			in->len += (size_t)r;
 		}
 	} else {
-		if (has_length && length > CLIENT_MAX_ANSWER - head_len)
+		if (fr->has_length && fr->length > CLIENT_MAX_ANSWER - head_len)
 			goto too_large;
-		while (!has_length || in.len - head_len < length) {
-			if ((r = client_read(cl, &in)) == 0 && !has_length)
+		while (!fr->has_length || in->len - head_len < fr->length) {
+			if ((r = client_read(cl, in)) == 0 && !fr->has_length)
 				break;  /* the end of the connection is the end of the body */
 			if (r <= 0) {
-				if (r == IO_ERROR && in.len > CLIENT_MAX_ANSWER)
+				if (r == IO_ERROR && in->len > CLIENT_MAX_ANSWER)
 					goto too_large;
 				goto ended;
 			}
-			in.len += (size_t)r;
+			in->len += (size_t)r;
 		}
-		buf_add(&a->body, in.p + head_len, has_length ? (size_t)length : in.len - head_len);
+		buf_add(&a->body, in->p + head_len, fr->has_length ? (size_t)fr->length : in->len - head_len);
 	}
-	a->ms = now_ms() - cl->start;
-	ok = 0;
-	goto out;
+	return 0;
 too_large:
 	snprintf(cl->why, sizeof(cl->why), "the answer is larger than " CLIENT_MAX_ANSWER_TEXT
 	    " (the most the client reads)");
-	goto out;
+	return -1;
 ended:
 	if (r == IO_TIMEOUT)
 		snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
 	else
 		snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's body");
-out:
+	return -1;
+}
+
+/* Send request, then read one whole answer into a by cl's deadline:
+ * 0, or -1 with cl->why. */
+static int
+client_exchange(struct client *cl, const char *request, size_t n, struct answer *a)
+{
+	struct buf in = { 0 };
+	struct answer_framing fr;
+	int ok = -1;
+
+	memset(a, 0, sizeof(*a));
+	if (cl->c.tr->write(&cl->c, request, n, cl->deadline) < 0) {
+		snprintf(cl->why, sizeof(cl->why), "cannot send the request");
+		return -1;
+	}
+	if (client_read_head(cl, &in, a, &fr) == 0 && client_read_body(cl, &in, a, &fr) == 0) {
+		a->ms = now_ms() - cl->start;
+		ok = 0;
+	}
 	buf_free(&in);
 	if (ok < 0)
 		answer_free(a);
@@ -8677,6 +8707,44 @@ oauth_reencoded(const char *s, size_t n)
 	return out.p;
 }
 
+/* The normalized parameters (RFC 5849 3.4.1.3.2) into list: the six
+ * oauth_* names with their values, and those of the query q (NULL: none),
+ * each half encoded again the OAuth way, sorted, joined with '&'. */
+static void
+oauth_param_list(struct buf *list, const char *const names[6], const char *const values[6], const char *q)
+{
+	struct oauth_param *ps = xmalloc((6 + (q != NULL ? strlen(q) : 0)) * sizeof(*ps));  /* at most one a byte */
+	const char *c;
+	size_t np = 0, i;
+
+	for (i = 0; i < 6; i++) {
+		ps[np].k = oauth_reencoded(names[i], strlen(names[i]));
+		ps[np++].v = oauth_reencoded(values[i], strlen(values[i]));
+	}
+	for (c = q; c != NULL && *c != '\0';) {
+		size_t len = strcspn(c, "&");
+		const char *eq = memchr(c, '=', len);
+
+		if (len > 0) {
+			ps[np].k = oauth_reencoded(c, eq != NULL ? (size_t)(eq - c) : len);
+			ps[np++].v = eq != NULL ? oauth_reencoded(eq + 1, len - (size_t)(eq - c) - 1) :
+			    oauth_reencoded("", 0);
+		}
+		c += len + (c[len] == '&');
+	}
+	qsort(ps, np, sizeof(*ps), oauth_param_cmp);
+	for (i = 0; i < np; i++) {
+		if (i > 0)
+			buf_addc(list, '&');
+		buf_adds(list, ps[i].k);
+		buf_addc(list, '=');
+		buf_adds(list, ps[i].v);
+		free(ps[i].k);
+		free(ps[i].v);
+	}
+	free(ps);
+}
+
 /* The Authorization header's value for an OAuth 1.0a request (RFC 5849
  * section 3.4, HMAC-SHA1): method on url, whose query parameters are
  * signed too; a JSON body is not. cred holds the consumer key, consumer
@@ -8688,10 +8756,9 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 	static const char *const names[6] = { "oauth_consumer_key", "oauth_nonce", "oauth_signature_method",
 		"oauth_timestamp", "oauth_token", "oauth_version" };
 	const char *values[6] = { cred[0], nonce, "HMAC-SHA1", timestamp, cred[2], "1.0" };
-	struct oauth_param *ps = NULL;
 	struct buf base = { 0 }, uri = { 0 }, list = { 0 }, key = { 0 };
 	const char *q, *c, *path_end;
-	size_t np = 0, i;
+	size_t i;
 	unsigned char mac[20];
 	char sig[32], host[HOST_PORT_MAX];
 	struct url u;
@@ -8708,30 +8775,7 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 	path_end = q != NULL ? q : u.target + strlen(u.target);
 	buf_add(&uri, u.target, (size_t)(path_end - u.target));
 
-	ps = xmalloc((6 + strlen(u.target)) * sizeof(*ps));  /* at most one parameter a byte */
-	for (i = 0; i < 6; i++) {
-		ps[np].k = oauth_reencoded(names[i], strlen(names[i]));
-		ps[np++].v = oauth_reencoded(values[i], strlen(values[i]));
-	}
-	for (c = q != NULL ? q + 1 : NULL; c != NULL && *c != '\0';) {
-		size_t len = strcspn(c, "&");
-		const char *eq = memchr(c, '=', len);
-
-		if (len > 0) {
-			ps[np].k = oauth_reencoded(c, eq != NULL ? (size_t)(eq - c) : len);
-			ps[np++].v = eq != NULL ? oauth_reencoded(eq + 1, len - (size_t)(eq - c) - 1) :
-			    oauth_reencoded("", 0);
-		}
-		c += len + (c[len] == '&');
-	}
-	qsort(ps, np, sizeof(*ps), oauth_param_cmp);
-	for (i = 0; i < np; i++) {
-		if (i > 0)
-			buf_addc(&list, '&');
-		buf_adds(&list, ps[i].k);
-		buf_addc(&list, '=');
-		buf_adds(&list, ps[i].v);
-	}
+	oauth_param_list(&list, names, values, q != NULL ? q + 1 : NULL);
 	buf_adds(&base, method);
 	buf_addc(&base, '&');
 	pct_encode(&base, uri.p, uri.len);
@@ -8756,11 +8800,6 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 		pct_encode(out, values[i], strlen(values[i]));
 		buf_adds(out, i < 5 ? "\", " : "\"");
 	}
-	for (i = 0; i < np; i++) {
-		free(ps[i].k);
-		free(ps[i].v);
-	}
-	free(ps);
 	explicit_bzero(key.p, key.cap);
 	buf_free(&key);
 	buf_free(&base);
@@ -10352,27 +10391,18 @@ acme_poll(struct acme *a, const char *url, const char *what, struct answer *ans,
 	}
 }
 
-/* Answer one authorization's challenge, and wait for its verdict. */
+/* The challenge of type want that the authorization in ans offers: its
+ * url and token (a base64url token) into url and token. 1; 0 if it
+ * offers none such; -1 if it lists no challenges at all. */
 static int
-acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
+acme_challenge_find(const struct answer *ans, const char *want, char *url, size_t un, char *token, size_t tn)
 {
-	const char *want = acme_http_spec != NULL ? "http-01" : "tls-alpn-01";
-	struct answer ans;
-	struct buf list = { 0 }, el = { 0 }, ka = { 0 };
-	char status[32], type[32], url[ACME_URL_MAX], token[128];
+	struct buf list = { 0 }, el = { 0 };
 	size_t at = 0;
-	int found = 0, r = -1;
+	int found = 0;
 
-	if (acme_post(a, authz_url, NULL, "application/json", &ans, why, wn) < 0)
-		goto out;
-	if (acme_member(&ans, "status", status, sizeof(status)) == 0 && strcmp(status, "valid") == 0) {
-		r = 0;  /* validated before, and still good */
-		goto out;
-	}
-	if (json_member(ans.body.p, ans.body.len, "challenges", &list) < 0) {
-		snprintf(why, wn, "the authorization lists no challenges");
-		goto out;
-	}
+	if (json_member(ans->body.p, ans->body.len, "challenges", &list) < 0)
+		return -1;
 	buf_addc(&list, '\0');
 	while (!found && json_array_next(list.p, &at, &el)) {
 		struct buf v = { 0 };
@@ -10383,17 +10413,99 @@ acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
 
 			memset(&fake, 0, sizeof(fake));
 			fake.body = el;
-			found = acme_member(&fake, "url", url, sizeof(url)) == 0 &&
-			    acme_member(&fake, "token", token, sizeof(token)) == 0 &&
+			found = acme_member(&fake, "url", url, un) == 0 && acme_member(&fake, "token", token, tn) == 0 &&
 			    strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") ==
 			    strlen(token) && token[0] != '\0';
 		}
 		buf_free(&v);
 		el.len = 0;
 	}
-	(void)type;
-	if (!found) {
-		snprintf(why, wn, "the CA offers no %s challenge for %s", want, acme_domain);
+	buf_free(&list);
+	buf_free(&el);
+	return found;
+}
+
+/* The tls-alpn-01 certificate (RFC 8737) for the key authorization ka,
+ * self-signed with a fresh key, as an identity to serve; NULL if it
+ * could not be made. */
+static struct identity *
+acme_alpn_identity(const char *ka)
+{
+	struct ec_key k;
+	struct buf der = { 0 }, cert_pem = { 0 }, key_pem = { 0 };
+	struct identity *id = NULL;
+	char err[300];
+	size_t pn;
+
+	if (ec_key_generate(&k) == 0 && alpn_cert_der(&der, acme_domain, ka, &k) == 0) {
+		pn = br_pem_encode(NULL, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
+		buf_reserve(&cert_pem, pn + 1);
+		br_pem_encode(cert_pem.p, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
+		cert_pem.len = pn;
+		ec_key_pem(&k, &key_pem);
+		id = identity_parse("the tls-alpn-01 certificate", &cert_pem, "its key", &key_pem, err, sizeof(err));
+	}
+	explicit_bzero(&k, sizeof(k));
+	if (key_pem.p != NULL)
+		explicit_bzero(key_pem.p, key_pem.cap);
+	buf_free(&der);
+	buf_free(&cert_pem);
+	buf_free(&key_pem);
+	return id;
+}
+
+/* Why the CA found a challenge of the authorization in ans invalid: the
+ * last challenge's error, as a problem line, into detail ("" if none). */
+static void
+acme_challenge_error(const struct answer *ans, char *detail, size_t dn)
+{
+	struct buf list = { 0 }, el = { 0 };
+	size_t at = 0;
+
+	detail[0] = '\0';
+	if (json_member(ans->body.p, ans->body.len, "challenges", &list) == 0) {
+		buf_addc(&list, '\0');
+		while (json_array_next(list.p, &at, &el)) {
+			struct buf e = { 0 };
+
+			if (json_member(el.p, el.len, "error", &e) == 0) {
+				struct answer fake;
+
+				memset(&fake, 0, sizeof(fake));
+				fake.status = 400;
+				fake.body = e;
+				acme_problem(&fake, detail, dn);
+			}
+			buf_free(&e);
+			el.len = 0;
+		}
+	}
+	buf_free(&list);
+	buf_free(&el);
+}
+
+/* Answer one authorization's challenge, and wait for its verdict. */
+static int
+acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
+{
+	const char *want = acme_http_spec != NULL ? "http-01" : "tls-alpn-01";
+	struct answer ans;
+	struct buf ka = { 0 };
+	char status[32], url[ACME_URL_MAX], token[128];
+	int found, r = -1;
+
+	if (acme_post(a, authz_url, NULL, "application/json", &ans, why, wn) < 0)
+		goto out;
+	if (acme_member(&ans, "status", status, sizeof(status)) == 0 && strcmp(status, "valid") == 0) {
+		r = 0;  /* validated before, and still good */
+		goto out;
+	}
+	found = acme_challenge_find(&ans, want, url, sizeof(url), token, sizeof(token));
+	if (found <= 0) {
+		if (found < 0)
+			snprintf(why, wn, "the authorization lists no challenges");
+		else
+			snprintf(why, wn, "the CA offers no %s challenge for %s", want, acme_domain);
 		goto out;
 	}
 	buf_adds(&ka, token);
@@ -10406,27 +10518,8 @@ acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
 		snprintf(challenge.key_auth, sizeof(challenge.key_auth), "%s", ka.p);
 		pthread_mutex_unlock(&challenge.lock);
 	} else {
-		struct ec_key k;
-		struct buf der = { 0 }, cert_pem = { 0 }, key_pem = { 0 };
-		struct identity *id = NULL;
-		char err[300];
-		size_t pn;
+		struct identity *id = acme_alpn_identity(ka.p);
 
-		if (ec_key_generate(&k) == 0 && alpn_cert_der(&der, acme_domain, ka.p, &k) == 0) {
-			pn = br_pem_encode(NULL, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
-			buf_reserve(&cert_pem, pn + 1);
-			br_pem_encode(cert_pem.p, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
-			cert_pem.len = pn;
-			ec_key_pem(&k, &key_pem);
-			id = identity_parse("the tls-alpn-01 certificate", &cert_pem, "its key", &key_pem, err,
-			    sizeof(err));
-		}
-		explicit_bzero(&k, sizeof(k));
-		if (key_pem.p != NULL)
-			explicit_bzero(key_pem.p, key_pem.cap);
-		buf_free(&der);
-		buf_free(&cert_pem);
-		buf_free(&key_pem);
 		if (id == NULL) {
 			snprintf(why, wn, "cannot make the tls-alpn-01 certificate");
 			goto out;
@@ -10442,27 +10535,9 @@ acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
 		goto out;
 	if (strcmp(status, "valid") != 0) {
 		/* The failed challenge's error says why. */
-		char detail[600] = "";
+		char detail[600];
 
-		at = 0;
-		list.len = 0;
-		if (json_member(ans.body.p, ans.body.len, "challenges", &list) == 0) {
-			buf_addc(&list, '\0');
-			while (json_array_next(list.p, &at, &el)) {
-				struct buf e = { 0 };
-
-				if (json_member(el.p, el.len, "error", &e) == 0) {
-					struct answer fake;
-
-					memset(&fake, 0, sizeof(fake));
-					fake.status = 400;
-					fake.body = e;
-					acme_problem(&fake, detail, sizeof(detail));
-				}
-				buf_free(&e);
-				el.len = 0;
-			}
-		}
+		acme_challenge_error(&ans, detail, sizeof(detail));
 		snprintf(why, wn, "the CA found the %s challenge %s%s%s", want, status, detail[0] ? ": " : "",
 		    detail);
 		goto out;
@@ -10474,8 +10549,6 @@ out:
 	pthread_mutex_unlock(&challenge.lock);
 	challenge_set_alpn(NULL);
 	answer_free(&ans);
-	buf_free(&list);
-	buf_free(&el);
 	buf_free(&ka);
 	return r;
 }
@@ -10645,16 +10718,76 @@ acme_chain_check(const struct identity *id, char *why, size_t wn)
 	return 0;
 }
 
+/* Answer each authorization of an order in turn (list: its
+ * authorizations array, compact JSON, NUL-ended): 0, or -1 with why. */
+static int
+acme_authorize_all(struct acme *a, const char *list, char *why, size_t wn)
+{
+	struct buf el = { 0 };
+	size_t at = 0;
+	int r = 0;
+
+	while (r == 0 && json_array_next(list, &at, &el)) {
+		char authz[ACME_URL_MAX];
+		struct buf s = { 0 };
+
+		buf_addc(&el, '\0');
+		if (el.p[0] != '"' || el.len > sizeof(authz)) {
+			snprintf(why, wn, "the order's authorizations are not URLs");
+			r = -1;
+			break;
+		}
+		json_string_decode(el.p, 0, &s);
+		snprintf(authz, sizeof(authz), "%.*s", (int)s.len, s.p);
+		buf_free(&s);
+		r = acme_authorize(a, authz, why, wn);
+		el.len = 0;
+	}
+	buf_free(&el);
+	return r;
+}
+
+/* The CA's chain and its new key: checked, written to --state-dir
+ * under certbot's names, then served. 0, or -1 with why. */
+static int
+acme_install(struct buf *chain, struct buf *key_pem, char *why, size_t wn)
+{
+	struct identity *id;
+	char err[600], path[PATH_MAX];
+
+	id = identity_parse("the CA's certificate", chain, "its new key", key_pem, err, sizeof(err));
+	if (id == NULL) {
+		snprintf(why, wn, "the CA's certificate cannot be served: %s", err);
+		return -1;
+	}
+	if (acme_chain_check(id, why, wn) < 0) {
+		identity_release(id);
+		return -1;
+	}
+	state_path(path, sizeof(path), "privkey.pem");
+	if (state_write(path, key_pem->p, key_pem->len) < 0) {
+		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
+		identity_release(id);
+		return -1;
+	}
+	state_path(path, sizeof(path), "fullchain.pem");
+	if (state_write(path, chain->p, chain->len) < 0) {
+		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
+		identity_release(id);
+		return -1;
+	}
+	identity_install(id, "ACME: now serving ");
+	return 0;
+}
+
 /* Order a certificate for the domain and install it: 0, or -1 with why. */
 static int
 acme_order(struct acme *a, char *why, size_t wn)
 {
 	struct answer ans;
-	struct buf payload = { 0 }, list = { 0 }, el = { 0 }, csr = { 0 }, key_pem = { 0 };
-	char order_url[ACME_URL_MAX], finalize[ACME_URL_MAX], cert_url[ACME_URL_MAX], status[32], path[PATH_MAX];
+	struct buf payload = { 0 }, list = { 0 }, csr = { 0 }, key_pem = { 0 };
+	char order_url[ACME_URL_MAX], finalize[ACME_URL_MAX], cert_url[ACME_URL_MAX], status[32];
 	struct ec_key k;
-	struct identity *id;
-	size_t at = 0;
 	int r = -1;
 
 	memset(&ans, 0, sizeof(ans));
@@ -10682,25 +10815,8 @@ acme_order(struct acme *a, char *why, size_t wn)
 	}
 	warn("ACME: ordering a certificate for %s from %s", acme_domain, acme_server);
 	buf_addc(&list, '\0');
-	while (json_array_next(list.p, &at, &el)) {
-		char authz[ACME_URL_MAX];
-
-		buf_addc(&el, '\0');
-		if (el.p[0] != '"' || el.len > sizeof(authz)) {
-			snprintf(why, wn, "the order's authorizations are not URLs");
-			goto out;
-		}
-		{
-			struct buf s = { 0 };
-
-			json_string_decode(el.p, 0, &s);
-			snprintf(authz, sizeof(authz), "%.*s", (int)s.len, s.p);
-			buf_free(&s);
-		}
-		if (acme_authorize(a, authz, why, wn) < 0)
-			goto out;
-		el.len = 0;
-	}
+	if (acme_authorize_all(a, list.p, why, wn) < 0)
+		goto out;
 	/* A fresh key for each certificate, and its CSR. */
 	if (ec_key_generate(&k) < 0 || csr_der(&csr, acme_domain, &k) < 0) {
 		snprintf(why, wn, "cannot make the certificate's key");
@@ -10736,33 +10852,7 @@ acme_order(struct acme *a, char *why, size_t wn)
 	if (acme_post(a, cert_url, NULL, "application/pem-certificate-chain", &ans, why, wn) < 0)
 		goto out;
 	ec_key_pem(&k, &key_pem);
-	{
-		char err[600];
-
-		id = identity_parse("the CA's certificate", &ans.body, "its new key", &key_pem, err, sizeof(err));
-		if (id == NULL) {
-			snprintf(why, wn, "the CA's certificate cannot be served: %s", err);
-			goto out;
-		}
-	}
-	if (acme_chain_check(id, why, wn) < 0) {
-		identity_release(id);
-		goto out;
-	}
-	state_path(path, sizeof(path), "privkey.pem");
-	if (state_write(path, key_pem.p, key_pem.len) < 0) {
-		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
-		identity_release(id);
-		goto out;
-	}
-	state_path(path, sizeof(path), "fullchain.pem");
-	if (state_write(path, ans.body.p, ans.body.len) < 0) {
-		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
-		identity_release(id);
-		goto out;
-	}
-	identity_install(id, "ACME: now serving ");
-	r = 0;
+	r = acme_install(&ans.body, &key_pem, why, wn);
 out:
 	explicit_bzero(&k, sizeof(k));
 	if (key_pem.p != NULL)
@@ -10770,7 +10860,6 @@ out:
 	answer_free(&ans);
 	buf_free(&payload);
 	buf_free(&list);
-	buf_free(&el);
 	buf_free(&csr);
 	buf_free(&key_pem);
 	return r;
@@ -11044,6 +11133,47 @@ acme_sleep_until(time_t t)
 	return 0;
 }
 
+/* When the certificate served is due for renewal (now, when there is
+ * none): by its lifetime, or the CA's renewal window when it offers one
+ * (which may ask for an early renewal), never before renew_floor. Sets
+ * *check, when to look again before then (0: at that time), *ari when
+ * the CA's window decided, and *held when the floor did. */
+static time_t
+acme_due(struct acme *a, time_t now, time_t *check, int *ari, int *held)
+{
+	struct identity *id;
+	time_t when;
+	char why[1200];
+
+	*check = 0;
+	*ari = *held = 0;
+	pthread_mutex_lock(&identity_lock);
+	id = current_identity;
+	if (id != NULL)
+		id->refs++;
+	pthread_mutex_unlock(&identity_lock);
+	when = id != NULL ? renew_at(id) : now;
+	if (id != NULL) {
+		time_t w;
+		long poll;
+
+		if (acme_ari(a, id, &w, &poll, why, sizeof(why)) == 0) {
+			when = w;
+			*check = now + poll;
+			*ari = 1;
+		} else if (a->renewal_info[0] != '\0') {
+			warn("ACME: renewal information: %s; renewing by the lifetime meanwhile", why);
+			*check = now + 3600;
+		}
+		if (when < renew_floor(id)) {
+			when = renew_floor(id);
+			*held = 1;
+		}
+	}
+	identity_release(id);
+	return when;
+}
+
 static void *
 acme_thread(void *arg)
 {
@@ -11053,40 +11183,11 @@ acme_thread(void *arg)
 	thread_name("xwh-acme");
 	for (;;) {
 		char why[1200];
-		time_t now = time(NULL), when;
-		struct identity *id;
+		time_t now = time(NULL), when, check, resume = 0;
+		int ari, held, capped;
 
-		time_t check, resume = 0;
-		int ari = 0, held = 0, capped;
-
-		pthread_mutex_lock(&identity_lock);
-		id = current_identity;
-		if (id != NULL)
-			id->refs++;
-		pthread_mutex_unlock(&identity_lock);
-		when = id != NULL ? renew_at(id) : now;
-		check = 0;  /* when to look again before then: renewal information's */
 		a->replaces[0] = '\0';
-		if (id != NULL) {
-			/* The CA's own window, when it offers one, overrides the
-			 * lifetime's (it may ask for an early renewal). */
-			time_t w;
-			long poll;
-
-			if (acme_ari(a, id, &w, &poll, why, sizeof(why)) == 0) {
-				when = w;
-				check = now + poll;
-				ari = 1;
-			} else if (a->renewal_info[0] != '\0') {
-				warn("ACME: renewal information: %s; renewing by the lifetime meanwhile", why);
-				check = now + 3600;
-			}
-			if (when < renew_floor(id)) {
-				when = renew_floor(id);
-				held = 1;
-			}
-		}
-		identity_release(id);
+		when = acme_due(a, now, &check, &ari, &held);
 		if (when > now) {
 			char date[32];
 
