@@ -9025,7 +9025,7 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 	x_say(&line, ": ", &o, "title");
 	x_say(&line, ": ", &o, "detail");
 	/* The reasons, each errors[] element's message (or its detail). */
-	if (json_object_get(&o, "errors", &errs) == 0 && errs.p[0] == '[') {
+	if (json_object_get(&o, "errors", &errs) == 0 && errs.len > 0 && errs.p[0] == '[') {
 		buf_addc(&errs, '\0');
 		while (json_array_next(errs.p, &at, &el)) {
 			(void)json_object_parse(el.p, el.len, &eo);
@@ -9091,7 +9091,7 @@ x_answer_lacks(const struct x_command *xc, const struct answer *a)
 		lacks = list && json_object_get(&o, "meta", &meta) == 0 &&
 		    json_member(meta.p, meta.len, "result_count", &count) == 0 && count.len == 1 && count.p[0] == '0' ?
 		    NULL : "without a data member";
-	else if (data.p[0] != (list ? '[' : '{'))
+	else if (data.len == 0 || data.p[0] != (list ? '[' : '{'))
 		lacks = list ? "with data that is not an array" : "with data that is not an object";
 	json_object_free(&o);
 	buf_free(&data);
@@ -10425,6 +10425,16 @@ acme_challenge_find(const struct answer *ans, const char *want, char *url, size_
 	return found;
 }
 
+/* Forget a private key: the key and its PEM text wiped, the text freed. */
+static void
+key_forget(struct ec_key *k, struct buf *pem)
+{
+	explicit_bzero(k, sizeof(*k));
+	if (pem->p != NULL)
+		explicit_bzero(pem->p, pem->cap);
+	buf_free(pem);
+}
+
 /* The tls-alpn-01 certificate (RFC 8737) for the key authorization ka,
  * self-signed with a fresh key, as an identity to serve; NULL if it
  * could not be made. */
@@ -10445,12 +10455,9 @@ acme_alpn_identity(const char *ka)
 		ec_key_pem(&k, &key_pem);
 		id = identity_parse("the tls-alpn-01 certificate", &cert_pem, "its key", &key_pem, err, sizeof(err));
 	}
-	explicit_bzero(&k, sizeof(k));
-	if (key_pem.p != NULL)
-		explicit_bzero(key_pem.p, key_pem.cap);
+	key_forget(&k, &key_pem);
 	buf_free(&der);
 	buf_free(&cert_pem);
-	buf_free(&key_pem);
 	return id;
 }
 
@@ -10854,14 +10861,11 @@ acme_order(struct acme *a, char *why, size_t wn)
 	ec_key_pem(&k, &key_pem);
 	r = acme_install(&ans.body, &key_pem, why, wn);
 out:
-	explicit_bzero(&k, sizeof(k));
-	if (key_pem.p != NULL)
-		explicit_bzero(key_pem.p, key_pem.cap);
+	key_forget(&k, &key_pem);
 	answer_free(&ans);
 	buf_free(&payload);
 	buf_free(&list);
 	buf_free(&csr);
-	buf_free(&key_pem);
 	return r;
 }
 
