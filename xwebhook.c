@@ -7107,6 +7107,7 @@ struct json_slot {
 	size_t value, value_len;  /* in text: compact JSON, strings still escaped */
 };
 
+/* Free what json_object_parse made; o is then an object with no members. */
 static void
 json_object_free(struct json_object *o)
 {
@@ -8844,6 +8845,7 @@ x_register_args(const char *const *args)
 		die("register: '%s' names a port: X calls port 443 only, and refuses URLs with a port", args[1]);
 }
 
+/* register's JSON: the URL X is to call. */
 static void
 x_register_body(struct buf *body, const char *const *args)
 {
@@ -8852,6 +8854,7 @@ x_register_body(struct buf *body, const char *const *args)
 	buf_adds(body, "\"}");
 }
 
+/* subscribe's JSON: X wants a body, and the user is the token's. */
 static void
 x_subscribe_body(struct buf *body, const char *const *args)
 {
@@ -8873,6 +8876,7 @@ x_replay_args(const char *const *args)
 		die("replay: FROM %s is after TO %s", args[2], args[3]);
 }
 
+/* replay's JSON: the webhook and the window, as X's reference names them. */
 static void
 x_replay_body(struct buf *body, const char *const *args)
 {
