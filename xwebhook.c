@@ -6261,10 +6261,40 @@ struct url {
 	char target[2048];  /* path and query */
 };
 
+/* A URL's authority split: what came before an '@' in it, and the host
+ * and port as split_host_port gives them. */
+struct authority {
+	const char *userinfo;    /* NULL when there is no '@' */
+	size_t userinfo_len;
+	char host[256];
+	char port[8];            /* empty when the authority names none */
+	const char *end;         /* the first byte after the authority */
+};
+
+/* Split the authority that starts at s (just past "scheme://") and ends
+ * at the first byte of stops or at the string's end, the file's one URL
+ * splitter (url_parse's URLs, --forward's): 0, or -1 with *why. */
+static int
+url_authority(const char *s, const char *stops, struct authority *a, const char **why)
+{
+	const char *at;
+
+	memset(a, 0, sizeof(*a));
+	a->end = s + strcspn(s, stops);
+	at = memchr(s, '@', (size_t)(a->end - s));
+	if (at != NULL) {
+		a->userinfo = s;
+		a->userinfo_len = (size_t)(at - s);
+		s = at + 1;
+	}
+	return split_host_port(s, (size_t)(a->end - s), a->host, sizeof(a->host), a->port, sizeof(a->port), why);
+}
+
 static int
 url_parse(const char *s, struct url *u)
 {
-	const char *a, *ae, *p, *why;
+	struct authority au;
+	const char *a, *p, *why;
 
 	memset(u, 0, sizeof(*u));
 	if (strncasecmp(s, "https://", 8) == 0) {
@@ -6275,12 +6305,11 @@ url_parse(const char *s, struct url *u)
 	} else {
 		return -1;
 	}
-	ae = a + strcspn(a, "/?#");
-	if (memchr(a, '@', (size_t)(ae - a)) != NULL ||
-	    split_host_port(a, (size_t)(ae - a), u->host, sizeof(u->host), u->port, sizeof(u->port), &why) < 0 ||
-	    u->host[0] == '\0')
+	if (url_authority(a, "/?#", &au, &why) < 0 || au.userinfo != NULL || au.host[0] == '\0')
 		return -1;
-	p = ae;
+	memcpy(u->host, au.host, sizeof(u->host));
+	memcpy(u->port, au.port, sizeof(u->port));
+	p = au.end;
 	if (strlen(p) + 2 > sizeof(u->target))
 		return -1;
 	snprintf(u->target, sizeof(u->target), "%s%s", *p == '/' ? "" : "/", p);
@@ -6290,6 +6319,53 @@ url_parse(const char *s, struct url *u)
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
 			return -1;
 	return 0;
+}
+
+enum {
+	/* host:port text: a host of up to 255 bytes, its brackets, ':'
+	 * and five digits. */
+	HOST_PORT_MAX = 255 + 2 + 1 + 5 + 1,
+};
+
+/* host and port as a URL's authority or a Host field writes them (RFC
+ * 9110 7.2, RFC 3986 3.2.2): an IPv6 literal in brackets, and the port
+ * left out when it is empty or omit (the scheme's default; NULL: never
+ * left out). The file's one such formatter. 0, or -1 if it did not fit. */
+static int
+host_port_format(char *out, size_t on, const char *host, const char *port, const char *omit)
+{
+	int v6 = strchr(host, ':') != NULL;
+	int show = port[0] != '\0' && (omit == NULL || strcmp(port, omit) != 0);
+	int n = snprintf(out, on, "%s%s%s%s%s", v6 ? "[" : "", host, v6 ? "]" : "", show ? ":" : "",
+	    show ? port : "");
+
+	return n < 0 || (size_t)n >= on ? -1 : 0;
+}
+
+/* The head of a request to u, the file's one request builder: the
+ * request line (target, or the URL's own when NULL), Host as RFC 9112
+ * 3.2 wants it (the scheme's default port left out), then fields (whole
+ * lines, each CRLF-ended, in the caller's order) and, when body_len is
+ * not negative, Content-Length; the blank line ends it. */
+static void
+http_request_head(struct buf *b, const char *method, const struct url *u, const char *target, const char *fields,
+    long long body_len)
+{
+	char host[HOST_PORT_MAX], num[48];
+
+	(void)host_port_format(host, sizeof(host), u->host, u->port, u->https ? "443" : "80");
+	buf_adds(b, method);
+	buf_addc(b, ' ');
+	buf_adds(b, target != NULL ? target : u->target);
+	buf_adds(b, " HTTP/1.1\r\nHost: ");
+	buf_adds(b, host);
+	buf_adds(b, "\r\n");
+	buf_adds(b, fields);
+	if (body_len >= 0) {
+		snprintf(num, sizeof(num), "Content-Length: %lld\r\n", body_len);
+		buf_adds(b, num);
+	}
+	buf_adds(b, "\r\n");
 }
 
 /* Connect to host:port by deadline; -1 with a reason in err. */
@@ -6332,6 +6408,9 @@ dial(const char *host, const char *port, int64_t deadline, char *err, size_t err
 }
 
 #ifdef XWEBHOOK_TLS
+/* Where the system keeps its trusted roots (Debian's ca-certificates). */
+#define TRUST_SYSTEM_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+
 /* Trust anchors from a PEM bundle (the system's, or --cacert). */
 struct trust {
 	br_x509_trust_anchor *ta;
@@ -6339,14 +6418,20 @@ struct trust {
 	const char *path;        /* the bundle, to name it */
 };
 
+/* The file's one loader of trusted roots: those in path, or with path
+ * NULL the system's bundle (t->path names the one read either way).
+ * 0, or -1 when it cannot be read or holds no root BearSSL can use. */
 static int
 trust_load(const char *path, struct trust *t)
 {
 	struct buf text = { 0 };
 	struct pem_object *objs = NULL;
 	size_t count = 0, i;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd;
 
+	if (path == NULL)
+		path = TRUST_SYSTEM_BUNDLE;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
 	t->ta = NULL;
 	t->n = 0;
 	t->path = path;
@@ -6394,7 +6479,7 @@ trust_load(const char *path, struct trust *t)
 	}
 	pem_free(objs, count);
 	buf_free(&text);
-	return 0;
+	return t->n > 0 ? 0 : -1;
 }
 
 /* An X.509 engine that hands everything to BearSSL's minimal validator
@@ -6728,81 +6813,93 @@ answer_free(struct answer *a)
 	buf_free(&a->body);
 }
 
-/* Send request, then read one whole answer into a by cl's deadline:
- * 0, or -1 with cl->why. Interim (1xx) answers are passed over. */
+/* What an answer's head says of its body. */
+struct answer_framing {
+	size_t head_len;
+	uint64_t length;
+	int has_length, chunked;
+};
+
+/* Read the head of the final (non-1xx) answer into in: a->status and
+ * fr, 0, or -1 with cl->why. Interim (1xx) answers are passed over. */
 static int
-client_exchange(struct client *cl, const char *request, size_t n, struct answer *a)
+client_read_head(struct client *cl, struct buf *in, struct answer *a, struct answer_framing *fr)
 {
-	struct buf in = { 0 };
-	size_t scan = 0, line_end = 0, head_len = 0, at;
-	uint64_t length = 0;
-	int has_length = 0, chunked = 0, ok = -1;
+	size_t scan = 0, line_end = 0, head_len = 0;
 	const char *why, *p;
 	unsigned count = 0;
 	struct field f;
 	ssize_t r;
 
-	memset(a, 0, sizeof(*a));
-	if (cl->c.tr->write(&cl->c, request, n, cl->deadline) < 0) {
-		snprintf(cl->why, sizeof(cl->why), "cannot send the request");
-		return -1;
-	}
+	memset(fr, 0, sizeof(*fr));
 	for (;;) {
-		enum status st = in.len > 0 ?
-		    http_scan_head(in.p, in.len, &scan, &line_end, &head_len, &why) : S_INCOMPLETE;
+		enum status st = in->len > 0 ?
+		    http_scan_head(in->p, in->len, &scan, &line_end, &head_len, &why) : S_INCOMPLETE;
 
 		if (st == S_OK) {
-			a->status = http_status_line(in.p, head_len);
+			a->status = http_status_line(in->p, head_len);
 			if (a->status < 0) {
 				snprintf(cl->why, sizeof(cl->why), "the answer is not HTTP/1.x");
-				goto out;
+				return -1;
 			}
 			if (a->status >= 200)
 				break;
-			memmove(in.p, in.p + head_len, in.len - head_len);  /* 1xx: the next */
-			in.len -= head_len;
+			memmove(in->p, in->p + head_len, in->len - head_len);  /* 1xx: the next */
+			in->len -= head_len;
 			scan = line_end = head_len = 0;
 			continue;
 		}
 		if (st != S_INCOMPLETE) {
 			snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
-			goto out;
+			return -1;
 		}
-		if ((r = client_read(cl, &in)) <= 0) {
+		if ((r = client_read(cl, in)) <= 0) {
 			if (r == IO_TIMEOUT)
 				snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
 			else
 				snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's head");
-			goto out;
+			return -1;
 		}
-		in.len += (size_t)r;
+		in->len += (size_t)r;
 	}
-	p = (const char *)memchr(in.p, '\n', head_len) + 1;
-	while ((r = http_next_field(&p, in.p + head_len, &count, &f, &why)) > 0) {
+	fr->head_len = head_len;
+	p = (const char *)memchr(in->p, '\n', head_len) + 1;
+	while ((r = http_next_field(&p, in->p + head_len, &count, &f, &why)) > 0) {
 		if (span_is(f.name, f.name_len, "content-length")) {
-			if (has_length++ || content_length(&f, &length, &why) < 0) {
+			if (fr->has_length++ || content_length(&f, &fr->length, &why) < 0) {
 				snprintf(cl->why, sizeof(cl->why), "the answer's Content-Length is bad");
-				goto out;
+				return -1;
 			}
 		} else if (span_is(f.name, f.name_len, "transfer-encoding")) {
-			chunked = span_is(f.value, f.value_len, "chunked");
+			fr->chunked = span_is(f.value, f.value_len, "chunked");
 		}
 	}
 	if (r < 0) {
 		snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
-		goto out;
+		return -1;
 	}
-	buf_add(&a->head, in.p, head_len);
-	at = head_len;
+	buf_add(&a->head, in->p, head_len);
+	return 0;
+}
+
+/* Read the body that fr frames into a->body (in holds the head and what
+ * came after it): 0, or -1 with cl->why. */
+static int
+client_read_body(struct client *cl, struct buf *in, struct answer *a, const struct answer_framing *fr)
+{
+	size_t head_len = fr->head_len, at = head_len;
+	const char *why;
+	ssize_t r = 0;
+
 	if (a->status == 204 || a->status == 304) {
-		/* no body */
-	} else if (chunked) {
+		return 0;  /* no body */
+	} else if (fr->chunked) {
 		struct chunked ch;
 		size_t used;
 
 		memset(&ch, 0, sizeof(ch));
 		for (;;) {
-			enum status st = chunked_decode(&ch, in.p + at, in.len - at, &used, &a->body,
+			enum status st = chunked_decode(&ch, in->p + at, in->len - at, &used, &a->body,
 			    CLIENT_MAX_ANSWER - head_len, &why);
 
 			if (st == S_OK)
@@ -6811,41 +6908,59 @@ client_exchange(struct client *cl, const char *request, size_t n, struct answer 
 				goto too_large;
 			if (st != S_INCOMPLETE) {
 				snprintf(cl->why, sizeof(cl->why), "the answer's chunked body is malformed: %s", why);
-				goto out;
+				return -1;
 			}
-			in.len = at = head_len;  /* all used: read more in its place */
-			if ((r = client_read(cl, &in)) <= 0)
+			in->len = at = head_len;  /* all used: read more in its place */
+			if ((r = client_read(cl, in)) <= 0)
 				goto ended;
-			in.len += (size_t)r;
+			in->len += (size_t)r;
 		}
 	} else {
-		if (has_length && length > CLIENT_MAX_ANSWER - head_len)
+		if (fr->has_length && fr->length > CLIENT_MAX_ANSWER - head_len)
 			goto too_large;
-		while (!has_length || in.len - head_len < length) {
-			if ((r = client_read(cl, &in)) == 0 && !has_length)
+		while (!fr->has_length || in->len - head_len < fr->length) {
+			if ((r = client_read(cl, in)) == 0 && !fr->has_length)
 				break;  /* the end of the connection is the end of the body */
 			if (r <= 0) {
-				if (r == IO_ERROR && in.len > CLIENT_MAX_ANSWER)
+				if (r == IO_ERROR && in->len > CLIENT_MAX_ANSWER)
 					goto too_large;
 				goto ended;
 			}
-			in.len += (size_t)r;
+			in->len += (size_t)r;
 		}
-		buf_add(&a->body, in.p + head_len, has_length ? (size_t)length : in.len - head_len);
+		buf_add(&a->body, in->p + head_len, fr->has_length ? (size_t)fr->length : in->len - head_len);
 	}
-	a->ms = now_ms() - cl->start;
-	ok = 0;
-	goto out;
+	return 0;
 too_large:
 	snprintf(cl->why, sizeof(cl->why), "the answer is larger than " CLIENT_MAX_ANSWER_TEXT
 	    " (the most the client reads)");
-	goto out;
+	return -1;
 ended:
 	if (r == IO_TIMEOUT)
 		snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
 	else
 		snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's body");
-out:
+	return -1;
+}
+
+/* Send request, then read one whole answer into a by cl's deadline:
+ * 0, or -1 with cl->why. */
+static int
+client_exchange(struct client *cl, const char *request, size_t n, struct answer *a)
+{
+	struct buf in = { 0 };
+	struct answer_framing fr;
+	int ok = -1;
+
+	memset(a, 0, sizeof(*a));
+	if (cl->c.tr->write(&cl->c, request, n, cl->deadline) < 0) {
+		snprintf(cl->why, sizeof(cl->why), "cannot send the request");
+		return -1;
+	}
+	if (client_read_head(cl, &in, a, &fr) == 0 && client_read_body(cl, &in, a, &fr) == 0) {
+		a->ms = now_ms() - cl->start;
+		ok = 0;
+	}
 	buf_free(&in);
 	if (ok < 0)
 		answer_free(a);
@@ -6978,42 +7093,117 @@ json_array_next(const char *a, size_t *at, struct buf *out)
 	return 1;
 }
 
-/* The value of the top-level member key of the JSON object in p[0, n),
- * as compact JSON text (strings still escaped), into out: 0, or -1 when
- * p is not a JSON object or has no such member at its top level. The
- * first such member decides. */
-static int
-json_member(const char *p, size_t n, const char *key, struct buf *out)
+/* A JSON object's top-level members, indexed by one validating pass so
+ * that each look-up after it is a walk of the index, not of the text. */
+struct json_object {
+	struct buf text;          /* the object as compact JSON, NUL-ended */
+	struct buf keys;          /* each member's key, decoded, back to back */
+	struct buf slots;         /* a struct json_slot for each member, in order */
+	size_t n;
+};
+
+struct json_slot {
+	size_t key, key_len;      /* in keys */
+	size_t value, value_len;  /* in text: compact JSON, strings still escaped */
+};
+
+/* Free what json_object_parse made; o is then an object with no members. */
+static void
+json_object_free(struct json_object *o)
 {
-	struct buf c = { 0 }, k = { 0 };
+	buf_free(&o->text);
+	buf_free(&o->keys);
+	buf_free(&o->slots);
+	memset(o, 0, sizeof(*o));
+}
+
+/* Index the top-level members of the JSON object in p[0, n), in their
+ * order: 0, or -1 (o empty) when p is not a JSON object. */
+static int
+json_object_parse(const char *p, size_t n, struct json_object *o)
+{
 	char err[160];
 	size_t i = 1;
-	int found = -1;
 
+	memset(o, 0, sizeof(*o));
 	/* Validated and compacted first: what is walked below is valid
 	 * JSON with no whitespace between tokens. */
-	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &c, err, sizeof(err)) < 0 || c.p[0] != '{')
-		goto out;
-	buf_addc(&c, '\0');
-	while (c.p[i] == '"') {
-		size_t at;
+	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &o->text, err, sizeof(err)) < 0 || o->text.p[0] != '{') {
+		json_object_free(o);
+		return -1;
+	}
+	buf_addc(&o->text, '\0');
+	while (o->text.p[i] == '"') {
+		struct json_slot sl;
 
-		k.len = 0;
-		i = json_string_decode(c.p, i, &k) + 1;  /* past the ':' too */
-		at = i;
-		i = json_skip(c.p, i);
-		if (k.len == strlen(key) && (k.len == 0 || memcmp(k.p, key, k.len) == 0)) {
-			buf_add(out, c.p + at, i - at);
-			found = 0;
-			break;
-		}
-		if (c.p[i] == '}')
+		sl.key = o->keys.len;
+		i = json_string_decode(o->text.p, i, &o->keys) + 1;  /* past the ':' too */
+		sl.key_len = o->keys.len - sl.key;
+		sl.value = i;
+		i = json_skip(o->text.p, i);
+		sl.value_len = i - sl.value;
+		buf_add(&o->slots, &sl, sizeof(sl));
+		o->n++;
+		if (o->text.p[i] == '}')
 			break;
 		i++;
 	}
-out:
-	buf_free(&c);
-	buf_free(&k);
+	return 0;
+}
+
+/* The first member called key (compared decoded, so "a" finds "\u0061"),
+ * or NULL: a later duplicate is never seen. */
+static const struct json_slot *
+json_object_find(const struct json_object *o, const char *key)
+{
+	/* (realloc's memory is aligned for any type) */
+	const struct json_slot *slot = (const struct json_slot *)(const void *)o->slots.p;
+	size_t i, kl = strlen(key);
+
+	for (i = 0; i < o->n; i++)
+		if (slot[i].key_len == kl && (kl == 0 || memcmp(o->keys.p + slot[i].key, key, kl) == 0))
+			return &slot[i];
+	return NULL;
+}
+
+/* The member key's value as compact JSON text, appended to out: 0, or
+ * -1 when there is no such member. */
+static int
+json_object_get(const struct json_object *o, const char *key, struct buf *out)
+{
+	const struct json_slot *sl = json_object_find(o, key);
+
+	if (sl == NULL)
+		return -1;
+	buf_add(out, o->text.p + sl->value, sl->value_len);
+	return 0;
+}
+
+/* The member key's string value, decoded, appended to out: 0, or -1
+ * when there is no such member or its value is not a string. */
+static int
+json_object_string(const struct json_object *o, const char *key, struct buf *out)
+{
+	const struct json_slot *sl = json_object_find(o, key);
+
+	if (sl == NULL || o->text.p[sl->value] != '"')
+		return -1;
+	json_string_decode(o->text.p, sl->value, out);
+	return 0;
+}
+
+/* The value of the top-level member key of the JSON object in p[0, n),
+ * as compact JSON text (strings still escaped), into out: 0, or -1 when
+ * p is not a JSON object or has no such member at its top level. The
+ * first such member decides. For one look-up; more parse once with
+ * json_object_parse. */
+static int
+json_member(const char *p, size_t n, const char *key, struct buf *out)
+{
+	struct json_object o;
+	int found = json_object_parse(p, n, &o) == 0 ? json_object_get(&o, key, out) : -1;
+
+	json_object_free(&o);
 	return found;
 }
 
@@ -7034,15 +7224,10 @@ json_true(const char *p, size_t n, const char *key)
 static int
 json_member_string(const char *p, size_t n, const char *key, struct buf *out)
 {
-	struct buf v = { 0 };
-	int found = -1;
+	struct json_object o;
+	int found = json_object_parse(p, n, &o) == 0 ? json_object_string(&o, key, out) : -1;
 
-	if (json_member(p, n, key, &v) == 0 && v.p[0] == '"') {
-		buf_addc(&v, '\0');
-		json_string_decode(v.p, 0, out);
-		found = 0;
-	}
-	buf_free(&v);
+	json_object_free(&o);
 	return found;
 }
 
@@ -7139,7 +7324,8 @@ nats_subject_ok(const char *s)
 static int
 forward_parse(const char *url, struct forward *f, const char **why)
 {
-	const char *a, *at, *slash, *colon, *name;
+	const char *a, *slash, *colon, *name;
+	struct authority au;
 	size_t n;
 
 	memset(f, 0, sizeof(*f));
@@ -7158,9 +7344,13 @@ forward_parse(const char *url, struct forward *f, const char **why)
 	slash = strchr(a, '/');
 	if (slash == NULL || slash[1] == '\0')
 		return -1;
-	at = memchr(a, '@', (size_t)(slash - a));
-	if (at != NULL) {
-		colon = memchr(a, ':', (size_t)(at - a));
+	if (url_authority(a, "/", &au, why) < 0)
+		return -1;
+	if (au.userinfo != NULL) {
+		const char *at = au.userinfo + au.userinfo_len;
+
+		*why = "expected redis://[:PASSWORD@]HOST:PORT/STREAM or nats://[TOKEN@]HOST:PORT/SUBJECT";
+		colon = memchr(a, ':', au.userinfo_len);
 		if (colon == NULL && f->kind == FORWARD_NATS)
 			colon = a - 1;  /* TOKEN@: a password with no user */
 		if (colon == NULL || colon - a + 1 > (ptrdiff_t)sizeof(f->user) ||
@@ -7169,10 +7359,9 @@ forward_parse(const char *url, struct forward *f, const char **why)
 		if (colon >= a)
 			memcpy(f->user, a, (size_t)(colon - a));
 		memcpy(f->password, colon + 1, (size_t)(at - colon - 1));
-		a = at + 1;
 	}
-	if (split_host_port(a, (size_t)(slash - a), f->host, sizeof(f->host), f->port, sizeof(f->port), why) < 0)
-		return -1;
+	memcpy(f->host, au.host, sizeof(f->host));
+	memcpy(f->port, au.port, sizeof(f->port));
 	if (f->host[0] == '\0' || f->port[0] == '\0') {
 		*why = f->kind == FORWARD_REDIS ? "expected redis://[:PASSWORD@]HOST:PORT/STREAM, with the port" :
 		    "expected nats://[TOKEN@]HOST:PORT/SUBJECT, with the port";
@@ -7210,12 +7399,11 @@ forward_parse(const char *url, struct forward *f, const char **why)
 		return -1;
 	}
 	{
-		char shown[sizeof(f->shown)];
-		int v6 = strchr(f->host, ':') != NULL;
+		char host[HOST_PORT_MAX];
 
-		snprintf(shown, sizeof(shown), "%s://%s%s%s:%s/%s%s%s", name, v6 ? "[" : "", f->host, v6 ? "]" : "",
-		    f->port, f->key, f->maxlen[0] ? "?maxlen=" : "", f->maxlen);
-		memcpy(f->shown, shown, sizeof(shown));
+		(void)host_port_format(host, sizeof(host), f->host, f->port, NULL);
+		snprintf(f->shown, sizeof(f->shown), "%s://%s/%s%s%s", name, host, f->key,
+		    f->maxlen[0] ? "?maxlen=" : "", f->maxlen);
 	}
 	f->backoff = FORWARD_BACKOFF_MIN_MS;
 	return 0;
@@ -8279,18 +8467,162 @@ check_exchange(const struct check_target *t, const struct buf *request, struct a
 	return r;
 }
 
+/* Percent-encode s[0, n) onto b, the file's one encoder: every byte but
+ * RFC 3986's unreserved (ALPHA, DIGIT, '-', '.', '_', '~') as %XX in
+ * uppercase hex, as OAuth (RFC 5849 3.6) and a query both take it. */
+static void
+pct_encode(struct buf *b, const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+		    c == '.' || c == '_' || c == '~') {
+			buf_addc(b, (char)c);
+		} else {
+			char e[3] = { '%', "0123456789ABCDEF"[c >> 4], "0123456789ABCDEF"[c & 15] };
+
+			buf_add(b, e, 3);
+		}
+	}
+}
+
+/* The CRC as X sends it: GET the URL with a fresh crc_token and nonce,
+ * and judge the answer's status, time, coding and response_token. */
+static void
+check_crc(const struct check_target *t, const char *token, const char *nonce, int have_secret)
+{
+	struct buf target = { 0 }, req = { 0 }, got = { 0 };
+	struct answer a;
+	char want[SIGNATURE_LEN + 1];
+	const char *v;
+	size_t vl;
+
+	buf_adds(&target, t->u->target);
+	buf_adds(&target, strchr(t->u->target, '?') ? "&crc_token=" : "?crc_token=");
+	pct_encode(&target, token, strlen(token));
+	buf_adds(&target, "&nonce=");
+	buf_adds(&target, nonce);
+	buf_addc(&target, '\0');
+	http_request_head(&req, "GET", t->u, target.p, "User-Agent: xwebhook-check\r\nAccept-Encoding: gzip\r\n"
+	    "Connection: close\r\n", -1);
+	buf_free(&target);
+	if (check_exchange(t, &req, &a, 1, "the CRC") < 0) {
+		buf_free(&req);
+		return;
+	}
+	buf_free(&req);
+	if (a.status >= 300 && a.status < 400) {
+		v = answer_field(&a, "location", &vl);
+		report("FAIL", "the CRC was answered %d, a redirect%s%.*s: X treats any 3XX as invalid",
+		    a.status, v ? " to " : "", v ? (int)(vl > 200 ? 200 : vl) : 0, v ? v : "");
+	} else {
+		report(a.status == 200 ? "ok" : "FAIL", "the CRC was answered %d", a.status);
+	}
+	report(a.ms <= CHECK_TIME_LIMIT_MS ? "ok" : "FAIL", "the CRC was answered in %lld ms, all of "
+	    "it (X allows %d ms)", (long long)a.ms, CHECK_TIME_LIMIT_MS);
+	if ((v = answer_field(&a, "content-encoding", &vl)) != NULL)
+		report("FAIL", "the answer has Content-Encoding: %.*s; X wants the JSON as it is",
+		    (int)(vl > 64 ? 64 : vl), v);
+	if (a.status != 200) {
+		/* nothing more to judge */
+	} else if (json_member_string(a.body.p, a.body.len, "response_token", &got) < 0) {
+		report("FAIL", "the answer is not a JSON object with a response_token string at its top level");
+	} else if (have_secret) {
+		signature_of(&secret_key, token, strlen(token), want, NULL);
+		want[SIGNATURE_LEN] = '\0';
+		if (got.len == SIGNATURE_LEN && memcmp(got.p, want, SIGNATURE_LEN) == 0)
+			report("ok", "response_token is the HMAC of the token under the consumer secret");
+		else
+			report("FAIL", "response_token does not match the HMAC under this consumer "
+			    "secret (a different app's secret, or the wrong construction)");
+	} else if (got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0) {
+		/* X refuses any value but the HMAC: without the secret, the
+		 * shape is no verdict. */
+		report("unknown", "response_token has the right shape, but its value was not checked: no "
+		    "consumer secret here (TWITTER_CONSUMER_SECRET or --secret-file), and X accepts only "
+		    "the HMAC of the token under the app's secret");
+	} else {
+		report("FAIL", "response_token is not sha256=<base64 of 32 bytes>");
+	}
+	answer_free(&a);
+	buf_free(&got);
+}
+
+/* --post: a signed test event, as X would deliver one, must get 200. */
+static void
+check_signed_post(const struct check_target *t, const char *stamp, const char *nonce)
+{
+	struct buf req = { 0 }, fields = { 0 };
+	struct answer a;
+	char body[160], sig[SIGNATURE_LEN + 1];
+
+	snprintf(body, sizeof(body), "{\"xwebhook_check\":{\"sent_at\":\"%s\",\"nonce\":\"%s\"}}", stamp, nonce);
+	signature_of(&secret_key, body, strlen(body), sig, NULL);
+	sig[SIGNATURE_LEN] = '\0';
+	buf_adds(&fields, "User-Agent: xwebhook-check\r\nContent-Type: application/json\r\nConnection: close\r\n"
+	    "x-twitter-webhooks-signature: ");
+	buf_adds(&fields, sig);
+	buf_adds(&fields, "\r\n");
+	buf_addc(&fields, '\0');
+	http_request_head(&req, "POST", t->u, NULL, fields.p, (long long)strlen(body));
+	buf_adds(&req, body);
+	if (check_exchange(t, &req, &a, 0, "the signed test event") == 0) {
+		report(a.status == 200 ? "ok" : "FAIL", "a signed test event was answered %d in %lld ms", a.status,
+		    (long long)a.ms);
+		answer_free(&a);
+	}
+	buf_free(&fields);
+	buf_free(&req);
+}
+
+/* Where check dials (the URL's host and port, or --connect), and for
+ * https the roots it verifies with: 0, or -1 when it cannot check
+ * (reported). */
+static int
+check_target_init(struct check_target *t, const struct url *u)
+{
+	const char *why;
+
+	memset(t, 0, sizeof(*t));
+	t->u = u;
+	snprintf(t->host, sizeof(t->host), "%s", u->host);
+	snprintf(t->port, sizeof(t->port), "%s", u->port[0] ? u->port : u->https ? "443" : "80");
+	if (check_connect != NULL &&
+	    (split_host_port(check_connect, strlen(check_connect), t->host, sizeof(t->host), t->port,
+	    sizeof(t->port), &why) < 0 || t->host[0] == '\0' || t->port[0] == '\0'))
+		die("bad --connect '%s': expected ADDR:PORT or [IPV6]:PORT", check_connect);
+#ifdef XWEBHOOK_TLS
+	if (u->https) {
+		static struct trust trust;
+
+		if (trust_load(cacert_path, &trust) < 0) {
+			report("FAIL", "cannot load trusted certificates from %s", trust.path);
+			return -1;
+		}
+		t->bundle = trust.path;
+		t->trust = &trust;
+	}
+#else
+	if (u->https) {
+		report("FAIL", "https needs the TLS build of xwebhook (make TLS=1)");
+		return -1;
+	}
+#endif
+	return 0;
+}
+
 static int
 cmd_check(const char *arg)
 {
 	struct url u;
 	struct check_target t;
-	struct buf req = { 0 }, got = { 0 };
-	struct answer a;
 	unsigned char raw[24];
-	char token[40], qtoken[80], nonce[32], stamp[24], want[SIGNATURE_LEN + 1];
-	const char *why, *v;
-	int have_secret = load_secret(0), i, o = 0;
-	size_t n, vl;
+	char token[40], nonce[32], stamp[24];
+	int have_secret = load_secret(0);
+	size_t n;
 
 	if (url_parse(arg, &u) < 0)
 		die("check: '%s' is not an http:// or https:// URL", arg);
@@ -8300,127 +8632,27 @@ cmd_check(const char *arg)
 		report("FAIL", "the URL names port %s: X refuses URLs with a port other than 443", u.port);
 	else
 		report("ok", "no port in the URL (443)");
-	memset(&t, 0, sizeof(t));
-	t.u = &u;
-	snprintf(t.host, sizeof(t.host), "%s", u.host);
-	snprintf(t.port, sizeof(t.port), "%s", u.port[0] ? u.port : u.https ? "443" : "80");
-	if (check_connect != NULL &&
-	    (split_host_port(check_connect, strlen(check_connect), t.host, sizeof(t.host), t.port,
-	    sizeof(t.port), &why) < 0 || t.host[0] == '\0' || t.port[0] == '\0'))
-		die("bad --connect '%s': expected ADDR:PORT or [IPV6]:PORT", check_connect);
+	if (check_target_init(&t, &u) < 0) {
 #ifdef XWEBHOOK_TLS
-	if (u.https) {
-		static struct trust trust;
-
-		t.bundle = cacert_path ? cacert_path : "/etc/ssl/certs/ca-certificates.crt";
-		if (trust_load(t.bundle, &trust) < 0 || trust.n == 0) {
-			report("FAIL", "cannot load trusted certificates from %s", t.bundle);
-			printf("X would not accept this URL.\n");
-			return 1;
-		}
-		t.trust = &trust;
-	}
-#else
-	if (u.https) {
-		report("FAIL", "https needs the TLS build of xwebhook (make TLS=1)");
+		printf("X would not accept this URL.\n");
+#endif
 		return 1;
 	}
-#endif
 	/* A fresh token, as X makes them: base64, here of 24 random bytes,
 	 * so that '+' and '/' are likely to need their %-escapes. */
 	entropy(raw, sizeof(raw));
 	n = base64_encode(raw, sizeof(raw), token);
 	token[n] = '\0';
-	for (i = 0; token[i]; i++) {
-		if (token[i] == '+' || token[i] == '/' || token[i] == '=')
-			o += snprintf(qtoken + o, sizeof(qtoken) - (size_t)o, "%%%02X", (unsigned char)token[i]);
-		else
-			qtoken[o++] = token[i];
-	}
-	qtoken[o] = '\0';
 	snprintf(stamp, sizeof(stamp), "%lld", (long long)time(NULL) * 1000);
 	n = base64_encode((unsigned char *)stamp, strlen(stamp), nonce);
 	while (n > 0 && nonce[n - 1] == '=')
 		n--;
 	nonce[n] = '\0';
-	buf_adds(&req, "GET ");
-	buf_adds(&req, u.target);
-	buf_adds(&req, strchr(u.target, '?') ? "&crc_token=" : "?crc_token=");
-	buf_adds(&req, qtoken);
-	buf_adds(&req, "&nonce=");
-	buf_adds(&req, nonce);
-	buf_adds(&req, " HTTP/1.1\r\nHost: ");
-	buf_adds(&req, u.host);
-	buf_adds(&req, "\r\nUser-Agent: xwebhook-check\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n");
-	if (check_exchange(&t, &req, &a, 1, "the CRC") == 0) {
-		if (a.status >= 300 && a.status < 400) {
-			v = answer_field(&a, "location", &vl);
-			report("FAIL", "the CRC was answered %d, a redirect%s%.*s: X treats any 3XX as invalid",
-			    a.status, v ? " to " : "", v ? (int)(vl > 200 ? 200 : vl) : 0, v ? v : "");
-		} else {
-			report(a.status == 200 ? "ok" : "FAIL", "the CRC was answered %d", a.status);
-		}
-		report(a.ms <= CHECK_TIME_LIMIT_MS ? "ok" : "FAIL", "the CRC was answered in %lld ms, all of "
-		    "it (X allows %d ms)", (long long)a.ms, CHECK_TIME_LIMIT_MS);
-		if ((v = answer_field(&a, "content-encoding", &vl)) != NULL)
-			report("FAIL", "the answer has Content-Encoding: %.*s; X wants the JSON as it is",
-			    (int)(vl > 64 ? 64 : vl), v);
-		if (a.status == 200) {
-			if (json_member_string(a.body.p, a.body.len, "response_token", &got) < 0) {
-				report("FAIL", "the answer is not a JSON object with a response_token string at its "
-				    "top level");
-			} else if (have_secret) {
-				signature_of(&secret_key, token, strlen(token), want, NULL);
-				want[SIGNATURE_LEN] = '\0';
-				if (got.len == SIGNATURE_LEN && memcmp(got.p, want, SIGNATURE_LEN) == 0)
-					report("ok", "response_token is the HMAC of the token under the consumer secret");
-				else
-					report("FAIL", "response_token does not match the HMAC under this consumer "
-					    "secret (a different app's secret, or the wrong construction)");
-			} else if (got.len == SIGNATURE_LEN && memcmp(got.p, "sha256=", 7) == 0) {
-				/* X refuses any value but the HMAC: without the
-				 * secret, the shape is no verdict. */
-				report("unknown", "response_token has the right shape, but its value was not checked: no "
-				    "consumer secret here (TWITTER_CONSUMER_SECRET or --secret-file), and X accepts only "
-				    "the HMAC of the token under the app's secret");
-			} else {
-				report("FAIL", "response_token is not sha256=<base64 of 32 bytes>");
-			}
-		}
-		answer_free(&a);
-	}
-	if (check_post) {
-		char body[160], sig[SIGNATURE_LEN + 1], len[32];
-
-		if (!have_secret) {
-			report("FAIL", "--post needs the consumer secret, to sign the event");
-		} else {
-			snprintf(body, sizeof(body), "{\"xwebhook_check\":{\"sent_at\":\"%s\",\"nonce\":\"%s\"}}",
-			    stamp, nonce);
-			signature_of(&secret_key, body, strlen(body), sig, NULL);
-			sig[SIGNATURE_LEN] = '\0';
-			snprintf(len, sizeof(len), "%zu", strlen(body));
-			buf_clear(&req);
-			buf_adds(&req, "POST ");
-			buf_adds(&req, u.target);
-			buf_adds(&req, " HTTP/1.1\r\nHost: ");
-			buf_adds(&req, u.host);
-			buf_adds(&req, "\r\nUser-Agent: xwebhook-check\r\nContent-Type: application/json\r\n"
-			    "Connection: close\r\nx-twitter-webhooks-signature: ");
-			buf_adds(&req, sig);
-			buf_adds(&req, "\r\nContent-Length: ");
-			buf_adds(&req, len);
-			buf_adds(&req, "\r\n\r\n");
-			buf_adds(&req, body);
-			if (check_exchange(&t, &req, &a, 0, "the signed test event") == 0) {
-				report(a.status == 200 ? "ok" : "FAIL", "a signed test event was answered %d in "
-				    "%lld ms", a.status, (long long)a.ms);
-				answer_free(&a);
-			}
-		}
-	}
-	buf_free(&req);
-	buf_free(&got);
+	check_crc(&t, token, nonce, have_secret);
+	if (check_post && !have_secret)
+		report("FAIL", "--post needs the consumer secret, to sign the event");
+	else if (check_post)
+		check_signed_post(&t, stamp, nonce);
 	if (check_failed) {
 		printf("X would not accept this URL.\n");
 		return 1;
@@ -8448,27 +8680,6 @@ static const char *api_base = "https://api.x.com";  /* --api */
 
 enum { X_API_TIMEOUT_MS = 30000 };  /* X runs a CRC before it answers register */
 
-/* RFC 5849 section 3.6: every byte but ALPHA, DIGIT, '-', '.', '_' and
- * '~' as %XX, in uppercase hex. */
-static void
-oauth_pct(struct buf *b, const char *s, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-		    c == '.' || c == '_' || c == '~') {
-			buf_addc(b, (char)c);
-		} else {
-			char e[3] = { '%', "0123456789ABCDEF"[c >> 4], "0123456789ABCDEF"[c & 15] };
-
-			buf_add(b, e, 3);
-		}
-	}
-}
-
 /* One parameter of a signature base string, both halves encoded. */
 struct oauth_param {
 	char *k, *v;
@@ -8488,68 +8699,30 @@ oauth_param_cmp(const void *a, const void *b)
 static char *
 oauth_reencoded(const char *s, size_t n)
 {
-	struct buf raw = { 0 }, out = { 0 };
-	size_t i;
+	struct buf out = { 0 };
+	char *raw = xmalloc(n + 1);  /* decoding never lengthens */
 
-	for (i = 0; i < n; i++) {
-		if (s[i] == '%' && i + 2 < n && hex_value((unsigned char)s[i + 1]) >= 0 &&
-		    hex_value((unsigned char)s[i + 2]) >= 0) {
-			buf_addc(&raw, (char)(hex_value((unsigned char)s[i + 1]) << 4 | hex_value((unsigned char)s[i + 2])));
-			i += 2;
-		} else {
-			buf_addc(&raw, s[i] == '+' ? ' ' : s[i]);
-		}
-	}
-	oauth_pct(&out, raw.p, raw.len);
+	pct_encode(&out, raw, form_decode(s, n, raw, n));
 	buf_addc(&out, '\0');
-	buf_free(&raw);
+	free(raw);
 	return out.p;
 }
 
-/* The Authorization header's value for an OAuth 1.0a request (RFC 5849
- * section 3.4, HMAC-SHA1): method on url, whose query parameters are
- * signed too; a JSON body is not. cred holds the consumer key, consumer
- * secret, access token and access token secret. */
+/* The normalized parameters (RFC 5849 3.4.1.3.2) into list: the six
+ * oauth_* names with their values, and those of the query q (NULL: none),
+ * each half encoded again the OAuth way, sorted, joined with '&'. */
 static void
-oauth_authorization(struct buf *out, const char *method, const char *url, const char *const cred[4],
-    const char *nonce, const char *timestamp)
+oauth_param_list(struct buf *list, const char *const names[6], const char *const values[6], const char *q)
 {
-	static const char *const names[6] = { "oauth_consumer_key", "oauth_nonce", "oauth_signature_method",
-		"oauth_timestamp", "oauth_token", "oauth_version" };
-	const char *values[6] = { cred[0], nonce, "HMAC-SHA1", timestamp, cred[2], "1.0" };
-	struct oauth_param *ps = NULL;
-	struct buf base = { 0 }, uri = { 0 }, list = { 0 }, key = { 0 };
-	const char *q, *c, *path_end;
+	struct oauth_param *ps = xmalloc((6 + (q != NULL ? strlen(q) : 0)) * sizeof(*ps));  /* at most one a byte */
+	const char *c;
 	size_t np = 0, i;
-	unsigned char mac[20];
-	char sig[32];
-	struct url u;
 
-	if (url_parse(url, &u) < 0)
-		die("cannot sign a request for '%s'", url);
-	/* The base string URI: scheme and host in lowercase, the port only
-	 * if it is not the scheme's own, the path without the query. */
-	buf_adds(&uri, u.https ? "https://" : "http://");
-	if (strchr(u.host, ':') != NULL)
-		buf_addc(&uri, '[');
-	for (c = u.host; *c; c++)
-		buf_addc(&uri, (char)tolower((unsigned char)*c));
-	if (strchr(u.host, ':') != NULL)
-		buf_addc(&uri, ']');
-	if (u.port[0] != '\0' && strcmp(u.port, u.https ? "443" : "80") != 0) {
-		buf_addc(&uri, ':');
-		buf_adds(&uri, u.port);
-	}
-	q = strchr(u.target, '?');
-	path_end = q != NULL ? q : u.target + strlen(u.target);
-	buf_add(&uri, u.target, (size_t)(path_end - u.target));
-
-	ps = xmalloc((6 + strlen(u.target)) * sizeof(*ps));  /* at most one parameter a byte */
 	for (i = 0; i < 6; i++) {
 		ps[np].k = oauth_reencoded(names[i], strlen(names[i]));
 		ps[np++].v = oauth_reencoded(values[i], strlen(values[i]));
 	}
-	for (c = q != NULL ? q + 1 : NULL; c != NULL && *c != '\0';) {
+	for (c = q; c != NULL && *c != '\0';) {
 		size_t len = strcspn(c, "&");
 		const char *eq = memchr(c, '=', len);
 
@@ -8563,19 +8736,55 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 	qsort(ps, np, sizeof(*ps), oauth_param_cmp);
 	for (i = 0; i < np; i++) {
 		if (i > 0)
-			buf_addc(&list, '&');
-		buf_adds(&list, ps[i].k);
-		buf_addc(&list, '=');
-		buf_adds(&list, ps[i].v);
+			buf_addc(list, '&');
+		buf_adds(list, ps[i].k);
+		buf_addc(list, '=');
+		buf_adds(list, ps[i].v);
+		free(ps[i].k);
+		free(ps[i].v);
 	}
+	free(ps);
+}
+
+/* The Authorization header's value for an OAuth 1.0a request (RFC 5849
+ * section 3.4, HMAC-SHA1): method on url, whose query parameters are
+ * signed too; a JSON body is not. cred holds the consumer key, consumer
+ * secret, access token and access token secret. */
+static void
+oauth_authorization(struct buf *out, const char *method, const char *url, const char *const cred[4],
+    const char *nonce, const char *timestamp)
+{
+	static const char *const names[6] = { "oauth_consumer_key", "oauth_nonce", "oauth_signature_method",
+		"oauth_timestamp", "oauth_token", "oauth_version" };
+	const char *values[6] = { cred[0], nonce, "HMAC-SHA1", timestamp, cred[2], "1.0" };
+	struct buf base = { 0 }, uri = { 0 }, list = { 0 }, key = { 0 };
+	const char *q, *c, *path_end;
+	size_t i;
+	unsigned char mac[20];
+	char sig[32], host[HOST_PORT_MAX];
+	struct url u;
+
+	if (url_parse(url, &u) < 0)
+		die("cannot sign a request for '%s'", url);
+	/* The base string URI: scheme and host in lowercase, the port only
+	 * if it is not the scheme's own, the path without the query. */
+	buf_adds(&uri, u.https ? "https://" : "http://");
+	(void)host_port_format(host, sizeof(host), u.host, u.port, u.https ? "443" : "80");
+	for (c = host; *c; c++)
+		buf_addc(&uri, (char)tolower((unsigned char)*c));
+	q = strchr(u.target, '?');
+	path_end = q != NULL ? q : u.target + strlen(u.target);
+	buf_add(&uri, u.target, (size_t)(path_end - u.target));
+
+	oauth_param_list(&list, names, values, q != NULL ? q + 1 : NULL);
 	buf_adds(&base, method);
 	buf_addc(&base, '&');
-	oauth_pct(&base, uri.p, uri.len);
+	pct_encode(&base, uri.p, uri.len);
 	buf_addc(&base, '&');
-	oauth_pct(&base, list.p, list.len);
-	oauth_pct(&key, cred[1], strlen(cred[1]));
+	pct_encode(&base, list.p, list.len);
+	pct_encode(&key, cred[1], strlen(cred[1]));
 	buf_addc(&key, '&');
-	oauth_pct(&key, cred[3], strlen(cred[3]));
+	pct_encode(&key, cred[3], strlen(cred[3]));
 	hmac_sha1(key.p, key.len, base.p, base.len, mac);
 	sig[base64_encode(mac, sizeof(mac), sig)] = '\0';
 
@@ -8584,19 +8793,14 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 	for (i = 0; i < 6; i++) {
 		if (i == 2) {
 			buf_adds(out, "oauth_signature=\"");
-			oauth_pct(out, sig, strlen(sig));
+			pct_encode(out, sig, strlen(sig));
 			buf_adds(out, "\", ");
 		}
 		buf_adds(out, names[i]);
 		buf_adds(out, "=\"");
-		oauth_pct(out, values[i], strlen(values[i]));
+		pct_encode(out, values[i], strlen(values[i]));
 		buf_adds(out, i < 5 ? "\", " : "\"");
 	}
-	for (i = 0; i < np; i++) {
-		free(ps[i].k);
-		free(ps[i].v);
-	}
-	free(ps);
 	explicit_bzero(key.p, key.cap);
 	buf_free(&key);
 	buf_free(&base);
@@ -8605,39 +8809,6 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 }
 
 enum x_auth { X_BEARER, X_USER };
-
-/* The subcommands: what each sends where, in X API v2's reference. */
-struct x_command {
-	const char *name, *usage;
-	int nargs;
-	const char *method;
-	const char *path;        /* "%1" and "%2" are the first two arguments */
-	enum x_auth auth;
-};
-
-static const struct x_command x_commands[] = {
-	{ "webhooks", "", 0, "GET", "/2/webhooks", X_BEARER },
-	{ "register", " URL", 1, "POST", "/2/webhooks", X_BEARER },
-	{ "validate", " WEBHOOK_ID", 1, "PUT", "/2/webhooks/%1", X_BEARER },
-	{ "unregister", " WEBHOOK_ID", 1, "DELETE", "/2/webhooks/%1", X_BEARER },
-	{ "subscribe", " WEBHOOK_ID", 1, "POST", "/2/account_activity/webhooks/%1/subscriptions/all", X_USER },
-	{ "subscriptions", " WEBHOOK_ID", 1, "GET", "/2/account_activity/webhooks/%1/subscriptions/all/list",
-	    X_BEARER },
-	{ "unsubscribe", " WEBHOOK_ID USER_ID", 2, "DELETE", "/2/account_activity/webhooks/%1/subscriptions/%2/all",
-	    X_BEARER },
-	{ "replay", " WEBHOOK_ID FROM TO", 3, "POST", "/2/webhooks/replay", X_BEARER },
-};
-
-static const struct x_command *
-x_command(const char *name)
-{
-	size_t i;
-
-	for (i = 0; i < sizeof(x_commands) / sizeof(x_commands[0]); i++)
-		if (strcmp(x_commands[i].name, name) == 0)
-			return &x_commands[i];
-	return NULL;
-}
 
 /* X's ids: 1 to 19 digits. */
 static int
@@ -8660,6 +8831,105 @@ x_date_ok(const char *s)
 	return y >= 2006 && mo >= 1 && mo <= 12 && d >= 1 &&
 	    d <= (mo == 2 ? (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) ? 29 : 28) :
 	    mo == 4 || mo == 6 || mo == 9 || mo == 11 ? 30 : 31) && h <= 23 && mi <= 59;
+}
+
+/* register URL: what X takes, before anything is sent. */
+static void
+x_register_args(const char *const *args)
+{
+	struct url w;
+
+	if (url_parse(args[1], &w) < 0 || !w.https || strlen(args[1]) > 200)
+		die("register: '%s': X takes https:// URLs of at most 200 bytes", args[1]);
+	if (w.port[0] != '\0')
+		die("register: '%s' names a port: X calls port 443 only, and refuses URLs with a port", args[1]);
+}
+
+/* register's JSON: the URL X is to call. */
+static void
+x_register_body(struct buf *body, const char *const *args)
+{
+	buf_adds(body, "{\"url\":\"");
+	json_escape(body, args[1], strlen(args[1]));
+	buf_adds(body, "\"}");
+}
+
+/* subscribe's JSON: X wants a body, and the user is the token's. */
+static void
+x_subscribe_body(struct buf *body, const char *const *args)
+{
+	(void)args;
+	buf_adds(body, "{}");
+}
+
+/* replay WEBHOOK_ID FROM TO: two real minutes, in order. */
+static void
+x_replay_args(const char *const *args)
+{
+	int i;
+
+	for (i = 2; i <= 3; i++)
+		if (!x_date_ok(args[i]))
+			die("replay: '%s' is not a UTC time as yyyymmddhhmm (e.g. %s)", args[i],
+			    i == 2 ? "202611281200" : "202611281300");
+	if (strcmp(args[2], args[3]) > 0)
+		die("replay: FROM %s is after TO %s", args[2], args[3]);
+}
+
+/* replay's JSON: the webhook and the window, as X's reference names them. */
+static void
+x_replay_body(struct buf *body, const char *const *args)
+{
+	buf_adds(body, "{\"webhook_id\":\"");
+	buf_adds(body, args[1]);
+	buf_adds(body, "\",\"from_date\":\"");
+	buf_adds(body, args[2]);
+	buf_adds(body, "\",\"to_date\":\"");
+	buf_adds(body, args[3]);
+	buf_adds(body, "\"}");
+}
+
+/* The subcommands: what each sends where, in X API v2's reference, and
+ * what is particular to each. */
+struct x_command {
+	const char *name, *usage;
+	int nargs;
+	int ids;                 /* the first ids arguments are X's ids */
+	const char *method;
+	const char *path;        /* "%1" and "%2" are the first two arguments */
+	enum x_auth auth;
+	void (*check)(const char *const *args);              /* dies on bad arguments; or NULL */
+	void (*body)(struct buf *body, const char *const *args);  /* the JSON sent; or NULL */
+	char data;               /* what a 2xx's data is: '[' an array, '{' an object */
+	unsigned crc : 1;        /* X runs a CRC for it: a failure may be the CRC's */
+	unsigned invalid_fails : 1;  /* a 2xx whose data says valid: false fails */
+};
+
+static const struct x_command x_commands[] = {
+	{ "webhooks", "", 0, 0, "GET", "/2/webhooks", X_BEARER, NULL, NULL, '[', 0, 0 },
+	{ "register", " URL", 1, 0, "POST", "/2/webhooks", X_BEARER, x_register_args, x_register_body, '{', 1, 0 },
+	{ "validate", " WEBHOOK_ID", 1, 1, "PUT", "/2/webhooks/%1", X_BEARER, NULL, NULL, '{', 1, 1 },
+	{ "unregister", " WEBHOOK_ID", 1, 1, "DELETE", "/2/webhooks/%1", X_BEARER, NULL, NULL, '{', 0, 0 },
+	{ "subscribe", " WEBHOOK_ID", 1, 1, "POST", "/2/account_activity/webhooks/%1/subscriptions/all", X_USER,
+	    NULL, x_subscribe_body, '{', 0, 0 },
+	{ "subscriptions", " WEBHOOK_ID", 1, 1, "GET", "/2/account_activity/webhooks/%1/subscriptions/all/list",
+	    X_BEARER, NULL, NULL, '{', 0, 0 },
+	{ "unsubscribe", " WEBHOOK_ID USER_ID", 2, 2, "DELETE",
+	    "/2/account_activity/webhooks/%1/subscriptions/%2/all", X_BEARER, NULL, NULL, '{', 0, 0 },
+	/* (FROM is checked as an id too before it is checked as a date) */
+	{ "replay", " WEBHOOK_ID FROM TO", 3, 2, "POST", "/2/webhooks/replay", X_BEARER, x_replay_args,
+	    x_replay_body, '{', 0, 0 },
+};
+
+static const struct x_command *
+x_command(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(x_commands) / sizeof(x_commands[0]); i++)
+		if (strcmp(x_commands[i].name, name) == 0)
+			return &x_commands[i];
+	return NULL;
 }
 
 /* An environment variable's value, wiped from the environment (so that
@@ -8685,10 +8955,10 @@ x_credential(const char *name, struct buf *missing)
 /* Append the JSON member's text (a string's, decoded), escaped for a
  * terminal and at most 300 bytes of it, after sep. 1 if there was one. */
 static int
-x_say(struct buf *line, const char *sep, const char *json, size_t n, const char *member)
+x_say(struct buf *line, const char *sep, const struct json_object *o, const char *member)
 {
 	struct buf v = { 0 };
-	int found = json_member_string(json, n, member, &v) == 0 && v.len > 0;
+	int found = json_object_string(o, member, &v) == 0 && v.len > 0;
 
 	if (found) {
 		buf_adds(line, sep);
@@ -8749,22 +9019,27 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 	struct buf line = { 0 }, errs = { 0 }, said = { 0 }, el = { 0 };
 	const char *b = a->body.p != NULL ? a->body.p : "";
 	size_t n = a->body.len, at = 0, len;
+	struct json_object o, eo;
 	const char *reset;
 	char num[96];
 
 	snprintf(num, sizeof(num), "%s: %s answered %d", xc->name, api, a->status);
 	buf_adds(&line, num);
-	x_say(&line, ": ", b, n, "title");
-	x_say(&line, ": ", b, n, "detail");
+	(void)json_object_parse(b, n, &o);
+	x_say(&line, ": ", &o, "title");
+	x_say(&line, ": ", &o, "detail");
 	/* The reasons, each errors[] element's message (or its detail). */
-	if (json_member(b, n, "errors", &errs) == 0 && errs.p[0] == '[') {
+	if (json_object_get(&o, "errors", &errs) == 0 && errs.len > 0 && errs.p[0] == '[') {
 		buf_addc(&errs, '\0');
 		while (json_array_next(errs.p, &at, &el)) {
-			if (!x_say(&line, "; ", el.p, el.len, "message"))
-				x_say(&line, "; ", el.p, el.len, "detail");
+			(void)json_object_parse(el.p, el.len, &eo);
+			if (!x_say(&line, "; ", &eo, "message"))
+				x_say(&line, "; ", &eo, "detail");
+			json_object_free(&eo);
 			el.len = 0;
 		}
 	}
+	json_object_free(&o);
 	if (line.len == strlen(num) && n > 0) {
 		/* Not X's JSON: the start of what came, escaped. */
 		buf_adds(&line, ": ");
@@ -8790,7 +9065,7 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 	buf_addc(&said, ' ');
 	buf_add(&said, line.p, line.len);
 	buf_addc(&said, '\0');
-	if ((strcmp(xc->name, "register") == 0 || strcmp(xc->name, "validate") == 0) && strcasestr(said.p, "crc"))
+	if (xc->crc && strcasestr(said.p, "crc"))
 		x_crc_hints(&line, said.p);
 	buf_addc(&line, '\0');
 	fprintf(stderr, "%s: %s\n", progname, line.p);
@@ -8809,21 +9084,221 @@ static const char *
 x_answer_lacks(const struct x_command *xc, const struct answer *a)
 {
 	struct buf data = { 0 }, meta = { 0 }, count = { 0 };
-	int list = strcmp(xc->name, "webhooks") == 0;
+	int list = xc->data == '[';
 	const char *lacks = NULL;
+	struct json_object o;
 
+	(void)json_object_parse(a->body.p, a->body.len, &o);
 	if (a->body.len == 0)
 		lacks = "with an empty body";
-	else if (json_member(a->body.p, a->body.len, "data", &data) < 0)
-		lacks = list && json_member(a->body.p, a->body.len, "meta", &meta) == 0 &&
+	else if (json_object_get(&o, "data", &data) < 0)
+		lacks = list && json_object_get(&o, "meta", &meta) == 0 &&
 		    json_member(meta.p, meta.len, "result_count", &count) == 0 && count.len == 1 && count.p[0] == '0' ?
 		    NULL : "without a data member";
-	else if (data.p[0] != (list ? '[' : '{'))
+	else if (data.len == 0 || data.p[0] != (list ? '[' : '{'))
 		lacks = list ? "with data that is not an array" : "with data that is not an object";
+	json_object_free(&o);
 	buf_free(&data);
 	buf_free(&meta);
 	buf_free(&count);
 	return lacks;
+}
+
+/* The credentials xc needs, from the environment only: the consumer key
+ * and secret and the access token and its secret into cred for X_USER,
+ * the Bearer token into *bearer for X_BEARER. Each leaves the
+ * environment, the ones xc does not use too; dies naming what is
+ * missing. */
+static void
+x_credentials(const struct x_command *xc, char *cred[4], char **bearer)
+{
+	/* The ones this call does not use leave the environment too. */
+	static const char *const all[] = { "TWITTER_BEARER_TOKEN", "TWITTER_CONSUMER_KEY", "TWITTER_ACCESS_TOKEN",
+		"TWITTER_ACCESS_TOKEN_SECRET" };
+	struct buf missing = { 0 }, secret = { 0 };
+	size_t k;
+
+	if (xc->auth == X_BEARER) {
+		*bearer = x_credential("TWITTER_BEARER_TOKEN", &missing);
+	} else {
+		cred[0] = x_credential("TWITTER_CONSUMER_KEY", &missing);
+		if (read_secret(&secret)) {
+			buf_addc(&secret, '\0');
+			cred[1] = secret.p;
+			secret = (struct buf){ 0 };
+		} else {
+			if (missing.len > 0)
+				buf_adds(&missing, ", ");
+			buf_adds(&missing, "TWITTER_CONSUMER_SECRET");
+		}
+		cred[2] = x_credential("TWITTER_ACCESS_TOKEN", &missing);
+		cred[3] = x_credential("TWITTER_ACCESS_TOKEN_SECRET", &missing);
+	}
+	for (k = 0; k < sizeof(all) / sizeof(all[0]); k++) {
+		char *v = getenv(all[k]);
+
+		if (v != NULL)
+			memset(v, 0, strlen(v));
+	}
+	if (xc->auth == X_BEARER && read_secret(&secret)) {
+		explicit_bzero(secret.p, secret.cap);
+		buf_free(&secret);
+	}
+	if (missing.len > 0) {
+		buf_addc(&missing, '\0');
+		die("%s: not set in the environment: %s (%s)", xc->name, missing.p, xc->auth == X_BEARER ?
+		    "the app's Bearer token, from the developer portal's Keys and tokens" :
+		    "the app's API Key and Secret, and the subscribing account's Access Token and Secret");
+	}
+	buf_free(&missing);
+}
+
+/* xc's request with args to the API at u, whole, into req: its path,
+ * its JSON body, and its Authorization (a Bearer token, or OAuth 1.0a
+ * signed here). The credentials are wiped and freed once used. */
+static void
+x_request(const struct x_command *xc, const char *const *args, const struct url *u, char *cred[4], char *bearer,
+    struct buf *req)
+{
+	struct buf path = { 0 }, body = { 0 }, fields = { 0 };
+	char host[HOST_PORT_MAX];
+	const char *p;
+	int has_body;
+	size_t k;
+
+	p = u->target[1] != '\0' ? u->target : "";
+	buf_add(&path, p, strlen(p) - (strlen(p) > 0 && p[strlen(p) - 1] == '/'));
+	for (p = xc->path; *p; p++) {
+		if (p[0] == '%' && (p[1] == '1' || p[1] == '2')) {
+			buf_adds(&path, args[p[1] - '0']);
+			p++;
+		} else {
+			buf_addc(&path, *p);
+		}
+	}
+	buf_addc(&path, '\0');
+	if (xc->body != NULL)
+		xc->body(&body, args);
+	buf_adds(&fields, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\nAuthorization: ");
+	if (xc->auth == X_USER) {
+		unsigned char raw[16];
+		char nonce[2 * sizeof(raw) + 1], stamp[24];
+		struct buf url = { 0 };
+
+		/* A fresh nonce and the time, every request. */
+		entropy(raw, sizeof(raw));
+		hex_encode(raw, sizeof(raw), nonce);
+		snprintf(stamp, sizeof(stamp), "%lld", (long long)time(NULL));
+		(void)host_port_format(host, sizeof(host), u->host, u->port, "443");
+		buf_adds(&url, "https://");
+		buf_adds(&url, host);
+		buf_adds(&url, path.p);
+		buf_addc(&url, '\0');
+		oauth_authorization(&fields, xc->method, url.p, (const char *const *)cred, nonce, stamp);
+		buf_free(&url);
+		for (k = 0; k < 4; k++) {
+			explicit_bzero(cred[k], strlen(cred[k]));
+			free(cred[k]);
+		}
+	} else {
+		buf_adds(&fields, "Bearer ");
+		buf_adds(&fields, bearer);
+		explicit_bzero(bearer, strlen(bearer));
+		free(bearer);
+	}
+	buf_adds(&fields, "\r\nConnection: close\r\n");
+	has_body = body.len > 0 || strcmp(xc->method, "PUT") == 0 || strcmp(xc->method, "POST") == 0;
+	if (has_body)
+		buf_adds(&fields, "Content-Type: application/json\r\n");
+	buf_addc(&fields, '\0');
+	http_request_head(req, xc->method, u, path.p, fields.p, has_body ? (long long)body.len : -1);
+	buf_add(req, body.p, body.len);
+	explicit_bzero(fields.p, fields.cap);
+	buf_free(&fields);
+	buf_free(&path);
+	buf_free(&body);
+}
+
+/* JSON in out with DEL and the C1 controls (U+0080 to U+009F), which
+ * valid JSON can carry raw and terminals act on, as \u escapes: inside
+ * strings, where alone they can be, the JSON means the same. */
+static void
+x_terminal_safe(const struct buf *in, struct buf *out)
+{
+	char esc[8];
+	size_t k;
+
+	for (k = 0; k < in->len; k++) {
+		unsigned char ch = (unsigned char)in->p[k];
+
+		if (ch == 0x7f || (ch == 0xc2 && k + 1 < in->len && (unsigned char)in->p[k + 1] >= 0x80 &&
+		    (unsigned char)in->p[k + 1] <= 0x9f)) {
+			snprintf(esc, sizeof(esc), "\\u%04x", ch == 0x7f ? 0x7f : (unsigned char)in->p[++k]);
+			buf_adds(out, esc);
+		} else {
+			buf_addc(out, (char)ch);
+		}
+	}
+}
+
+/* Say on stderr that a 2xx's body is start, the first of it escaped. */
+static void
+x_unexpected(const struct x_command *xc, const struct answer *a, const char *start, const char *end)
+{
+	struct buf e = { 0 };
+
+	log_escape(&e, a->body.p, a->body.len < 200 ? a->body.len : 200);
+	buf_addc(&e, '\0');
+	fprintf(stderr, "%s: %s: %s answered %d %s%s%s%s\n", progname, xc->name, api_base, a->status, start,
+	    a->body.len > 0 ? ": " : "", e.p, end);
+	buf_free(&e);
+}
+
+/* A 2xx answer: X's JSON on stdout in the fmt layout, or one line on
+ * stderr when it is not what X's API sends (or says the webhook is not
+ * valid). The exit status. */
+static int
+x_success(const struct x_command *xc, const struct answer *a)
+{
+	struct buf out = { 0 }, data = { 0 }, valid = { 0 }, safe = { 0 };
+	struct json_object o;
+	const char *why;
+	char err[160], text[240];
+	int has_data, rc = 1;
+
+	(void)json_object_parse(a->body.p, a->body.len, &o);
+	has_data = json_object_get(&o, "data", &data) == 0;
+	if (a->body.len > 0 && json_event(a->body.p, a->body.len, JSON_INDENT, &out, err, sizeof(err)) < 0) {
+		snprintf(text, sizeof(text), "with something that is not JSON (%s)", err);
+		x_unexpected(xc, a, text, "");
+	} else if (!has_data && json_object_get(&o, "errors", &valid) == 0) {
+		x_failure(xc, a, api_base);  /* a 2xx that only carries errors */
+	} else if ((why = x_answer_lacks(xc, a)) != NULL) {
+		x_unexpected(xc, a, why, ", where X's API sends a JSON object with data: the outcome is unknown");
+	} else {
+		x_terminal_safe(&out, &safe);
+		rc = 0;
+		if (write_all(STDOUT_FILENO, safe.p, safe.len) < 0)
+			die("cannot write to stdout:");
+		if (has_data && xc->invalid_fails && json_member(data.p, data.len, "valid", &valid) == 0 &&
+		    valid.len == 5 && memcmp(valid.p, "false", 5) == 0) {
+			struct buf line = { 0 };
+
+			buf_adds(&line, "validate: X's CRC against the webhook's URL failed: the webhook is not "
+			    "valid and gets no events");
+			x_crc_hints(&line, "crc");
+			buf_addc(&line, '\0');
+			fprintf(stderr, "%s: %s\n", progname, line.p);
+			buf_free(&line);
+			rc = 1;
+		}
+	}
+	json_object_free(&o);
+	buf_free(&out);
+	buf_free(&data);
+	buf_free(&valid);
+	buf_free(&safe);
+	return rc;
 }
 
 /* Run one subcommand: args[0] is its name. The exit status. */
@@ -8836,167 +9311,30 @@ cmd_x(const struct x_command *xc, const char *const *args)
 #else
 	const void *roots = NULL;
 #endif
-	struct buf missing = { 0 }, path = { 0 }, body = { 0 }, req = { 0 }, auth = { 0 }, out = { 0 };
 	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
-	const char *p, *why;
+	struct buf req = { 0 };
 	struct client cl;
 	struct answer a;
 	struct url u;
-	char num[64], host[300];
-	int i, rc = 1;
+	int i, rc;
 
 #ifndef XWEBHOOK_TLS
 	die("%s: X's API is HTTPS only, and this build has no TLS: build with make TLS=1", xc->name);
 #endif
 	/* The arguments, before anything is read or sent. */
-	for (i = 1; i <= xc->nargs && i <= 2; i++)
-		if (strcmp(xc->name, "register") != 0 && !x_id_ok(args[i]))
+	for (i = 1; i <= xc->ids; i++)
+		if (!x_id_ok(args[i]))
 			die("%s: '%s' is no %s: X's ids are 1 to 19 digits (xwebhook webhooks lists the webhooks)",
 			    xc->name, args[i], i == 2 && xc->nargs == 2 ? "user id" : "webhook id");
-	if (strcmp(xc->name, "register") == 0) {
-		struct url w;
-
-		if (url_parse(args[1], &w) < 0 || !w.https || strlen(args[1]) > 200)
-			die("register: '%s': X takes https:// URLs of at most 200 bytes", args[1]);
-		if (w.port[0] != '\0')
-			die("register: '%s' names a port: X calls port 443 only, and refuses URLs with a port",
-			    args[1]);
-	}
-	if (strcmp(xc->name, "replay") == 0) {
-		for (i = 2; i <= 3; i++)
-			if (!x_date_ok(args[i]))
-				die("replay: '%s' is not a UTC time as yyyymmddhhmm (e.g. %s)", args[i],
-				    i == 2 ? "202611281200" : "202611281300");
-		if (strcmp(args[2], args[3]) > 0)
-			die("replay: FROM %s is after TO %s", args[2], args[3]);
-	}
+	if (xc->check != NULL)
+		xc->check(args);
 	if (url_parse(api_base, &u) < 0 || !u.https || strchr(u.target, '?') != NULL)
 		die("bad --api '%s': expected an https:// base URL without a query", api_base);
-
-	/* The credentials, from the environment only. */
-	if (xc->auth == X_BEARER) {
-		bearer = x_credential("TWITTER_BEARER_TOKEN", &missing);
-	} else {
-		struct buf secret = { 0 };
-
-		cred[0] = x_credential("TWITTER_CONSUMER_KEY", &missing);
-		if (read_secret(&secret)) {
-			buf_addc(&secret, '\0');
-			cred[1] = secret.p;
-		} else {
-			if (missing.len > 0)
-				buf_adds(&missing, ", ");
-			buf_adds(&missing, "TWITTER_CONSUMER_SECRET");
-		}
-		cred[2] = x_credential("TWITTER_ACCESS_TOKEN", &missing);
-		cred[3] = x_credential("TWITTER_ACCESS_TOKEN_SECRET", &missing);
-	}
-	{
-		/* The ones this call does not use leave the environment too. */
-		static const char *const all[] = { "TWITTER_BEARER_TOKEN", "TWITTER_CONSUMER_KEY",
-			"TWITTER_ACCESS_TOKEN", "TWITTER_ACCESS_TOKEN_SECRET" };
-		struct buf secret = { 0 };
-		size_t k;
-
-		for (k = 0; k < sizeof(all) / sizeof(all[0]); k++) {
-			char *v = getenv(all[k]);
-
-			if (v != NULL)
-				memset(v, 0, strlen(v));
-		}
-		if (xc->auth == X_BEARER && read_secret(&secret)) {
-			explicit_bzero(secret.p, secret.cap);
-			buf_free(&secret);
-		}
-	}
-	if (missing.len > 0) {
-		buf_addc(&missing, '\0');
-		die("%s: not set in the environment: %s (%s)", xc->name, missing.p, xc->auth == X_BEARER ?
-		    "the app's Bearer token, from the developer portal's Keys and tokens" :
-		    "the app's API Key and Secret, and the subscribing account's Access Token and Secret");
-	}
-
-	/* The request. */
-	p = u.target[1] != '\0' ? u.target : "";
-	buf_add(&path, p, strlen(p) - (strlen(p) > 0 && p[strlen(p) - 1] == '/'));
-	for (p = xc->path; *p; p++) {
-		if (p[0] == '%' && (p[1] == '1' || p[1] == '2')) {
-			buf_adds(&path, args[p[1] - '0']);
-			p++;
-		} else {
-			buf_addc(&path, *p);
-		}
-	}
-	buf_addc(&path, '\0');
-	if (strcmp(xc->name, "register") == 0) {
-		buf_adds(&body, "{\"url\":\"");
-		json_escape(&body, args[1], strlen(args[1]));
-		buf_adds(&body, "\"}");
-	} else if (strcmp(xc->name, "subscribe") == 0) {
-		buf_adds(&body, "{}");
-	} else if (strcmp(xc->name, "replay") == 0) {
-		buf_adds(&body, "{\"webhook_id\":\"");
-		buf_adds(&body, args[1]);
-		buf_adds(&body, "\",\"from_date\":\"");
-		buf_adds(&body, args[2]);
-		buf_adds(&body, "\",\"to_date\":\"");
-		buf_adds(&body, args[3]);
-		buf_adds(&body, "\"}");
-	}
-	snprintf(host, sizeof(host), "%s%s%s%s%s", strchr(u.host, ':') ? "[" : "", u.host,
-	    strchr(u.host, ':') ? "]" : "", u.port[0] && strcmp(u.port, "443") != 0 ? ":" : "",
-	    u.port[0] && strcmp(u.port, "443") != 0 ? u.port : "");
-	if (xc->auth == X_USER) {
-		unsigned char raw[16];
-		char nonce[2 * sizeof(raw) + 1], stamp[24];
-		struct buf url = { 0 };
-		size_t k;
-
-		/* A fresh nonce and the time, every request. */
-		entropy(raw, sizeof(raw));
-		hex_encode(raw, sizeof(raw), nonce);
-		snprintf(stamp, sizeof(stamp), "%lld", (long long)time(NULL));
-		buf_adds(&url, "https://");
-		buf_adds(&url, host);
-		buf_adds(&url, path.p);
-		buf_addc(&url, '\0');
-		buf_adds(&auth, "Authorization: ");
-		oauth_authorization(&auth, xc->method, url.p, (const char *const *)cred, nonce, stamp);
-		buf_free(&url);
-		for (k = 0; k < 4; k++) {
-			explicit_bzero(cred[k], strlen(cred[k]));
-			free(cred[k]);
-		}
-	} else {
-		buf_adds(&auth, "Authorization: Bearer ");
-		buf_adds(&auth, bearer);
-		explicit_bzero(bearer, strlen(bearer));
-		free(bearer);
-	}
-	buf_adds(&req, xc->method);
-	buf_addc(&req, ' ');
-	buf_adds(&req, path.p);
-	buf_adds(&req, " HTTP/1.1\r\nHost: ");
-	buf_adds(&req, host);
-	buf_adds(&req, "\r\nUser-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\n");
-	buf_add(&req, auth.p, auth.len);
-	buf_adds(&req, "\r\nConnection: close\r\n");
-	if (body.len > 0 || strcmp(xc->method, "PUT") == 0 || strcmp(xc->method, "POST") == 0) {
-		snprintf(num, sizeof(num), "Content-Type: application/json\r\nContent-Length: %zu\r\n", body.len);
-		buf_adds(&req, num);
-	}
-	buf_adds(&req, "\r\n");
-	buf_add(&req, body.p, body.len);
-	explicit_bzero(auth.p, auth.cap);
-	buf_free(&auth);
-
+	x_credentials(xc, cred, &bearer);
+	x_request(xc, args, &u, cred, bearer, &req);
 #ifdef XWEBHOOK_TLS
-	{
-		const char *bundle = cacert_path != NULL ? cacert_path : "/etc/ssl/certs/ca-certificates.crt";
-
-		if (trust_load(bundle, &trust) < 0 || trust.n == 0)
-			die("%s: cannot load trusted certificates from %s", xc->name, bundle);
-	}
+	if (trust_load(cacert_path, &trust) < 0)
+		die("%s: cannot load trusted certificates from %s", xc->name, trust.path);
 #endif
 	if (client_connect(&cl, u.host, u.port[0] ? u.port : "443", u.host, roots, now_ms() + X_API_TIMEOUT_MS) < 0 ||
 	    client_exchange(&cl, req.p, req.len, &a) < 0) {
@@ -9005,79 +9343,14 @@ cmd_x(const struct x_command *xc, const char *const *args)
 	}
 	explicit_bzero(req.p, req.cap);
 	client_close(&cl);
-
+	buf_free(&req);
 	if (a.status >= 200 && a.status <= 299) {
-		struct buf data = { 0 }, valid = { 0 };
-		char err[160];
-		int has_data = json_member(a.body.p, a.body.len, "data", &data) == 0;
-
-		if (a.body.len > 0 && json_event(a.body.p, a.body.len, JSON_INDENT, &out, err, sizeof(err)) < 0) {
-			struct buf e = { 0 };
-
-			log_escape(&e, a.body.p, a.body.len < 200 ? a.body.len : 200);
-			buf_addc(&e, '\0');
-			fprintf(stderr, "%s: %s: %s answered %d with something that is not JSON (%s): %s\n", progname,
-			    xc->name, api_base, a.status, err, e.p);
-			buf_free(&e);
-		} else if (!has_data && json_member(a.body.p, a.body.len, "errors", &valid) == 0) {
-			x_failure(xc, &a, api_base);  /* a 2xx that only carries errors */
-		} else if ((why = x_answer_lacks(xc, &a)) != NULL) {
-			struct buf e = { 0 };
-
-			log_escape(&e, a.body.p, a.body.len < 200 ? a.body.len : 200);
-			buf_addc(&e, '\0');
-			fprintf(stderr, "%s: %s: %s answered %d %s%s%s, where X's API sends a JSON object with data: "
-			    "the outcome is unknown\n", progname, xc->name, api_base, a.status, why,
-			    a.body.len > 0 ? ": " : "", e.p);
-			buf_free(&e);
-		} else {
-			struct buf safe = { 0 };
-			size_t k;
-
-			/* Valid JSON can still carry DEL and the C1 controls
-			 * (U+0080 to U+009F) raw, which terminals act on:
-			 * inside strings, where alone they can be, they become
-			 * \u escapes, and the JSON means the same. */
-			for (k = 0; k < out.len; k++) {
-				unsigned char ch = (unsigned char)out.p[k];
-
-				if (ch == 0x7f || (ch == 0xc2 && k + 1 < out.len &&
-				    (unsigned char)out.p[k + 1] >= 0x80 && (unsigned char)out.p[k + 1] <= 0x9f)) {
-					snprintf(num, sizeof(num), "\\u%04x", ch == 0x7f ? 0x7f :
-					    (unsigned char)out.p[++k]);
-					buf_adds(&safe, num);
-				} else {
-					buf_addc(&safe, (char)ch);
-				}
-			}
-			rc = 0;
-			if (write_all(STDOUT_FILENO, safe.p, safe.len) < 0)
-				die("cannot write to stdout:");
-			buf_free(&safe);
-			if (has_data && json_member(data.p, data.len, "valid", &valid) == 0 &&
-			    strcmp(xc->name, "validate") == 0 && valid.len == 5 && memcmp(valid.p, "false", 5) == 0) {
-				struct buf line = { 0 };
-
-				buf_adds(&line, "validate: X's CRC against the webhook's URL failed: the webhook is not "
-				    "valid and gets no events");
-				x_crc_hints(&line, "crc");
-				buf_addc(&line, '\0');
-				fprintf(stderr, "%s: %s\n", progname, line.p);
-				buf_free(&line);
-				rc = 1;
-			}
-		}
-		buf_free(&data);
-		buf_free(&valid);
+		rc = x_success(xc, &a);
 	} else {
 		x_failure(xc, &a, api_base);
+		rc = 1;
 	}
 	answer_free(&a);
-	buf_free(&missing);
-	buf_free(&path);
-	buf_free(&body);
-	buf_free(&req);
-	buf_free(&out);
 	return rc;
 }
 
@@ -9817,30 +10090,22 @@ acme_exchange(struct acme *a, const char *url, const struct buf *body, const cha
 {
 	struct url u;
 	struct client cl;
-	struct buf req = { 0 };
-	char num[64], ra[64];
+	struct buf req = { 0 }, fields = { 0 };
+	char ra[64];
 	int r;
 
 	if (url_parse(url, &u) < 0 || !u.https) {
 		snprintf(why, wn, "the CA gave a URL that is not https: %.200s", url);
 		return -1;
 	}
-	buf_adds(&req, body != NULL ? "POST " : "GET ");
-	buf_adds(&req, u.target);
-	buf_adds(&req, " HTTP/1.1\r\nHost: ");
-	buf_adds(&req, u.host);
-	if (u.port[0] != '\0' && strcmp(u.port, "443") != 0) {
-		buf_addc(&req, ':');
-		buf_adds(&req, u.port);
-	}
-	buf_adds(&req, "\r\nUser-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: ");
-	buf_adds(&req, accept);
-	buf_adds(&req, "\r\nConnection: close\r\n");
-	if (body != NULL) {
-		snprintf(num, sizeof(num), "Content-Type: application/jose+json\r\nContent-Length: %zu\r\n", body->len);
-		buf_adds(&req, num);
-	}
-	buf_adds(&req, "\r\n");
+	buf_adds(&fields, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: ");
+	buf_adds(&fields, accept);
+	buf_adds(&fields, "\r\nConnection: close\r\n");
+	if (body != NULL)
+		buf_adds(&fields, "Content-Type: application/jose+json\r\n");
+	buf_addc(&fields, '\0');
+	http_request_head(&req, body != NULL ? "POST" : "GET", &u, NULL, fields.p, body != NULL ? (long long)body->len : -1);
+	buf_free(&fields);
 	if (body != NULL)
 		buf_add(&req, body->p, body->len);
 	r = client_connect(&cl, u.host, u.port[0] ? u.port : "443", u.host, &a->trust, 0);
@@ -9879,21 +10144,23 @@ static void
 acme_problem(const struct answer *ans, char *why, size_t wn)
 {
 	struct buf line = { 0 }, v = { 0 }, subs = { 0 }, el = { 0 };
+	struct json_object o;
 	size_t at = 0;
 	char num[32];
 
 	snprintf(num, sizeof(num), "%d", ans->status);
 	buf_adds(&line, num);
-	if (json_member_string(ans->body.p, ans->body.len, "type", &v) == 0) {
+	(void)json_object_parse(ans->body.p, ans->body.len, &o);
+	if (json_object_string(&o, "type", &v) == 0) {
 		buf_addc(&line, ' ');
 		log_escape(&line, v.p, v.len < 100 ? v.len : 100);
 	}
 	v.len = 0;
-	if (json_member_string(ans->body.p, ans->body.len, "detail", &v) == 0) {
+	if (json_object_string(&o, "detail", &v) == 0) {
 		buf_adds(&line, ": ");
 		log_escape(&line, v.p, v.len < 300 ? v.len : 300);
 	}
-	if (json_member(ans->body.p, ans->body.len, "subproblems", &subs) == 0) {
+	if (json_object_get(&o, "subproblems", &subs) == 0) {
 		buf_addc(&subs, '\0');
 		while (json_array_next(subs.p, &at, &el)) {
 			v.len = 0;
@@ -9904,6 +10171,7 @@ acme_problem(const struct answer *ans, char *why, size_t wn)
 			el.len = 0;
 		}
 	}
+	json_object_free(&o);
 	buf_addc(&line, '\0');
 	snprintf(why, wn, "%s", line.p);
 	buf_free(&line);
@@ -10127,27 +10395,18 @@ acme_poll(struct acme *a, const char *url, const char *what, struct answer *ans,
 	}
 }
 
-/* Answer one authorization's challenge, and wait for its verdict. */
+/* The challenge of type want that the authorization in ans offers: its
+ * url and token (a base64url token) into url and token. 1; 0 if it
+ * offers none such; -1 if it lists no challenges at all. */
 static int
-acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
+acme_challenge_find(const struct answer *ans, const char *want, char *url, size_t un, char *token, size_t tn)
 {
-	const char *want = acme_http_spec != NULL ? "http-01" : "tls-alpn-01";
-	struct answer ans;
-	struct buf list = { 0 }, el = { 0 }, ka = { 0 };
-	char status[32], type[32], url[ACME_URL_MAX], token[128];
+	struct buf list = { 0 }, el = { 0 };
 	size_t at = 0;
-	int found = 0, r = -1;
+	int found = 0;
 
-	if (acme_post(a, authz_url, NULL, "application/json", &ans, why, wn) < 0)
-		goto out;
-	if (acme_member(&ans, "status", status, sizeof(status)) == 0 && strcmp(status, "valid") == 0) {
-		r = 0;  /* validated before, and still good */
-		goto out;
-	}
-	if (json_member(ans.body.p, ans.body.len, "challenges", &list) < 0) {
-		snprintf(why, wn, "the authorization lists no challenges");
-		goto out;
-	}
+	if (json_member(ans->body.p, ans->body.len, "challenges", &list) < 0)
+		return -1;
 	buf_addc(&list, '\0');
 	while (!found && json_array_next(list.p, &at, &el)) {
 		struct buf v = { 0 };
@@ -10158,17 +10417,106 @@ acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
 
 			memset(&fake, 0, sizeof(fake));
 			fake.body = el;
-			found = acme_member(&fake, "url", url, sizeof(url)) == 0 &&
-			    acme_member(&fake, "token", token, sizeof(token)) == 0 &&
+			found = acme_member(&fake, "url", url, un) == 0 && acme_member(&fake, "token", token, tn) == 0 &&
 			    strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") ==
 			    strlen(token) && token[0] != '\0';
 		}
 		buf_free(&v);
 		el.len = 0;
 	}
-	(void)type;
-	if (!found) {
-		snprintf(why, wn, "the CA offers no %s challenge for %s", want, acme_domain);
+	buf_free(&list);
+	buf_free(&el);
+	return found;
+}
+
+/* Forget a private key: the key and its PEM text wiped, the text freed. */
+static void
+key_forget(struct ec_key *k, struct buf *pem)
+{
+	explicit_bzero(k, sizeof(*k));
+	if (pem->p != NULL)
+		explicit_bzero(pem->p, pem->cap);
+	buf_free(pem);
+}
+
+/* The tls-alpn-01 certificate (RFC 8737) for the key authorization ka,
+ * self-signed with a fresh key, as an identity to serve; NULL if it
+ * could not be made. */
+static struct identity *
+acme_alpn_identity(const char *ka)
+{
+	struct ec_key k;
+	struct buf der = { 0 }, cert_pem = { 0 }, key_pem = { 0 };
+	struct identity *id = NULL;
+	char err[300];
+	size_t pn;
+
+	if (ec_key_generate(&k) == 0 && alpn_cert_der(&der, acme_domain, ka, &k) == 0) {
+		pn = br_pem_encode(NULL, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
+		buf_reserve(&cert_pem, pn + 1);
+		br_pem_encode(cert_pem.p, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
+		cert_pem.len = pn;
+		ec_key_pem(&k, &key_pem);
+		id = identity_parse("the tls-alpn-01 certificate", &cert_pem, "its key", &key_pem, err, sizeof(err));
+	}
+	key_forget(&k, &key_pem);
+	buf_free(&der);
+	buf_free(&cert_pem);
+	return id;
+}
+
+/* Why the CA found a challenge of the authorization in ans invalid: the
+ * last challenge's error, as a problem line, into detail ("" if none). */
+static void
+acme_challenge_error(const struct answer *ans, char *detail, size_t dn)
+{
+	struct buf list = { 0 }, el = { 0 };
+	size_t at = 0;
+
+	detail[0] = '\0';
+	if (json_member(ans->body.p, ans->body.len, "challenges", &list) == 0) {
+		buf_addc(&list, '\0');
+		while (json_array_next(list.p, &at, &el)) {
+			struct buf e = { 0 };
+
+			if (json_member(el.p, el.len, "error", &e) == 0) {
+				struct answer fake;
+
+				memset(&fake, 0, sizeof(fake));
+				fake.status = 400;
+				fake.body = e;
+				acme_problem(&fake, detail, dn);
+			}
+			buf_free(&e);
+			el.len = 0;
+		}
+	}
+	buf_free(&list);
+	buf_free(&el);
+}
+
+/* Answer one authorization's challenge, and wait for its verdict. */
+static int
+acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
+{
+	const char *want = acme_http_spec != NULL ? "http-01" : "tls-alpn-01";
+	struct answer ans;
+	struct buf ka = { 0 };
+	char status[32], url[ACME_URL_MAX], token[128];
+	int found, r = -1;
+
+	if (acme_post(a, authz_url, NULL, "application/json", &ans, why, wn) < 0)
+		goto out;
+	if (acme_member(&ans, "status", status, sizeof(status)) == 0 && strcmp(status, "valid") == 0) {
+		r = 0;  /* validated before, and still good */
+		goto out;
+	}
+	found = acme_challenge_find(&ans, want, url, sizeof(url), token, sizeof(token));
+	if (found <= 0) {
+		if (found < 0)
+			snprintf(why, wn, "the authorization lists no challenges");
+		else
+			snprintf(why, wn, "the CA offers no %s challenge for %s", want, acme_domain);
 		goto out;
 	}
 	buf_adds(&ka, token);
@@ -10181,27 +10529,8 @@ acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
 		snprintf(challenge.key_auth, sizeof(challenge.key_auth), "%s", ka.p);
 		pthread_mutex_unlock(&challenge.lock);
 	} else {
-		struct ec_key k;
-		struct buf der = { 0 }, cert_pem = { 0 }, key_pem = { 0 };
-		struct identity *id = NULL;
-		char err[300];
-		size_t pn;
+		struct identity *id = acme_alpn_identity(ka.p);
 
-		if (ec_key_generate(&k) == 0 && alpn_cert_der(&der, acme_domain, ka.p, &k) == 0) {
-			pn = br_pem_encode(NULL, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
-			buf_reserve(&cert_pem, pn + 1);
-			br_pem_encode(cert_pem.p, der.p, der.len, "CERTIFICATE", BR_PEM_LINE64);
-			cert_pem.len = pn;
-			ec_key_pem(&k, &key_pem);
-			id = identity_parse("the tls-alpn-01 certificate", &cert_pem, "its key", &key_pem, err,
-			    sizeof(err));
-		}
-		explicit_bzero(&k, sizeof(k));
-		if (key_pem.p != NULL)
-			explicit_bzero(key_pem.p, key_pem.cap);
-		buf_free(&der);
-		buf_free(&cert_pem);
-		buf_free(&key_pem);
 		if (id == NULL) {
 			snprintf(why, wn, "cannot make the tls-alpn-01 certificate");
 			goto out;
@@ -10217,27 +10546,9 @@ acme_authorize(struct acme *a, const char *authz_url, char *why, size_t wn)
 		goto out;
 	if (strcmp(status, "valid") != 0) {
 		/* The failed challenge's error says why. */
-		char detail[600] = "";
+		char detail[600];
 
-		at = 0;
-		list.len = 0;
-		if (json_member(ans.body.p, ans.body.len, "challenges", &list) == 0) {
-			buf_addc(&list, '\0');
-			while (json_array_next(list.p, &at, &el)) {
-				struct buf e = { 0 };
-
-				if (json_member(el.p, el.len, "error", &e) == 0) {
-					struct answer fake;
-
-					memset(&fake, 0, sizeof(fake));
-					fake.status = 400;
-					fake.body = e;
-					acme_problem(&fake, detail, sizeof(detail));
-				}
-				buf_free(&e);
-				el.len = 0;
-			}
-		}
+		acme_challenge_error(&ans, detail, sizeof(detail));
 		snprintf(why, wn, "the CA found the %s challenge %s%s%s", want, status, detail[0] ? ": " : "",
 		    detail);
 		goto out;
@@ -10249,8 +10560,6 @@ out:
 	pthread_mutex_unlock(&challenge.lock);
 	challenge_set_alpn(NULL);
 	answer_free(&ans);
-	buf_free(&list);
-	buf_free(&el);
 	buf_free(&ka);
 	return r;
 }
@@ -10420,16 +10729,76 @@ acme_chain_check(const struct identity *id, char *why, size_t wn)
 	return 0;
 }
 
+/* Answer each authorization of an order in turn (list: its
+ * authorizations array, compact JSON, NUL-ended): 0, or -1 with why. */
+static int
+acme_authorize_all(struct acme *a, const char *list, char *why, size_t wn)
+{
+	struct buf el = { 0 };
+	size_t at = 0;
+	int r = 0;
+
+	while (r == 0 && json_array_next(list, &at, &el)) {
+		char authz[ACME_URL_MAX];
+		struct buf s = { 0 };
+
+		buf_addc(&el, '\0');
+		if (el.p[0] != '"' || el.len > sizeof(authz)) {
+			snprintf(why, wn, "the order's authorizations are not URLs");
+			r = -1;
+			break;
+		}
+		json_string_decode(el.p, 0, &s);
+		snprintf(authz, sizeof(authz), "%.*s", (int)s.len, s.p);
+		buf_free(&s);
+		r = acme_authorize(a, authz, why, wn);
+		el.len = 0;
+	}
+	buf_free(&el);
+	return r;
+}
+
+/* The CA's chain and its new key: checked, written to --state-dir
+ * under certbot's names, then served. 0, or -1 with why. */
+static int
+acme_install(struct buf *chain, struct buf *key_pem, char *why, size_t wn)
+{
+	struct identity *id;
+	char err[600], path[PATH_MAX];
+
+	id = identity_parse("the CA's certificate", chain, "its new key", key_pem, err, sizeof(err));
+	if (id == NULL) {
+		snprintf(why, wn, "the CA's certificate cannot be served: %s", err);
+		return -1;
+	}
+	if (acme_chain_check(id, why, wn) < 0) {
+		identity_release(id);
+		return -1;
+	}
+	state_path(path, sizeof(path), "privkey.pem");
+	if (state_write(path, key_pem->p, key_pem->len) < 0) {
+		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
+		identity_release(id);
+		return -1;
+	}
+	state_path(path, sizeof(path), "fullchain.pem");
+	if (state_write(path, chain->p, chain->len) < 0) {
+		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
+		identity_release(id);
+		return -1;
+	}
+	identity_install(id, "ACME: now serving ");
+	return 0;
+}
+
 /* Order a certificate for the domain and install it: 0, or -1 with why. */
 static int
 acme_order(struct acme *a, char *why, size_t wn)
 {
 	struct answer ans;
-	struct buf payload = { 0 }, list = { 0 }, el = { 0 }, csr = { 0 }, key_pem = { 0 };
-	char order_url[ACME_URL_MAX], finalize[ACME_URL_MAX], cert_url[ACME_URL_MAX], status[32], path[PATH_MAX];
+	struct buf payload = { 0 }, list = { 0 }, csr = { 0 }, key_pem = { 0 };
+	char order_url[ACME_URL_MAX], finalize[ACME_URL_MAX], cert_url[ACME_URL_MAX], status[32];
 	struct ec_key k;
-	struct identity *id;
-	size_t at = 0;
 	int r = -1;
 
 	memset(&ans, 0, sizeof(ans));
@@ -10457,25 +10826,8 @@ acme_order(struct acme *a, char *why, size_t wn)
 	}
 	warn("ACME: ordering a certificate for %s from %s", acme_domain, acme_server);
 	buf_addc(&list, '\0');
-	while (json_array_next(list.p, &at, &el)) {
-		char authz[ACME_URL_MAX];
-
-		buf_addc(&el, '\0');
-		if (el.p[0] != '"' || el.len > sizeof(authz)) {
-			snprintf(why, wn, "the order's authorizations are not URLs");
-			goto out;
-		}
-		{
-			struct buf s = { 0 };
-
-			json_string_decode(el.p, 0, &s);
-			snprintf(authz, sizeof(authz), "%.*s", (int)s.len, s.p);
-			buf_free(&s);
-		}
-		if (acme_authorize(a, authz, why, wn) < 0)
-			goto out;
-		el.len = 0;
-	}
+	if (acme_authorize_all(a, list.p, why, wn) < 0)
+		goto out;
 	/* A fresh key for each certificate, and its CSR. */
 	if (ec_key_generate(&k) < 0 || csr_der(&csr, acme_domain, &k) < 0) {
 		snprintf(why, wn, "cannot make the certificate's key");
@@ -10511,43 +10863,13 @@ acme_order(struct acme *a, char *why, size_t wn)
 	if (acme_post(a, cert_url, NULL, "application/pem-certificate-chain", &ans, why, wn) < 0)
 		goto out;
 	ec_key_pem(&k, &key_pem);
-	{
-		char err[600];
-
-		id = identity_parse("the CA's certificate", &ans.body, "its new key", &key_pem, err, sizeof(err));
-		if (id == NULL) {
-			snprintf(why, wn, "the CA's certificate cannot be served: %s", err);
-			goto out;
-		}
-	}
-	if (acme_chain_check(id, why, wn) < 0) {
-		identity_release(id);
-		goto out;
-	}
-	state_path(path, sizeof(path), "privkey.pem");
-	if (state_write(path, key_pem.p, key_pem.len) < 0) {
-		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
-		identity_release(id);
-		goto out;
-	}
-	state_path(path, sizeof(path), "fullchain.pem");
-	if (state_write(path, ans.body.p, ans.body.len) < 0) {
-		snprintf(why, wn, "cannot write %.600s: %s", path, strerror(errno));
-		identity_release(id);
-		goto out;
-	}
-	identity_install(id, "ACME: now serving ");
-	r = 0;
+	r = acme_install(&ans.body, &key_pem, why, wn);
 out:
-	explicit_bzero(&k, sizeof(k));
-	if (key_pem.p != NULL)
-		explicit_bzero(key_pem.p, key_pem.cap);
+	key_forget(&k, &key_pem);
 	answer_free(&ans);
 	buf_free(&payload);
 	buf_free(&list);
-	buf_free(&el);
 	buf_free(&csr);
-	buf_free(&key_pem);
 	return r;
 }
 
@@ -10819,6 +11141,47 @@ acme_sleep_until(time_t t)
 	return 0;
 }
 
+/* When the certificate served is due for renewal (now, when there is
+ * none): by its lifetime, or the CA's renewal window when it offers one
+ * (which may ask for an early renewal), never before renew_floor. Sets
+ * *check, when to look again before then (0: at that time), *ari when
+ * the CA's window decided, and *held when the floor did. */
+static time_t
+acme_due(struct acme *a, time_t now, time_t *check, int *ari, int *held)
+{
+	struct identity *id;
+	time_t when;
+	char why[1200];
+
+	*check = 0;
+	*ari = *held = 0;
+	pthread_mutex_lock(&identity_lock);
+	id = current_identity;
+	if (id != NULL)
+		id->refs++;
+	pthread_mutex_unlock(&identity_lock);
+	when = id != NULL ? renew_at(id) : now;
+	if (id != NULL) {
+		time_t w;
+		long poll;
+
+		if (acme_ari(a, id, &w, &poll, why, sizeof(why)) == 0) {
+			when = w;
+			*check = now + poll;
+			*ari = 1;
+		} else if (a->renewal_info[0] != '\0') {
+			warn("ACME: renewal information: %s; renewing by the lifetime meanwhile", why);
+			*check = now + 3600;
+		}
+		if (when < renew_floor(id)) {
+			when = renew_floor(id);
+			*held = 1;
+		}
+	}
+	identity_release(id);
+	return when;
+}
+
 static void *
 acme_thread(void *arg)
 {
@@ -10828,40 +11191,11 @@ acme_thread(void *arg)
 	thread_name("xwh-acme");
 	for (;;) {
 		char why[1200];
-		time_t now = time(NULL), when;
-		struct identity *id;
+		time_t now = time(NULL), when, check, resume = 0;
+		int ari, held, capped;
 
-		time_t check, resume = 0;
-		int ari = 0, held = 0, capped;
-
-		pthread_mutex_lock(&identity_lock);
-		id = current_identity;
-		if (id != NULL)
-			id->refs++;
-		pthread_mutex_unlock(&identity_lock);
-		when = id != NULL ? renew_at(id) : now;
-		check = 0;  /* when to look again before then: renewal information's */
 		a->replaces[0] = '\0';
-		if (id != NULL) {
-			/* The CA's own window, when it offers one, overrides the
-			 * lifetime's (it may ask for an early renewal). */
-			time_t w;
-			long poll;
-
-			if (acme_ari(a, id, &w, &poll, why, sizeof(why)) == 0) {
-				when = w;
-				check = now + poll;
-				ari = 1;
-			} else if (a->renewal_info[0] != '\0') {
-				warn("ACME: renewal information: %s; renewing by the lifetime meanwhile", why);
-				check = now + 3600;
-			}
-			if (when < renew_floor(id)) {
-				when = renew_floor(id);
-				held = 1;
-			}
-		}
-		identity_release(id);
+		when = acme_due(a, now, &check, &ari, &held);
 		if (when > now) {
 			char date[32];
 
@@ -10949,14 +11283,13 @@ static struct acme acme;
 static void
 acme_prepare(const struct passwd *owner)
 {
-	const char *roots = acme_cacert != NULL ? acme_cacert : "/etc/ssl/certs/ca-certificates.crt";
 	struct identity *id;
 
 	if (!acme_domain_ok(acme_domain))
 		die("bad --acme '%s': expected a DNS name such as hooks.example.com (no wildcard, no address)",
 		    acme_domain);
-	if (trust_load(roots, &acme.trust) < 0 || acme.trust.n == 0)
-		die("--acme: cannot load trusted certificates from %s%s", roots,
+	if (trust_load(acme_cacert, &acme.trust) < 0)
+		die("--acme: cannot load trusted certificates from %s%s", acme.trust.path,
 		    acme_cacert != NULL ? "" : " (install ca-certificates, or give --acme-cacert)");
 	state_open(owner);
 	id = acme_stored();

@@ -989,6 +989,68 @@ def check_in_the_plain_build(srv):
         assert rc == 1 and "needs the TLS build" in err, err
 
 
+def heads_recorder(family, addr):
+    """A plain HTTP stand-in that keeps each request's head and answers
+    200 with a JSON object: the bytes check puts on the wire."""
+    ls = socket.socket(family, socket.SOCK_STREAM)
+    ls.bind((addr, 0))
+    ls.listen(8)
+    heads = []
+
+    def serve():
+        while True:
+            try:
+                s, _ = ls.accept()
+            except OSError:
+                return
+            with s:
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    more = s.recv(4096)
+                    if not more:
+                        break
+                    got += more
+                head = got.split(b"\r\n\r\n")[0]
+                heads.append(head)
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                          b"Connection: close\r\n\r\n{}")
+    threading.Thread(target=serve, daemon=True).start()
+    return ls, heads
+
+
+@test
+def check_sends_host_with_its_port_and_brackets():
+    # RFC 9112 3.2: Host is the URL's authority, an IPv6 literal in
+    # brackets and the port kept unless it is the scheme's default.
+    env = {"TWITTER_CONSUMER_SECRET": SECRET}
+    for family, addr, shown in ((socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "[::1]")):
+        ls, heads = heads_recorder(family, addr)
+        port = ls.getsockname()[1]
+        try:
+            rc, out, err = run(["check", "--post", "http://%s:%d/hook?a=b" % (shown, port)], env=env)
+            assert len(heads) == 2, (heads, out, err)
+            lines = heads[0].split(b"\r\n")
+            assert lines[0].startswith(b"GET /hook?a=b&crc_token=") and lines[0].endswith(b" HTTP/1.1"), lines
+            assert lines[1:] == [b"Host: %s:%d" % (shown.encode(), port), b"User-Agent: xwebhook-check",
+                                 b"Accept-Encoding: gzip", b"Connection: close"], lines
+            lines = heads[1].split(b"\r\n")
+            assert lines[:5] == [b"POST /hook?a=b HTTP/1.1", b"Host: %s:%d" % (shown.encode(), port),
+                                 b"User-Agent: xwebhook-check", b"Content-Type: application/json",
+                                 b"Connection: close"], lines
+            assert lines[5].startswith(b"x-twitter-webhooks-signature: sha256=") and \
+                lines[6].startswith(b"Content-Length: ") and len(lines) == 7, lines
+        finally:
+            ls.close()
+    # The scheme's own port is left out, and --connect changes only where
+    # check dials.
+    ls, heads = heads_recorder(socket.AF_INET, "127.0.0.1")
+    try:
+        run(["check", "--connect", "127.0.0.1:%d" % ls.getsockname()[1], "http://Xwebhook.test:80/hook"], env=env)
+        assert heads and heads[0].split(b"\r\n")[1] == b"Host: Xwebhook.test", heads
+    finally:
+        ls.close()
+
+
 # ---------------------------------------------------------------------------
 
 ROOT_WARNING = "xwebhook: warning: running as root; --user NAME drops to NAME once the port is bound\n"

@@ -266,6 +266,14 @@ M = [
  ("a stored certificate not yet valid kept",
   "if (id->leaf.not_before > time(NULL) + ACME_CLOCK_SKEW_S || id->leaf.not_before >= id->leaf.not_after) {",
   "if (0) {", "acme:not_yet_valid"),
+ ("Host without the brackets of an IPv6 literal",
+  "int v6 = strchr(host, ':') != NULL;\n\tint show", "int v6 = 0;\n\tint show", "int:check_sends_host"),
+ ("Host without a port that is not the scheme's default",
+  "u->host, u->port, u->https ? \"443\" : \"80\");\n\tbuf_adds(b, method);",
+  "u->host, u->port, u->port);\n\tbuf_adds(b, method);", "int:check_sends_host"),
+ ("the last of duplicate JSON members decides",
+  "for (i = 0; i < o->n; i++)\n\t\tif (slot[i].key_len == kl", "for (i = o->n; i-- > 0;)\n\t\tif (slot[i].key_len == kl",
+  "unit"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY

@@ -422,7 +422,7 @@ test_oauth(void)
 	    "status=Hello%20Ladies%20%2B%20Gentlemen%2C%20a%20signed%20OAuth%20request%21&include_entities=true#x",
 	    "hCtSmYh%2BiHYCEqBWrE7C7hYmtUk%3D", NULL);
 	/* RFC 5849 section 3.6: unreserved bytes stay, the rest is %XX. */
-	oauth_pct(&b, "Az09-._~ +%/\xc3\xa9*", 15);
+	pct_encode(&b, "Az09-._~ +%/\xc3\xa9*", 15);
 	CHECK(b.len == strlen("Az09-._~%20%2B%25%2F%C3%A9%2A") &&
 	    memcmp(b.p, "Az09-._~%20%2B%25%2F%C3%A9%2A", b.len) == 0, "oauth_pct: %.*s", (int)b.len, b.p);
 	buf_free(&b);
@@ -1817,6 +1817,314 @@ test_small_checks(void)
 	    !ip_literal("256.1.1.1"), "names taken as IP literals");
 }
 
+/* ---- The client's one way of each: URL splitter, host:port formatter,
+ * request builder, percent-encoder, form-decoder, JSON object index ---- */
+
+/* url_parse(s): want_rc, and when 0 what it split. */
+static void
+expect_url(const char *s, int want_rc, int https, const char *host, const char *port, const char *target)
+{
+	struct url u;
+	int rc = url_parse(s, &u);
+
+	if (want_rc < 0) {
+		CHECK(rc < 0, "url_parse(%.80s) took it: host [%s] port [%s]", s, u.host, u.port);
+		return;
+	}
+	CHECK(rc == 0 && u.https == https && strcmp(u.host, host) == 0 && strcmp(u.port, port) == 0 &&
+	    strcmp(u.target, target) == 0, "url_parse(%.80s) = %d: %d [%s] [%s] [%s]", s, rc, u.https, u.host,
+	    u.port, u.target);
+}
+
+static void
+test_url_parse(void)
+{
+	char long_s[3000], host[300];
+
+	expect_url("https://example.com", 0, 1, "example.com", "", "/");
+	expect_url("HTTP://Example.com:8080/a?b=c#frag", 0, 0, "Example.com", "8080", "/a?b=c");
+	expect_url("http://h?q=1", 0, 0, "h", "", "/?q=1");
+	expect_url("http://h#f", 0, 0, "h", "", "/");
+	expect_url("https://[::1]:443/x", 0, 1, "::1", "443", "/x");
+	expect_url("http://[2001:db8::1]/", 0, 0, "2001:db8::1", "", "/");
+	expect_url("http://h:0/", 0, 0, "h", "0", "/");
+	expect_url("http://h:65535/", 0, 0, "h", "65535", "/");
+	expect_url("http://h:65536/", -1, 0, 0, 0, 0);
+	expect_url("http://h:123456/", -1, 0, 0, 0, 0);
+	expect_url("http://h:/", -1, 0, 0, 0, 0);
+	expect_url("http://h:8x/", -1, 0, 0, 0, 0);
+	expect_url("http://h:-1/", -1, 0, 0, 0, 0);
+	expect_url("http://::1/", -1, 0, 0, 0, 0);          /* IPv6 without brackets */
+	expect_url("http://[::1/", -1, 0, 0, 0, 0);
+	expect_url("http://[::1]x/", -1, 0, 0, 0, 0);
+	expect_url("http://[1.2.3.4]/", -1, 0, 0, 0, 0);    /* brackets hold IPv6 only */
+	expect_url("http://user@h/", -1, 0, 0, 0, 0);       /* no userinfo */
+	expect_url("http://user:pw@h:1/", -1, 0, 0, 0, 0);
+	expect_url("http:///path", -1, 0, 0, 0, 0);         /* empty host */
+	expect_url("http://:80/", -1, 0, 0, 0, 0);
+	expect_url("http://[]:80/", -1, 0, 0, 0, 0);
+	expect_url("ftp://h/", -1, 0, 0, 0, 0);
+	expect_url("h/x", -1, 0, 0, 0, 0);
+	expect_url("http://h/a b", -1, 0, 0, 0, 0);
+	expect_url("http://h/\x7f", -1, 0, 0, 0, 0);
+	expect_url("http://h/\xc3\xa9", -1, 0, 0, 0, 0);
+	/* Overlong: a host of 255 bytes is the most; a target of 2047. */
+	memset(host, 'a', 255);
+	host[255] = '\0';
+	snprintf(long_s, sizeof(long_s), "http://%s/", host);
+	expect_url(long_s, 0, 0, host, "", "/");
+	snprintf(long_s, sizeof(long_s), "http://a%s/", host);
+	expect_url(long_s, -1, 0, 0, 0, 0);
+	memcpy(long_s, "http://h/", 9);
+	memset(long_s + 9, 'p', 2045);
+	long_s[9 + 2045] = '\0';
+	CHECK(url_parse(long_s, &(struct url){ 0 }) == 0, "a target of 2046 bytes is taken");
+	long_s[9 + 2045] = 'p';
+	long_s[9 + 2046] = '\0';
+	CHECK(url_parse(long_s, &(struct url){ 0 }) < 0, "a target of 2047 bytes is refused");
+}
+
+/* What is left of forward_parse after url_authority: the userinfo rules
+ * of each scheme and the path; the authority's end is '/' only, so a
+ * password may hold '?' and '#'. */
+static void
+test_url_authority(void)
+{
+	struct authority a;
+	const char *why = NULL;
+
+	CHECK(url_authority("u:p@h:1/x", "/", &a, &why) == 0 && a.userinfo != NULL && a.userinfo_len == 3 &&
+	    memcmp(a.userinfo, "u:p", 3) == 0 && strcmp(a.host, "h") == 0 && strcmp(a.port, "1") == 0 &&
+	    strcmp(a.end, "/x") == 0, "url_authority(u:p@h:1/x)");
+	CHECK(url_authority("h:1?x/y", "/?#", &a, &why) == 0 && a.userinfo == NULL && strcmp(a.port, "1") == 0 &&
+	    strcmp(a.end, "?x/y") == 0, "url_authority stops at ?");
+	CHECK(url_authority("", "/", &a, &why) == 0 && a.host[0] == '\0' && a.port[0] == '\0' && *a.end == '\0',
+	    "url_authority of nothing");
+	CHECK(url_authority("[::1]:99999/", "/", &a, &why) < 0 && strstr(why, "0 to 65535") != NULL,
+	    "url_authority port out of range: %s", why);
+	CHECK(url_authority("::1:80/", "/", &a, &why) < 0 && strstr(why, "brackets") != NULL,
+	    "url_authority bare IPv6: %s", why);
+	expect_forward("redis://:p?w#d@h:1/s", 1, "", "p?w#d", "h", "1", "s", "redis://h:1/s");
+	expect_forward("nats://[2001:db8::1]:4222/e", 1, "", "", "2001:db8::1", "4222", "e",
+	    "nats://[2001:db8::1]:4222/e");
+	expect_forward("redis://h:0/s", 1, "", "", "h", "0", "s", "redis://h:0/s");
+	expect_forward("redis://h:65535/s", 1, "", "", "h", "65535", "s", "redis://h:65535/s");
+	expect_forward("redis://h:65536/s", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("redis://:1/s", 0, 0, 0, 0, 0, 0, 0);       /* empty host */
+	expect_forward("redis://:pw@:1/s", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("redis://h:1", 0, 0, 0, 0, 0, 0, 0);        /* no path */
+}
+
+static void
+expect_host_port(const char *host, const char *port, const char *omit, const char *want)
+{
+	char out[HOST_PORT_MAX];
+	int rc = host_port_format(out, sizeof(out), host, port, omit);
+
+	CHECK(rc == 0 && strcmp(out, want) == 0, "host_port_format(%s, %s, %s) = %d [%s]", host, port,
+	    omit ? omit : "NULL", rc, out);
+}
+
+static void
+test_host_port_format(void)
+{
+	char small[5], v6[300];
+
+	expect_host_port("example.com", "", "443", "example.com");
+	expect_host_port("example.com", "443", "443", "example.com");
+	expect_host_port("example.com", "80", "443", "example.com:80");
+	expect_host_port("example.com", "8443", "443", "example.com:8443");
+	expect_host_port("::1", "8080", "80", "[::1]:8080");
+	expect_host_port("::1", "80", "80", "[::1]");
+	expect_host_port("2001:db8::1", "", NULL, "[2001:db8::1]");
+	expect_host_port("h", "0", NULL, "h:0");
+	expect_host_port("h", "65535", "443", "h:65535");
+	expect_host_port("h", "443", NULL, "h:443");
+	expect_host_port("127.0.0.1", "6379", NULL, "127.0.0.1:6379");
+	CHECK(host_port_format(small, sizeof(small), "example.com", "", NULL) < 0, "a too small buffer is refused");
+	CHECK(host_port_format(small, sizeof(small), "abcd", "", NULL) == 0 && strcmp(small, "abcd") == 0,
+	    "an exact fit is taken");
+	/* The longest: a 255-byte IPv6-shaped host, brackets and 5 digits. */
+	memset(v6, ':', 255);
+	v6[255] = '\0';
+	CHECK(host_port_format(small, 0, "", "", NULL) < 0, "no room at all");
+	{
+		char out[HOST_PORT_MAX];
+
+		CHECK(host_port_format(out, sizeof(out), v6, "65535", NULL) == 0 && strlen(out) == 263,
+		    "the longest host:port fits HOST_PORT_MAX");
+	}
+}
+
+static void
+expect_request(const char *method, const char *url, const char *target, const char *fields, long long len,
+    const char *want)
+{
+	struct url u;
+	struct buf b = { 0 };
+
+	CHECK(url_parse(url, &u) == 0, "url %s", url);
+	http_request_head(&b, method, &u, target, fields, len);
+	buf_addc(&b, '\0');
+	CHECK(strcmp(b.p, want) == 0, "request head for %s:\n%s", url, b.p);
+	buf_free(&b);
+}
+
+static void
+test_http_request_head(void)
+{
+	expect_request("GET", "http://example.com:8080/a?b", NULL, "User-Agent: t\r\n", -1,
+	    "GET /a?b HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\n\r\n");
+	/* RFC 9112 3.2: the scheme's default port is left out, another kept. */
+	expect_request("GET", "https://h:443/", NULL, "", -1, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+	expect_request("GET", "http://h:80/", NULL, "", -1, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+	expect_request("GET", "http://h:443/", NULL, "", -1, "GET / HTTP/1.1\r\nHost: h:443\r\n\r\n");
+	expect_request("GET", "https://h:80/", NULL, "", -1, "GET / HTTP/1.1\r\nHost: h:80\r\n\r\n");
+	/* An IPv6 literal in brackets (ACME sent it bare before). */
+	expect_request("POST", "https://[2001:db8::1]/x", "/y", "", 5,
+	    "POST /y HTTP/1.1\r\nHost: [2001:db8::1]\r\nContent-Length: 5\r\n\r\n");
+	expect_request("POST", "https://[::1]:14000/dir", NULL, "Accept: a\r\nConnection: close\r\n", 0,
+	    "POST /dir HTTP/1.1\r\nHost: [::1]:14000\r\nAccept: a\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+	expect_request("DELETE", "https://api.x.com/2/webhooks/1", NULL, "", -1,
+	    "DELETE /2/webhooks/1 HTTP/1.1\r\nHost: api.x.com\r\n\r\n");
+	expect_request("PUT", "http://h:1/", NULL, "", 1048576,
+	    "PUT / HTTP/1.1\r\nHost: h:1\r\nContent-Length: 1048576\r\n\r\n");
+}
+
+static void
+expect_form(const char *in, size_t n, size_t cap, const char *want, size_t want_len)
+{
+	char out[64];
+	size_t got = form_decode(in, n, out, cap);
+
+	CHECK(got == want_len && memcmp(out, want, got < cap ? got : cap) == 0, "form_decode(%.*s) = %zu [%.*s]",
+	    (int)n, in, got, (int)(got < cap ? got : cap), out);
+}
+
+static void
+test_form_decode(void)
+{
+	expect_form("a+b%20c", 7, 64, "a b c", 5);
+	expect_form("%41%4a%4A", 9, 64, "AJJ", 3);
+	expect_form("%41", 3, 64, "A", 1);                /* an escape that ends the input */
+	expect_form("%00", 3, 64, "\0", 1);
+	expect_form("%%41", 4, 64, "%A", 2);
+	expect_form("%2B+", 4, 64, "+ ", 2);              /* an escaped '+' is a '+' */
+	/* Bad escapes stay as they are, as Python's decoders leave them. */
+	expect_form("%", 1, 64, "%", 1);
+	expect_form("%4", 2, 64, "%4", 2);
+	expect_form("100%", 4, 64, "100%", 4);
+	expect_form("%zz", 3, 64, "%zz", 3);
+	expect_form("%4g", 3, 64, "%4g", 3);
+	expect_form("%g4", 3, 64, "%g4", 3);
+	expect_form("%41", 2, 64, "%4", 2);               /* n, not the NUL, ends it */
+	expect_form("", 0, 64, "", 0);
+	/* Overlong: the length is the whole, cap bytes are kept. */
+	expect_form("abcdef", 6, 3, "abc", 6);
+	expect_form("%41%42%43%44", 12, 2, "AB", 4);
+}
+
+static void
+expect_pct(const char *in, size_t n, const char *want)
+{
+	struct buf b = { 0 };
+
+	pct_encode(&b, in, n);
+	CHECK(b.len == strlen(want) && (b.len == 0 || memcmp(b.p, want, b.len) == 0), "pct_encode(%.*s) = [%.*s]",
+	    (int)n, in, (int)b.len, b.p ? b.p : "");
+	buf_free(&b);
+}
+
+static void
+test_pct_encode(void)
+{
+	unsigned char all[256];
+	struct buf b = { 0 };
+	char back[256];
+	size_t i;
+
+	expect_pct("Az09-._~", 8, "Az09-._~");
+	expect_pct(" ", 1, "%20");
+	expect_pct("+/=", 3, "%2B%2F%3D");                /* a CRC token's base64 */
+	expect_pct("%", 1, "%25");
+	expect_pct("\0", 1, "%00");
+	expect_pct("\xc3\xa9\xff", 3, "%C3%A9%FF");       /* uppercase hex */
+	expect_pct("", 0, "");
+	/* Every byte, encoded and form-decoded, comes back. */
+	for (i = 0; i < 256; i++)
+		all[i] = (unsigned char)i;
+	pct_encode(&b, (const char *)all, sizeof(all));
+	CHECK(form_decode(b.p, b.len, back, sizeof(back)) == 256 && memcmp(back, all, 256) == 0,
+	    "pct_encode then form_decode is the identity");
+	buf_free(&b);
+}
+
+static int
+object_of(const char *json, struct json_object *o)
+{
+	return json_object_parse(json, strlen(json), o);
+}
+
+static void
+test_json_object(void)
+{
+	struct json_object o;
+	struct buf v = { 0 }, big = { 0 };
+	char key[16];
+	int i;
+
+	CHECK(object_of("{\"a\":1,\"b\":\"x\",\"a\":2}", &o) == 0 && o.n == 3, "three members");
+	CHECK(json_object_get(&o, "a", &v) == 0 && v.len == 1 && v.p[0] == '1', "the first duplicate decides");
+	v.len = 0;
+	CHECK(json_object_string(&o, "b", &v) == 0 && v.len == 1 && v.p[0] == 'x', "a string, decoded");
+	v.len = 0;
+	CHECK(json_object_string(&o, "a", &v) < 0 && json_object_get(&o, "c", &v) < 0 && v.len == 0,
+	    "not a string; no such member");
+	json_object_free(&o);
+
+	CHECK(object_of(" { \"\\u0061\" : [ 1 , 2 ] , \"o\" : { \"k\" : 1 } , \"\" : null } ", &o) == 0,
+	    "whitespace and escapes");
+	CHECK(json_object_get(&o, "a", &v) == 0 && v.len == 5 && memcmp(v.p, "[1,2]", 5) == 0,
+	    "an escaped key found by its text, the value compact: %.*s", (int)v.len, v.p);
+	v.len = 0;
+	CHECK(json_object_get(&o, "k", &v) < 0, "a nested member is not at the top level");
+	CHECK(json_object_get(&o, "o", &v) == 0 && v.len == 7 && memcmp(v.p, "{\"k\":1}", 7) == 0, "an object value");
+	v.len = 0;
+	CHECK(json_object_get(&o, "", &v) == 0 && v.len == 4 && memcmp(v.p, "null", 4) == 0, "the empty key");
+	v.len = 0;
+	json_object_free(&o);
+
+	/* A key with a NUL in it is not the key before the NUL. */
+	CHECK(object_of("{\"a\\u0000b\":1}", &o) == 0 && json_object_get(&o, "a", &v) < 0,
+	    "a key with a NUL");
+	json_object_free(&o);
+	CHECK(object_of("{\"s\":\"\\ud83d\\ude00\\\"\"}", &o) == 0 && json_object_string(&o, "s", &v) == 0 &&
+	    v.len == 5 && memcmp(v.p, "\xf0\x9f\x98\x80\"", 5) == 0, "a string's escapes decoded");
+	v.len = 0;
+	json_object_free(&o);
+
+	/* Not an object: nothing to look up. */
+	CHECK(object_of("[1]", &o) < 0 && o.n == 0 && json_object_get(&o, "a", &v) < 0, "an array");
+	CHECK(object_of("{\"a\":}", &o) < 0 && o.n == 0, "invalid JSON");
+	CHECK(object_of("{\"a\":1", &o) < 0, "an unended object");
+	CHECK(json_object_parse(NULL, 0, &o) < 0 && json_object_get(&o, "a", &v) < 0, "no body");
+	CHECK(object_of("{}", &o) == 0 && o.n == 0 && json_object_get(&o, "", &v) < 0, "an empty object");
+	json_object_free(&o);
+
+	/* Many members: parsed once, each found. */
+	buf_addc(&big, '{');
+	for (i = 0; i < 5000; i++) {
+		snprintf(key, sizeof(key), "%s\"k%d\":%d", i ? "," : "", i, i);
+		buf_adds(&big, key);
+	}
+	buf_addc(&big, '}');
+	CHECK(json_object_parse(big.p, big.len, &o) == 0 && o.n == 5000, "5000 members");
+	CHECK(json_object_get(&o, "k4999", &v) == 0 && v.len == 4 && memcmp(v.p, "4999", 4) == 0, "the last one");
+	json_object_free(&o);
+	buf_free(&big);
+	buf_free(&v);
+}
+
 int
 main(void)
 {
@@ -1844,6 +2152,13 @@ main(void)
 	test_der();
 	test_acme_der();
 #endif
+	test_url_parse();
+	test_url_authority();
+	test_host_port_format();
+	test_http_request_head();
+	test_form_decode();
+	test_pct_encode();
+	test_json_object();
 	printf("unit: %d passed, %d failed\n", passed, failed);
 	return failed != 0;
 }
