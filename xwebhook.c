@@ -19,6 +19,7 @@
 
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <assert.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -2563,28 +2564,62 @@ struct event {
 };
 
 /*
- * One client connection. Its life:
+ * One client connection, and where it is: one state, changed only by
+ * conn_enter, which asserts the state it leaves (as darkhttpd checks on
+ * entry to each of its states).
  *
- *   accepted -> on a loop: answers what arrived whole, or parked while
- *   the event writer has its event -> perhaps handed to a thread of its
- *   own at the first sign of waiting (never back) -> closed.
+ *   CS_NEW -> CS_LOOP <-> CS_PARKED -> CS_UNPOLLED -> CS_LOOP
+ *   CS_NEW or CS_LOOP -> CS_THREAD <-> CS_WAITING
+ *   CS_LOOP or CS_THREAD -> CS_FLUSHING -> closed
  *
- * Who owns what. The fields from tls to pending belong to whoever serves
- * the connection at the moment: its loop, then perhaps its thread, never
- * both; while parked, the loop touches none of them and the writer only
- * reads pretty and compact. The slot fields belong to conns_lock (the
- * accept thread may evict a connection from another thread: it only ever
- * calls shutdown() on its descriptor, which stays open until the owner
- * has given the slot back). The rule the chunked-body bug once broke:
- * req points into in, so the bytes of a request's head are never moved
- * or overwritten until that request is answered.
+ * A connection starts on a loop, which answers what arrived whole; an
+ * event parks it while the event writer decides; at the first sign of
+ * waiting it moves to a thread of its own (never back), where an event
+ * makes it wait for the verdict. Any state but the parked and waiting ones
+ * may end in a close (connection_end).
+ */
+enum conn_state {
+	CS_NEW,       /* accepted, not yet given to a loop or a thread */
+	CS_LOOP,      /* on a loop, in its epoll set: answers what arrived whole */
+	CS_PARKED,    /* on a loop, its event with the writer; still in the epoll set */
+	CS_UNPOLLED,  /* parked, and out of the epoll set since bytes came meanwhile */
+	CS_THREAD,    /* on a thread of its own */
+	CS_WAITING,   /* on its thread, waiting for the writer's verdict on its event */
+	CS_FLUSHING,  /* on its thread (or handed to one) after its last answer:
+	               * only sending what is left, then the close */
+};
+
+/*
+ * Who owns what. state is written only by whoever serves the connection
+ * (its loop, then perhaps its thread, never both), at each transition; the
+ * accept thread reads it to spare a connection whose event is with the
+ * writer (slot_evict), and the writer reads it to know how to hand the
+ * verdict back. So it is atomic, and relaxed: every hand-off between
+ * threads already goes through a lock or pthread_create.
+ *
+ * The fields from tls to pending belong to whoever serves the connection,
+ * except while its event is with the writer (CS_PARKED, CS_UNPOLLED,
+ * CS_WAITING): then the server side touches none of them, and the writer
+ * reads pretty, compact and body_sha and writes ev (result, why, took_us,
+ * next). finished and the loop's lists belong to the loop's lock. The slot
+ * fields belong to conns_lock (the accept thread may evict a connection
+ * from another thread: it only ever calls shutdown() on its descriptor,
+ * which stays open until the owner has given the slot back). The rule the
+ * chunked-body bug once broke: req points into in, so the bytes of a
+ * request's head are never moved or overwritten until that request is
+ * answered.
  */
 struct conn {
+	/* Set at accept, then only read. */
 	int fd;
 	const struct transport *tr;
 	int64_t accepted;           /* monotonic ms */
 	char peer[INET6_ADDRSTRLEN + 8];
+	int acme_http;              /* came in on --acme-http: http-01 answers only */
 
+	atomic_int state;           /* enum conn_state: see conn_enter */
+
+	/* Whoever serves it (and the writer, as said above). */
 	void *tls;                  /* the TLS transport's state */
 	char *in;                   /* CONN_BUF bytes received */
 	size_t in_len;              /* bytes in it */
@@ -2597,24 +2632,59 @@ struct conn {
 	size_t body_charged;        /* of body's capacity, drawn from the budget */
 	struct buf pretty, compact; /* the event, for stdout and for --output */
 	char body_sha[65];          /* hex SHA-256 of the body, for --forward */
-	struct event ev;
-	struct loop *loop;          /* the loop serving it, or NULL for a thread */
-	struct conn *lprev, *lnext; /* that loop's connections */
-	struct conn *finished;      /* the loop's list of events the writer decided */
-	int64_t expires;            /* the loop closes it then, if still idle */
-	int parked;                 /* on a loop, waiting for the event writer */
-	int acme_http;              /* came in on --acme-http: http-01 answers only */
-	int unpolled;               /* parked and out of the epoll set */
+	struct event ev;            /* the writer's from event_submit to its verdict */
+	/* What is left to send: bytes, not a state. A loop leaves them for
+	 * the thread it hands the connection to, in CS_THREAD (it goes on
+	 * serving after them) or CS_FLUSHING (it closes after them). */
 	struct buf pending;         /* an answer a loop could not finish sending */
 	int unsent;                 /* TLS records the loop could not send */
-	int close_after, linger;    /* what the thread does after sending it */
+	int linger;                 /* the hand-off's close lingers (see transport) */
 
+	/* The loop's, in CS_LOOP, CS_PARKED and CS_UNPOLLED. */
+	struct loop *loop;          /* which loop serves it (NULL off the loops) */
+	struct conn *lprev, *lnext; /* that loop's connections: under its lock */
+	struct conn *finished;      /* the loop's verdicts: under its lock (the writer adds) */
+	int64_t expires;            /* the loop closes it then, if still idle */
+
+	/* conns_lock's. */
 	struct peer *slot;          /* the address it counts against, or NULL */
 	struct conn *sprev, *snext; /* that address's connections, oldest first */
 	int fresh;                  /* no request answered yet */
 	_Atomic int64_t last_answer;   /* monotonic ms: accept, then each answer */
-	atomic_int busy;            /* its event is with the writer: never evicted */
 };
+
+static enum conn_state
+conn_state(const struct conn *c)
+{
+	return (enum conn_state)atomic_load_explicit(&((struct conn *)c)->state, memory_order_relaxed);
+}
+
+/* The one way a connection changes state: from the one it must be in. */
+static void
+conn_enter(struct conn *c, enum conn_state from, enum conn_state to)
+{
+	assert(conn_state(c) == from);
+	(void)from;
+	atomic_store_explicit(&c->state, (int)to, memory_order_relaxed);
+}
+
+/* On a loop (which never waits on one client), parked or not. */
+static int
+conn_on_loop(const struct conn *c)
+{
+	enum conn_state s = conn_state(c);
+
+	return s == CS_LOOP || s == CS_PARKED || s == CS_UNPOLLED;
+}
+
+/* Parked on its loop: its event is with the writer. */
+static int
+conn_parked(const struct conn *c)
+{
+	enum conn_state s = conn_state(c);
+
+	return s == CS_PARKED || s == CS_UNPOLLED;
+}
 
 /* Wait until fd is ready for events (or wake_fd is readable), by deadline. */
 static int
@@ -2687,7 +2757,7 @@ plain_write(struct conn *c, const void *p, size_t n, int64_t deadline)
 				continue;
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return -1;
-			if (c->loop != NULL) {
+			if (conn_on_loop(c)) {
 				/* A loop never waits on one client: the rest
 				 * goes out from the connection's own thread. */
 				buf_add(&c->pending, s, n);
@@ -3270,7 +3340,7 @@ tls_sock_write(void *ctx, const unsigned char *p, size_t n)
 			return (int)w;
 		if (errno == EINTR)
 			continue;
-		if ((errno == EAGAIN || errno == EWOULDBLOCK) && c->loop == NULL) {
+		if ((errno == EAGAIN || errno == EWOULDBLOCK) && !conn_on_loop(c)) {
 			/* A loop never waits (only its close_notify comes here). */
 			int r = wait_fd(c->fd, POLLOUT, t->deadline, -1);
 
@@ -3443,7 +3513,7 @@ tls_write(struct conn *c, const void *p, size_t n, int64_t deadline)
 
 	if (t == NULL)
 		return -1;
-	if (c->loop != NULL)
+	if (conn_on_loop(c))
 		return tls_write_loop(c, p, n);
 	t->deadline = deadline;
 	t->wake_fd = -1;
@@ -4237,11 +4307,13 @@ event_submit(struct conn *c)
 	c->ev.verified = c->ev.verified_us / 1000;
 	c->ev.result = S_INCOMPLETE;
 	c->ev.why = NULL;
-	atomic_store(&c->busy, 1);
-	if (c->loop != NULL)
+	if (conn_state(c) == CS_LOOP) {
+		conn_enter(c, CS_LOOP, CS_PARKED);
 		loop_queue_event(c);
-	else
+	} else {
+		conn_enter(c, CS_THREAD, CS_WAITING);
 		writer_queue(&c->ev, &c->ev.next);
+	}
 }
 
 /* A connection's own thread waits for its event's verdict here. */
@@ -4252,6 +4324,7 @@ event_wait(struct conn *c)
 	while (c->ev.result == S_INCOMPLETE)
 		pthread_cond_wait(&writer.decided, &writer.lock);
 	pthread_mutex_unlock(&writer.lock);
+	conn_enter(c, CS_WAITING, CS_THREAD);
 }
 
 /* Cut --output back to size after a batch failed, so that none of it
@@ -4358,12 +4431,13 @@ writer_decide(struct event *batch, enum status st, const char *why)
 	pthread_mutex_lock(&writer.lock);
 	for (e = batch; e != NULL; e = next) {
 		struct conn *c = event_conn(e);
+		int parked = conn_parked(c);  /* else CS_WAITING, on its thread */
 
 		next = e->next;
 		e->why = why;
 		e->took_us = now - e->verified_us;
 		e->result = st;
-		if (c->loop != NULL)
+		if (parked)
 			loop_event_decided(c);
 	}
 	pthread_cond_broadcast(&writer.decided);
@@ -4621,7 +4695,6 @@ event_answer(struct conn *c, enum status st, const char *why, int *linger)
 	const struct request *req = &c->req;
 	int keep = req->keep_alive && !is_stopping();
 
-	atomic_store(&c->busy, 0);
 	c->o.sinks_us = c->ev.took_us;
 	if (st == S_OK) {
 		send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
@@ -4720,9 +4793,10 @@ handle_request(struct conn *c, int *linger)
 			st = event_check(c, req, &why);
 		body_release(c);
 		if (st == S_OK) {
-			c->parked = c->loop != NULL;
+			int on_loop = conn_state(c) == CS_LOOP;
+
 			event_submit(c);
-			if (c->parked) {
+			if (on_loop) {
 				c->expires = INT64_MAX;
 				return H_PARKED;
 			}
@@ -4819,7 +4893,8 @@ static enum verdict
 loop_answered(struct conn *c, enum handled h, int linger)
 {
 	if (c->pending.len > 0 || c->unsent || linger) {
-		c->close_after = h != H_KEEP;
+		if (h != H_KEEP)
+			conn_enter(c, CS_LOOP, CS_FLUSHING);
 		c->linger = linger;
 		return V_THREAD;
 	}
@@ -5223,6 +5298,14 @@ slot_answered(struct conn *c)
 	}
 }
 
+/* Its event is with the writer: never evicted (read from the accept
+ * thread, so only as a hint: the state may change just after). */
+static int
+conn_busy(const struct conn *c)
+{
+	return conn_parked(c) || conn_state(c) == CS_WAITING;
+}
+
 /* Free a slot for a newcomer from peer, by the rules above: 0, or -1 when
  * no connection can be taken. */
 static int
@@ -5237,7 +5320,7 @@ slot_evict(const char *newcomer)
 			most = p;
 	if (most != NULL)
 		for (k = most->first; k != NULL && victim == NULL; k = k->snext)
-			if (k->fresh && !atomic_load(&k->busy))
+			if (k->fresh && !conn_busy(k))
 				victim = k;
 	if (victim == NULL) {
 		most = NULL;
@@ -5247,7 +5330,7 @@ slot_evict(const char *newcomer)
 		for (k = most != NULL ? most->first : NULL; k != NULL; k = k->snext) {
 			int64_t t = atomic_load_explicit(&k->last_answer, memory_order_relaxed);
 
-			if (!atomic_load(&k->busy) && t < oldest) {
+			if (!conn_busy(k) && t < oldest) {
 				oldest = t;
 				victim = k;
 			}
@@ -5354,7 +5437,9 @@ loop_to_thread(struct conn *c)
 	struct loop *l = c->loop;
 	pthread_t t;
 
-	(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);  /* ENOENT when unpolled */
+	if (conn_state(c) != CS_FLUSHING)
+		conn_enter(c, CS_LOOP, CS_THREAD);
+	(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);  /* ENOENT when it was unpolled */
 	loop_unlink(l, c);
 	c->loop = NULL;
 	if (pthread_create(&t, &thread_attr, connection_thread, c) != 0) {
@@ -5413,11 +5498,11 @@ loop_readable(struct conn *c)
 {
 	int read_socket = 1;
 
-	if (c->parked) {
+	if (conn_parked(c)) {
 		/* Nothing is read until the verdict is answered; out of the
 		 * set meanwhile, or level-triggered epoll would spin on it. */
 		(void)epoll_ctl(c->loop->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-		c->unpolled = 1;
+		conn_enter(c, CS_PARKED, CS_UNPOLLED);
 		return;
 	}
 	do {
@@ -5480,10 +5565,12 @@ loop_event_decided(struct conn *c)
 static void
 loop_unpark(struct conn *c)
 {
+	int unpolled = conn_state(c) == CS_UNPOLLED;
 	int linger = 0;
-	enum handled h = event_answer(c, c->ev.result, c->ev.why, &linger);
+	enum handled h;
 
-	c->parked = 0;
+	conn_enter(c, unpolled ? CS_UNPOLLED : CS_PARKED, CS_LOOP);
+	h = event_answer(c, c->ev.result, c->ev.why, &linger);
 	switch (loop_answered(c, h, linger)) {
 	case V_THREAD:
 		loop_to_thread(c);
@@ -5494,13 +5581,12 @@ loop_unpark(struct conn *c)
 	default:
 		break;
 	}
-	if (c->unpolled) {
+	if (unpolled) {
 		struct epoll_event ev;
 
 		memset(&ev, 0, sizeof(ev));
 		ev.events = EPOLLIN | EPOLLRDHUP;
 		ev.data.ptr = c;
-		c->unpolled = 0;
 		if (epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
 			loop_close(c);
 			return;
@@ -5567,7 +5653,7 @@ loop_thread(void *arg)
 			pthread_mutex_lock(&l->lock);
 			for (c = l->conns; c != NULL; c = next) {
 				next = c->lnext;
-				if (c->parked || (!stop && now < c->expires))
+				if (conn_parked(c) || (!stop && now < c->expires))
 					continue;
 				loop_unlink_locked(l, c);
 				c->lnext = doomed;
@@ -5631,6 +5717,7 @@ loop_adopt(struct conn *c)
 	struct loop *l = &loops[next_loop++ % nloops];
 	struct epoll_event ev;
 
+	conn_enter(c, CS_NEW, CS_LOOP);
 	c->loop = l;
 	/* A silent client is closed after the idle time; a TLS one that
 	 * has not finished its handshake, after the head's. */
@@ -5639,6 +5726,7 @@ loop_adopt(struct conn *c)
 	if (c->tr == &tls_transport) {
 		if (tls_start(c) == NULL) {
 			c->loop = NULL;
+			conn_enter(c, CS_LOOP, CS_NEW);
 			return -1;
 		}
 		c->expires = c->accepted + head_timeout;
@@ -5656,6 +5744,7 @@ loop_adopt(struct conn *c)
 	if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
 		loop_unlink(l, c);
 		c->loop = NULL;
+		conn_enter(c, CS_LOOP, CS_NEW);
 		return -1;
 	}
 	return 0;
@@ -5702,12 +5791,12 @@ connection_thread(void *arg)
 		/* Writing (perhaps nothing) flushes what a loop left in a TLS
 		 * engine too. */
 		if (c->tr->write(c, c->pending.p ? c->pending.p : "", c->pending.len,
-		    now_ms() + write_timeout) < 0)
-			c->close_after = 1;
+		    now_ms() + write_timeout) < 0 && conn_state(c) == CS_THREAD)
+			conn_enter(c, CS_THREAD, CS_FLUSHING);
 		buf_free(&c->pending);
 		c->unsent = 0;
 	}
-	if (!c->close_after) {
+	if (conn_state(c) == CS_THREAD) {
 		/* Anything a loop left in c->in after the last answer is the
 		 * start of the next request. */
 		if (c->pos > 0)
@@ -5760,6 +5849,7 @@ start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (nloops > 0 && loop_adopt(c) == 0)
 		return;
+	conn_enter(c, CS_NEW, CS_THREAD);
 	if (pthread_create(&t, attr, connection_thread, c) != 0) {
 		slot_release(c);
 		c->fd = -1;
