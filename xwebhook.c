@@ -324,24 +324,14 @@ struct buf {
 	unsigned char soft, failed;
 };
 
-/* Room for more bytes: 0, or -1 when a soft buffer could not grow. */
+/* Make b's room exactly cap bytes (cap >= b->len; SIZE_MAX means too
+ * much): 0, or -1 when a soft buffer could not grow. The one place a
+ * buffer's memory changes size. */
 static int
-buf_reserve(struct buf *b, size_t more)
+buf_resize(struct buf *b, size_t cap)
 {
-	size_t cap = b->cap ? b->cap : 256;
-	char *p;
+	char *p = cap == SIZE_MAX ? NULL : realloc(b->p, cap);
 
-	if (b->failed)
-		return -1;
-	if (b->len + more <= b->cap)
-		return 0;
-	if (more > SIZE_MAX / 2 - b->len)
-		p = NULL;
-	else {
-		while (cap < b->len + more)
-			cap *= 2;
-		p = realloc(b->p, cap);
-	}
 	if (p == NULL) {
 		if (!b->soft)
 			die("out of memory");
@@ -351,6 +341,25 @@ buf_reserve(struct buf *b, size_t more)
 	b->p = p;
 	b->cap = cap;
 	return 0;
+}
+
+/* Room for more bytes, doubling: 0, or -1 when a soft buffer could not
+ * grow. */
+static int
+buf_reserve(struct buf *b, size_t more)
+{
+	size_t cap = b->cap ? b->cap : 256;
+
+	if (b->failed)
+		return -1;
+	if (b->len + more <= b->cap)
+		return 0;
+	if (more > SIZE_MAX / 2 - b->len)
+		cap = SIZE_MAX;
+	else
+		while (cap < b->len + more)
+			cap *= 2;
+	return buf_resize(b, cap);
 }
 
 static void
@@ -4057,14 +4066,14 @@ read_head(struct conn *c, struct request *req, const char **why)
 	}
 }
 
-/* Grow c->body to want bytes of room. What passes BODY_UNCHARGED is
+/* Grow c->body to want bytes of room, by the buffer's own resize (a soft
+ * buffer: a failure refuses the request). What passes BODY_UNCHARGED is
  * drawn from the shared budget first; S_UNAVAILABLE when the budget or
  * the memory runs out, which refuses this request and never the server. */
 static enum status
 body_room(struct conn *c, size_t want, const char **why)
 {
 	size_t charge = want > BODY_UNCHARGED ? want - BODY_UNCHARGED : 0;
-	char *p;
 
 	if (want <= c->body.cap)
 		return S_OK;
@@ -4078,17 +4087,16 @@ body_room(struct conn *c, size_t want, const char **why)
 		}
 		c->body_charged = charge;
 	}
-	p = realloc(c->body.p, want);
-	if (p == NULL) {
+	if (buf_resize(&c->body, want) < 0) {
 		*why = "out of memory for the body; try again";
 		return S_UNAVAILABLE;
 	}
-	c->body.p = p;
-	c->body.cap = want;
 	return S_OK;
 }
 
-/* The next size for a body buffer: double, from 16 KiB, as bytes come. */
+/* The next size for a body buffer: double, from 16 KiB, as bytes come,
+ * and never past the limit (the declared length, or --max-body), so that
+ * the budget is charged for no byte that cannot arrive. */
 static size_t
 body_next(size_t cap, size_t limit)
 {
