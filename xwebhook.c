@@ -5932,43 +5932,40 @@ pid_file_remove(void)
 	pid_fd = -1;
 }
 
-/* Accept until SIGINT or SIGTERM, then let requests in flight finish. The
- * startup line, naming url, says that every thread is up: from then on
- * the server takes connections and signals as it will until it stops. */
-static int
-serve(int lfd, const char *url)
+/* Take SIGINT, SIGTERM and SIGHUP: blocked everywhere but in the accept
+ * loop's ppoll(), so no connection thread is ever interrupted by one. The
+ * mask that lets them in goes to *open_mask. */
+static void
+signals_take(sigset_t *open_mask)
 {
-	sigset_t block, open_mask;
+	sigset_t block;
 	struct sigaction sa;
-	struct timespec until;
-	unsigned left;
-	int paused = 0;
 
-	cond_init_monotonic(&conns_gone);
-	if (pipe2(stop_pipe, O_CLOEXEC) < 0)
-		die("pipe:");
-	/* The signals are blocked everywhere but in the ppoll() below, so
-	 * no connection thread is ever interrupted by one. */
 	sigemptyset(&block);
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGTERM);
 	sigaddset(&block, SIGHUP);
-	if ((errno = pthread_sigmask(SIG_BLOCK, &block, &open_mask)) != 0)
+	if ((errno = pthread_sigmask(SIG_BLOCK, &block, open_mask)) != 0)
 		die("pthread_sigmask:");
-	sigdelset(&open_mask, SIGINT);
-	sigdelset(&open_mask, SIGTERM);
-	sigdelset(&open_mask, SIGHUP);
+	sigdelset(open_mask, SIGINT);
+	sigdelset(open_mask, SIGTERM);
+	sigdelset(open_mask, SIGHUP);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0 ||
 	    sigaction(SIGHUP, &sa, NULL) < 0)
 		die("sigaction:");
-	pid_file_write();
+}
+
+/* Start every thread the server runs besides the connections' own: each
+ * starts with the signals blocked. */
+static void
+threads_start(void)
+{
 	pthread_attr_init(&thread_attr);
 	pthread_attr_setdetachstate(&thread_attr, PTHREAD_CREATE_DETACHED);
 	pthread_attr_setstacksize(&thread_attr, thread_stack);
-	/* Every thread from here on starts with the signals blocked. */
 	outq_start(&log_queue, STDERR_FILENO, LOG_QUEUE_LIMIT);
 	if (stdout_never_waits())
 		stdout_direct = 1;
@@ -5982,8 +5979,14 @@ serve(int lfd, const char *url)
 	if (acme_domain != NULL)
 		acme_start();
 #endif
-	warn("serving %s (events to stdout%s%s%s)", url, output_path ? " and " : "",
-	    output_path ? output_path : "", nforwards > 0 ? " and --forward" : "");
+}
+
+/* Accept on lfd (and --acme-http) until SIGINT or SIGTERM, taking SIGHUP
+ * in between; signals come in only while ppoll() waits. */
+static void
+accept_loop(int lfd, const sigset_t *open_mask)
+{
+	int paused = 0;
 
 	while (!stop_signal) {
 		struct pollfd pfd[2];
@@ -6002,7 +6005,7 @@ serve(int lfd, const char *url)
 			 * drain. */
 			struct timespec pause = { 0, 100 * 1000 * 1000 };
 
-			ppoll(NULL, 0, &pause, &open_mask);
+			ppoll(NULL, 0, &pause, open_mask);
 			paused = 0;
 			continue;
 		}
@@ -6010,7 +6013,7 @@ serve(int lfd, const char *url)
 		pfd[1].fd = acme_http_fd;  /* --acme-http, or -1 */
 		pfd[0].events = pfd[1].events = POLLIN;
 		pfd[0].revents = pfd[1].revents = 0;
-		if (ppoll(pfd, 2, NULL, &open_mask) < 0) {
+		if (ppoll(pfd, 2, NULL, open_mask) < 0) {
 			if (errno == EINTR)
 				continue;
 			die("poll:");
@@ -6027,6 +6030,15 @@ serve(int lfd, const char *url)
 		}
 		start_connection(fd, &ss, &thread_attr, from == 1);
 	}
+}
+
+/* Stop taking connections and wait up to drain_timeout for those open to
+ * finish: how many did not. */
+static unsigned
+connections_drain(int lfd)
+{
+	struct timespec until;
+	unsigned left;
 
 	close(lfd);
 	if (acme_http_fd >= 0)
@@ -6041,13 +6053,34 @@ serve(int lfd, const char *url)
 	pthread_mutex_unlock(&conns_lock);
 	close(stop_pipe[1]);
 	warn("%s: stopping; %u connection(s) open", stop_signal == SIGINT ? "SIGINT" : "SIGTERM", left);
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += drain_timeout / 1000;
+	until = deadline_ts(now_ms() + drain_timeout);
 	pthread_mutex_lock(&conns_lock);
 	while (nconns > 0 && pthread_cond_timedwait(&conns_gone, &conns_lock, &until) != ETIMEDOUT)
 		;
 	left = nconns;
 	pthread_mutex_unlock(&conns_lock);
+	return left;
+}
+
+/* Accept until SIGINT or SIGTERM, then let requests in flight finish. The
+ * startup line, naming url, says that every thread is up: from then on
+ * the server takes connections and signals as it will until it stops. */
+static int
+serve(int lfd, const char *url)
+{
+	sigset_t open_mask;
+	unsigned left;
+
+	cond_init_monotonic(&conns_gone);
+	if (pipe2(stop_pipe, O_CLOEXEC) < 0)
+		die("pipe:");
+	signals_take(&open_mask);
+	pid_file_write();
+	threads_start();
+	warn("serving %s (events to stdout%s%s%s)", url, output_path ? " and " : "",
+	    output_path ? output_path : "", nforwards > 0 ? " and --forward" : "");
+	accept_loop(lfd, &open_mask);
+	left = connections_drain(lfd);
 	if (left > 0) {
 		warn("stopped with %u connection(s) unfinished after %d s", left, (int)(drain_timeout / 1000));
 		pid_file_remove();
