@@ -7657,6 +7657,66 @@ nats_number(const char *p, size_t n, long max)
 	return v <= max ? v : -1;
 }
 
+/* Split a control line, p to end, into its op and up to five arguments
+ * at spaces and tabs: how many words. */
+static size_t
+nats_words(const char *p, const char *end, const char *w[6], size_t wl[6])
+{
+	size_t nw = 0;
+
+	while (p < end && nw < 6) {
+		while (p < end && (*p == ' ' || *p == '\t'))
+			p++;
+		if (p == end)
+			break;
+		w[nw] = p;
+		while (p < end && *p != ' ' && *p != '\t')
+			p++;
+		wl[nw] = (size_t)(p - w[nw]);
+		nw++;
+	}
+	return nw;
+}
+
+/* A MSG or HMSG whose control line (line bytes, its words w) starts
+ * f->in: 1 with m filled and f->used set, 0 when its payload has not all
+ * arrived, or -1 with why. */
+static int
+nats_msg_take(struct forward *f, size_t line, const char **w, const size_t *wl, size_t nw,
+    struct nats_msg *m, char *why, size_t wn)
+{
+	int hmsg = wl[0] == 4;  /* the caller saw MSG or HMSG */
+	long size = nats_number(w[nw - 1], wl[nw - 1], NATS_MAX_REPLY);
+	long hdr = hmsg ? nats_number(w[nw - 2], wl[nw - 2], NATS_MAX_REPLY) : 0;
+	size_t k;
+
+	if (size < 0 || hdr < 0 || hdr > size) {
+		snprintf(why, wn, "a message of a size we do not take (at most %d bytes)", NATS_MAX_REPLY);
+		return -1;
+	}
+	if (f->in.len < line + (size_t)size + 2)
+		return 0;
+	m->subject = w[1];
+	m->subject_len = wl[1];
+	m->payload = f->in.p + line + hdr;
+	m->payload_len = (size_t)(size - hdr);
+	if (hdr > 0) {
+		/* "NATS/1.0 503\r\n...": the status, if any. */
+		const char *h = f->in.p + line;
+
+		if (hdr >= 12 && memcmp(h, "NATS/1.0 ", 9) == 0)
+			m->status = (int)nats_number(h + 9, 3, 999);
+	}
+	for (k = 0; k < 2; k++) {
+		if (f->in.p[line + (size_t)size + k] != "\r\n"[k]) {
+			snprintf(why, wn, "a message not ended by CRLF");
+			return -1;
+		}
+	}
+	f->used = line + (size_t)size + 2;
+	return 1;
+}
+
 /* Read the next thing the server says, by deadline: its op, with m
  * filled; IO_TIMEOUT; or -1 with why. */
 static int
@@ -7671,9 +7731,8 @@ nats_read(struct forward *f, int64_t deadline, struct nats_msg *m, char *why, si
 	for (;;) {
 		char *eol = f->in.len > 0 ? memchr(f->in.p, '\n', f->in.len) : NULL;
 		const char *w[6];
-		size_t wl[6], line, k, nw = 0;
-		const char *p, *end;
-		long hdr = 0, size;
+		size_t wl[6], line, nw;
+		const char *end;
 		int r;
 
 		if (eol == NULL) {
@@ -7687,19 +7746,7 @@ nats_read(struct forward *f, int64_t deadline, struct nats_msg *m, char *why, si
 		}
 		line = (size_t)(eol - f->in.p) + 1;
 		end = eol > f->in.p && eol[-1] == '\r' ? eol - 1 : eol;
-		/* The op and up to five arguments, split at spaces and tabs. */
-		for (p = f->in.p; p < end && nw < 6;) {
-			while (p < end && (*p == ' ' || *p == '\t'))
-				p++;
-			if (p == end)
-				break;
-			w[nw] = p;
-			while (p < end && *p != ' ' && *p != '\t')
-				p++;
-			wl[nw] = (size_t)(p - w[nw]);
-			nw++;
-		}
-		if (nw == 0) {
+		if ((nw = nats_words(f->in.p, end, w, wl)) == 0) {
 			memmove(f->in.p, f->in.p + line, f->in.len - line);  /* an empty line: nothing */
 			f->in.len -= line;
 			continue;
@@ -7719,38 +7766,11 @@ nats_read(struct forward *f, int64_t deadline, struct nats_msg *m, char *why, si
 			snprintf(why, wn, "not the NATS protocol: %s", shown);
 			return -1;
 		}
-		size = nats_number(w[nw - 1], wl[nw - 1], NATS_MAX_REPLY);
-		if (OP("HMSG"))
-			hdr = nats_number(w[nw - 2], wl[nw - 2], NATS_MAX_REPLY);
 #undef OP
-		if (size < 0 || hdr < 0 || hdr > size) {
-			snprintf(why, wn, "a message of a size we do not take (at most %d bytes)", NATS_MAX_REPLY);
-			return -1;
-		}
-		if (f->in.len < line + (size_t)size + 2) {
-			if ((r = forward_fill(f, deadline, why, wn)) < 0)
-				return r;
-			continue;
-		}
-		m->subject = w[1];
-		m->subject_len = wl[1];
-		m->payload = f->in.p + line + hdr;
-		m->payload_len = (size_t)(size - hdr);
-		if (hdr > 0) {
-			/* "NATS/1.0 503\r\n...": the status, if any. */
-			const char *h = f->in.p + line;
-
-			if (hdr >= 12 && memcmp(h, "NATS/1.0 ", 9) == 0)
-				m->status = (int)nats_number(h + 9, 3, 999);
-		}
-		for (k = 0; k < 2; k++) {
-			if (f->in.p[line + (size_t)size + k] != "\r\n"[k]) {
-				snprintf(why, wn, "a message not ended by CRLF");
-				return -1;
-			}
-		}
-		f->used = line + (size_t)size + 2;
-		return NATS_MSG;
+		if ((r = nats_msg_take(f, line, w, wl, nw, m, why, wn)) != 0)
+			return r < 0 ? -1 : NATS_MSG;
+		if ((r = forward_fill(f, deadline, why, wn)) < 0)
+			return r;
 	}
 }
 
@@ -7811,18 +7831,16 @@ jetstream_error(const struct nats_msg *m, const char *what, char *why, size_t wn
 	return bad;
 }
 
-/* Say hello on a fresh connection: read INFO, send CONNECT with the
- * credentials, wait for the PONG that says they were taken, subscribe to
- * our inbox, and ask JetStream which stream captures the subject. */
+/* The server's INFO, first on a fresh connection: 0 when it is a NATS
+ * we can talk to (no TLS, headers taken), with f->max_payload; -1 with
+ * why. */
 static int
-nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
+nats_info(struct forward *f, int64_t deadline, char *why, size_t wn)
 {
-	unsigned char r[12];
 	struct nats_msg m;
 	struct buf v = { 0 };
-	int op;
+	int op = nats_read(f, deadline, &m, why, wn);
 
-	op = nats_read(f, deadline, &m, why, wn);
 	if (op != NATS_INFO) {
 		if (op >= 0)
 			snprintf(why, wn, "the server did not begin with INFO: is this NATS?");
@@ -7842,6 +7860,16 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 		f->max_payload = (size_t)strtoull(v.p, NULL, 10);
 	}
 	buf_free(&v);
+	return 0;
+}
+
+/* Send CONNECT with the credentials, and wait for the PONG that says
+ * they were taken: 0, or -1 with why. */
+static int
+nats_connect(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	struct nats_msg m;
+	int op;
 
 	buf_adds(&f->out, "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,"
 	    "\"lang\":\"C\",\"version\":\"xwebhook\",\"protocol\":1");
@@ -7872,6 +7900,17 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 			return -1;
 		}
 	}
+	return 0;
+}
+
+/* Subscribe to a fresh inbox, and ask JetStream which stream captures
+ * the subject, into f->stream: 0, or -1 with why. */
+static int
+nats_find_stream(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	unsigned char r[12];
+	struct nats_msg m;
+	struct buf v = { 0 };
 
 	entropy(r, sizeof(r));
 	memcpy(f->inbox, "_INBOX.", 7);
@@ -7901,7 +7940,6 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	}
 	if (jetstream_error(&m, "JetStream refused the stream lookup", why, wn))
 		return -1;
-	v.len = 0;
 	f->stream[0] = '\0';
 	if (json_member(m.payload, m.payload_len, "streams", &v) == 0 && v.len > 3 && v.p[0] == '[') {
 		struct buf name = { 0 };
@@ -7918,6 +7956,17 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 		return -1;
 	}
 	return 0;
+}
+
+/* Say hello on a fresh connection: read INFO, send CONNECT with the
+ * credentials, wait for the PONG that says they were taken, subscribe to
+ * our inbox, and ask JetStream which stream captures the subject. */
+static int
+nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	if (nats_info(f, deadline, why, wn) < 0 || nats_connect(f, deadline, why, wn) < 0)
+		return -1;
+	return nats_find_stream(f, deadline, why, wn);
 }
 
 /* The batch's JetStream publishes, back to back, into f->out: each with
