@@ -2997,26 +2997,17 @@ identity_read(const char *what, const char *path, struct buf *b, char *err, size
 	return 0;
 }
 
-/* Make an identity of a chain (leaf first, as certbot's fullchain.pem)
- * and a key, from the texts of their files (named for messages). Returns
- * NULL with a one-line reason in err when they cannot serve. */
-static struct identity *
-identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
-    const struct buf *key_text, char *err, size_t errlen)
+/* The --cert chain into id->chain, in file order: 0, or -1 with err. */
+static int
+identity_chain(struct identity *id, const char *certf, const struct buf *cert_text, char *err, size_t errlen)
 {
-	struct buf text = { 0 };
 	struct pem_object *objs = NULL;
 	size_t count = 0, i;
-	struct identity *id = xmalloc(sizeof(*id));
-	br_x509_decoder_context dc;
-	const br_x509_pkey *pk;
-	int found = 0;
 
-	memset(id, 0, sizeof(*id));
-	/* The chain. */
 	if (pem_decode(cert_text->p, cert_text->len, &objs, &count) < 0) {
 		snprintf(err, errlen, "--cert %s is not valid PEM", certf);
-		goto fail;
+		pem_free(objs, count);
+		return -1;
 	}
 	for (i = 0; i < count; i++) {
 		if (strcmp(objs[i].name, "CERTIFICATE") != 0 && strcmp(objs[i].name, "X509 CERTIFICATE") != 0)
@@ -3029,26 +3020,35 @@ identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
 		objs[i].der.len = objs[i].der.cap = 0;
 	}
 	pem_free(objs, count);
-	objs = NULL;
-	count = 0;
 	if (id->chain_len == 0) {
 		snprintf(err, errlen, "--cert %s holds no certificate", certf);
-		goto fail;
+		return -1;
 	}
+	return 0;
+}
 
-	/* The key, in a copy that ends with a NUL for strstr. */
+/* The --key into id->key (RSA, or EC on the curves BearSSL signs with),
+ * leaving no copy of it behind: 0, or -1 with err. */
+static int
+identity_key(struct identity *id, const char *keyf, const struct buf *key_text, char *err, size_t errlen)
+{
+	struct buf text = { 0 };
+	struct pem_object *objs = NULL;
+	size_t count = 0, i;
+	int found = 0, bad = 0;
+
+	/* A copy that ends with a NUL for strstr. */
 	buf_add(&text, key_text->p, key_text->len);
 	buf_addc(&text, '\0');
 	if (strstr(text.p, "ENCRYPTED") != NULL) {
 		snprintf(err, errlen, "--key %s is encrypted; write it decrypted "
 		    "(openssl pkey -in %s -out key.pem) and keep that file private", keyf, keyf);
-		goto fail;
-	}
-	if (pem_decode(text.p, text.len - 1, &objs, &count) < 0) {
+		bad = 1;
+	} else if (pem_decode(text.p, text.len - 1, &objs, &count) < 0) {
 		snprintf(err, errlen, "--key %s is not valid PEM", keyf);
-		goto fail;
+		bad = 1;
 	}
-	for (i = 0; i < count && !found; i++) {
+	for (i = 0; i < count && !found && !bad; i++) {
 		if (strcmp(objs[i].name, "PRIVATE KEY") != 0 && strcmp(objs[i].name, "RSA PRIVATE KEY") != 0 &&
 		    strcmp(objs[i].name, "EC PRIVATE KEY") != 0)
 			continue;
@@ -3060,16 +3060,17 @@ identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
 		if (br_skey_decoder_last_error(&id->key) != 0) {
 			snprintf(err, errlen, "--key %s: unsupported or malformed key "
 			    "(RSA, or EC on P-256, P-384 or P-521)", keyf);
-			goto fail;
+			bad = 1;
 		}
 	}
 	pem_free(objs, count);
-	objs = NULL;
-	count = 0;
 	memset(text.p, 0, text.cap);
+	buf_free(&text);
+	if (bad)
+		return -1;
 	if (!found) {
 		snprintf(err, errlen, "--key %s holds no private key", keyf);
-		goto fail;
+		return -1;
 	}
 	id->key_type = br_skey_decoder_key_type(&id->key);
 	if (id->key_type == BR_KEYTYPE_EC) {
@@ -3077,37 +3078,56 @@ identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
 
 		if (curve != BR_EC_secp256r1 && curve != BR_EC_secp384r1 && curve != BR_EC_secp521r1) {
 			snprintf(err, errlen, "--key %s: unsupported curve (P-256, P-384 or P-521 only)", keyf);
-			goto fail;
+			return -1;
 		}
 	}
+	return 0;
+}
 
-	/* The leaf: its key must be ours; its signer's key type matters to
-	 * BearSSL's EC profile, so it is read, never assumed. */
+/* The leaf: its key must be ours; its signer's key type matters to
+ * BearSSL's EC profile, so it is read, never assumed. 0, or -1 with err. */
+static int
+identity_leaf(struct identity *id, const char *certf, const char *keyf, char *err, size_t errlen)
+{
+	br_x509_decoder_context dc;
+	const br_x509_pkey *pk;
+
 	br_x509_decoder_init(&dc, NULL, NULL);
 	br_x509_decoder_push(&dc, id->chain[0].data, id->chain[0].data_len);
 	pk = br_x509_decoder_get_pkey(&dc);
 	if (pk == NULL || cert_info(id->chain[0].data, id->chain[0].data_len, &id->leaf) < 0) {
 		snprintf(err, errlen, "--cert %s: the first certificate cannot be decoded", certf);
-		goto fail;
+		return -1;
 	}
 	if (!key_matches(&id->key, pk)) {
 		snprintf(err, errlen, "the key in %s does not match the certificate in %s "
 		    "(the first one, which must be the server's own)", keyf, certf);
-		goto fail;
+		return -1;
 	}
 	id->issuer_key_type = (unsigned)br_x509_decoder_get_signer_key_type(&dc);
 	if (id->issuer_key_type == 0)
 		id->issuer_key_type = BR_KEYTYPE_RSA | BR_KEYTYPE_EC;  /* unknown: no ECDH suites use it */
-	buf_free(&text);
+	return 0;
+}
+
+/* Make an identity of a chain (leaf first, as certbot's fullchain.pem)
+ * and a key, from the texts of their files (named for messages). Returns
+ * NULL with a one-line reason in err when they cannot serve. */
+static struct identity *
+identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
+    const struct buf *key_text, char *err, size_t errlen)
+{
+	struct identity *id = xmalloc(sizeof(*id));
+
+	memset(id, 0, sizeof(*id));
+	if (identity_chain(id, certf, cert_text, err, errlen) < 0 ||
+	    identity_key(id, keyf, key_text, err, errlen) < 0 ||
+	    identity_leaf(id, certf, keyf, err, errlen) < 0) {
+		identity_free(id);
+		return NULL;
+	}
 	id->refs = 1;
 	return id;
-fail:
-	if (text.p != NULL)
-		memset(text.p, 0, text.cap);
-	buf_free(&text);
-	pem_free(objs, count);
-	identity_free(id);
-	return NULL;
 }
 
 /* Load --cert and --key from their files; NULL and a reason on failure. */
