@@ -11329,6 +11329,150 @@ parse_size(const char *s, const char *opt)
 	return (size_t)v;
 }
 
+/* --path: a path starting with '/', without a query, fragment or spaces. */
+static void
+path_option(const char *p)
+{
+	const char *k;
+
+	for (k = p; *k; k++)
+		if ((unsigned char)*k <= 0x20 || (unsigned char)*k >= 0x7f || *k == '?' || *k == '#')
+			break;
+	if (p[0] != '/' || *k != '\0')
+		die("bad --path '%s': expected a path starting with '/', without '?' or spaces", p);
+	webhook_path = p;
+}
+
+/* --max-conns: 1 to 100000. */
+static void
+max_conns_option(const char *v)
+{
+	char *end;
+	long n;
+
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 100000)
+		die("bad --max-conns '%s': expected 1 to 100000", v);
+	max_conns = (unsigned)n;
+}
+
+/* One more --forward; its password, if any, is starred out of argv (v). */
+static void
+forward_option(const char *v)
+{
+	const char *why, *at = strchr(v, '@');
+	struct forward *f = &forwards[nforwards];
+
+	if (nforwards == MAX_FORWARDS)
+		die("at most %d --forward", MAX_FORWARDS);
+	if (forward_parse(v, f, &why) < 0)
+		die("bad --forward '%.*s%s': %s", at ? (int)(strstr(v, "://") ? strstr(v, "://") + 3 - v : 0) :
+		    (int)strlen(v), v, at ? "...@..." : "", why);
+	if (f->password[0] != '\0') {
+		/* Out of ps and /proc/PID/cmdline from here on. */
+		size_t pn = strlen(f->password);
+
+		memset((char *)at - pn, '*', pn);  /* it ends at the '@' */
+	}
+	nforwards++;
+}
+
+/* --version: which build this is. */
+static void
+version_print(void)
+{
+#ifdef XWEBHOOK_TLS
+	printf("xwebhook %s (HTTP and HTTPS; TLS 1.2 through BearSSL)\n", XWEBHOOK_VERSION);
+#else
+	printf("xwebhook %s (plain HTTP; built without TLS: make TLS=1 for HTTPS)\n", XWEBHOOK_VERSION);
+#endif
+}
+
+/* Take the option called name (argv[*i] is a, val its "=value" or NULL)
+ * into the settings above; one that needs a value and has none takes the
+ * next word, moving *i on. Dies with one line on anything it does not
+ * know; exits 0 after --help or --version. */
+static void
+option_take(const char *name, const char *a, const char *val, int argc, char **argv, int *i)
+{
+#define OPT(s, l) (strcmp(name, s) == 0 || strcmp(name, l) == 0)
+#define VALUE() (val != NULL ? val : *i + 1 < argc ? (val = argv[++*i]) : \
+	(die("option %s needs a value (see xwebhook --help)", name), ""))
+	if (OPT("-h", "--help")) {
+		usage(stdout);
+		exit(0);
+	} else if (OPT("-V", "--version")) {
+		version_print();
+		exit(0);
+	} else if (OPT("-q", "--quiet")) {
+		quiet = 1;
+	} else if (OPT("-l", "--listen")) {
+		listen_spec = VALUE();
+		listen_given = 1;
+	} else if (OPT("-p", "--path")) {
+		path_option(VALUE());
+	} else if (OPT("-o", "--output")) {
+		output_path = VALUE();
+	} else if (OPT("--secret-file", "--secret-file")) {
+		secret_file = VALUE();
+	} else if (OPT("--max-body", "--max-body")) {
+		max_body = parse_size(VALUE(), "--max-body");
+	} else if (OPT("--max-conns", "--max-conns")) {
+		max_conns_option(VALUE());
+	} else if (OPT("--forward", "--forward")) {
+		forward_option(VALUE());
+	} else if (OPT("-u", "--user")) {
+		run_as = VALUE();
+	} else if (OPT("--pid-file", "--pid-file")) {
+		pid_path = VALUE();
+	} else if (OPT("--cert", "--key")) {
+#ifdef XWEBHOOK_TLS
+		if (strcmp(name, "--cert") == 0)
+			cert_path = VALUE();
+		else
+			key_path = VALUE();
+#else
+		die("%s needs the TLS build of xwebhook (make TLS=1)", name);
+#endif
+	} else if (OPT("--acme", "--acme-server") || OPT("--acme-cacert", "--acme-email") ||
+	    OPT("--acme-http", "--state-dir")) {
+#ifdef XWEBHOOK_TLS
+		const char *v = VALUE();
+
+		if (strcmp(name, "--acme") == 0)
+			acme_domain = v;
+		else if (strcmp(name, "--acme-server") == 0)
+			acme_server = v;
+		else if (strcmp(name, "--acme-cacert") == 0)
+			acme_cacert = v;
+		else if (strcmp(name, "--acme-email") == 0)
+			acme_email = v;
+		else if (strcmp(name, "--acme-http") == 0)
+			acme_http_spec = v;
+		else
+			state_dir = v;
+#else
+		die("%s needs the TLS build of xwebhook (make TLS=1)", name);
+#endif
+	} else if (OPT("--connect", "--connect")) {
+		check_connect = VALUE();
+	} else if (OPT("--api", "--api")) {
+		api_base = VALUE();
+	} else if (OPT("--cacert", "--cacert")) {
+		cacert_path = VALUE();
+	} else if (OPT("--post", "--post")) {
+		check_post = 1;
+	} else if (OPT("--secret", "-s")) {
+		die("the secret is never taken from the command line, where ps shows it: "
+		    "set TWITTER_CONSUMER_SECRET or use --secret-file FILE");
+	} else {
+		die("unknown option '%s' (see xwebhook --help)", a);
+	}
+#undef OPT
+#undef VALUE
+}
+
 /* Take the options into the settings above, and the words that are not
  * options (a subcommand and its arguments) into args. Dies with one line
  * on anything it does not know; exits 0 after --help or --version. */
@@ -11363,115 +11507,7 @@ parse_commandline(int argc, char **argv, const char *args[4])
 			die("unknown option '%s' (see xwebhook --help)", a);
 		memcpy(name, a, nl);
 		name[nl] = '\0';
-#define OPT(s, l) (strcmp(name, s) == 0 || strcmp(name, l) == 0)
-#define VALUE() (val != NULL ? val : i + 1 < argc ? (val = argv[++i]) : \
-	(die("option %s needs a value (see xwebhook --help)", name), ""))
-		if (OPT("-h", "--help")) {
-			usage(stdout);
-			exit(0);
-		} else if (OPT("-V", "--version")) {
-#ifdef XWEBHOOK_TLS
-			printf("xwebhook %s (HTTP and HTTPS; TLS 1.2 through BearSSL)\n", XWEBHOOK_VERSION);
-#else
-			printf("xwebhook %s (plain HTTP; built without TLS: make TLS=1 for HTTPS)\n",
-			    XWEBHOOK_VERSION);
-#endif
-			exit(0);
-		} else if (OPT("-q", "--quiet")) {
-			quiet = 1;
-		} else if (OPT("-l", "--listen")) {
-			listen_spec = VALUE();
-			listen_given = 1;
-		} else if (OPT("-p", "--path")) {
-			const char *p = VALUE(), *k;
-
-			for (k = p; *k; k++)
-				if ((unsigned char)*k <= 0x20 || (unsigned char)*k >= 0x7f || *k == '?' || *k == '#')
-					break;
-			if (p[0] != '/' || *k != '\0')
-				die("bad --path '%s': expected a path starting with '/', without '?' or spaces", p);
-			webhook_path = p;
-		} else if (OPT("-o", "--output")) {
-			output_path = VALUE();
-		} else if (OPT("--secret-file", "--secret-file")) {
-			secret_file = VALUE();
-		} else if (OPT("--max-body", "--max-body")) {
-			max_body = parse_size(VALUE(), "--max-body");
-		} else if (OPT("--max-conns", "--max-conns")) {
-			const char *v = VALUE();
-			char *end;
-			long n;
-
-			errno = 0;
-			n = strtol(v, &end, 10);
-			if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 100000)
-				die("bad --max-conns '%s': expected 1 to 100000", v);
-			max_conns = (unsigned)n;
-		} else if (OPT("--forward", "--forward")) {
-			const char *v = VALUE(), *why, *at = strchr(v, '@');
-			struct forward *f = &forwards[nforwards];
-
-			if (nforwards == MAX_FORWARDS)
-				die("at most %d --forward", MAX_FORWARDS);
-			if (forward_parse(v, f, &why) < 0)
-				die("bad --forward '%.*s%s': %s", at ? (int)(strstr(v, "://") ? strstr(v, "://") + 3 - v : 0) :
-				    (int)strlen(v), v, at ? "...@..." : "", why);
-			if (f->password[0] != '\0') {
-				/* Out of ps and /proc/PID/cmdline from here on. */
-				size_t pn = strlen(f->password);
-
-				memset((char *)at - pn, '*', pn);  /* it ends at the '@' */
-			}
-			nforwards++;
-		} else if (OPT("-u", "--user")) {
-			run_as = VALUE();
-		} else if (OPT("--pid-file", "--pid-file")) {
-			pid_path = VALUE();
-		} else if (OPT("--cert", "--key")) {
-#ifdef XWEBHOOK_TLS
-			if (strcmp(name, "--cert") == 0)
-				cert_path = VALUE();
-			else
-				key_path = VALUE();
-#else
-			die("%s needs the TLS build of xwebhook (make TLS=1)", name);
-#endif
-		} else if (OPT("--acme", "--acme-server") || OPT("--acme-cacert", "--acme-email") ||
-		    OPT("--acme-http", "--state-dir")) {
-#ifdef XWEBHOOK_TLS
-			const char *v = VALUE();
-
-			if (strcmp(name, "--acme") == 0)
-				acme_domain = v;
-			else if (strcmp(name, "--acme-server") == 0)
-				acme_server = v;
-			else if (strcmp(name, "--acme-cacert") == 0)
-				acme_cacert = v;
-			else if (strcmp(name, "--acme-email") == 0)
-				acme_email = v;
-			else if (strcmp(name, "--acme-http") == 0)
-				acme_http_spec = v;
-			else
-				state_dir = v;
-#else
-			die("%s needs the TLS build of xwebhook (make TLS=1)", name);
-#endif
-		} else if (OPT("--connect", "--connect")) {
-			check_connect = VALUE();
-		} else if (OPT("--api", "--api")) {
-			api_base = VALUE();
-		} else if (OPT("--cacert", "--cacert")) {
-			cacert_path = VALUE();
-		} else if (OPT("--post", "--post")) {
-			check_post = 1;
-		} else if (OPT("--secret", "-s")) {
-			die("the secret is never taken from the command line, where ps shows it: "
-			    "set TWITTER_CONSUMER_SECRET or use --secret-file FILE");
-		} else {
-			die("unknown option '%s' (see xwebhook --help)", a);
-		}
-#undef OPT
-#undef VALUE
+		option_take(name, a, val, argc, argv, &i);
 	}
 
 	return nargs;
