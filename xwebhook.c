@@ -1556,7 +1556,9 @@ json_plain_run(const char *p, size_t n)
 }
 
 /* Feed n more bytes of the document. Returns 0, or -1 once it is invalid
- * (j->error and the position say why; later calls keep failing). */
+ * (j->error and the position say why; later calls keep failing).
+ * Long on purpose: it is one state machine, a switch on j->state per byte,
+ * and reads best whole (split up, each piece would need the whole state). */
 static int
 json_feed(struct json *j, const char *p, size_t n)
 {
@@ -2248,7 +2250,9 @@ struct chunked {
 
 /* Decode from in[0, n): append chunk data to out (which must not pass
  * limit bytes), and always set *used to the bytes consumed. S_OK when the
- * body is complete, S_INCOMPLETE when more is needed, else an error. */
+ * body is complete, S_INCOMPLETE when more is needed, else an error.
+ * Long on purpose: it is one state machine, a switch on ch->state per
+ * byte, and reads best whole. */
 static enum status
 chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struct buf *out, size_t limit, const char **why)
 {
