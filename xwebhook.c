@@ -164,7 +164,11 @@ static const int64_t linger_timeout = 2000;  /* draining before a close */
 static const int64_t sink_timeout = SINK_TIMEOUT_S * 1000;
 static const int64_t drain_timeout = 8000;   /* requests in flight at shutdown: an event may wait sink_timeout */
 
-/* Settings, with their defaults; the command line changes them. */
+/* Settings, with their defaults: every one the command line changes is
+ * here (parse_commandline sets them, nothing else does), but --forward's
+ * brokers, which live with their connection state (see "Brokers"). */
+
+/* The server. */
 static const char *listen_spec = "0.0.0.0:8080";
 static int listen_given;                   /* --listen was given (--acme's default is :443) */
 static int acme_http_fd = -1;              /* --acme-http's listener */
@@ -176,6 +180,25 @@ static unsigned max_conns = 1024;        /* --max-conns */
 static int quiet;                        /* --quiet: no access log */
 static const char *run_as;               /* --user: drop to this user */
 static const char *pid_path;             /* --pid-file: NULL for none */
+
+#ifdef XWEBHOOK_TLS
+/* HTTPS: a certificate of our own, or one from ACME. */
+static const char *cert_path, *key_path;   /* --cert, --key: TLS on */
+/* --acme and its options (see "ACME"), which the server's TLS setup also
+ * reads, as it answers tls-alpn-01 challenges. */
+static const char *acme_domain;          /* --acme */
+static const char *acme_server = "https://acme-v02.api.letsencrypt.org/directory";
+static const char *acme_cacert;          /* --acme-cacert */
+static const char *acme_email;           /* --acme-email */
+static const char *acme_http_spec;       /* --acme-http ADDR:PORT */
+static const char *state_dir = "/var/lib/xwebhook";
+#endif
+
+/* The subcommands: check, and X's API. */
+static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
+static const char *cacert_path;     /* --cacert FILE: trust these roots (check, X's API) */
+static int check_post;              /* --post: also send a signed event */
+static const char *api_base = "https://api.x.com";  /* --api */
 
 /* Each connection thread's stack: the deepest path (a response, a log
  * line) needs a few KiB; sanitizer builds need much more. Only the pages
@@ -2821,8 +2844,6 @@ enum {
 	EXPIRY_WARN_DAYS = 14,
 };
 
-static const char *cert_path, *key_path;   /* --cert, --key: TLS on */
-
 /* A certificate chain and its key, as loaded from --cert and --key. The
  * connections that started under it hold a reference, so a reload (SIGHUP)
  * can swap in a new one while they finish with the old. */
@@ -3198,15 +3219,6 @@ identity_release(struct identity *id)
 	if (left == 0)
 		identity_free(id);
 }
-
-/* --acme and its options (see "ACME"): here, as the server's TLS setup
- * answers tls-alpn-01 challenges. */
-static const char *acme_domain;          /* --acme */
-static const char *acme_server = "https://acme-v02.api.letsencrypt.org/directory";
-static const char *acme_cacert;          /* --acme-cacert */
-static const char *acme_email;           /* --acme-email */
-static const char *acme_http_spec;       /* --acme-http ADDR:PORT */
-static const char *state_dir = "/var/lib/xwebhook";
 
 static void acme_start(void);
 static void acme_stop(void);
@@ -8357,9 +8369,6 @@ forward_forget(void)
  * checked here (and nothing failed).
  * ------------------------------------------------------------------------ */
 
-static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
-static const char *cacert_path;     /* --cacert FILE: trust these roots (check, X's API) */
-static int check_post;              /* --post: also send a signed event */
 static int check_failed;
 static int check_unsure;            /* something check itself cannot do */
 
@@ -8647,8 +8656,6 @@ cmd_check(const char *arg)
  * stdout in the fmt layout; anything else is one line on stderr with
  * what X said, escaped, and exit status 1.
  * ------------------------------------------------------------------------ */
-
-static const char *api_base = "https://api.x.com";  /* --api */
 
 enum { X_API_TIMEOUT_MS = 30000 };  /* X runs a CRC before it answers register */
 
