@@ -2276,6 +2276,8 @@ struct chunked {
  * body is complete, S_INCOMPLETE when more is needed, else an error.
  * Long on purpose: it is one state machine, a switch on ch->state per
  * byte, and reads best whole. */
+/* In chunked_decode: a framing error, with why; the decoding stops. */
+#define FAIL(s, w) do { *why = (w); st = (s); goto out; } while (0)
 static enum status
 chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struct buf *out, size_t limit, const char **why)
 {
@@ -2288,24 +2290,16 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		switch (ch->state) {
 		case C_SIZE:
 			if (isxdigit(c)) {
-				if (ch->digits == 16) {
-					*why = "chunk size overflows";
-					st = S_BAD_REQUEST;
-					goto out;
-				}
+				if (ch->digits == 16)
+					FAIL(S_BAD_REQUEST, "chunk size overflows");
 				ch->size = ch->size << 4 | (uint64_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
 				ch->digits++;
 			} else if (ch->digits > 0 && (c == ';' || c == '\r' || c == ' ' || c == '\t')) {
-				if (ch->size > limit - out->len) {
-					*why = "body larger than --max-body";
-					st = S_PAYLOAD_TOO_LARGE;
-					goto out;
-				}
+				if (ch->size > limit - out->len)
+					FAIL(S_PAYLOAD_TOO_LARGE, "body larger than --max-body");
 				ch->state = c == ';' ? C_EXT : c == '\r' ? C_SIZE_LF : C_SIZE_BWS;
 			} else {
-				*why = "bad chunk size";
-				st = S_BAD_REQUEST;
-				goto out;
+				FAIL(S_BAD_REQUEST, "bad chunk size");
 			}
 			break;
 		case C_SIZE_BWS:
@@ -2313,26 +2307,19 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 			if (c == ';') {
 				ch->state = C_EXT;
 			} else if (c != ' ' && c != '\t') {
-				*why = "bad chunk size";
-				st = S_BAD_REQUEST;
-				goto out;
+				FAIL(S_BAD_REQUEST, "bad chunk size");
 			}
 			break;
 		case C_EXT:
 			if (c == '\r')
 				ch->state = C_SIZE_LF;
 			else if (is_ctl(c)) {
-				*why = "control byte in chunk extension";
-				st = S_BAD_REQUEST;
-				goto out;
+				FAIL(S_BAD_REQUEST, "control byte in chunk extension");
 			}
 			break;
 		case C_SIZE_LF:
-			if (c != '\n') {
-				*why = "bad chunk size line ending";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+			if (c != '\n')
+				FAIL(S_BAD_REQUEST, "bad chunk size line ending");
 			ch->line = 0;
 			ch->digits = 0;
 			ch->state = ch->size == 0 ? C_TRAILER : C_DATA;
@@ -2350,11 +2337,8 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		}
 		case C_DATA_CR:
 		case C_DATA_LF:
-			if (c != (ch->state == C_DATA_CR ? '\r' : '\n')) {
-				*why = "bad chunk terminator (expected CRLF after chunk data)";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+			if (c != (ch->state == C_DATA_CR ? '\r' : '\n'))
+				FAIL(S_BAD_REQUEST, "bad chunk terminator (expected CRLF after chunk data)");
 			ch->state = ch->state == C_DATA_CR ? C_DATA_LF : C_SIZE;
 			break;
 		case C_TRAILER:
@@ -2362,11 +2346,8 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 				ch->state = C_END_LF;
 				break;
 			}
-			if (++ch->trailer_fields > MAX_HEADER_FIELDS) {
-				*why = "more than " STR(MAX_HEADER_FIELDS_N) " trailer fields";
-				st = S_HEADERS_TOO_LARGE;
-				goto out;
-			}
+			if (++ch->trailer_fields > MAX_HEADER_FIELDS)
+				FAIL(S_HEADERS_TOO_LARGE, "more than " STR(MAX_HEADER_FIELDS_N) " trailer fields");
 			ch->state = C_TRAILER_LINE;
 			continue;  /* look at c as part of the line */
 		case C_TRAILER_LINE:
@@ -2374,18 +2355,13 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 			if (c == '\r')
 				ch->state = C_TRAILER_LF;
 			else if (is_ctl(c)) {
-				*why = "control byte in trailer";
-				st = S_BAD_REQUEST;
-				goto out;
+				FAIL(S_BAD_REQUEST, "control byte in trailer");
 			}
 			break;
 		case C_TRAILER_LF:
 		case C_END_LF:
-			if (c != '\n') {
-				*why = "bare CR in chunked body";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+			if (c != '\n')
+				FAIL(S_BAD_REQUEST, "bare CR in chunked body");
 			ch->state = ch->state == C_END_LF ? C_DONE : C_TRAILER;
 			break;
 		case C_DONE:
@@ -2393,17 +2369,11 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		}
 		/* One byte of a size or trailer line was taken. */
 		if (ch->state <= C_SIZE_LF) {
-			if (++ch->line > MAX_CHUNK_LINE) {
-				*why = "chunk size line longer than " STR(MAX_CHUNK_LINE_N) " bytes";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+			if (++ch->line > MAX_CHUNK_LINE)
+				FAIL(S_BAD_REQUEST, "chunk size line longer than " STR(MAX_CHUNK_LINE_N) " bytes");
 		} else if (ch->state >= C_TRAILER && ch->state <= C_END_LF) {
-			if (++ch->trailer > MAX_HEADER_BLOCK) {
-				*why = "trailer fields longer than " STR(MAX_HEADER_BLOCK_N) " bytes";
-				st = S_HEADERS_TOO_LARGE;
-				goto out;
-			}
+			if (++ch->trailer > MAX_HEADER_BLOCK)
+				FAIL(S_HEADERS_TOO_LARGE, "trailer fields longer than " STR(MAX_HEADER_BLOCK_N) " bytes");
 		}
 		i++;
 	}
@@ -2413,6 +2383,7 @@ out:
 	*used = i;  /* on an error, the bytes before the bad one */
 	return st;
 }
+#undef FAIL
 
 /* n bytes as 2n lowercase hex digits and a NUL, into out. */
 static void
@@ -3876,27 +3847,41 @@ is_stopping(void)
 	return atomic_load(&stopping);
 }
 
-/* Append s to b as the inside of a JSON string. */
-static void
-json_escape(struct buf *b, const char *s, size_t n)
+/* Append s to b escaped, for JSON (quote and backslash after a
+ * backslash, control bytes as \u00NN) or for the log (those and non-ASCII
+ * as \xNN). Inline: each caller gets its own copy, with the test on json
+ * folded away. */
+static inline void
+escape_add(struct buf *b, const char *s, size_t n, int json)
 {
 	size_t i;
 
 	for (i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
+		int special = c == '"' || c == '\\';
 
-		if (c == '"' || c == '\\') {
+		if (json && special) {
 			buf_addc(b, '\\');
 			buf_addc(b, (char)c);
-		} else if (c < 0x20 || c == 0x7f) {
+		} else if (c < 0x20 || c == 0x7f || (!json && (c > 0x7f || special))) {
 			char e[8];
 
-			snprintf(e, sizeof(e), "\\u%04x", c);
+			if (json)
+				snprintf(e, sizeof(e), "\\u%04x", c);
+			else
+				snprintf(e, sizeof(e), "\\x%02x", c);
 			buf_adds(b, e);
 		} else {
 			buf_addc(b, (char)c);
 		}
 	}
+}
+
+/* Append s to b as the inside of a JSON string. */
+static void
+json_escape(struct buf *b, const char *s, size_t n)
+{
+	escape_add(b, s, n, 1);
 }
 
 /* Append s to b for the access log: quotes, backslashes, control bytes
@@ -3905,20 +3890,7 @@ json_escape(struct buf *b, const char *s, size_t n)
 static void
 log_escape(struct buf *b, const char *s, size_t n)
 {
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
-			char e[8];
-
-			snprintf(e, sizeof(e), "\\x%02x", c);
-			buf_adds(b, e);
-		} else {
-			buf_addc(b, (char)c);
-		}
-	}
+	escape_add(b, s, n, 0);
 }
 
 static void
@@ -6645,6 +6617,26 @@ suite_name(uint16_t s)
 	}
 }
 
+/* BearSSL's X.509 codes whose words need nothing of the connection. */
+static const struct {
+	int err;
+	const char *text;
+} x509_texts[] = {
+	{ BR_ERR_X509_TIME_UNKNOWN, "the time is unknown, so no certificate's dates can be checked" },
+	{ BR_ERR_X509_EMPTY_CHAIN, "the server sent no certificate" },
+	{ BR_ERR_X509_DN_MISMATCH,
+	    "certificate chain broken: an issuer is not the next certificate's "
+	    "subject (out of order?)" },
+	{ BR_ERR_X509_NOT_CA, "certificate chain invalid: a certificate that signs another is no CA" },
+	{ BR_ERR_X509_BAD_SIGNATURE, "certificate chain invalid: a signature does not verify" },
+	{ BR_ERR_X509_FORBIDDEN_KEY_USAGE, "certificate not for a TLS server: its key usage forbids it" },
+	{ BR_ERR_X509_WEAK_PUBLIC_KEY, "certificate's key too small" },
+	{ BR_ERR_X509_CRITICAL_EXTENSION, "certificate has a critical extension this client does not know" },
+	{ BR_ERR_X509_WRONG_KEY_TYPE, "certificate's key type does not fit the cipher suite" },
+	{ BR_ERR_X509_LIMIT_EXCEEDED, "certificate's key or signature larger than this client handles" },
+	{ BR_ERR_X509_UNSUPPORTED, "certificate has features this client does not support" },
+};
+
 /* Why a server's chain failed to verify, in words, from BearSSL's X.509
  * code err (bearssl_x509.h): name is who the server was to be, bundle
  * the roots, leaf the server's certificate if it sent one. 0, or -1
@@ -6656,6 +6648,7 @@ x509_error_text(int err, const struct buf *leaf, const char *name, const char *b
 	int dated = leaf->len > 0 && cert_info((const unsigned char *)leaf->p, leaf->len, &ci) == 0;
 	time_t now = time(NULL);
 	char date[32];
+	size_t i;
 
 	switch (err) {
 	case BR_ERR_X509_NOT_TRUSTED:
@@ -6676,41 +6669,12 @@ x509_error_text(int err, const struct buf *leaf, const char *name, const char *b
 			snprintf(out, n, "certificate expired or not yet valid: one of the chain's CAs");
 		}
 		break;
-	case BR_ERR_X509_TIME_UNKNOWN:
-		snprintf(out, n, "the time is unknown, so no certificate's dates can be checked");
-		break;
-	case BR_ERR_X509_EMPTY_CHAIN:
-		snprintf(out, n, "the server sent no certificate");
-		break;
-	case BR_ERR_X509_DN_MISMATCH:
-		snprintf(out, n, "certificate chain broken: an issuer is not the next certificate's subject "
-		    "(out of order?)");
-		break;
-	case BR_ERR_X509_NOT_CA:
-		snprintf(out, n, "certificate chain invalid: a certificate that signs another is no CA");
-		break;
-	case BR_ERR_X509_BAD_SIGNATURE:
-		snprintf(out, n, "certificate chain invalid: a signature does not verify");
-		break;
-	case BR_ERR_X509_FORBIDDEN_KEY_USAGE:
-		snprintf(out, n, "certificate not for a TLS server: its key usage forbids it");
-		break;
-	case BR_ERR_X509_WEAK_PUBLIC_KEY:
-		snprintf(out, n, "certificate's key too small");
-		break;
-	case BR_ERR_X509_CRITICAL_EXTENSION:
-		snprintf(out, n, "certificate has a critical extension this client does not know");
-		break;
-	case BR_ERR_X509_WRONG_KEY_TYPE:
-		snprintf(out, n, "certificate's key type does not fit the cipher suite");
-		break;
-	case BR_ERR_X509_LIMIT_EXCEEDED:
-		snprintf(out, n, "certificate's key or signature larger than this client handles");
-		break;
-	case BR_ERR_X509_UNSUPPORTED:
-		snprintf(out, n, "certificate has features this client does not support");
-		break;
 	default:
+		for (i = 0; i < sizeof(x509_texts) / sizeof(x509_texts[0]); i++)
+			if (x509_texts[i].err == err) {
+				snprintf(out, n, "%s", x509_texts[i].text);
+				return 0;
+			}
 		if (err <= BR_ERR_X509_OK || err > BR_ERR_X509_NOT_TRUSTED)
 			return -1;
 		snprintf(out, n, "certificate cannot be decoded (BearSSL X.509 error %d)", err);
