@@ -2311,11 +2311,14 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 			}
 			break;
 		case C_EXT:
+		case C_TRAILER_LINE:
+			/* Extensions, like trailer fields, are read, checked and
+			 * thrown away. */
 			if (c == '\r')
-				ch->state = C_SIZE_LF;
-			else if (is_ctl(c)) {
-				FAIL(S_BAD_REQUEST, "control byte in chunk extension");
-			}
+				ch->state = ch->state == C_EXT ? C_SIZE_LF : C_TRAILER_LF;
+			else if (is_ctl(c))
+				FAIL(S_BAD_REQUEST, ch->state == C_EXT ? "control byte in chunk extension" :
+				    "control byte in trailer");
 			break;
 		case C_SIZE_LF:
 			if (c != '\n')
@@ -2350,14 +2353,6 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 				FAIL(S_HEADERS_TOO_LARGE, "more than " STR(MAX_HEADER_FIELDS_N) " trailer fields");
 			ch->state = C_TRAILER_LINE;
 			continue;  /* look at c as part of the line */
-		case C_TRAILER_LINE:
-			/* Trailer fields are read, checked and thrown away. */
-			if (c == '\r')
-				ch->state = C_TRAILER_LF;
-			else if (is_ctl(c)) {
-				FAIL(S_BAD_REQUEST, "control byte in trailer");
-			}
-			break;
 		case C_TRAILER_LF:
 		case C_END_LF:
 			if (c != '\n')
@@ -5508,6 +5503,20 @@ loop_more(struct conn *c)
 	return 0;
 }
 
+/* Take c off its loop when the verdict says so (V_THREAD, V_CLOSE): 1
+ * when it did, and c is no longer the loop's. */
+static int
+loop_leave(struct conn *c, enum verdict v)
+{
+	if (v == V_THREAD)
+		loop_to_thread(c);
+	else if (v == V_CLOSE)
+		loop_close(c);
+	else
+		return 0;
+	return 1;
+}
+
 /* Data (or an end) on one of the loop's connections. */
 static void
 loop_readable(struct conn *c)
@@ -5523,6 +5532,7 @@ loop_readable(struct conn *c)
 	}
 	do {
 		int r = loop_fill(c, read_socket);
+		enum verdict v;
 
 		read_socket = 0;
 		if (r != 0 || c->in_len == 0) {
@@ -5532,19 +5542,10 @@ loop_readable(struct conn *c)
 				loop_to_thread(c);
 			return;
 		}
-		switch (serve_buffered(c)) {
-		case V_IDLE:
-			c->expires = now_ms() + idle_timeout;
-			break;
-		case V_THREAD:
-			loop_to_thread(c);
+		v = serve_buffered(c);
+		if (v == V_PARKED || loop_leave(c, v))
 			return;
-		case V_CLOSE:
-			loop_close(c);
-			return;
-		case V_PARKED:
-			return;
-		}
+		c->expires = now_ms() + idle_timeout;
 	} while (loop_more(c));
 }
 
@@ -5587,16 +5588,8 @@ loop_unpark(struct conn *c)
 
 	conn_enter(c, unpolled ? CS_UNPOLLED : CS_PARKED, CS_LOOP);
 	h = event_answer(c, c->ev.result, c->ev.why, &linger);
-	switch (loop_answered(c, h, linger)) {
-	case V_THREAD:
-		loop_to_thread(c);
+	if (loop_leave(c, loop_answered(c, h, linger)))
 		return;
-	case V_CLOSE:
-		loop_close(c);
-		return;
-	default:
-		break;
-	}
 	if (unpolled) {
 		struct epoll_event ev;
 
@@ -11401,21 +11394,16 @@ option_take(const char *name, const char *a, const char *val, int argc, char **a
 		run_as = VALUE();
 	} else if (OPT("--pid-file", "--pid-file")) {
 		pid_path = VALUE();
-	} else if (OPT("--cert", "--key")) {
-#ifdef XWEBHOOK_TLS
-		if (strcmp(name, "--cert") == 0)
-			cert_path = VALUE();
-		else
-			key_path = VALUE();
-#else
-		die("%s needs the TLS build of xwebhook (make TLS=1)", name);
-#endif
-	} else if (OPT("--acme", "--acme-server") || OPT("--acme-cacert", "--acme-email") ||
-	    OPT("--acme-http", "--state-dir")) {
+	} else if (OPT("--cert", "--key") || OPT("--acme", "--acme-server") ||
+	    OPT("--acme-cacert", "--acme-email") || OPT("--acme-http", "--state-dir")) {
 #ifdef XWEBHOOK_TLS
 		const char *v = VALUE();
 
-		if (strcmp(name, "--acme") == 0)
+		if (strcmp(name, "--cert") == 0)
+			cert_path = v;
+		else if (strcmp(name, "--key") == 0)
+			key_path = v;
+		else if (strcmp(name, "--acme") == 0)
 			acme_domain = v;
 		else if (strcmp(name, "--acme-server") == 0)
 			acme_server = v;
