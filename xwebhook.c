@@ -7824,38 +7824,6 @@ jetstream_error(const struct nats_msg *m, const char *what, char *why, size_t wn
 	return bad;
 }
 
-/* The server's INFO, first on a fresh connection: 0 when it is a NATS
- * we can talk to (no TLS, headers taken), with f->max_payload; -1 with
- * why. */
-static int
-nats_info(struct forward *f, int64_t deadline, char *why, size_t wn)
-{
-	struct nats_msg m;
-	struct buf v = { 0 };
-	int op = nats_read(f, deadline, &m, why, wn);
-
-	if (op != NATS_INFO) {
-		if (op >= 0)
-			snprintf(why, wn, "the server did not begin with INFO: is this NATS?");
-		return -1;
-	}
-	if (json_true(m.args, m.args_len, "tls_required")) {
-		snprintf(why, wn, "the server requires TLS, which --forward nats:// does not speak");
-		return -1;
-	}
-	if (!json_true(m.args, m.args_len, "headers")) {
-		snprintf(why, wn, "the server does not take message headers (NATS 2.2 or later does)");
-		return -1;
-	}
-	f->max_payload = 1024 * 1024;  /* NATS's default */
-	if (json_member(m.args, m.args_len, "max_payload", &v) == 0) {
-		buf_addc(&v, '\0');
-		f->max_payload = (size_t)strtoull(v.p, NULL, 10);
-	}
-	buf_free(&v);
-	return 0;
-}
-
 /* Send CONNECT with the credentials, and wait for the PONG that says
  * they were taken: 0, or -1 with why. */
 static int
@@ -7957,7 +7925,30 @@ nats_find_stream(struct forward *f, int64_t deadline, char *why, size_t wn)
 static int
 nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 {
-	if (nats_info(f, deadline, why, wn) < 0 || nats_connect(f, deadline, why, wn) < 0)
+	struct nats_msg m;
+	struct buf v = { 0 };
+	int op = nats_read(f, deadline, &m, why, wn);
+
+	if (op != NATS_INFO) {
+		if (op >= 0)
+			snprintf(why, wn, "the server did not begin with INFO: is this NATS?");
+		return -1;
+	}
+	if (json_true(m.args, m.args_len, "tls_required")) {
+		snprintf(why, wn, "the server requires TLS, which --forward nats:// does not speak");
+		return -1;
+	}
+	if (!json_true(m.args, m.args_len, "headers")) {
+		snprintf(why, wn, "the server does not take message headers (NATS 2.2 or later does)");
+		return -1;
+	}
+	f->max_payload = 1024 * 1024;  /* NATS's default */
+	if (json_member(m.args, m.args_len, "max_payload", &v) == 0) {
+		buf_addc(&v, '\0');
+		f->max_payload = (size_t)strtoull(v.p, NULL, 10);
+	}
+	buf_free(&v);
+	if (nats_connect(f, deadline, why, wn) < 0)
 		return -1;
 	return nats_find_stream(f, deadline, why, wn);
 }
