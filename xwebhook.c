@@ -11348,6 +11348,37 @@ version_print(void)
 #endif
 }
 
+/* The options that only set a path or a name, by short and long name. */
+static const struct {
+	const char *s, *l;
+	const char **set;
+} name_options[] = {
+	{ "-o", "--output", &output_path },
+	{ "--secret-file", "--secret-file", &secret_file },
+	{ "-u", "--user", &run_as },
+	{ "--pid-file", "--pid-file", &pid_path },
+	{ "--connect", "--connect", &check_connect },
+	{ "--api", "--api", &api_base },
+	{ "--cacert", "--cacert", &cacert_path },
+};
+
+#ifdef XWEBHOOK_TLS
+/* The TLS build's options that only set a path or a name. */
+static const struct {
+	const char *name;
+	const char **set;
+} tls_options[] = {
+	{ "--cert", &cert_path },
+	{ "--key", &key_path },
+	{ "--acme", &acme_domain },
+	{ "--acme-server", &acme_server },
+	{ "--acme-cacert", &acme_cacert },
+	{ "--acme-email", &acme_email },
+	{ "--acme-http", &acme_http_spec },
+	{ "--state-dir", &state_dir },
+};
+#endif
+
 /* Take the option called name (argv[*i] is a, val its "=value" or NULL)
  * into the settings above; one that needs a value and has none takes the
  * next word, moving *i on. Dies with one line on anything it does not
@@ -11358,6 +11389,13 @@ option_take(const char *name, const char *a, const char *val, int argc, char **a
 #define OPT(s, l) (strcmp(name, s) == 0 || strcmp(name, l) == 0)
 #define VALUE() (val != NULL ? val : *i + 1 < argc ? (val = argv[++*i]) : \
 	(die("option %s needs a value (see xwebhook --help)", name), ""))
+	size_t k;
+
+	for (k = 0; k < sizeof(name_options) / sizeof(name_options[0]); k++)
+		if (OPT(name_options[k].s, name_options[k].l)) {
+			*name_options[k].set = VALUE();
+			return;
+		}
 	if (OPT("-h", "--help")) {
 		usage(stdout);
 		exit(0);
@@ -11371,50 +11409,23 @@ option_take(const char *name, const char *a, const char *val, int argc, char **a
 		listen_given = 1;
 	} else if (OPT("-p", "--path")) {
 		path_option(VALUE());
-	} else if (OPT("-o", "--output")) {
-		output_path = VALUE();
-	} else if (OPT("--secret-file", "--secret-file")) {
-		secret_file = VALUE();
 	} else if (OPT("--max-body", "--max-body")) {
 		max_body = parse_size(VALUE(), "--max-body");
 	} else if (OPT("--max-conns", "--max-conns")) {
 		max_conns_option(VALUE());
 	} else if (OPT("--forward", "--forward")) {
 		forward_option(VALUE());
-	} else if (OPT("-u", "--user")) {
-		run_as = VALUE();
-	} else if (OPT("--pid-file", "--pid-file")) {
-		pid_path = VALUE();
 	} else if (OPT("--cert", "--key") || OPT("--acme", "--acme-server") ||
 	    OPT("--acme-cacert", "--acme-email") || OPT("--acme-http", "--state-dir")) {
 #ifdef XWEBHOOK_TLS
 		const char *v = VALUE();
 
-		if (strcmp(name, "--cert") == 0)
-			cert_path = v;
-		else if (strcmp(name, "--key") == 0)
-			key_path = v;
-		else if (strcmp(name, "--acme") == 0)
-			acme_domain = v;
-		else if (strcmp(name, "--acme-server") == 0)
-			acme_server = v;
-		else if (strcmp(name, "--acme-cacert") == 0)
-			acme_cacert = v;
-		else if (strcmp(name, "--acme-email") == 0)
-			acme_email = v;
-		else if (strcmp(name, "--acme-http") == 0)
-			acme_http_spec = v;
-		else
-			state_dir = v;
+		for (k = 0; k < sizeof(tls_options) / sizeof(tls_options[0]); k++)
+			if (strcmp(name, tls_options[k].name) == 0)
+				*tls_options[k].set = v;
 #else
 		die("%s needs the TLS build of xwebhook (make TLS=1)", name);
 #endif
-	} else if (OPT("--connect", "--connect")) {
-		check_connect = VALUE();
-	} else if (OPT("--api", "--api")) {
-		api_base = VALUE();
-	} else if (OPT("--cacert", "--cacert")) {
-		cacert_path = VALUE();
 	} else if (OPT("--post", "--post")) {
 		check_post = 1;
 	} else if (OPT("--secret", "-s")) {
