@@ -19,6 +19,7 @@
 
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <assert.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -163,7 +164,11 @@ static const int64_t linger_timeout = 2000;  /* draining before a close */
 static const int64_t sink_timeout = SINK_TIMEOUT_S * 1000;
 static const int64_t drain_timeout = 8000;   /* requests in flight at shutdown: an event may wait sink_timeout */
 
-/* Settings, with their defaults; the command line changes them. */
+/* Settings, with their defaults: every one the command line changes is
+ * here (parse_commandline sets them, nothing else does), but --forward's
+ * brokers, which live with their connection state (see "Brokers"). */
+
+/* The server. */
 static const char *listen_spec = "0.0.0.0:8080";
 static int listen_given;                   /* --listen was given (--acme's default is :443) */
 static int acme_http_fd = -1;              /* --acme-http's listener */
@@ -175,6 +180,25 @@ static unsigned max_conns = 1024;        /* --max-conns */
 static int quiet;                        /* --quiet: no access log */
 static const char *run_as;               /* --user: drop to this user */
 static const char *pid_path;             /* --pid-file: NULL for none */
+
+#ifdef XWEBHOOK_TLS
+/* HTTPS: a certificate of our own, or one from ACME. */
+static const char *cert_path, *key_path;   /* --cert, --key: TLS on */
+/* --acme and its options (see "ACME"), which the server's TLS setup also
+ * reads, as it answers tls-alpn-01 challenges. */
+static const char *acme_domain;          /* --acme */
+static const char *acme_server = "https://acme-v02.api.letsencrypt.org/directory";
+static const char *acme_cacert;          /* --acme-cacert */
+static const char *acme_email;           /* --acme-email */
+static const char *acme_http_spec;       /* --acme-http ADDR:PORT */
+static const char *state_dir = "/var/lib/xwebhook";
+#endif
+
+/* The subcommands: check, and X's API. */
+static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
+static const char *cacert_path;     /* --cacert FILE: trust these roots (check, X's API) */
+static int check_post;              /* --post: also send a signed event */
+static const char *api_base = "https://api.x.com";  /* --api */
 
 /* Each connection thread's stack: the deepest path (a response, a log
  * line) needs a few KiB; sanitizer builds need much more. Only the pages
@@ -323,24 +347,14 @@ struct buf {
 	unsigned char soft, failed;
 };
 
-/* Room for more bytes: 0, or -1 when a soft buffer could not grow. */
+/* Make b's room exactly cap bytes (cap >= b->len; SIZE_MAX means too
+ * much): 0, or -1 when a soft buffer could not grow. The one place a
+ * buffer's memory changes size. */
 static int
-buf_reserve(struct buf *b, size_t more)
+buf_resize(struct buf *b, size_t cap)
 {
-	size_t cap = b->cap ? b->cap : 256;
-	char *p;
+	char *p = cap == SIZE_MAX ? NULL : realloc(b->p, cap);
 
-	if (b->failed)
-		return -1;
-	if (b->len + more <= b->cap)
-		return 0;
-	if (more > SIZE_MAX / 2 - b->len)
-		p = NULL;
-	else {
-		while (cap < b->len + more)
-			cap *= 2;
-		p = realloc(b->p, cap);
-	}
 	if (p == NULL) {
 		if (!b->soft)
 			die("out of memory");
@@ -350,6 +364,25 @@ buf_reserve(struct buf *b, size_t more)
 	b->p = p;
 	b->cap = cap;
 	return 0;
+}
+
+/* Room for more bytes, doubling: 0, or -1 when a soft buffer could not
+ * grow. */
+static int
+buf_reserve(struct buf *b, size_t more)
+{
+	size_t cap = b->cap ? b->cap : 256;
+
+	if (b->failed)
+		return -1;
+	if (b->len + more <= b->cap)
+		return 0;
+	if (more > SIZE_MAX / 2 - b->len)
+		cap = SIZE_MAX;
+	else
+		while (cap < b->len + more)
+			cap *= 2;
+	return buf_resize(b, cap);
 }
 
 static void
@@ -1546,7 +1579,9 @@ json_plain_run(const char *p, size_t n)
 }
 
 /* Feed n more bytes of the document. Returns 0, or -1 once it is invalid
- * (j->error and the position say why; later calls keep failing). */
+ * (j->error and the position say why; later calls keep failing).
+ * Long on purpose: it is one state machine, a switch on j->state per byte,
+ * and reads best whole (split up, each piece would need the whole state). */
 static int
 json_feed(struct json *j, const char *p, size_t n)
 {
@@ -2238,7 +2273,11 @@ struct chunked {
 
 /* Decode from in[0, n): append chunk data to out (which must not pass
  * limit bytes), and always set *used to the bytes consumed. S_OK when the
- * body is complete, S_INCOMPLETE when more is needed, else an error. */
+ * body is complete, S_INCOMPLETE when more is needed, else an error.
+ * Long on purpose: it is one state machine, a switch on ch->state per
+ * byte, and reads best whole. */
+/* In chunked_decode: a framing error, with why; the decoding stops. */
+#define FAIL(s, w) do { *why = (w); st = (s); goto out; } while (0)
 static enum status
 chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struct buf *out, size_t limit, const char **why)
 {
@@ -2251,24 +2290,16 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		switch (ch->state) {
 		case C_SIZE:
 			if (isxdigit(c)) {
-				if (ch->digits == 16) {
-					*why = "chunk size overflows";
-					st = S_BAD_REQUEST;
-					goto out;
-				}
+				if (ch->digits == 16)
+					FAIL(S_BAD_REQUEST, "chunk size overflows");
 				ch->size = ch->size << 4 | (uint64_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
 				ch->digits++;
 			} else if (ch->digits > 0 && (c == ';' || c == '\r' || c == ' ' || c == '\t')) {
-				if (ch->size > limit - out->len) {
-					*why = "body larger than --max-body";
-					st = S_PAYLOAD_TOO_LARGE;
-					goto out;
-				}
+				if (ch->size > limit - out->len)
+					FAIL(S_PAYLOAD_TOO_LARGE, "body larger than --max-body");
 				ch->state = c == ';' ? C_EXT : c == '\r' ? C_SIZE_LF : C_SIZE_BWS;
 			} else {
-				*why = "bad chunk size";
-				st = S_BAD_REQUEST;
-				goto out;
+				FAIL(S_BAD_REQUEST, "bad chunk size");
 			}
 			break;
 		case C_SIZE_BWS:
@@ -2276,26 +2307,22 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 			if (c == ';') {
 				ch->state = C_EXT;
 			} else if (c != ' ' && c != '\t') {
-				*why = "bad chunk size";
-				st = S_BAD_REQUEST;
-				goto out;
+				FAIL(S_BAD_REQUEST, "bad chunk size");
 			}
 			break;
 		case C_EXT:
+		case C_TRAILER_LINE:
+			/* Extensions, like trailer fields, are read, checked and
+			 * thrown away. */
 			if (c == '\r')
-				ch->state = C_SIZE_LF;
-			else if (is_ctl(c)) {
-				*why = "control byte in chunk extension";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+				ch->state = ch->state == C_EXT ? C_SIZE_LF : C_TRAILER_LF;
+			else if (is_ctl(c))
+				FAIL(S_BAD_REQUEST, ch->state == C_EXT ? "control byte in chunk extension" :
+				    "control byte in trailer");
 			break;
 		case C_SIZE_LF:
-			if (c != '\n') {
-				*why = "bad chunk size line ending";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+			if (c != '\n')
+				FAIL(S_BAD_REQUEST, "bad chunk size line ending");
 			ch->line = 0;
 			ch->digits = 0;
 			ch->state = ch->size == 0 ? C_TRAILER : C_DATA;
@@ -2313,11 +2340,8 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		}
 		case C_DATA_CR:
 		case C_DATA_LF:
-			if (c != (ch->state == C_DATA_CR ? '\r' : '\n')) {
-				*why = "bad chunk terminator (expected CRLF after chunk data)";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+			if (c != (ch->state == C_DATA_CR ? '\r' : '\n'))
+				FAIL(S_BAD_REQUEST, "bad chunk terminator (expected CRLF after chunk data)");
 			ch->state = ch->state == C_DATA_CR ? C_DATA_LF : C_SIZE;
 			break;
 		case C_TRAILER:
@@ -2325,30 +2349,14 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 				ch->state = C_END_LF;
 				break;
 			}
-			if (++ch->trailer_fields > MAX_HEADER_FIELDS) {
-				*why = "more than " STR(MAX_HEADER_FIELDS_N) " trailer fields";
-				st = S_HEADERS_TOO_LARGE;
-				goto out;
-			}
+			if (++ch->trailer_fields > MAX_HEADER_FIELDS)
+				FAIL(S_HEADERS_TOO_LARGE, "more than " STR(MAX_HEADER_FIELDS_N) " trailer fields");
 			ch->state = C_TRAILER_LINE;
 			continue;  /* look at c as part of the line */
-		case C_TRAILER_LINE:
-			/* Trailer fields are read, checked and thrown away. */
-			if (c == '\r')
-				ch->state = C_TRAILER_LF;
-			else if (is_ctl(c)) {
-				*why = "control byte in trailer";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
-			break;
 		case C_TRAILER_LF:
 		case C_END_LF:
-			if (c != '\n') {
-				*why = "bare CR in chunked body";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+			if (c != '\n')
+				FAIL(S_BAD_REQUEST, "bare CR in chunked body");
 			ch->state = ch->state == C_END_LF ? C_DONE : C_TRAILER;
 			break;
 		case C_DONE:
@@ -2356,17 +2364,11 @@ chunked_decode(struct chunked *ch, const char *in, size_t n, size_t *used, struc
 		}
 		/* One byte of a size or trailer line was taken. */
 		if (ch->state <= C_SIZE_LF) {
-			if (++ch->line > MAX_CHUNK_LINE) {
-				*why = "chunk size line longer than " STR(MAX_CHUNK_LINE_N) " bytes";
-				st = S_BAD_REQUEST;
-				goto out;
-			}
+			if (++ch->line > MAX_CHUNK_LINE)
+				FAIL(S_BAD_REQUEST, "chunk size line longer than " STR(MAX_CHUNK_LINE_N) " bytes");
 		} else if (ch->state >= C_TRAILER && ch->state <= C_END_LF) {
-			if (++ch->trailer > MAX_HEADER_BLOCK) {
-				*why = "trailer fields longer than " STR(MAX_HEADER_BLOCK_N) " bytes";
-				st = S_HEADERS_TOO_LARGE;
-				goto out;
-			}
+			if (++ch->trailer > MAX_HEADER_BLOCK)
+				FAIL(S_HEADERS_TOO_LARGE, "trailer fields longer than " STR(MAX_HEADER_BLOCK_N) " bytes");
 		}
 		i++;
 	}
@@ -2376,6 +2378,7 @@ out:
 	*used = i;  /* on an error, the bytes before the bad one */
 	return st;
 }
+#undef FAIL
 
 /* n bytes as 2n lowercase hex digits and a NUL, into out. */
 static void
@@ -2563,28 +2566,62 @@ struct event {
 };
 
 /*
- * One client connection. Its life:
+ * One client connection, and where it is: one state, changed only by
+ * conn_enter, which asserts the state it leaves (as darkhttpd checks on
+ * entry to each of its states).
  *
- *   accepted -> on a loop: answers what arrived whole, or parked while
- *   the event writer has its event -> perhaps handed to a thread of its
- *   own at the first sign of waiting (never back) -> closed.
+ *   CS_NEW -> CS_LOOP <-> CS_PARKED -> CS_UNPOLLED -> CS_LOOP
+ *   CS_NEW or CS_LOOP -> CS_THREAD <-> CS_WAITING
+ *   CS_LOOP or CS_THREAD -> CS_FLUSHING -> closed
  *
- * Who owns what. The fields from tls to pending belong to whoever serves
- * the connection at the moment: its loop, then perhaps its thread, never
- * both; while parked, the loop touches none of them and the writer only
- * reads pretty and compact. The slot fields belong to conns_lock (the
- * accept thread may evict a connection from another thread: it only ever
- * calls shutdown() on its descriptor, which stays open until the owner
- * has given the slot back). The rule the chunked-body bug once broke:
- * req points into in, so the bytes of a request's head are never moved
- * or overwritten until that request is answered.
+ * A connection starts on a loop, which answers what arrived whole; an
+ * event parks it while the event writer decides; at the first sign of
+ * waiting it moves to a thread of its own (never back), where an event
+ * makes it wait for the verdict. Any state but the parked and waiting ones
+ * may end in a close (connection_end).
+ */
+enum conn_state {
+	CS_NEW,       /* accepted, not yet given to a loop or a thread */
+	CS_LOOP,      /* on a loop, in its epoll set: answers what arrived whole */
+	CS_PARKED,    /* on a loop, its event with the writer; still in the epoll set */
+	CS_UNPOLLED,  /* parked, and out of the epoll set since bytes came meanwhile */
+	CS_THREAD,    /* on a thread of its own */
+	CS_WAITING,   /* on its thread, waiting for the writer's verdict on its event */
+	CS_FLUSHING,  /* on its thread (or handed to one) after its last answer:
+	               * only sending what is left, then the close */
+};
+
+/*
+ * Who owns what. state is written only by whoever serves the connection
+ * (its loop, then perhaps its thread, never both), at each transition; the
+ * accept thread reads it to spare a connection whose event is with the
+ * writer (slot_evict), and the writer reads it to know how to hand the
+ * verdict back. So it is atomic, and relaxed: every hand-off between
+ * threads already goes through a lock or pthread_create.
+ *
+ * The fields from tls to pending belong to whoever serves the connection,
+ * except while its event is with the writer (CS_PARKED, CS_UNPOLLED,
+ * CS_WAITING): then the server side touches none of them, and the writer
+ * reads pretty, compact and body_sha and writes ev (result, why, took_us,
+ * next). finished and the loop's lists belong to the loop's lock. The slot
+ * fields belong to conns_lock (the accept thread may evict a connection
+ * from another thread: it only ever calls shutdown() on its descriptor,
+ * which stays open until the owner has given the slot back). The rule the
+ * chunked-body bug once broke: req points into in, so the bytes of a
+ * request's head are never moved or overwritten until that request is
+ * answered.
  */
 struct conn {
+	/* Set at accept, then only read. */
 	int fd;
 	const struct transport *tr;
 	int64_t accepted;           /* monotonic ms */
 	char peer[INET6_ADDRSTRLEN + 8];
+	int acme_http;              /* came in on --acme-http: http-01 answers only */
 
+	atomic_int state;           /* enum conn_state: see conn_enter */
+
+	/* Whoever serves it (and the writer, as said above). */
 	void *tls;                  /* the TLS transport's state */
 	char *in;                   /* CONN_BUF bytes received */
 	size_t in_len;              /* bytes in it */
@@ -2597,24 +2634,59 @@ struct conn {
 	size_t body_charged;        /* of body's capacity, drawn from the budget */
 	struct buf pretty, compact; /* the event, for stdout and for --output */
 	char body_sha[65];          /* hex SHA-256 of the body, for --forward */
-	struct event ev;
-	struct loop *loop;          /* the loop serving it, or NULL for a thread */
-	struct conn *lprev, *lnext; /* that loop's connections */
-	struct conn *finished;      /* the loop's list of events the writer decided */
-	int64_t expires;            /* the loop closes it then, if still idle */
-	int parked;                 /* on a loop, waiting for the event writer */
-	int acme_http;              /* came in on --acme-http: http-01 answers only */
-	int unpolled;               /* parked and out of the epoll set */
+	struct event ev;            /* the writer's from event_submit to its verdict */
+	/* What is left to send: bytes, not a state. A loop leaves them for
+	 * the thread it hands the connection to, in CS_THREAD (it goes on
+	 * serving after them) or CS_FLUSHING (it closes after them). */
 	struct buf pending;         /* an answer a loop could not finish sending */
 	int unsent;                 /* TLS records the loop could not send */
-	int close_after, linger;    /* what the thread does after sending it */
+	int linger;                 /* the hand-off's close lingers (see transport) */
 
+	/* The loop's, in CS_LOOP, CS_PARKED and CS_UNPOLLED. */
+	struct loop *loop;          /* which loop serves it (NULL off the loops) */
+	struct conn *lprev, *lnext; /* that loop's connections: under its lock */
+	struct conn *finished;      /* the loop's verdicts: under its lock (the writer adds) */
+	int64_t expires;            /* the loop closes it then, if still idle */
+
+	/* conns_lock's. */
 	struct peer *slot;          /* the address it counts against, or NULL */
 	struct conn *sprev, *snext; /* that address's connections, oldest first */
 	int fresh;                  /* no request answered yet */
 	_Atomic int64_t last_answer;   /* monotonic ms: accept, then each answer */
-	atomic_int busy;            /* its event is with the writer: never evicted */
 };
+
+static enum conn_state
+conn_state(const struct conn *c)
+{
+	return (enum conn_state)atomic_load_explicit(&((struct conn *)c)->state, memory_order_relaxed);
+}
+
+/* The one way a connection changes state: from the one it must be in. */
+static void
+conn_enter(struct conn *c, enum conn_state from, enum conn_state to)
+{
+	assert(conn_state(c) == from);
+	(void)from;
+	atomic_store_explicit(&c->state, (int)to, memory_order_relaxed);
+}
+
+/* On a loop (which never waits on one client), parked or not. */
+static int
+conn_on_loop(const struct conn *c)
+{
+	enum conn_state s = conn_state(c);
+
+	return s == CS_LOOP || s == CS_PARKED || s == CS_UNPOLLED;
+}
+
+/* Parked on its loop: its event is with the writer. */
+static int
+conn_parked(const struct conn *c)
+{
+	enum conn_state s = conn_state(c);
+
+	return s == CS_PARKED || s == CS_UNPOLLED;
+}
 
 /* Wait until fd is ready for events (or wake_fd is readable), by deadline. */
 static int
@@ -2687,7 +2759,7 @@ plain_write(struct conn *c, const void *p, size_t n, int64_t deadline)
 				continue;
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return -1;
-			if (c->loop != NULL) {
+			if (conn_on_loop(c)) {
 				/* A loop never waits on one client: the rest
 				 * goes out from the connection's own thread. */
 				buf_add(&c->pending, s, n);
@@ -2737,8 +2809,6 @@ enum {
 	/* Warn when the certificate has fewer days than this left. */
 	EXPIRY_WARN_DAYS = 14,
 };
-
-static const char *cert_path, *key_path;   /* --cert, --key: TLS on */
 
 /* A certificate chain and its key, as loaded from --cert and --key. The
  * connections that started under it hold a reference, so a reload (SIGHUP)
@@ -2918,26 +2988,17 @@ identity_read(const char *what, const char *path, struct buf *b, char *err, size
 	return 0;
 }
 
-/* Make an identity of a chain (leaf first, as certbot's fullchain.pem)
- * and a key, from the texts of their files (named for messages). Returns
- * NULL with a one-line reason in err when they cannot serve. */
-static struct identity *
-identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
-    const struct buf *key_text, char *err, size_t errlen)
+/* The --cert chain into id->chain, in file order: 0, or -1 with err. */
+static int
+identity_chain(struct identity *id, const char *certf, const struct buf *cert_text, char *err, size_t errlen)
 {
-	struct buf text = { 0 };
 	struct pem_object *objs = NULL;
 	size_t count = 0, i;
-	struct identity *id = xmalloc(sizeof(*id));
-	br_x509_decoder_context dc;
-	const br_x509_pkey *pk;
-	int found = 0;
 
-	memset(id, 0, sizeof(*id));
-	/* The chain. */
 	if (pem_decode(cert_text->p, cert_text->len, &objs, &count) < 0) {
 		snprintf(err, errlen, "--cert %s is not valid PEM", certf);
-		goto fail;
+		pem_free(objs, count);
+		return -1;
 	}
 	for (i = 0; i < count; i++) {
 		if (strcmp(objs[i].name, "CERTIFICATE") != 0 && strcmp(objs[i].name, "X509 CERTIFICATE") != 0)
@@ -2950,26 +3011,35 @@ identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
 		objs[i].der.len = objs[i].der.cap = 0;
 	}
 	pem_free(objs, count);
-	objs = NULL;
-	count = 0;
 	if (id->chain_len == 0) {
 		snprintf(err, errlen, "--cert %s holds no certificate", certf);
-		goto fail;
+		return -1;
 	}
+	return 0;
+}
 
-	/* The key, in a copy that ends with a NUL for strstr. */
+/* The --key into id->key (RSA, or EC on the curves BearSSL signs with),
+ * leaving no copy of it behind: 0, or -1 with err. */
+static int
+identity_key(struct identity *id, const char *keyf, const struct buf *key_text, char *err, size_t errlen)
+{
+	struct buf text = { 0 };
+	struct pem_object *objs = NULL;
+	size_t count = 0, i;
+	int found = 0, bad = 0;
+
+	/* A copy that ends with a NUL for strstr. */
 	buf_add(&text, key_text->p, key_text->len);
 	buf_addc(&text, '\0');
 	if (strstr(text.p, "ENCRYPTED") != NULL) {
 		snprintf(err, errlen, "--key %s is encrypted; write it decrypted "
 		    "(openssl pkey -in %s -out key.pem) and keep that file private", keyf, keyf);
-		goto fail;
-	}
-	if (pem_decode(text.p, text.len - 1, &objs, &count) < 0) {
+		bad = 1;
+	} else if (pem_decode(text.p, text.len - 1, &objs, &count) < 0) {
 		snprintf(err, errlen, "--key %s is not valid PEM", keyf);
-		goto fail;
+		bad = 1;
 	}
-	for (i = 0; i < count && !found; i++) {
+	for (i = 0; i < count && !found && !bad; i++) {
 		if (strcmp(objs[i].name, "PRIVATE KEY") != 0 && strcmp(objs[i].name, "RSA PRIVATE KEY") != 0 &&
 		    strcmp(objs[i].name, "EC PRIVATE KEY") != 0)
 			continue;
@@ -2981,16 +3051,17 @@ identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
 		if (br_skey_decoder_last_error(&id->key) != 0) {
 			snprintf(err, errlen, "--key %s: unsupported or malformed key "
 			    "(RSA, or EC on P-256, P-384 or P-521)", keyf);
-			goto fail;
+			bad = 1;
 		}
 	}
 	pem_free(objs, count);
-	objs = NULL;
-	count = 0;
 	memset(text.p, 0, text.cap);
+	buf_free(&text);
+	if (bad)
+		return -1;
 	if (!found) {
 		snprintf(err, errlen, "--key %s holds no private key", keyf);
-		goto fail;
+		return -1;
 	}
 	id->key_type = br_skey_decoder_key_type(&id->key);
 	if (id->key_type == BR_KEYTYPE_EC) {
@@ -2998,37 +3069,56 @@ identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
 
 		if (curve != BR_EC_secp256r1 && curve != BR_EC_secp384r1 && curve != BR_EC_secp521r1) {
 			snprintf(err, errlen, "--key %s: unsupported curve (P-256, P-384 or P-521 only)", keyf);
-			goto fail;
+			return -1;
 		}
 	}
+	return 0;
+}
 
-	/* The leaf: its key must be ours; its signer's key type matters to
-	 * BearSSL's EC profile, so it is read, never assumed. */
+/* The leaf: its key must be ours; its signer's key type matters to
+ * BearSSL's EC profile, so it is read, never assumed. 0, or -1 with err. */
+static int
+identity_leaf(struct identity *id, const char *certf, const char *keyf, char *err, size_t errlen)
+{
+	br_x509_decoder_context dc;
+	const br_x509_pkey *pk;
+
 	br_x509_decoder_init(&dc, NULL, NULL);
 	br_x509_decoder_push(&dc, id->chain[0].data, id->chain[0].data_len);
 	pk = br_x509_decoder_get_pkey(&dc);
 	if (pk == NULL || cert_info(id->chain[0].data, id->chain[0].data_len, &id->leaf) < 0) {
 		snprintf(err, errlen, "--cert %s: the first certificate cannot be decoded", certf);
-		goto fail;
+		return -1;
 	}
 	if (!key_matches(&id->key, pk)) {
 		snprintf(err, errlen, "the key in %s does not match the certificate in %s "
 		    "(the first one, which must be the server's own)", keyf, certf);
-		goto fail;
+		return -1;
 	}
 	id->issuer_key_type = (unsigned)br_x509_decoder_get_signer_key_type(&dc);
 	if (id->issuer_key_type == 0)
 		id->issuer_key_type = BR_KEYTYPE_RSA | BR_KEYTYPE_EC;  /* unknown: no ECDH suites use it */
-	buf_free(&text);
+	return 0;
+}
+
+/* Make an identity of a chain (leaf first, as certbot's fullchain.pem)
+ * and a key, from the texts of their files (named for messages). Returns
+ * NULL with a one-line reason in err when they cannot serve. */
+static struct identity *
+identity_parse(const char *certf, const struct buf *cert_text, const char *keyf,
+    const struct buf *key_text, char *err, size_t errlen)
+{
+	struct identity *id = xmalloc(sizeof(*id));
+
+	memset(id, 0, sizeof(*id));
+	if (identity_chain(id, certf, cert_text, err, errlen) < 0 ||
+	    identity_key(id, keyf, key_text, err, errlen) < 0 ||
+	    identity_leaf(id, certf, keyf, err, errlen) < 0) {
+		identity_free(id);
+		return NULL;
+	}
 	id->refs = 1;
 	return id;
-fail:
-	if (text.p != NULL)
-		memset(text.p, 0, text.cap);
-	buf_free(&text);
-	pem_free(objs, count);
-	identity_free(id);
-	return NULL;
 }
 
 /* Load --cert and --key from their files; NULL and a reason on failure. */
@@ -3095,15 +3185,6 @@ identity_release(struct identity *id)
 	if (left == 0)
 		identity_free(id);
 }
-
-/* --acme and its options (see "ACME"): here, as the server's TLS setup
- * answers tls-alpn-01 challenges. */
-static const char *acme_domain;          /* --acme */
-static const char *acme_server = "https://acme-v02.api.letsencrypt.org/directory";
-static const char *acme_cacert;          /* --acme-cacert */
-static const char *acme_email;           /* --acme-email */
-static const char *acme_http_spec;       /* --acme-http ADDR:PORT */
-static const char *state_dir = "/var/lib/xwebhook";
 
 static void acme_start(void);
 static void acme_stop(void);
@@ -3270,7 +3351,7 @@ tls_sock_write(void *ctx, const unsigned char *p, size_t n)
 			return (int)w;
 		if (errno == EINTR)
 			continue;
-		if ((errno == EAGAIN || errno == EWOULDBLOCK) && c->loop == NULL) {
+		if ((errno == EAGAIN || errno == EWOULDBLOCK) && !conn_on_loop(c)) {
 			/* A loop never waits (only its close_notify comes here). */
 			int r = wait_fd(c->fd, POLLOUT, t->deadline, -1);
 
@@ -3443,7 +3524,7 @@ tls_write(struct conn *c, const void *p, size_t n, int64_t deadline)
 
 	if (t == NULL)
 		return -1;
-	if (c->loop != NULL)
+	if (conn_on_loop(c))
 		return tls_write_loop(c, p, n);
 	t->deadline = deadline;
 	t->wake_fd = -1;
@@ -3761,27 +3842,41 @@ is_stopping(void)
 	return atomic_load(&stopping);
 }
 
-/* Append s to b as the inside of a JSON string. */
-static void
-json_escape(struct buf *b, const char *s, size_t n)
+/* Append s to b escaped, for JSON (quote and backslash after a
+ * backslash, control bytes as \u00NN) or for the log (those and non-ASCII
+ * as \xNN). Inline: each caller gets its own copy, with the test on json
+ * folded away. */
+static inline void
+escape_add(struct buf *b, const char *s, size_t n, int json)
 {
 	size_t i;
 
 	for (i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
+		int special = c == '"' || c == '\\';
 
-		if (c == '"' || c == '\\') {
+		if (json && special) {
 			buf_addc(b, '\\');
 			buf_addc(b, (char)c);
-		} else if (c < 0x20 || c == 0x7f) {
+		} else if (c < 0x20 || c == 0x7f || (!json && (c > 0x7f || special))) {
 			char e[8];
 
-			snprintf(e, sizeof(e), "\\u%04x", c);
+			if (json)
+				snprintf(e, sizeof(e), "\\u%04x", c);
+			else
+				snprintf(e, sizeof(e), "\\x%02x", c);
 			buf_adds(b, e);
 		} else {
 			buf_addc(b, (char)c);
 		}
 	}
+}
+
+/* Append s to b as the inside of a JSON string. */
+static void
+json_escape(struct buf *b, const char *s, size_t n)
+{
+	escape_add(b, s, n, 1);
 }
 
 /* Append s to b for the access log: quotes, backslashes, control bytes
@@ -3790,20 +3885,7 @@ json_escape(struct buf *b, const char *s, size_t n)
 static void
 log_escape(struct buf *b, const char *s, size_t n)
 {
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
-			char e[8];
-
-			snprintf(e, sizeof(e), "\\x%02x", c);
-			buf_adds(b, e);
-		} else {
-			buf_addc(b, (char)c);
-		}
-	}
+	escape_add(b, s, n, 0);
 }
 
 static void
@@ -3987,14 +4069,14 @@ read_head(struct conn *c, struct request *req, const char **why)
 	}
 }
 
-/* Grow c->body to want bytes of room. What passes BODY_UNCHARGED is
+/* Grow c->body to want bytes of room, by the buffer's own resize (a soft
+ * buffer: a failure refuses the request). What passes BODY_UNCHARGED is
  * drawn from the shared budget first; S_UNAVAILABLE when the budget or
  * the memory runs out, which refuses this request and never the server. */
 static enum status
 body_room(struct conn *c, size_t want, const char **why)
 {
 	size_t charge = want > BODY_UNCHARGED ? want - BODY_UNCHARGED : 0;
-	char *p;
 
 	if (want <= c->body.cap)
 		return S_OK;
@@ -4008,17 +4090,16 @@ body_room(struct conn *c, size_t want, const char **why)
 		}
 		c->body_charged = charge;
 	}
-	p = realloc(c->body.p, want);
-	if (p == NULL) {
+	if (buf_resize(&c->body, want) < 0) {
 		*why = "out of memory for the body; try again";
 		return S_UNAVAILABLE;
 	}
-	c->body.p = p;
-	c->body.cap = want;
 	return S_OK;
 }
 
-/* The next size for a body buffer: double, from 16 KiB, as bytes come. */
+/* The next size for a body buffer: double, from 16 KiB, as bytes come,
+ * and never past the limit (the declared length, or --max-body), so that
+ * the budget is charged for no byte that cannot arrive. */
 static size_t
 body_next(size_t cap, size_t limit)
 {
@@ -4237,11 +4318,13 @@ event_submit(struct conn *c)
 	c->ev.verified = c->ev.verified_us / 1000;
 	c->ev.result = S_INCOMPLETE;
 	c->ev.why = NULL;
-	atomic_store(&c->busy, 1);
-	if (c->loop != NULL)
+	if (conn_state(c) == CS_LOOP) {
+		conn_enter(c, CS_LOOP, CS_PARKED);
 		loop_queue_event(c);
-	else
+	} else {
+		conn_enter(c, CS_THREAD, CS_WAITING);
 		writer_queue(&c->ev, &c->ev.next);
+	}
 }
 
 /* A connection's own thread waits for its event's verdict here. */
@@ -4252,6 +4335,7 @@ event_wait(struct conn *c)
 	while (c->ev.result == S_INCOMPLETE)
 		pthread_cond_wait(&writer.decided, &writer.lock);
 	pthread_mutex_unlock(&writer.lock);
+	conn_enter(c, CS_WAITING, CS_THREAD);
 }
 
 /* Cut --output back to size after a batch failed, so that none of it
@@ -4358,12 +4442,13 @@ writer_decide(struct event *batch, enum status st, const char *why)
 	pthread_mutex_lock(&writer.lock);
 	for (e = batch; e != NULL; e = next) {
 		struct conn *c = event_conn(e);
+		int parked = conn_parked(c);  /* else CS_WAITING, on its thread */
 
 		next = e->next;
 		e->why = why;
 		e->took_us = now - e->verified_us;
 		e->result = st;
-		if (c->loop != NULL)
+		if (parked)
 			loop_event_decided(c);
 	}
 	pthread_cond_broadcast(&writer.decided);
@@ -4621,7 +4706,6 @@ event_answer(struct conn *c, enum status st, const char *why, int *linger)
 	const struct request *req = &c->req;
 	int keep = req->keep_alive && !is_stopping();
 
-	atomic_store(&c->busy, 0);
 	c->o.sinks_us = c->ev.took_us;
 	if (st == S_OK) {
 		send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
@@ -4720,9 +4804,10 @@ handle_request(struct conn *c, int *linger)
 			st = event_check(c, req, &why);
 		body_release(c);
 		if (st == S_OK) {
-			c->parked = c->loop != NULL;
+			int on_loop = conn_state(c) == CS_LOOP;
+
 			event_submit(c);
-			if (c->parked) {
+			if (on_loop) {
 				c->expires = INT64_MAX;
 				return H_PARKED;
 			}
@@ -4819,7 +4904,8 @@ static enum verdict
 loop_answered(struct conn *c, enum handled h, int linger)
 {
 	if (c->pending.len > 0 || c->unsent || linger) {
-		c->close_after = h != H_KEEP;
+		if (h != H_KEEP)
+			conn_enter(c, CS_LOOP, CS_FLUSHING);
 		c->linger = linger;
 		return V_THREAD;
 	}
@@ -5223,6 +5309,14 @@ slot_answered(struct conn *c)
 	}
 }
 
+/* Its event is with the writer: never evicted (read from the accept
+ * thread, so only as a hint: the state may change just after). */
+static int
+conn_busy(const struct conn *c)
+{
+	return conn_parked(c) || conn_state(c) == CS_WAITING;
+}
+
 /* Free a slot for a newcomer from peer, by the rules above: 0, or -1 when
  * no connection can be taken. */
 static int
@@ -5237,7 +5331,7 @@ slot_evict(const char *newcomer)
 			most = p;
 	if (most != NULL)
 		for (k = most->first; k != NULL && victim == NULL; k = k->snext)
-			if (k->fresh && !atomic_load(&k->busy))
+			if (k->fresh && !conn_busy(k))
 				victim = k;
 	if (victim == NULL) {
 		most = NULL;
@@ -5247,7 +5341,7 @@ slot_evict(const char *newcomer)
 		for (k = most != NULL ? most->first : NULL; k != NULL; k = k->snext) {
 			int64_t t = atomic_load_explicit(&k->last_answer, memory_order_relaxed);
 
-			if (!atomic_load(&k->busy) && t < oldest) {
+			if (!conn_busy(k) && t < oldest) {
 				oldest = t;
 				victim = k;
 			}
@@ -5354,7 +5448,9 @@ loop_to_thread(struct conn *c)
 	struct loop *l = c->loop;
 	pthread_t t;
 
-	(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);  /* ENOENT when unpolled */
+	if (conn_state(c) != CS_FLUSHING)
+		conn_enter(c, CS_LOOP, CS_THREAD);
+	(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);  /* ENOENT when it was unpolled */
 	loop_unlink(l, c);
 	c->loop = NULL;
 	if (pthread_create(&t, &thread_attr, connection_thread, c) != 0) {
@@ -5407,21 +5503,36 @@ loop_more(struct conn *c)
 	return 0;
 }
 
+/* Take c off its loop when the verdict says so (V_THREAD, V_CLOSE): 1
+ * when it did, and c is no longer the loop's. */
+static int
+loop_leave(struct conn *c, enum verdict v)
+{
+	if (v == V_THREAD)
+		loop_to_thread(c);
+	else if (v == V_CLOSE)
+		loop_close(c);
+	else
+		return 0;
+	return 1;
+}
+
 /* Data (or an end) on one of the loop's connections. */
 static void
 loop_readable(struct conn *c)
 {
 	int read_socket = 1;
 
-	if (c->parked) {
+	if (conn_parked(c)) {
 		/* Nothing is read until the verdict is answered; out of the
 		 * set meanwhile, or level-triggered epoll would spin on it. */
 		(void)epoll_ctl(c->loop->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-		c->unpolled = 1;
+		conn_enter(c, CS_PARKED, CS_UNPOLLED);
 		return;
 	}
 	do {
 		int r = loop_fill(c, read_socket);
+		enum verdict v;
 
 		read_socket = 0;
 		if (r != 0 || c->in_len == 0) {
@@ -5431,19 +5542,10 @@ loop_readable(struct conn *c)
 				loop_to_thread(c);
 			return;
 		}
-		switch (serve_buffered(c)) {
-		case V_IDLE:
-			c->expires = now_ms() + idle_timeout;
-			break;
-		case V_THREAD:
-			loop_to_thread(c);
+		v = serve_buffered(c);
+		if (v == V_PARKED || loop_leave(c, v))
 			return;
-		case V_CLOSE:
-			loop_close(c);
-			return;
-		case V_PARKED:
-			return;
-		}
+		c->expires = now_ms() + idle_timeout;
 	} while (loop_more(c));
 }
 
@@ -5480,27 +5582,20 @@ loop_event_decided(struct conn *c)
 static void
 loop_unpark(struct conn *c)
 {
+	int unpolled = conn_state(c) == CS_UNPOLLED;
 	int linger = 0;
-	enum handled h = event_answer(c, c->ev.result, c->ev.why, &linger);
+	enum handled h;
 
-	c->parked = 0;
-	switch (loop_answered(c, h, linger)) {
-	case V_THREAD:
-		loop_to_thread(c);
+	conn_enter(c, unpolled ? CS_UNPOLLED : CS_PARKED, CS_LOOP);
+	h = event_answer(c, c->ev.result, c->ev.why, &linger);
+	if (loop_leave(c, loop_answered(c, h, linger)))
 		return;
-	case V_CLOSE:
-		loop_close(c);
-		return;
-	default:
-		break;
-	}
-	if (c->unpolled) {
+	if (unpolled) {
 		struct epoll_event ev;
 
 		memset(&ev, 0, sizeof(ev));
 		ev.events = EPOLLIN | EPOLLRDHUP;
 		ev.data.ptr = c;
-		c->unpolled = 0;
 		if (epoll_ctl(c->loop->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
 			loop_close(c);
 			return;
@@ -5567,7 +5662,7 @@ loop_thread(void *arg)
 			pthread_mutex_lock(&l->lock);
 			for (c = l->conns; c != NULL; c = next) {
 				next = c->lnext;
-				if (c->parked || (!stop && now < c->expires))
+				if (conn_parked(c) || (!stop && now < c->expires))
 					continue;
 				loop_unlink_locked(l, c);
 				c->lnext = doomed;
@@ -5631,6 +5726,7 @@ loop_adopt(struct conn *c)
 	struct loop *l = &loops[next_loop++ % nloops];
 	struct epoll_event ev;
 
+	conn_enter(c, CS_NEW, CS_LOOP);
 	c->loop = l;
 	/* A silent client is closed after the idle time; a TLS one that
 	 * has not finished its handshake, after the head's. */
@@ -5639,6 +5735,7 @@ loop_adopt(struct conn *c)
 	if (c->tr == &tls_transport) {
 		if (tls_start(c) == NULL) {
 			c->loop = NULL;
+			conn_enter(c, CS_LOOP, CS_NEW);
 			return -1;
 		}
 		c->expires = c->accepted + head_timeout;
@@ -5656,6 +5753,7 @@ loop_adopt(struct conn *c)
 	if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
 		loop_unlink(l, c);
 		c->loop = NULL;
+		conn_enter(c, CS_LOOP, CS_NEW);
 		return -1;
 	}
 	return 0;
@@ -5702,12 +5800,12 @@ connection_thread(void *arg)
 		/* Writing (perhaps nothing) flushes what a loop left in a TLS
 		 * engine too. */
 		if (c->tr->write(c, c->pending.p ? c->pending.p : "", c->pending.len,
-		    now_ms() + write_timeout) < 0)
-			c->close_after = 1;
+		    now_ms() + write_timeout) < 0 && conn_state(c) == CS_THREAD)
+			conn_enter(c, CS_THREAD, CS_FLUSHING);
 		buf_free(&c->pending);
 		c->unsent = 0;
 	}
-	if (!c->close_after) {
+	if (conn_state(c) == CS_THREAD) {
 		/* Anything a loop left in c->in after the last answer is the
 		 * start of the next request. */
 		if (c->pos > 0)
@@ -5760,6 +5858,7 @@ start_connection(int fd, const struct sockaddr_storage *ss, const pthread_attr_t
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (nloops > 0 && loop_adopt(c) == 0)
 		return;
+	conn_enter(c, CS_NEW, CS_THREAD);
 	if (pthread_create(&t, attr, connection_thread, c) != 0) {
 		slot_release(c);
 		c->fd = -1;
@@ -5834,43 +5933,40 @@ pid_file_remove(void)
 	pid_fd = -1;
 }
 
-/* Accept until SIGINT or SIGTERM, then let requests in flight finish. The
- * startup line, naming url, says that every thread is up: from then on
- * the server takes connections and signals as it will until it stops. */
-static int
-serve(int lfd, const char *url)
+/* Take SIGINT, SIGTERM and SIGHUP: blocked everywhere but in the accept
+ * loop's ppoll(), so no connection thread is ever interrupted by one. The
+ * mask that lets them in goes to *open_mask. */
+static void
+signals_take(sigset_t *open_mask)
 {
-	sigset_t block, open_mask;
+	sigset_t block;
 	struct sigaction sa;
-	struct timespec until;
-	unsigned left;
-	int paused = 0;
 
-	cond_init_monotonic(&conns_gone);
-	if (pipe2(stop_pipe, O_CLOEXEC) < 0)
-		die("pipe:");
-	/* The signals are blocked everywhere but in the ppoll() below, so
-	 * no connection thread is ever interrupted by one. */
 	sigemptyset(&block);
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGTERM);
 	sigaddset(&block, SIGHUP);
-	if ((errno = pthread_sigmask(SIG_BLOCK, &block, &open_mask)) != 0)
+	if ((errno = pthread_sigmask(SIG_BLOCK, &block, open_mask)) != 0)
 		die("pthread_sigmask:");
-	sigdelset(&open_mask, SIGINT);
-	sigdelset(&open_mask, SIGTERM);
-	sigdelset(&open_mask, SIGHUP);
+	sigdelset(open_mask, SIGINT);
+	sigdelset(open_mask, SIGTERM);
+	sigdelset(open_mask, SIGHUP);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0 ||
 	    sigaction(SIGHUP, &sa, NULL) < 0)
 		die("sigaction:");
-	pid_file_write();
+}
+
+/* Start every thread the server runs besides the connections' own: each
+ * starts with the signals blocked. */
+static void
+threads_start(void)
+{
 	pthread_attr_init(&thread_attr);
 	pthread_attr_setdetachstate(&thread_attr, PTHREAD_CREATE_DETACHED);
 	pthread_attr_setstacksize(&thread_attr, thread_stack);
-	/* Every thread from here on starts with the signals blocked. */
 	outq_start(&log_queue, STDERR_FILENO, LOG_QUEUE_LIMIT);
 	if (stdout_never_waits())
 		stdout_direct = 1;
@@ -5884,8 +5980,14 @@ serve(int lfd, const char *url)
 	if (acme_domain != NULL)
 		acme_start();
 #endif
-	warn("serving %s (events to stdout%s%s%s)", url, output_path ? " and " : "",
-	    output_path ? output_path : "", nforwards > 0 ? " and --forward" : "");
+}
+
+/* Accept on lfd (and --acme-http) until SIGINT or SIGTERM, taking SIGHUP
+ * in between; signals come in only while ppoll() waits. */
+static void
+accept_loop(int lfd, const sigset_t *open_mask)
+{
+	int paused = 0;
 
 	while (!stop_signal) {
 		struct pollfd pfd[2];
@@ -5904,7 +6006,7 @@ serve(int lfd, const char *url)
 			 * drain. */
 			struct timespec pause = { 0, 100 * 1000 * 1000 };
 
-			ppoll(NULL, 0, &pause, &open_mask);
+			ppoll(NULL, 0, &pause, open_mask);
 			paused = 0;
 			continue;
 		}
@@ -5912,7 +6014,7 @@ serve(int lfd, const char *url)
 		pfd[1].fd = acme_http_fd;  /* --acme-http, or -1 */
 		pfd[0].events = pfd[1].events = POLLIN;
 		pfd[0].revents = pfd[1].revents = 0;
-		if (ppoll(pfd, 2, NULL, &open_mask) < 0) {
+		if (ppoll(pfd, 2, NULL, open_mask) < 0) {
 			if (errno == EINTR)
 				continue;
 			die("poll:");
@@ -5929,6 +6031,15 @@ serve(int lfd, const char *url)
 		}
 		start_connection(fd, &ss, &thread_attr, from == 1);
 	}
+}
+
+/* Stop taking connections and wait up to drain_timeout for those open to
+ * finish: how many did not. */
+static unsigned
+connections_drain(int lfd)
+{
+	struct timespec until;
+	unsigned left;
 
 	close(lfd);
 	if (acme_http_fd >= 0)
@@ -5943,13 +6054,34 @@ serve(int lfd, const char *url)
 	pthread_mutex_unlock(&conns_lock);
 	close(stop_pipe[1]);
 	warn("%s: stopping; %u connection(s) open", stop_signal == SIGINT ? "SIGINT" : "SIGTERM", left);
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += drain_timeout / 1000;
+	until = deadline_ts(now_ms() + drain_timeout);
 	pthread_mutex_lock(&conns_lock);
 	while (nconns > 0 && pthread_cond_timedwait(&conns_gone, &conns_lock, &until) != ETIMEDOUT)
 		;
 	left = nconns;
 	pthread_mutex_unlock(&conns_lock);
+	return left;
+}
+
+/* Accept until SIGINT or SIGTERM, then let requests in flight finish. The
+ * startup line, naming url, says that every thread is up: from then on
+ * the server takes connections and signals as it will until it stops. */
+static int
+serve(int lfd, const char *url)
+{
+	sigset_t open_mask;
+	unsigned left;
+
+	cond_init_monotonic(&conns_gone);
+	if (pipe2(stop_pipe, O_CLOEXEC) < 0)
+		die("pipe:");
+	signals_take(&open_mask);
+	pid_file_write();
+	threads_start();
+	warn("serving %s (events to stdout%s%s%s)", url, output_path ? " and " : "",
+	    output_path ? output_path : "", nforwards > 0 ? " and --forward" : "");
+	accept_loop(lfd, &open_mask);
+	left = connections_drain(lfd);
 	if (left > 0) {
 		warn("stopped with %u connection(s) unfinished after %d s", left, (int)(drain_timeout / 1000));
 		pid_file_remove();
@@ -6563,6 +6695,26 @@ suite_name(uint16_t s)
 	}
 }
 
+/* BearSSL's X.509 codes whose words need nothing of the connection. */
+static const struct {
+	int err;
+	const char *text;
+} x509_texts[] = {
+	{ BR_ERR_X509_TIME_UNKNOWN, "the time is unknown, so no certificate's dates can be checked" },
+	{ BR_ERR_X509_EMPTY_CHAIN, "the server sent no certificate" },
+	{ BR_ERR_X509_DN_MISMATCH,
+	    "certificate chain broken: an issuer is not the next certificate's "
+	    "subject (out of order?)" },
+	{ BR_ERR_X509_NOT_CA, "certificate chain invalid: a certificate that signs another is no CA" },
+	{ BR_ERR_X509_BAD_SIGNATURE, "certificate chain invalid: a signature does not verify" },
+	{ BR_ERR_X509_FORBIDDEN_KEY_USAGE, "certificate not for a TLS server: its key usage forbids it" },
+	{ BR_ERR_X509_WEAK_PUBLIC_KEY, "certificate's key too small" },
+	{ BR_ERR_X509_CRITICAL_EXTENSION, "certificate has a critical extension this client does not know" },
+	{ BR_ERR_X509_WRONG_KEY_TYPE, "certificate's key type does not fit the cipher suite" },
+	{ BR_ERR_X509_LIMIT_EXCEEDED, "certificate's key or signature larger than this client handles" },
+	{ BR_ERR_X509_UNSUPPORTED, "certificate has features this client does not support" },
+};
+
 /* Why a server's chain failed to verify, in words, from BearSSL's X.509
  * code err (bearssl_x509.h): name is who the server was to be, bundle
  * the roots, leaf the server's certificate if it sent one. 0, or -1
@@ -6574,6 +6726,7 @@ x509_error_text(int err, const struct buf *leaf, const char *name, const char *b
 	int dated = leaf->len > 0 && cert_info((const unsigned char *)leaf->p, leaf->len, &ci) == 0;
 	time_t now = time(NULL);
 	char date[32];
+	size_t i;
 
 	switch (err) {
 	case BR_ERR_X509_NOT_TRUSTED:
@@ -6594,41 +6747,12 @@ x509_error_text(int err, const struct buf *leaf, const char *name, const char *b
 			snprintf(out, n, "certificate expired or not yet valid: one of the chain's CAs");
 		}
 		break;
-	case BR_ERR_X509_TIME_UNKNOWN:
-		snprintf(out, n, "the time is unknown, so no certificate's dates can be checked");
-		break;
-	case BR_ERR_X509_EMPTY_CHAIN:
-		snprintf(out, n, "the server sent no certificate");
-		break;
-	case BR_ERR_X509_DN_MISMATCH:
-		snprintf(out, n, "certificate chain broken: an issuer is not the next certificate's subject "
-		    "(out of order?)");
-		break;
-	case BR_ERR_X509_NOT_CA:
-		snprintf(out, n, "certificate chain invalid: a certificate that signs another is no CA");
-		break;
-	case BR_ERR_X509_BAD_SIGNATURE:
-		snprintf(out, n, "certificate chain invalid: a signature does not verify");
-		break;
-	case BR_ERR_X509_FORBIDDEN_KEY_USAGE:
-		snprintf(out, n, "certificate not for a TLS server: its key usage forbids it");
-		break;
-	case BR_ERR_X509_WEAK_PUBLIC_KEY:
-		snprintf(out, n, "certificate's key too small");
-		break;
-	case BR_ERR_X509_CRITICAL_EXTENSION:
-		snprintf(out, n, "certificate has a critical extension this client does not know");
-		break;
-	case BR_ERR_X509_WRONG_KEY_TYPE:
-		snprintf(out, n, "certificate's key type does not fit the cipher suite");
-		break;
-	case BR_ERR_X509_LIMIT_EXCEEDED:
-		snprintf(out, n, "certificate's key or signature larger than this client handles");
-		break;
-	case BR_ERR_X509_UNSUPPORTED:
-		snprintf(out, n, "certificate has features this client does not support");
-		break;
 	default:
+		for (i = 0; i < sizeof(x509_texts) / sizeof(x509_texts[0]); i++)
+			if (x509_texts[i].err == err) {
+				snprintf(out, n, "%s", x509_texts[i].text);
+				return 0;
+			}
 		if (err <= BR_ERR_X509_OK || err > BR_ERR_X509_NOT_TRUSTED)
 			return -1;
 		snprintf(out, n, "certificate cannot be decoded (BearSSL X.509 error %d)", err);
@@ -7714,6 +7838,66 @@ nats_number(const char *p, size_t n, long max)
 	return v <= max ? v : -1;
 }
 
+/* Split a control line, p to end, into its op and up to five arguments
+ * at spaces and tabs: how many words. */
+static size_t
+nats_words(const char *p, const char *end, const char *w[6], size_t wl[6])
+{
+	size_t nw = 0;
+
+	while (p < end && nw < 6) {
+		while (p < end && (*p == ' ' || *p == '\t'))
+			p++;
+		if (p == end)
+			break;
+		w[nw] = p;
+		while (p < end && *p != ' ' && *p != '\t')
+			p++;
+		wl[nw] = (size_t)(p - w[nw]);
+		nw++;
+	}
+	return nw;
+}
+
+/* A MSG or HMSG whose control line (line bytes, its words w) starts
+ * f->in: 1 with m filled and f->used set, 0 when its payload has not all
+ * arrived, or -1 with why. */
+static int
+nats_msg_take(struct forward *f, size_t line, const char **w, const size_t *wl, size_t nw,
+    struct nats_msg *m, char *why, size_t wn)
+{
+	int hmsg = wl[0] == 4;  /* the caller saw MSG or HMSG */
+	long size = nats_number(w[nw - 1], wl[nw - 1], NATS_MAX_REPLY);
+	long hdr = hmsg ? nats_number(w[nw - 2], wl[nw - 2], NATS_MAX_REPLY) : 0;
+	size_t k;
+
+	if (size < 0 || hdr < 0 || hdr > size) {
+		snprintf(why, wn, "a message of a size we do not take (at most %d bytes)", NATS_MAX_REPLY);
+		return -1;
+	}
+	if (f->in.len < line + (size_t)size + 2)
+		return 0;
+	m->subject = w[1];
+	m->subject_len = wl[1];
+	m->payload = f->in.p + line + hdr;
+	m->payload_len = (size_t)(size - hdr);
+	if (hdr > 0) {
+		/* "NATS/1.0 503\r\n...": the status, if any. */
+		const char *h = f->in.p + line;
+
+		if (hdr >= 12 && memcmp(h, "NATS/1.0 ", 9) == 0)
+			m->status = (int)nats_number(h + 9, 3, 999);
+	}
+	for (k = 0; k < 2; k++) {
+		if (f->in.p[line + (size_t)size + k] != "\r\n"[k]) {
+			snprintf(why, wn, "a message not ended by CRLF");
+			return -1;
+		}
+	}
+	f->used = line + (size_t)size + 2;
+	return 1;
+}
+
 /* Read the next thing the server says, by deadline: its op, with m
  * filled; IO_TIMEOUT; or -1 with why. */
 static int
@@ -7728,9 +7912,8 @@ nats_read(struct forward *f, int64_t deadline, struct nats_msg *m, char *why, si
 	for (;;) {
 		char *eol = f->in.len > 0 ? memchr(f->in.p, '\n', f->in.len) : NULL;
 		const char *w[6];
-		size_t wl[6], line, k, nw = 0;
-		const char *p, *end;
-		long hdr = 0, size;
+		size_t wl[6], line, nw;
+		const char *end;
 		int r;
 
 		if (eol == NULL) {
@@ -7744,19 +7927,7 @@ nats_read(struct forward *f, int64_t deadline, struct nats_msg *m, char *why, si
 		}
 		line = (size_t)(eol - f->in.p) + 1;
 		end = eol > f->in.p && eol[-1] == '\r' ? eol - 1 : eol;
-		/* The op and up to five arguments, split at spaces and tabs. */
-		for (p = f->in.p; p < end && nw < 6;) {
-			while (p < end && (*p == ' ' || *p == '\t'))
-				p++;
-			if (p == end)
-				break;
-			w[nw] = p;
-			while (p < end && *p != ' ' && *p != '\t')
-				p++;
-			wl[nw] = (size_t)(p - w[nw]);
-			nw++;
-		}
-		if (nw == 0) {
+		if ((nw = nats_words(f->in.p, end, w, wl)) == 0) {
 			memmove(f->in.p, f->in.p + line, f->in.len - line);  /* an empty line: nothing */
 			f->in.len -= line;
 			continue;
@@ -7776,38 +7947,11 @@ nats_read(struct forward *f, int64_t deadline, struct nats_msg *m, char *why, si
 			snprintf(why, wn, "not the NATS protocol: %s", shown);
 			return -1;
 		}
-		size = nats_number(w[nw - 1], wl[nw - 1], NATS_MAX_REPLY);
-		if (OP("HMSG"))
-			hdr = nats_number(w[nw - 2], wl[nw - 2], NATS_MAX_REPLY);
 #undef OP
-		if (size < 0 || hdr < 0 || hdr > size) {
-			snprintf(why, wn, "a message of a size we do not take (at most %d bytes)", NATS_MAX_REPLY);
-			return -1;
-		}
-		if (f->in.len < line + (size_t)size + 2) {
-			if ((r = forward_fill(f, deadline, why, wn)) < 0)
-				return r;
-			continue;
-		}
-		m->subject = w[1];
-		m->subject_len = wl[1];
-		m->payload = f->in.p + line + hdr;
-		m->payload_len = (size_t)(size - hdr);
-		if (hdr > 0) {
-			/* "NATS/1.0 503\r\n...": the status, if any. */
-			const char *h = f->in.p + line;
-
-			if (hdr >= 12 && memcmp(h, "NATS/1.0 ", 9) == 0)
-				m->status = (int)nats_number(h + 9, 3, 999);
-		}
-		for (k = 0; k < 2; k++) {
-			if (f->in.p[line + (size_t)size + k] != "\r\n"[k]) {
-				snprintf(why, wn, "a message not ended by CRLF");
-				return -1;
-			}
-		}
-		f->used = line + (size_t)size + 2;
-		return NATS_MSG;
+		if ((r = nats_msg_take(f, line, w, wl, nw, m, why, wn)) != 0)
+			return r < 0 ? -1 : NATS_MSG;
+		if ((r = forward_fill(f, deadline, why, wn)) < 0)
+			return r;
 	}
 }
 
@@ -7868,37 +8012,13 @@ jetstream_error(const struct nats_msg *m, const char *what, char *why, size_t wn
 	return bad;
 }
 
-/* Say hello on a fresh connection: read INFO, send CONNECT with the
- * credentials, wait for the PONG that says they were taken, subscribe to
- * our inbox, and ask JetStream which stream captures the subject. */
+/* Send CONNECT with the credentials, and wait for the PONG that says
+ * they were taken: 0, or -1 with why. */
 static int
-nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
+nats_connect(struct forward *f, int64_t deadline, char *why, size_t wn)
 {
-	unsigned char r[12];
 	struct nats_msg m;
-	struct buf v = { 0 };
 	int op;
-
-	op = nats_read(f, deadline, &m, why, wn);
-	if (op != NATS_INFO) {
-		if (op >= 0)
-			snprintf(why, wn, "the server did not begin with INFO: is this NATS?");
-		return -1;
-	}
-	if (json_true(m.args, m.args_len, "tls_required")) {
-		snprintf(why, wn, "the server requires TLS, which --forward nats:// does not speak");
-		return -1;
-	}
-	if (!json_true(m.args, m.args_len, "headers")) {
-		snprintf(why, wn, "the server does not take message headers (NATS 2.2 or later does)");
-		return -1;
-	}
-	f->max_payload = 1024 * 1024;  /* NATS's default */
-	if (json_member(m.args, m.args_len, "max_payload", &v) == 0) {
-		buf_addc(&v, '\0');
-		f->max_payload = (size_t)strtoull(v.p, NULL, 10);
-	}
-	buf_free(&v);
 
 	buf_adds(&f->out, "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,"
 	    "\"lang\":\"C\",\"version\":\"xwebhook\",\"protocol\":1");
@@ -7929,6 +8049,17 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 			return -1;
 		}
 	}
+	return 0;
+}
+
+/* Subscribe to a fresh inbox, and ask JetStream which stream captures
+ * the subject, into f->stream: 0, or -1 with why. */
+static int
+nats_find_stream(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	unsigned char r[12];
+	struct nats_msg m;
+	struct buf v = { 0 };
 
 	entropy(r, sizeof(r));
 	memcpy(f->inbox, "_INBOX.", 7);
@@ -7958,7 +8089,6 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	}
 	if (jetstream_error(&m, "JetStream refused the stream lookup", why, wn))
 		return -1;
-	v.len = 0;
 	f->stream[0] = '\0';
 	if (json_member(m.payload, m.payload_len, "streams", &v) == 0 && v.len > 3 && v.p[0] == '[') {
 		struct buf name = { 0 };
@@ -7975,6 +8105,40 @@ nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 		return -1;
 	}
 	return 0;
+}
+
+/* Say hello on a fresh connection: read INFO, send CONNECT with the
+ * credentials, wait for the PONG that says they were taken, subscribe to
+ * our inbox, and ask JetStream which stream captures the subject. */
+static int
+nats_open(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	struct nats_msg m;
+	struct buf v = { 0 };
+	int op = nats_read(f, deadline, &m, why, wn);
+
+	if (op != NATS_INFO) {
+		if (op >= 0)
+			snprintf(why, wn, "the server did not begin with INFO: is this NATS?");
+		return -1;
+	}
+	if (json_true(m.args, m.args_len, "tls_required")) {
+		snprintf(why, wn, "the server requires TLS, which --forward nats:// does not speak");
+		return -1;
+	}
+	if (!json_true(m.args, m.args_len, "headers")) {
+		snprintf(why, wn, "the server does not take message headers (NATS 2.2 or later does)");
+		return -1;
+	}
+	f->max_payload = 1024 * 1024;  /* NATS's default */
+	if (json_member(m.args, m.args_len, "max_payload", &v) == 0) {
+		buf_addc(&v, '\0');
+		f->max_payload = (size_t)strtoull(v.p, NULL, 10);
+	}
+	buf_free(&v);
+	if (nats_connect(f, deadline, why, wn) < 0)
+		return -1;
+	return nats_find_stream(f, deadline, why, wn);
 }
 
 /* The batch's JetStream publishes, back to back, into f->out: each with
@@ -8341,9 +8505,6 @@ forward_forget(void)
  * checked here (and nothing failed).
  * ------------------------------------------------------------------------ */
 
-static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
-static const char *cacert_path;     /* --cacert FILE: trust these roots (check, X's API) */
-static int check_post;              /* --post: also send a signed event */
 static int check_failed;
 static int check_unsure;            /* something check itself cannot do */
 
@@ -8675,8 +8836,6 @@ cmd_check(const char *arg)
  * stdout in the fmt layout; anything else is one line on stderr with
  * what X said, escaped, and exit status 1.
  * ------------------------------------------------------------------------ */
-
-static const char *api_base = "https://api.x.com";  /* --api */
 
 enum { X_API_TIMEOUT_MS = 30000 };  /* X runs a CRC before it answers register */
 
@@ -11462,6 +11621,156 @@ parse_size(const char *s, const char *opt)
 	return (size_t)v;
 }
 
+/* --path: a path starting with '/', without a query, fragment or spaces. */
+static void
+path_option(const char *p)
+{
+	const char *k;
+
+	for (k = p; *k; k++)
+		if ((unsigned char)*k <= 0x20 || (unsigned char)*k >= 0x7f || *k == '?' || *k == '#')
+			break;
+	if (p[0] != '/' || *k != '\0')
+		die("bad --path '%s': expected a path starting with '/', without '?' or spaces", p);
+	webhook_path = p;
+}
+
+/* --max-conns: 1 to 100000. */
+static void
+max_conns_option(const char *v)
+{
+	char *end;
+	long n;
+
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 100000)
+		die("bad --max-conns '%s': expected 1 to 100000", v);
+	max_conns = (unsigned)n;
+}
+
+/* One more --forward; its password, if any, is starred out of argv (v). */
+static void
+forward_option(const char *v)
+{
+	const char *why, *at = strchr(v, '@');
+	struct forward *f = &forwards[nforwards];
+
+	if (nforwards == MAX_FORWARDS)
+		die("at most %d --forward", MAX_FORWARDS);
+	if (forward_parse(v, f, &why) < 0)
+		die("bad --forward '%.*s%s': %s", at ? (int)(strstr(v, "://") ? strstr(v, "://") + 3 - v : 0) :
+		    (int)strlen(v), v, at ? "...@..." : "", why);
+	if (f->password[0] != '\0') {
+		/* Out of ps and /proc/PID/cmdline from here on. */
+		size_t pn = strlen(f->password);
+
+		memset((char *)at - pn, '*', pn);  /* it ends at the '@' */
+	}
+	nforwards++;
+}
+
+/* --version: which build this is. */
+static void
+version_print(void)
+{
+#ifdef XWEBHOOK_TLS
+	printf("xwebhook %s (HTTP and HTTPS; TLS 1.2 through BearSSL)\n", XWEBHOOK_VERSION);
+#else
+	printf("xwebhook %s (plain HTTP; built without TLS: make TLS=1 for HTTPS)\n", XWEBHOOK_VERSION);
+#endif
+}
+
+/* The options that only set a path or a name, by short and long name. */
+static const struct {
+	const char *s, *l;
+	const char **set;
+} name_options[] = {
+	{ "-o", "--output", &output_path },
+	{ "--secret-file", "--secret-file", &secret_file },
+	{ "-u", "--user", &run_as },
+	{ "--pid-file", "--pid-file", &pid_path },
+	{ "--connect", "--connect", &check_connect },
+	{ "--api", "--api", &api_base },
+	{ "--cacert", "--cacert", &cacert_path },
+};
+
+#ifdef XWEBHOOK_TLS
+/* The TLS build's options that only set a path or a name. */
+static const struct {
+	const char *name;
+	const char **set;
+} tls_options[] = {
+	{ "--cert", &cert_path },
+	{ "--key", &key_path },
+	{ "--acme", &acme_domain },
+	{ "--acme-server", &acme_server },
+	{ "--acme-cacert", &acme_cacert },
+	{ "--acme-email", &acme_email },
+	{ "--acme-http", &acme_http_spec },
+	{ "--state-dir", &state_dir },
+};
+#endif
+
+/* Take the option called name (argv[*i] is a, val its "=value" or NULL)
+ * into the settings above; one that needs a value and has none takes the
+ * next word, moving *i on. Dies with one line on anything it does not
+ * know; exits 0 after --help or --version. */
+static void
+option_take(const char *name, const char *a, const char *val, int argc, char **argv, int *i)
+{
+#define OPT(s, l) (strcmp(name, s) == 0 || strcmp(name, l) == 0)
+#define VALUE() (val != NULL ? val : *i + 1 < argc ? (val = argv[++*i]) : \
+	(die("option %s needs a value (see xwebhook --help)", name), ""))
+	size_t k;
+
+	for (k = 0; k < sizeof(name_options) / sizeof(name_options[0]); k++)
+		if (OPT(name_options[k].s, name_options[k].l)) {
+			*name_options[k].set = VALUE();
+			return;
+		}
+	if (OPT("-h", "--help")) {
+		usage(stdout);
+		exit(0);
+	} else if (OPT("-V", "--version")) {
+		version_print();
+		exit(0);
+	} else if (OPT("-q", "--quiet")) {
+		quiet = 1;
+	} else if (OPT("-l", "--listen")) {
+		listen_spec = VALUE();
+		listen_given = 1;
+	} else if (OPT("-p", "--path")) {
+		path_option(VALUE());
+	} else if (OPT("--max-body", "--max-body")) {
+		max_body = parse_size(VALUE(), "--max-body");
+	} else if (OPT("--max-conns", "--max-conns")) {
+		max_conns_option(VALUE());
+	} else if (OPT("--forward", "--forward")) {
+		forward_option(VALUE());
+	} else if (OPT("--cert", "--key") || OPT("--acme", "--acme-server") ||
+	    OPT("--acme-cacert", "--acme-email") || OPT("--acme-http", "--state-dir")) {
+#ifdef XWEBHOOK_TLS
+		const char *v = VALUE();
+
+		for (k = 0; k < sizeof(tls_options) / sizeof(tls_options[0]); k++)
+			if (strcmp(name, tls_options[k].name) == 0)
+				*tls_options[k].set = v;
+#else
+		die("%s needs the TLS build of xwebhook (make TLS=1)", name);
+#endif
+	} else if (OPT("--post", "--post")) {
+		check_post = 1;
+	} else if (OPT("--secret", "-s")) {
+		die("the secret is never taken from the command line, where ps shows it: "
+		    "set TWITTER_CONSUMER_SECRET or use --secret-file FILE");
+	} else {
+		die("unknown option '%s' (see xwebhook --help)", a);
+	}
+#undef OPT
+#undef VALUE
+}
+
 /* Take the options into the settings above, and the words that are not
  * options (a subcommand and its arguments) into args. Dies with one line
  * on anything it does not know; exits 0 after --help or --version. */
@@ -11496,115 +11805,7 @@ parse_commandline(int argc, char **argv, const char *args[4])
 			die("unknown option '%s' (see xwebhook --help)", a);
 		memcpy(name, a, nl);
 		name[nl] = '\0';
-#define OPT(s, l) (strcmp(name, s) == 0 || strcmp(name, l) == 0)
-#define VALUE() (val != NULL ? val : i + 1 < argc ? (val = argv[++i]) : \
-	(die("option %s needs a value (see xwebhook --help)", name), ""))
-		if (OPT("-h", "--help")) {
-			usage(stdout);
-			exit(0);
-		} else if (OPT("-V", "--version")) {
-#ifdef XWEBHOOK_TLS
-			printf("xwebhook %s (HTTP and HTTPS; TLS 1.2 through BearSSL)\n", XWEBHOOK_VERSION);
-#else
-			printf("xwebhook %s (plain HTTP; built without TLS: make TLS=1 for HTTPS)\n",
-			    XWEBHOOK_VERSION);
-#endif
-			exit(0);
-		} else if (OPT("-q", "--quiet")) {
-			quiet = 1;
-		} else if (OPT("-l", "--listen")) {
-			listen_spec = VALUE();
-			listen_given = 1;
-		} else if (OPT("-p", "--path")) {
-			const char *p = VALUE(), *k;
-
-			for (k = p; *k; k++)
-				if ((unsigned char)*k <= 0x20 || (unsigned char)*k >= 0x7f || *k == '?' || *k == '#')
-					break;
-			if (p[0] != '/' || *k != '\0')
-				die("bad --path '%s': expected a path starting with '/', without '?' or spaces", p);
-			webhook_path = p;
-		} else if (OPT("-o", "--output")) {
-			output_path = VALUE();
-		} else if (OPT("--secret-file", "--secret-file")) {
-			secret_file = VALUE();
-		} else if (OPT("--max-body", "--max-body")) {
-			max_body = parse_size(VALUE(), "--max-body");
-		} else if (OPT("--max-conns", "--max-conns")) {
-			const char *v = VALUE();
-			char *end;
-			long n;
-
-			errno = 0;
-			n = strtol(v, &end, 10);
-			if (errno != 0 || end == v || *end != '\0' || n < 1 || n > 100000)
-				die("bad --max-conns '%s': expected 1 to 100000", v);
-			max_conns = (unsigned)n;
-		} else if (OPT("--forward", "--forward")) {
-			const char *v = VALUE(), *why, *at = strchr(v, '@');
-			struct forward *f = &forwards[nforwards];
-
-			if (nforwards == MAX_FORWARDS)
-				die("at most %d --forward", MAX_FORWARDS);
-			if (forward_parse(v, f, &why) < 0)
-				die("bad --forward '%.*s%s': %s", at ? (int)(strstr(v, "://") ? strstr(v, "://") + 3 - v : 0) :
-				    (int)strlen(v), v, at ? "...@..." : "", why);
-			if (f->password[0] != '\0') {
-				/* Out of ps and /proc/PID/cmdline from here on. */
-				size_t pn = strlen(f->password);
-
-				memset((char *)at - pn, '*', pn);  /* it ends at the '@' */
-			}
-			nforwards++;
-		} else if (OPT("-u", "--user")) {
-			run_as = VALUE();
-		} else if (OPT("--pid-file", "--pid-file")) {
-			pid_path = VALUE();
-		} else if (OPT("--cert", "--key")) {
-#ifdef XWEBHOOK_TLS
-			if (strcmp(name, "--cert") == 0)
-				cert_path = VALUE();
-			else
-				key_path = VALUE();
-#else
-			die("%s needs the TLS build of xwebhook (make TLS=1)", name);
-#endif
-		} else if (OPT("--acme", "--acme-server") || OPT("--acme-cacert", "--acme-email") ||
-		    OPT("--acme-http", "--state-dir")) {
-#ifdef XWEBHOOK_TLS
-			const char *v = VALUE();
-
-			if (strcmp(name, "--acme") == 0)
-				acme_domain = v;
-			else if (strcmp(name, "--acme-server") == 0)
-				acme_server = v;
-			else if (strcmp(name, "--acme-cacert") == 0)
-				acme_cacert = v;
-			else if (strcmp(name, "--acme-email") == 0)
-				acme_email = v;
-			else if (strcmp(name, "--acme-http") == 0)
-				acme_http_spec = v;
-			else
-				state_dir = v;
-#else
-			die("%s needs the TLS build of xwebhook (make TLS=1)", name);
-#endif
-		} else if (OPT("--connect", "--connect")) {
-			check_connect = VALUE();
-		} else if (OPT("--api", "--api")) {
-			api_base = VALUE();
-		} else if (OPT("--cacert", "--cacert")) {
-			cacert_path = VALUE();
-		} else if (OPT("--post", "--post")) {
-			check_post = 1;
-		} else if (OPT("--secret", "-s")) {
-			die("the secret is never taken from the command line, where ps shows it: "
-			    "set TWITTER_CONSUMER_SECRET or use --secret-file FILE");
-		} else {
-			die("unknown option '%s' (see xwebhook --help)", a);
-		}
-#undef OPT
-#undef VALUE
+		option_take(name, a, val, argc, argv, &i);
 	}
 
 	return nargs;
