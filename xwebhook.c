@@ -4565,6 +4565,20 @@ writer_thread(void *arg)
 	return NULL;
 }
 
+/* SIGHUP reopened --output as fd: the writer takes it up between batches
+ * (and closes an earlier SIGHUP's it had not yet taken up). */
+static void
+writer_reopened(int fd)
+{
+	int old;
+
+	if ((old = atomic_exchange(&output_reopened, fd)) >= 0)
+		close(old);
+	pthread_mutex_lock(&writer.lock);
+	writer_wake();
+	pthread_mutex_unlock(&writer.lock);
+}
+
 /* Is stdout a regular file or /dev/null? Then nothing reads it to fall
  * behind, and the writer writes it itself (a thread hop less per batch):
  * a disk that hangs is --output's case. A pipe, terminal or socket has a
@@ -5041,17 +5055,13 @@ static void
 reload(void)
 {
 	if (output_path != NULL) {
-		int fd = output_open(), old;
+		int fd = output_open();
 
 		if (fd < 0) {
 			warn("SIGHUP: cannot reopen --output %s (still appending to the old file): %s", output_path,
 			    output_refusal(errno));
 		} else {
-			if ((old = atomic_exchange(&output_reopened, fd)) >= 0)
-				close(old);  /* an earlier SIGHUP's, not yet taken up */
-			pthread_mutex_lock(&writer.lock);
-			writer_wake();
-			pthread_mutex_unlock(&writer.lock);
+			writer_reopened(fd);
 			warn("SIGHUP: reopened --output %s", output_path);
 		}
 	}
