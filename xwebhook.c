@@ -12,9 +12,34 @@
  * Copyright (c) 2026 the xwebhook authors.
  * ISC licence; the full text is in LICENSE.
  *
- * The file reads in the order data flows through it: limits and settings,
- * small utilities, crypto, JSON, HTTP parsing, the transport, the webhook
- * itself, the server, the subcommands, and main last.
+ * The map. The file reads in the order data flows through it; each
+ * section opens with a banner that starts with its tag, so a search for
+ * "[TAG]" finds it. Each banner says what the section owns and calls.
+ *
+ * The server half, in the order a request meets it:
+ *   [LIMITS]     every bound, deadline and setting, in one block
+ *   [UTIL]       errors, buffers, clocks, queues for slow descriptors
+ *   [CRYPTO]     SHA-256, SHA-1, HMAC, base64, constant-time compare
+ *   [DER]        a certificate's serial and validity
+ *   [JSON]       validate, indent, compact; answers parsed once, looked up
+ *   [HTTP]       statuses, request heads, chunked bodies, queries
+ *   [TRANSPORT]  struct conn and its states; the plain socket
+ *   [TLS]        BearSSL: identity, sessions, ACME's hooks, TLS transport
+ *   [OUT]        connections out: URLs, host:port, dialling, trust roots
+ *   [SERVER]     shared state, listening, signals, start-up
+ *   [SLOTS]      connection slots, shared fairly between peers
+ *   [LOOPS]      epoll loops, connection threads, serve()
+ *   [WEBHOOK]    a request read and answered: CRC, events, access log
+ *   [WRITER]     the event writer, the one owner of every sink
+ *   [BROKERS]    Redis Streams and NATS JetStream, the writer's sinks
+ * The client half:
+ *   [CLIENT]     the one HTTP client: request builder, exchange, answer
+ *   [CHECK]      check URL: what X checks, from outside
+ *   [XAPI]       X's webhook API: register, subscribe, replay, ...
+ *   [ACME]       certificates from an ACME CA, on a thread of its own
+ * And last:
+ *   [SUBCMDS]    crc, sign, fmt
+ *   [CLI]        the command line, and main
  */
 
 #define _GNU_SOURCE
@@ -99,7 +124,12 @@ __memset_chk(void *d, int c, size_t n, size_t room)
 #define XWEBHOOK_VERSION "0.1.0"
 
 /* ------------------------------------------------------------------------
- * Limits. Each is named, and each is tested.
+ * [LIMITS] Limits and settings.
+ *
+ * Owns every bound (a named constant with its reason beside it, and each
+ * one tested), every deadline, and every setting's variable with its
+ * default. The command line ([CLI]) is the only writer of a setting, before
+ * any thread starts; everything else only reads them.
  * ------------------------------------------------------------------------ */
 
 /* (Macros too, for the messages built from them.) */
@@ -206,7 +236,13 @@ static const char *api_base = "https://api.x.com";  /* --api */
 static const size_t thread_stack = 256 * 1024;
 
 /* ------------------------------------------------------------------------
- * Small utilities.
+ * [UTIL] Small utilities.
+ *
+ * Owns die() and warn() and the log queue behind them, the growable buffer
+ * (struct buf, whose rules every growing buffer in the file follows), the
+ * monotonic clock and deadlines, the output queues for descriptors whose
+ * reader may stall (stdout, stderr), thread names, and the walk of a path
+ * without following links that root's file opens use. Calls libc only.
  * ------------------------------------------------------------------------ */
 
 static const char *progname = "xwebhook";
@@ -690,10 +726,10 @@ log_queue_line(const char *line, size_t n)
 }
 
 /* ------------------------------------------------------------------------
- * Crypto: SHA-256 and SHA-1 (FIPS 180-4), HMAC over each (RFC 2104),
+ * [CRYPTO] SHA-256 and SHA-1 (FIPS 180-4), HMAC over each (RFC 2104),
  * base64 (RFC 4648) and a constant-time comparison. SHA-1 is here for
- * OAuth 1.0a's HMAC-SHA1 only (X's user-context calls), never for
- * anything we verify.
+ * OAuth 1.0a's HMAC-SHA1 only (X's user-context calls), never for anything
+ * we verify. Calls [UTIL].
  * ------------------------------------------------------------------------ */
 
 /* A hash in progress: SHA-256 or SHA-1, which share their 64-byte
@@ -1174,9 +1210,11 @@ signature_of(const struct hmac_key *k, const void *msg, size_t n, char out[SIGNA
 }
 
 #ifdef XWEBHOOK_TLS
+
 /* ------------------------------------------------------------------------
- * DER: just enough to read a certificate's serial number and validity,
- * for the startup line, expiry warnings and `check`.
+ * [DER] Just enough DER to read a certificate's serial number and
+ * validity, for the startup line, expiry warnings and `check`. Calls libc
+ * only.
  * ------------------------------------------------------------------------ */
 
 /* Read the TLV at *p (before end): its tag and value; advance *p past it. */
@@ -1318,11 +1356,15 @@ format_date(time_t t, char *out, size_t n)
 #endif /* XWEBHOOK_TLS */
 
 /* ------------------------------------------------------------------------
- * JSON: one streaming state machine validates (RFC 8259, UTF-8 checked
- * inside strings), and either indents the way Python's
- * json.dumps(obj, indent=2) does or compacts. Strings, numbers and
- * literals are copied byte for byte, so nothing is re-encoded or rounded.
- * No recursion: nesting is an explicit stack with a fixed bound.
+ * [JSON] One streaming state machine validates (RFC 8259, UTF-8 checked
+ * inside strings), and either indents the way Python's json.dumps(obj,
+ * indent=2) does or compacts. Strings, numbers and literals are copied
+ * byte for byte, so nothing is re-encoded or rounded. No recursion:
+ * nesting is an explicit stack with a fixed bound.
+ *
+ * Then the reader of other servers' answers (X's, the CA's, NATS's API):
+ * one validating pass indexes an object's members, which are then looked
+ * up by name. Calls [UTIL].
  * ------------------------------------------------------------------------ */
 
 enum json_style {
@@ -1837,10 +1879,257 @@ json_event(const char *p, size_t n, enum json_style style, struct buf *out, char
 	return -1;
 }
 
+/* ---- Reading an answer: an object parsed once, its members looked up ---- */
+
+/* Decode the JSON string whose opening quote is at p[i] (valid JSON, as
+ * json_event left it) into out as UTF-8; the index after its closing
+ * quote. */
+static size_t
+json_string_decode(const char *p, size_t i, struct buf *out)
+{
+	for (i++; p[i] != '"'; i++) {
+		unsigned long cp;
+		char u[4];
+
+		if (p[i] != '\\') {
+			if (out != NULL)
+				buf_addc(out, p[i]);
+			continue;
+		}
+		i++;
+		switch (p[i]) {
+		case 'b': cp = '\b'; break;
+		case 'f': cp = '\f'; break;
+		case 'n': cp = '\n'; break;
+		case 'r': cp = '\r'; break;
+		case 't': cp = '\t'; break;
+		case 'u':
+			cp = strtoul((char[]){ p[i + 1], p[i + 2], p[i + 3], p[i + 4], 0 }, NULL, 16);
+			i += 4;
+			if (cp >= 0xd800 && cp < 0xdc00 && p[i + 1] == '\\' && p[i + 2] == 'u') {
+				unsigned long lo = strtoul((char[]){ p[i + 3], p[i + 4], p[i + 5], p[i + 6], 0 },
+				    NULL, 16);
+
+				if (lo >= 0xdc00 && lo < 0xe000) {
+					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+					i += 6;
+				}
+			}
+			if (cp >= 0xd800 && cp < 0xe000)
+				cp = 0xfffd;  /* a lone surrogate */
+			break;
+		default: cp = (unsigned char)p[i]; break;  /* " \ / */
+		}
+		if (out == NULL)
+			continue;
+		if (cp < 0x80) {
+			buf_addc(out, (char)cp);
+		} else if (cp < 0x800) {
+			u[0] = (char)(0xc0 | cp >> 6);
+			u[1] = (char)(0x80 | (cp & 0x3f));
+			buf_add(out, u, 2);
+		} else if (cp < 0x10000) {
+			u[0] = (char)(0xe0 | cp >> 12);
+			u[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+			u[2] = (char)(0x80 | (cp & 0x3f));
+			buf_add(out, u, 3);
+		} else {
+			u[0] = (char)(0xf0 | cp >> 18);
+			u[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+			u[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+			u[3] = (char)(0x80 | (cp & 0x3f));
+			buf_add(out, u, 4);
+		}
+	}
+	return i + 1;
+}
+
+/* In valid compact JSON c (NUL-ended), the index just past the value
+ * that starts at c[i]. */
+static size_t
+json_skip(const char *c, size_t i)
+{
+	unsigned depth = 0;
+
+	do {
+		if (c[i] == '"')
+			i = json_string_decode(c, i, NULL) - 1;
+		else if (c[i] == '{' || c[i] == '[')
+			depth++;
+		else if (c[i] == '}' || c[i] == ']')
+			depth--;
+		i++;
+	} while (depth > 0 || (c[i] != ',' && c[i] != '}' && c[i] != ']' && c[i] != '\0'));
+	return i;
+}
+
+/* The elements of a JSON array in compact text (json_member's, NUL-ended),
+ * one a call: *at starts at 0; 1 with the next element's compact text
+ * appended to out, or 0 after the last. */
+static int
+json_array_next(const char *a, size_t *at, struct buf *out)
+{
+	size_t i = *at, end;
+
+	if (i == 0) {
+		if (a[0] != '[')
+			return 0;
+		i = 1;
+	}
+	if (a[i] == ',')
+		i++;
+	if (a[i] == ']' || a[i] == '\0')
+		return 0;
+	end = json_skip(a, i);
+	buf_add(out, a + i, end - i);
+	*at = end;
+	return 1;
+}
+
+/* A JSON object's top-level members, indexed by one validating pass so
+ * that each look-up after it is a walk of the index, not of the text. */
+struct json_object {
+	struct buf text;          /* the object as compact JSON, NUL-ended */
+	struct buf keys;          /* each member's key, decoded, back to back */
+	struct buf slots;         /* a struct json_slot for each member, in order */
+	size_t n;
+};
+
+struct json_slot {
+	size_t key, key_len;      /* in keys */
+	size_t value, value_len;  /* in text: compact JSON, strings still escaped */
+};
+
+/* Free what json_object_parse made; o is then an object with no members. */
+static void
+json_object_free(struct json_object *o)
+{
+	buf_free(&o->text);
+	buf_free(&o->keys);
+	buf_free(&o->slots);
+	memset(o, 0, sizeof(*o));
+}
+
+/* Index the top-level members of the JSON object in p[0, n), in their
+ * order: 0, or -1 (o empty) when p is not a JSON object. */
+static int
+json_object_parse(const char *p, size_t n, struct json_object *o)
+{
+	char err[160];
+	size_t i = 1;
+
+	memset(o, 0, sizeof(*o));
+	/* Validated and compacted first: what is walked below is valid
+	 * JSON with no whitespace between tokens. */
+	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &o->text, err, sizeof(err)) < 0 || o->text.p[0] != '{') {
+		json_object_free(o);
+		return -1;
+	}
+	buf_addc(&o->text, '\0');
+	while (o->text.p[i] == '"') {
+		struct json_slot sl;
+
+		sl.key = o->keys.len;
+		i = json_string_decode(o->text.p, i, &o->keys) + 1;  /* past the ':' too */
+		sl.key_len = o->keys.len - sl.key;
+		sl.value = i;
+		i = json_skip(o->text.p, i);
+		sl.value_len = i - sl.value;
+		buf_add(&o->slots, &sl, sizeof(sl));
+		o->n++;
+		if (o->text.p[i] == '}')
+			break;
+		i++;
+	}
+	return 0;
+}
+
+/* The first member called key (compared decoded, so "a" finds "\u0061"),
+ * or NULL: a later duplicate is never seen. */
+static const struct json_slot *
+json_object_find(const struct json_object *o, const char *key)
+{
+	/* (realloc's memory is aligned for any type) */
+	const struct json_slot *slot = (const struct json_slot *)(const void *)o->slots.p;
+	size_t i, kl = strlen(key);
+
+	for (i = 0; i < o->n; i++)
+		if (slot[i].key_len == kl && (kl == 0 || memcmp(o->keys.p + slot[i].key, key, kl) == 0))
+			return &slot[i];
+	return NULL;
+}
+
+/* The member key's value as compact JSON text, appended to out: 0, or
+ * -1 when there is no such member. */
+static int
+json_object_get(const struct json_object *o, const char *key, struct buf *out)
+{
+	const struct json_slot *sl = json_object_find(o, key);
+
+	if (sl == NULL)
+		return -1;
+	buf_add(out, o->text.p + sl->value, sl->value_len);
+	return 0;
+}
+
+/* The member key's string value, decoded, appended to out: 0, or -1
+ * when there is no such member or its value is not a string. */
+static int
+json_object_string(const struct json_object *o, const char *key, struct buf *out)
+{
+	const struct json_slot *sl = json_object_find(o, key);
+
+	if (sl == NULL || o->text.p[sl->value] != '"')
+		return -1;
+	json_string_decode(o->text.p, sl->value, out);
+	return 0;
+}
+
+/* The value of the top-level member key of the JSON object in p[0, n),
+ * as compact JSON text (strings still escaped), into out: 0, or -1 when
+ * p is not a JSON object or has no such member at its top level. The
+ * first such member decides. For one look-up; more parse once with
+ * json_object_parse. */
+static int
+json_member(const char *p, size_t n, const char *key, struct buf *out)
+{
+	struct json_object o;
+	int found = json_object_parse(p, n, &o) == 0 ? json_object_get(&o, key, out) : -1;
+
+	json_object_free(&o);
+	return found;
+}
+
+/* Is the top-level member key of the JSON object in p[0, n) true? */
+static int
+json_true(const char *p, size_t n, const char *key)
+{
+	struct buf v = { 0 };
+	int yes = json_member(p, n, key, &v) == 0 && v.len == 4 && memcmp(v.p, "true", 4) == 0;
+
+	buf_free(&v);
+	return yes;
+}
+
+/* The string value of the top-level member key of the JSON object in
+ * p[0, n), decoded, into out: 0, or -1 when p is not a JSON object, has
+ * no such member at its top level, or its value is not a string. */
+static int
+json_member_string(const char *p, size_t n, const char *key, struct buf *out)
+{
+	struct json_object o;
+	int found = json_object_parse(p, n, &o) == 0 ? json_object_string(&o, key, out) : -1;
+
+	json_object_free(&o);
+	return found;
+}
+
 /* ------------------------------------------------------------------------
- * HTTP: statuses, the request head parser, the chunked-body decoder and
- * the query decoder. Parsers return a status and leave I/O and reporting
- * to the caller, as picohttpparser does; they never allocate.
+ * [HTTP] Statuses, the request head parser, the chunked-body decoder, the
+ * query and form decoders, and host:port splitting. Parsers return a
+ * status and leave I/O and reporting to the caller, as picohttpparser
+ * does; they never allocate. Owns the one table every answer's status
+ * comes from. Calls [UTIL].
  * ------------------------------------------------------------------------ */
 
 enum status {
@@ -2523,9 +2812,13 @@ crc_token_ok(const char *t, size_t n)
 }
 
 /* ------------------------------------------------------------------------
- * Transport: how a connection's bytes move. The HTTP code calls only these
- * three operations, each with a deadline, so that TLS slots in beside the
- * plain socket without the HTTP code changing.
+ * [TRANSPORT] How a connection's bytes move, and what a connection is. The
+ * HTTP code calls only three operations, each with a deadline, so that TLS
+ * slots in beside the plain socket without the HTTP code changing.
+ *
+ * Owns struct conn: its one state field (enum conn_state, changed only by
+ * conn_enter, which asserts the state it leaves), who owns each field, and
+ * the plain socket's read, write and close. Calls [UTIL].
  * ------------------------------------------------------------------------ */
 
 struct conn;
@@ -2797,10 +3090,13 @@ plain_close(struct conn *c, int linger)
 static const struct transport plain_transport = { plain_read, plain_write, plain_close };
 
 #ifdef XWEBHOOK_TLS
+
 /* ------------------------------------------------------------------------
- * TLS through BearSSL: the identity (certificate chain and key), one
- * session cache shared by all connections, and the TLS transport, which
- * offers the same three operations as the plain one.
+ * [TLS] TLS through BearSSL: the identity (certificate chain and key), one
+ * session cache shared by all connections, the hooks through which the
+ * server answers ACME's challenges (set by [ACME]), and the TLS transport,
+ * which offers the same three operations as the plain one. Calls [DER],
+ * [TRANSPORT]'s waits, and BearSSL.
  * ------------------------------------------------------------------------ */
 
 enum {
@@ -3189,56 +3485,6 @@ identity_release(struct identity *id)
 static void acme_start(void);
 static void acme_stop(void);
 
-/* The challenges being answered (see "ACME"). */
-
-static struct {
-	pthread_mutex_t lock;
-	struct identity *alpn;       /* the tls-alpn-01 certificate, while one is pending */
-	char token[128];             /* http-01: the token, and its key authorization */
-	char key_auth[256];
-} challenge = { PTHREAD_MUTEX_INITIALIZER, NULL, "", "" };
-
-/* The tls-alpn-01 identity for a handshake: a reference, or NULL. */
-static struct identity *
-challenge_acquire(void)
-{
-	struct identity *id;
-
-	pthread_mutex_lock(&identity_lock);
-	id = challenge.alpn;
-	if (id != NULL)
-		id->refs++;
-	pthread_mutex_unlock(&identity_lock);
-	return id;
-}
-
-static void
-challenge_set_alpn(struct identity *id)
-{
-	struct identity *old;
-
-	pthread_mutex_lock(&identity_lock);
-	old = challenge.alpn;
-	challenge.alpn = id;
-	pthread_mutex_unlock(&identity_lock);
-	if (old != NULL)
-		identity_release(old);
-}
-
-/* http-01: the key authorization for token, into out: 1, or 0. */
-static int
-challenge_http(const char *token, size_t n, char *out, size_t on)
-{
-	int found;
-
-	pthread_mutex_lock(&challenge.lock);
-	found = challenge.token[0] != '\0' && strlen(challenge.token) == n && memcmp(challenge.token, token, n) == 0;
-	if (found)
-		snprintf(out, on, "%s", challenge.key_auth);
-	pthread_mutex_unlock(&challenge.lock);
-	return found;
-}
-
 /* BearSSL's LRU session cache is not thread-safe: one lock around it. */
 static struct {
 	const br_ssl_session_cache_class *vtable;   /* first: BearSSL passes &vtable */
@@ -3363,6 +3609,58 @@ tls_sock_write(void *ctx, const unsigned char *p, size_t n)
 		}
 		return -1;
 	}
+}
+
+/* ---- ACME's challenges, answered by the server (the client is [ACME]) ---- */
+
+/* The challenges being answered. */
+
+static struct {
+	pthread_mutex_t lock;
+	struct identity *alpn;       /* the tls-alpn-01 certificate, while one is pending */
+	char token[128];             /* http-01: the token, and its key authorization */
+	char key_auth[256];
+} challenge = { PTHREAD_MUTEX_INITIALIZER, NULL, "", "" };
+
+/* The tls-alpn-01 identity for a handshake: a reference, or NULL. */
+static struct identity *
+challenge_acquire(void)
+{
+	struct identity *id;
+
+	pthread_mutex_lock(&identity_lock);
+	id = challenge.alpn;
+	if (id != NULL)
+		id->refs++;
+	pthread_mutex_unlock(&identity_lock);
+	return id;
+}
+
+static void
+challenge_set_alpn(struct identity *id)
+{
+	struct identity *old;
+
+	pthread_mutex_lock(&identity_lock);
+	old = challenge.alpn;
+	challenge.alpn = id;
+	pthread_mutex_unlock(&identity_lock);
+	if (old != NULL)
+		identity_release(old);
+}
+
+/* http-01: the key authorization for token, into out: 1, or 0. */
+static int
+challenge_http(const char *token, size_t n, char *out, size_t on)
+{
+	int found;
+
+	pthread_mutex_lock(&challenge.lock);
+	found = challenge.token[0] != '\0' && strlen(challenge.token) == n && memcmp(challenge.token, token, n) == 0;
+	if (found)
+		snprintf(out, on, "%s", challenge.key_auth);
+	pthread_mutex_unlock(&challenge.lock);
+	return found;
 }
 
 /* --acme: the policy of each handshake. A ClientHello that offers only
@@ -3815,8 +4113,547 @@ identity_reload(void)
 #endif /* XWEBHOOK_TLS */
 
 /* ------------------------------------------------------------------------
- * The webhook: read a request, answer the CRC, verify and emit events,
- * and write one access-log line per request.
+ * [OUT] Connections out, the ground every client stands on: a URL split
+ * once (url_parse, through url_authority), host:port written once
+ * (host_port_format), a dial with a deadline, the trusted roots loaded
+ * once (trust_load), and the client side of the transport, plain or TLS
+ * with the chain verified against those roots and a certificate's fault
+ * named in words. Owns struct client. [BROKERS] use it directly; check,
+ * X's API and ACME through [CLIENT]. Calls [TRANSPORT], [TLS]'s record
+ * pumping, [DER].
+ * ------------------------------------------------------------------------ */
+
+enum {
+	/* The largest answer taken, head and body: a CRC answer is under
+	 * 100 bytes, an X API answer a few KiB. */
+	CLIENT_MAX_ANSWER = 1 << 20,
+	/* The whole exchange, from connecting to the answer's last byte,
+	 * when the caller names no deadline of its own. */
+	CLIENT_TIMEOUT_MS = 10000,
+};
+#define CLIENT_MAX_ANSWER_TEXT "1 MiB"
+
+struct url {
+	int https;
+	char host[256];
+	char port[8];       /* empty when the URL names none */
+	char target[2048];  /* path and query */
+};
+
+/* A URL's authority split: what came before an '@' in it, and the host
+ * and port as split_host_port gives them. */
+struct authority {
+	const char *userinfo;    /* NULL when there is no '@' */
+	size_t userinfo_len;
+	char host[256];
+	char port[8];            /* empty when the authority names none */
+	const char *end;         /* the first byte after the authority */
+};
+
+/* Split the authority that starts at s (just past "scheme://") and ends
+ * at the first byte of stops or at the string's end, the file's one URL
+ * splitter (url_parse's URLs, --forward's): 0, or -1 with *why. */
+static int
+url_authority(const char *s, const char *stops, struct authority *a, const char **why)
+{
+	const char *at;
+
+	memset(a, 0, sizeof(*a));
+	a->end = s + strcspn(s, stops);
+	at = memchr(s, '@', (size_t)(a->end - s));
+	if (at != NULL) {
+		a->userinfo = s;
+		a->userinfo_len = (size_t)(at - s);
+		s = at + 1;
+	}
+	return split_host_port(s, (size_t)(a->end - s), a->host, sizeof(a->host), a->port, sizeof(a->port), why);
+}
+
+static int
+url_parse(const char *s, struct url *u)
+{
+	struct authority au;
+	const char *a, *p, *why;
+
+	memset(u, 0, sizeof(*u));
+	if (strncasecmp(s, "https://", 8) == 0) {
+		u->https = 1;
+		a = s + 8;
+	} else if (strncasecmp(s, "http://", 7) == 0) {
+		a = s + 7;
+	} else {
+		return -1;
+	}
+	if (url_authority(a, "/?#", &au, &why) < 0 || au.userinfo != NULL || au.host[0] == '\0')
+		return -1;
+	memcpy(u->host, au.host, sizeof(u->host));
+	memcpy(u->port, au.port, sizeof(u->port));
+	p = au.end;
+	if (strlen(p) + 2 > sizeof(u->target))
+		return -1;
+	snprintf(u->target, sizeof(u->target), "%s%s", *p == '/' ? "" : "/", p);
+	if (strchr(u->target, '#') != NULL)
+		*strchr(u->target, '#') = '\0';
+	for (p = u->target; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+			return -1;
+	return 0;
+}
+
+enum {
+	/* host:port text: a host of up to 255 bytes, its brackets, ':'
+	 * and five digits. */
+	HOST_PORT_MAX = 255 + 2 + 1 + 5 + 1,
+};
+
+/* host and port as a URL's authority or a Host field writes them (RFC
+ * 9110 7.2, RFC 3986 3.2.2): an IPv6 literal in brackets, and the port
+ * left out when it is empty or omit (the scheme's default; NULL: never
+ * left out). The file's one such formatter. 0, or -1 if it did not fit. */
+static int
+host_port_format(char *out, size_t on, const char *host, const char *port, const char *omit)
+{
+	int v6 = strchr(host, ':') != NULL;
+	int show = port[0] != '\0' && (omit == NULL || strcmp(port, omit) != 0);
+	int n = snprintf(out, on, "%s%s%s%s%s", v6 ? "[" : "", host, v6 ? "]" : "", show ? ":" : "",
+	    show ? port : "");
+
+	return n < 0 || (size_t)n >= on ? -1 : 0;
+}
+
+/* Connect to host:port by deadline; -1 with a reason in err. */
+static int
+dial(const char *host, const char *port, int64_t deadline, char *err, size_t errlen)
+{
+	struct addrinfo hints, *ai, *a;
+	int fd = -1, r, one = 1;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	if ((r = getaddrinfo(host, port, &hints, &ai)) != 0) {
+		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(r));
+		return -1;
+	}
+	snprintf(err, errlen, "cannot connect to %s port %s", host, port);
+	for (a = ai; a != NULL; a = a->ai_next) {
+		int soerr = 0;
+		socklen_t sl = sizeof(soerr);
+
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+		if (fd < 0)
+			continue;
+		/* TLS sends its handshake in several small writes: without
+		 * this, Nagle and delayed ACKs add 40 ms to each round trip. */
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 ||
+		    (errno == EINPROGRESS && wait_fd(fd, POLLOUT, deadline, -1) == 0 &&
+		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0))
+			break;
+		snprintf(err, errlen, "cannot connect to %s port %s: %s", host, port,
+		    strerror(soerr ? soerr : errno ? errno : ETIMEDOUT));
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	return fd;
+}
+
+#ifdef XWEBHOOK_TLS
+/* Where the system keeps its trusted roots (Debian's ca-certificates). */
+#define TRUST_SYSTEM_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+
+/* Trust anchors from a PEM bundle (the system's, or --cacert). */
+struct trust {
+	br_x509_trust_anchor *ta;
+	size_t n;
+	const char *path;        /* the bundle, to name it */
+};
+
+/* The file's one loader of trusted roots: those in path, or with path
+ * NULL the system's bundle (t->path names the one read either way).
+ * 0, or -1 when it cannot be read or holds no root BearSSL can use. */
+static int
+trust_load(const char *path, struct trust *t)
+{
+	struct buf text = { 0 };
+	struct pem_object *objs = NULL;
+	size_t count = 0, i;
+	int fd;
+
+	if (path == NULL)
+		path = TRUST_SYSTEM_BUNDLE;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	t->ta = NULL;
+	t->n = 0;
+	t->path = path;
+	if (fd < 0 || read_all(fd, &text) < 0) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	if (pem_decode(text.p, text.len, &objs, &count) < 0) {
+		buf_free(&text);
+		return -1;
+	}
+	for (i = 0; i < count; i++) {
+		br_x509_decoder_context dc;
+		const br_x509_pkey *pk;
+		br_x509_trust_anchor *ta;
+		struct buf dn = { 0 };
+
+		if (strcmp(objs[i].name, "CERTIFICATE") != 0 && strcmp(objs[i].name, "TRUSTED CERTIFICATE") != 0)
+			continue;
+		br_x509_decoder_init(&dc, pem_collect, &dn);
+		br_x509_decoder_push(&dc, objs[i].der.p, objs[i].der.len);
+		pk = br_x509_decoder_get_pkey(&dc);
+		if (pk == NULL) {
+			buf_free(&dn);
+			continue;  /* a kind of key BearSSL cannot use */
+		}
+		t->ta = xrealloc(t->ta, (t->n + 1) * sizeof(*t->ta));
+		ta = &t->ta[t->n++];
+		ta->dn.data = (unsigned char *)dn.p;
+		ta->dn.len = dn.len;
+		ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
+		ta->pkey = *pk;
+		/* The key's bytes live in the decoder: copy them out. */
+		if (pk->key_type == BR_KEYTYPE_RSA) {
+			ta->pkey.key.rsa.n = xmalloc(pk->key.rsa.nlen);
+			memcpy(ta->pkey.key.rsa.n, pk->key.rsa.n, pk->key.rsa.nlen);
+			ta->pkey.key.rsa.e = xmalloc(pk->key.rsa.elen);
+			memcpy(ta->pkey.key.rsa.e, pk->key.rsa.e, pk->key.rsa.elen);
+		} else {
+			ta->pkey.key.ec.q = xmalloc(pk->key.ec.qlen);
+			memcpy(ta->pkey.key.ec.q, pk->key.ec.q, pk->key.ec.qlen);
+		}
+	}
+	pem_free(objs, count);
+	buf_free(&text);
+	return t->n > 0 ? 0 : -1;
+}
+
+/* An X.509 engine that hands everything to BearSSL's minimal validator
+ * and keeps a copy of the leaf, so its expiry can be shown even when the
+ * chain fails to verify. */
+struct x509_recorder {
+	const br_x509_class *vtable;
+	br_x509_minimal_context inner;
+	int certs;
+	struct buf leaf;
+};
+
+static void
+rec_start_chain(const br_x509_class **ctx, const char *name)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	r->certs = 0;
+	r->inner.vtable->start_chain(&r->inner.vtable, name);
+}
+
+static void
+rec_start_cert(const br_x509_class **ctx, uint32_t length)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	r->certs++;
+	r->inner.vtable->start_cert(&r->inner.vtable, length);
+}
+
+static void
+rec_append(const br_x509_class **ctx, const unsigned char *p, size_t n)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	if (r->certs == 1)
+		buf_add(&r->leaf, p, n);
+	r->inner.vtable->append(&r->inner.vtable, p, n);
+}
+
+static void
+rec_end_cert(const br_x509_class **ctx)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	r->inner.vtable->end_cert(&r->inner.vtable);
+}
+
+static unsigned
+rec_end_chain(const br_x509_class **ctx)
+{
+	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
+
+	return r->inner.vtable->end_chain(&r->inner.vtable);
+}
+
+static const br_x509_pkey *
+rec_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
+{
+	const struct x509_recorder *r = (const struct x509_recorder *)(const void *)ctx;
+
+	return r->inner.vtable->get_pkey(&r->inner.vtable, usages);
+}
+
+static const br_x509_class recorder_class = {
+	sizeof(struct x509_recorder), rec_start_chain, rec_start_cert, rec_append,
+	rec_end_cert, rec_end_chain, rec_get_pkey
+};
+
+static const char *
+suite_name(uint16_t s)
+{
+	switch (s) {
+	case BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-ECDSA-CHACHA20-POLY1305";
+	case BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-RSA-CHACHA20-POLY1305";
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: return "ECDHE-ECDSA-AES128-GCM-SHA256";
+	case BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: return "ECDHE-RSA-AES128-GCM-SHA256";
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: return "ECDHE-ECDSA-AES256-GCM-SHA384";
+	case BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: return "ECDHE-RSA-AES256-GCM-SHA384";
+	default: return "a suite without forward secrecy or AEAD";
+	}
+}
+
+/* BearSSL's X.509 codes whose words need nothing of the connection. */
+static const struct {
+	int err;
+	const char *text;
+} x509_texts[] = {
+	{ BR_ERR_X509_TIME_UNKNOWN, "the time is unknown, so no certificate's dates can be checked" },
+	{ BR_ERR_X509_EMPTY_CHAIN, "the server sent no certificate" },
+	{ BR_ERR_X509_DN_MISMATCH,
+	    "certificate chain broken: an issuer is not the next certificate's "
+	    "subject (out of order?)" },
+	{ BR_ERR_X509_NOT_CA, "certificate chain invalid: a certificate that signs another is no CA" },
+	{ BR_ERR_X509_BAD_SIGNATURE, "certificate chain invalid: a signature does not verify" },
+	{ BR_ERR_X509_FORBIDDEN_KEY_USAGE, "certificate not for a TLS server: its key usage forbids it" },
+	{ BR_ERR_X509_WEAK_PUBLIC_KEY, "certificate's key too small" },
+	{ BR_ERR_X509_CRITICAL_EXTENSION, "certificate has a critical extension this client does not know" },
+	{ BR_ERR_X509_WRONG_KEY_TYPE, "certificate's key type does not fit the cipher suite" },
+	{ BR_ERR_X509_LIMIT_EXCEEDED, "certificate's key or signature larger than this client handles" },
+	{ BR_ERR_X509_UNSUPPORTED, "certificate has features this client does not support" },
+};
+
+/* Why a server's chain failed to verify, in words, from BearSSL's X.509
+ * code err (bearssl_x509.h): name is who the server was to be, bundle
+ * the roots, leaf the server's certificate if it sent one. 0, or -1
+ * when err is no X.509 code. */
+static int
+x509_error_text(int err, const struct buf *leaf, const char *name, const char *bundle, char *out, size_t n)
+{
+	struct cert_info ci;
+	int dated = leaf->len > 0 && cert_info((const unsigned char *)leaf->p, leaf->len, &ci) == 0;
+	time_t now = time(NULL);
+	char date[32];
+	size_t i;
+
+	switch (err) {
+	case BR_ERR_X509_NOT_TRUSTED:
+		snprintf(out, n, "certificate not trusted (unknown CA): the chain the server sent does not lead to a "
+		    "root in %s (is an intermediate missing?)", bundle != NULL ? bundle : "the trusted roots");
+		break;
+	case BR_ERR_X509_BAD_SERVER_NAME:
+		snprintf(out, n, "certificate does not name %s", name);
+		break;
+	case BR_ERR_X509_EXPIRED:
+		if (dated && ci.not_after < now) {
+			format_date(ci.not_after, date, sizeof(date));
+			snprintf(out, n, "certificate expired on %s", date);
+		} else if (dated && ci.not_before > now) {
+			format_date(ci.not_before, date, sizeof(date));
+			snprintf(out, n, "certificate not yet valid: from %s", date);
+		} else {
+			snprintf(out, n, "certificate expired or not yet valid: one of the chain's CAs");
+		}
+		break;
+	default:
+		for (i = 0; i < sizeof(x509_texts) / sizeof(x509_texts[0]); i++)
+			if (x509_texts[i].err == err) {
+				snprintf(out, n, "%s", x509_texts[i].text);
+				return 0;
+			}
+		if (err <= BR_ERR_X509_OK || err > BR_ERR_X509_NOT_TRUSTED)
+			return -1;
+		snprintf(out, n, "certificate cannot be decoded (BearSSL X.509 error %d)", err);
+		break;
+	}
+	return 0;
+}
+#endif /* XWEBHOOK_TLS */
+
+#ifdef XWEBHOOK_TLS
+/* The client side of one TLS connection. */
+struct tls_client {
+	struct tls_io sock;     /* first, as in tls_conn */
+	br_ssl_client_context cc;
+	struct x509_recorder x509;
+	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
+};
+
+static void
+tls_client_close(struct conn *c, int linger)
+{
+	struct tls_client *t = c->tls;
+
+	if (t != NULL) {
+		buf_free(&t->x509.leaf);
+		free(t);
+		c->tls = NULL;
+	}
+	plain_close(c, linger);
+}
+
+static const struct transport tls_client_transport = { tls_read, tls_write, tls_client_close };
+#endif
+
+/* One client connection. */
+struct client {
+	struct conn c;
+	int64_t start, deadline;   /* monotonic ms */
+	int tls_error;             /* BearSSL's, when the handshake failed */
+	char why[512];             /* what went wrong, when something did */
+};
+
+/* One answer. */
+struct answer {
+	int status;
+	struct buf head;           /* status line and fields, as received */
+	struct buf body;           /* chunked coding removed */
+	int64_t ms;                /* from connecting to the answer's last byte */
+};
+
+/* Is name an IPv4 or IPv6 address, not a host name? */
+static int
+ip_literal(const char *name)
+{
+	unsigned char a[16];
+
+	return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
+}
+
+/* The client's deadline, as the seconds its messages give (rounded up). */
+static long long
+client_limit_s(const struct client *cl)
+{
+	return (long long)((cl->deadline - cl->start + 999) / 1000);
+}
+
+/* Connect to host:port; with trust, speak TLS to it as name, verifying
+ * the chain. The exchange must end by deadline (0: CLIENT_TIMEOUT_MS from
+ * now). 0, or -1 with cl->why (the connection, if any, stays open for a
+ * look at what the handshake saw; client_close ends it). */
+static int
+client_connect(struct client *cl, const char *host, const char *port, const char *name, const void *trust,
+    int64_t deadline)
+{
+	memset(cl, 0, sizeof(*cl));
+	cl->start = now_ms();
+	cl->deadline = deadline != 0 ? deadline : cl->start + CLIENT_TIMEOUT_MS;
+	cl->c.accepted = cl->start;
+	cl->c.tr = &plain_transport;
+	cl->c.fd = -1;
+	/* BearSSL's X.509 engine matches a name against the certificate's
+	 * DNS names only, never its IP addresses (RFC 6125's iPAddress):
+	 * refused here, in words, rather than by a handshake that fails. */
+	if (trust != NULL && ip_literal(name)) {
+		snprintf(cl->why, sizeof(cl->why), "the host %.256s is an IP address, and this client verifies "
+		    "certificates for DNS names only: use the server's DNS name", name);
+		return -1;
+	}
+	cl->c.fd = dial(host, port, cl->deadline, cl->why, sizeof(cl->why));
+	if (cl->c.fd < 0)
+		return -1;
+#ifdef XWEBHOOK_TLS
+	if (trust != NULL) {
+		const struct trust *tr = trust;
+		struct tls_client *t = malloc(sizeof(*t));
+		unsigned char seed[32];
+
+		if (t == NULL) {
+			snprintf(cl->why, sizeof(cl->why), "out of memory");
+			return -1;
+		}
+		memset(t, 0, offsetof(struct tls_client, iobuf));
+		br_ssl_client_init_full(&t->cc, &t->x509.inner, tr->ta, tr->n);
+		t->x509.vtable = &recorder_class;
+		br_ssl_engine_set_x509(&t->cc.eng, &t->x509.vtable);
+		/* Older versions too, so that a server that has only those
+		 * can be told so, rather than just fail. */
+		br_ssl_engine_set_versions(&t->cc.eng, BR_TLS10, BR_TLS12);
+		br_ssl_engine_set_protocol_names(&t->cc.eng, tls_alpn, 1);
+		br_ssl_engine_set_buffer(&t->cc.eng, t->iobuf, sizeof(t->iobuf), 1);
+		entropy(seed, sizeof(seed));
+		br_ssl_engine_inject_entropy(&t->cc.eng, seed, sizeof(seed));
+		br_ssl_client_reset(&t->cc, name, 0);
+		t->sock.eng = &t->cc.eng;
+		br_sslio_init(&t->sock.io, &t->cc.eng, tls_sock_read, &cl->c, tls_sock_write, &cl->c);
+		t->sock.deadline = cl->deadline;
+		t->sock.wake_fd = -1;
+		cl->c.tls = t;
+		cl->c.tr = &tls_client_transport;
+		if (br_sslio_flush(&t->sock.io) < 0 || !(br_ssl_engine_current_state(&t->cc.eng) & BR_SSL_SENDAPP)) {
+			char text[400];
+
+			cl->tls_error = br_ssl_engine_last_error(&t->cc.eng);
+			if (x509_error_text(cl->tls_error, &t->x509.leaf, name, tr->path, text, sizeof(text)) < 0)
+				tls_error_text(cl->tls_error, text, sizeof(text));
+			if (t->sock.status == IO_TIMEOUT)
+				snprintf(cl->why, sizeof(cl->why), "TLS handshake not finished within %lld s",
+				    client_limit_s(cl));
+			else
+				snprintf(cl->why, sizeof(cl->why), "TLS handshake failed: %s", text);
+			return -1;
+		}
+		t->sock.handshaken = 1;
+	}
+#else
+	(void)name;
+	(void)trust;
+#endif
+	return 0;
+}
+
+static void
+client_close(struct client *cl)
+{
+	if (cl->c.fd >= 0)
+		cl->c.tr->close(&cl->c, 0);
+	cl->c.fd = -1;
+}
+
+/* Read more of the answer into in, never past the size limit: the
+ * transport's count, or IO_* (a full buffer reads as IO_ERROR). */
+static ssize_t
+client_read(struct client *cl, struct buf *in)
+{
+	size_t room;
+
+	if (in->len > CLIENT_MAX_ANSWER)
+		return IO_ERROR;
+	buf_reserve(in, 16384);
+	room = in->cap - in->len;
+	if (room > CLIENT_MAX_ANSWER + 1 - in->len)
+		room = CLIENT_MAX_ANSWER + 1 - in->len;
+	return cl->c.tr->read(&cl->c, in->p + in->len, room, cl->deadline, -1);
+}
+
+/* ------------------------------------------------------------------------
+ * [SERVER] The server: the state every part of it shares (the secret, the
+ * sinks' descriptors, the stop flag, the count of open connections), what
+ * handling a request tells its connection's owner (enum handled, enum
+ * verdict), the listening sockets, signals and SIGHUP's reload, and
+ * start-up: the secret read, --output opened, root dropped for --user, the
+ * descriptor limit raised.
+ *
+ * How it fits together: every connection starts on an epoll loop ([LOOPS])
+ * and moves to a thread of its own at the first sign of waiting on its
+ * client, so a slow client holds only its own thread. Each request is read
+ * and answered by [WEBHOOK]; a verified event goes to [WRITER], the one
+ * thread that owns every sink (stdout, --output, the [BROKERS]), which
+ * writes a batch everywhere, syncs once, and only then releases the 200s.
+ * Nothing on a loop waits on anything but its own sockets.
  * ------------------------------------------------------------------------ */
 
 static struct hmac_key secret_key;   /* the consumer secret, pre-padded */
@@ -3842,1068 +4679,12 @@ is_stopping(void)
 	return atomic_load(&stopping);
 }
 
-/* Append s to b escaped, for JSON (quote and backslash after a
- * backslash, control bytes as \u00NN) or for the log (those and non-ASCII
- * as \xNN). Inline: each caller gets its own copy, with the test on json
- * folded away. */
-static inline void
-escape_add(struct buf *b, const char *s, size_t n, int json)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		int special = c == '"' || c == '\\';
-
-		if (json && special) {
-			buf_addc(b, '\\');
-			buf_addc(b, (char)c);
-		} else if (c < 0x20 || c == 0x7f || (!json && (c > 0x7f || special))) {
-			char e[8];
-
-			if (json)
-				snprintf(e, sizeof(e), "\\u%04x", c);
-			else
-				snprintf(e, sizeof(e), "\\x%02x", c);
-			buf_adds(b, e);
-		} else {
-			buf_addc(b, (char)c);
-		}
-	}
-}
-
-/* Append s to b as the inside of a JSON string. */
-static void
-json_escape(struct buf *b, const char *s, size_t n)
-{
-	escape_add(b, s, n, 1);
-}
-
-/* Append s to b for the access log: quotes, backslashes, control bytes
- * and non-ASCII become \xNN, so nothing a client sends reaches a terminal
- * raw. */
-static void
-log_escape(struct buf *b, const char *s, size_t n)
-{
-	escape_add(b, s, n, 0);
-}
-
-static void
-access_log(const struct conn *c, const struct request *req, const struct outcome *o, int64_t start_us)
-{
-	struct buf b = { 0 };
-	char stamp[32], num[160];
-	time_t t = time(NULL);
-	struct tm tm;
-	int64_t us = now_us() - start_us;
-
-	if (quiet)
-		return;
-	b.soft = 1;  /* no memory for a log line is no reason to stop */
-	gmtime_r(&t, &tm);
-	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	buf_adds(&b, stamp);
-	buf_addc(&b, ' ');
-	buf_adds(&b, c->peer);
-	buf_adds(&b, " \"");
-	if (req != NULL && req->method_len > 0 && req->target_len > 0) {
-		log_escape(&b, req->method_name, req->method_len);
-		buf_addc(&b, ' ');
-		log_escape(&b, req->target, req->path_len);
-	} else {
-		buf_addc(&b, '-');
-	}
-	snprintf(num, sizeof(num), "\" %d in=%zu out=%zu %lld.%03lldms", o->code, o->in_bytes,
-	    o->out_bytes, (long long)(us / 1000), (long long)(us % 1000));
-	buf_adds(&b, num);
-	if (o->sig != NULL) {
-		buf_adds(&b, " sig=");
-		buf_adds(&b, o->sig);
-	}
-	if (o->code == 200 && o->sig != NULL) {
-		snprintf(num, sizeof(num), " taken=%s %lld.%03lldms", sink_names, (long long)(o->sinks_us / 1000),
-		    (long long)(o->sinks_us % 1000));
-		buf_adds(&b, num);
-	}
-	if (o->why != NULL) {
-		buf_adds(&b, " (");
-		log_escape(&b, o->why, strlen(o->why));
-		buf_addc(&b, ')');
-	}
-	buf_addc(&b, '\n');
-	/* One write per line: lines from different threads never mix. */
-	if (!b.failed && log_queue_line(b.p, b.len) < 0 && write_all(STDERR_FILENO, b.p, b.len) < 0)
-		(void)0;
-	buf_free(&b);
-}
-
-/* The Date header's value, cached per thread for the current second. */
-static const char *
-http_date(void)
-{
-	static _Thread_local time_t cached = -1;
-	static _Thread_local char text[40];
-	time_t t = time(NULL);
-
-	if (t != cached) {
-		struct tm tm;
-
-		gmtime_r(&t, &tm);
-		strftime(text, sizeof(text), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-		cached = t;
-	}
-	return text;
-}
-
-static void slot_answered(struct conn *c);
-
-/* Send one response, built whole so that it leaves in one write. */
-static int
-send_response(struct conn *c, const struct request *req, enum status st, const char *type,
-    const char *body, size_t body_len, const char *extra, int keep)
-{
-	struct buf *o = &c->out;
-	char line[96];
-
-	buf_clear(o);
-	snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\nDate: ", statuses[st].code, statuses[st].reason);
-	buf_adds(o, line);
-	buf_adds(o, http_date());
-	if (type != NULL) {
-		buf_adds(o, "\r\nContent-Type: ");
-		buf_adds(o, type);
-	}
-	snprintf(line, sizeof(line), "\r\nContent-Length: %zu\r\n", body_len);
-	buf_adds(o, line);
-	if (extra != NULL)
-		buf_adds(o, extra);
-	if (!keep)
-		buf_adds(o, "Connection: close\r\n");
-	else if (req != NULL && !req->http11)
-		buf_adds(o, "Connection: keep-alive\r\n");
-	buf_adds(o, "\r\n");
-	if (req == NULL || req->method != M_HEAD)
-		buf_add(o, body, body_len);
-	if (o->failed)
-		return -1;  /* out of memory: the connection ends unanswered */
-	/* The credit before the bytes: a client that has read its answer
-	 * must find its connection already counted as answered (slot_evict). */
-	slot_answered(c);
-	return c->tr->write(c, o->p, o->len, now_ms() + write_timeout);
-}
-
-/* Send {"error":"why"} with st. */
-static void
-send_error(struct conn *c, const struct request *req, enum status st, const char *why,
-    const char *extra, int keep, struct outcome *o)
-{
-	struct buf b = { 0 };
-
-	b.soft = 1;
-	buf_adds(&b, "{\"error\":\"");
-	json_escape(&b, why, strlen(why));
-	buf_adds(&b, "\"}");
-	send_response(c, req, st, "application/json", b.p, b.len, extra, keep);
-	o->code = statuses[st].code;
-	o->out_bytes = req != NULL && req->method == M_HEAD ? 0 : b.len;
-	o->why = why;
-	buf_free(&b);
-}
-
-/* RFC 9112, 2.2: empty lines before a request line are ignored. Returns
- * how many bytes went. */
-static size_t
-skip_empty_lines(struct conn *c)
-{
-	size_t k = 0;
-
-	while (k + 1 < c->in_len && c->in[k] == '\r' && c->in[k + 1] == '\n')
-		k += 2;
-	if (k > 0) {
-		memmove(c->in, c->in + k, c->in_len - k);
-		c->in_len -= k;
-	}
-	return k;
-}
-
-/* Read a request head into c->in. S_OK with req filled in; S_INCOMPLETE
- * when the connection ended quietly between requests (the peer closed, it
- * stayed idle, or the server is stopping); otherwise the error to answer. */
-static enum status
-read_head(struct conn *c, struct request *req, const char **why)
-{
-	size_t scan = 0, line_end = 0, head_len = 0;
-	int64_t deadline = 0;
-
-	memset(req, 0, sizeof(*req));
-	for (;;) {
-		ssize_t r;
-
-		if (line_end == 0 && skip_empty_lines(c) > 0)
-			scan = 0;
-		if (c->in_len > 0) {
-			enum status st;
-
-			if (deadline == 0)
-				deadline = now_ms() + head_timeout;
-			st = http_scan_head(c->in, c->in_len, &scan, &line_end, &head_len, why);
-			if (st == S_OK)
-				return http_parse_head(c->in, head_len, req, why);
-			if (st != S_INCOMPLETE)
-				return st;
-			if (c->in_len == CONN_BUF) {  /* unreachable: the limits are smaller */
-				*why = "request head too large";
-				return S_HEADERS_TOO_LARGE;
-			}
-			r = c->tr->read(c, c->in + c->in_len, CONN_BUF - c->in_len, deadline, -1);
-		} else {
-			r = c->tr->read(c, c->in, CONN_BUF, now_ms() + idle_timeout, stop_pipe[0]);
-		}
-		if (r == IO_TIMEOUT && deadline != 0) {
-			*why = "request head not received within 10 s";
-			return S_REQUEST_TIMEOUT;
-		}
-		if (r <= 0)
-			return S_INCOMPLETE;
-		c->in_len += (size_t)r;
-	}
-}
-
-/* Grow c->body to want bytes of room, by the buffer's own resize (a soft
- * buffer: a failure refuses the request). What passes BODY_UNCHARGED is
- * drawn from the shared budget first; S_UNAVAILABLE when the budget or
- * the memory runs out, which refuses this request and never the server. */
-static enum status
-body_room(struct conn *c, size_t want, const char **why)
-{
-	size_t charge = want > BODY_UNCHARGED ? want - BODY_UNCHARGED : 0;
-
-	if (want <= c->body.cap)
-		return S_OK;
-	if (charge > c->body_charged) {
-		size_t more = charge - c->body_charged;
-
-		if (atomic_fetch_add(&body_held, more) + more > body_budget) {
-			atomic_fetch_sub(&body_held, more);
-			*why = "the server holds too many unverified bodies; try again";
-			return S_UNAVAILABLE;
-		}
-		c->body_charged = charge;
-	}
-	if (buf_resize(&c->body, want) < 0) {
-		*why = "out of memory for the body; try again";
-		return S_UNAVAILABLE;
-	}
-	return S_OK;
-}
-
-/* The next size for a body buffer: double, from 16 KiB, as bytes come,
- * and never past the limit (the declared length, or --max-body), so that
- * the budget is charged for no byte that cannot arrive. */
-static size_t
-body_next(size_t cap, size_t limit)
-{
-	size_t n = cap < 16384 ? 16384 : cap * 2;
-
-	return n < limit ? n : limit;
-}
-
-/* The body is verified, or refused: its bytes go back to the budget, and
- * a large buffer back to the system. */
-static void
-body_release(struct conn *c)
-{
-	if (c->body_charged > 0) {
-		atomic_fetch_sub(&body_held, c->body_charged);
-		c->body_charged = 0;
-	}
-	if (c->body.cap > BODY_UNCHARGED)
-		buf_free(&c->body);
-	buf_clear(&c->body);
-}
-
-/* Read the request body into c->body by its deadline, growing the buffer
- * as bytes arrive (never to the size a head merely declares). The bytes
- * after the head in c->in come first. */
-static enum status
-read_body(struct conn *c, const struct request *req, const char **why)
-{
-	int64_t deadline = now_ms() + body_timeout;
-	struct chunked ch;
-	enum status st;
-
-	buf_clear(&c->body);
-	c->pos = req->head_len;
-	if (!req->chunked) {
-		size_t need = (size_t)req->content_length, have = c->in_len - c->pos;
-		size_t take = have < need ? have : need;
-
-		if ((st = body_room(c, take, why)) != S_OK)
-			return st;
-		buf_add(&c->body, c->in + c->pos, take);
-		c->pos += take;
-		while (c->body.len < need) {
-			ssize_t r;
-
-			if (c->body.len == c->body.cap &&
-			    (st = body_room(c, body_next(c->body.cap, need), why)) != S_OK)
-				return st;
-			r = c->tr->read(c, c->body.p + c->body.len, c->body.cap - c->body.len, deadline, -1);
-			if (r == IO_TIMEOUT) {
-				*why = "request body not received within 30 s";
-				return S_REQUEST_TIMEOUT;
-			}
-			if (r <= 0) {
-				*why = "connection ended inside the body";
-				return S_BAD_REQUEST;
-			}
-			c->body.len += (size_t)r;
-		}
-		return S_OK;
-	}
-	memset(&ch, 0, sizeof(ch));
-	for (;;) {
-		size_t used = 0, avail = c->in_len - c->pos;
-		ssize_t r;
-
-		/* Decoded data is never longer than its encoding: with this
-		 * room, the decoder's appends cannot allocate. */
-		if (c->body.len + avail > c->body.cap) {
-			size_t want = body_next(c->body.cap, max_body);
-
-			if (want < c->body.len + avail)
-				want = c->body.len + avail;
-			if ((st = body_room(c, want, why)) != S_OK)
-				return st;
-		}
-		st = chunked_decode(&ch, c->in + c->pos, avail, &used, &c->body, max_body, why);
-		c->pos += used;
-		if (st != S_INCOMPLETE)
-			return st;
-		/* All that was buffered is used: read more in its place, but
-		 * after the head, which req still points into. */
-		c->in_len = c->pos = req->head_len;
-		r = c->tr->read(c, c->in + c->in_len, CONN_BUF - c->in_len, deadline, -1);
-		if (r == IO_TIMEOUT) {
-			*why = "request body not received within 30 s";
-			return S_REQUEST_TIMEOUT;
-		}
-		if (r <= 0) {
-			*why = "connection ended inside the body";
-			return S_BAD_REQUEST;
-		}
-		c->in_len += (size_t)r;
-	}
-}
-
-/* ------------------------------------------------------------------------
- * The event writer: the one owner of every event sink (stdout, --output).
- *
- * A connection verifies its event, renders it (indented for stdout, one
- * compact line for --output), queues it here and waits off the loops for
- * the verdict: a thread waits on a condition, a loop parks the connection
- * and goes on serving others until the writer hands the verdict back.
- * The writer takes every event waiting as one batch, in order:
- *   1. appends the batch to --output (not yet synced);
- *   2. gives it to stdout's queue and waits for stdout to take it, until
- *      SINK_TIMEOUT_S after the oldest event was verified;
- *   3. sends it to each --forward broker, and goes on to the next batch
- *      while their acknowledgements come (up to WRITER_INFLIGHT batches
- *      out at once, so a broker's round trip is not a pause);
- *   4. once every broker has acknowledged a batch, and every batch before
- *      it, fdatasyncs --output once for all of them (group commit);
- *   5. releases the verdicts: 200 for all, or the failure for all.
- * A failure at any step cuts --output back to where the failed batch
- * began (a broker's failure fails every batch out to it, so back to where
- * the oldest of those began): an event answered 5xx is not in that file
- * and X's resend is no duplicate there (a broker cannot be rolled back:
- * see "Brokers"). (stdout is no record: an event it took before a later
- * step failed, or that it took late, may show there twice.)
- *
- * stdout failing for good (EPIPE, EBADF, a full device): without --output,
- * every event gets 500 until it works again, since stdout is the only
- * sink; with --output, the file is the record, so stdout is let go with
- * one warning and events go on to the file alone. stdout merely not
- * reading (a paused pager, Ctrl-S) is no failure for good: events get 503
- * while it lasts, and X retries them.
- * ------------------------------------------------------------------------ */
-
-static struct {
-	pthread_mutex_t lock;
-	pthread_cond_t work;      /* events were queued, or SIGHUP reopened --output */
-	pthread_cond_t decided;   /* a batch has its verdict (for threads) */
-	struct event *head, **tail;
-	/* With --forward the writer waits in poll() on the brokers' sockets
-	 * and this eventfd, which is written when polling is set. */
-	int wake_fd;
-	int polling;
-} writer = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-	NULL, &writer.head, -1, 0 };
-
-enum {
-	MAX_FORWARDS = 4,         /* --forward brokers */
-	WRITER_INFLIGHT = 4,      /* batches sent to the brokers, not yet acknowledged */
-};
-
-/* A batch written to --output (not yet synced) and stdout and sent to
- * every broker, waiting for their acknowledgements. The writer keeps
- * them in a ring, oldest first, and decides them in that order. */
-struct batch {
-	struct event *events;
-	unsigned n;                     /* events in it */
-	int64_t deadline;               /* its oldest event's, for every sink */
-	off_t start;                    /* where it begins in --output, or -1 */
-	unsigned acked[MAX_FORWARDS];   /* acknowledgements in, per broker */
-	uint64_t first[MAX_FORWARDS];   /* NATS: its first event's reply number */
-};
-
-static struct {
-	struct batch b[WRITER_INFLIGHT];
-	unsigned head, n;
-} inflight;
-
-static struct batch *
-inflight_at(unsigned i)
-{
-	return &inflight.b[(inflight.head + i) % WRITER_INFLIGHT];
-}
-
-static void loop_event_decided(struct conn *c);
-static int forward_send(struct batch *b, const char **why);
-static void forward_wait(int events_too);
-static void forward_replies(void);
-static void forward_forget(void);
-
-static struct conn *
-event_conn(struct event *e)
-{
-	return (struct conn *)(void *)((char *)e - offsetof(struct conn, ev));
-}
-
-/* Under writer.lock: wake the writer, whichever way it waits. */
-static void
-writer_wake(void)
-{
-	uint64_t one = 1;
-
-	pthread_cond_signal(&writer.work);
-	if (writer.polling) {
-		writer.polling = 0;
-		if (write(writer.wake_fd, &one, sizeof(one)) < 0)
-			(void)0;  /* EAGAIN: the counter is full, so it is woken */
-	}
-}
-
-/* Hand the events first..*last (linked by next) to the writer. */
-static void
-writer_queue(struct event *first, struct event **last)
-{
-	pthread_mutex_lock(&writer.lock);
-	*writer.tail = first;
-	writer.tail = last;
-	writer_wake();
-	pthread_mutex_unlock(&writer.lock);
-}
-
-static void loop_queue_event(struct conn *c);
-
-/* Queue c's rendered event for the writer. A loop gathers its events and
- * hands them over once per turn (loop_thread): a lock and a wake-up per
- * turn rather than per event. */
-static void
-event_submit(struct conn *c)
-{
-	c->ev.next = NULL;
-	c->ev.verified_us = now_us();
-	c->ev.verified = c->ev.verified_us / 1000;
-	c->ev.result = S_INCOMPLETE;
-	c->ev.why = NULL;
-	if (conn_state(c) == CS_LOOP) {
-		conn_enter(c, CS_LOOP, CS_PARKED);
-		loop_queue_event(c);
-	} else {
-		conn_enter(c, CS_THREAD, CS_WAITING);
-		writer_queue(&c->ev, &c->ev.next);
-	}
-}
-
-/* A connection's own thread waits for its event's verdict here. */
-static void
-event_wait(struct conn *c)
-{
-	pthread_mutex_lock(&writer.lock);
-	while (c->ev.result == S_INCOMPLETE)
-		pthread_cond_wait(&writer.decided, &writer.lock);
-	pthread_mutex_unlock(&writer.lock);
-	conn_enter(c, CS_WAITING, CS_THREAD);
-}
-
-/* Cut --output back to size after a batch failed, so that none of it
- * stays behind. */
-static void
-output_cut(off_t size)
-{
-	if (size >= 0 && ftruncate(output_fd, size) < 0)
-		warn("cannot cut back --output %s after a failed write:", output_path);
-}
-
-/* Write one batch to --output (not yet synced) and stdout, noting in
- * *start where it begins in --output (-1 if it is no regular file): S_OK,
- * or the verdict for all of its events. */
-static enum status
-writer_write(struct event *batch, int64_t deadline, off_t *start, const char **why)
-{
-	static struct buf text = { NULL, 0, 0, 1, 0 }, lines = { NULL, 0, 0, 1, 0 };
-	static int stdout_gone, stdout_stalled, unlinked_told;
-	struct event *e;
-	struct stat sb;
-	int r;
-
-	/* One huge batch need not keep its memory for all the small ones. */
-	if (text.cap > STDOUT_QUEUE_LIMIT)
-		buf_free(&text);
-	if (lines.cap > STDOUT_QUEUE_LIMIT)
-		buf_free(&lines);
-	buf_clear(&text);
-	buf_clear(&lines);
-	for (e = batch; e != NULL; e = e->next) {
-		struct conn *c = event_conn(e);
-
-		if (!stdout_gone)
-			buf_add(&text, c->pretty.p, c->pretty.len);
-		if (output_fd >= 0)
-			buf_add(&lines, c->compact.p, c->compact.len);
-	}
-	if (text.failed || lines.failed) {
-		*why = "out of memory for the event; try again";
-		return S_UNAVAILABLE;
-	}
-	if (output_fd >= 0) {
-		if (fstat(output_fd, &sb) < 0) {
-			warn("cannot append events to %s:", output_path);
-			*why = "could not write the event to the --output file";
-			return S_INTERNAL_ERROR;
-		}
-		if (S_ISREG(sb.st_mode))
-			*start = sb.st_size;
-		if (sb.st_nlink == 0 && S_ISREG(sb.st_mode) && !unlinked_told) {
-			warn("warning: --output %s was deleted while open; events go on to the deleted "
-			    "file until SIGHUP reopens the path", output_path);
-			unlinked_told = 1;
-		} else if (sb.st_nlink > 0) {
-			unlinked_told = 0;
-		}
-		if (write_all(output_fd, lines.p, lines.len) < 0) {
-			warn("cannot append events to %s:", output_path);
-			output_cut(*start);
-			*why = "could not write the event to the --output file";
-			return S_INTERNAL_ERROR;
-		}
-	}
-	if (!stdout_gone) {
-		if (stdout_direct)
-			r = write_all(STDOUT_FILENO, text.p, text.len);
-		else
-			r = outq_write(&stdout_queue, text.p, text.len, deadline);
-		if (r == -2) {
-			if (!stdout_stalled)
-				warn("stdout has taken no event for %d s (is its reader paused?): "
-				    "events get 503 until it does", SINK_TIMEOUT_S);
-			stdout_stalled = 1;
-			output_cut(*start);
-			*why = "stdout did not take the event within " STR(SINK_TIMEOUT_S) " s";
-			return S_UNAVAILABLE;
-		}
-		if (r == 0 && stdout_stalled) {
-			warn("stdout takes events again");
-			stdout_stalled = 0;
-		}
-		if (r < 0 && output_fd >= 0) {
-			warn("stdout failed (%s): events go on to --output %s alone", strerror(errno),
-			    output_path);
-			stdout_gone = 1;
-		} else if (r < 0) {
-			warn("cannot write events to stdout:");
-			*why = "could not write the event to stdout";
-			return S_INTERNAL_ERROR;
-		}
-	}
-	return S_OK;
-}
-
-/* Give every event of batch its verdict. A loop's connection goes back to
- * its loop; a thread's result is set under the lock it waits with. */
-static void
-writer_decide(struct event *batch, enum status st, const char *why)
-{
-	int64_t now = now_us();
-	struct event *e, *next;
-
-	pthread_mutex_lock(&writer.lock);
-	for (e = batch; e != NULL; e = next) {
-		struct conn *c = event_conn(e);
-		int parked = conn_parked(c);  /* else CS_WAITING, on its thread */
-
-		next = e->next;
-		e->why = why;
-		e->took_us = now - e->verified_us;
-		e->result = st;
-		if (parked)
-			loop_event_decided(c);
-	}
-	pthread_cond_broadcast(&writer.decided);
-	pthread_mutex_unlock(&writer.lock);
-}
-
-/* Fail every batch in flight, oldest first, and cut --output back to
- * where the oldest began. */
-static void
-inflight_fail(enum status st, const char *why)
-{
-	if (inflight.n == 0)
-		return;
-	forward_forget();
-	output_cut(inflight_at(0)->start);
-	for (; inflight.n > 0; inflight.n--) {
-		writer_decide(inflight_at(0)->events, st, why);
-		inflight.head = (inflight.head + 1) % WRITER_INFLIGHT;
-	}
-}
-
-/* Decide the oldest batches that every broker has acknowledged, after one
- * fdatasync of --output for all of them. */
-static void
-inflight_release(void)
-{
-	unsigned k, i;
-
-	for (k = 0; k < inflight.n; k++) {
-		struct batch *b = inflight_at(k);
-
-		for (i = 0; i < nforwards && b->acked[i] == b->n; i++)
-			;
-		if (i < nforwards)
-			break;
-	}
-	if (k == 0)
-		return;
-	if (output_fd >= 0 && fdatasync(output_fd) < 0) {
-		warn("cannot sync %s:", output_path);
-		inflight_fail(S_INTERNAL_ERROR, "could not write the event to the --output file");
-		return;
-	}
-	for (; k > 0; k--, inflight.n--) {
-		writer_decide(inflight_at(0)->events, S_OK, NULL);
-		inflight.head = (inflight.head + 1) % WRITER_INFLIGHT;
-	}
-}
-
-/* Write batch to the sinks and send it to the brokers: it is in flight,
- * or decided already if a sink failed. */
-static void
-writer_send(struct event *batch)
-{
-	struct batch *b = inflight_at(inflight.n);
-	const char *why = NULL;
-	struct event *e;
-	enum status st;
-
-	memset(b, 0, sizeof(*b));
-	b->events = batch;
-	b->deadline = batch->verified + sink_timeout;
-	b->start = -1;
-	for (e = batch; e != NULL; e = e->next)
-		b->n++;
-	st = writer_write(batch, b->deadline, &b->start, &why);
-	if (st != S_OK) {
-		writer_decide(batch, st, why);
-		return;
-	}
-	inflight.n++;
-	if (nforwards > 0 && forward_send(b, &why) < 0)
-		inflight_fail(S_UNAVAILABLE, why);
-}
-
-static void *
-writer_thread(void *arg)
-{
-	(void)arg;
-	thread_name("xwh-writer");
-	for (;;) {
-		struct event *batch = NULL;
-		int reopen, take, fd;
-
-		pthread_mutex_lock(&writer.lock);
-		reopen = atomic_load(&output_reopened) >= 0;
-		while (nforwards == 0 && writer.head == NULL && !reopen) {
-			pthread_cond_wait(&writer.work, &writer.lock);
-			reopen = atomic_load(&output_reopened) >= 0;
-		}
-		/* A reopened --output is taken up with nothing in flight:
-		 * their offsets are the old file's. */
-		take = inflight.n < WRITER_INFLIGHT && !(reopen && inflight.n > 0);
-		if (take) {
-			batch = writer.head;
-			writer.head = NULL;
-			writer.tail = &writer.head;
-			writer.polling = batch == NULL && nforwards > 0;
-		}
-		pthread_mutex_unlock(&writer.lock);
-		if (inflight.n == 0 && (fd = atomic_exchange(&output_reopened, -1)) >= 0) {
-			close(output_fd);
-			output_fd = fd;
-		}
-		if (nforwards > 0) {
-			if (batch == NULL)
-				forward_wait(take);
-			forward_replies();
-		}
-		if (batch != NULL)
-			writer_send(batch);
-		inflight_release();
-	}
-	return NULL;
-}
-
-/* SIGHUP reopened --output as fd: the writer takes it up between batches
- * (and closes an earlier SIGHUP's it had not yet taken up). */
-static void
-writer_reopened(int fd)
-{
-	int old;
-
-	if ((old = atomic_exchange(&output_reopened, fd)) >= 0)
-		close(old);
-	pthread_mutex_lock(&writer.lock);
-	writer_wake();
-	pthread_mutex_unlock(&writer.lock);
-}
-
-/* Is stdout a regular file or /dev/null? Then nothing reads it to fall
- * behind, and the writer writes it itself (a thread hop less per batch):
- * a disk that hangs is --output's case. A pipe, terminal or socket has a
- * reader that may stall, and goes through stdout_queue. */
-static int
-stdout_never_waits(void)
-{
-	struct stat st, null;
-
-	if (fstat(STDOUT_FILENO, &st) < 0)
-		return 0;
-	if (S_ISREG(st.st_mode))
-		return 1;
-	return S_ISCHR(st.st_mode) && stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) &&
-	    st.st_rdev == null.st_rdev;
-}
-
-static void
-writer_start(void)
-{
-	pthread_t t;
-	pthread_attr_t a;
-
-	writer.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (writer.wake_fd < 0)
-		die("cannot make the event writer's eventfd:");
-	pthread_attr_init(&a);
-	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&t, &a, writer_thread, NULL) != 0)
-		die("cannot start the event writer");
-	pthread_attr_destroy(&a);
-}
-
-/* Verify the event in c->body and render it for the sinks. */
-static enum status
-event_check(struct conn *c, const struct request *req, const char **why)
-{
-	static _Thread_local char err[192];   /* outlives the call, for *why */
-	char expected[SIGNATURE_LEN], detail[160];
-	struct digest body_hash;
-	long spaces;
-
-	/* With --forward, the body's own SHA-256 (consumers tell X's resends
-	 * of an event by it) is taken in the signature's pass. */
-	sha256_init(&body_hash);
-	signature_of(&secret_key, c->body.p, c->body.len, expected, nforwards > 0 ? &body_hash : NULL);
-	if (req->signature_len != SIGNATURE_LEN ||
-	    !ct_equal(expected, req->signature, SIGNATURE_LEN)) {
-		c->o.sig = "bad";
-		*why = "x-twitter-webhooks-signature does not match the body";
-		return S_UNAUTHORIZED;
-	}
-	c->o.sig = "ok";
-	buf_clear(&c->pretty);
-	spaces = json_event(c->body.p, c->body.len, JSON_INDENT, &c->pretty, detail, sizeof(detail));
-	if (spaces < 0 && !c->pretty.failed) {
-		snprintf(err, sizeof(err), "body is not a JSON object: %s", detail);
-		*why = err;
-		return S_BAD_REQUEST;
-	}
-	buf_clear(&c->compact);
-	if (output_path != NULL || nforwards > 0) {
-		/* X sends compact JSON, which is its own compact form. */
-		if (spaces == 0)
-			buf_add(&c->compact, c->body.p, c->body.len);
-		else
-			json_event(c->body.p, c->body.len, JSON_COMPACT, &c->compact, detail, sizeof(detail));
-		buf_addc(&c->compact, '\n');
-	}
-	if (nforwards > 0) {
-		unsigned char d[32];
-
-		digest_final(&body_hash, d);
-		hex_encode(d, sizeof(d), c->body_sha);
-	}
-	if (c->pretty.failed || c->compact.failed) {
-		*why = "out of memory for the event; try again";
-		return S_UNAVAILABLE;
-	}
-	return S_OK;
-}
-
-/* The body of a CRC answer for token, {"response_token":"sha256=..."}:
- * the one builder, for the server and for `xwebhook crc`. */
-enum { CRC_BODY_LEN = 19 + SIGNATURE_LEN + 2 };
-
-static void
-crc_body(const char *token, size_t n, char out[CRC_BODY_LEN])
-{
-	memcpy(out, "{\"response_token\":\"", 19);
-	signature_of(&secret_key, token, n, out + 19, NULL);
-	memcpy(out + 19 + SIGNATURE_LEN, "\"}", 2);
-}
-
-/* Answer a CRC: the HMAC of the crc_token under the consumer secret. */
-static void
-handle_crc(struct conn *c, const struct request *req, int keep, struct outcome *o)
-{
-	const char *q = memchr(req->target, '?', req->target_len);
-	char token[MAX_CRC_TOKEN + 1], body[CRC_BODY_LEN];
-	long n = -1;
-
-	if (q != NULL)
-		n = query_param(q + 1, req->target_len - req->path_len - 1, "crc_token", token, sizeof(token));
-	if (n < 0) {
-		send_error(c, req, S_BAD_REQUEST, "No crc_token", NULL, keep, o);
-		return;
-	}
-	if (!crc_token_ok(token, (size_t)n)) {
-		send_error(c, req, S_BAD_REQUEST,
-		    "crc_token must be 1 to 255 characters of base64 or base64url", NULL, keep, o);
-		return;
-	}
-	crc_body(token, (size_t)n, body);
-	send_response(c, req, S_OK, "application/json", body, sizeof(body), NULL, keep);
-	o->code = 200;
-	o->out_bytes = req->method == M_HEAD ? 0 : sizeof(body);
-}
-
-/* One request answered (send_response gave its connection the credit):
- * its log line. */
-static void
-request_done(struct conn *c)
-{
-	access_log(c, &c->req, &c->o, c->start_us);
-}
-
 /* What handle_request did with a request. */
 enum handled {
 	H_CLOSE,     /* answered; the connection ends */
 	H_KEEP,      /* answered; the connection may carry another */
 	H_PARKED,    /* on a loop: its event is with the writer */
 };
-
-/* Answer an event POST with its verdict, and log it. */
-static enum handled
-event_answer(struct conn *c, enum status st, const char *why, int *linger)
-{
-	const struct request *req = &c->req;
-	int keep = req->keep_alive && !is_stopping();
-
-	c->o.sinks_us = c->ev.took_us;
-	if (st == S_OK) {
-		send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
-		c->o.code = 200;
-	} else {
-		/* After a framing error the rest of the stream means nothing,
-		 * and a body refused part-way is still arriving: answer, then
-		 * close. */
-		int unread = c->o.sig == NULL;
-
-		if (unread || st == S_REQUEST_TIMEOUT || st == S_HEADERS_TOO_LARGE) {
-			keep = 0;
-			*linger = 1;
-		}
-		send_error(c, req, st, why, st == S_UNAVAILABLE ? "Retry-After: 1\r\n" : NULL, keep, &c->o);
-	}
-	request_done(c);
-	return keep ? H_KEEP : H_CLOSE;
-}
-
-#ifdef XWEBHOOK_TLS
-/* --acme-http: /.well-known/acme-challenge/TOKEN answers the key
- * authorization while that challenge is pending (RFC 8555, 8.3), and
- * every other request gets a redirect to https://DOMAIN. */
-static enum handled
-handle_acme_http(struct conn *c, int *linger)
-{
-	static const char prefix[] = "/.well-known/acme-challenge/";
-	const struct request *req = &c->req;
-	struct outcome *o = &c->o;
-	size_t pn = sizeof(prefix) - 1;
-	int keep = req->keep_alive && !is_stopping();
-	int challenge_path = req->path_len > pn && memcmp(req->target, prefix, pn) == 0;
-	char ka[256];
-
-	if (req->chunked || (req->has_length && req->content_length > 0)) {
-		keep = 0;
-		*linger = 1;
-	}
-	if (challenge_path && (req->method == M_GET || req->method == M_HEAD) &&
-	    challenge_http(req->target + pn, req->path_len - pn, ka, sizeof(ka))) {
-		send_response(c, req, S_OK, "application/octet-stream", ka, strlen(ka), NULL, keep);
-		o->code = 200;
-		o->out_bytes = req->method == M_HEAD ? 0 : strlen(ka);
-	} else if (challenge_path) {
-		send_error(c, req, S_NOT_FOUND, "no such challenge", NULL, keep, o);
-	} else {
-		struct buf loc = { 0 };
-
-		buf_adds(&loc, "Location: https://");
-		buf_adds(&loc, acme_domain);
-		buf_add(&loc, req->target, req->target_len);  /* checked by the parser: no CR, LF or spaces */
-		buf_adds(&loc, "\r\n");
-		buf_addc(&loc, '\0');
-		send_error(c, req, S_MOVED_PERMANENTLY, "this port answers ACME challenges: use https", loc.p, keep, o);
-		buf_free(&loc);
-	}
-	request_done(c);
-	return keep ? H_KEEP : H_CLOSE;
-}
-#endif
-
-/* Answer the request in c->req, whose head is parsed. *linger is set when
- * the connection must close with unread bytes possibly in flight. */
-static enum handled
-handle_request(struct conn *c, int *linger)
-{
-	const struct request *req = &c->req;
-	struct outcome *o = &c->o;
-	size_t plen = strlen(webhook_path);
-	int on_path = req->path_len == plen && memcmp(req->target, webhook_path, plen) == 0;
-	int health = req->path_len == 8 && memcmp(req->target, "/healthz", 8) == 0;
-	int has_body = req->chunked || (req->has_length && req->content_length > 0);
-	int keep = req->keep_alive && !is_stopping();
-	const char *why = NULL;
-
-	memset(o, 0, sizeof(*o));
-	c->pos = req->head_len;
-#ifdef XWEBHOOK_TLS
-	if (c->acme_http)
-		return handle_acme_http(c, linger);
-#endif
-	if (on_path && req->method == M_POST && req->signature != NULL &&
-	    !(req->has_length && req->content_length > max_body)) {
-		enum status st;
-
-		if (req->expect_continue && has_body && c->in_len == req->head_len) {
-			static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-
-			if (c->tr->write(c, cont, sizeof(cont) - 1, now_ms() + write_timeout) < 0)
-				return H_CLOSE;
-		}
-		st = read_body(c, req, &why);
-		o->in_bytes = c->body.len;
-		if (st == S_OK)
-			st = event_check(c, req, &why);
-		body_release(c);
-		if (st == S_OK) {
-			int on_loop = conn_state(c) == CS_LOOP;
-
-			event_submit(c);
-			if (on_loop) {
-				c->expires = INT64_MAX;
-				return H_PARKED;
-			}
-			event_wait(c);
-			st = c->ev.result;
-			why = c->ev.why;
-		}
-		return event_answer(c, st, why, linger);
-	}
-
-	/* Every other answer comes from the head alone. A body we do not
-	 * need is not read: the answer goes out and the connection closes. */
-	if (has_body) {
-		keep = 0;
-		*linger = 1;
-	}
-	if (on_path && req->method == M_POST) {
-		if (req->signature == NULL) {
-			o->sig = "missing";
-			send_error(c, req, S_UNAUTHORIZED, "missing x-twitter-webhooks-signature header",
-			    NULL, keep, o);
-		} else {
-			send_error(c, req, S_PAYLOAD_TOO_LARGE, "body larger than --max-body", NULL, 0, o);
-			keep = 0;
-		}
-	} else if (on_path && (req->method == M_GET || req->method == M_HEAD)) {
-		handle_crc(c, req, keep, o);
-	} else if (on_path) {
-		send_error(c, req, S_METHOD_NOT_ALLOWED, "method not allowed",
-		    "Allow: GET, HEAD, POST\r\n", keep, o);
-	} else if (health && (req->method == M_GET || req->method == M_HEAD)) {
-		send_response(c, req, S_OK, "text/plain", "ok\n", 3, NULL, keep);
-		o->code = 200;
-		o->out_bytes = req->method == M_HEAD ? 0 : 3;
-	} else if (health) {
-		send_error(c, req, S_METHOD_NOT_ALLOWED, "method not allowed", "Allow: GET, HEAD\r\n",
-		    keep, o);
-	} else {
-		send_error(c, req, S_NOT_FOUND, "not found", NULL, keep, o);
-	}
-	request_done(c);
-	return keep ? H_KEEP : H_CLOSE;
-}
-
-/* The request is answered: keep what arrived after it (the next one), and
- * no large buffer for the idle time. */
-static void
-next_request(struct conn *c)
-{
-	memmove(c->in, c->in + c->pos, c->in_len - c->pos);
-	c->in_len -= c->pos;
-	c->pos = 0;
-	if (c->pretty.cap > KEEP_BUFFER)
-		buf_free(&c->pretty);
-	if (c->compact.cap > KEEP_BUFFER)
-		buf_free(&c->compact);
-}
-
-/* Serve requests on one connection until it ends. Returns whether the
- * close should linger. */
-static int
-serve_connection(struct conn *c)
-{
-	for (;;) {
-		const char *why = NULL;
-		enum status st = read_head(c, &c->req, &why);
-		int linger = 0;
-
-		c->start_us = now_us();
-		if (st == S_INCOMPLETE)
-			return 0;
-		if (st != S_OK) {
-			memset(&c->o, 0, sizeof(c->o));
-			send_error(c, c->req.method_len > 0 ? &c->req : NULL, st, why, NULL, 0, &c->o);
-			request_done(c);
-			return 1;
-		}
-		if (handle_request(c, &linger) != H_KEEP)
-			return linger;
-		next_request(c);
-	}
-}
 
 /* What a loop does with a connection after serve_buffered. */
 enum verdict {
@@ -4913,74 +4694,26 @@ enum verdict {
 	V_PARKED,    /* its event is with the writer: wait for the verdict */
 };
 
-/* A loop answered a request: go on (V_IDLE), or what else. */
-static enum verdict
-loop_answered(struct conn *c, enum handled h, int linger)
-{
-	if (c->pending.len > 0 || c->unsent || linger) {
-		if (h != H_KEEP)
-			conn_enter(c, CS_LOOP, CS_FLUSHING);
-		c->linger = linger;
-		return V_THREAD;
-	}
-	if (h != H_KEEP)
-		return V_CLOSE;
-	next_request(c);
-	return V_IDLE;
-}
+/* Functions used before the section that defines them: the file reads in
+ * the order data flows, so the loops come before the webhook they call,
+ * and the webhook before the writer. */
+static void connection_end(struct conn *c, int linger);
+static void *connection_thread(void *arg);
+static void access_log(const struct conn *c, const struct request *req, const struct outcome *o, int64_t start_us);
+static void body_release(struct conn *c);
+static enum handled event_answer(struct conn *c, enum status st, const char *why, int *linger);
+static void next_request(struct conn *c);
+static int serve_connection(struct conn *c);
+static enum verdict loop_answered(struct conn *c, enum handled h, int linger);
+static enum verdict serve_buffered(struct conn *c);
+static void writer_queue(struct event *first, struct event **last);
+static void event_submit(struct conn *c);
+static void event_wait(struct conn *c);
+static void writer_reopened(int fd);
+static int stdout_never_waits(void);
+static void writer_start(void);
 
-/* Answer every request already complete in c->in, without waiting for
- * anything: the event loop's fast path. Whatever would wait (a head or
- * body still arriving, a chunked body, Expect, a lingering close, an
- * answer the socket would not take) is left to a thread; an event goes
- * to the writer, and the connection is parked until its verdict. */
-static enum verdict
-serve_buffered(struct conn *c)
-{
-	while (skip_empty_lines(c), c->in_len > 0) {
-		size_t scan = 0, line_end = 0, head_len = 0;
-		struct request *req = &c->req;
-		const char *why = NULL;
-		enum status st = http_scan_head(c->in, c->in_len, &scan, &line_end, &head_len, &why);
-		enum handled h;
-		enum verdict v;
-		int linger = 0;
-
-		if (st == S_INCOMPLETE)
-			return V_THREAD;
-		if (st == S_OK)
-			st = http_parse_head(c->in, head_len, req, &why);
-		if (st != S_OK || req->chunked || req->expect_continue ||
-		    (req->has_length && req->content_length > c->in_len - head_len))
-			return V_THREAD;  /* the thread parses it again, and answers */
-		c->start_us = now_us();
-		h = handle_request(c, &linger);
-		if (h == H_PARKED)
-			return V_PARKED;
-		if ((v = loop_answered(c, h, linger)) != V_IDLE)
-			return v;
-	}
-	return V_IDLE;
-}
-
-/* ------------------------------------------------------------------------
- * The server: listen, accept, event loops in front, a thread per
- * connection behind, signals.
- *
- * Why both. The slow paths (a head or body trickling in, an fdatasync, a
- * lingering close, a client that does not read) are plain blocking
- * conversations: each runs on its own thread, every wait a poll() with a
- * deadline, so a slow or silent client holds only its own thread and never
- * delays anyone else, and the code reads top to bottom with no callbacks.
- * But a thread per connection costs a thread wake-up per request, and on a
- * small machine those wake-ups, not the work, bound the rate (measured: a
- * third of all CPU time in the scheduler). So every connection starts on an
- * epoll loop (one per CPU) that answers each request that has arrived
- * whole, right away, and hands the connection to a thread at the first sign
- * of waiting (serve_buffered). TLS engines are driven by hand there
- * (tls_pump), so a handshake never needs a thread either, and an idle or
- * silent connection costs none at all.
- * ------------------------------------------------------------------------ */
+/* ---- listening, signals, reload ---- */
 
 static void
 on_signal(int sig)
@@ -5099,6 +4832,7 @@ listen_on(const char *spec, char *url, size_t url_len)
 		strcpy(host, "0.0.0.0");
 
 	memset(&hints, 0, sizeof(hints));
+	memset(&ss, 0, sizeof(ss));  /* getsockname fills it; the analyzer cannot tell */
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
@@ -5182,8 +4916,181 @@ refuse(int fd, const char *peer)
 #undef BUSY_BODY
 }
 
+/* ---- start-up: the secret, --output, the user, the descriptor limit ---- */
+
+/* Read the consumer secret from --secret-file or the environment, never
+ * from argv, where ps would show it, into b: 1, or 0 when there is none.
+ * Dies with status 1 when --secret-file cannot be read. */
+static int
+read_secret(struct buf *b)
+{
+	static const char *const names[] = { "TWITTER_CONSUMER_SECRET", "CONSUMER_SECRET" };
+	size_t i;
+
+	if (secret_file != NULL) {
+		int fd = open(secret_file, O_RDONLY | O_CLOEXEC);
+
+		if (fd < 0)
+			die("cannot read --secret-file %s:", secret_file);
+		if (read_all(fd, b) < 0)
+			die("cannot read --secret-file %s:", secret_file);
+		close(fd);
+		/* Editors end files with a newline that is no part of it. */
+		if (b->len > 0 && b->p[b->len - 1] == '\n')
+			b->len--;
+		if (b->len > 0 && b->p[b->len - 1] == '\r')
+			b->len--;
+		if (b->len == 0)
+			die("--secret-file %s is empty", secret_file);
+	}
+	/* Both variables leave /proc/PID/environ whichever was used, and
+	 * with --secret-file too. */
+	for (i = 0; i < 2; i++) {
+		char *v = getenv(names[i]);
+
+		if (v != NULL && *v != '\0') {
+			if (b->len == 0 && secret_file == NULL)
+				buf_adds(b, v);
+			memset(v, 0, strlen(v));
+		}
+	}
+	return b->len > 0;
+}
+
+/* Load the consumer secret as the HMAC key of CRCs and signatures. If
+ * there is none: dies with status 1 when it is required, else returns 0. */
+static int
+load_secret(int required)
+{
+	struct buf b = { 0 };
+
+	if (!read_secret(&b) && !required)
+		return 0;
+	if (b.len == 0)
+		die("no consumer secret: set TWITTER_CONSUMER_SECRET (or CONSUMER_SECRET) "
+		    "in the environment, or use --secret-file FILE");
+	hmac_key_init(&secret_key, b.p, b.len);
+	memset(b.p, 0, b.cap);
+	buf_free(&b);
+	return 1;
+}
+
+/* Open --output for appending. A last line torn by a crash (kill -9 in
+ * the middle of a write) was never acknowledged, so X will send that
+ * event again: cut it off, so every line in the file is whole. */
+static void
+open_output(const struct passwd *owner)
+{
+	struct stat st;
+	off_t end, keep = 0;
+	char tail[4096];
+
+	output_fd = output_open();
+	if (output_fd < 0)
+		die("cannot open --output %s: %s", output_path, output_refusal(errno));
+	if (fstat(output_fd, &st) < 0)
+		die("cannot stat --output %s:", output_path);
+	/* The file is --user's from the start, so that it can reopen it
+	 * after SIGHUP (and logrotate's "create" can keep it so); never a
+	 * third user's file given to it. */
+	if (owner != NULL && S_ISREG(st.st_mode) && st.st_uid != 0 && st.st_uid != owner->pw_uid)
+		die("cannot open --output %s: it belongs to uid %lu, neither root nor --user %s", output_path,
+		    (unsigned long)st.st_uid, owner->pw_name);
+	if (owner != NULL && S_ISREG(st.st_mode) && fchown(output_fd, owner->pw_uid, owner->pw_gid) < 0)
+		die("cannot give --output %s to --user %s:", output_path, owner->pw_name);
+	if (!S_ISREG(st.st_mode) || st.st_size == 0)
+		return;
+	{
+		int rfd = open(output_path, O_RDONLY | O_NOCTTY | O_CLOEXEC | (geteuid() == 0 ? O_NOFOLLOW : 0));
+		struct stat rst;
+
+		if (rfd < 0 || fstat(rfd, &rst) < 0)
+			die("cannot read --output %s:", output_path);
+		if (rst.st_dev != st.st_dev || rst.st_ino != st.st_ino)
+			die("cannot read --output %s: it was replaced while being opened", output_path);
+		for (end = st.st_size; end > 0 && keep == 0;) {
+			size_t n = end < (off_t)sizeof(tail) ? (size_t)end : sizeof(tail);
+			ssize_t r = pread(rfd, tail, n, end - (off_t)n);
+			ssize_t k;
+
+			if (r != (ssize_t)n)
+				die("cannot read --output %s:", output_path);
+			for (k = r - 1; k >= 0; k--)
+				if (tail[k] == '\n')
+					break;
+			if (k >= 0)
+				keep = end - (off_t)n + k + 1;
+			end -= (off_t)n;
+			if (end == 0 && keep == 0)
+				break;
+		}
+		close(rfd);
+	}
+	if (keep < st.st_size) {
+		warn("--output %s ends in a torn line: cutting %lld byte(s) a crash left behind",
+		    output_path, (long long)(st.st_size - keep));
+		if (ftruncate(output_fd, keep) < 0)
+			die("cannot cut back --output %s:", output_path);
+	}
+}
+
+/* --user's entry, looked up once (before a chroot or a drop could hide
+ * /etc/passwd), or NULL without --user. */
+static const struct passwd *
+run_as_user(void)
+{
+	static struct passwd pw;
+	static int looked;
+	struct passwd *p;
+
+	if (run_as == NULL)
+		return NULL;
+	if (!looked) {
+		errno = 0;
+		if ((p = getpwnam(run_as)) == NULL)
+			die("--user %s: no such user", run_as);
+		pw = *p;
+		pw.pw_name = strdup(p->pw_name);
+		if (pw.pw_name == NULL)
+			die("out of memory");
+		looked = 1;
+	}
+	return &pw;
+}
+
+/* Become user (its uid, gid and supplementary groups), for good. */
+static void
+drop_privileges(const char *user)
+{
+	const struct passwd *pw = run_as_user();
+
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0)
+		die("--user %s: initgroups:", user);
+	if (setgid(pw->pw_gid) < 0)
+		die("--user %s: setgid:", user);
+	if (setuid(pw->pw_uid) < 0)
+		die("--user %s: setuid:", user);
+	if (pw->pw_uid != 0 && setuid(0) == 0)
+		die("--user %s: root could be regained; refusing to run", user);
+}
+
+/* Make room for max_conns descriptors, as far as the hard limit allows. */
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)max_conns + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
+		warn("open-file limit %llu is below --max-conns %u plus 64; raise it (ulimit -n)",
+		    (unsigned long long)rl.rlim_cur, max_conns);
+}
+
 /* ------------------------------------------------------------------------
- * Connection slots, shared fairly.
+ * [SLOTS] Connection slots, shared fairly.
  *
  * There are --max-conns slots, and one peer must not be able to take them
  * all: X itself sends from few addresses, perhaps over hundreds of
@@ -5200,6 +5107,8 @@ refuse(int fd, const char *peer)
  * sender whose connections complete requests keeps them: it can lose an
  * idle one only while it holds more connections than anybody else and
  * every connection has been answered at least once.
+ *
+ * Everything here is under conns_lock. Calls nothing outside.
  * ------------------------------------------------------------------------ */
 
 struct peer {
@@ -5408,7 +5317,25 @@ slot_take(struct conn *c, const struct sockaddr_storage *ss)
 }
 
 /* ------------------------------------------------------------------------
- * The event loops.
+ * [LOOPS] The event loops in front, a thread per connection behind, and
+ * serve(): the threads started, accept, the drain at the end. Owns struct
+ * loop. Calls [SLOTS], [WEBHOOK] (serve_buffered on a loop,
+ * serve_connection on a thread), [WRITER] (a parked connection's verdict
+ * comes back through loop_event_decided) and [TLS] (tls_pump).
+ *
+ * Why both. The slow paths (a head or body trickling in, an fdatasync, a
+ * lingering close, a client that does not read) are plain blocking
+ * conversations: each runs on its own thread, every wait a poll() with a
+ * deadline, so a slow or silent client holds only its own thread and never
+ * delays anyone else, and the code reads top to bottom with no callbacks.
+ * But a thread per connection costs a thread wake-up per request, and on a
+ * small machine those wake-ups, not the work, bound the rate (measured: a
+ * third of all CPU time in the scheduler). So every connection starts on an
+ * epoll loop (one per CPU) that answers each request that has arrived
+ * whole, right away, and hands the connection to a thread at the first sign
+ * of waiting (serve_buffered). TLS engines are driven by hand there
+ * (tls_pump), so a handshake never needs a thread either, and an idle or
+ * silent connection costs none at all.
  * ------------------------------------------------------------------------ */
 
 /* An event loop: an epoll set, and the connections it holds. */
@@ -5426,8 +5353,6 @@ enum { MAX_LOOPS = 8 };
 static struct loop loops[MAX_LOOPS];
 static unsigned nloops, next_loop;
 
-static void connection_end(struct conn *c, int linger);
-static void *connection_thread(void *arg);
 static pthread_attr_t thread_attr;
 
 /* Take c off its loop's list; the caller holds l->lock. */
@@ -6107,1285 +6032,1143 @@ serve(int lfd, const char *url)
 }
 
 /* ------------------------------------------------------------------------
- * Secrets and the --output file.
+ * [WEBHOOK] The webhook: read a request, answer the CRC, verify and emit
+ * events, and write one access-log line per request. Owns a request's
+ * handling from its head to its answer (read_head, read_body,
+ * handle_request, send_response). Calls [HTTP]'s parsers, [CRYPTO]'s HMAC,
+ * [JSON]'s renderer, [WRITER] (event_submit, event_wait) and [SLOTS].
  * ------------------------------------------------------------------------ */
 
-/* Read the consumer secret from --secret-file or the environment, never
- * from argv, where ps would show it, into b: 1, or 0 when there is none.
- * Dies with status 1 when --secret-file cannot be read. */
-static int
-read_secret(struct buf *b)
+/* Append s to b escaped, for JSON (quote and backslash after a
+ * backslash, control bytes as \u00NN) or for the log (those and non-ASCII
+ * as \xNN). Inline: each caller gets its own copy, with the test on json
+ * folded away. */
+static inline void
+escape_add(struct buf *b, const char *s, size_t n, int json)
 {
-	static const char *const names[] = { "TWITTER_CONSUMER_SECRET", "CONSUMER_SECRET" };
 	size_t i;
 
-	if (secret_file != NULL) {
-		int fd = open(secret_file, O_RDONLY | O_CLOEXEC);
-
-		if (fd < 0)
-			die("cannot read --secret-file %s:", secret_file);
-		if (read_all(fd, b) < 0)
-			die("cannot read --secret-file %s:", secret_file);
-		close(fd);
-		/* Editors end files with a newline that is no part of it. */
-		if (b->len > 0 && b->p[b->len - 1] == '\n')
-			b->len--;
-		if (b->len > 0 && b->p[b->len - 1] == '\r')
-			b->len--;
-		if (b->len == 0)
-			die("--secret-file %s is empty", secret_file);
-	}
-	/* Both variables leave /proc/PID/environ whichever was used, and
-	 * with --secret-file too. */
-	for (i = 0; i < 2; i++) {
-		char *v = getenv(names[i]);
-
-		if (v != NULL && *v != '\0') {
-			if (b->len == 0 && secret_file == NULL)
-				buf_adds(b, v);
-			memset(v, 0, strlen(v));
-		}
-	}
-	return b->len > 0;
-}
-
-/* Load the consumer secret as the HMAC key of CRCs and signatures. If
- * there is none: dies with status 1 when it is required, else returns 0. */
-static int
-load_secret(int required)
-{
-	struct buf b = { 0 };
-
-	if (!read_secret(&b) && !required)
-		return 0;
-	if (b.len == 0)
-		die("no consumer secret: set TWITTER_CONSUMER_SECRET (or CONSUMER_SECRET) "
-		    "in the environment, or use --secret-file FILE");
-	hmac_key_init(&secret_key, b.p, b.len);
-	memset(b.p, 0, b.cap);
-	buf_free(&b);
-	return 1;
-}
-
-/* Open --output for appending. A last line torn by a crash (kill -9 in
- * the middle of a write) was never acknowledged, so X will send that
- * event again: cut it off, so every line in the file is whole. */
-static void
-open_output(const struct passwd *owner)
-{
-	struct stat st;
-	off_t end, keep = 0;
-	char tail[4096];
-
-	output_fd = output_open();
-	if (output_fd < 0)
-		die("cannot open --output %s: %s", output_path, output_refusal(errno));
-	if (fstat(output_fd, &st) < 0)
-		die("cannot stat --output %s:", output_path);
-	/* The file is --user's from the start, so that it can reopen it
-	 * after SIGHUP (and logrotate's "create" can keep it so); never a
-	 * third user's file given to it. */
-	if (owner != NULL && S_ISREG(st.st_mode) && st.st_uid != 0 && st.st_uid != owner->pw_uid)
-		die("cannot open --output %s: it belongs to uid %lu, neither root nor --user %s", output_path,
-		    (unsigned long)st.st_uid, owner->pw_name);
-	if (owner != NULL && S_ISREG(st.st_mode) && fchown(output_fd, owner->pw_uid, owner->pw_gid) < 0)
-		die("cannot give --output %s to --user %s:", output_path, owner->pw_name);
-	if (!S_ISREG(st.st_mode) || st.st_size == 0)
-		return;
-	{
-		int rfd = open(output_path, O_RDONLY | O_NOCTTY | O_CLOEXEC | (geteuid() == 0 ? O_NOFOLLOW : 0));
-		struct stat rst;
-
-		if (rfd < 0 || fstat(rfd, &rst) < 0)
-			die("cannot read --output %s:", output_path);
-		if (rst.st_dev != st.st_dev || rst.st_ino != st.st_ino)
-			die("cannot read --output %s: it was replaced while being opened", output_path);
-		for (end = st.st_size; end > 0 && keep == 0;) {
-			size_t n = end < (off_t)sizeof(tail) ? (size_t)end : sizeof(tail);
-			ssize_t r = pread(rfd, tail, n, end - (off_t)n);
-			ssize_t k;
-
-			if (r != (ssize_t)n)
-				die("cannot read --output %s:", output_path);
-			for (k = r - 1; k >= 0; k--)
-				if (tail[k] == '\n')
-					break;
-			if (k >= 0)
-				keep = end - (off_t)n + k + 1;
-			end -= (off_t)n;
-			if (end == 0 && keep == 0)
-				break;
-		}
-		close(rfd);
-	}
-	if (keep < st.st_size) {
-		warn("--output %s ends in a torn line: cutting %lld byte(s) a crash left behind",
-		    output_path, (long long)(st.st_size - keep));
-		if (ftruncate(output_fd, keep) < 0)
-			die("cannot cut back --output %s:", output_path);
-	}
-}
-
-/* --user's entry, looked up once (before a chroot or a drop could hide
- * /etc/passwd), or NULL without --user. */
-static const struct passwd *
-run_as_user(void)
-{
-	static struct passwd pw;
-	static int looked;
-	struct passwd *p;
-
-	if (run_as == NULL)
-		return NULL;
-	if (!looked) {
-		errno = 0;
-		if ((p = getpwnam(run_as)) == NULL)
-			die("--user %s: no such user", run_as);
-		pw = *p;
-		pw.pw_name = strdup(p->pw_name);
-		if (pw.pw_name == NULL)
-			die("out of memory");
-		looked = 1;
-	}
-	return &pw;
-}
-
-/* Become user (its uid, gid and supplementary groups), for good. */
-static void
-drop_privileges(const char *user)
-{
-	const struct passwd *pw = run_as_user();
-
-	if (initgroups(pw->pw_name, pw->pw_gid) < 0)
-		die("--user %s: initgroups:", user);
-	if (setgid(pw->pw_gid) < 0)
-		die("--user %s: setgid:", user);
-	if (setuid(pw->pw_uid) < 0)
-		die("--user %s: setuid:", user);
-	if (pw->pw_uid != 0 && setuid(0) == 0)
-		die("--user %s: root could be regained; refusing to run", user);
-}
-
-/* Make room for max_conns descriptors, as far as the hard limit allows. */
-static void
-raise_fd_limit(void)
-{
-	struct rlimit rl;
-	rlim_t want = (rlim_t)max_conns + 64;
-
-	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
-		return;
-	rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
-	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
-		warn("open-file limit %llu is below --max-conns %u plus 64; raise it (ulimit -n)",
-		    (unsigned long long)rl.rlim_cur, max_conns);
-}
-
-/* ------------------------------------------------------------------------
- * Subcommands: crc, sign, fmt.
- * ------------------------------------------------------------------------ */
-
-/* Read FILE ("-" or NULL for stdin) whole; dies on failure. */
-static void
-slurp(const char *path, struct buf *b)
-{
-	int fd = STDIN_FILENO;
-
-	if (path != NULL && strcmp(path, "-") != 0 && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		die("cannot open %s:", path);
-	if (read_all(fd, b) < 0)
-		die("cannot read %s:", path ? path : "stdin");
-	if (fd != STDIN_FILENO)
-		close(fd);
-}
-
-static int
-cmd_crc(const char *token)
-{
-	char out[CRC_BODY_LEN + 1];
-
-	load_secret(1);
-	crc_body(token, strlen(token), out);
-	out[CRC_BODY_LEN] = '\n';
-	if (write_all(STDOUT_FILENO, out, sizeof(out)) < 0)
-		die("stdout:");
-	return 0;
-}
-
-static int
-cmd_sign(const char *path)
-{
-	struct buf b = { 0 };
-	char sig[SIGNATURE_LEN + 1];
-
-	load_secret(1);
-	slurp(path, &b);
-	signature_of(&secret_key, b.p, b.len, sig, NULL);
-	sig[SIGNATURE_LEN] = '\n';
-	if (write_all(STDOUT_FILENO, sig, sizeof(sig)) < 0)
-		die("stdout:");
-	buf_free(&b);
-	return 0;
-}
-
-/* Pretty-print a stream of JSON values as the server prints events,
- * reading in blocks. Only whole values are written: each as soon as it
- * is complete, and nothing of an invalid one, so that a pipeline never
- * sees half a document (memory holds the largest single value). */
-static int
-cmd_fmt(const char *path)
-{
-	static char in[1 << 16];
-	struct buf out = { 0 };
-	struct json j;
-	int fd = STDIN_FILENO, ok = 0;
-
-	if (path != NULL && strcmp(path, "-") != 0 && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		die("cannot open %s:", path);
-	json_init(&j, JSON_INDENT, &out);
-	j.stream = 1;
-	for (;;) {
-		ssize_t r = read(fd, in, sizeof(in));
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			die("cannot read %s:", path ? path : "stdin");
-		ok = (r == 0 ? json_finish(&j) : json_feed(&j, in, (size_t)r)) == 0;
-		if (j.out_mark >= sizeof(in) || r == 0 || !ok) {
-			/* The values complete so far go out; the rest waits. */
-			if (write_all(STDOUT_FILENO, out.p, j.out_mark) < 0)
-				die("stdout:");
-			if (out.len > j.out_mark)
-				memmove(out.p, out.p + j.out_mark, out.len - j.out_mark);
-			out.len -= j.out_mark;
-			j.out_mark = 0;
-		}
-		if (r == 0 || !ok)
-			break;
-	}
-	buf_free(&out);
-	if (fd != STDIN_FILENO)
-		close(fd);
-	if (!ok) {
-		fprintf(stderr, "%s: line %lu, column %lu: %s (the values before it were written; nothing "
-		    "of this one)\n", progname, j.err_line, j.err_col, j.error);
-		return 1;
-	}
-	return 0;
-}
-
-/* ------------------------------------------------------------------------
- * The HTTP client: the file's one way to ask another server something.
- * One request on a fresh connection, plain or TLS (the chain verified
- * against a trust store), and its answer read with the server's own
- * pieces: http_scan_head for the head, http_next_field for the fields,
- * content_length and the chunked decoder for the body. One deadline
- * covers the whole exchange, and CLIENT_MAX_ANSWER the answer's size.
- * Every caller (check, X's API, ACME, the brokers) gets its failures in
- * the same words: a certificate's fault named, a deadline as it was.
- * ------------------------------------------------------------------------ */
-
-enum {
-	/* The largest answer taken, head and body: a CRC answer is under
-	 * 100 bytes, an X API answer a few KiB. */
-	CLIENT_MAX_ANSWER = 1 << 20,
-	/* The whole exchange, from connecting to the answer's last byte,
-	 * when the caller names no deadline of its own. */
-	CLIENT_TIMEOUT_MS = 10000,
-};
-#define CLIENT_MAX_ANSWER_TEXT "1 MiB"
-
-struct url {
-	int https;
-	char host[256];
-	char port[8];       /* empty when the URL names none */
-	char target[2048];  /* path and query */
-};
-
-/* A URL's authority split: what came before an '@' in it, and the host
- * and port as split_host_port gives them. */
-struct authority {
-	const char *userinfo;    /* NULL when there is no '@' */
-	size_t userinfo_len;
-	char host[256];
-	char port[8];            /* empty when the authority names none */
-	const char *end;         /* the first byte after the authority */
-};
-
-/* Split the authority that starts at s (just past "scheme://") and ends
- * at the first byte of stops or at the string's end, the file's one URL
- * splitter (url_parse's URLs, --forward's): 0, or -1 with *why. */
-static int
-url_authority(const char *s, const char *stops, struct authority *a, const char **why)
-{
-	const char *at;
-
-	memset(a, 0, sizeof(*a));
-	a->end = s + strcspn(s, stops);
-	at = memchr(s, '@', (size_t)(a->end - s));
-	if (at != NULL) {
-		a->userinfo = s;
-		a->userinfo_len = (size_t)(at - s);
-		s = at + 1;
-	}
-	return split_host_port(s, (size_t)(a->end - s), a->host, sizeof(a->host), a->port, sizeof(a->port), why);
-}
-
-static int
-url_parse(const char *s, struct url *u)
-{
-	struct authority au;
-	const char *a, *p, *why;
-
-	memset(u, 0, sizeof(*u));
-	if (strncasecmp(s, "https://", 8) == 0) {
-		u->https = 1;
-		a = s + 8;
-	} else if (strncasecmp(s, "http://", 7) == 0) {
-		a = s + 7;
-	} else {
-		return -1;
-	}
-	if (url_authority(a, "/?#", &au, &why) < 0 || au.userinfo != NULL || au.host[0] == '\0')
-		return -1;
-	memcpy(u->host, au.host, sizeof(u->host));
-	memcpy(u->port, au.port, sizeof(u->port));
-	p = au.end;
-	if (strlen(p) + 2 > sizeof(u->target))
-		return -1;
-	snprintf(u->target, sizeof(u->target), "%s%s", *p == '/' ? "" : "/", p);
-	if (strchr(u->target, '#') != NULL)
-		*strchr(u->target, '#') = '\0';
-	for (p = u->target; *p; p++)
-		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
-			return -1;
-	return 0;
-}
-
-enum {
-	/* host:port text: a host of up to 255 bytes, its brackets, ':'
-	 * and five digits. */
-	HOST_PORT_MAX = 255 + 2 + 1 + 5 + 1,
-};
-
-/* host and port as a URL's authority or a Host field writes them (RFC
- * 9110 7.2, RFC 3986 3.2.2): an IPv6 literal in brackets, and the port
- * left out when it is empty or omit (the scheme's default; NULL: never
- * left out). The file's one such formatter. 0, or -1 if it did not fit. */
-static int
-host_port_format(char *out, size_t on, const char *host, const char *port, const char *omit)
-{
-	int v6 = strchr(host, ':') != NULL;
-	int show = port[0] != '\0' && (omit == NULL || strcmp(port, omit) != 0);
-	int n = snprintf(out, on, "%s%s%s%s%s", v6 ? "[" : "", host, v6 ? "]" : "", show ? ":" : "",
-	    show ? port : "");
-
-	return n < 0 || (size_t)n >= on ? -1 : 0;
-}
-
-/* The head of a request to u, the file's one request builder: the
- * request line (target, or the URL's own when NULL), Host as RFC 9112
- * 3.2 wants it (the scheme's default port left out), then fields (whole
- * lines, each CRLF-ended, in the caller's order) and, when body_len is
- * not negative, Content-Length; the blank line ends it. */
-static void
-http_request_head(struct buf *b, const char *method, const struct url *u, const char *target, const char *fields,
-    long long body_len)
-{
-	char host[HOST_PORT_MAX], num[48];
-
-	(void)host_port_format(host, sizeof(host), u->host, u->port, u->https ? "443" : "80");
-	buf_adds(b, method);
-	buf_addc(b, ' ');
-	buf_adds(b, target != NULL ? target : u->target);
-	buf_adds(b, " HTTP/1.1\r\nHost: ");
-	buf_adds(b, host);
-	buf_adds(b, "\r\n");
-	buf_adds(b, fields);
-	if (body_len >= 0) {
-		snprintf(num, sizeof(num), "Content-Length: %lld\r\n", body_len);
-		buf_adds(b, num);
-	}
-	buf_adds(b, "\r\n");
-}
-
-/* Connect to host:port by deadline; -1 with a reason in err. */
-static int
-dial(const char *host, const char *port, int64_t deadline, char *err, size_t errlen)
-{
-	struct addrinfo hints, *ai, *a;
-	int fd = -1, r, one = 1;
-
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV;
-	if ((r = getaddrinfo(host, port, &hints, &ai)) != 0) {
-		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(r));
-		return -1;
-	}
-	snprintf(err, errlen, "cannot connect to %s port %s", host, port);
-	for (a = ai; a != NULL; a = a->ai_next) {
-		int soerr = 0;
-		socklen_t sl = sizeof(soerr);
-
-		fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
-		if (fd < 0)
-			continue;
-		/* TLS sends its handshake in several small writes: without
-		 * this, Nagle and delayed ACKs add 40 ms to each round trip. */
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 ||
-		    (errno == EINPROGRESS && wait_fd(fd, POLLOUT, deadline, -1) == 0 &&
-		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0))
-			break;
-		snprintf(err, errlen, "cannot connect to %s port %s: %s", host, port,
-		    strerror(soerr ? soerr : errno ? errno : ETIMEDOUT));
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(ai);
-	return fd;
-}
-
-#ifdef XWEBHOOK_TLS
-/* Where the system keeps its trusted roots (Debian's ca-certificates). */
-#define TRUST_SYSTEM_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
-
-/* Trust anchors from a PEM bundle (the system's, or --cacert). */
-struct trust {
-	br_x509_trust_anchor *ta;
-	size_t n;
-	const char *path;        /* the bundle, to name it */
-};
-
-/* The file's one loader of trusted roots: those in path, or with path
- * NULL the system's bundle (t->path names the one read either way).
- * 0, or -1 when it cannot be read or holds no root BearSSL can use. */
-static int
-trust_load(const char *path, struct trust *t)
-{
-	struct buf text = { 0 };
-	struct pem_object *objs = NULL;
-	size_t count = 0, i;
-	int fd;
-
-	if (path == NULL)
-		path = TRUST_SYSTEM_BUNDLE;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	t->ta = NULL;
-	t->n = 0;
-	t->path = path;
-	if (fd < 0 || read_all(fd, &text) < 0) {
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	close(fd);
-	if (pem_decode(text.p, text.len, &objs, &count) < 0) {
-		buf_free(&text);
-		return -1;
-	}
-	for (i = 0; i < count; i++) {
-		br_x509_decoder_context dc;
-		const br_x509_pkey *pk;
-		br_x509_trust_anchor *ta;
-		struct buf dn = { 0 };
-
-		if (strcmp(objs[i].name, "CERTIFICATE") != 0 && strcmp(objs[i].name, "TRUSTED CERTIFICATE") != 0)
-			continue;
-		br_x509_decoder_init(&dc, pem_collect, &dn);
-		br_x509_decoder_push(&dc, objs[i].der.p, objs[i].der.len);
-		pk = br_x509_decoder_get_pkey(&dc);
-		if (pk == NULL) {
-			buf_free(&dn);
-			continue;  /* a kind of key BearSSL cannot use */
-		}
-		t->ta = xrealloc(t->ta, (t->n + 1) * sizeof(*t->ta));
-		ta = &t->ta[t->n++];
-		ta->dn.data = (unsigned char *)dn.p;
-		ta->dn.len = dn.len;
-		ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
-		ta->pkey = *pk;
-		/* The key's bytes live in the decoder: copy them out. */
-		if (pk->key_type == BR_KEYTYPE_RSA) {
-			ta->pkey.key.rsa.n = xmalloc(pk->key.rsa.nlen);
-			memcpy(ta->pkey.key.rsa.n, pk->key.rsa.n, pk->key.rsa.nlen);
-			ta->pkey.key.rsa.e = xmalloc(pk->key.rsa.elen);
-			memcpy(ta->pkey.key.rsa.e, pk->key.rsa.e, pk->key.rsa.elen);
-		} else {
-			ta->pkey.key.ec.q = xmalloc(pk->key.ec.qlen);
-			memcpy(ta->pkey.key.ec.q, pk->key.ec.q, pk->key.ec.qlen);
-		}
-	}
-	pem_free(objs, count);
-	buf_free(&text);
-	return t->n > 0 ? 0 : -1;
-}
-
-/* An X.509 engine that hands everything to BearSSL's minimal validator
- * and keeps a copy of the leaf, so its expiry can be shown even when the
- * chain fails to verify. */
-struct x509_recorder {
-	const br_x509_class *vtable;
-	br_x509_minimal_context inner;
-	int certs;
-	struct buf leaf;
-};
-
-static void
-rec_start_chain(const br_x509_class **ctx, const char *name)
-{
-	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
-
-	r->certs = 0;
-	r->inner.vtable->start_chain(&r->inner.vtable, name);
-}
-
-static void
-rec_start_cert(const br_x509_class **ctx, uint32_t length)
-{
-	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
-
-	r->certs++;
-	r->inner.vtable->start_cert(&r->inner.vtable, length);
-}
-
-static void
-rec_append(const br_x509_class **ctx, const unsigned char *p, size_t n)
-{
-	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
-
-	if (r->certs == 1)
-		buf_add(&r->leaf, p, n);
-	r->inner.vtable->append(&r->inner.vtable, p, n);
-}
-
-static void
-rec_end_cert(const br_x509_class **ctx)
-{
-	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
-
-	r->inner.vtable->end_cert(&r->inner.vtable);
-}
-
-static unsigned
-rec_end_chain(const br_x509_class **ctx)
-{
-	struct x509_recorder *r = (struct x509_recorder *)(void *)ctx;
-
-	return r->inner.vtable->end_chain(&r->inner.vtable);
-}
-
-static const br_x509_pkey *
-rec_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
-{
-	const struct x509_recorder *r = (const struct x509_recorder *)(const void *)ctx;
-
-	return r->inner.vtable->get_pkey(&r->inner.vtable, usages);
-}
-
-static const br_x509_class recorder_class = {
-	sizeof(struct x509_recorder), rec_start_chain, rec_start_cert, rec_append,
-	rec_end_cert, rec_end_chain, rec_get_pkey
-};
-
-static const char *
-suite_name(uint16_t s)
-{
-	switch (s) {
-	case BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-ECDSA-CHACHA20-POLY1305";
-	case BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-RSA-CHACHA20-POLY1305";
-	case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: return "ECDHE-ECDSA-AES128-GCM-SHA256";
-	case BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: return "ECDHE-RSA-AES128-GCM-SHA256";
-	case BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: return "ECDHE-ECDSA-AES256-GCM-SHA384";
-	case BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: return "ECDHE-RSA-AES256-GCM-SHA384";
-	default: return "a suite without forward secrecy or AEAD";
-	}
-}
-
-/* BearSSL's X.509 codes whose words need nothing of the connection. */
-static const struct {
-	int err;
-	const char *text;
-} x509_texts[] = {
-	{ BR_ERR_X509_TIME_UNKNOWN, "the time is unknown, so no certificate's dates can be checked" },
-	{ BR_ERR_X509_EMPTY_CHAIN, "the server sent no certificate" },
-	{ BR_ERR_X509_DN_MISMATCH,
-	    "certificate chain broken: an issuer is not the next certificate's "
-	    "subject (out of order?)" },
-	{ BR_ERR_X509_NOT_CA, "certificate chain invalid: a certificate that signs another is no CA" },
-	{ BR_ERR_X509_BAD_SIGNATURE, "certificate chain invalid: a signature does not verify" },
-	{ BR_ERR_X509_FORBIDDEN_KEY_USAGE, "certificate not for a TLS server: its key usage forbids it" },
-	{ BR_ERR_X509_WEAK_PUBLIC_KEY, "certificate's key too small" },
-	{ BR_ERR_X509_CRITICAL_EXTENSION, "certificate has a critical extension this client does not know" },
-	{ BR_ERR_X509_WRONG_KEY_TYPE, "certificate's key type does not fit the cipher suite" },
-	{ BR_ERR_X509_LIMIT_EXCEEDED, "certificate's key or signature larger than this client handles" },
-	{ BR_ERR_X509_UNSUPPORTED, "certificate has features this client does not support" },
-};
-
-/* Why a server's chain failed to verify, in words, from BearSSL's X.509
- * code err (bearssl_x509.h): name is who the server was to be, bundle
- * the roots, leaf the server's certificate if it sent one. 0, or -1
- * when err is no X.509 code. */
-static int
-x509_error_text(int err, const struct buf *leaf, const char *name, const char *bundle, char *out, size_t n)
-{
-	struct cert_info ci;
-	int dated = leaf->len > 0 && cert_info((const unsigned char *)leaf->p, leaf->len, &ci) == 0;
-	time_t now = time(NULL);
-	char date[32];
-	size_t i;
-
-	switch (err) {
-	case BR_ERR_X509_NOT_TRUSTED:
-		snprintf(out, n, "certificate not trusted (unknown CA): the chain the server sent does not lead to a "
-		    "root in %s (is an intermediate missing?)", bundle != NULL ? bundle : "the trusted roots");
-		break;
-	case BR_ERR_X509_BAD_SERVER_NAME:
-		snprintf(out, n, "certificate does not name %s", name);
-		break;
-	case BR_ERR_X509_EXPIRED:
-		if (dated && ci.not_after < now) {
-			format_date(ci.not_after, date, sizeof(date));
-			snprintf(out, n, "certificate expired on %s", date);
-		} else if (dated && ci.not_before > now) {
-			format_date(ci.not_before, date, sizeof(date));
-			snprintf(out, n, "certificate not yet valid: from %s", date);
-		} else {
-			snprintf(out, n, "certificate expired or not yet valid: one of the chain's CAs");
-		}
-		break;
-	default:
-		for (i = 0; i < sizeof(x509_texts) / sizeof(x509_texts[0]); i++)
-			if (x509_texts[i].err == err) {
-				snprintf(out, n, "%s", x509_texts[i].text);
-				return 0;
-			}
-		if (err <= BR_ERR_X509_OK || err > BR_ERR_X509_NOT_TRUSTED)
-			return -1;
-		snprintf(out, n, "certificate cannot be decoded (BearSSL X.509 error %d)", err);
-		break;
-	}
-	return 0;
-}
-#endif /* XWEBHOOK_TLS */
-
-#ifdef XWEBHOOK_TLS
-/* The client side of one TLS connection. */
-struct tls_client {
-	struct tls_io sock;     /* first, as in tls_conn */
-	br_ssl_client_context cc;
-	struct x509_recorder x509;
-	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
-};
-
-static void
-tls_client_close(struct conn *c, int linger)
-{
-	struct tls_client *t = c->tls;
-
-	if (t != NULL) {
-		buf_free(&t->x509.leaf);
-		free(t);
-		c->tls = NULL;
-	}
-	plain_close(c, linger);
-}
-
-static const struct transport tls_client_transport = { tls_read, tls_write, tls_client_close };
-#endif
-
-/* One client connection. */
-struct client {
-	struct conn c;
-	int64_t start, deadline;   /* monotonic ms */
-	int tls_error;             /* BearSSL's, when the handshake failed */
-	char why[512];             /* what went wrong, when something did */
-};
-
-/* One answer. */
-struct answer {
-	int status;
-	struct buf head;           /* status line and fields, as received */
-	struct buf body;           /* chunked coding removed */
-	int64_t ms;                /* from connecting to the answer's last byte */
-};
-
-/* Is name an IPv4 or IPv6 address, not a host name? */
-static int
-ip_literal(const char *name)
-{
-	unsigned char a[16];
-
-	return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
-}
-
-/* The client's deadline, as the seconds its messages give (rounded up). */
-static long long
-client_limit_s(const struct client *cl)
-{
-	return (long long)((cl->deadline - cl->start + 999) / 1000);
-}
-
-/* Connect to host:port; with trust, speak TLS to it as name, verifying
- * the chain. The exchange must end by deadline (0: CLIENT_TIMEOUT_MS from
- * now). 0, or -1 with cl->why (the connection, if any, stays open for a
- * look at what the handshake saw; client_close ends it). */
-static int
-client_connect(struct client *cl, const char *host, const char *port, const char *name, const void *trust,
-    int64_t deadline)
-{
-	memset(cl, 0, sizeof(*cl));
-	cl->start = now_ms();
-	cl->deadline = deadline != 0 ? deadline : cl->start + CLIENT_TIMEOUT_MS;
-	cl->c.accepted = cl->start;
-	cl->c.tr = &plain_transport;
-	cl->c.fd = -1;
-	/* BearSSL's X.509 engine matches a name against the certificate's
-	 * DNS names only, never its IP addresses (RFC 6125's iPAddress):
-	 * refused here, in words, rather than by a handshake that fails. */
-	if (trust != NULL && ip_literal(name)) {
-		snprintf(cl->why, sizeof(cl->why), "the host %.256s is an IP address, and this client verifies "
-		    "certificates for DNS names only: use the server's DNS name", name);
-		return -1;
-	}
-	cl->c.fd = dial(host, port, cl->deadline, cl->why, sizeof(cl->why));
-	if (cl->c.fd < 0)
-		return -1;
-#ifdef XWEBHOOK_TLS
-	if (trust != NULL) {
-		const struct trust *tr = trust;
-		struct tls_client *t = malloc(sizeof(*t));
-		unsigned char seed[32];
-
-		if (t == NULL) {
-			snprintf(cl->why, sizeof(cl->why), "out of memory");
-			return -1;
-		}
-		memset(t, 0, offsetof(struct tls_client, iobuf));
-		br_ssl_client_init_full(&t->cc, &t->x509.inner, tr->ta, tr->n);
-		t->x509.vtable = &recorder_class;
-		br_ssl_engine_set_x509(&t->cc.eng, &t->x509.vtable);
-		/* Older versions too, so that a server that has only those
-		 * can be told so, rather than just fail. */
-		br_ssl_engine_set_versions(&t->cc.eng, BR_TLS10, BR_TLS12);
-		br_ssl_engine_set_protocol_names(&t->cc.eng, tls_alpn, 1);
-		br_ssl_engine_set_buffer(&t->cc.eng, t->iobuf, sizeof(t->iobuf), 1);
-		entropy(seed, sizeof(seed));
-		br_ssl_engine_inject_entropy(&t->cc.eng, seed, sizeof(seed));
-		br_ssl_client_reset(&t->cc, name, 0);
-		t->sock.eng = &t->cc.eng;
-		br_sslio_init(&t->sock.io, &t->cc.eng, tls_sock_read, &cl->c, tls_sock_write, &cl->c);
-		t->sock.deadline = cl->deadline;
-		t->sock.wake_fd = -1;
-		cl->c.tls = t;
-		cl->c.tr = &tls_client_transport;
-		if (br_sslio_flush(&t->sock.io) < 0 || !(br_ssl_engine_current_state(&t->cc.eng) & BR_SSL_SENDAPP)) {
-			char text[400];
-
-			cl->tls_error = br_ssl_engine_last_error(&t->cc.eng);
-			if (x509_error_text(cl->tls_error, &t->x509.leaf, name, tr->path, text, sizeof(text)) < 0)
-				tls_error_text(cl->tls_error, text, sizeof(text));
-			if (t->sock.status == IO_TIMEOUT)
-				snprintf(cl->why, sizeof(cl->why), "TLS handshake not finished within %lld s",
-				    client_limit_s(cl));
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		int special = c == '"' || c == '\\';
+
+		if (json && special) {
+			buf_addc(b, '\\');
+			buf_addc(b, (char)c);
+		} else if (c < 0x20 || c == 0x7f || (!json && (c > 0x7f || special))) {
+			char e[8];
+
+			if (json)
+				snprintf(e, sizeof(e), "\\u%04x", c);
 			else
-				snprintf(cl->why, sizeof(cl->why), "TLS handshake failed: %s", text);
-			return -1;
+				snprintf(e, sizeof(e), "\\x%02x", c);
+			buf_adds(b, e);
+		} else {
+			buf_addc(b, (char)c);
 		}
-		t->sock.handshaken = 1;
 	}
-#else
-	(void)name;
-	(void)trust;
-#endif
-	return 0;
+}
+
+/* Append s to b as the inside of a JSON string. */
+static void
+json_escape(struct buf *b, const char *s, size_t n)
+{
+	escape_add(b, s, n, 1);
+}
+
+/* Append s to b for the access log: quotes, backslashes, control bytes
+ * and non-ASCII become \xNN, so nothing a client sends reaches a terminal
+ * raw. */
+static void
+log_escape(struct buf *b, const char *s, size_t n)
+{
+	escape_add(b, s, n, 0);
 }
 
 static void
-client_close(struct client *cl)
+access_log(const struct conn *c, const struct request *req, const struct outcome *o, int64_t start_us)
 {
-	if (cl->c.fd >= 0)
-		cl->c.tr->close(&cl->c, 0);
-	cl->c.fd = -1;
+	struct buf b = { 0 };
+	char stamp[32], num[160];
+	time_t t = time(NULL);
+	struct tm tm;
+	int64_t us = now_us() - start_us;
+
+	if (quiet)
+		return;
+	b.soft = 1;  /* no memory for a log line is no reason to stop */
+	gmtime_r(&t, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	buf_adds(&b, stamp);
+	buf_addc(&b, ' ');
+	buf_adds(&b, c->peer);
+	buf_adds(&b, " \"");
+	if (req != NULL && req->method_len > 0 && req->target_len > 0) {
+		log_escape(&b, req->method_name, req->method_len);
+		buf_addc(&b, ' ');
+		log_escape(&b, req->target, req->path_len);
+	} else {
+		buf_addc(&b, '-');
+	}
+	snprintf(num, sizeof(num), "\" %d in=%zu out=%zu %lld.%03lldms", o->code, o->in_bytes,
+	    o->out_bytes, (long long)(us / 1000), (long long)(us % 1000));
+	buf_adds(&b, num);
+	if (o->sig != NULL) {
+		buf_adds(&b, " sig=");
+		buf_adds(&b, o->sig);
+	}
+	if (o->code == 200 && o->sig != NULL) {
+		snprintf(num, sizeof(num), " taken=%s %lld.%03lldms", sink_names, (long long)(o->sinks_us / 1000),
+		    (long long)(o->sinks_us % 1000));
+		buf_adds(&b, num);
+	}
+	if (o->why != NULL) {
+		buf_adds(&b, " (");
+		log_escape(&b, o->why, strlen(o->why));
+		buf_addc(&b, ')');
+	}
+	buf_addc(&b, '\n');
+	/* One write per line: lines from different threads never mix. */
+	if (!b.failed && log_queue_line(b.p, b.len) < 0 && write_all(STDERR_FILENO, b.p, b.len) < 0)
+		(void)0;
+	buf_free(&b);
 }
 
-/* Read more of the answer into in, never past the size limit: the
- * transport's count, or IO_* (a full buffer reads as IO_ERROR). */
-static ssize_t
-client_read(struct client *cl, struct buf *in)
+/* The Date header's value, cached per thread for the current second. */
+static const char *
+http_date(void)
 {
-	size_t room;
+	static _Thread_local time_t cached = -1;
+	static _Thread_local char text[40];
+	time_t t = time(NULL);
 
-	if (in->len > CLIENT_MAX_ANSWER)
-		return IO_ERROR;
-	buf_reserve(in, 16384);
-	room = in->cap - in->len;
-	if (room > CLIENT_MAX_ANSWER + 1 - in->len)
-		room = CLIENT_MAX_ANSWER + 1 - in->len;
-	return cl->c.tr->read(&cl->c, in->p + in->len, room, cl->deadline, -1);
+	if (t != cached) {
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(text, sizeof(text), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+		cached = t;
+	}
+	return text;
 }
 
-/* The status of a response head: HTTP/1.x SP 3DIGIT, then SP and a
- * reason (perhaps empty) or, leniently, the line's end. -1 if not. */
+
+/* Send one response, built whole so that it leaves in one write. */
 static int
-http_status_line(const char *p, size_t n)
+send_response(struct conn *c, const struct request *req, enum status st, const char *type,
+    const char *body, size_t body_len, const char *extra, int keep)
 {
-	if (n < 14 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ' ||
-	    !isdigit((unsigned char)p[9]) || !isdigit((unsigned char)p[10]) ||
-	    !isdigit((unsigned char)p[11]) || (p[12] != ' ' && p[12] != '\r'))
-		return -1;
-	return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+	struct buf *o = &c->out;
+	char line[96];
+
+	buf_clear(o);
+	snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\nDate: ", statuses[st].code, statuses[st].reason);
+	buf_adds(o, line);
+	buf_adds(o, http_date());
+	if (type != NULL) {
+		buf_adds(o, "\r\nContent-Type: ");
+		buf_adds(o, type);
+	}
+	snprintf(line, sizeof(line), "\r\nContent-Length: %zu\r\n", body_len);
+	buf_adds(o, line);
+	if (extra != NULL)
+		buf_adds(o, extra);
+	if (!keep)
+		buf_adds(o, "Connection: close\r\n");
+	else if (req != NULL && !req->http11)
+		buf_adds(o, "Connection: keep-alive\r\n");
+	buf_adds(o, "\r\n");
+	if (req == NULL || req->method != M_HEAD)
+		buf_add(o, body, body_len);
+	if (o->failed)
+		return -1;  /* out of memory: the connection ends unanswered */
+	/* The credit before the bytes: a client that has read its answer
+	 * must find its connection already counted as answered (slot_evict). */
+	slot_answered(c);
+	return c->tr->write(c, o->p, o->len, now_ms() + write_timeout);
 }
 
+/* Send {"error":"why"} with st. */
 static void
-answer_free(struct answer *a)
+send_error(struct conn *c, const struct request *req, enum status st, const char *why,
+    const char *extra, int keep, struct outcome *o)
 {
-	buf_free(&a->head);
-	buf_free(&a->body);
+	struct buf b = { 0 };
+
+	b.soft = 1;
+	buf_adds(&b, "{\"error\":\"");
+	json_escape(&b, why, strlen(why));
+	buf_adds(&b, "\"}");
+	send_response(c, req, st, "application/json", b.p, b.len, extra, keep);
+	o->code = statuses[st].code;
+	o->out_bytes = req != NULL && req->method == M_HEAD ? 0 : b.len;
+	o->why = why;
+	buf_free(&b);
 }
 
-/* What an answer's head says of its body. */
-struct answer_framing {
-	size_t head_len;
-	uint64_t length;
-	int has_length, chunked;
-};
+/* RFC 9112, 2.2: empty lines before a request line are ignored. Returns
+ * how many bytes went. */
+static size_t
+skip_empty_lines(struct conn *c)
+{
+	size_t k = 0;
 
-/* Read the head of the final (non-1xx) answer into in: a->status and
- * fr, 0, or -1 with cl->why. Interim (1xx) answers are passed over. */
-static int
-client_read_head(struct client *cl, struct buf *in, struct answer *a, struct answer_framing *fr)
+	while (k + 1 < c->in_len && c->in[k] == '\r' && c->in[k + 1] == '\n')
+		k += 2;
+	if (k > 0) {
+		memmove(c->in, c->in + k, c->in_len - k);
+		c->in_len -= k;
+	}
+	return k;
+}
+
+/* Read a request head into c->in. S_OK with req filled in; S_INCOMPLETE
+ * when the connection ended quietly between requests (the peer closed, it
+ * stayed idle, or the server is stopping); otherwise the error to answer. */
+static enum status
+read_head(struct conn *c, struct request *req, const char **why)
 {
 	size_t scan = 0, line_end = 0, head_len = 0;
-	const char *why, *p;
-	unsigned count = 0;
-	struct field f;
-	ssize_t r;
+	int64_t deadline = 0;
 
-	memset(fr, 0, sizeof(*fr));
+	memset(req, 0, sizeof(*req));
 	for (;;) {
-		enum status st = in->len > 0 ?
-		    http_scan_head(in->p, in->len, &scan, &line_end, &head_len, &why) : S_INCOMPLETE;
+		ssize_t r;
 
-		if (st == S_OK) {
-			a->status = http_status_line(in->p, head_len);
-			if (a->status < 0) {
-				snprintf(cl->why, sizeof(cl->why), "the answer is not HTTP/1.x");
-				return -1;
-			}
-			if (a->status >= 200)
-				break;
-			memmove(in->p, in->p + head_len, in->len - head_len);  /* 1xx: the next */
-			in->len -= head_len;
-			scan = line_end = head_len = 0;
-			continue;
-		}
-		if (st != S_INCOMPLETE) {
-			snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
-			return -1;
-		}
-		if ((r = client_read(cl, in)) <= 0) {
-			if (r == IO_TIMEOUT)
-				snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
-			else
-				snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's head");
-			return -1;
-		}
-		in->len += (size_t)r;
-	}
-	fr->head_len = head_len;
-	p = (const char *)memchr(in->p, '\n', head_len) + 1;
-	while ((r = http_next_field(&p, in->p + head_len, &count, &f, &why)) > 0) {
-		if (span_is(f.name, f.name_len, "content-length")) {
-			if (fr->has_length++ || content_length(&f, &fr->length, &why) < 0) {
-				snprintf(cl->why, sizeof(cl->why), "the answer's Content-Length is bad");
-				return -1;
-			}
-		} else if (span_is(f.name, f.name_len, "transfer-encoding")) {
-			fr->chunked = span_is(f.value, f.value_len, "chunked");
-		}
-	}
-	if (r < 0) {
-		snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
-		return -1;
-	}
-	buf_add(&a->head, in->p, head_len);
-	return 0;
-}
+		if (line_end == 0 && skip_empty_lines(c) > 0)
+			scan = 0;
+		if (c->in_len > 0) {
+			enum status st;
 
-/* Read the body that fr frames into a->body (in holds the head and what
- * came after it): 0, or -1 with cl->why. */
-static int
-client_read_body(struct client *cl, struct buf *in, struct answer *a, const struct answer_framing *fr)
-{
-	size_t head_len = fr->head_len, at = head_len;
-	const char *why;
-	ssize_t r = 0;
-
-	if (a->status == 204 || a->status == 304) {
-		return 0;  /* no body */
-	} else if (fr->chunked) {
-		struct chunked ch;
-		size_t used;
-
-		memset(&ch, 0, sizeof(ch));
-		for (;;) {
-			enum status st = chunked_decode(&ch, in->p + at, in->len - at, &used, &a->body,
-			    CLIENT_MAX_ANSWER - head_len, &why);
-
+			if (deadline == 0)
+				deadline = now_ms() + head_timeout;
+			st = http_scan_head(c->in, c->in_len, &scan, &line_end, &head_len, why);
 			if (st == S_OK)
-				break;
-			if (st == S_PAYLOAD_TOO_LARGE)
-				goto too_large;
-			if (st != S_INCOMPLETE) {
-				snprintf(cl->why, sizeof(cl->why), "the answer's chunked body is malformed: %s", why);
-				return -1;
+				return http_parse_head(c->in, head_len, req, why);
+			if (st != S_INCOMPLETE)
+				return st;
+			if (c->in_len == CONN_BUF) {  /* unreachable: the limits are smaller */
+				*why = "request head too large";
+				return S_HEADERS_TOO_LARGE;
 			}
-			in->len = at = head_len;  /* all used: read more in its place */
-			if ((r = client_read(cl, in)) <= 0)
-				goto ended;
-			in->len += (size_t)r;
-		}
-	} else {
-		if (fr->has_length && fr->length > CLIENT_MAX_ANSWER - head_len)
-			goto too_large;
-		while (!fr->has_length || in->len - head_len < fr->length) {
-			if ((r = client_read(cl, in)) == 0 && !fr->has_length)
-				break;  /* the end of the connection is the end of the body */
-			if (r <= 0) {
-				if (r == IO_ERROR && in->len > CLIENT_MAX_ANSWER)
-					goto too_large;
-				goto ended;
-			}
-			in->len += (size_t)r;
-		}
-		buf_add(&a->body, in->p + head_len, fr->has_length ? (size_t)fr->length : in->len - head_len);
-	}
-	return 0;
-too_large:
-	snprintf(cl->why, sizeof(cl->why), "the answer is larger than " CLIENT_MAX_ANSWER_TEXT
-	    " (the most the client reads)");
-	return -1;
-ended:
-	if (r == IO_TIMEOUT)
-		snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
-	else
-		snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's body");
-	return -1;
-}
-
-/* Send request, then read one whole answer into a by cl's deadline:
- * 0, or -1 with cl->why. */
-static int
-client_exchange(struct client *cl, const char *request, size_t n, struct answer *a)
-{
-	struct buf in = { 0 };
-	struct answer_framing fr;
-	int ok = -1;
-
-	memset(a, 0, sizeof(*a));
-	if (cl->c.tr->write(&cl->c, request, n, cl->deadline) < 0) {
-		snprintf(cl->why, sizeof(cl->why), "cannot send the request");
-		return -1;
-	}
-	if (client_read_head(cl, &in, a, &fr) == 0 && client_read_body(cl, &in, a, &fr) == 0) {
-		a->ms = now_ms() - cl->start;
-		ok = 0;
-	}
-	buf_free(&in);
-	if (ok < 0)
-		answer_free(a);
-	return ok;
-}
-
-/* The value of the answer's field name (the first of them), or NULL. */
-static const char *
-answer_field(const struct answer *a, const char *name, size_t *len)
-{
-	const char *p, *why;
-	unsigned count = 0;
-	struct field f;
-
-	if (a->head.len == 0)
-		return NULL;
-	p = (const char *)memchr(a->head.p, '\n', a->head.len) + 1;
-	while (http_next_field(&p, a->head.p + a->head.len, &count, &f, &why) > 0)
-		if (span_is(f.name, f.name_len, name)) {
-			*len = f.value_len;
-			return f.value;
-		}
-	return NULL;
-}
-
-/* ---- Reading a JSON answer: one member of the top-level object ---- */
-
-/* Decode the JSON string whose opening quote is at p[i] (valid JSON, as
- * json_event left it) into out as UTF-8; the index after its closing
- * quote. */
-static size_t
-json_string_decode(const char *p, size_t i, struct buf *out)
-{
-	for (i++; p[i] != '"'; i++) {
-		unsigned long cp;
-		char u[4];
-
-		if (p[i] != '\\') {
-			if (out != NULL)
-				buf_addc(out, p[i]);
-			continue;
-		}
-		i++;
-		switch (p[i]) {
-		case 'b': cp = '\b'; break;
-		case 'f': cp = '\f'; break;
-		case 'n': cp = '\n'; break;
-		case 'r': cp = '\r'; break;
-		case 't': cp = '\t'; break;
-		case 'u':
-			cp = strtoul((char[]){ p[i + 1], p[i + 2], p[i + 3], p[i + 4], 0 }, NULL, 16);
-			i += 4;
-			if (cp >= 0xd800 && cp < 0xdc00 && p[i + 1] == '\\' && p[i + 2] == 'u') {
-				unsigned long lo = strtoul((char[]){ p[i + 3], p[i + 4], p[i + 5], p[i + 6], 0 },
-				    NULL, 16);
-
-				if (lo >= 0xdc00 && lo < 0xe000) {
-					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-					i += 6;
-				}
-			}
-			if (cp >= 0xd800 && cp < 0xe000)
-				cp = 0xfffd;  /* a lone surrogate */
-			break;
-		default: cp = (unsigned char)p[i]; break;  /* " \ / */
-		}
-		if (out == NULL)
-			continue;
-		if (cp < 0x80) {
-			buf_addc(out, (char)cp);
-		} else if (cp < 0x800) {
-			u[0] = (char)(0xc0 | cp >> 6);
-			u[1] = (char)(0x80 | (cp & 0x3f));
-			buf_add(out, u, 2);
-		} else if (cp < 0x10000) {
-			u[0] = (char)(0xe0 | cp >> 12);
-			u[1] = (char)(0x80 | (cp >> 6 & 0x3f));
-			u[2] = (char)(0x80 | (cp & 0x3f));
-			buf_add(out, u, 3);
+			r = c->tr->read(c, c->in + c->in_len, CONN_BUF - c->in_len, deadline, -1);
 		} else {
-			u[0] = (char)(0xf0 | cp >> 18);
-			u[1] = (char)(0x80 | (cp >> 12 & 0x3f));
-			u[2] = (char)(0x80 | (cp >> 6 & 0x3f));
-			u[3] = (char)(0x80 | (cp & 0x3f));
-			buf_add(out, u, 4);
+			r = c->tr->read(c, c->in, CONN_BUF, now_ms() + idle_timeout, stop_pipe[0]);
 		}
+		if (r == IO_TIMEOUT && deadline != 0) {
+			*why = "request head not received within 10 s";
+			return S_REQUEST_TIMEOUT;
+		}
+		if (r <= 0)
+			return S_INCOMPLETE;
+		c->in_len += (size_t)r;
 	}
-	return i + 1;
 }
 
-/* In valid compact JSON c (NUL-ended), the index just past the value
- * that starts at c[i]. */
+/* Grow c->body to want bytes of room, by the buffer's own resize (a soft
+ * buffer: a failure refuses the request). What passes BODY_UNCHARGED is
+ * drawn from the shared budget first; S_UNAVAILABLE when the budget or
+ * the memory runs out, which refuses this request and never the server. */
+static enum status
+body_room(struct conn *c, size_t want, const char **why)
+{
+	size_t charge = want > BODY_UNCHARGED ? want - BODY_UNCHARGED : 0;
+
+	if (want <= c->body.cap)
+		return S_OK;
+	if (charge > c->body_charged) {
+		size_t more = charge - c->body_charged;
+
+		if (atomic_fetch_add(&body_held, more) + more > body_budget) {
+			atomic_fetch_sub(&body_held, more);
+			*why = "the server holds too many unverified bodies; try again";
+			return S_UNAVAILABLE;
+		}
+		c->body_charged = charge;
+	}
+	if (buf_resize(&c->body, want) < 0) {
+		*why = "out of memory for the body; try again";
+		return S_UNAVAILABLE;
+	}
+	return S_OK;
+}
+
+/* The next size for a body buffer: double, from 16 KiB, as bytes come,
+ * and never past the limit (the declared length, or --max-body), so that
+ * the budget is charged for no byte that cannot arrive. */
 static size_t
-json_skip(const char *c, size_t i)
+body_next(size_t cap, size_t limit)
 {
-	unsigned depth = 0;
+	size_t n = cap < 16384 ? 16384 : cap * 2;
 
-	do {
-		if (c[i] == '"')
-			i = json_string_decode(c, i, NULL) - 1;
-		else if (c[i] == '{' || c[i] == '[')
-			depth++;
-		else if (c[i] == '}' || c[i] == ']')
-			depth--;
-		i++;
-	} while (depth > 0 || (c[i] != ',' && c[i] != '}' && c[i] != ']' && c[i] != '\0'));
-	return i;
+	return n < limit ? n : limit;
 }
 
-/* The elements of a JSON array in compact text (json_member's, NUL-ended),
- * one a call: *at starts at 0; 1 with the next element's compact text
- * appended to out, or 0 after the last. */
-static int
-json_array_next(const char *a, size_t *at, struct buf *out)
-{
-	size_t i = *at, end;
-
-	if (i == 0) {
-		if (a[0] != '[')
-			return 0;
-		i = 1;
-	}
-	if (a[i] == ',')
-		i++;
-	if (a[i] == ']' || a[i] == '\0')
-		return 0;
-	end = json_skip(a, i);
-	buf_add(out, a + i, end - i);
-	*at = end;
-	return 1;
-}
-
-/* A JSON object's top-level members, indexed by one validating pass so
- * that each look-up after it is a walk of the index, not of the text. */
-struct json_object {
-	struct buf text;          /* the object as compact JSON, NUL-ended */
-	struct buf keys;          /* each member's key, decoded, back to back */
-	struct buf slots;         /* a struct json_slot for each member, in order */
-	size_t n;
-};
-
-struct json_slot {
-	size_t key, key_len;      /* in keys */
-	size_t value, value_len;  /* in text: compact JSON, strings still escaped */
-};
-
-/* Free what json_object_parse made; o is then an object with no members. */
+/* The body is verified, or refused: its bytes go back to the budget, and
+ * a large buffer back to the system. */
 static void
-json_object_free(struct json_object *o)
+body_release(struct conn *c)
 {
-	buf_free(&o->text);
-	buf_free(&o->keys);
-	buf_free(&o->slots);
-	memset(o, 0, sizeof(*o));
-}
-
-/* Index the top-level members of the JSON object in p[0, n), in their
- * order: 0, or -1 (o empty) when p is not a JSON object. */
-static int
-json_object_parse(const char *p, size_t n, struct json_object *o)
-{
-	char err[160];
-	size_t i = 1;
-
-	memset(o, 0, sizeof(*o));
-	/* Validated and compacted first: what is walked below is valid
-	 * JSON with no whitespace between tokens. */
-	if (json_event(p != NULL ? p : "", n, JSON_COMPACT, &o->text, err, sizeof(err)) < 0 || o->text.p[0] != '{') {
-		json_object_free(o);
-		return -1;
+	if (c->body_charged > 0) {
+		atomic_fetch_sub(&body_held, c->body_charged);
+		c->body_charged = 0;
 	}
-	buf_addc(&o->text, '\0');
-	while (o->text.p[i] == '"') {
-		struct json_slot sl;
+	if (c->body.cap > BODY_UNCHARGED)
+		buf_free(&c->body);
+	buf_clear(&c->body);
+}
 
-		sl.key = o->keys.len;
-		i = json_string_decode(o->text.p, i, &o->keys) + 1;  /* past the ':' too */
-		sl.key_len = o->keys.len - sl.key;
-		sl.value = i;
-		i = json_skip(o->text.p, i);
-		sl.value_len = i - sl.value;
-		buf_add(&o->slots, &sl, sizeof(sl));
-		o->n++;
-		if (o->text.p[i] == '}')
-			break;
-		i++;
+/* Read the request body into c->body by its deadline, growing the buffer
+ * as bytes arrive (never to the size a head merely declares). The bytes
+ * after the head in c->in come first. */
+static enum status
+read_body(struct conn *c, const struct request *req, const char **why)
+{
+	int64_t deadline = now_ms() + body_timeout;
+	struct chunked ch;
+	enum status st;
+
+	buf_clear(&c->body);
+	c->pos = req->head_len;
+	if (!req->chunked) {
+		size_t need = (size_t)req->content_length, have = c->in_len - c->pos;
+		size_t take = have < need ? have : need;
+
+		if ((st = body_room(c, take, why)) != S_OK)
+			return st;
+		buf_add(&c->body, c->in + c->pos, take);
+		c->pos += take;
+		while (c->body.len < need) {
+			ssize_t r;
+
+			if (c->body.len == c->body.cap &&
+			    (st = body_room(c, body_next(c->body.cap, need), why)) != S_OK)
+				return st;
+			r = c->tr->read(c, c->body.p + c->body.len, c->body.cap - c->body.len, deadline, -1);
+			if (r == IO_TIMEOUT) {
+				*why = "request body not received within 30 s";
+				return S_REQUEST_TIMEOUT;
+			}
+			if (r <= 0) {
+				*why = "connection ended inside the body";
+				return S_BAD_REQUEST;
+			}
+			c->body.len += (size_t)r;
+		}
+		return S_OK;
 	}
-	return 0;
+	memset(&ch, 0, sizeof(ch));
+	for (;;) {
+		size_t used = 0, avail = c->in_len - c->pos;
+		ssize_t r;
+
+		/* Decoded data is never longer than its encoding: with this
+		 * room, the decoder's appends cannot allocate. */
+		if (c->body.len + avail > c->body.cap) {
+			size_t want = body_next(c->body.cap, max_body);
+
+			if (want < c->body.len + avail)
+				want = c->body.len + avail;
+			if ((st = body_room(c, want, why)) != S_OK)
+				return st;
+		}
+		st = chunked_decode(&ch, c->in + c->pos, avail, &used, &c->body, max_body, why);
+		c->pos += used;
+		if (st != S_INCOMPLETE)
+			return st;
+		/* All that was buffered is used: read more in its place, but
+		 * after the head, which req still points into. */
+		c->in_len = c->pos = req->head_len;
+		r = c->tr->read(c, c->in + c->in_len, CONN_BUF - c->in_len, deadline, -1);
+		if (r == IO_TIMEOUT) {
+			*why = "request body not received within 30 s";
+			return S_REQUEST_TIMEOUT;
+		}
+		if (r <= 0) {
+			*why = "connection ended inside the body";
+			return S_BAD_REQUEST;
+		}
+		c->in_len += (size_t)r;
+	}
 }
 
-/* The first member called key (compared decoded, so "a" finds "\u0061"),
- * or NULL: a later duplicate is never seen. */
-static const struct json_slot *
-json_object_find(const struct json_object *o, const char *key)
+/* Verify the event in c->body and render it for the sinks. */
+static enum status
+event_check(struct conn *c, const struct request *req, const char **why)
 {
-	/* (realloc's memory is aligned for any type) */
-	const struct json_slot *slot = (const struct json_slot *)(const void *)o->slots.p;
-	size_t i, kl = strlen(key);
+	static _Thread_local char err[192];   /* outlives the call, for *why */
+	char expected[SIGNATURE_LEN], detail[160];
+	struct digest body_hash;
+	long spaces;
 
-	for (i = 0; i < o->n; i++)
-		if (slot[i].key_len == kl && (kl == 0 || memcmp(o->keys.p + slot[i].key, key, kl) == 0))
-			return &slot[i];
-	return NULL;
+	/* With --forward, the body's own SHA-256 (consumers tell X's resends
+	 * of an event by it) is taken in the signature's pass. */
+	sha256_init(&body_hash);
+	signature_of(&secret_key, c->body.p, c->body.len, expected, nforwards > 0 ? &body_hash : NULL);
+	if (req->signature_len != SIGNATURE_LEN ||
+	    !ct_equal(expected, req->signature, SIGNATURE_LEN)) {
+		c->o.sig = "bad";
+		*why = "x-twitter-webhooks-signature does not match the body";
+		return S_UNAUTHORIZED;
+	}
+	c->o.sig = "ok";
+	buf_clear(&c->pretty);
+	spaces = json_event(c->body.p, c->body.len, JSON_INDENT, &c->pretty, detail, sizeof(detail));
+	if (spaces < 0 && !c->pretty.failed) {
+		snprintf(err, sizeof(err), "body is not a JSON object: %s", detail);
+		*why = err;
+		return S_BAD_REQUEST;
+	}
+	buf_clear(&c->compact);
+	if (output_path != NULL || nforwards > 0) {
+		/* X sends compact JSON, which is its own compact form. */
+		if (spaces == 0)
+			buf_add(&c->compact, c->body.p, c->body.len);
+		else
+			json_event(c->body.p, c->body.len, JSON_COMPACT, &c->compact, detail, sizeof(detail));
+		buf_addc(&c->compact, '\n');
+	}
+	if (nforwards > 0) {
+		unsigned char d[32];
+
+		digest_final(&body_hash, d);
+		hex_encode(d, sizeof(d), c->body_sha);
+	}
+	if (c->pretty.failed || c->compact.failed) {
+		*why = "out of memory for the event; try again";
+		return S_UNAVAILABLE;
+	}
+	return S_OK;
 }
 
-/* The member key's value as compact JSON text, appended to out: 0, or
- * -1 when there is no such member. */
+/* The body of a CRC answer for token, {"response_token":"sha256=..."}:
+ * the one builder, for the server and for `xwebhook crc`. */
+enum { CRC_BODY_LEN = 19 + SIGNATURE_LEN + 2 };
+
+static void
+crc_body(const char *token, size_t n, char out[CRC_BODY_LEN])
+{
+	memcpy(out, "{\"response_token\":\"", 19);
+	signature_of(&secret_key, token, n, out + 19, NULL);
+	memcpy(out + 19 + SIGNATURE_LEN, "\"}", 2);
+}
+
+/* Answer a CRC: the HMAC of the crc_token under the consumer secret. */
+static void
+handle_crc(struct conn *c, const struct request *req, int keep, struct outcome *o)
+{
+	const char *q = memchr(req->target, '?', req->target_len);
+	char token[MAX_CRC_TOKEN + 1], body[CRC_BODY_LEN];
+	long n = -1;
+
+	if (q != NULL)
+		n = query_param(q + 1, req->target_len - req->path_len - 1, "crc_token", token, sizeof(token));
+	if (n < 0) {
+		send_error(c, req, S_BAD_REQUEST, "No crc_token", NULL, keep, o);
+		return;
+	}
+	if (!crc_token_ok(token, (size_t)n)) {
+		send_error(c, req, S_BAD_REQUEST,
+		    "crc_token must be 1 to 255 characters of base64 or base64url", NULL, keep, o);
+		return;
+	}
+	crc_body(token, (size_t)n, body);
+	send_response(c, req, S_OK, "application/json", body, sizeof(body), NULL, keep);
+	o->code = 200;
+	o->out_bytes = req->method == M_HEAD ? 0 : sizeof(body);
+}
+
+/* One request answered (send_response gave its connection the credit):
+ * its log line. */
+static void
+request_done(struct conn *c)
+{
+	access_log(c, &c->req, &c->o, c->start_us);
+}
+
+/* Answer an event POST with its verdict, and log it. */
+static enum handled
+event_answer(struct conn *c, enum status st, const char *why, int *linger)
+{
+	const struct request *req = &c->req;
+	int keep = req->keep_alive && !is_stopping();
+
+	c->o.sinks_us = c->ev.took_us;
+	if (st == S_OK) {
+		send_response(c, req, S_OK, NULL, "", 0, NULL, keep);
+		c->o.code = 200;
+	} else {
+		/* After a framing error the rest of the stream means nothing,
+		 * and a body refused part-way is still arriving: answer, then
+		 * close. */
+		int unread = c->o.sig == NULL;
+
+		if (unread || st == S_REQUEST_TIMEOUT || st == S_HEADERS_TOO_LARGE) {
+			keep = 0;
+			*linger = 1;
+		}
+		send_error(c, req, st, why, st == S_UNAVAILABLE ? "Retry-After: 1\r\n" : NULL, keep, &c->o);
+	}
+	request_done(c);
+	return keep ? H_KEEP : H_CLOSE;
+}
+
+#ifdef XWEBHOOK_TLS
+/* --acme-http: /.well-known/acme-challenge/TOKEN answers the key
+ * authorization while that challenge is pending (RFC 8555, 8.3), and
+ * every other request gets a redirect to https://DOMAIN. */
+static enum handled
+handle_acme_http(struct conn *c, int *linger)
+{
+	static const char prefix[] = "/.well-known/acme-challenge/";
+	const struct request *req = &c->req;
+	struct outcome *o = &c->o;
+	size_t pn = sizeof(prefix) - 1;
+	int keep = req->keep_alive && !is_stopping();
+	int challenge_path = req->path_len > pn && memcmp(req->target, prefix, pn) == 0;
+	char ka[256];
+
+	if (req->chunked || (req->has_length && req->content_length > 0)) {
+		keep = 0;
+		*linger = 1;
+	}
+	if (challenge_path && (req->method == M_GET || req->method == M_HEAD) &&
+	    challenge_http(req->target + pn, req->path_len - pn, ka, sizeof(ka))) {
+		send_response(c, req, S_OK, "application/octet-stream", ka, strlen(ka), NULL, keep);
+		o->code = 200;
+		o->out_bytes = req->method == M_HEAD ? 0 : strlen(ka);
+	} else if (challenge_path) {
+		send_error(c, req, S_NOT_FOUND, "no such challenge", NULL, keep, o);
+	} else {
+		struct buf loc = { 0 };
+
+		buf_adds(&loc, "Location: https://");
+		buf_adds(&loc, acme_domain);
+		buf_add(&loc, req->target, req->target_len);  /* checked by the parser: no CR, LF or spaces */
+		buf_adds(&loc, "\r\n");
+		buf_addc(&loc, '\0');
+		send_error(c, req, S_MOVED_PERMANENTLY, "this port answers ACME challenges: use https", loc.p, keep, o);
+		buf_free(&loc);
+	}
+	request_done(c);
+	return keep ? H_KEEP : H_CLOSE;
+}
+#endif
+
+/* Answer the request in c->req, whose head is parsed. *linger is set when
+ * the connection must close with unread bytes possibly in flight. */
+static enum handled
+handle_request(struct conn *c, int *linger)
+{
+	const struct request *req = &c->req;
+	struct outcome *o = &c->o;
+	size_t plen = strlen(webhook_path);
+	int on_path = req->path_len == plen && memcmp(req->target, webhook_path, plen) == 0;
+	int health = req->path_len == 8 && memcmp(req->target, "/healthz", 8) == 0;
+	int has_body = req->chunked || (req->has_length && req->content_length > 0);
+	int keep = req->keep_alive && !is_stopping();
+	const char *why = NULL;
+
+	memset(o, 0, sizeof(*o));
+	c->pos = req->head_len;
+#ifdef XWEBHOOK_TLS
+	if (c->acme_http)
+		return handle_acme_http(c, linger);
+#endif
+	if (on_path && req->method == M_POST && req->signature != NULL &&
+	    !(req->has_length && req->content_length > max_body)) {
+		enum status st;
+
+		if (req->expect_continue && has_body && c->in_len == req->head_len) {
+			static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+			if (c->tr->write(c, cont, sizeof(cont) - 1, now_ms() + write_timeout) < 0)
+				return H_CLOSE;
+		}
+		st = read_body(c, req, &why);
+		o->in_bytes = c->body.len;
+		if (st == S_OK)
+			st = event_check(c, req, &why);
+		body_release(c);
+		if (st == S_OK) {
+			int on_loop = conn_state(c) == CS_LOOP;
+
+			event_submit(c);
+			if (on_loop) {
+				c->expires = INT64_MAX;
+				return H_PARKED;
+			}
+			event_wait(c);
+			st = c->ev.result;
+			why = c->ev.why;
+		}
+		return event_answer(c, st, why, linger);
+	}
+
+	/* Every other answer comes from the head alone. A body we do not
+	 * need is not read: the answer goes out and the connection closes. */
+	if (has_body) {
+		keep = 0;
+		*linger = 1;
+	}
+	if (on_path && req->method == M_POST) {
+		if (req->signature == NULL) {
+			o->sig = "missing";
+			send_error(c, req, S_UNAUTHORIZED, "missing x-twitter-webhooks-signature header",
+			    NULL, keep, o);
+		} else {
+			send_error(c, req, S_PAYLOAD_TOO_LARGE, "body larger than --max-body", NULL, 0, o);
+			keep = 0;
+		}
+	} else if (on_path && (req->method == M_GET || req->method == M_HEAD)) {
+		handle_crc(c, req, keep, o);
+	} else if (on_path) {
+		send_error(c, req, S_METHOD_NOT_ALLOWED, "method not allowed",
+		    "Allow: GET, HEAD, POST\r\n", keep, o);
+	} else if (health && (req->method == M_GET || req->method == M_HEAD)) {
+		send_response(c, req, S_OK, "text/plain", "ok\n", 3, NULL, keep);
+		o->code = 200;
+		o->out_bytes = req->method == M_HEAD ? 0 : 3;
+	} else if (health) {
+		send_error(c, req, S_METHOD_NOT_ALLOWED, "method not allowed", "Allow: GET, HEAD\r\n",
+		    keep, o);
+	} else {
+		send_error(c, req, S_NOT_FOUND, "not found", NULL, keep, o);
+	}
+	request_done(c);
+	return keep ? H_KEEP : H_CLOSE;
+}
+
+/* The request is answered: keep what arrived after it (the next one), and
+ * no large buffer for the idle time. */
+static void
+next_request(struct conn *c)
+{
+	memmove(c->in, c->in + c->pos, c->in_len - c->pos);
+	c->in_len -= c->pos;
+	c->pos = 0;
+	if (c->pretty.cap > KEEP_BUFFER)
+		buf_free(&c->pretty);
+	if (c->compact.cap > KEEP_BUFFER)
+		buf_free(&c->compact);
+}
+
+/* Serve requests on one connection until it ends. Returns whether the
+ * close should linger. */
 static int
-json_object_get(const struct json_object *o, const char *key, struct buf *out)
+serve_connection(struct conn *c)
 {
-	const struct json_slot *sl = json_object_find(o, key);
+	for (;;) {
+		const char *why = NULL;
+		enum status st = read_head(c, &c->req, &why);
+		int linger = 0;
 
-	if (sl == NULL)
-		return -1;
-	buf_add(out, o->text.p + sl->value, sl->value_len);
-	return 0;
+		c->start_us = now_us();
+		if (st == S_INCOMPLETE)
+			return 0;
+		if (st != S_OK) {
+			memset(&c->o, 0, sizeof(c->o));
+			send_error(c, c->req.method_len > 0 ? &c->req : NULL, st, why, NULL, 0, &c->o);
+			request_done(c);
+			return 1;
+		}
+		if (handle_request(c, &linger) != H_KEEP)
+			return linger;
+		next_request(c);
+	}
 }
 
-/* The member key's string value, decoded, appended to out: 0, or -1
- * when there is no such member or its value is not a string. */
-static int
-json_object_string(const struct json_object *o, const char *key, struct buf *out)
+/* A loop answered a request: go on (V_IDLE), or what else. */
+static enum verdict
+loop_answered(struct conn *c, enum handled h, int linger)
 {
-	const struct json_slot *sl = json_object_find(o, key);
-
-	if (sl == NULL || o->text.p[sl->value] != '"')
-		return -1;
-	json_string_decode(o->text.p, sl->value, out);
-	return 0;
+	if (c->pending.len > 0 || c->unsent || linger) {
+		if (h != H_KEEP)
+			conn_enter(c, CS_LOOP, CS_FLUSHING);
+		c->linger = linger;
+		return V_THREAD;
+	}
+	if (h != H_KEEP)
+		return V_CLOSE;
+	next_request(c);
+	return V_IDLE;
 }
 
-/* The value of the top-level member key of the JSON object in p[0, n),
- * as compact JSON text (strings still escaped), into out: 0, or -1 when
- * p is not a JSON object or has no such member at its top level. The
- * first such member decides. For one look-up; more parse once with
- * json_object_parse. */
-static int
-json_member(const char *p, size_t n, const char *key, struct buf *out)
+/* Answer every request already complete in c->in, without waiting for
+ * anything: the event loop's fast path. Whatever would wait (a head or
+ * body still arriving, a chunked body, Expect, a lingering close, an
+ * answer the socket would not take) is left to a thread; an event goes
+ * to the writer, and the connection is parked until its verdict. */
+static enum verdict
+serve_buffered(struct conn *c)
 {
-	struct json_object o;
-	int found = json_object_parse(p, n, &o) == 0 ? json_object_get(&o, key, out) : -1;
+	while (skip_empty_lines(c), c->in_len > 0) {
+		size_t scan = 0, line_end = 0, head_len = 0;
+		struct request *req = &c->req;
+		const char *why = NULL;
+		enum status st = http_scan_head(c->in, c->in_len, &scan, &line_end, &head_len, &why);
+		enum handled h;
+		enum verdict v;
+		int linger = 0;
 
-	json_object_free(&o);
-	return found;
-}
-
-/* Is the top-level member key of the JSON object in p[0, n) true? */
-static int
-json_true(const char *p, size_t n, const char *key)
-{
-	struct buf v = { 0 };
-	int yes = json_member(p, n, key, &v) == 0 && v.len == 4 && memcmp(v.p, "true", 4) == 0;
-
-	buf_free(&v);
-	return yes;
-}
-
-/* The string value of the top-level member key of the JSON object in
- * p[0, n), decoded, into out: 0, or -1 when p is not a JSON object, has
- * no such member at its top level, or its value is not a string. */
-static int
-json_member_string(const char *p, size_t n, const char *key, struct buf *out)
-{
-	struct json_object o;
-	int found = json_object_parse(p, n, &o) == 0 ? json_object_string(&o, key, out) : -1;
-
-	json_object_free(&o);
-	return found;
+		if (st == S_INCOMPLETE)
+			return V_THREAD;
+		if (st == S_OK)
+			st = http_parse_head(c->in, head_len, req, &why);
+		if (st != S_OK || req->chunked || req->expect_continue ||
+		    (req->has_length && req->content_length > c->in_len - head_len))
+			return V_THREAD;  /* the thread parses it again, and answers */
+		c->start_us = now_us();
+		h = handle_request(c, &linger);
+		if (h == H_PARKED)
+			return V_PARKED;
+		if ((v = loop_answered(c, h, linger)) != V_IDLE)
+			return v;
+	}
+	return V_IDLE;
 }
 
 /* ------------------------------------------------------------------------
- * Brokers (--forward): Redis Streams and NATS JetStream, more sinks of the
- * event writer. A batch goes out on one connection per broker (the
- * client's plain transport): pipelined XADDs to Redis, back-to-back
+ * [WRITER] The event writer: the one owner of every event sink (stdout,
+ * --output).
+ *
+ * A connection verifies its event, renders it (indented for stdout, one
+ * compact line for --output), queues it here and waits off the loops for
+ * the verdict: a thread waits on a condition, a loop parks the connection
+ * and goes on serving others until the writer hands the verdict back.
+ * The writer takes every event waiting as one batch, in order:
+ *   1. appends the batch to --output (not yet synced);
+ *   2. gives it to stdout's queue and waits for stdout to take it, until
+ *      SINK_TIMEOUT_S after the oldest event was verified;
+ *   3. sends it to each --forward broker, and goes on to the next batch
+ *      while their acknowledgements come (up to WRITER_INFLIGHT batches
+ *      out at once, so a broker's round trip is not a pause);
+ *   4. once every broker has acknowledged a batch, and every batch before
+ *      it, fdatasyncs --output once for all of them (group commit);
+ *   5. releases the verdicts: 200 for all, or the failure for all.
+ * A failure at any step cuts --output back to where the failed batch
+ * began (a broker's failure fails every batch out to it, so back to where
+ * the oldest of those began): an event answered 5xx is not in that file
+ * and X's resend is no duplicate there (a broker cannot be rolled back:
+ * see "Brokers"). (stdout is no record: an event it took before a later
+ * step failed, or that it took late, may show there twice.)
+ *
+ * stdout failing for good (EPIPE, EBADF, a full device): without --output,
+ * every event gets 500 until it works again, since stdout is the only
+ * sink; with --output, the file is the record, so stdout is let go with
+ * one warning and events go on to the file alone. stdout merely not
+ * reading (a paused pager, Ctrl-S) is no failure for good: events get 503
+ * while it lasts, and X retries them.
+ *
+ * Calls [BROKERS] (forward_send, forward_wait, forward_replies) and hands
+ * each verdict back to [LOOPS] or to the waiting thread.
+ * ------------------------------------------------------------------------ */
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t work;      /* events were queued, or SIGHUP reopened --output */
+	pthread_cond_t decided;   /* a batch has its verdict (for threads) */
+	struct event *head, **tail;
+	/* With --forward the writer waits in poll() on the brokers' sockets
+	 * and this eventfd, which is written when polling is set. */
+	int wake_fd;
+	int polling;
+} writer = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+	NULL, &writer.head, -1, 0 };
+
+enum {
+	MAX_FORWARDS = 4,         /* --forward brokers */
+	WRITER_INFLIGHT = 4,      /* batches sent to the brokers, not yet acknowledged */
+};
+
+/* A batch written to --output (not yet synced) and stdout and sent to
+ * every broker, waiting for their acknowledgements. The writer keeps
+ * them in a ring, oldest first, and decides them in that order. */
+struct batch {
+	struct event *events;
+	unsigned n;                     /* events in it */
+	int64_t deadline;               /* its oldest event's, for every sink */
+	off_t start;                    /* where it begins in --output, or -1 */
+	unsigned acked[MAX_FORWARDS];   /* acknowledgements in, per broker */
+	uint64_t first[MAX_FORWARDS];   /* NATS: its first event's reply number */
+};
+
+static struct {
+	struct batch b[WRITER_INFLIGHT];
+	unsigned head, n;
+} inflight;
+
+static struct batch *
+inflight_at(unsigned i)
+{
+	return &inflight.b[(inflight.head + i) % WRITER_INFLIGHT];
+}
+
+static int forward_send(struct batch *b, const char **why);
+static void forward_wait(int events_too);
+static void forward_replies(void);
+static void forward_forget(void);
+
+static struct conn *
+event_conn(struct event *e)
+{
+	return (struct conn *)(void *)((char *)e - offsetof(struct conn, ev));
+}
+
+/* Under writer.lock: wake the writer, whichever way it waits. */
+static void
+writer_wake(void)
+{
+	uint64_t one = 1;
+
+	pthread_cond_signal(&writer.work);
+	if (writer.polling) {
+		writer.polling = 0;
+		if (write(writer.wake_fd, &one, sizeof(one)) < 0)
+			(void)0;  /* EAGAIN: the counter is full, so it is woken */
+	}
+}
+
+/* Hand the events first..*last (linked by next) to the writer. */
+static void
+writer_queue(struct event *first, struct event **last)
+{
+	pthread_mutex_lock(&writer.lock);
+	*writer.tail = first;
+	writer.tail = last;
+	writer_wake();
+	pthread_mutex_unlock(&writer.lock);
+}
+
+
+/* Queue c's rendered event for the writer. A loop gathers its events and
+ * hands them over once per turn (loop_thread): a lock and a wake-up per
+ * turn rather than per event. */
+static void
+event_submit(struct conn *c)
+{
+	c->ev.next = NULL;
+	c->ev.verified_us = now_us();
+	c->ev.verified = c->ev.verified_us / 1000;
+	c->ev.result = S_INCOMPLETE;
+	c->ev.why = NULL;
+	if (conn_state(c) == CS_LOOP) {
+		conn_enter(c, CS_LOOP, CS_PARKED);
+		loop_queue_event(c);
+	} else {
+		conn_enter(c, CS_THREAD, CS_WAITING);
+		writer_queue(&c->ev, &c->ev.next);
+	}
+}
+
+/* A connection's own thread waits for its event's verdict here. */
+static void
+event_wait(struct conn *c)
+{
+	pthread_mutex_lock(&writer.lock);
+	while (c->ev.result == S_INCOMPLETE)
+		pthread_cond_wait(&writer.decided, &writer.lock);
+	pthread_mutex_unlock(&writer.lock);
+	conn_enter(c, CS_WAITING, CS_THREAD);
+}
+
+/* Cut --output back to size after a batch failed, so that none of it
+ * stays behind. */
+static void
+output_cut(off_t size)
+{
+	if (size >= 0 && ftruncate(output_fd, size) < 0)
+		warn("cannot cut back --output %s after a failed write:", output_path);
+}
+
+/* Write one batch to --output (not yet synced) and stdout, noting in
+ * *start where it begins in --output (-1 if it is no regular file): S_OK,
+ * or the verdict for all of its events. */
+static enum status
+writer_write(struct event *batch, int64_t deadline, off_t *start, const char **why)
+{
+	static struct buf text = { NULL, 0, 0, 1, 0 }, lines = { NULL, 0, 0, 1, 0 };
+	static int stdout_gone, stdout_stalled, unlinked_told;
+	struct event *e;
+	struct stat sb;
+	int r;
+
+	/* One huge batch need not keep its memory for all the small ones. */
+	if (text.cap > STDOUT_QUEUE_LIMIT)
+		buf_free(&text);
+	if (lines.cap > STDOUT_QUEUE_LIMIT)
+		buf_free(&lines);
+	buf_clear(&text);
+	buf_clear(&lines);
+	for (e = batch; e != NULL; e = e->next) {
+		struct conn *c = event_conn(e);
+
+		if (!stdout_gone)
+			buf_add(&text, c->pretty.p, c->pretty.len);
+		if (output_fd >= 0)
+			buf_add(&lines, c->compact.p, c->compact.len);
+	}
+	if (text.failed || lines.failed) {
+		*why = "out of memory for the event; try again";
+		return S_UNAVAILABLE;
+	}
+	if (output_fd >= 0) {
+		if (fstat(output_fd, &sb) < 0) {
+			warn("cannot append events to %s:", output_path);
+			*why = "could not write the event to the --output file";
+			return S_INTERNAL_ERROR;
+		}
+		if (S_ISREG(sb.st_mode))
+			*start = sb.st_size;
+		if (sb.st_nlink == 0 && S_ISREG(sb.st_mode) && !unlinked_told) {
+			warn("warning: --output %s was deleted while open; events go on to the deleted "
+			    "file until SIGHUP reopens the path", output_path);
+			unlinked_told = 1;
+		} else if (sb.st_nlink > 0) {
+			unlinked_told = 0;
+		}
+		if (write_all(output_fd, lines.p, lines.len) < 0) {
+			warn("cannot append events to %s:", output_path);
+			output_cut(*start);
+			*why = "could not write the event to the --output file";
+			return S_INTERNAL_ERROR;
+		}
+	}
+	if (!stdout_gone) {
+		if (stdout_direct)
+			r = write_all(STDOUT_FILENO, text.p, text.len);
+		else
+			r = outq_write(&stdout_queue, text.p, text.len, deadline);
+		if (r == -2) {
+			if (!stdout_stalled)
+				warn("stdout has taken no event for %d s (is its reader paused?): "
+				    "events get 503 until it does", SINK_TIMEOUT_S);
+			stdout_stalled = 1;
+			output_cut(*start);
+			*why = "stdout did not take the event within " STR(SINK_TIMEOUT_S) " s";
+			return S_UNAVAILABLE;
+		}
+		if (r == 0 && stdout_stalled) {
+			warn("stdout takes events again");
+			stdout_stalled = 0;
+		}
+		if (r < 0 && output_fd >= 0) {
+			warn("stdout failed (%s): events go on to --output %s alone", strerror(errno),
+			    output_path);
+			stdout_gone = 1;
+		} else if (r < 0) {
+			warn("cannot write events to stdout:");
+			*why = "could not write the event to stdout";
+			return S_INTERNAL_ERROR;
+		}
+	}
+	return S_OK;
+}
+
+/* Give every event of batch its verdict. A loop's connection goes back to
+ * its loop; a thread's result is set under the lock it waits with. */
+static void
+writer_decide(struct event *batch, enum status st, const char *why)
+{
+	int64_t now = now_us();
+	struct event *e, *next;
+
+	pthread_mutex_lock(&writer.lock);
+	for (e = batch; e != NULL; e = next) {
+		struct conn *c = event_conn(e);
+		int parked = conn_parked(c);  /* else CS_WAITING, on its thread */
+
+		next = e->next;
+		e->why = why;
+		e->took_us = now - e->verified_us;
+		e->result = st;
+		if (parked)
+			loop_event_decided(c);
+	}
+	pthread_cond_broadcast(&writer.decided);
+	pthread_mutex_unlock(&writer.lock);
+}
+
+/* Fail every batch in flight, oldest first, and cut --output back to
+ * where the oldest began. */
+static void
+inflight_fail(enum status st, const char *why)
+{
+	if (inflight.n == 0)
+		return;
+	forward_forget();
+	output_cut(inflight_at(0)->start);
+	for (; inflight.n > 0; inflight.n--) {
+		writer_decide(inflight_at(0)->events, st, why);
+		inflight.head = (inflight.head + 1) % WRITER_INFLIGHT;
+	}
+}
+
+/* Decide the oldest batches that every broker has acknowledged, after one
+ * fdatasync of --output for all of them. */
+static void
+inflight_release(void)
+{
+	unsigned k, i;
+
+	for (k = 0; k < inflight.n; k++) {
+		struct batch *b = inflight_at(k);
+
+		for (i = 0; i < nforwards && b->acked[i] == b->n; i++)
+			;
+		if (i < nforwards)
+			break;
+	}
+	if (k == 0)
+		return;
+	if (output_fd >= 0 && fdatasync(output_fd) < 0) {
+		warn("cannot sync %s:", output_path);
+		inflight_fail(S_INTERNAL_ERROR, "could not write the event to the --output file");
+		return;
+	}
+	for (; k > 0; k--, inflight.n--) {
+		writer_decide(inflight_at(0)->events, S_OK, NULL);
+		inflight.head = (inflight.head + 1) % WRITER_INFLIGHT;
+	}
+}
+
+/* Write batch to the sinks and send it to the brokers: it is in flight,
+ * or decided already if a sink failed. */
+static void
+writer_send(struct event *batch)
+{
+	struct batch *b = inflight_at(inflight.n);
+	const char *why = NULL;
+	struct event *e;
+	enum status st;
+
+	memset(b, 0, sizeof(*b));
+	b->events = batch;
+	b->deadline = batch->verified + sink_timeout;
+	b->start = -1;
+	for (e = batch; e != NULL; e = e->next)
+		b->n++;
+	st = writer_write(batch, b->deadline, &b->start, &why);
+	if (st != S_OK) {
+		writer_decide(batch, st, why);
+		return;
+	}
+	inflight.n++;
+	if (nforwards > 0 && forward_send(b, &why) < 0)
+		inflight_fail(S_UNAVAILABLE, why);
+}
+
+static void *
+writer_thread(void *arg)
+{
+	(void)arg;
+	thread_name("xwh-writer");
+	for (;;) {
+		struct event *batch = NULL;
+		int reopen, take, fd;
+
+		pthread_mutex_lock(&writer.lock);
+		reopen = atomic_load(&output_reopened) >= 0;
+		while (nforwards == 0 && writer.head == NULL && !reopen) {
+			pthread_cond_wait(&writer.work, &writer.lock);
+			reopen = atomic_load(&output_reopened) >= 0;
+		}
+		/* A reopened --output is taken up with nothing in flight:
+		 * their offsets are the old file's. */
+		take = inflight.n < WRITER_INFLIGHT && !(reopen && inflight.n > 0);
+		if (take) {
+			batch = writer.head;
+			writer.head = NULL;
+			writer.tail = &writer.head;
+			writer.polling = batch == NULL && nforwards > 0;
+		}
+		pthread_mutex_unlock(&writer.lock);
+		if (inflight.n == 0 && (fd = atomic_exchange(&output_reopened, -1)) >= 0) {
+			close(output_fd);
+			output_fd = fd;
+		}
+		if (nforwards > 0) {
+			if (batch == NULL)
+				forward_wait(take);
+			forward_replies();
+		}
+		if (batch != NULL)
+			writer_send(batch);
+		inflight_release();
+	}
+	return NULL;
+}
+
+/* SIGHUP reopened --output as fd: the writer takes it up between batches
+ * (and closes an earlier SIGHUP's it had not yet taken up). */
+static void
+writer_reopened(int fd)
+{
+	int old;
+
+	if ((old = atomic_exchange(&output_reopened, fd)) >= 0)
+		close(old);
+	pthread_mutex_lock(&writer.lock);
+	writer_wake();
+	pthread_mutex_unlock(&writer.lock);
+}
+
+/* Is stdout a regular file or /dev/null? Then nothing reads it to fall
+ * behind, and the writer writes it itself (a thread hop less per batch):
+ * a disk that hangs is --output's case. A pipe, terminal or socket has a
+ * reader that may stall, and goes through stdout_queue. */
+static int
+stdout_never_waits(void)
+{
+	struct stat st, null;
+
+	if (fstat(STDOUT_FILENO, &st) < 0)
+		return 0;
+	if (S_ISREG(st.st_mode))
+		return 1;
+	return S_ISCHR(st.st_mode) && stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) &&
+	    st.st_rdev == null.st_rdev;
+}
+
+static void
+writer_start(void)
+{
+	pthread_t t;
+	pthread_attr_t a;
+
+	writer.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (writer.wake_fd < 0)
+		die("cannot make the event writer's eventfd:");
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &a, writer_thread, NULL) != 0)
+		die("cannot start the event writer");
+	pthread_attr_destroy(&a);
+}
+
+/* ------------------------------------------------------------------------
+ * [BROKERS] Brokers (--forward): Redis Streams and NATS JetStream, more
+ * sinks of the event writer. A batch goes out on one connection per broker
+ * (the client's plain transport): pipelined XADDs to Redis, back-to-back
  * JetStream publishes to NATS, and is taken when every event has its own
  * acknowledgement: an entry id (MS-SEQ) for each XADD, a PubAck that names
  * the stream and a seq on each publish's own reply subject. A null reply,
  * an error or another stream's PubAck fails the batch; a second PubAck for
- * one publish counts for nothing. The writer does not wait for them
- * before it sends the next batch: up to WRITER_INFLIGHT batches are out
- * at once, and the replies are matched to them in order (Redis answers in
- * order; a PubAck names its event by the reply subject's number). A
- * broker that fails fails every batch out to it; one that is down makes
- * POSTs 503 (X retries) and is dialled again with a backoff; CRCs never
- * wait on it. No client library: RESP and the NATS protocol are a few
- * lines of text framing each.
+ * one publish counts for nothing. The writer does not wait for them before
+ * it sends the next batch: up to WRITER_INFLIGHT batches are out at once,
+ * and the replies are matched to them in order (Redis answers in order; a
+ * PubAck names its event by the reply subject's number). A broker that
+ * fails fails every batch out to it; one that is down makes POSTs 503 (X
+ * retries) and is dialled again with a backoff; CRCs never wait on it. No
+ * client library: RESP and the NATS protocol are a few lines of text
+ * framing each.
  *
  * The writer waits in poll() on the brokers' sockets, so it answers
  * NATS's PINGs when they come (an unanswered server drops us as stale)
  * and notices at once a connection the broker closed, so that the next
  * event is not the one that finds out.
+ *
+ * Calls [OUT] (dial, struct client) and [JSON]'s reader.
  * ------------------------------------------------------------------------ */
 
 enum {
@@ -8509,10 +8292,241 @@ forward_forget(void)
 }
 
 /* ------------------------------------------------------------------------
- * check URL: do what X does before it accepts a webhook URL, report each
- * requirement on its own line, and exit 0 only if X would accept it: 1
- * if X would not, CHECK_CANNOT_TELL if something X requires could not be
- * checked here (and nothing failed).
+ * [CLIENT] The HTTP client: the file's one way to ask another server
+ * something. One request builder (http_request_head), one request on a
+ * fresh connection from [OUT], and its answer read with the server's own
+ * pieces: http_scan_head for the head, http_next_field for the fields,
+ * content_length and the chunked decoder for the body. One deadline covers
+ * the whole exchange, and CLIENT_MAX_ANSWER the answer's size. Every
+ * caller (check, X's API, ACME) gets its failures in the same words: a
+ * certificate's fault named, a deadline as it was. Calls [OUT], [HTTP],
+ * [JSON]'s reader.
+ * ------------------------------------------------------------------------ */
+
+/* The head of a request to u, the file's one request builder: the
+ * request line (target, or the URL's own when NULL), Host as RFC 9112
+ * 3.2 wants it (the scheme's default port left out), then fields (whole
+ * lines, each CRLF-ended, in the caller's order) and, when body_len is
+ * not negative, Content-Length; the blank line ends it. */
+static void
+http_request_head(struct buf *b, const char *method, const struct url *u, const char *target, const char *fields,
+    long long body_len)
+{
+	char host[HOST_PORT_MAX], num[48];
+
+	(void)host_port_format(host, sizeof(host), u->host, u->port, u->https ? "443" : "80");
+	buf_adds(b, method);
+	buf_addc(b, ' ');
+	buf_adds(b, target != NULL ? target : u->target);
+	buf_adds(b, " HTTP/1.1\r\nHost: ");
+	buf_adds(b, host);
+	buf_adds(b, "\r\n");
+	buf_adds(b, fields);
+	if (body_len >= 0) {
+		snprintf(num, sizeof(num), "Content-Length: %lld\r\n", body_len);
+		buf_adds(b, num);
+	}
+	buf_adds(b, "\r\n");
+}
+
+/* The status of a response head: HTTP/1.x SP 3DIGIT, then SP and a
+ * reason (perhaps empty) or, leniently, the line's end. -1 if not. */
+static int
+http_status_line(const char *p, size_t n)
+{
+	if (n < 14 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ' ||
+	    !isdigit((unsigned char)p[9]) || !isdigit((unsigned char)p[10]) ||
+	    !isdigit((unsigned char)p[11]) || (p[12] != ' ' && p[12] != '\r'))
+		return -1;
+	return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+}
+
+static void
+answer_free(struct answer *a)
+{
+	buf_free(&a->head);
+	buf_free(&a->body);
+}
+
+/* What an answer's head says of its body. */
+struct answer_framing {
+	size_t head_len;
+	uint64_t length;
+	int has_length, chunked;
+};
+
+/* Read the head of the final (non-1xx) answer into in: a->status and
+ * fr, 0, or -1 with cl->why. Interim (1xx) answers are passed over. */
+static int
+client_read_head(struct client *cl, struct buf *in, struct answer *a, struct answer_framing *fr)
+{
+	size_t scan = 0, line_end = 0, head_len = 0;
+	const char *why, *p;
+	unsigned count = 0;
+	struct field f;
+	ssize_t r;
+
+	memset(fr, 0, sizeof(*fr));
+	for (;;) {
+		enum status st = in->len > 0 ?
+		    http_scan_head(in->p, in->len, &scan, &line_end, &head_len, &why) : S_INCOMPLETE;
+
+		if (st == S_OK) {
+			a->status = http_status_line(in->p, head_len);
+			if (a->status < 0) {
+				snprintf(cl->why, sizeof(cl->why), "the answer is not HTTP/1.x");
+				return -1;
+			}
+			if (a->status >= 200)
+				break;
+			memmove(in->p, in->p + head_len, in->len - head_len);  /* 1xx: the next */
+			in->len -= head_len;
+			scan = line_end = head_len = 0;
+			continue;
+		}
+		if (st != S_INCOMPLETE) {
+			snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
+			return -1;
+		}
+		if ((r = client_read(cl, in)) <= 0) {
+			if (r == IO_TIMEOUT)
+				snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
+			else
+				snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's head");
+			return -1;
+		}
+		in->len += (size_t)r;
+	}
+	fr->head_len = head_len;
+	p = (const char *)memchr(in->p, '\n', head_len) + 1;
+	while ((r = http_next_field(&p, in->p + head_len, &count, &f, &why)) > 0) {
+		if (span_is(f.name, f.name_len, "content-length")) {
+			if (fr->has_length++ || content_length(&f, &fr->length, &why) < 0) {
+				snprintf(cl->why, sizeof(cl->why), "the answer's Content-Length is bad");
+				return -1;
+			}
+		} else if (span_is(f.name, f.name_len, "transfer-encoding")) {
+			fr->chunked = span_is(f.value, f.value_len, "chunked");
+		}
+	}
+	if (r < 0) {
+		snprintf(cl->why, sizeof(cl->why), "the answer's head is malformed: %s", why);
+		return -1;
+	}
+	buf_add(&a->head, in->p, head_len);
+	return 0;
+}
+
+/* Read the body that fr frames into a->body (in holds the head and what
+ * came after it): 0, or -1 with cl->why. */
+static int
+client_read_body(struct client *cl, struct buf *in, struct answer *a, const struct answer_framing *fr)
+{
+	size_t head_len = fr->head_len, at = head_len;
+	const char *why;
+	ssize_t r = 0;
+
+	if (a->status == 204 || a->status == 304) {
+		return 0;  /* no body */
+	} else if (fr->chunked) {
+		struct chunked ch;
+		size_t used;
+
+		memset(&ch, 0, sizeof(ch));
+		for (;;) {
+			enum status st = chunked_decode(&ch, in->p + at, in->len - at, &used, &a->body,
+			    CLIENT_MAX_ANSWER - head_len, &why);
+
+			if (st == S_OK)
+				break;
+			if (st == S_PAYLOAD_TOO_LARGE)
+				goto too_large;
+			if (st != S_INCOMPLETE) {
+				snprintf(cl->why, sizeof(cl->why), "the answer's chunked body is malformed: %s", why);
+				return -1;
+			}
+			in->len = at = head_len;  /* all used: read more in its place */
+			if ((r = client_read(cl, in)) <= 0)
+				goto ended;
+			in->len += (size_t)r;
+		}
+	} else {
+		if (fr->has_length && fr->length > CLIENT_MAX_ANSWER - head_len)
+			goto too_large;
+		while (!fr->has_length || in->len - head_len < fr->length) {
+			if ((r = client_read(cl, in)) == 0 && !fr->has_length)
+				break;  /* the end of the connection is the end of the body */
+			if (r <= 0) {
+				if (r == IO_ERROR && in->len > CLIENT_MAX_ANSWER)
+					goto too_large;
+				goto ended;
+			}
+			in->len += (size_t)r;
+		}
+		buf_add(&a->body, in->p + head_len, fr->has_length ? (size_t)fr->length : in->len - head_len);
+	}
+	return 0;
+too_large:
+	snprintf(cl->why, sizeof(cl->why), "the answer is larger than " CLIENT_MAX_ANSWER_TEXT
+	    " (the most the client reads)");
+	return -1;
+ended:
+	if (r == IO_TIMEOUT)
+		snprintf(cl->why, sizeof(cl->why), "no complete answer within %lld s", client_limit_s(cl));
+	else
+		snprintf(cl->why, sizeof(cl->why), "the connection ended inside the answer's body");
+	return -1;
+}
+
+/* Send request, then read one whole answer into a by cl's deadline:
+ * 0, or -1 with cl->why. */
+static int
+client_exchange(struct client *cl, const char *request, size_t n, struct answer *a)
+{
+	struct buf in = { 0 };
+	struct answer_framing fr;
+	int ok = -1;
+
+	memset(a, 0, sizeof(*a));
+	if (cl->c.tr->write(&cl->c, request, n, cl->deadline) < 0) {
+		snprintf(cl->why, sizeof(cl->why), "cannot send the request");
+		return -1;
+	}
+	if (client_read_head(cl, &in, a, &fr) == 0 && client_read_body(cl, &in, a, &fr) == 0) {
+		a->ms = now_ms() - cl->start;
+		ok = 0;
+	}
+	buf_free(&in);
+	if (ok < 0)
+		answer_free(a);
+	return ok;
+}
+
+/* The value of the answer's field name (the first of them), or NULL. */
+static const char *
+answer_field(const struct answer *a, const char *name, size_t *len)
+{
+	const char *p, *why;
+	unsigned count = 0;
+	struct field f;
+
+	if (a->head.len == 0)
+		return NULL;
+	p = (const char *)memchr(a->head.p, '\n', a->head.len) + 1;
+	while (http_next_field(&p, a->head.p + a->head.len, &count, &f, &why) > 0)
+		if (span_is(f.name, f.name_len, name)) {
+			*len = f.value_len;
+			return f.value;
+		}
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * [CHECK] check URL: do what X does before it accepts a webhook URL,
+ * report each requirement on its own line, and exit 0 only if X would
+ * accept it: 1 if X would not, CHECK_CANNOT_TELL if something X requires
+ * could not be checked here (and nothing failed). Two jobs: the CRC as X
+ * sends it, and with --post a signed event. Calls [CLIENT], [CRYPTO].
  * ------------------------------------------------------------------------ */
 
 static int check_failed;
@@ -8838,13 +8852,14 @@ cmd_check(const char *arg)
 }
 
 /* ------------------------------------------------------------------------
- * The X side of a webhook: webhooks, register, validate, unregister,
- * subscribe, subscriptions, unsubscribe, replay. Each is one HTTPS
- * request to X's API through the file's client, with credentials from
- * the environment only: the app's Bearer token, or for user context
- * OAuth 1.0a signed here (RFC 5849, HMAC-SHA1). On 2xx X's JSON goes to
- * stdout in the fmt layout; anything else is one line on stderr with
- * what X said, escaped, and exit status 1.
+ * [XAPI] The X side of a webhook: webhooks, register, validate,
+ * unregister, subscribe, subscriptions, unsubscribe, replay, each a row of
+ * the x_command table. Each is one HTTPS request to X's API through the
+ * file's client, with credentials from the environment only: the app's
+ * Bearer token, or for user context OAuth 1.0a signed here (RFC 5849,
+ * HMAC-SHA1). On 2xx X's JSON goes to stdout in the fmt layout; anything
+ * else is one line on stderr with what X said, escaped, and exit status 1.
+ * Calls [CLIENT], [CRYPTO], [JSON].
  * ------------------------------------------------------------------------ */
 
 enum { X_API_TIMEOUT_MS = 30000 };  /* X runs a CRC before it answers register */
@@ -9524,15 +9539,18 @@ cmd_x(const struct x_command *xc, const char *const *args)
 }
 
 #ifdef XWEBHOOK_TLS
+
 /* ------------------------------------------------------------------------
- * ACME (RFC 8555): --acme DOMAIN gets a certificate for DOMAIN from an
- * ACME CA and keeps it renewed, from a thread of its own: the loops never
- * wait on the CA. Validation is tls-alpn-01 (RFC 8737) on the serving
- * port, or http-01 on --acme-http. The account key, the certificate and
- * its key live in --state-dir, under certbot's names. Requests go through
- * the file's HTTP client; JWS signatures are ES256 over P-256 keys made
- * from getrandom(); the DER of a CSR and of the tls-alpn-01 certificate is
- * written here, as BearSSL writes neither.
+ * [ACME] ACME (RFC 8555): --acme DOMAIN gets a certificate for DOMAIN from
+ * an ACME CA and keeps it renewed, from a thread of its own: the loops
+ * never wait on the CA. Validation is tls-alpn-01 (RFC 8737) on the
+ * serving port, or http-01 on --acme-http. The account key, the
+ * certificate and its key live in --state-dir, under certbot's names.
+ * Requests go through the file's HTTP client; JWS signatures are ES256
+ * over P-256 keys made from getrandom(); the DER of a CSR and of the
+ * tls-alpn-01 certificate is written here, as BearSSL writes neither.
+ * Calls [CLIENT], [DER], and [TLS]'s hooks (challenge_set_alpn,
+ * identity_install).
  * ------------------------------------------------------------------------ */
 
 enum {
@@ -11524,7 +11542,105 @@ acme_stop(void)
 #endif /* XWEBHOOK_TLS */
 
 /* ------------------------------------------------------------------------
- * The command line.
+ * [SUBCMDS] The small subcommands: crc, sign, fmt. The server's own pieces
+ * on stdin and stdout, for trying things by hand and for reading --output.
+ * Calls [CRYPTO], [JSON].
+ * ------------------------------------------------------------------------ */
+
+/* Read FILE ("-" or NULL for stdin) whole; dies on failure. */
+static void
+slurp(const char *path, struct buf *b)
+{
+	int fd = STDIN_FILENO;
+
+	if (path != NULL && strcmp(path, "-") != 0 && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		die("cannot open %s:", path);
+	if (read_all(fd, b) < 0)
+		die("cannot read %s:", path ? path : "stdin");
+	if (fd != STDIN_FILENO)
+		close(fd);
+}
+
+static int
+cmd_crc(const char *token)
+{
+	char out[CRC_BODY_LEN + 1];
+
+	load_secret(1);
+	crc_body(token, strlen(token), out);
+	out[CRC_BODY_LEN] = '\n';
+	if (write_all(STDOUT_FILENO, out, sizeof(out)) < 0)
+		die("stdout:");
+	return 0;
+}
+
+static int
+cmd_sign(const char *path)
+{
+	struct buf b = { 0 };
+	char sig[SIGNATURE_LEN + 1];
+
+	load_secret(1);
+	slurp(path, &b);
+	signature_of(&secret_key, b.p, b.len, sig, NULL);
+	sig[SIGNATURE_LEN] = '\n';
+	if (write_all(STDOUT_FILENO, sig, sizeof(sig)) < 0)
+		die("stdout:");
+	buf_free(&b);
+	return 0;
+}
+
+/* Pretty-print a stream of JSON values as the server prints events,
+ * reading in blocks. Only whole values are written: each as soon as it
+ * is complete, and nothing of an invalid one, so that a pipeline never
+ * sees half a document (memory holds the largest single value). */
+static int
+cmd_fmt(const char *path)
+{
+	static char in[1 << 16];
+	struct buf out = { 0 };
+	struct json j;
+	int fd = STDIN_FILENO, ok = 0;
+
+	if (path != NULL && strcmp(path, "-") != 0 && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		die("cannot open %s:", path);
+	json_init(&j, JSON_INDENT, &out);
+	j.stream = 1;
+	for (;;) {
+		ssize_t r = read(fd, in, sizeof(in));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			die("cannot read %s:", path ? path : "stdin");
+		ok = (r == 0 ? json_finish(&j) : json_feed(&j, in, (size_t)r)) == 0;
+		if (j.out_mark >= sizeof(in) || r == 0 || !ok) {
+			/* The values complete so far go out; the rest waits. */
+			if (write_all(STDOUT_FILENO, out.p, j.out_mark) < 0)
+				die("stdout:");
+			if (out.len > j.out_mark)
+				memmove(out.p, out.p + j.out_mark, out.len - j.out_mark);
+			out.len -= j.out_mark;
+			j.out_mark = 0;
+		}
+		if (r == 0 || !ok)
+			break;
+	}
+	buf_free(&out);
+	if (fd != STDIN_FILENO)
+		close(fd);
+	if (!ok) {
+		fprintf(stderr, "%s: line %lu, column %lu: %s (the values before it were written; nothing "
+		    "of this one)\n", progname, j.err_line, j.err_col, j.error);
+		return 1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * [CLI] The command line and main: usage, the options table, and
+ * run_server. Writes the settings of [LIMITS], then hands over to serve()
+ * or to a subcommand.
  * ------------------------------------------------------------------------ */
 
 static void
