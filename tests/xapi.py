@@ -15,7 +15,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as it  # noqa: E402  (what every suite shares)
