@@ -9567,6 +9567,7 @@ enum {
 	ACME_WEEK_S = 7 * 86400,
 	ACME_ORDERS_FILE_MAX = 4096, /* the orders file holds 5 short lines: anything larger is not ours */
 	ACME_FLOOR_MARGIN_S = 60,    /* the renewal floor is at least this long before notAfter (< ACME_CLOCK_SKEW_S) */
+	ALPN_SERIAL_LEN = 16,        /* the tls-alpn-01 certificate's serial: 126 random bits */
 };
 
 /* ---- DER, written ---- */
@@ -9811,22 +9812,19 @@ der_utc_time(struct buf *b, time_t t)
 
 /* The tls-alpn-01 certificate (RFC 8737, 3): self-signed by k, for name,
  * with the critical acmeIdentifier extension holding SHA-256 of the key
- * authorization. */
+ * authorization; serial and now as given, so a test can know the bytes. */
 static int
-alpn_cert_der(struct buf *out, const char *name, const char *key_auth, const struct ec_key *k)
+alpn_cert_make(struct buf *out, const char *name, const char *key_auth, const struct ec_key *k,
+    const unsigned char serial[ALPN_SERIAL_LEN], time_t now)
 {
 	struct buf in = { 0 }, v = { 0 }, exts = { 0 }, e = { 0 }, oct = { 0 }, tbs = { 0 };
-	unsigned char serial[16], h[32];
+	unsigned char h[32];
 	struct digest d;
-	time_t now = time(NULL);
 	int r;
 
 	der_put(&v, 0x02, "\2", 1);
 	der_wrap(&in, 0xa0, &v);                      /* [0] version 3 */
-	entropy(serial, sizeof(serial));
-	serial[0] &= 0x7f;                            /* positive */
-	serial[0] |= 0x40;                            /* and minimal */
-	der_put(&in, 0x02, serial, sizeof(serial));
+	der_put(&in, 0x02, serial, ALPN_SERIAL_LEN);
 	buf_add(&v, oid_ecdsa_sha256, sizeof(oid_ecdsa_sha256));
 	der_wrap(&in, 0x30, &v);
 	der_name(&in, name);                          /* issuer */
@@ -9855,6 +9853,19 @@ alpn_cert_der(struct buf *out, const char *name, const char *key_auth, const str
 	buf_free(&oct);
 	buf_free(&tbs);
 	return r;
+}
+
+/* The tls-alpn-01 certificate for name, with a fresh random serial, valid
+ * from a day ago for a week. */
+static int
+alpn_cert_der(struct buf *out, const char *name, const char *key_auth, const struct ec_key *k)
+{
+	unsigned char serial[ALPN_SERIAL_LEN];
+
+	entropy(serial, sizeof(serial));
+	serial[0] &= 0x7f;                            /* positive */
+	serial[0] |= 0x40;                            /* and minimal */
+	return alpn_cert_make(out, name, key_auth, k, serial, time(NULL));
 }
 
 /* The value (the extnValue's contents) of the certificate's extension
