@@ -9567,15 +9567,18 @@ enum {
 	ACME_WEEK_S = 7 * 86400,
 	ACME_ORDERS_FILE_MAX = 4096, /* the orders file holds 5 short lines: anything larger is not ours */
 	ACME_FLOOR_MARGIN_S = 60,    /* the renewal floor is at least this long before notAfter (< ACME_CLOCK_SKEW_S) */
+	DER_HEAD_MAX = 5,            /* a tag and a length of up to 24 bits: what the DER written here needs */
+	DER_DEPTH_MAX = 10,          /* values open at once: a CSR's SAN is 9 deep */
 	ALPN_SERIAL_LEN = 16,        /* the tls-alpn-01 certificate's serial: 126 random bits */
 };
 
 /* ---- DER, written ---- */
 
-static void
-der_put(struct buf *b, unsigned char tag, const void *p, size_t n)
+/* The tag and length that open a DER value of n bytes, written to h;
+ * how many bytes they take. */
+static size_t
+der_head(unsigned char h[DER_HEAD_MAX], unsigned char tag, size_t n)
 {
-	unsigned char h[5];
 	size_t k = 0;
 
 	h[k++] = tag;
@@ -9594,20 +9597,64 @@ der_put(struct buf *b, unsigned char tag, const void *p, size_t n)
 		h[k++] = (unsigned char)(n >> 8);
 		h[k++] = (unsigned char)n;
 	}
-	buf_add(b, h, k);
-	buf_add(b, p, n);
+	return k;
 }
 
-/* Wrap what inner holds in tag, appending it to b; inner is emptied. */
+/* DER being written to b: the constructed values still open, innermost
+ * last, each with its tag and where its contents start. A builder opens
+ * a value, writes what it holds, and closes it; the tag and the length
+ * go in front then, so each piece is written once, in order. */
+struct der {
+	struct buf *b;
+	size_t at[DER_DEPTH_MAX];
+	unsigned char tag[DER_DEPTH_MAX];
+	size_t depth;
+};
+
+/* Write the value p[0, n) under tag. */
 static void
-der_wrap(struct buf *b, unsigned char tag, struct buf *inner)
+der_put(struct der *w, unsigned char tag, const void *p, size_t n)
 {
-	der_put(b, tag, inner->p, inner->len);
-	inner->len = 0;
+	unsigned char h[DER_HEAD_MAX];
+	size_t k = der_head(h, tag, n);
+
+	buf_add(w->b, h, k);
+	buf_add(w->b, p, n);
+}
+
+/* Open a constructed value under tag: what is written next is its
+ * contents, until der_close. */
+static void
+der_open(struct der *w, unsigned char tag)
+{
+	assert(w->depth < DER_DEPTH_MAX);
+	w->at[w->depth] = w->b->len;
+	w->tag[w->depth++] = tag;
+}
+
+/* Close the n innermost open values, each with its tag and the length of
+ * what was written since it opened in front. */
+static void
+der_close(struct der *w, size_t n)
+{
+	struct buf *b = w->b;
+
+	assert(n <= w->depth);
+	while (n-- > 0) {
+		unsigned char h[DER_HEAD_MAX];
+		size_t at = w->at[--w->depth], k = der_head(h, w->tag[w->depth], b->len - at);
+
+		if (buf_reserve(b, k) < 0)
+			return;
+		memmove(b->p + at + k, b->p + at, b->len - at);
+		memcpy(b->p + at, h, k);
+		b->len += k;
+	}
 }
 
 /* The OIDs and fixed pieces, DER-encoded. */
-static const unsigned char oid_ecdsa_sha256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02 };
+static const unsigned char alg_ecdsa_sha256[] = {  /* AlgorithmIdentifier { ecdsa-with-SHA256 } */
+	0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02 };
 static const unsigned char spki_p256_head[] = {  /* SEQUENCE { ecPublicKey, prime256v1 }, BIT STRING head */
 	0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
 	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00 };
@@ -9709,150 +9756,137 @@ ec_sign(const struct ec_key *k, const void *p, size_t n, int der, unsigned char 
 
 /* The SubjectPublicKeyInfo of k. */
 static void
-der_spki(struct buf *b, const struct ec_key *k)
+der_spki(struct der *w, const struct ec_key *k)
 {
-	struct buf in = { 0 };
-
-	buf_add(&in, spki_p256_head, sizeof(spki_p256_head));
-	buf_add(&in, k->pk.q, k->pk.qlen);
-	der_wrap(b, 0x30, &in);
-	buf_free(&in);
+	der_open(w, 0x30);
+	buf_add(w->b, spki_p256_head, sizeof(spki_p256_head));
+	buf_add(w->b, k->pk.q, k->pk.qlen);
+	der_close(w, 1);
 }
 
-/* Name ::= CN=name. */
+/* Name ::= SEQUENCE { SET { SEQUENCE { CN, UTF8String name } } }. */
 static void
-der_name(struct buf *b, const char *name)
+der_name(struct der *w, const char *name)
 {
-	struct buf atv = { 0 }, set = { 0 }, seq = { 0 };
-
-	buf_add(&atv, oid_common_name, sizeof(oid_common_name));
-	der_put(&atv, 0x0c, name, strlen(name));  /* UTF8String */
-	der_wrap(&set, 0x30, &atv);
-	der_wrap(&seq, 0x31, &set);
-	der_wrap(b, 0x30, &seq);
-	buf_free(&atv);
-	buf_free(&set);
-	buf_free(&seq);
+	der_open(w, 0x30);
+	der_open(w, 0x31);
+	der_open(w, 0x30);
+	buf_add(w->b, oid_common_name, sizeof(oid_common_name));
+	der_put(w, 0x0c, name, strlen(name));
+	der_close(w, 3);
 }
 
-/* Extension subjectAltName = dNSName name. */
+/* Extension subjectAltName = dNSName name:
+ * SEQUENCE { OID, OCTET STRING { SEQUENCE { [2] name } } }. */
 static void
-der_san(struct buf *b, const char *name)
+der_san(struct der *w, const char *name)
 {
-	struct buf names = { 0 }, oct = { 0 }, ext = { 0 };
-
-	der_put(&names, 0x82, name, strlen(name));
-	der_wrap(&oct, 0x30, &names);
-	buf_add(&ext, oid_san, sizeof(oid_san));
-	der_wrap(&ext, 0x04, &oct);
-	der_wrap(b, 0x30, &ext);
-	buf_free(&names);
-	buf_free(&oct);
-	buf_free(&ext);
+	der_open(w, 0x30);
+	buf_add(w->b, oid_san, sizeof(oid_san));
+	der_open(w, 0x04);
+	der_open(w, 0x30);
+	der_put(w, 0x82, name, strlen(name));
+	der_close(w, 3);
 }
 
-/* Sign tbs with k and append Certificate or CertificationRequest:
- * SEQUENCE { tbs, ecdsa-with-SHA256, BIT STRING signature }. */
+/* Sign the innermost open value's contents (a TBSCertificate or a
+ * CertificationRequestInfo, closed) with k and close it as a Certificate
+ * or CertificationRequest: SEQUENCE { tbs, ecdsa-with-SHA256, BIT STRING
+ * signature }. On failure what it held is taken back. */
 static int
-der_signed(struct buf *b, struct buf *tbs, const struct ec_key *k)
+der_signed(struct der *w, const struct ec_key *k)
 {
+	struct buf *b = w->b;
 	unsigned char sig[80 + 1];
-	size_t sn = ec_sign(k, tbs->p, tbs->len, 1, sig + 1);
-	struct buf alg = { 0 };
+	size_t at, sn;
 
-	if (sn == 0)
+	assert(w->depth > 0);
+	at = w->at[w->depth - 1];
+	if (b->failed || b->len == at || (sn = ec_sign(k, b->p + at, b->len - at, 1, sig + 1)) == 0) {
+		b->len = at;
+		w->depth--;
 		return -1;
+	}
 	sig[0] = 0;  /* no unused bits */
-	buf_add(&alg, oid_ecdsa_sha256, sizeof(oid_ecdsa_sha256));
-	der_wrap(tbs, 0x30, &alg);
-	der_put(tbs, 0x03, sig, sn + 1);
-	der_wrap(b, 0x30, tbs);
-	buf_free(&alg);
+	buf_add(b, alg_ecdsa_sha256, sizeof(alg_ecdsa_sha256));
+	der_put(w, 0x03, sig, sn + 1);
+	der_close(w, 1);
 	return 0;
 }
 
-/* A CSR for name (RFC 2986), its key k, asking for a subjectAltName. */
+/* A CSR for name (RFC 2986), its key k, asking for a subjectAltName;
+ * appended to out. */
 static int
 csr_der(struct buf *out, const char *name, const struct ec_key *k)
 {
-	struct buf cri = { 0 }, in = { 0 }, exts = { 0 }, attr = { 0 }, set = { 0 }, tbs = { 0 };
-	int r;
+	struct der w = { .b = out };
 
-	der_put(&in, 0x02, "\0", 1);  /* version 0 */
-	der_name(&in, name);
-	der_spki(&in, k);
-	der_san(&exts, name);
-	der_wrap(&set, 0x30, &exts);                  /* Extensions */
-	buf_add(&attr, oid_extension_request, sizeof(oid_extension_request));
-	der_wrap(&attr, 0x31, &set);                  /* SET { Extensions } */
-	der_wrap(&set, 0x30, &attr);                  /* Attribute */
-	der_wrap(&in, 0xa0, &set);                    /* [0] attributes */
-	der_wrap(&tbs, 0x30, &in);
-	r = der_signed(out, &tbs, k);
-	buf_free(&cri);
-	buf_free(&in);
-	buf_free(&exts);
-	buf_free(&attr);
-	buf_free(&set);
-	buf_free(&tbs);
-	return r;
+	der_open(&w, 0x30);                           /* CertificationRequest */
+	der_open(&w, 0x30);                           /* CertificationRequestInfo */
+	der_put(&w, 0x02, "\0", 1);                   /* version 0 */
+	der_name(&w, name);
+	der_spki(&w, k);
+	der_open(&w, 0xa0);                           /* [0] attributes */
+	der_open(&w, 0x30);                           /* Attribute */
+	buf_add(out, oid_extension_request, sizeof(oid_extension_request));
+	der_open(&w, 0x31);                           /* SET { Extensions } */
+	der_open(&w, 0x30);                           /* Extensions */
+	der_san(&w, name);
+	der_close(&w, 5);                             /* ...through the CertificationRequestInfo */
+	return der_signed(&w, k);
 }
 
 /* UTCTime of t. */
 static void
-der_utc_time(struct buf *b, time_t t)
+der_utc_time(struct der *w, time_t t)
 {
 	struct tm tm;
 	char s[16];
 
 	gmtime_r(&t, &tm);
 	strftime(s, sizeof(s), "%y%m%d%H%M%SZ", &tm);
-	der_put(b, 0x17, s, 13);
+	der_put(w, 0x17, s, 13);
 }
 
 /* The tls-alpn-01 certificate (RFC 8737, 3): self-signed by k, for name,
  * with the critical acmeIdentifier extension holding SHA-256 of the key
- * authorization; serial and now as given, so a test can know the bytes. */
+ * authorization; serial and now as given, so a test can know the bytes.
+ * Appended to out. */
 static int
 alpn_cert_make(struct buf *out, const char *name, const char *key_auth, const struct ec_key *k,
     const unsigned char serial[ALPN_SERIAL_LEN], time_t now)
 {
-	struct buf in = { 0 }, v = { 0 }, exts = { 0 }, e = { 0 }, oct = { 0 }, tbs = { 0 };
+	struct der w = { .b = out };
 	unsigned char h[32];
 	struct digest d;
-	int r;
 
-	der_put(&v, 0x02, "\2", 1);
-	der_wrap(&in, 0xa0, &v);                      /* [0] version 3 */
-	der_put(&in, 0x02, serial, ALPN_SERIAL_LEN);
-	buf_add(&v, oid_ecdsa_sha256, sizeof(oid_ecdsa_sha256));
-	der_wrap(&in, 0x30, &v);
-	der_name(&in, name);                          /* issuer */
-	der_utc_time(&v, now - 86400);
-	der_utc_time(&v, now + 7 * 86400);
-	der_wrap(&in, 0x30, &v);                      /* validity */
-	der_name(&in, name);                          /* subject */
-	der_spki(&in, k);
-	der_san(&exts, name);
+	der_open(&w, 0x30);                           /* Certificate */
+	der_open(&w, 0x30);                           /* TBSCertificate */
+	der_open(&w, 0xa0);                           /* [0] version 3 */
+	der_put(&w, 0x02, "\2", 1);
+	der_close(&w, 1);
+	der_put(&w, 0x02, serial, ALPN_SERIAL_LEN);
+	buf_add(out, alg_ecdsa_sha256, sizeof(alg_ecdsa_sha256));
+	der_name(&w, name);                           /* issuer */
+	der_open(&w, 0x30);                           /* validity */
+	der_utc_time(&w, now - 86400);
+	der_utc_time(&w, now + 7 * 86400);
+	der_close(&w, 1);
+	der_name(&w, name);                           /* subject */
+	der_spki(&w, k);
+	der_open(&w, 0xa3);                           /* [3] extensions */
+	der_open(&w, 0x30);
+	der_san(&w, name);
+	der_open(&w, 0x30);                           /* acmeIdentifier, critical */
+	buf_add(out, oid_acme_identifier, sizeof(oid_acme_identifier));
+	der_put(&w, 0x01, "\xff", 1);
 	sha256_init(&d);
 	digest_update(&d, key_auth, strlen(key_auth));
 	digest_final(&d, h);
-	der_put(&oct, 0x04, h, sizeof(h));            /* Authorization ::= OCTET STRING */
-	buf_add(&e, oid_acme_identifier, sizeof(oid_acme_identifier));
-	der_put(&e, 0x01, "\xff", 1);                 /* critical */
-	der_wrap(&e, 0x04, &oct);
-	der_wrap(&exts, 0x30, &e);
-	der_wrap(&v, 0x30, &exts);
-	der_wrap(&in, 0xa3, &v);                      /* [3] extensions */
-	der_wrap(&tbs, 0x30, &in);
-	r = der_signed(out, &tbs, k);
-	buf_free(&in);
-	buf_free(&v);
-	buf_free(&exts);
-	buf_free(&e);
-	buf_free(&oct);
-	buf_free(&tbs);
-	return r;
+	der_open(&w, 0x04);
+	der_put(&w, 0x04, h, sizeof(h));              /* Authorization ::= OCTET STRING */
+	der_close(&w, 5);                             /* ...through the TBSCertificate */
+	return der_signed(&w, k);
 }
 
 /* The tls-alpn-01 certificate for name, with a fresh random serial, valid
