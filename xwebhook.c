@@ -10171,27 +10171,42 @@ state_check(const struct stat *st, const char *shown, int dir, const struct pass
 		    (unsigned long)st->st_nlink);
 }
 
+/* Open name in at (shown) with flags, not through a link, and check it
+ * as state_check does (dir: a directory, with "--state-dir" in what is
+ * said); no return when it is not ours. Its descriptor, or -1 when a
+ * file is missing. */
+static int
+state_entry_open(int at, const char *name, int flags, const char *shown, int dir, const struct passwd *owner)
+{
+	const char *what = dir ? "--state-dir " : "";
+	struct stat st;
+	int fd = openat(at, name, flags | O_NOFOLLOW | O_CLOEXEC), saved;
+
+	if (fd < 0) {
+		saved = errno;
+		if (saved == ENOENT && !dir)
+			return -1;
+		if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			state_check(&st, shown, dir, owner);
+		errno = saved;
+		die("cannot open %s%s:", what, shown);
+	}
+	if (fstat(fd, &st) < 0)
+		die("cannot stat %s%s:", what, shown);
+	state_check(&st, shown, dir, owner);
+	return fd;
+}
+
 /* Make (0700) and open the directory name in at, not through a link;
  * check it and give it to --user. Its descriptor. */
 static int
 state_dir_open(int at, const char *name, const char *shown, const struct passwd *owner)
 {
-	struct stat st;
-	int fd, saved;
+	int fd;
 
 	if (mkdirat(at, name, 0700) < 0 && errno != EEXIST)
 		die("cannot make --state-dir %s:", shown);
-	fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0) {
-		saved = errno;
-		if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-			state_check(&st, shown, 1, owner);
-		errno = saved;
-		die("cannot open --state-dir %s:", shown);
-	}
-	if (fstat(fd, &st) < 0)
-		die("cannot stat --state-dir %s:", shown);
-	state_check(&st, shown, 1, owner);
+	fd = state_entry_open(at, name, O_RDONLY | O_DIRECTORY, shown, 1, owner);
 	if (fchmod(fd, 0700) < 0)
 		die("cannot make %s private (chmod 0700):", shown);
 	if (owner != NULL && fchown(fd, owner->pw_uid, owner->pw_gid) < 0)
@@ -10205,21 +10220,10 @@ state_dir_open(int at, const char *name, const char *shown, const struct passwd 
 static void
 state_file_own(int dir, const char *name, const char *shown, const struct passwd *owner)
 {
-	struct stat st;
-	int fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC), saved;
+	int fd = state_entry_open(dir, name, O_RDONLY | O_NONBLOCK | O_NOCTTY, shown, 0, owner);
 
-	if (fd < 0) {
-		saved = errno;
-		if (saved == ENOENT)
-			return;
-		if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-			state_check(&st, shown, 0, owner);
-		errno = saved;
-		die("cannot open %s:", shown);
-	}
-	if (fstat(fd, &st) < 0)
-		die("cannot stat %s:", shown);
-	state_check(&st, shown, 0, owner);
+	if (fd < 0)
+		return;
 	if (owner != NULL && fchown(fd, owner->pw_uid, owner->pw_gid) < 0)
 		die("cannot give %s to --user %s:", shown, owner->pw_name);
 	close(fd);
