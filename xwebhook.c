@@ -9902,6 +9902,22 @@ alpn_cert_der(struct buf *out, const char *name, const char *key_auth, const str
 	return alpn_cert_make(out, name, key_auth, k, serial, time(NULL));
 }
 
+/* Step into the value at *p (before *end), which must be tagged tag:
+ * *p and *end then bound its contents. 0, or -1. */
+static int
+der_enter(const unsigned char **p, const unsigned char **end, unsigned tag)
+{
+	const unsigned char *v;
+	size_t len;
+	unsigned t;
+
+	if (der_next(p, *end, &t, &v, &len) < 0 || t != tag)
+		return -1;
+	*p = v;
+	*end = v + len;
+	return 0;
+}
+
 /* The value (the extnValue's contents) of the certificate's extension
  * whose OID is the three bytes oid (2.5.29.x), and its serial number's
  * DER value. 0, or -1 when either is missing. */
@@ -9927,10 +9943,8 @@ der_extension(const unsigned char *der, size_t n, const char *oid, const unsigne
 			continue;
 		p = v;
 		end = v + len;
-		if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		if (der_enter(&p, &end, 0x30) < 0)
 			return -1;
-		p = v;
-		end = v + len;
 		/* Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT
 		 * FALSE, extnValue OCTET STRING } */
 		while (p < end && der_next(&p, end, &tag, &v, &len) == 0) {
@@ -11126,11 +11140,7 @@ ari_cert_id(const unsigned char *der, size_t n, struct buf *out)
 		return -1;
 	q = v;
 	qe = v + len;
-	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x30)
-		return -1;
-	q = v;
-	qe = v + len;
-	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x80 || len == 0)
+	if (der_enter(&q, &qe, 0x30) < 0 || der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x80 || len == 0)
 		return -1;
 	b64url(out, v, len);
 	buf_addc(out, '.');
