@@ -9918,12 +9918,13 @@ der_enter(const unsigned char **p, const unsigned char **end, unsigned tag)
 	return 0;
 }
 
-/* The value (the extnValue's contents) of the certificate's extension
- * whose OID is the three bytes oid (2.5.29.x), and its serial number's
- * DER value. 0, or -1 when either is missing. */
+/* The contents, from *val to *vend, of the SEQUENCE that is the value
+ * (the extnValue's contents) of the certificate's extension whose OID is
+ * the three bytes oid (2.5.29.x; both read here are SEQUENCEs), and its
+ * serial number's DER value. 0, or -1 when either is missing. */
 static int
-der_extension(const unsigned char *der, size_t n, const char *oid, const unsigned char **val, size_t *vlen,
-    const unsigned char **serial, size_t *slen)
+der_extension(const unsigned char *der, size_t n, const char *oid, const unsigned char **val,
+    const unsigned char **vend, const unsigned char **serial, size_t *slen)
 {
 	const unsigned char *p, *end, *v;
 	size_t len;
@@ -9959,8 +9960,8 @@ der_extension(const unsigned char *der, size_t n, const char *oid, const unsigne
 			if (t != 0x04 || *serial == NULL)
 				return -1;
 			*val = ov;
-			*vlen = ol;
-			return 0;
+			*vend = ov + ol;
+			return der_enter(val, vend, 0x30);
 		}
 		return -1;
 	}
@@ -9975,14 +9976,8 @@ cert_names(const unsigned char *der, size_t n, const char *dns)
 	size_t len, slen;
 	unsigned tag;
 
-	if (der_extension(der, n, "\x55\x1d\x11", &v, &len, &serial, &slen) < 0)
+	if (der_extension(der, n, "\x55\x1d\x11", &q, &qe, &serial, &slen) < 0)
 		return 0;
-	q = v;
-	qe = v + len;
-	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x30)
-		return 0;
-	q = v;
-	qe = v + len;
 	while (q < qe && der_next(&q, qe, &tag, &v, &len) == 0)
 		if (tag == 0x82 && len == strlen(dns) && strncasecmp((const char *)v, dns, len) == 0)
 			return 1;
@@ -11136,11 +11131,8 @@ ari_cert_id(const unsigned char *der, size_t n, struct buf *out)
 	unsigned tag;
 
 	/* authorityKeyIdentifier (2.5.29.35) ::= SEQUENCE { [0] keyIdentifier ... } */
-	if (der_extension(der, n, "\x55\x1d\x23", &v, &len, &serial, &slen) < 0)
-		return -1;
-	q = v;
-	qe = v + len;
-	if (der_enter(&q, &qe, 0x30) < 0 || der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x80 || len == 0)
+	if (der_extension(der, n, "\x55\x1d\x23", &q, &qe, &serial, &slen) < 0 ||
+	    der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x80 || len == 0)
 		return -1;
 	b64url(out, v, len);
 	buf_addc(out, '.');
