@@ -2085,19 +2085,30 @@ json_object_string(const struct json_object *o, const char *key, struct buf *out
 	return 0;
 }
 
-/* The value of the top-level member key of the JSON object in p[0, n),
- * as compact JSON text (strings still escaped), into out: 0, or -1 when
- * p is not a JSON object or has no such member at its top level. The
- * first such member decides. For one look-up; more parse once with
- * json_object_parse. */
+/* A look-up in a parsed object: json_object_get or json_object_string. */
+typedef int json_lookup(const struct json_object *o, const char *key, struct buf *out);
+
+/* Parse the JSON object in p[0, n) and look key up in it with get, into
+ * out: what get says, or -1 when p is not a JSON object. For one
+ * look-up; more parse once with json_object_parse. */
 static int
-json_member(const char *p, size_t n, const char *key, struct buf *out)
+json_parse_lookup(const char *p, size_t n, const char *key, struct buf *out, json_lookup *get)
 {
 	struct json_object o;
-	int found = json_object_parse(p, n, &o) == 0 ? json_object_get(&o, key, out) : -1;
+	int found = json_object_parse(p, n, &o) == 0 ? get(&o, key, out) : -1;
 
 	json_object_free(&o);
 	return found;
+}
+
+/* The value of the top-level member key of the JSON object in p[0, n),
+ * as compact JSON text (strings still escaped), into out: 0, or -1 when
+ * p is not a JSON object or has no such member at its top level. The
+ * first such member decides. */
+static int
+json_member(const char *p, size_t n, const char *key, struct buf *out)
+{
+	return json_parse_lookup(p, n, key, out, json_object_get);
 }
 
 /* Is the top-level member key of the JSON object in p[0, n) true? */
@@ -2117,11 +2128,7 @@ json_true(const char *p, size_t n, const char *key)
 static int
 json_member_string(const char *p, size_t n, const char *key, struct buf *out)
 {
-	struct json_object o;
-	int found = json_object_parse(p, n, &o) == 0 ? json_object_string(&o, key, out) : -1;
-
-	json_object_free(&o);
-	return found;
+	return json_parse_lookup(p, n, key, out, json_object_string);
 }
 
 /* ------------------------------------------------------------------------
