@@ -2911,6 +2911,12 @@ enum conn_state {
  * request's head are never moved or overwritten until that request is
  * answered.
  */
+/* A connection's place on one list of connections: its loop's, or its
+ * peer address's (conn_list_remove takes it off either). */
+struct conn_link {
+	struct conn *prev, *next;
+};
+
 struct conn {
 	/* Set at accept, then only read. */
 	int fd;
@@ -2944,13 +2950,13 @@ struct conn {
 
 	/* The loop's, in CS_LOOP, CS_PARKED and CS_UNPOLLED. */
 	struct loop *loop;          /* which loop serves it (NULL off the loops) */
-	struct conn *lprev, *lnext; /* that loop's connections: under its lock */
+	struct conn_link on_loop;   /* that loop's connections: under its lock */
 	struct conn *finished;      /* the loop's verdicts: under its lock (the writer adds) */
 	int64_t expires;            /* the loop closes it then, if still idle */
 
 	/* conns_lock's. */
 	struct peer *slot;          /* the address it counts against, or NULL */
-	struct conn *sprev, *snext; /* that address's connections, oldest first */
+	struct conn_link on_peer;   /* that address's connections, oldest first */
 	int fresh;                  /* no request answered yet */
 	_Atomic int64_t last_answer;   /* monotonic ms: accept, then each answer */
 };
@@ -5175,6 +5181,32 @@ slots_init(void)
 	entropy(&peer_seed, sizeof(peer_seed));
 }
 
+/* Take c off the list that link picks out of every connection (its
+ * on_loop or its on_peer): *first, and *last where the list keeps one
+ * (last not NULL), move past it. The caller holds the list's lock. */
+static void
+conn_list_remove(struct conn *c, struct conn_link *(*link)(struct conn *), struct conn **first, struct conn **last)
+{
+	struct conn_link *at = link(c);
+
+	if (at->prev != NULL)
+		link(at->prev)->next = at->next;
+	else
+		*first = at->next;
+	if (at->next != NULL)
+		link(at->next)->prev = at->prev;
+	else if (last != NULL)
+		*last = at->prev;
+	at->prev = at->next = NULL;
+}
+
+/* c's place among its peer address's connections, for conn_list_remove. */
+static struct conn_link *
+link_on_peer(struct conn *c)
+{
+	return &c->on_peer;
+}
+
 static void
 slot_release_locked(struct conn *c)
 {
@@ -5182,15 +5214,7 @@ slot_release_locked(struct conn *c)
 
 	if (p == NULL)
 		return;
-	if (c->sprev != NULL)
-		c->sprev->snext = c->snext;
-	else
-		p->first = c->snext;
-	if (c->snext != NULL)
-		c->snext->sprev = c->sprev;
-	else
-		p->last = c->sprev;
-	c->sprev = c->snext = NULL;
+	conn_list_remove(c, link_on_peer, &p->first, &p->last);
 	c->slot = NULL;
 	p->conns--;
 	if (c->fresh)
@@ -5256,7 +5280,7 @@ slot_evict(const char *newcomer)
 		if (p->fresh > 0 && (most == NULL || p->fresh > most->fresh))
 			most = p;
 	if (most != NULL)
-		for (k = most->first; k != NULL && victim == NULL; k = k->snext)
+		for (k = most->first; k != NULL && victim == NULL; k = k->on_peer.next)
 			if (k->fresh && !conn_busy(k))
 				victim = k;
 	if (victim == NULL) {
@@ -5264,7 +5288,7 @@ slot_evict(const char *newcomer)
 		for (p = peers; p != NULL; p = p->next)
 			if (most == NULL || p->conns > most->conns)
 				most = p;
-		for (k = most != NULL ? most->first : NULL; k != NULL; k = k->snext) {
+		for (k = most != NULL ? most->first : NULL; k != NULL; k = k->on_peer.next) {
 			int64_t t = atomic_load_explicit(&k->last_answer, memory_order_relaxed);
 
 			if (!conn_busy(k) && t < oldest) {
@@ -5309,9 +5333,9 @@ slot_take(struct conn *c, const struct sockaddr_storage *ss)
 		peers = p;
 	}
 	c->slot = p;
-	c->sprev = p->last;
+	c->on_peer.prev = p->last;
 	if (p->last != NULL)
-		p->last->snext = c;
+		p->last->on_peer.next = c;
 	else
 		p->first = c;
 	p->last = c;
@@ -5362,17 +5386,18 @@ static unsigned nloops, next_loop;
 
 static pthread_attr_t thread_attr;
 
+/* c's place among its loop's connections, for conn_list_remove. */
+static struct conn_link *
+link_on_loop(struct conn *c)
+{
+	return &c->on_loop;
+}
+
 /* Take c off its loop's list; the caller holds l->lock. */
 static void
 loop_unlink_locked(struct loop *l, struct conn *c)
 {
-	if (c->lprev != NULL)
-		c->lprev->lnext = c->lnext;
-	else
-		l->conns = c->lnext;
-	if (c->lnext != NULL)
-		c->lnext->lprev = c->lprev;
-	c->lprev = c->lnext = NULL;
+	conn_list_remove(c, link_on_loop, &l->conns, NULL);
 }
 
 static void
@@ -5603,17 +5628,17 @@ loop_thread(void *arg)
 
 			pthread_mutex_lock(&l->lock);
 			for (c = l->conns; c != NULL; c = next) {
-				next = c->lnext;
+				next = c->on_loop.next;
 				if (conn_parked(c) || (!stop && now < c->expires))
 					continue;
 				loop_unlink_locked(l, c);
-				c->lnext = doomed;
+				c->on_loop.next = doomed;
 				doomed = c;
 			}
 			empty = l->conns == NULL;
 			pthread_mutex_unlock(&l->lock);
 			for (c = doomed; c != NULL; c = next) {
-				next = c->lnext;
+				next = c->on_loop.next;
 				(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 				connection_end(c, 0);
 			}
@@ -5684,9 +5709,9 @@ loop_adopt(struct conn *c)
 	}
 #endif
 	pthread_mutex_lock(&l->lock);
-	c->lnext = l->conns;
+	c->on_loop.next = l->conns;
 	if (l->conns != NULL)
-		l->conns->lprev = c;
+		l->conns->on_loop.prev = c;
 	l->conns = c;
 	pthread_mutex_unlock(&l->lock);
 	memset(&ev, 0, sizeof(ev));
