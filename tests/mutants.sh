@@ -271,6 +271,13 @@ M = [
  ("the last of duplicate JSON members decides",
   "for (i = 0; i < o->n; i++)\n\t\tif (slot[i].key_len == kl", "for (i = o->n; i-- > 0;)\n\t\tif (slot[i].key_len == kl",
   "unit"),
+ ("DER lengths of 128 to 255 in two bytes (not the shortest form)",
+  "} else if (n < 0x100) {\n\t\th[k++] = 0x81;", "} else if (n < 0x80) {\n\t\th[k++] = 0x81;",
+  "unit-tls"),
+ ("a DER value closed with the length of its contents less one",
+  "size_t at = w->at[--w->depth], k = der_head(h, w->tag[w->depth], b->len - at);",
+  "size_t at = w->at[--w->depth], k = der_head(h, w->tag[w->depth], b->len - at - (b->len > at));",
+  "unit-tls"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
