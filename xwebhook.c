@@ -2085,19 +2085,30 @@ json_object_string(const struct json_object *o, const char *key, struct buf *out
 	return 0;
 }
 
-/* The value of the top-level member key of the JSON object in p[0, n),
- * as compact JSON text (strings still escaped), into out: 0, or -1 when
- * p is not a JSON object or has no such member at its top level. The
- * first such member decides. For one look-up; more parse once with
- * json_object_parse. */
+/* A look-up in a parsed object: json_object_get or json_object_string. */
+typedef int json_lookup(const struct json_object *o, const char *key, struct buf *out);
+
+/* Parse the JSON object in p[0, n) and look key up in it with get, into
+ * out: what get says, or -1 when p is not a JSON object. For one
+ * look-up; more parse once with json_object_parse. */
 static int
-json_member(const char *p, size_t n, const char *key, struct buf *out)
+json_parse_lookup(const char *p, size_t n, const char *key, struct buf *out, json_lookup *get)
 {
 	struct json_object o;
-	int found = json_object_parse(p, n, &o) == 0 ? json_object_get(&o, key, out) : -1;
+	int found = json_object_parse(p, n, &o) == 0 ? get(&o, key, out) : -1;
 
 	json_object_free(&o);
 	return found;
+}
+
+/* The value of the top-level member key of the JSON object in p[0, n),
+ * as compact JSON text (strings still escaped), into out: 0, or -1 when
+ * p is not a JSON object or has no such member at its top level. The
+ * first such member decides. */
+static int
+json_member(const char *p, size_t n, const char *key, struct buf *out)
+{
+	return json_parse_lookup(p, n, key, out, json_object_get);
 }
 
 /* Is the top-level member key of the JSON object in p[0, n) true? */
@@ -2117,11 +2128,7 @@ json_true(const char *p, size_t n, const char *key)
 static int
 json_member_string(const char *p, size_t n, const char *key, struct buf *out)
 {
-	struct json_object o;
-	int found = json_object_parse(p, n, &o) == 0 ? json_object_string(&o, key, out) : -1;
-
-	json_object_free(&o);
-	return found;
+	return json_parse_lookup(p, n, key, out, json_object_string);
 }
 
 /* ------------------------------------------------------------------------
@@ -2904,6 +2911,12 @@ enum conn_state {
  * request's head are never moved or overwritten until that request is
  * answered.
  */
+/* A connection's place on one list of connections: its loop's, or its
+ * peer address's (conn_list_remove takes it off either). */
+struct conn_link {
+	struct conn *prev, *next;
+};
+
 struct conn {
 	/* Set at accept, then only read. */
 	int fd;
@@ -2937,13 +2950,13 @@ struct conn {
 
 	/* The loop's, in CS_LOOP, CS_PARKED and CS_UNPOLLED. */
 	struct loop *loop;          /* which loop serves it (NULL off the loops) */
-	struct conn *lprev, *lnext; /* that loop's connections: under its lock */
+	struct conn_link on_loop;   /* that loop's connections: under its lock */
 	struct conn *finished;      /* the loop's verdicts: under its lock (the writer adds) */
 	int64_t expires;            /* the loop closes it then, if still idle */
 
 	/* conns_lock's. */
 	struct peer *slot;          /* the address it counts against, or NULL */
-	struct conn *sprev, *snext; /* that address's connections, oldest first */
+	struct conn_link on_peer;   /* that address's connections, oldest first */
 	int fresh;                  /* no request answered yet */
 	_Atomic int64_t last_answer;   /* monotonic ms: accept, then each answer */
 };
@@ -5168,6 +5181,32 @@ slots_init(void)
 	entropy(&peer_seed, sizeof(peer_seed));
 }
 
+/* Take c off the list that link picks out of every connection (its
+ * on_loop or its on_peer): *first, and *last where the list keeps one
+ * (last not NULL), move past it. The caller holds the list's lock. */
+static void
+conn_list_remove(struct conn *c, struct conn_link *(*link)(struct conn *), struct conn **first, struct conn **last)
+{
+	struct conn_link *at = link(c);
+
+	if (at->prev != NULL)
+		link(at->prev)->next = at->next;
+	else
+		*first = at->next;
+	if (at->next != NULL)
+		link(at->next)->prev = at->prev;
+	else if (last != NULL)
+		*last = at->prev;
+	at->prev = at->next = NULL;
+}
+
+/* c's place among its peer address's connections, for conn_list_remove. */
+static struct conn_link *
+link_on_peer(struct conn *c)
+{
+	return &c->on_peer;
+}
+
 static void
 slot_release_locked(struct conn *c)
 {
@@ -5175,15 +5214,7 @@ slot_release_locked(struct conn *c)
 
 	if (p == NULL)
 		return;
-	if (c->sprev != NULL)
-		c->sprev->snext = c->snext;
-	else
-		p->first = c->snext;
-	if (c->snext != NULL)
-		c->snext->sprev = c->sprev;
-	else
-		p->last = c->sprev;
-	c->sprev = c->snext = NULL;
+	conn_list_remove(c, link_on_peer, &p->first, &p->last);
 	c->slot = NULL;
 	p->conns--;
 	if (c->fresh)
@@ -5249,7 +5280,7 @@ slot_evict(const char *newcomer)
 		if (p->fresh > 0 && (most == NULL || p->fresh > most->fresh))
 			most = p;
 	if (most != NULL)
-		for (k = most->first; k != NULL && victim == NULL; k = k->snext)
+		for (k = most->first; k != NULL && victim == NULL; k = k->on_peer.next)
 			if (k->fresh && !conn_busy(k))
 				victim = k;
 	if (victim == NULL) {
@@ -5257,7 +5288,7 @@ slot_evict(const char *newcomer)
 		for (p = peers; p != NULL; p = p->next)
 			if (most == NULL || p->conns > most->conns)
 				most = p;
-		for (k = most != NULL ? most->first : NULL; k != NULL; k = k->snext) {
+		for (k = most != NULL ? most->first : NULL; k != NULL; k = k->on_peer.next) {
 			int64_t t = atomic_load_explicit(&k->last_answer, memory_order_relaxed);
 
 			if (!conn_busy(k) && t < oldest) {
@@ -5302,9 +5333,9 @@ slot_take(struct conn *c, const struct sockaddr_storage *ss)
 		peers = p;
 	}
 	c->slot = p;
-	c->sprev = p->last;
+	c->on_peer.prev = p->last;
 	if (p->last != NULL)
-		p->last->snext = c;
+		p->last->on_peer.next = c;
 	else
 		p->first = c;
 	p->last = c;
@@ -5355,17 +5386,18 @@ static unsigned nloops, next_loop;
 
 static pthread_attr_t thread_attr;
 
+/* c's place among its loop's connections, for conn_list_remove. */
+static struct conn_link *
+link_on_loop(struct conn *c)
+{
+	return &c->on_loop;
+}
+
 /* Take c off its loop's list; the caller holds l->lock. */
 static void
 loop_unlink_locked(struct loop *l, struct conn *c)
 {
-	if (c->lprev != NULL)
-		c->lprev->lnext = c->lnext;
-	else
-		l->conns = c->lnext;
-	if (c->lnext != NULL)
-		c->lnext->lprev = c->lprev;
-	c->lprev = c->lnext = NULL;
+	conn_list_remove(c, link_on_loop, &l->conns, NULL);
 }
 
 static void
@@ -5596,17 +5628,17 @@ loop_thread(void *arg)
 
 			pthread_mutex_lock(&l->lock);
 			for (c = l->conns; c != NULL; c = next) {
-				next = c->lnext;
+				next = c->on_loop.next;
 				if (conn_parked(c) || (!stop && now < c->expires))
 					continue;
 				loop_unlink_locked(l, c);
-				c->lnext = doomed;
+				c->on_loop.next = doomed;
 				doomed = c;
 			}
 			empty = l->conns == NULL;
 			pthread_mutex_unlock(&l->lock);
 			for (c = doomed; c != NULL; c = next) {
-				next = c->lnext;
+				next = c->on_loop.next;
 				(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 				connection_end(c, 0);
 			}
@@ -5677,9 +5709,9 @@ loop_adopt(struct conn *c)
 	}
 #endif
 	pthread_mutex_lock(&l->lock);
-	c->lnext = l->conns;
+	c->on_loop.next = l->conns;
 	if (l->conns != NULL)
-		l->conns->lprev = c;
+		l->conns->on_loop.prev = c;
 	l->conns = c;
 	pthread_mutex_unlock(&l->lock);
 	memset(&ev, 0, sizeof(ev));
@@ -9567,14 +9599,18 @@ enum {
 	ACME_WEEK_S = 7 * 86400,
 	ACME_ORDERS_FILE_MAX = 4096, /* the orders file holds 5 short lines: anything larger is not ours */
 	ACME_FLOOR_MARGIN_S = 60,    /* the renewal floor is at least this long before notAfter (< ACME_CLOCK_SKEW_S) */
+	DER_HEAD_MAX = 5,            /* a tag and a length of up to 24 bits: what the DER written here needs */
+	DER_DEPTH_MAX = 10,          /* values open at once: a CSR's SAN is 9 deep */
+	ALPN_SERIAL_LEN = 16,        /* the tls-alpn-01 certificate's serial: 126 random bits */
 };
 
 /* ---- DER, written ---- */
 
-static void
-der_put(struct buf *b, unsigned char tag, const void *p, size_t n)
+/* The tag and length that open a DER value of n bytes, written to h;
+ * how many bytes they take. */
+static size_t
+der_head(unsigned char h[DER_HEAD_MAX], unsigned char tag, size_t n)
 {
-	unsigned char h[5];
 	size_t k = 0;
 
 	h[k++] = tag;
@@ -9593,20 +9629,64 @@ der_put(struct buf *b, unsigned char tag, const void *p, size_t n)
 		h[k++] = (unsigned char)(n >> 8);
 		h[k++] = (unsigned char)n;
 	}
-	buf_add(b, h, k);
-	buf_add(b, p, n);
+	return k;
 }
 
-/* Wrap what inner holds in tag, appending it to b; inner is emptied. */
+/* DER being written to b: the constructed values still open, innermost
+ * last, each with its tag and where its contents start. A builder opens
+ * a value, writes what it holds, and closes it; the tag and the length
+ * go in front then, so each piece is written once, in order. */
+struct der {
+	struct buf *b;
+	size_t at[DER_DEPTH_MAX];
+	unsigned char tag[DER_DEPTH_MAX];
+	size_t depth;
+};
+
+/* Write the value p[0, n) under tag. */
 static void
-der_wrap(struct buf *b, unsigned char tag, struct buf *inner)
+der_put(struct der *w, unsigned char tag, const void *p, size_t n)
 {
-	der_put(b, tag, inner->p, inner->len);
-	inner->len = 0;
+	unsigned char h[DER_HEAD_MAX];
+	size_t k = der_head(h, tag, n);
+
+	buf_add(w->b, h, k);
+	buf_add(w->b, p, n);
+}
+
+/* Open a constructed value under tag: what is written next is its
+ * contents, until der_close. */
+static void
+der_open(struct der *w, unsigned char tag)
+{
+	assert(w->depth < DER_DEPTH_MAX);
+	w->at[w->depth] = w->b->len;
+	w->tag[w->depth++] = tag;
+}
+
+/* Close the n innermost open values, each with its tag and the length of
+ * what was written since it opened in front. */
+static void
+der_close(struct der *w, size_t n)
+{
+	struct buf *b = w->b;
+
+	assert(n <= w->depth);
+	while (n-- > 0) {
+		unsigned char h[DER_HEAD_MAX];
+		size_t at = w->at[--w->depth], k = der_head(h, w->tag[w->depth], b->len - at);
+
+		if (buf_reserve(b, k) < 0)
+			return;
+		memmove(b->p + at + k, b->p + at, b->len - at);
+		memcpy(b->p + at, h, k);
+		b->len += k;
+	}
 }
 
 /* The OIDs and fixed pieces, DER-encoded. */
-static const unsigned char oid_ecdsa_sha256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02 };
+static const unsigned char alg_ecdsa_sha256[] = {  /* AlgorithmIdentifier { ecdsa-with-SHA256 } */
+	0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02 };
 static const unsigned char spki_p256_head[] = {  /* SEQUENCE { ecPublicKey, prime256v1 }, BIT STRING head */
 	0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
 	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00 };
@@ -9708,161 +9788,175 @@ ec_sign(const struct ec_key *k, const void *p, size_t n, int der, unsigned char 
 
 /* The SubjectPublicKeyInfo of k. */
 static void
-der_spki(struct buf *b, const struct ec_key *k)
+der_spki(struct der *w, const struct ec_key *k)
 {
-	struct buf in = { 0 };
-
-	buf_add(&in, spki_p256_head, sizeof(spki_p256_head));
-	buf_add(&in, k->pk.q, k->pk.qlen);
-	der_wrap(b, 0x30, &in);
-	buf_free(&in);
+	der_open(w, 0x30);
+	buf_add(w->b, spki_p256_head, sizeof(spki_p256_head));
+	buf_add(w->b, k->pk.q, k->pk.qlen);
+	der_close(w, 1);
 }
 
-/* Name ::= CN=name. */
+/* Name ::= SEQUENCE { SET { SEQUENCE { CN, UTF8String name } } }. */
 static void
-der_name(struct buf *b, const char *name)
+der_name(struct der *w, const char *name)
 {
-	struct buf atv = { 0 }, set = { 0 }, seq = { 0 };
-
-	buf_add(&atv, oid_common_name, sizeof(oid_common_name));
-	der_put(&atv, 0x0c, name, strlen(name));  /* UTF8String */
-	der_wrap(&set, 0x30, &atv);
-	der_wrap(&seq, 0x31, &set);
-	der_wrap(b, 0x30, &seq);
-	buf_free(&atv);
-	buf_free(&set);
-	buf_free(&seq);
+	der_open(w, 0x30);
+	der_open(w, 0x31);
+	der_open(w, 0x30);
+	buf_add(w->b, oid_common_name, sizeof(oid_common_name));
+	der_put(w, 0x0c, name, strlen(name));
+	der_close(w, 3);
 }
 
-/* Extension subjectAltName = dNSName name. */
+/* Extension subjectAltName = dNSName name:
+ * SEQUENCE { OID, OCTET STRING { SEQUENCE { [2] name } } }. */
 static void
-der_san(struct buf *b, const char *name)
+der_san(struct der *w, const char *name)
 {
-	struct buf names = { 0 }, oct = { 0 }, ext = { 0 };
-
-	der_put(&names, 0x82, name, strlen(name));
-	der_wrap(&oct, 0x30, &names);
-	buf_add(&ext, oid_san, sizeof(oid_san));
-	der_wrap(&ext, 0x04, &oct);
-	der_wrap(b, 0x30, &ext);
-	buf_free(&names);
-	buf_free(&oct);
-	buf_free(&ext);
+	der_open(w, 0x30);
+	buf_add(w->b, oid_san, sizeof(oid_san));
+	der_open(w, 0x04);
+	der_open(w, 0x30);
+	der_put(w, 0x82, name, strlen(name));
+	der_close(w, 3);
 }
 
-/* Sign tbs with k and append Certificate or CertificationRequest:
- * SEQUENCE { tbs, ecdsa-with-SHA256, BIT STRING signature }. */
+/* Sign the innermost open value's contents (a TBSCertificate or a
+ * CertificationRequestInfo, closed) with k and close it as a Certificate
+ * or CertificationRequest: SEQUENCE { tbs, ecdsa-with-SHA256, BIT STRING
+ * signature }. On failure what it held is taken back. */
 static int
-der_signed(struct buf *b, struct buf *tbs, const struct ec_key *k)
+der_signed(struct der *w, const struct ec_key *k)
 {
+	struct buf *b = w->b;
 	unsigned char sig[80 + 1];
-	size_t sn = ec_sign(k, tbs->p, tbs->len, 1, sig + 1);
-	struct buf alg = { 0 };
+	size_t at, sn;
 
-	if (sn == 0)
+	assert(w->depth > 0);
+	at = w->at[w->depth - 1];
+	if (b->failed || b->len == at || (sn = ec_sign(k, b->p + at, b->len - at, 1, sig + 1)) == 0) {
+		b->len = at;
+		w->depth--;
 		return -1;
+	}
 	sig[0] = 0;  /* no unused bits */
-	buf_add(&alg, oid_ecdsa_sha256, sizeof(oid_ecdsa_sha256));
-	der_wrap(tbs, 0x30, &alg);
-	der_put(tbs, 0x03, sig, sn + 1);
-	der_wrap(b, 0x30, tbs);
-	buf_free(&alg);
+	buf_add(b, alg_ecdsa_sha256, sizeof(alg_ecdsa_sha256));
+	der_put(w, 0x03, sig, sn + 1);
+	der_close(w, 1);
 	return 0;
 }
 
-/* A CSR for name (RFC 2986), its key k, asking for a subjectAltName. */
+/* A CSR for name (RFC 2986), its key k, asking for a subjectAltName;
+ * appended to out. */
 static int
 csr_der(struct buf *out, const char *name, const struct ec_key *k)
 {
-	struct buf cri = { 0 }, in = { 0 }, exts = { 0 }, attr = { 0 }, set = { 0 }, tbs = { 0 };
-	int r;
+	struct der w = { .b = out };
 
-	der_put(&in, 0x02, "\0", 1);  /* version 0 */
-	der_name(&in, name);
-	der_spki(&in, k);
-	der_san(&exts, name);
-	der_wrap(&set, 0x30, &exts);                  /* Extensions */
-	buf_add(&attr, oid_extension_request, sizeof(oid_extension_request));
-	der_wrap(&attr, 0x31, &set);                  /* SET { Extensions } */
-	der_wrap(&set, 0x30, &attr);                  /* Attribute */
-	der_wrap(&in, 0xa0, &set);                    /* [0] attributes */
-	der_wrap(&tbs, 0x30, &in);
-	r = der_signed(out, &tbs, k);
-	buf_free(&cri);
-	buf_free(&in);
-	buf_free(&exts);
-	buf_free(&attr);
-	buf_free(&set);
-	buf_free(&tbs);
-	return r;
+	der_open(&w, 0x30);                           /* CertificationRequest */
+	der_open(&w, 0x30);                           /* CertificationRequestInfo */
+	der_put(&w, 0x02, "\0", 1);                   /* version 0 */
+	der_name(&w, name);
+	der_spki(&w, k);
+	der_open(&w, 0xa0);                           /* [0] attributes */
+	der_open(&w, 0x30);                           /* Attribute */
+	buf_add(out, oid_extension_request, sizeof(oid_extension_request));
+	der_open(&w, 0x31);                           /* SET { Extensions } */
+	der_open(&w, 0x30);                           /* Extensions */
+	der_san(&w, name);
+	der_close(&w, 5);                             /* ...through the CertificationRequestInfo */
+	return der_signed(&w, k);
 }
 
 /* UTCTime of t. */
 static void
-der_utc_time(struct buf *b, time_t t)
+der_utc_time(struct der *w, time_t t)
 {
 	struct tm tm;
 	char s[16];
 
 	gmtime_r(&t, &tm);
 	strftime(s, sizeof(s), "%y%m%d%H%M%SZ", &tm);
-	der_put(b, 0x17, s, 13);
+	der_put(w, 0x17, s, 13);
 }
 
 /* The tls-alpn-01 certificate (RFC 8737, 3): self-signed by k, for name,
  * with the critical acmeIdentifier extension holding SHA-256 of the key
- * authorization. */
+ * authorization; serial and now as given, so a test can know the bytes.
+ * Appended to out. */
 static int
-alpn_cert_der(struct buf *out, const char *name, const char *key_auth, const struct ec_key *k)
+alpn_cert_make(struct buf *out, const char *name, const char *key_auth, const struct ec_key *k,
+    const unsigned char serial[ALPN_SERIAL_LEN], time_t now)
 {
-	struct buf in = { 0 }, v = { 0 }, exts = { 0 }, e = { 0 }, oct = { 0 }, tbs = { 0 };
-	unsigned char serial[16], h[32];
+	struct der w = { .b = out };
+	unsigned char h[32];
 	struct digest d;
-	time_t now = time(NULL);
-	int r;
 
-	der_put(&v, 0x02, "\2", 1);
-	der_wrap(&in, 0xa0, &v);                      /* [0] version 3 */
-	entropy(serial, sizeof(serial));
-	serial[0] &= 0x7f;                            /* positive */
-	serial[0] |= 0x40;                            /* and minimal */
-	der_put(&in, 0x02, serial, sizeof(serial));
-	buf_add(&v, oid_ecdsa_sha256, sizeof(oid_ecdsa_sha256));
-	der_wrap(&in, 0x30, &v);
-	der_name(&in, name);                          /* issuer */
-	der_utc_time(&v, now - 86400);
-	der_utc_time(&v, now + 7 * 86400);
-	der_wrap(&in, 0x30, &v);                      /* validity */
-	der_name(&in, name);                          /* subject */
-	der_spki(&in, k);
-	der_san(&exts, name);
+	der_open(&w, 0x30);                           /* Certificate */
+	der_open(&w, 0x30);                           /* TBSCertificate */
+	der_open(&w, 0xa0);                           /* [0] version 3 */
+	der_put(&w, 0x02, "\2", 1);
+	der_close(&w, 1);
+	der_put(&w, 0x02, serial, ALPN_SERIAL_LEN);
+	buf_add(out, alg_ecdsa_sha256, sizeof(alg_ecdsa_sha256));
+	der_name(&w, name);                           /* issuer */
+	der_open(&w, 0x30);                           /* validity */
+	der_utc_time(&w, now - 86400);
+	der_utc_time(&w, now + 7 * 86400);
+	der_close(&w, 1);
+	der_name(&w, name);                           /* subject */
+	der_spki(&w, k);
+	der_open(&w, 0xa3);                           /* [3] extensions */
+	der_open(&w, 0x30);
+	der_san(&w, name);
+	der_open(&w, 0x30);                           /* acmeIdentifier, critical */
+	buf_add(out, oid_acme_identifier, sizeof(oid_acme_identifier));
+	der_put(&w, 0x01, "\xff", 1);
 	sha256_init(&d);
 	digest_update(&d, key_auth, strlen(key_auth));
 	digest_final(&d, h);
-	der_put(&oct, 0x04, h, sizeof(h));            /* Authorization ::= OCTET STRING */
-	buf_add(&e, oid_acme_identifier, sizeof(oid_acme_identifier));
-	der_put(&e, 0x01, "\xff", 1);                 /* critical */
-	der_wrap(&e, 0x04, &oct);
-	der_wrap(&exts, 0x30, &e);
-	der_wrap(&v, 0x30, &exts);
-	der_wrap(&in, 0xa3, &v);                      /* [3] extensions */
-	der_wrap(&tbs, 0x30, &in);
-	r = der_signed(out, &tbs, k);
-	buf_free(&in);
-	buf_free(&v);
-	buf_free(&exts);
-	buf_free(&e);
-	buf_free(&oct);
-	buf_free(&tbs);
-	return r;
+	der_open(&w, 0x04);
+	der_put(&w, 0x04, h, sizeof(h));              /* Authorization ::= OCTET STRING */
+	der_close(&w, 5);                             /* ...through the TBSCertificate */
+	return der_signed(&w, k);
 }
 
-/* The value (the extnValue's contents) of the certificate's extension
- * whose OID is the three bytes oid (2.5.29.x), and its serial number's
- * DER value. 0, or -1 when either is missing. */
+/* The tls-alpn-01 certificate for name, with a fresh random serial, valid
+ * from a day ago for a week. */
 static int
-der_extension(const unsigned char *der, size_t n, const char *oid, const unsigned char **val, size_t *vlen,
-    const unsigned char **serial, size_t *slen)
+alpn_cert_der(struct buf *out, const char *name, const char *key_auth, const struct ec_key *k)
+{
+	unsigned char serial[ALPN_SERIAL_LEN];
+
+	entropy(serial, sizeof(serial));
+	serial[0] &= 0x7f;                            /* positive */
+	serial[0] |= 0x40;                            /* and minimal */
+	return alpn_cert_make(out, name, key_auth, k, serial, time(NULL));
+}
+
+/* Step into the value at *p (before *end), which must be tagged tag:
+ * *p and *end then bound its contents. 0, or -1. */
+static int
+der_enter(const unsigned char **p, const unsigned char **end, unsigned tag)
+{
+	const unsigned char *v;
+	size_t len;
+	unsigned t;
+
+	if (der_next(p, *end, &t, &v, &len) < 0 || t != tag)
+		return -1;
+	*p = v;
+	*end = v + len;
+	return 0;
+}
+
+/* The contents, from *val to *vend, of the SEQUENCE that is the value
+ * (the extnValue's contents) of the certificate's extension whose OID is
+ * the three bytes oid (2.5.29.x; both read here are SEQUENCEs), and its
+ * serial number's DER value. 0, or -1 when either is missing. */
+static int
+der_extension(const unsigned char *der, size_t n, const char *oid, const unsigned char **val,
+    const unsigned char **vend, const unsigned char **serial, size_t *slen)
 {
 	const unsigned char *p, *end, *v;
 	size_t len;
@@ -9882,10 +9976,8 @@ der_extension(const unsigned char *der, size_t n, const char *oid, const unsigne
 			continue;
 		p = v;
 		end = v + len;
-		if (der_next(&p, end, &tag, &v, &len) < 0 || tag != 0x30)
+		if (der_enter(&p, &end, 0x30) < 0)
 			return -1;
-		p = v;
-		end = v + len;
 		/* Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT
 		 * FALSE, extnValue OCTET STRING } */
 		while (p < end && der_next(&p, end, &tag, &v, &len) == 0) {
@@ -9900,8 +9992,8 @@ der_extension(const unsigned char *der, size_t n, const char *oid, const unsigne
 			if (t != 0x04 || *serial == NULL)
 				return -1;
 			*val = ov;
-			*vlen = ol;
-			return 0;
+			*vend = ov + ol;
+			return der_enter(val, vend, 0x30);
 		}
 		return -1;
 	}
@@ -9916,14 +10008,8 @@ cert_names(const unsigned char *der, size_t n, const char *dns)
 	size_t len, slen;
 	unsigned tag;
 
-	if (der_extension(der, n, "\x55\x1d\x11", &v, &len, &serial, &slen) < 0)
+	if (der_extension(der, n, "\x55\x1d\x11", &q, &qe, &serial, &slen) < 0)
 		return 0;
-	q = v;
-	qe = v + len;
-	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x30)
-		return 0;
-	q = v;
-	qe = v + len;
 	while (q < qe && der_next(&q, qe, &tag, &v, &len) == 0)
 		if (tag == 0x82 && len == strlen(dns) && strncasecmp((const char *)v, dns, len) == 0)
 			return 1;
@@ -10126,27 +10212,42 @@ state_check(const struct stat *st, const char *shown, int dir, const struct pass
 		    (unsigned long)st->st_nlink);
 }
 
+/* Open name in at (shown) with flags, not through a link, and check it
+ * as state_check does (dir: a directory, with "--state-dir" in what is
+ * said); no return when it is not ours. Its descriptor, or -1 when a
+ * file is missing. */
+static int
+state_entry_open(int at, const char *name, int flags, const char *shown, int dir, const struct passwd *owner)
+{
+	const char *what = dir ? "--state-dir " : "";
+	struct stat st;
+	int fd = openat(at, name, flags | O_NOFOLLOW | O_CLOEXEC), saved;
+
+	if (fd < 0) {
+		saved = errno;
+		if (saved == ENOENT && !dir)
+			return -1;
+		if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			state_check(&st, shown, dir, owner);
+		errno = saved;
+		die("cannot open %s%s:", what, shown);
+	}
+	if (fstat(fd, &st) < 0)
+		die("cannot stat %s%s:", what, shown);
+	state_check(&st, shown, dir, owner);
+	return fd;
+}
+
 /* Make (0700) and open the directory name in at, not through a link;
  * check it and give it to --user. Its descriptor. */
 static int
 state_dir_open(int at, const char *name, const char *shown, const struct passwd *owner)
 {
-	struct stat st;
-	int fd, saved;
+	int fd;
 
 	if (mkdirat(at, name, 0700) < 0 && errno != EEXIST)
 		die("cannot make --state-dir %s:", shown);
-	fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0) {
-		saved = errno;
-		if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-			state_check(&st, shown, 1, owner);
-		errno = saved;
-		die("cannot open --state-dir %s:", shown);
-	}
-	if (fstat(fd, &st) < 0)
-		die("cannot stat --state-dir %s:", shown);
-	state_check(&st, shown, 1, owner);
+	fd = state_entry_open(at, name, O_RDONLY | O_DIRECTORY, shown, 1, owner);
 	if (fchmod(fd, 0700) < 0)
 		die("cannot make %s private (chmod 0700):", shown);
 	if (owner != NULL && fchown(fd, owner->pw_uid, owner->pw_gid) < 0)
@@ -10160,21 +10261,10 @@ state_dir_open(int at, const char *name, const char *shown, const struct passwd 
 static void
 state_file_own(int dir, const char *name, const char *shown, const struct passwd *owner)
 {
-	struct stat st;
-	int fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC), saved;
+	int fd = state_entry_open(dir, name, O_RDONLY | O_NONBLOCK | O_NOCTTY, shown, 0, owner);
 
-	if (fd < 0) {
-		saved = errno;
-		if (saved == ENOENT)
-			return;
-		if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-			state_check(&st, shown, 0, owner);
-		errno = saved;
-		die("cannot open %s:", shown);
-	}
-	if (fstat(fd, &st) < 0)
-		die("cannot stat %s:", shown);
-	state_check(&st, shown, 0, owner);
+	if (fd < 0)
+		return;
 	if (owner != NULL && fchown(fd, owner->pw_uid, owner->pw_gid) < 0)
 		die("cannot give %s to --user %s:", shown, owner->pw_name);
 	close(fd);
@@ -11073,15 +11163,8 @@ ari_cert_id(const unsigned char *der, size_t n, struct buf *out)
 	unsigned tag;
 
 	/* authorityKeyIdentifier (2.5.29.35) ::= SEQUENCE { [0] keyIdentifier ... } */
-	if (der_extension(der, n, "\x55\x1d\x23", &v, &len, &serial, &slen) < 0)
-		return -1;
-	q = v;
-	qe = v + len;
-	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x30)
-		return -1;
-	q = v;
-	qe = v + len;
-	if (der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x80 || len == 0)
+	if (der_extension(der, n, "\x55\x1d\x23", &q, &qe, &serial, &slen) < 0 ||
+	    der_next(&q, qe, &tag, &v, &len) < 0 || tag != 0x80 || len == 0)
 		return -1;
 	b64url(out, v, len);
 	buf_addc(out, '.');

@@ -1197,6 +1197,77 @@ write_file(const char *path, const void *p, size_t n)
 	}
 }
 
+/* Compare b with the hex want, printing what was built when they differ. */
+static int
+hex_equal(const struct buf *b, const char *want)
+{
+	size_t i, n = strlen(want) / 2;
+	unsigned x;
+
+	if (b->len != n)
+		goto differ;
+	for (i = 0; i < n; i++)
+		if (sscanf(want + 2 * i, "%2x", &x) != 1 || (unsigned char)b->p[i] != x)
+			goto differ;
+	return 1;
+differ:
+	fprintf(stderr, "built: ");
+	for (i = 0; i < b->len; i++)
+		fprintf(stderr, "%02x", (unsigned char)b->p[i]);
+	fprintf(stderr, "\n");
+	return 0;
+}
+
+/* The DER of a CSR and of a tls-alpn-01 certificate, byte for byte: a
+ * fixed key (ECDSA in BearSSL is deterministic, RFC 6979), serial and time
+ * give fixed bytes, recorded from the builders before they were rewritten
+ * to nest in place. openssl parses both (test_acme_der checks what they
+ * say). */
+static void
+test_acme_der_known(void)
+{
+	static const char csr_want[] =
+	    "308201093081af020100301d311b301906035504030c12686f6f6b732e6578616d706c652e746573743059301306072a"
+	    "8648ce3d020106082a8648ce3d03010703420004515c3d6eb9e396b904d3feca7f54fdcd0cc1e997bf375dca515ad0a6"
+	    "c3b4035f4536be3a50f318fbf9a5475902a221502bef0d57e08c53b2cc0a56f17d9f9354a030302e06092a864886f70d"
+	    "01090e3121301f301d0603551d11041630148212686f6f6b732e6578616d706c652e74657374300a06082a8648ce3d04"
+	    "03020349003046022100cc95e65a924feb483febb675ba57b3977bf0698c17b428414c3761f112af3dae022100cfb97f"
+	    "6aa7d9e8712cfa8649714ffea5f86b08fd82001d5b93acc049208500a8";
+	static const char alpn_want[] =
+	    "3082018b30820132a0030201020210404142434445464748494a4b4c4d4e4f300a06082a8648ce3d040302301d311b30"
+	    "1906035504030c12686f6f6b732e6578616d706c652e74657374301e170d3235313233313030303030305a170d323630"
+	    "3130383030303030305a301d311b301906035504030c12686f6f6b732e6578616d706c652e746573743059301306072a"
+	    "8648ce3d020106082a8648ce3d03010703420004515c3d6eb9e396b904d3feca7f54fdcd0cc1e997bf375dca515ad0a6"
+	    "c3b4035f4536be3a50f318fbf9a5475902a221502bef0d57e08c53b2cc0a56f17d9f9354a3543052301d0603551d1104"
+	    "1630148212686f6f6b732e6578616d706c652e74657374303106082b0601050507011f0101ff04220420a46fcf211e79"
+	    "f8db029d65b9add53e0283c6e4a012172237a9e6c60ddb9746dc300a06082a8648ce3d040302034700304402204f2923"
+	    "c260df6b163a026b6ee04d4437bdd0cfac1216cecd01bc1988dccf569202200def1ed8f71ef610ca22123afd24081b05"
+	    "091fedc12c903fa814a8bea17d2929";
+	struct ec_key k;
+	struct buf der = { 0 };
+	unsigned char serial[ALPN_SERIAL_LEN];
+	size_t i;
+
+	for (i = 0; i < 32; i++)
+		k.x[i] = (unsigned char)(i + 1);
+	for (i = 0; i < sizeof(serial); i++)
+		serial[i] = (unsigned char)(0x40 + i);
+	k.sk.curve = BR_EC_secp256r1;
+	k.sk.x = k.x;
+	k.sk.xlen = 32;
+	CHECK(br_ec_compute_pub(br_ec_get_default(), &k.pk, k.q, &k.sk) == 65, "a fixed P-256 key");
+	CHECK(csr_der(&der, "hooks.example.test", &k) == 0 && hex_equal(&der, csr_want), "csr_der: the known DER");
+	der.len = 0;
+	CHECK(alpn_cert_make(&der, "hooks.example.test", "tok-en_1.thumb-print_2", &k, serial, 1767225600) == 0 &&
+	    hex_equal(&der, alpn_want), "alpn_cert_make: the known DER");
+	/* Appended after what out holds, as the callers' buffers may. */
+	der.len = 0;
+	buf_adds(&der, "xy");
+	CHECK(csr_der(&der, "hooks.example.test", &k) == 0 && der.len == 2 + strlen(csr_want) / 2 &&
+	    memcmp(der.p, "xy", 2) == 0, "csr_der appends");
+	buf_free(&der);
+}
+
 static void
 test_acme_der(void)
 {
@@ -2151,6 +2222,7 @@ main(void)
 #ifdef XWEBHOOK_TLS
 	test_der();
 	test_acme_der();
+	test_acme_der_known();
 #endif
 	test_url_parse();
 	test_url_authority();
