@@ -683,6 +683,16 @@ def leaf(d, name, kind, days=40, host=HOST):
             "key_trad": os.path.join(d, name + ".trad.key"), "chain": os.path.join(d, name + ".chain.pem")}
 
 
+def install_pair(p, d):
+    """A test PKI's chain and key copied into d under certbot's names, as
+    a deploy would put them: (fullchain.pem, privkey.pem)."""
+    os.makedirs(d, exist_ok=True)
+    chain, key = os.path.join(d, "fullchain.pem"), os.path.join(d, "privkey.pem")
+    shutil.copy(p["chain"], chain)
+    shutil.copy(p["key"], key)
+    return chain, key
+
+
 def tls_server(chain, key, *args, **kw):
     return Server("--cert", chain, "--key", key, *args, **kw)
 

@@ -551,9 +551,7 @@ def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
     p = PKI["p"]
     live = os.path.join(root, "hook-live")
     os.makedirs(live, exist_ok=True)
-    chain, key = os.path.join(etc, "fullchain.pem"), os.path.join(etc, "privkey.pem")
-    shutil.copy(p["chain"], chain)
-    shutil.copy(p["key"], key)
+    chain, key = it.install_pair(p, etc)
     for f in (chain, key):
         os.chown(f, nobody.pw_uid, nobody.pw_gid)
     renewed = it.leaf(p["dir"], "hook-renewed", "p256", days=45)

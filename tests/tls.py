@@ -307,11 +307,7 @@ def warnings_for_expiry_and_single_certificate():
 @test
 def sighup_swaps_the_certificate_and_keeps_a_good_one():
     p = PKIS["p256"]
-    d = os.path.join(PKI, "live")
-    os.makedirs(d, exist_ok=True)
-    chain, key = os.path.join(d, "fullchain.pem"), os.path.join(d, "privkey.pem")
-    shutil.copy(p["chain"], chain)
-    shutil.copy(p["key"], key)
+    chain, key = it.install_pair(p, os.path.join(PKI, "live"))
     fresh = leaf(p["dir"], "renewed", "p256", days=50)
     srv = tls_server(chain, key)
     try:
@@ -665,12 +661,9 @@ def user_drop_and_reload_after_it():
     nobody = pwd.getpwnam("nobody")
     p = PKIS["p256"]
     d = os.path.join(it.WORK, "for-nobody")
-    os.makedirs(d, exist_ok=True)
+    chain, key = it.install_pair(p, d)
     os.chmod(it.WORK, 0o755)
     os.chmod(d, 0o755)
-    chain, key = os.path.join(d, "fullchain.pem"), os.path.join(d, "privkey.pem")
-    shutil.copy(p["chain"], chain)
-    shutil.copy(p["key"], key)
     os.chown(key, nobody.pw_uid, nobody.pw_gid)
     os.chmod(key, 0o600)
     os.chmod(chain, 0o644)
