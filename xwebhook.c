@@ -151,6 +151,9 @@ enum {
 	MAX_CHUNK_LINE = MAX_CHUNK_LINE_N,
 	/* crc_token length in bytes after decoding; X's are 48. */
 	MAX_CRC_TOKEN = 255,
+	/* An event's type (event_type), with its NUL; longer ones are "other".
+	 * X's longest today is 38 ("direct_message_indicate_typing_events"). */
+	EVENT_TYPE_MAX = 64,
 	/* JSON nesting deeper than this is invalid; X's events nest ~6 deep. */
 	JSON_MAX_DEPTH = 256,
 	/* The connection's read buffer holds a whole head, and the few bytes
@@ -1963,6 +1966,69 @@ json_skip(const char *c, size_t i)
 	return i;
 }
 
+/* ---- Scanning valid JSON in place: whitespace allowed, nothing copied ---- */
+
+/* In valid JSON p[0, n), the index past spaces from i. */
+static size_t
+jscan_space(const char *p, size_t n, size_t i)
+{
+	while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+		i++;
+	return i;
+}
+
+/* In valid JSON p[0, n), the index past the string whose quote is at p[i]. */
+static size_t
+jscan_string(const char *p, size_t n, size_t i)
+{
+	for (i++; i < n && p[i] != '"'; i++)
+		if (p[i] == '\\')
+			i++;
+	return i + 1;
+}
+
+/* In valid JSON p[0, n), the index just past the value that starts at
+ * p[i] (at the ',', '}' or ']' after it, or spaces before one). */
+static size_t
+jscan_value(const char *p, size_t n, size_t i)
+{
+	unsigned depth = 0;
+
+	do {
+		if (p[i] == '"') {
+			i = jscan_string(p, n, i);
+			continue;
+		}
+		if (p[i] == '{' || p[i] == '[')
+			depth++;
+		else if (p[i] == '}' || p[i] == ']')
+			depth--;
+		i++;
+	} while (i < n && (depth > 0 || (p[i] != ',' && p[i] != '}' && p[i] != ']')));
+	return i;
+}
+
+/* The members of the object whose '{' is at p[*at] in valid JSON p[0, n),
+ * one a call: 1 with the next one's raw key (between its quotes, not
+ * decoded) and the index of its value, *at moved past it; 0 after the
+ * last. */
+static int
+jscan_member(const char *p, size_t n, size_t *at, const char **key, size_t *key_len, size_t *value)
+{
+	size_t i = jscan_space(p, n, *at);
+
+	if (i < n && (p[i] == '{' || p[i] == ','))
+		i = jscan_space(p, n, i + 1);
+	if (i >= n || p[i] != '"')
+		return 0;
+	*key = p + i + 1;
+	i = jscan_string(p, n, i);
+	*key_len = (size_t)(p + i - 1 - *key);
+	*value = jscan_space(p, n, jscan_space(p, n, i) + 1);  /* past the ':' */
+	*at = *value < n ? jscan_value(p, n, *value) : n;
+	return 1;
+}
+
 /* The elements of a JSON array in compact text (json_member's, NUL-ended),
  * one a call: *at starts at 0; 1 with the next element's compact text
  * appended to out, or 0 after the last. */
@@ -2902,7 +2968,7 @@ enum conn_state {
  * The fields from tls to pending belong to whoever serves the connection,
  * except while its event is with the writer (CS_PARKED, CS_UNPOLLED,
  * CS_WAITING): then the server side touches none of them, and the writer
- * reads pretty, compact and body_sha and writes ev (result, why, took_us,
+ * reads pretty, compact, body_sha and type and writes ev (result, why, took_us,
  * next). finished and the loop's lists belong to the loop's lock. The slot
  * fields belong to conns_lock (the accept thread may evict a connection
  * from another thread: it only ever calls shutdown() on its descriptor,
@@ -2940,6 +3006,7 @@ struct conn {
 	size_t body_charged;        /* of body's capacity, drawn from the budget */
 	struct buf pretty, compact; /* the event, for stdout and for --output */
 	char body_sha[65];          /* hex SHA-256 of the body, for --forward */
+	char type[EVENT_TYPE_MAX];  /* the event's type (event_type), once verified */
 	struct event ev;            /* the writer's from event_submit to its verdict */
 	/* What is left to send: bytes, not a state. A loop leaves them for
 	 * the thread it hands the connection to, in CS_THREAD (it goes on
@@ -6424,6 +6491,68 @@ read_body(struct conn *c, const struct request *req, const char **why)
 	}
 }
 
+/* ---- An event's type: what the metrics count it by, and --forward's {type} ---- */
+
+/* Put text reduced to [a-z0-9_.] in out (capitals lowered, any other byte
+ * '_'), or "other" when that is no name: empty, EVENT_TYPE_MAX or longer,
+ * escaped, or with an empty dot-separated part (NATS refuses those). */
+static void
+event_type_reduce(const char *t, size_t n, char out[EVENT_TYPE_MAX])
+{
+	size_t i;
+
+	if (t == NULL || n == 0 || n >= EVENT_TYPE_MAX || memchr(t, '\\', n) != NULL ||
+	    t[0] == '.' || t[n - 1] == '.')
+		goto other;
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)t[i];
+
+		if (c == '.' && i > 0 && t[i - 1] == '.')
+			goto other;
+		if (c >= 'A' && c <= 'Z')
+			c = (unsigned char)(c - 'A' + 'a');
+		else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.'))
+			c = '_';
+		out[i] = (char)c;
+	}
+	out[n] = '\0';
+	return;
+other:
+	memcpy(out, "other", sizeof("other"));
+}
+
+/* The type of the valid JSON event p[0, n), into out: an X Activity API
+ * delivery's data.event_type ("post.create"); an Account Activity event's
+ * top-level key ("tweet_create_events", "user_event"); "filtered_stream"
+ * for a filtered-stream delivery (matching_rules); else "other". Reads
+ * only as far as it must: the type comes first in X's events. */
+static void
+event_type(const char *p, size_t n, char out[EVENT_TYPE_MAX])
+{
+	const char *key, *dkey, *t = NULL;
+	size_t kl, dkl, v, dv, at = jscan_space(p, n, 0), dat, tl = 0;
+
+	while (t == NULL && jscan_member(p, n, &at, &key, &kl, &v)) {
+		if (kl == 4 && memcmp(key, "data", 4) == 0 && p[v] == '{') {
+			dat = v;
+			while (jscan_member(p, n, &dat, &dkey, &dkl, &dv))
+				if (dkl == 10 && memcmp(dkey, "event_type", 10) == 0 && p[dv] == '"') {
+					t = p + dv + 1;
+					tl = jscan_string(p, n, dv) - dv - 2;
+					break;
+				}
+		} else if ((kl > 7 && memcmp(key + kl - 7, "_events", 7) == 0) ||
+		    (kl == 10 && memcmp(key, "user_event", 10) == 0)) {
+			t = key;
+			tl = kl;
+		} else if (kl == 14 && memcmp(key, "matching_rules", 14) == 0) {
+			t = "filtered_stream";
+			tl = strlen(t);
+		}
+	}
+	event_type_reduce(t, tl, out);
+}
+
 /* Verify the event in c->body and render it for the sinks. */
 static enum status
 event_check(struct conn *c, const struct request *req, const char **why)
@@ -6466,6 +6595,7 @@ event_check(struct conn *c, const struct request *req, const char **why)
 		digest_final(&body_hash, d);
 		hex_encode(d, sizeof(d), c->body_sha);
 	}
+	event_type(c->body.p, c->body.len, c->type);
 	if (c->pretty.failed || c->compact.failed) {
 		*why = "out of memory for the event; try again";
 		return S_UNAVAILABLE;

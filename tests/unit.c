@@ -2196,6 +2196,60 @@ test_json_object(void)
 	buf_free(&v);
 }
 
+static void
+type_is(const char *json, const char *want)
+{
+	char t[EVENT_TYPE_MAX];
+
+	memset(t, 'x', sizeof(t));
+	event_type(json, strlen(json), t);
+	CHECK(strcmp(t, want) == 0, "event_type(%s) = %s, not %s", json, t, want);
+}
+
+static void
+test_event_type(void)
+{
+	char big[EVENT_TYPE_MAX + 40];
+
+	/* X Activity API: data.event_type, wherever it is among data's members. */
+	type_is("{\"data\":{\"event_uuid\":\"1\",\"filter\":{\"user_id\":\"2\",\"event_type\":\"no\"},"
+	    "\"event_type\":\"post.create\",\"payload\":{}}}", "post.create");
+	type_is(" {\n \"data\" : { \"payload\" : [ { \"a\" : \"}\\\"]\" } ] ,\n \"event_type\" : \"dm.received\" } } ",
+	    "dm.received");
+	type_is("{\"data\":{\"event_type\":\"chat.conversation_join\"}}", "chat.conversation_join");
+	/* Account Activity: the top-level key after for_user_id. */
+	type_is("{\"for_user_id\":\"1\",\"tweet_create_events\":[{\"text\":\"{,}\"}]}", "tweet_create_events");
+	type_is("{\"for_user_id\":\"1\",\"user_has_blocked\":false,\"block_events\":[]}", "block_events");
+	type_is("{\"user_event\":{\"revoke\":{}}}", "user_event");
+	type_is("{\"for_user_id\":\"1\",\"direct_message_events\":[],\"apps\":{},\"users\":{}}",
+	    "direct_message_events");
+	/* A filtered-stream delivery: data is the post, no event_type. */
+	type_is("{\"data\":{\"id\":\"1\",\"text\":\"event_type\"},\"includes\":{},\"matching_rules\":[]}",
+	    "filtered_stream");
+	/* Reduced to [a-z0-9_.], or "other". */
+	type_is("{\"data\":{\"event_type\":\"Post.Create\"}}", "post.create");
+	type_is("{\"data\":{\"event_type\":\"a b/c>*\"}}", "a_b_c__");
+	type_is("{\"data\":{\"event_type\":\"\"}}", "other");
+	type_is("{\"data\":{\"event_type\":\".post\"}}", "other");
+	type_is("{\"data\":{\"event_type\":\"post.\"}}", "other");
+	type_is("{\"data\":{\"event_type\":\"post..create\"}}", "other");
+	type_is("{\"data\":{\"event_type\":\"post\\u002ecreate\"}}", "other");
+	type_is("{\"data\":{\"event_type\":7}}", "other");
+	type_is("{\"data\":[],\"x\":1}", "other");
+	type_is("{}", "other");
+	type_is("{\"for_user_id\":\"1\"}", "other");
+	type_is("{\"_events\":1}", "other");
+	snprintf(big, sizeof(big), "{\"data\":{\"event_type\":\"%0*d\"}}", EVENT_TYPE_MAX, 0);
+	type_is(big, "other");
+	snprintf(big, sizeof(big), "{\"data\":{\"event_type\":\"%0*d\"}}", EVENT_TYPE_MAX - 1, 0);
+	{
+		char t[EVENT_TYPE_MAX];
+
+		event_type(big, strlen(big), t);
+		CHECK(strlen(t) == EVENT_TYPE_MAX - 1, "the longest type kept: %s", t);
+	}
+}
+
 int
 main(void)
 {
@@ -2231,6 +2285,7 @@ main(void)
 	test_form_decode();
 	test_pct_encode();
 	test_json_object();
+	test_event_type();
 	printf("unit: %d passed, %d failed\n", passed, failed);
 	return failed != 0;
 }
