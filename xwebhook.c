@@ -1977,13 +1977,18 @@ jscan_space(const char *p, size_t n, size_t i)
 	return i;
 }
 
-/* In valid JSON p[0, n), the index past the string whose quote is at p[i]. */
+/* In valid JSON p[0, n), the index past the string whose quote is at p[i]
+ * (its plain runs taken 16 bytes at a time). */
 static size_t
 jscan_string(const char *p, size_t n, size_t i)
 {
-	for (i++; i < n && p[i] != '"'; i++)
+	for (i++; i < n; i++) {
+		i += json_plain_run(p + i, n - i);
+		if (i >= n || p[i] == '"')
+			break;
 		if (p[i] == '\\')
 			i++;
+	}
 	return i + 1;
 }
 
@@ -2008,14 +2013,15 @@ jscan_value(const char *p, size_t n, size_t i)
 	return i;
 }
 
-/* The members of the object whose '{' is at p[*at] in valid JSON p[0, n),
- * one a call: 1 with the next one's raw key (between its quotes, not
- * decoded) and the index of its value, *at moved past it; 0 after the
- * last. */
+/* The members of an object in valid JSON p[0, n), one a call: at is its
+ * '{', then the end of the last member's value (jscan_value's). 1 with the
+ * next member's raw key (between its quotes, not decoded) and the index of
+ * its value, which is not skipped: a caller that found what it wanted
+ * reads no further. 0 after the last. */
 static int
-jscan_member(const char *p, size_t n, size_t *at, const char **key, size_t *key_len, size_t *value)
+jscan_member(const char *p, size_t n, size_t at, const char **key, size_t *key_len, size_t *value)
 {
-	size_t i = jscan_space(p, n, *at);
+	size_t i = jscan_space(p, n, at);
 
 	if (i < n && (p[i] == '{' || p[i] == ','))
 		i = jscan_space(p, n, i + 1);
@@ -2025,8 +2031,7 @@ jscan_member(const char *p, size_t n, size_t *at, const char **key, size_t *key_
 	i = jscan_string(p, n, i);
 	*key_len = (size_t)(p + i - 1 - *key);
 	*value = jscan_space(p, n, jscan_space(p, n, i) + 1);  /* past the ':' */
-	*at = *value < n ? jscan_value(p, n, *value) : n;
-	return 1;
+	return *value < n;
 }
 
 /* The elements of a JSON array in compact text (json_member's, NUL-ended),
@@ -6532,10 +6537,9 @@ event_type(const char *p, size_t n, char out[EVENT_TYPE_MAX])
 	const char *key, *dkey, *t = NULL;
 	size_t kl, dkl, v, dv, at = jscan_space(p, n, 0), dat, tl = 0;
 
-	while (t == NULL && jscan_member(p, n, &at, &key, &kl, &v)) {
+	while (t == NULL && jscan_member(p, n, at, &key, &kl, &v)) {
 		if (kl == 4 && memcmp(key, "data", 4) == 0 && p[v] == '{') {
-			dat = v;
-			while (jscan_member(p, n, &dat, &dkey, &dkl, &dv))
+			for (dat = v; jscan_member(p, n, dat, &dkey, &dkl, &dv); dat = jscan_value(p, n, dv))
 				if (dkl == 10 && memcmp(dkey, "event_type", 10) == 0 && p[dv] == '"') {
 					t = p + dv + 1;
 					tl = jscan_string(p, n, dv) - dv - 2;
@@ -6549,6 +6553,8 @@ event_type(const char *p, size_t n, char out[EVENT_TYPE_MAX])
 			t = "filtered_stream";
 			tl = strlen(t);
 		}
+		if (t == NULL)
+			at = jscan_value(p, n, v);
 	}
 	event_type_reduce(t, tl, out);
 }
