@@ -628,9 +628,13 @@ class HeldRedis(threading.Thread):
                     words.append(f.read(n + 2)[:-2])
                 if words[0].upper() == b"PING":
                     s.sendall(b"+PONG\r\n")
-                elif words[0].upper() == b"XADD":
+                elif words[0].upper() == b"SCRIPT":
+                    sha = hashlib.sha1(words[2]).hexdigest().encode()
+                    s.sendall(b"$40\r\n" + sha + b"\r\n")
+                elif words[0].upper() in (b"XADD", b"EVALSHA"):
+                    # XADD s * event E ...; EVALSHA sha 2 s key E ...
                     with self.cv:
-                        self.xadds.append((s, words[4]))
+                        self.xadds.append((s, words[4] if words[0].upper() == b"XADD" else words[5]))
                         self.cv.notify_all()
                     if self.auto is not None:
                         s.sendall(self.auto)
