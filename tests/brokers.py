@@ -136,7 +136,15 @@ def bad_brokers_are_refused_at_start_with_one_line():
                            (["--forward", url(r, "s?maxlen=-5")], "?maxlen= takes a number"),
                            (["--forward", url(r, "s?maxlen=1000000000000")], "?maxlen= takes a number"),
                            (["--forward", url(r, "s?max=5")], "unknown parameter"),
-                           (["--forward", url(r, "?maxlen=5")], "stream's name is missing")):
+                           (["--forward", url(r, "?maxlen=5")], "stream's name is missing"),
+                           (["--forward", url(r, "s?dedupe=-1")], "?dedupe= takes the window"),
+                           (["--forward", url(r, "s?dedupe=86401")], "?dedupe= takes the window"),
+                           (["--forward", url(r, "s?dedupe=")], "?dedupe= takes the window"),
+                           (["--forward", url(r, "s?dedupe=10s")], "?dedupe= takes the window"),
+                           (["--forward", url(r, "s?dedupe=99999999999999999999")], "?dedupe= takes the window"),
+                           (["--forward", url(r, "s?maxlen=5&")], "end with an empty one"),
+                           (["--forward", url(r, "s?maxlen=5&dedup=5")], "unknown parameter"),
+                           (["--forward", url(r, "x:{type}:{type}")], "can stand once")):
             p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30,
                                env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
             err = p.stderr.decode()
@@ -255,6 +263,157 @@ def idle_connections_closed_by_redis_cost_no_event():
         entries = r.entries("idle")
         r.stop()
     assert [json.loads(ev)["n"] for _, ev, _ in entries] == [1, 2, 3, 4]
+
+
+@test
+def redis_dedupe_stores_a_resend_once_across_two_instances_and_dedupe_0_does_not():
+    # Two instances on one Redis: the same signed event posted to each,
+    # twice, is one entry, and every POST is answered 200; its dedupe key
+    # is the stream's own and lives the window. With dedupe=0 the plain
+    # XADD of before stores each resend.
+    r = Redis()
+    a = it.Server("--forward", url(r, "dd?dedupe=120"))
+    b = it.Server("--forward", url(r, "dd"))
+    off = it.Server("--forward", url(r, "plain?dedupe=0"))
+    ev = b'{"for_user_id":"7","tweet_create_events":[{"id_str":"1"}]}'
+    sha = hashlib.sha256(ev).hexdigest()
+    try:
+        for srv in (a, b, a, b):
+            assert it.post(srv.conn(), ev)[0].status == 200
+        assert it.post(a.conn(), b'{"other":1}')[0].status == 200
+        for _ in range(2):
+            assert it.post(off.conn(), ev)[0].status == 200
+        ttl = int(r.cli("TTL", "dd:sha256:" + sha))
+        stored = r.cli("GET", "dd:sha256:" + sha).strip()
+        keys = sorted(r.cli("KEYS", "*sha256*").split())
+    finally:
+        for srv in (a, b, off):
+            srv.stop()
+        got = r.entries("dd")
+        plain = r.entries("plain")
+        r.stop()
+    assert [(e, h) for _, e, h in got] == [(ev.decode(), sha), ('{"other":1}', hashlib.sha256(b'{"other":1}').hexdigest())], got
+    assert stored == got[0][0], (stored, got[0])  # the key names the entry it stands for
+    assert 100 < ttl <= 120, ttl  # the first instance's window
+    assert keys == sorted(["dd:sha256:" + sha, "dd:sha256:" + hashlib.sha256(b'{"other":1}').hexdigest()]), keys
+    assert [e for _, e, _ in plain] == [ev.decode()] * 2, plain
+
+
+@test
+def redis_script_flush_is_loaded_again_and_nothing_is_added_twice():
+    # SCRIPT FLUSH (or a Redis that restarted) makes EVALSHA answer
+    # NOSCRIPT: xwebhook loads the script again and resends; the event
+    # is stored once, and an earlier event's resend is still a duplicate.
+    r = Redis()
+    srv = it.Server("--forward", url(r, "fl"))
+    try:
+        assert it.post(srv.conn(), b'{"n":1}')[0].status == 200
+        r.cli("SCRIPT", "FLUSH")
+        for body in (b'{"n":2}', b'{"n":1}', b'{"n":3}'):
+            assert it.post(srv.conn(), body)[0].status == 200, body
+        assert "Redis had lost the dedupe script" in srv.stderr(), srv.stderr()
+    finally:
+        srv.stop()
+        got = [json.loads(e)["n"] for _, e, _ in r.entries("fl")]
+        r.stop()
+    assert got == [1, 2, 3], got
+
+
+@test
+def noscript_resends_the_batch_and_a_second_at_once_fails_it():
+    # A stand-in: NOSCRIPT to the first EVALSHA, then the resend on a
+    # fresh connection (after SCRIPT LOAD) is answered and taken: 200.
+    # NOSCRIPT again straight after the reload is 503, not a loop.
+    h, _, srv = held()
+    try:
+        p = Poster(srv, b'{"n":1}')
+        assert h.wait_xadds(1)
+        h.answer(0, b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
+        assert h.wait_xadds(2), "the event was not sent again"
+        assert h.xadds[1][1] == b'{"n":1}' and h.xadds[1][0] is not h.xadds[0][0]
+        assert p.status is None
+        h.answer(1)
+        assert p.result() == 200
+        q = Poster(srv, b'{"n":2}')
+        assert h.wait_xadds(3)
+        h.answer(2, b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
+        assert h.wait_xadds(4)
+        h.answer(3, b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
+        assert q.result() == 503
+        assert "lost the dedupe script again" in srv.stderr(), srv.stderr()
+    finally:
+        srv.stop()
+        h.close()
+
+
+@test
+def duplicate_is_an_acknowledgement_only_from_the_script():
+    # "+duplicate" is what the script answers for a resend; to a plain
+    # XADD (dedupe=0) it is no entry id; near misses are none either.
+    for params, reply, want in (("", b"+duplicate\r\n", 200),
+                                ("?dedupe=0", b"+duplicate\r\n", 503),
+                                ("", b"+duplicates\r\n", 503),
+                                ("", b"$9\r\nduplicate\r\n", 503),
+                                ("", b"-ERR duplicate\r\n", 503),
+                                ("", b":1\r\n", 503)):
+        h = HeldRedis(auto=reply)
+        srv = it.Server("--forward", "redis://127.0.0.1:%d/s%s" % (h.port, params))
+        try:
+            assert it.post(srv.conn(), b'{"n":1}')[0].status == want, (params, reply)
+        finally:
+            srv.stop()
+            h.close()
+
+
+@test
+def redis_type_routing_puts_each_event_on_its_types_stream():
+    r = Redis()
+    srv = it.Server("--forward", url(r, "x:{type}?maxlen=1000&dedupe=60"))
+    try:
+        for body in (b'{"for_user_id":"1","tweet_create_events":[]}', b'{"data":{"event_type":"Post.Create"}}',
+                     b'{"for_user_id":"1","user_event":{}}', b'{"n":1}', b'{"for_user_id":"1","tweet_create_events":[1]}'):
+            assert it.post(srv.conn(), body)[0].status == 200
+        assert "x:{type}?maxlen=1000" in srv.stderr()
+    finally:
+        srv.stop()
+        streams = {k: [json.loads(e) for _, e, _ in r.entries(k)] for k in
+                   ("x:tweet_create_events", "x:post.create", "x:user_event", "x:other")}
+        r.stop()
+    assert [len(v) for v in streams.values()] == [2, 1, 1, 1], streams
+    assert streams["x:tweet_create_events"][1]["tweet_create_events"] == [1]
+
+
+@test
+def nats_type_routing_publishes_on_the_types_subject_and_needs_a_stream_for_all():
+    n = Nats()
+    n.create_stream("EVENTS", ["x.events.>"])
+    n.create_stream("ONE", ["y.events.*"])
+    n.create_stream("SOME", ["z.events.post.*", "z.events.a"])
+    srv = it.Server("--forward", nats_url(n, "x.events.{type}"))
+    try:
+        assert "JetStream stream EVENTS takes the events" in srv.stderr()
+        for body in (b'{"data":{"event_type":"post.create"}}', b'{"for_user_id":"1","user_event":{}}', b'{"n":1}'):
+            assert it.post(srv.conn(), body)[0].status == 200
+        c = NatsClient(n.port)
+        subjects = [c.request("$JS.API.STREAM.MSG.GET.EVENTS", {"seq": k})["message"]["subject"] for k in (1, 2, 3)]
+        c.close()
+        for subject, part in (("y.events.{type}", "no JetStream stream captures every subject"),
+                              ("z.events.{type}", "no JetStream stream captures every subject"),
+                              ("q.{type}", "no JetStream stream captures every subject"),
+                              ("x.{type}.in", "can only be a NATS subject's last name"),
+                              ("x.ev{type}", "can only be a NATS subject's last name"),
+                              ("x.{type}.{type}", "can stand once"),
+                              ("x.*.{type}", "without wildcards")):
+            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", "--forward", nats_url(n, subject)],
+                               capture_output=True, timeout=30,
+                               env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
+            err = p.stderr.decode()
+            it.check_sanitizers(err)
+            assert p.returncode == 1 and part in err and err.count("\n") == 1, (subject, err)
+    finally:
+        srv.stop()
+        n.stop()
+    assert subjects == ["x.events.post.create", "x.events.user_event", "x.events.other"], subjects
 
 
 # ---- NATS JetStream ----
