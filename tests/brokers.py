@@ -2,7 +2,8 @@
 """--forward against real brokers on loopback: redis-server, started here
 on a free port with its append-only file synced on every write, and
 nats-server with JetStream on file storage, its stream created here over
-the NATS protocol (Debian has no NATS CLI). Usage:
+the NATS protocol (Debian has no NATS CLI); and haproxy in front of two
+instances sharing them. Usage:
 
     brokers.py BINARY FIXTURES_DIR
 
@@ -10,6 +11,7 @@ The last line is 'brokers: N passed, N failed'.
 """
 import base64
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -520,6 +522,120 @@ class Nats(Broker):
 
 def nats_url(n, subject, token=TOKEN):
     return "nats://%s@127.0.0.1:%d/%s" % (token, n.port, subject)
+
+
+class Haproxy:
+    """A real haproxy of the test's own in front of xwebhook instances:
+    its config generated into the test's temp dir, free loopback ports, a
+    CRC GET as each instance's health check (every 100 ms, down after two
+    failures), and its stats page to see what it thinks of each."""
+
+    def __init__(self, ports):
+        self.port, self.stats = free_port(), free_port()
+        self.data = tempfile.mkdtemp(prefix="haproxy-", dir=it.WORK)
+        self.conf = os.path.join(self.data, "haproxy.cfg")
+        servers = "".join("    server i%d 127.0.0.1:%d check inter 100ms fall 2 rise 1\n" % (k, p)
+                          for k, p in enumerate(ports))
+        with open(self.conf, "w") as f:
+            f.write("global\n    maxconn 512\n"
+                    "defaults\n    mode http\n    timeout connect 2s\n    timeout client 20s\n"
+                    "    timeout server 20s\n    retries 3\n    option redispatch\n"
+                    "frontend webhook\n    bind 127.0.0.1:%d\n    default_backend xwebhook\n"
+                    "backend xwebhook\n    option httpchk GET /webhooks/twitter?crc_token=health\n"
+                    "    http-check expect status 200\n%s"
+                    "listen stats\n    bind 127.0.0.1:%d\n    stats enable\n    stats uri /stats\n"
+                    % (self.port, servers, self.stats))
+        self.log = open(os.path.join(self.data, "haproxy.log"), "ab")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.conf], stdout=self.log, stderr=self.log,
+                                     stdin=subprocess.DEVNULL)
+        assert it.wait_until(lambda: self.states() == ["UP"] * len(ports), 10), \
+            "haproxy did not see every instance up: %r" % self.states()
+
+    def states(self):
+        """Each instance's status as haproxy's stats page gives it."""
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", self.stats, timeout=5)
+            c.request("GET", "/stats;csv")
+            rows = c.getresponse().read().decode().splitlines()
+            c.close()
+        except OSError:
+            return []
+        head = rows[0].lstrip("# ").split(",")
+        return [dict(zip(head, r.split(",")))["status"] for r in rows[1:]
+                if r.startswith("xwebhook,i")]
+
+    def conn(self, timeout=10):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def post_until_200(conn, body, deadline):
+    """POST body as X does: again on anything but 200 (503, haproxy's
+    502, a reset) until it is taken. How many tries it took."""
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            c = conn()
+            if it.post(c, body)[0].status == 200:
+                return tries
+            c.close()
+        except (OSError, http.client.HTTPException):
+            pass
+        assert time.time() < deadline, "%r never got 200 in %d tries" % (body, tries)
+
+
+@test
+def two_instances_behind_haproxy_store_each_event_once_through_a_kill_9():
+    # Two instances on one Redis and one NATS, behind a real haproxy.
+    # The same signed event posted to each directly and twice through
+    # haproxy is one Redis entry and one NATS message. Then four clients
+    # post distinct events through haproxy, retrying as X does, while
+    # one instance is kill -9'd: every event gets its 200 in the end and
+    # is in each stream exactly once.
+    r = Redis()
+    n = Nats()
+    n.create_stream("EVENTS", ["x.events.>"])
+    fwd = ("--forward", url(r, "x:events"), "--forward", nats_url(n, "x.events.{type}"), "--quiet")
+    a, b = it.Server(*fwd), it.Server(*fwd)
+    hp = Haproxy([a.port, b.port])
+    same = b'{"for_user_id":"9","tweet_create_events":[{"id_str":"42"}]}'
+    done = {}
+    try:
+        for conn in (a.conn, b.conn, hp.conn, hp.conn):
+            assert it.post(conn(), same)[0].status == 200
+        killed = threading.Event()
+
+        def poster(k):
+            deadline = time.time() + 60
+            for i in range(120):
+                body = b'{"load":%d,"i":%d}' % (k, i)
+                done[body] = post_until_200(hp.conn, body, deadline)
+                if k == 0 and i == 40:
+                    a.proc.send_signal(signal.SIGKILL)  # mid-stream, the others posting
+                    killed.set()
+        it.in_threads(poster, 4)
+        assert killed.is_set()
+        assert it.wait_until(lambda: hp.states() == ["DOWN", "UP"], 10), hp.states()
+    finally:
+        hp.stop()
+        a.stop()
+        b.stop()
+        entries = [e for _, e, _ in r.entries("x:events")]
+        msgs = n.messages("EVENTS")
+        r.stop()
+        n.stop()
+    retried = sum(1 for t in done.values() if t > 1)
+    print("    (%d events through haproxy, %d retried across the kill -9; %d Redis entries, %d NATS messages)"
+          % (len(done), retried, len(entries), len(msgs)))
+    want = sorted([same] + list(done))
+    assert sorted(e.encode() for e in entries) == want, "Redis: %d entries for %d events" % (len(entries), len(want))
+    assert sorted(d for d, _ in msgs) == want, "NATS: %d messages for %d events" % (len(msgs), len(want))
+    assert sorted(i for _, i in msgs) == sorted(hashlib.sha256(w).hexdigest() for w in want)
 
 
 @test
@@ -1241,9 +1357,9 @@ def group_commit_with_forward_syncs_output_before_any_200_of_its_batches():
 
 
 def main():
-    it.require("brokers", ("redis-server", "redis-cli", "nats-server"),
-               "redis-server, redis-cli and nats-server are not all installed "
-               "(.ci/run installs redis-server redis-tools nats-server)")
+    it.require("brokers", ("redis-server", "redis-cli", "nats-server", "haproxy"),
+               "redis-server, redis-cli, nats-server and haproxy are not all installed "
+               "(.ci/run installs redis-server redis-tools nats-server haproxy)")
     it.finish("brokers", *it.run_suite())
 
 
