@@ -277,6 +277,7 @@ def redis_dedupe_stores_a_resend_once_across_two_instances_and_dedupe_0_does_not
     a = it.Server("--forward", url(r, "dd?dedupe=120"))
     b = it.Server("--forward", url(r, "dd"))
     off = it.Server("--forward", url(r, "plain?dedupe=0"))
+    other = it.Server("--forward", url(r, "dd2"))  # another stream: its own keys
     ev = b'{"for_user_id":"7","tweet_create_events":[{"id_str":"1"}]}'
     sha = hashlib.sha256(ev).hexdigest()
     try:
@@ -285,20 +286,23 @@ def redis_dedupe_stores_a_resend_once_across_two_instances_and_dedupe_0_does_not
         assert it.post(a.conn(), b'{"other":1}')[0].status == 200
         for _ in range(2):
             assert it.post(off.conn(), ev)[0].status == 200
+            assert it.post(other.conn(), ev)[0].status == 200
         ttl = int(r.cli("TTL", "dd:sha256:" + sha))
         stored = r.cli("GET", "dd:sha256:" + sha).strip()
-        keys = sorted(r.cli("KEYS", "*sha256*").split())
+        keys = sorted(r.cli("KEYS", "dd:*").split())
     finally:
-        for srv in (a, b, off):
+        for srv in (a, b, off, other):
             srv.stop()
         got = r.entries("dd")
         plain = r.entries("plain")
+        got2 = r.entries("dd2")
         r.stop()
     assert [(e, h) for _, e, h in got] == [(ev.decode(), sha), ('{"other":1}', hashlib.sha256(b'{"other":1}').hexdigest())], got
     assert stored == got[0][0], (stored, got[0])  # the key names the entry it stands for
     assert 100 < ttl <= 120, ttl  # the first instance's window
     assert keys == sorted(["dd:sha256:" + sha, "dd:sha256:" + hashlib.sha256(b'{"other":1}').hexdigest()]), keys
     assert [e for _, e, _ in plain] == [ev.decode()] * 2, plain
+    assert [e for _, e, _ in got2] == [ev.decode()], got2
 
 
 @test
@@ -346,6 +350,25 @@ def noscript_resends_the_batch_and_a_second_at_once_fails_it():
     finally:
         srv.stop()
         h.close()
+
+
+@test
+def a_redis_that_does_not_load_the_script_is_refused_at_start():
+    # SCRIPT LOAD must answer the SHA-1 that EVALSHA will name: another
+    # name, an error, or no bulk string is one line and exit 1.
+    for reply, part in ((b"$40\r\n" + b"0" * 40 + b"\r\n", "did not load the dedupe script"),
+                        (b"-ERR unknown command 'SCRIPT'\r\n", "did not load the dedupe script"),
+                        (b"+OK\r\n", "did not load the dedupe script")):
+        h = HeldRedis(script=reply)
+        try:
+            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", "--forward", "redis://127.0.0.1:%d/s" % h.port],
+                               capture_output=True, timeout=30,
+                               env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
+            err = p.stderr.decode()
+            it.check_sanitizers(err)
+            assert p.returncode == 1 and part in err and err.count("\n") == 1, (reply, err)
+        finally:
+            h.close()
 
 
 @test
@@ -867,9 +890,9 @@ class HeldRedis(threading.Thread):
     every XADD in arrival order, as (connection, event). With auto, every
     XADD is answered at once with auto instead."""
 
-    def __init__(self, auto=None):
+    def __init__(self, auto=None, script=None):
         super().__init__(daemon=True)
-        self.auto = auto
+        self.auto, self.script = auto, script
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
@@ -905,7 +928,7 @@ class HeldRedis(threading.Thread):
                     s.sendall(b"+PONG\r\n")
                 elif words[0].upper() == b"SCRIPT":
                     sha = hashlib.sha1(words[2]).hexdigest().encode()
-                    s.sendall(b"$40\r\n" + sha + b"\r\n")
+                    s.sendall(self.script if self.script is not None else b"$40\r\n" + sha + b"\r\n")
                 elif words[0].upper() in (b"XADD", b"EVALSHA"):
                     # XADD s * event E ...; EVALSHA sha 2 s key E ...
                     with self.cv:
