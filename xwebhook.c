@@ -7821,6 +7821,7 @@ redis_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	resp_bulk(&f->out, "PING", 4);
 	if (redis_exchange(f, n, '+', deadline, why, wn) < 0)
 		return -1;
+	explicit_bzero(f->out.p, f->out.len);  /* it held the password */
 	buf_clear(&f->out);
 	return f->dedupe[0] != '\0' ? redis_load_script(f, deadline, why, wn) : 0;
 }

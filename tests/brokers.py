@@ -86,6 +86,17 @@ class Redis(Broker):
         return got
 
 
+def refused_at_start(*args):
+    """xwebhook started with args must exit 1 with one line on stderr:
+    that line."""
+    p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30,
+                       env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
+    err = p.stderr.decode()
+    it.check_sanitizers(err)
+    assert p.returncode == 1 and err.count("\n") == 1, (args, p.returncode, err)
+    return err
+
+
 def url(r, key, password=PASSWORD):
     return "redis://:%s@127.0.0.1:%d/%s" % (password, r.port, key)
 
@@ -147,11 +158,8 @@ def bad_brokers_are_refused_at_start_with_one_line():
                            (["--forward", url(r, "s?maxlen=5&")], "end with an empty one"),
                            (["--forward", url(r, "s?maxlen=5&dedup=5")], "unknown parameter"),
                            (["--forward", url(r, "x:{type}:{type}")], "can stand once")):
-            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30,
-                               env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
-            err = p.stderr.decode()
-            it.check_sanitizers(err)
-            assert p.returncode == 1 and part in err and err.count("\n") == 1, (args, p.returncode, err)
+            err = refused_at_start(*args)
+            assert part in err, (args, err)
             assert "wrong" not in err and "pw@" not in err, err  # no password in a message
     finally:
         r.stop()
@@ -361,12 +369,8 @@ def a_redis_that_does_not_load_the_script_is_refused_at_start():
                         (b"+OK\r\n", "did not load the dedupe script")):
         h = HeldRedis(script=reply)
         try:
-            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", "--forward", "redis://127.0.0.1:%d/s" % h.port],
-                               capture_output=True, timeout=30,
-                               env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
-            err = p.stderr.decode()
-            it.check_sanitizers(err)
-            assert p.returncode == 1 and part in err and err.count("\n") == 1, (reply, err)
+            err = refused_at_start("--forward", "redis://127.0.0.1:%d/s" % h.port)
+            assert part in err, (reply, err)
         finally:
             h.close()
 
@@ -429,12 +433,8 @@ def nats_type_routing_publishes_on_the_types_subject_and_needs_a_stream_for_all(
                               ("x.ev{type}", "can only be a NATS subject's last name"),
                               ("x.{type}.{type}", "can stand once"),
                               ("x.*.{type}", "without wildcards")):
-            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", "--forward", nats_url(n, subject)],
-                               capture_output=True, timeout=30,
-                               env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
-            err = p.stderr.decode()
-            it.check_sanitizers(err)
-            assert p.returncode == 1 and part in err and err.count("\n") == 1, (subject, err)
+            err = refused_at_start("--forward", nats_url(n, subject))
+            assert part in err, (subject, err)
     finally:
         srv.stop()
         n.stop()
@@ -714,11 +714,8 @@ def bad_nats_is_refused_at_start_with_one_line():
                            (["--forward", "nats://%s@127.0.0.1/x" % TOKEN], "with the port"),
                            (["--forward", "nats://127.0.0.1:%d/x" % n.port], "Authorization Violation"),
                            (["--forward", "kafka://127.0.0.1:9092/x"], "unknown scheme")):
-            p = subprocess.run([it.BIN, "--listen", "127.0.0.1:0", *args], capture_output=True, timeout=30,
-                               env={"TWITTER_CONSUMER_SECRET": it.SECRET, "PATH": os.environ["PATH"]})
-            err = p.stderr.decode()
-            it.check_sanitizers(err)
-            assert p.returncode == 1 and part in err and err.count("\n") == 1, (args, p.returncode, err)
+            err = refused_at_start(*args)
+            assert part in err, (args, err)
             assert "wrong-token" not in err and TOKEN not in err, err
     finally:
         n.stop()
