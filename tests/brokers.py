@@ -361,6 +361,38 @@ def noscript_resends_the_batch_and_a_second_at_once_fails_it():
 
 
 @test
+def noscript_mid_batch_resends_it_whole_and_its_first_ack_stands_for_nothing():
+    # Four batches out (the most), two events queued meanwhile go out as
+    # one batch. Its first event is stored (an entry id), its second gets
+    # NOSCRIPT: the batch is sent again whole on a fresh connection, and
+    # only the replies to that resend count: the first one ("duplicate")
+    # answers nobody alone, the second lets both have their 200.
+    h, _, srv = held()
+    try:
+        posters = []
+        for k in range(4):
+            posters.append(Poster(srv, b'{"n":%d}' % k))
+            assert h.wait_xadds(k + 1)
+        posters += [Poster(srv, b'{"n":4}'), Poster(srv, b'{"n":5}')]
+        time.sleep(0.5)  # queued at the writer, which has four out
+        h.answer_together(0, 3)
+        assert h.wait_xadds(6) and h.xadds[4][0] is h.xadds[5][0]
+        assert [p.result() for p in posters[:4]] == [200] * 4
+        h.answer(4)
+        h.answer(5, b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
+        assert h.wait_xadds(8), "the batch was not sent again"
+        assert [e for _, e in h.xadds[6:]] == [b'{"n":4}', b'{"n":5}']
+        h.answer(6, b"+duplicate\r\n")
+        posters[4].join(1)
+        assert posters[4].status is None and posters[5].status is None, "answered before the resend's replies"
+        h.answer(7)
+        assert [p.result() for p in posters[4:]] == [200, 200]
+    finally:
+        srv.stop()
+        h.close()
+
+
+@test
 def a_redis_that_does_not_load_the_script_is_refused_at_start():
     # SCRIPT LOAD must answer the SHA-1 that EVALSHA will name: another
     # name, an error, or no bulk string is one line and exit 1.

@@ -318,6 +318,8 @@ M = [
  ("{type} taken in the middle of a NATS subject",
   "if (t != NULL && (t[6] != '\\0' || (at > 0 && t[-1] != '.'))) {", "if (t != NULL && (at > 0 && t[-1] != '.')) {",
   "unit brokers:nats_type_routing"),
+ ("a resent batch keeps the acknowledgements from before NOSCRIPT",
+  "\t\t\tb->acked[i] = 0;\n", "", "brokers:noscript_mid_batch"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
