@@ -19,7 +19,8 @@
 #      that stop reading, bodies that never end, one address holding every
 #      socket, memory running out; and --forward against a real
 #      redis-server and nats-server with JetStream (tests/brokers.py),
-#      killed -9 and restarted under load, and hostile stand-ins for NATS;
+#      killed -9 and restarted under load, two instances behind haproxy
+#      with one killed -9, and hostile stand-ins for Redis and NATS;
 #   4. with BearSSL installed (libbearssl-dev), the same for the TLS build,
 #      and HTTPS tests (tests/tls.py) with curl, openssl and Python's ssl
 #      (RSA-2048, P-256, P-384; suites and versions refused; resumption;
@@ -87,10 +88,12 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   first in a network namespace of its own (its fixed port 8080 is then
 #   not the machine's); mandoc and man-db: the man page's lint, and its
 #   rendering by mandoc and by man -l (groff); pyflakes3: every Python
-#   suite read for undefined names before any runs.
+#   suite read for undefined names before any runs; haproxy: the balancer
+#   in front of two instances sharing one Redis and NATS (tests/brokers.py),
+#   failing over when one is killed.
 needs="ca-certificates gcc clang libc6-dev make curl python3 libbearssl-dev openssl libclang-rt-14-dev
 	logrotate strace cppcheck musl-tools procps redis-server redis-tools nats-server pebble systemd
-	debootstrap iproute2 mandoc man-db pyflakes3"
+	debootstrap iproute2 mandoc man-db pyflakes3 haproxy"
 missing=""
 if command -v dpkg-query >/dev/null; then
 	for p in $needs; do

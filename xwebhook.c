@@ -7354,7 +7354,37 @@ enum {
 	NATS_MAX_REPLY = 64 * 1024,
 	/* What a publish's headers take of the server's max_payload. */
 	NATS_HEADERS = sizeof("NATS/1.0\r\nNats-Msg-Id: \r\n\r\n") - 1 + 64,
+	/* Redis's dedupe window (?dedupe=SECONDS): X retries a delivery
+	 * for a few minutes; ten cover that with room. A day is the most
+	 * we take (each key lives that long in Redis's memory). */
+	REDIS_DEDUPE_DEFAULT_S = 600,
+	REDIS_DEDUPE_MAX_S = 86400,
+	/* The most streams JetStream may name for a {type} subject that we
+	 * ask about in turn, looking for one that captures every type. */
+	NATS_MAX_CANDIDATES = 16,
+	/* A stream's or subject's name with {type} replaced. */
+	FORWARD_KEY_MAX = 256 + EVENT_TYPE_MAX,
+	/* redis_replies: Redis has lost the dedupe script. */
+	REDIS_NOSCRIPT = -4,
 };
+
+/* Redis with ?dedupe: one event's XADD and its dedupe key, as one atomic
+ * step across every instance sharing the Redis. KEYS[1] the stream,
+ * KEYS[2] the dedupe key; ARGV the event, its SHA-256, the window in
+ * seconds, and MAXLEN's N or "". The key is set after the XADD, not
+ * before: an XADD that fails (the key holds no stream) raises and leaves
+ * no key behind that would make X's retry of it a duplicate. Replies: the
+ * entry id, or the status "duplicate". */
+static const char redis_script[] =
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return redis.status_reply('duplicate') end\n"
+    "local id\n"
+    "if ARGV[4] == '' then\n"
+    "  id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[1], 'sha256', ARGV[2])\n"
+    "else\n"
+    "  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[1], 'sha256', ARGV[2])\n"
+    "end\n"
+    "redis.call('SET', KEYS[2], id, 'NX', 'EX', ARGV[3])\n"
+    "return id\n";
 
 enum forward_kind { FORWARD_REDIS, FORWARD_NATS };
 
@@ -7363,8 +7393,11 @@ struct forward {
 	char shown[600];          /* the URL without its password or token */
 	char host[256], port[8];
 	char user[128], password[256];  /* a NATS token is a password with no user */
-	char key[256];            /* the Redis stream, or the NATS subject */
+	char key[256];            /* the Redis stream, or the NATS subject; {type} in it once at most */
 	char maxlen[24];          /* Redis: ?maxlen=N, the entries the stream keeps, or "" */
+	char dedupe[12];          /* Redis: ?dedupe=SECONDS, the window; "" with dedupe=0 */
+	char script_sha[41];      /* Redis: redis_script's SHA-1, hex, for EVALSHA */
+	int reloaded;             /* Redis: the script was loaded again, and no reply has come since */
 	struct client cl;
 	int up;
 	int64_t retry_at, backoff;
@@ -7403,7 +7436,98 @@ nats_subject_ok(const char *s)
 	return token > 0;
 }
 
-/* Parse redis://[[USER]:PASSWORD@]HOST:PORT/STREAM[?maxlen=N] or
+/* A redis:// URL's parameters after its '?', p to its end, into f:
+ * maxlen=N, how many entries each XADD trims the stream to (MAXLEN ~ N),
+ * a positive number; dedupe=SECONDS, the window in which an event's
+ * resend is not added again (0: off). 0, or -1 with *why. */
+static int
+redis_params(const char *p, struct forward *f, const char **why)
+{
+	while (*p != '\0') {
+		size_t pn = strcspn(p, "&"), vn;
+		const char *v = memchr(p, '=', pn);
+
+		vn = v != NULL ? (size_t)(p + pn - v - 1) : 0;
+		if (v != NULL && v - p == 6 && memcmp(p, "maxlen", 6) == 0) {
+			if (vn == 0 || vn > 12 || strspn(v + 1, "0123456789") < vn || strspn(v + 1, "0") >= vn) {
+				*why = "?maxlen= takes a number of entries, 1 to 999999999999";
+				return -1;
+			}
+			memcpy(f->maxlen, v + 1, vn);
+			f->maxlen[vn] = '\0';
+		} else if (v != NULL && v - p == 6 && memcmp(p, "dedupe", 6) == 0) {
+			long secs = 0;
+			size_t k;
+
+			for (k = 0; k < vn && secs <= REDIS_DEDUPE_MAX_S; k++)
+				secs = isdigit((unsigned char)v[1 + k]) ? secs * 10 + (v[1 + k] - '0') :
+				    REDIS_DEDUPE_MAX_S + 1;
+			if (vn == 0 || secs > REDIS_DEDUPE_MAX_S) {
+				*why = "?dedupe= takes the window in seconds, 0 (off) to 86400";
+				return -1;
+			}
+			if (secs == 0)
+				f->dedupe[0] = '\0';
+			else
+				snprintf(f->dedupe, sizeof(f->dedupe), "%u", (unsigned)secs);
+		} else {
+			*why = "unknown parameter (a redis:// URL takes ?maxlen=N and ?dedupe=SECONDS, joined by &)";
+			return -1;
+		}
+		p += pn;
+		if (*p == '&' && *++p == '\0') {
+			*why = "a redis:// URL's parameters end with an empty one";
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Check f->key, a stream's or subject's name in which "{type}" may stand
+ * once for each event's type (event_type: [a-z0-9_.], or "other"). A
+ * NATS subject is dot-separated names without wildcards, and {type}, as
+ * a type can hold dots (post.create), can only be its last name: then one
+ * wildcard, '>', stands for every type. 0, or -1 with *why. */
+static int
+forward_key_check(const struct forward *f, const char **why)
+{
+	const char *t = strstr(f->key, "{type}");
+	char sample[sizeof(f->key)];
+	size_t at;
+
+	if (t != NULL && strstr(t + 1, "{type}") != NULL) {
+		*why = "{type} can stand once in the stream's or subject's name";
+		return -1;
+	}
+	if (f->kind != FORWARD_NATS)
+		return 0;
+	at = t != NULL ? (size_t)(t - f->key) : strlen(f->key);
+	if (t != NULL && (t[6] != '\0' || (at > 0 && t[-1] != '.'))) {
+		*why = "{type} can only be a NATS subject's last name (x.events.{type}): a type can hold dots";
+		return -1;
+	}
+	snprintf(sample, sizeof(sample), "%.*s%s", (int)at, f->key, t != NULL ? "other" : "");
+	if (!nats_subject_ok(sample)) {
+		*why = "a NATS subject to publish on is dot-separated names, without wildcards";
+		return -1;
+	}
+	return 0;
+}
+
+/* The stream (Redis) or subject (NATS) for the event of type, into out:
+ * f->key with {type} replaced. */
+static void
+forward_key(const struct forward *f, const char *type, char *out, size_t on)
+{
+	const char *t = strstr(f->key, "{type}");
+
+	if (t == NULL)
+		snprintf(out, on, "%s", f->key);
+	else
+		snprintf(out, on, "%.*s%s%s", (int)(t - f->key), f->key, type, t + 6);
+}
+
+/* Parse redis://[[USER]:PASSWORD@]HOST:PORT/STREAM[?maxlen=N&dedupe=S] or
  * nats://[TOKEN@|USER:PASSWORD@]HOST:PORT/SUBJECT into f: 0, or -1 with
  * *why. */
 static int
@@ -7453,24 +7577,16 @@ forward_parse(const char *url, struct forward *f, const char **why)
 		return -1;
 	}
 	n = strlen(slash + 1);
+	if (f->kind == FORWARD_REDIS)
+		snprintf(f->dedupe, sizeof(f->dedupe), "%d", (int)REDIS_DEDUPE_DEFAULT_S);
 	if (f->kind == FORWARD_REDIS && memchr(slash + 1, '?', n) != NULL) {
-		/* The one parameter: how many entries each XADD trims the
-		 * stream to (MAXLEN ~ N), a positive number. */
-		const char *q = memchr(slash + 1, '?', n), *v = q + 8;
-		size_t vn = strlen(v);
+		const char *q = memchr(slash + 1, '?', n);
 
-		if (strncmp(q, "?maxlen=", 8) != 0) {
-			*why = "unknown parameter (?maxlen=N is the one a redis:// URL takes)";
+		if (redis_params(q + 1, f, why) < 0)
 			return -1;
-		}
-		if (vn == 0 || vn > 12 || strspn(v, "0123456789") != vn || strspn(v, "0") == vn) {
-			*why = "?maxlen= takes a number of entries, 1 to 999999999999";
-			return -1;
-		}
-		memcpy(f->maxlen, v, vn + 1);
 		n = (size_t)(q - slash - 1);
 		if (n == 0) {
-			*why = "the stream's name is missing before ?maxlen=";
+			*why = "the stream's name is missing before the ?";
 			return -1;
 		}
 	}
@@ -7479,16 +7595,23 @@ forward_parse(const char *url, struct forward *f, const char **why)
 		return -1;
 	}
 	memcpy(f->key, slash + 1, n);
-	if (f->kind == FORWARD_NATS && !nats_subject_ok(f->key)) {
-		*why = "a NATS subject to publish on is dot-separated names, without wildcards";
+	if (forward_key_check(f, why) < 0)
 		return -1;
-	}
 	{
 		char host[HOST_PORT_MAX];
 
 		(void)host_port_format(host, sizeof(host), f->host, f->port, NULL);
 		snprintf(f->shown, sizeof(f->shown), "%s://%s/%s%s%s", name, host, f->key,
 		    f->maxlen[0] ? "?maxlen=" : "", f->maxlen);
+	}
+	if (f->dedupe[0] != '\0') {
+		struct digest d;
+		unsigned char h[20];
+
+		sha1_init(&d);
+		digest_update(&d, redis_script, sizeof(redis_script) - 1);
+		digest_final(&d, h);
+		hex_encode(h, sizeof(h), f->script_sha);
 	}
 	f->backoff = FORWARD_BACKOFF_MIN_MS;
 	return 0;
@@ -7656,6 +7779,36 @@ redis_exchange(struct forward *f, unsigned n, char want, int64_t deadline, char 
 	return 0;
 }
 
+/* SCRIPT LOAD the dedupe script, which Redis must name by the SHA-1 we
+ * send EVALSHA with: 0, or -1 with why. */
+static int
+redis_load_script(struct forward *f, int64_t deadline, char *why, size_t wn)
+{
+	char text[RESP_MAX_LINE + 1], shown[200];
+	size_t tl;
+	int t;
+
+	buf_adds(&f->out, "*3\r\n");
+	resp_bulk(&f->out, "SCRIPT", 6);
+	resp_bulk(&f->out, "LOAD", 4);
+	resp_bulk(&f->out, redis_script, sizeof(redis_script) - 1);
+	if (f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, deadline) < 0) {
+		snprintf(why, wn, "cannot send to it");
+		return -1;
+	}
+	buf_clear(&f->out);
+	if ((t = resp_reply(f, deadline, text, sizeof(text), &tl)) < 0) {
+		snprintf(why, wn, "%.200s", text);
+		return -1;
+	}
+	if (t != '$' || tl != 40 || memcmp(text, f->script_sha, 40) != 0) {
+		forward_quote(shown, sizeof(shown), text, tl);
+		snprintf(why, wn, "Redis did not load the dedupe script (?dedupe=0 goes without): %c%s", t, shown);
+		return -1;
+	}
+	return 0;
+}
+
 /* Authenticate and PING a fresh connection. */
 static int
 redis_open(struct forward *f, int64_t deadline, char *why, size_t wn)
@@ -7672,10 +7825,16 @@ redis_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	}
 	buf_adds(&f->out, "*1\r\n");
 	resp_bulk(&f->out, "PING", 4);
-	return redis_exchange(f, n, '+', deadline, why, wn);
+	if (redis_exchange(f, n, '+', deadline, why, wn) < 0)
+		return -1;
+	explicit_bzero(f->out.p, f->out.len);  /* it held the password */
+	buf_clear(&f->out);
+	return f->dedupe[0] != '\0' ? redis_load_script(f, deadline, why, wn) : 0;
 }
 
-/* The batch's XADDs, pipelined, into f->out. */
+/* The batch's XADDs, pipelined, into f->out: with ?dedupe each through
+ * the script, EVALSHA, its dedupe key the stream's name, ":sha256:" and
+ * the body's hash (the stream's own: two streams' keys never meet). */
 static void
 redis_batch(struct forward *f, const struct batch *b)
 {
@@ -7683,10 +7842,26 @@ redis_batch(struct forward *f, const struct batch *b)
 
 	for (e = b->events; e != NULL; e = e->next) {
 		struct conn *c = event_conn(e);
+		char key[FORWARD_KEY_MAX], dkey[FORWARD_KEY_MAX + 80];
 
+		forward_key(f, c->type, key, sizeof(key));
+		if (f->dedupe[0] != '\0') {
+			snprintf(dkey, sizeof(dkey), "%s:sha256:%s", key, c->body_sha);
+			buf_adds(&f->out, "*9\r\n");
+			resp_bulk(&f->out, "EVALSHA", 7);
+			resp_bulk(&f->out, f->script_sha, 40);
+			resp_bulk(&f->out, "2", 1);
+			resp_bulk(&f->out, key, strlen(key));
+			resp_bulk(&f->out, dkey, strlen(dkey));
+			resp_bulk(&f->out, c->compact.p, c->compact.len - 1);  /* without its newline */
+			resp_bulk(&f->out, c->body_sha, 64);
+			resp_bulk(&f->out, f->dedupe, strlen(f->dedupe));
+			resp_bulk(&f->out, f->maxlen, strlen(f->maxlen));
+			continue;
+		}
 		buf_adds(&f->out, f->maxlen[0] ? "*10\r\n" : "*7\r\n");
 		resp_bulk(&f->out, "XADD", 4);
-		resp_bulk(&f->out, f->key, strlen(f->key));
+		resp_bulk(&f->out, key, strlen(key));
 		if (f->maxlen[0]) {
 			resp_bulk(&f->out, "MAXLEN", 6);
 			resp_bulk(&f->out, "~", 1);
@@ -7734,7 +7909,10 @@ resp_entry_id(const char *s, size_t n)
 }
 
 /* Take every reply Redis has sent, without waiting: each must be an entry
- * id, for the oldest event that has none yet. 0, or -1 with why. */
+ * id (or, with ?dedupe, the script's "duplicate": stored before), for the
+ * oldest event that has none yet. 0; REDIS_NOSCRIPT when Redis has lost
+ * the script (restarted, SCRIPT FLUSH) and ran none of it; or -1 with
+ * why. */
 static int
 redis_replies(struct forward *f, unsigned i, char *why, size_t wn)
 {
@@ -7755,7 +7933,18 @@ redis_replies(struct forward *f, unsigned i, char *why, size_t wn)
 			f->skip--;  /* a failed batch's */
 			continue;
 		}
-		if ((b = forward_owed(i)) == NULL || t != '$' || !resp_entry_id(text, tl)) {
+		if (t == '-' && f->dedupe[0] != '\0' && strncmp(text, "NOSCRIPT", 8) == 0 &&
+		    forward_owed(i) != NULL) {
+			snprintf(why, wn, "Redis lost the dedupe script again as soon as it was loaded");
+			return f->reloaded ? -1 : REDIS_NOSCRIPT;
+		}
+		b = forward_owed(i);
+		if (b != NULL && t == '+' && f->dedupe[0] != '\0' && tl == 9 && memcmp(text, "duplicate", 9) == 0) {
+			b->acked[i]++;  /* stored before, by us or by another instance */
+			f->reloaded = 0;
+			continue;
+		}
+		if (b == NULL || t != '$' || !resp_entry_id(text, tl)) {
 			forward_quote(shown, sizeof(shown), text, tl);
 			snprintf(why, wn, "Redis %s: %c%s", b == NULL ? "said what was not asked" :
 			    t == '$' ? "answered no entry id" : "answered", t, tl == 0 && t == '$' ? "(null or empty)" :
@@ -7763,6 +7952,7 @@ redis_replies(struct forward *f, unsigned i, char *why, size_t wn)
 			return -1;
 		}
 		b->acked[i]++;
+		f->reloaded = 0;
 	}
 }
 
@@ -8013,14 +8203,108 @@ nats_connect(struct forward *f, int64_t deadline, char *why, size_t wn)
 	return 0;
 }
 
+/* Does the stream subject pattern pat[0, pn) capture every subject that
+ * s[0, sn) stands for (s may end in the wildcard '>')? Token by token: a
+ * '>' in pat takes the rest, a '*' one token but not s's '>', any other
+ * token only itself. */
+static int
+nats_subject_covers(const char *pat, size_t pn, const char *s, size_t sn)
+{
+	size_t i = 0, j = 0;
+
+	for (;;) {
+		size_t pe = i, se = j;
+
+		while (pe < pn && pat[pe] != '.')
+			pe++;
+		while (se < sn && s[se] != '.')
+			se++;
+		if (pe - i == 1 && pat[i] == '>')
+			return 1;
+		if (se - j == 1 && s[j] == '>')
+			return 0;
+		if (!(pe - i == 1 && pat[i] == '*') && (pe - i != se - j || memcmp(pat + i, s + j, pe - i) != 0))
+			return 0;
+		if (pe == pn || se == sn)
+			return pe == pn && se == sn;
+		i = pe + 1;
+		j = se + 1;
+	}
+}
+
+/* Ask JetStream's API subject api with the JSON body (or "") and wait
+ * for the answer: NATS_MSG with m filled, or -1 with why. */
+static int
+nats_api(struct forward *f, const char *api, const char *body, int64_t deadline, struct nats_msg *m, char *why,
+    size_t wn)
+{
+	char head[400];
+
+	snprintf(head, sizeof(head), "PUB %s %s.%llu %zu\r\n", api, f->inbox, (unsigned long long)++f->seq,
+	    strlen(body));
+	buf_adds(&f->out, head);
+	buf_adds(&f->out, body);
+	buf_adds(&f->out, "\r\n");
+	if (nats_request(f, f->seq, deadline, m, why, wn) < 0)
+		return -1;
+	if (m->status == 503) {
+		snprintf(why, wn, "the server answers no JetStream requests (is it started with -js?)");
+		return -1;
+	}
+	return NATS_MSG;
+}
+
+/* Does the JetStream stream name capture every subject that want stands
+ * for (its configured subjects, one covering it)? 1, 0, or -1 with why. */
+static int
+nats_stream_covers(struct forward *f, const char *name, const char *want, int64_t deadline, char *why,
+    size_t wn)
+{
+	char api[200];
+	struct nats_msg m;
+	struct buf cfg = { 0 }, subs = { 0 }, one = { 0 }, subj = { 0 };
+	size_t at = 0;
+	int covers = 0;
+
+	snprintf(api, sizeof(api), "$JS.API.STREAM.INFO.%s", name);
+	if (nats_api(f, api, "", deadline, &m, why, wn) < 0)
+		return -1;
+	if (jetstream_error(&m, "JetStream refused the stream's description", why, wn))
+		return -1;
+	if (json_member(m.payload, m.payload_len, "config", &cfg) == 0 &&
+	    json_member(cfg.p, cfg.len, "subjects", &subs) == 0) {
+		buf_addc(&subs, '\0');
+		while (!covers && json_array_next(subs.p, &at, &one)) {
+			buf_addc(&one, '\0');
+			if (one.p[0] == '"') {
+				json_string_decode(one.p, 0, &subj);
+				covers = nats_subject_covers(subj.p, subj.len, want, strlen(want));
+			}
+			buf_clear(&one);
+			buf_clear(&subj);
+		}
+	}
+	buf_free(&cfg);
+	buf_free(&subs);
+	buf_free(&one);
+	buf_free(&subj);
+	return covers;
+}
+
 /* Subscribe to a fresh inbox, and ask JetStream which stream captures
- * the subject, into f->stream: 0, or -1 with why. */
+ * the subject, into f->stream: 0, or -1 with why. With {type}, the
+ * subject stands for every type, x.events.>: JetStream names the streams
+ * that capture any of them, and the one taken must capture them all. */
 static int
 nats_find_stream(struct forward *f, int64_t deadline, char *why, size_t wn)
 {
 	unsigned char r[12];
 	struct nats_msg m;
-	struct buf v = { 0 };
+	struct buf v = { 0 }, body = { 0 }, name = { 0 };
+	char want[FORWARD_KEY_MAX];
+	const char *typed = strstr(f->key, "{type}");
+	size_t at = 0;
+	unsigned asked = 0;
 
 	entropy(r, sizeof(r));
 	memcpy(f->inbox, "_INBOX.", 7);
@@ -8028,41 +8312,55 @@ nats_find_stream(struct forward *f, int64_t deadline, char *why, size_t wn)
 	buf_adds(&f->out, "SUB ");
 	buf_adds(&f->out, f->inbox);
 	buf_adds(&f->out, ".* 1\r\n");
-	{
-		struct buf body = { 0 };
-		char head[200];
-
-		buf_adds(&body, "{\"subject\":\"");
-		json_escape(&body, f->key, strlen(f->key));
-		buf_adds(&body, "\"}");
-		snprintf(head, sizeof(head), "PUB $JS.API.STREAM.NAMES %s.%llu %zu\r\n", f->inbox,
-		    (unsigned long long)++f->seq, body.len);
-		buf_adds(&f->out, head);
-		buf_add(&f->out, body.p, body.len);
-		buf_adds(&f->out, "\r\n");
+	forward_key(f, ">", want, sizeof(want));
+	buf_adds(&body, "{\"subject\":\"");
+	json_escape(&body, want, strlen(want));
+	buf_adds(&body, "\"}");
+	buf_addc(&body, '\0');
+	if (body.failed || nats_api(f, "$JS.API.STREAM.NAMES", body.p, deadline, &m, why, wn) < 0) {
+		if (body.failed)
+			snprintf(why, wn, "out of memory");
 		buf_free(&body);
-	}
-	if (nats_request(f, f->seq, deadline, &m, why, wn) < 0)
-		return -1;
-	if (m.status == 503) {
-		snprintf(why, wn, "the server answers no JetStream requests (is it started with -js?)");
 		return -1;
 	}
+	buf_free(&body);
 	if (jetstream_error(&m, "JetStream refused the stream lookup", why, wn))
 		return -1;
 	f->stream[0] = '\0';
-	if (json_member(m.payload, m.payload_len, "streams", &v) == 0 && v.len > 3 && v.p[0] == '[') {
-		struct buf name = { 0 };
-
+	if (json_member(m.payload, m.payload_len, "streams", &v) == 0)
 		buf_addc(&v, '\0');
-		json_string_decode(v.p, 1, &name);  /* the first stream */
-		snprintf(f->stream, sizeof(f->stream), "%.*s", (int)name.len, name.p);
-		buf_free(&name);
+	while (f->stream[0] == '\0' && v.len > 0 && asked < NATS_MAX_CANDIDATES &&
+	    json_array_next(v.p, &at, &name)) {
+		struct buf s = { 0 };
+		int covers = 1;
+
+		buf_addc(&name, '\0');
+		if (name.p[0] == '"')
+			json_string_decode(name.p, 0, &s);
+		buf_addc(&s, '\0');
+		if (typed != NULL && s.len > 1) {
+			asked++;
+			covers = nats_stream_covers(f, s.p, want, deadline, why, wn);
+		}
+		if (covers > 0 && s.len > 1)
+			snprintf(f->stream, sizeof(f->stream), "%s", s.p);
+		buf_free(&s);
+		buf_clear(&name);
+		if (covers < 0) {
+			buf_free(&v);
+			buf_free(&name);
+			return -1;
+		}
 	}
 	buf_free(&v);
+	buf_free(&name);
 	if (f->stream[0] == '\0') {
-		snprintf(why, wn, "no JetStream stream captures the subject %s (create one whose subjects include it)",
-		    f->key);
+		if (typed != NULL)
+			snprintf(why, wn, "no JetStream stream captures every subject %s stands for (create one whose "
+			    "subjects include %s)", f->key, want);
+		else
+			snprintf(why, wn, "no JetStream stream captures the subject %s (create one whose subjects "
+			    "include it)", f->key);
 		return -1;
 	}
 	return 0;
@@ -8117,14 +8415,15 @@ nats_batch(struct forward *f, unsigned i, struct batch *b, char *why, size_t wn)
 	for (e = b->events; e != NULL; e = e->next) {
 		struct conn *c = event_conn(e);
 		size_t len = c->compact.len - 1;  /* without its newline */
-		char head[600];
+		char head[FORWARD_KEY_MAX + 300], subject[FORWARD_KEY_MAX];
 
 		if (len + NATS_HEADERS > f->max_payload) {
 			snprintf(why, wn, "an event of %zu bytes is over the server's max_payload of %zu", len,
 			    f->max_payload);
 			return -1;
 		}
-		snprintf(head, sizeof(head), "HPUB %s %s.%llu %d %zu\r\nNATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n", f->key,
+		forward_key(f, c->type, subject, sizeof(subject));
+		snprintf(head, sizeof(head), "HPUB %s %s.%llu %d %zu\r\nNATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n", subject,
 		    f->inbox, (unsigned long long)++f->seq, (int)NATS_HEADERS, NATS_HEADERS + len, c->body_sha);
 		buf_adds(&f->out, head);
 		buf_add(&f->out, c->compact.p, len);
@@ -8403,6 +8702,39 @@ forward_wait(int events_too)
 	}
 }
 
+/* Redis answered NOSCRIPT: load the script again on a fresh connection
+ * and send every batch in flight that it has not acknowledged all of
+ * again, whole. Events of them it did store come back "duplicate", so
+ * none is added twice. 0, or -1 with why. */
+static int
+redis_resend(struct forward *f, unsigned i, char *why, size_t wn)
+{
+	unsigned k, n = 0;
+
+	client_close(&f->cl);
+	if (forward_open(f, inflight_at(0)->deadline, why, wn) < 0)
+		return -1;
+	buf_clear(&f->out);
+	for (k = 0; k < inflight.n; k++) {
+		struct batch *b = inflight_at(k);
+
+		if (b->acked[i] < b->n) {
+			b->acked[i] = 0;
+			n += b->n;
+			redis_batch(f, b);
+		}
+	}
+	if (f->out.failed || f->cl.c.tr->write(&f->cl.c, f->out.p, f->out.len, inflight_at(0)->deadline) < 0) {
+		snprintf(why, wn, f->out.failed ? "out of memory" : "cannot send to it");
+		return -1;
+	}
+	buf_clear(&f->out);
+	f->reloaded = 1;
+	warn("--forward %s: Redis had lost the dedupe script (restarted or flushed): loaded it again "
+	    "and sent %u events again", f->shown, n);
+	return 0;
+}
+
 /* Take every broker's replies so far, without waiting, and fail the
  * batches in flight if a broker failed or the oldest is due. A
  * connection with nothing owed on it that ends, or says what was not
@@ -8421,6 +8753,8 @@ forward_replies(void)
 			continue;
 		r = f->kind == FORWARD_REDIS ? redis_replies(f, i, why, sizeof(why)) :
 		    nats_replies(f, i, why, sizeof(why));
+		if (r == REDIS_NOSCRIPT && redis_resend(f, i, why, sizeof(why)) == 0)
+			continue;
 		if (r == 0)
 			continue;
 		if (forward_owed(i) == NULL) {
@@ -11906,8 +12240,10 @@ usage(FILE *f)
 "                           gets the slot of the idlest connection of the busiest address\n"
 "      --forward URL        also hand each event to a broker, before its 200 (up to 4):\n"
 "                           redis://[[USER]:PASSWORD@]HOST:PORT/STREAM  (a Redis stream;\n"
-"                             ?maxlen=N after it trims the stream to about N entries)\n"
+"                             ?maxlen=N after it trims the stream to about N entries;\n"
+"                             ?dedupe=SECONDS, default 600, stores a resend once; 0: off)\n"
 "                           nats://[TOKEN@|USER:PASSWORD@]HOST:PORT/SUBJECT  (JetStream)\n"
+"                           {type} in STREAM or SUBJECT: each event's type (x.events.{type})\n"
 "  -q, --quiet              no access log on stderr\n"
 "  -u, --user NAME          once the port is bound (and keys read), run as NAME\n"
 "      --pid-file FILE      write the pid to FILE, locked while serving, and remove it at\n"

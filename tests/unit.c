@@ -472,6 +472,75 @@ test_forward_parse(void)
 	expect_forward("nats://@h:4222/e", 0, 0, 0, 0, 0, 0, 0);
 	expect_forward("kafka://h:9092/t", 0, 0, 0, 0, 0, 0, 0);
 	expect_forward("h:9092/t", 0, 0, 0, 0, 0, 0, 0);
+	/* {type}: once; in a NATS subject only as its last name. */
+	expect_forward("nats://h:4222/x.events.{type}", 1, "", "", "h", "4222", "x.events.{type}",
+	    "nats://h:4222/x.events.{type}");
+	expect_forward("nats://h:4222/{type}", 1, "", "", "h", "4222", "{type}", "nats://h:4222/{type}");
+	expect_forward("redis://h:1/x:{type}:in", 1, "", "", "h", "1", "x:{type}:in", "redis://h:1/x:{type}:in");
+	expect_forward("nats://h:4222/x.{type}.in", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://h:4222/x.e{type}", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://h:4222/x..{type}", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("nats://h:4222/x.>.{type}", 0, 0, 0, 0, 0, 0, 0);
+	expect_forward("redis://h:1/{type}{type}", 0, 0, 0, 0, 0, 0, 0);
+}
+
+/* ?dedupe= and ?maxlen=, alone or joined by &, and the key they make. */
+static void
+test_forward_params(void)
+{
+	static const struct {
+		const char *url, *maxlen, *dedupe;
+	} ok[] = {
+		{ "redis://h:1/s", "", "600" },
+		{ "redis://h:1/s?dedupe=0", "", "" },
+		{ "redis://h:1/s?dedupe=000", "", "" },
+		{ "redis://h:1/s?dedupe=86400", "", "86400" },
+		{ "redis://h:1/s?dedupe=007", "", "7" },
+		{ "redis://h:1/s?maxlen=5&dedupe=30", "5", "30" },
+		{ "redis://h:1/s?dedupe=30&maxlen=5", "5", "30" },
+		{ "nats://h:1/s", "", "" },
+	};
+	static const char *const bad[] = {
+		"redis://h:1/s?dedupe=86401", "redis://h:1/s?dedupe=", "redis://h:1/s?dedupe=-1",
+		"redis://h:1/s?dedupe=1e3", "redis://h:1/s?dedupe=99999999999999999999",
+		"redis://h:1/s?dedupe", "redis://h:1/s?maxlen=5&", "redis://h:1/s?&dedupe=5",
+		"redis://h:1/s?maxlen=5&maxlen", "redis://h:1/s?dedupe=5;maxlen=5", "redis://h:1/?dedupe=5",
+	};
+	struct forward f;
+	const char *why;
+	char key[FORWARD_KEY_MAX];
+	size_t i;
+
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		CHECK(forward_parse(ok[i].url, &f, &why) == 0 && strcmp(f.maxlen, ok[i].maxlen) == 0 &&
+		    strcmp(f.dedupe, ok[i].dedupe) == 0, "%s: [%s] [%s]", ok[i].url, f.maxlen, f.dedupe);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		CHECK(forward_parse(bad[i], &f, &why) < 0, "%s taken", bad[i]);
+	/* The script's name is its SHA-1, which Redis computes the same. */
+	CHECK(forward_parse("redis://h:1/s", &f, &why) == 0 && strlen(f.script_sha) == 40, "script sha");
+	forward_key(&f, "post.create", key, sizeof(key));
+	CHECK(strcmp(key, "s") == 0, "untyped key: %s", key);
+	CHECK(forward_parse("redis://h:1/x:{type}:in", &f, &why) == 0, "typed");
+	forward_key(&f, "post.create", key, sizeof(key));
+	CHECK(strcmp(key, "x:post.create:in") == 0, "typed key: %s", key);
+	/* What a stream's subjects capture of x.events.> (every type). */
+	{
+		static const struct {
+			const char *pat, *s;
+			int covers;
+		} c[] = {
+			{ "x.events.>", "x.events.>", 1 }, { ">", "x.events.>", 1 }, { "x.>", "x.events.>", 1 },
+			{ "x.*.>", "x.events.>", 1 }, { "x.events.*", "x.events.>", 0 },
+			{ "x.events.post.*", "x.events.>", 0 }, { "x.events", "x.events.>", 0 },
+			{ "x.events.a", "x.events.>", 0 }, { "y.events.>", "x.events.>", 0 },
+			{ "x.event.>", "x.events.>", 0 }, { "x.events.>", "x.events.a", 1 },
+			{ "x.*", "x.a", 1 }, { "x.*", "x.a.b", 0 }, { "x.a.b", "x.a", 0 }, { "*", ">", 0 },
+		};
+
+		for (i = 0; i < sizeof(c) / sizeof(c[0]); i++)
+			CHECK(nats_subject_covers(c[i].pat, strlen(c[i].pat), c[i].s, strlen(c[i].s)) == c[i].covers,
+			    "'%s' covers '%s': %d", c[i].pat, c[i].s, !c[i].covers);
+	}
 }
 
 /* ---- base64, RFC 4648 section 10, and the CRC answer ---- */
@@ -2261,6 +2330,7 @@ main(void)
 	test_json_member();
 	test_json_member_raw();
 	test_forward_parse();
+	test_forward_params();
 	test_sha1();
 	test_oauth();
 	test_http();
