@@ -9534,8 +9534,10 @@ struct oauth2_token {
 static void
 oauth2_token_free(struct oauth2_token *t)
 {
-	explicit_bzero(t->access.p, t->access.cap);
-	explicit_bzero(t->refresh.p, t->refresh.cap);
+	if (t->access.p != NULL)
+		explicit_bzero(t->access.p, t->access.cap);
+	if (t->refresh.p != NULL)
+		explicit_bzero(t->refresh.p, t->refresh.cap);
 	buf_free(&t->access);
 	buf_free(&t->refresh);
 	buf_free(&t->scope);
@@ -9775,11 +9777,13 @@ oauth2_grant(struct buf *form, struct oauth2_token *t, const char *secret, char 
 		snprintf(why, wn, "%s%s", line.p, a.status == 200 ? " (no access_token in it)" : "");
 		buf_free(&line);
 		oauth2_token_free(&got);
-		explicit_bzero(a.body.p, a.body.cap);
+		if (a.body.p != NULL)
+			explicit_bzero(a.body.p, a.body.cap);
 		answer_free(&a);
 		return -1;
 	}
-	explicit_bzero(a.body.p, a.body.cap);
+	if (a.body.p != NULL)
+		explicit_bzero(a.body.p, a.body.cap);
 	answer_free(&a);
 	if (got.expires_at < 0)
 		got.expires_at = (long long)time(NULL) + 7200;  /* X's lifetime, when it names none */
