@@ -9915,6 +9915,20 @@ login_number(const char *v, const char *opt, unsigned def, unsigned max)
 	return (unsigned)n;
 }
 
+/* PKCE's S256 challenge for verifier v[0, n) (RFC 7636 4.2): base64url,
+ * unpadded, of its SHA-256, appended to out. */
+static void
+pkce_challenge(const char *v, size_t n, struct buf *out)
+{
+	unsigned char hash[32];
+	struct digest d;
+
+	sha256_init(&d);
+	digest_update(&d, v, n);
+	digest_final(&d, hash);
+	b64url(out, hash, sizeof(hash));
+}
+
 /* Answer the browser on fd with a small page (st: its status), and close. */
 static void
 login_page(int fd, enum status st, const char *text)
@@ -10030,12 +10044,11 @@ cmd_login(void)
 {
 	unsigned port = login_number(login_port, "--port", LOGIN_PORT_DEFAULT, 65535);
 	unsigned wait_s = login_number(login_wait, "--wait", LOGIN_WAIT_DEFAULT_S, LOGIN_WAIT_MAX_S);
-	unsigned char raw[PKCE_VERIFIER_BYTES], hash[32];
+	unsigned char raw[PKCE_VERIFIER_BYTES];
 	struct buf verifier = { 0 }, challenge = { 0 }, state = { 0 }, url = { 0 }, redirect = { 0 };
 	struct buf code = { 0 }, form = { 0 }, missing = { 0 };
 	struct oauth2_token t;
 	char spec[32], scratch[INET6_ADDRSTRLEN + 300], why[600], *secret;
-	struct digest d;
 	struct url au;
 	int dir, lfd, lock;
 
@@ -10061,13 +10074,10 @@ cmd_login(void)
 	buf_adds(&redirect, scratch);
 	buf_addc(&redirect, '\0');
 
-	/* PKCE (RFC 7636 4.1, 4.2): the verifier, and its S256 challenge. */
+	/* PKCE (RFC 7636 4.1): the verifier, from the kernel's randomness. */
 	entropy(raw, sizeof(raw));
 	b64url(&verifier, raw, sizeof(raw));
-	sha256_init(&d);
-	digest_update(&d, verifier.p, verifier.len);
-	digest_final(&d, hash);
-	b64url(&challenge, hash, sizeof(hash));
+	pkce_challenge(verifier.p, verifier.len, &challenge);
 	entropy(raw, OAUTH2_STATE_BYTES);
 	b64url(&state, raw, OAUTH2_STATE_BYTES);
 	buf_addc(&state, '\0');

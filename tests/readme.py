@@ -411,6 +411,7 @@ def the_path_top_to_bottom():
     tls_port = it.free_port()
     app = xs.App(CRED["TWITTER_CONSUMER_KEY"], SECRET, CRED["TWITTER_BEARER_TOKEN"],
                  {CRED["TWITTER_ACCESS_TOKEN"]: (CRED["TWITTER_ACCESS_TOKEN_SECRET"], USER_ID)})
+    app.client_id = re.search(r"^export TWITTER_CLIENT_ID='(.*)'$", readme(), re.M).group(1)
     x = xs.Standin(PKI["api"]["chain"], PKI["api"]["key"], PKI["p"]["root"], app, {HOST: tls_port})
     procs, rport, nport = start_brokers(root)
     values = {"port": it.free_port(), "tls_port": tls_port, "root": root, "group": group,
