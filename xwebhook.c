@@ -9062,9 +9062,12 @@ cmd_check(const char *arg)
  * the x_command table. Each is one HTTPS request to X's API through the
  * file's client, with credentials from the environment only: the app's
  * Bearer token, or for user context OAuth 1.0a signed here (RFC 5849,
- * HMAC-SHA1). On 2xx X's JSON goes to stdout in the fmt layout; anything
+ * HMAC-SHA1), or the OAuth 2.0 user token that login stored (login and
+ * logout are here too, and keep it in --state-dir as [ACME] keeps its
+ * files). On 2xx X's JSON goes to stdout in the fmt layout; anything
  * else is one line on stderr with what X said, escaped, and exit status 1.
- * Calls [CLIENT], [CRYPTO], [JSON].
+ * Calls [CLIENT], [CRYPTO], [JSON], [HTTP] (login's redirect), and
+ * [ACME]'s state-dir files.
  * ------------------------------------------------------------------------ */
 
 enum { X_API_TIMEOUT_MS = 30000 };  /* X runs a CRC before it answers register */
