@@ -27,7 +27,9 @@
 #      SIGHUP; check against good and bad servers), and X's side
 #      (tests/xapi.py): every subcommand against a stand-in for X's API
 #      (tests/x_standin.py) that checks OAuth itself, rate-limits, runs real
-#      CRCs and misbehaves on demand, and --acme against pebble and a
+#      CRCs and misbehaves on demand; login and logout (tests/login.py):
+#      OAuth 2.0 with PKCE, a Python client in the browser's place, the
+#      token's refresh under a lock, links and secrets; and --acme against pebble and a
 #      stand-in CA (tests/acme.py); the man page, doc/xwebhook.1, against
 #      --help of both builds, through mandoc's lint, and the README's
 #      options against --help (tests/doc.py); and every command of the
@@ -79,7 +81,8 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   runtimes; curl and python3: the real clients the tests drive;
 #   libbearssl-dev: the TLS build; openssl: test certificates and s_client;
 #   libclang-rt-14-dev: libFuzzer; logrotate: the README's rotation snippet,
-#   run as written; strace: the order of write, fdatasync and the 200;
+#   run as written; strace: the order of write, fdatasync and the 200
+#   (and of login's fsync and rename);
 #   cppcheck: the analyzer stage; musl-tools: the static binaries;
 #   redis-server, redis-tools and nats-server: --forward against real
 #   brokers; pebble: --acme against a real ACME server; systemd:
@@ -385,6 +388,7 @@ unit-tls               bearssl                     stage_unit unit-tls "TLS unit
 integration-tls-build  bearssl,tls-asan            suite integration-tls-build "integration tests (TLS build)" tests/integration.py "$out/xwebhook-tls-asan" "$fixtures"
 tls                    bearssl,tls-asan            suite tls "TLS tests" tests/tls.py "$out/xwebhook-tls-asan" "$fixtures"
 xapi                   bearssl,tls-asan,asan       suite xapi "X API tests" tests/xapi.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
+login                  bearssl,tls-asan,asan       suite login "login tests" tests/login.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 acme                   bearssl,tls-asan,asan       suite acme "ACME tests" tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 readme                 bearssl,tls-asan            suite readme "the README's commands" tests/readme.py "$out/xwebhook-tls-asan" "$fixtures"
 static                 musl                        stage_static

@@ -224,7 +224,8 @@ static const char *acme_server = "https://acme-v02.api.letsencrypt.org/directory
 static const char *acme_cacert;          /* --acme-cacert */
 static const char *acme_email;           /* --acme-email */
 static const char *acme_http_spec;       /* --acme-http ADDR:PORT */
-static const char *state_dir = "/var/lib/xwebhook";
+#define STATE_DIR_DEFAULT "/var/lib/xwebhook"
+static const char *state_dir = STATE_DIR_DEFAULT;
 #endif
 
 /* The subcommands: check, and X's API. */
@@ -232,6 +233,39 @@ static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
 static const char *cacert_path;     /* --cacert FILE: trust these roots (check, X's API) */
 static int check_post;              /* --post: also send a signed event */
 static const char *api_base = "https://api.x.com";  /* --api */
+
+#ifdef XWEBHOOK_TLS
+/* login and logout: OAuth 2.0 user context (see "OAuth 2.0" in [XAPI]). */
+#define LOGIN_PORT_DEFAULT_N 8739
+enum {
+	/* The loopback port of login's redirect URL (--port), which the
+	 * app's settings must list as its callback. */
+	LOGIN_PORT_DEFAULT = LOGIN_PORT_DEFAULT_N,
+	/* How long login waits for the browser's redirect (--wait, in s):
+	 * time to sign in and approve; at most LOGIN_WAIT_MAX_S. */
+	LOGIN_WAIT_DEFAULT_S = 300,
+	LOGIN_WAIT_MAX_S = 3600,
+	/* A user token that runs out within this is refreshed before a call
+	 * (X's last 2 hours): a call never starts with a dying token. */
+	OAUTH2_REFRESH_MARGIN_S = 300,
+	/* The stored token file, and a redirect's code or state: X's are
+	 * about 100 bytes. */
+	OAUTH2_FILE_MAX = 16384,
+	OAUTH2_PARAM_MAX = 1024,
+	/* PKCE's verifier: 48 random bytes are 64 base64url characters
+	 * (RFC 7636 4.1 wants 43 to 128); the state: 16 random bytes. */
+	PKCE_VERIFIER_BYTES = 48,
+	OAUTH2_STATE_BYTES = 16,
+};
+#define AUTH_URL_DEFAULT "https://x.com/i/oauth2/authorize"
+/* --scopes: by default what X's private events need, and offline.access
+ * for a refresh token. */
+#define LOGIN_SCOPES_DEFAULT "tweet.read users.read offline.access dm.read like.read mute.read block.read"
+static const char *auth_url = AUTH_URL_DEFAULT;         /* --auth-url */
+static const char *login_scopes = LOGIN_SCOPES_DEFAULT; /* --scopes */
+static const char *login_port;  /* --port: LOGIN_PORT_DEFAULT when NULL */
+static const char *login_wait;  /* --wait: LOGIN_WAIT_DEFAULT_S when NULL */
+#endif
 
 /* Each connection thread's stack: the deepest path (a response, a log
  * line) needs a few KiB; sanitizer builds need much more. Only the pages
@@ -4797,6 +4831,15 @@ static void event_wait(struct conn *c);
 static void writer_reopened(int fd);
 static int stdout_never_waits(void);
 static void writer_start(void);
+#ifdef XWEBHOOK_TLS
+/* [XAPI]'s login keeps its token in --state-dir, as [ACME] keeps its files. */
+static void b64url(struct buf *b, const void *p, size_t n);
+static int state_root_open(const struct passwd *owner, int create);
+static int state_entry_open(int at, const char *name, int flags, const char *shown, int dir,
+    const struct passwd *owner);
+static void state_check(const struct stat *st, const char *shown, int dir, const struct passwd *owner);
+static int state_write_at(int dir, const char *name, const void *p, size_t n);
+#endif
 
 /* ---- listening, signals, reload ---- */
 
@@ -9359,9 +9402,12 @@ cmd_check(const char *arg)
  * the x_command table. Each is one HTTPS request to X's API through the
  * file's client, with credentials from the environment only: the app's
  * Bearer token, or for user context OAuth 1.0a signed here (RFC 5849,
- * HMAC-SHA1). On 2xx X's JSON goes to stdout in the fmt layout; anything
+ * HMAC-SHA1), or the OAuth 2.0 user token that login stored (login and
+ * logout are here too, and keep it in --state-dir as [ACME] keeps its
+ * files). On 2xx X's JSON goes to stdout in the fmt layout; anything
  * else is one line on stderr with what X said, escaped, and exit status 1.
- * Calls [CLIENT], [CRYPTO], [JSON].
+ * Calls [CLIENT], [CRYPTO], [JSON], [HTTP] (login's redirect), and
+ * [ACME]'s state-dir files.
  * ------------------------------------------------------------------------ */
 
 enum { X_API_TIMEOUT_MS = 30000 };  /* X runs a CRC before it answers register */
@@ -9495,6 +9541,10 @@ oauth_authorization(struct buf *out, const char *method, const char *url, const 
 }
 
 enum x_auth { X_BEARER, X_USER };
+
+/* A user-context call carried xwebhook login's OAuth 2.0 token (for
+ * x_failure's hint). */
+static int x_user_oauth2;
 
 /* X's ids: 1 to 19 digits. */
 static int
@@ -9743,7 +9793,9 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 			buf_adds(&line, num);
 		}
 	}
-	if (a->status == 401 && xc->auth == X_USER)
+	if (a->status == 401 && xc->auth == X_USER && x_user_oauth2)
+		buf_adds(&line, "; X refused the OAuth 2.0 user token: run xwebhook login");
+	else if (a->status == 401 && xc->auth == X_USER)
 		buf_adds(&line, "; check that TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET belong to this "
 		    "app (TWITTER_CONSUMER_KEY), and the clock: OAuth refuses timestamps far off");
 	else if (a->status == 401)
@@ -9790,6 +9842,719 @@ x_answer_lacks(const struct x_command *xc, const struct answer *a)
 	return lacks;
 }
 
+#ifdef XWEBHOOK_TLS
+/* ---- OAuth 2.0 user context: login, logout, and the token's use ----
+ *
+ * login runs Authorization Code with PKCE (RFC 7636, S256) against X:
+ * the browser approves at --auth-url and comes back to a loopback port
+ * served here, the code is exchanged at --api's /2/oauth2/token, and the
+ * token pair is kept in --state-dir/oauth2.token (0600, written
+ * atomically, never through a link). A user-context call then carries it
+ * as a Bearer token, refreshed under a lock on --state-dir/oauth2.lock
+ * when it runs out, so that two runs refresh once. No token reaches
+ * argv, stdout, stderr or the environment. */
+
+#define OAUTH2_TOKEN_FILE "oauth2.token"
+#define OAUTH2_TOKEN_TMP "oauth2.token.tmp"  /* state_write_at's temporary name */
+#define OAUTH2_LOCK_FILE "oauth2.lock"
+
+/* The scopes X's OAuth 2.0 knows (openapi.json's OAuth2UserToken, and
+ * users.email from the authorization-code page). */
+static const char *const oauth2_scopes[] = {
+	"block.read", "block.write", "bookmark.read", "bookmark.write", "broadcast.read", "broadcast.write",
+	"dm.read", "dm.write", "follows.read", "follows.write", "like.read", "like.write", "list.read",
+	"list.write", "media.write", "mute.read", "mute.write", "offline.access", "space.read", "timeline.read",
+	"tweet.moderate.write", "tweet.read", "tweet.write", "users.email", "users.read",
+};
+
+/* A user token: what X gave, and what refreshing it needs. */
+struct oauth2_token {
+	struct buf access, refresh, scope, client_id;  /* each NUL-ended */
+	long long expires_at;                           /* Unix time */
+	int confidential;                               /* refreshed with TWITTER_CLIENT_SECRET */
+};
+
+static void
+oauth2_token_free(struct oauth2_token *t)
+{
+	if (t->access.p != NULL)
+		explicit_bzero(t->access.p, t->access.cap);
+	if (t->refresh.p != NULL)
+		explicit_bzero(t->refresh.p, t->refresh.cap);
+	buf_free(&t->access);
+	buf_free(&t->refresh);
+	buf_free(&t->scope);
+	buf_free(&t->client_id);
+}
+
+/* The whole number that is member key's value in o, or -1. */
+static long long
+oauth2_number(const struct json_object *o, const char *key)
+{
+	struct buf v = { 0 };
+	long long n = -1;
+
+	if (json_object_get(o, key, &v) == 0 && v.len > 0 && v.len < 19) {
+		buf_addc(&v, '\0');
+		if (strspn(v.p, "0123456789") == v.len - 1)
+			n = strtoll(v.p, NULL, 10);
+	}
+	buf_free(&v);
+	return n;
+}
+
+/* Read the strings and times of a token from the JSON p[0, n) into t:
+ * X's token answer (expires_in) or our file (expires_at, client_id,
+ * confidential). 0, or -1 when it has no access_token. */
+static int
+oauth2_token_parse(const char *p, size_t n, struct oauth2_token *t)
+{
+	struct json_object o;
+	long long in;
+	int r = -1;
+
+	if (json_object_parse(p, n, &o) == 0 && json_object_string(&o, "access_token", &t->access) == 0 &&
+	    t->access.len > 0 && memchr(t->access.p, '\0', t->access.len) == NULL) {
+		(void)json_object_string(&o, "refresh_token", &t->refresh);
+		(void)json_object_string(&o, "scope", &t->scope);
+		(void)json_object_string(&o, "client_id", &t->client_id);
+		t->confidential = json_true(p, n, "confidential");
+		in = oauth2_number(&o, "expires_in");
+		t->expires_at = in >= 0 ? (long long)time(NULL) + in : oauth2_number(&o, "expires_at");
+		r = 0;
+	}
+	buf_addc(&t->access, '\0');
+	buf_addc(&t->refresh, '\0');
+	buf_addc(&t->scope, '\0');
+	buf_addc(&t->client_id, '\0');
+	json_object_free(&o);
+	return r;
+}
+
+/* Read --state-dir/oauth2.token (in dir) into t, never through a link:
+ * 0, or -1 when there is none. Dies on anything else. */
+static int
+oauth2_token_load(int dir, struct oauth2_token *t)
+{
+	char shown[PATH_MAX + sizeof(OAUTH2_TOKEN_FILE) + 1];
+	struct buf b = { 0 };
+	int fd, r;
+
+	memset(t, 0, sizeof(*t));
+	snprintf(shown, sizeof(shown), "%s/" OAUTH2_TOKEN_FILE, state_dir);
+	fd = state_entry_open(dir, OAUTH2_TOKEN_FILE, O_RDONLY | O_NONBLOCK | O_NOCTTY, shown, 0, NULL);
+	if (fd < 0)
+		return -1;
+	r = read_all(fd, &b);
+	close(fd);
+	if (r < 0)
+		die("cannot read %s:", shown);
+	if (b.len > OAUTH2_FILE_MAX || oauth2_token_parse(b.p, b.len, t) < 0 || t->client_id.len <= 1)
+		die("%s is not a token that xwebhook login stored: remove it and run xwebhook login", shown);
+	explicit_bzero(b.p, b.cap);
+	buf_free(&b);
+	return 0;
+}
+
+/* Write t to --state-dir/oauth2.token (in dir): 0600, atomically. */
+static void
+oauth2_token_store(int dir, const struct oauth2_token *t)
+{
+	struct buf b = { 0 };
+	char num[64];
+
+	buf_adds(&b, "{\"access_token\":\"");
+	json_escape(&b, t->access.p, strlen(t->access.p));
+	buf_adds(&b, "\",\"refresh_token\":\"");
+	json_escape(&b, t->refresh.p, strlen(t->refresh.p));
+	snprintf(num, sizeof(num), "\",\"expires_at\":%lld,\"scope\":\"", t->expires_at);
+	buf_adds(&b, num);
+	json_escape(&b, t->scope.p, strlen(t->scope.p));
+	buf_adds(&b, "\",\"client_id\":\"");
+	json_escape(&b, t->client_id.p, strlen(t->client_id.p));
+	buf_adds(&b, t->confidential ? "\",\"confidential\":true}\n" : "\",\"confidential\":false}\n");
+	/* What a write cut off left (we hold the lock: no one else writes). */
+	if (unlinkat(dir, OAUTH2_TOKEN_TMP, 0) < 0 && errno != ENOENT)
+		die("cannot remove %s/" OAUTH2_TOKEN_TMP ":", state_dir);
+	if (state_write_at(dir, OAUTH2_TOKEN_FILE, b.p, b.len) < 0)
+		die("cannot write %s/" OAUTH2_TOKEN_FILE ":", state_dir);
+	explicit_bzero(b.p, b.cap);
+	buf_free(&b);
+}
+
+/* Take the lock on the token (--state-dir/oauth2.lock, in dir), waiting
+ * for a run that holds it: whoever refreshes, logs in or out holds it.
+ * The descriptor, whose close lets go. */
+static int
+oauth2_lock(int dir)
+{
+	char shown[PATH_MAX + sizeof(OAUTH2_LOCK_FILE) + 1];
+	struct stat st;
+	int fd;
+
+	snprintf(shown, sizeof(shown), "%s/" OAUTH2_LOCK_FILE, state_dir);
+	fd = openat(dir, OAUTH2_LOCK_FILE, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600);
+	if (fd < 0)
+		die("cannot open %s:", shown);
+	if (fstat(fd, &st) < 0)
+		die("cannot stat %s:", shown);
+	state_check(&st, shown, 0, NULL);
+	while (flock(fd, LOCK_EX) < 0)
+		if (errno != EINTR)
+			die("cannot lock %s:", shown);
+	return fd;
+}
+
+/* POST form to X's OAuth 2.0 endpoint path (/2/oauth2/token or
+ * /2/oauth2/revoke) under --api: the client authenticates with HTTP
+ * Basic when it has a secret (a confidential client), else it names
+ * itself in the form. 0 with the answer in a, or -1 with why. */
+static int
+oauth2_post(const char *path, struct buf *form, const char *client_id, const char *secret, struct answer *a,
+    char *why, size_t wn)
+{
+	static struct trust trust;
+	static int trust_loaded;
+	struct buf target = { 0 }, fields = { 0 }, pair = { 0 }, req = { 0 };
+	struct client cl;
+	struct url u;
+	char *basic;
+	int r;
+
+	if (url_parse(api_base, &u) < 0 || !u.https || strchr(u.target, '?') != NULL)
+		die("bad --api '%s': expected an https:// base URL without a query", api_base);
+	if (!trust_loaded && trust_load(cacert_path, &trust) < 0)
+		die("cannot load trusted certificates from %s", trust.path);
+	trust_loaded = 1;
+	buf_add(&target, u.target, strlen(u.target) - (u.target[strlen(u.target) - 1] == '/'));
+	buf_adds(&target, path);
+	buf_addc(&target, '\0');
+	buf_adds(&fields, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\n"
+	    "Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n");
+	if (secret != NULL) {
+		/* RFC 6749 2.3.1: each half form-encoded, then base64. */
+		pct_encode(&pair, client_id, strlen(client_id));
+		buf_addc(&pair, ':');
+		pct_encode(&pair, secret, strlen(secret));
+		basic = xmalloc(4 * ((pair.len + 2) / 3) + 1);
+		basic[base64_encode((const unsigned char *)pair.p, pair.len, basic)] = '\0';
+		buf_adds(&fields, "Authorization: Basic ");
+		buf_adds(&fields, basic);
+		buf_adds(&fields, "\r\n");
+		explicit_bzero(basic, strlen(basic));
+		free(basic);
+		explicit_bzero(pair.p, pair.cap);
+		buf_free(&pair);
+	} else {
+		buf_adds(form, "&client_id=");
+		pct_encode(form, client_id, strlen(client_id));
+	}
+	buf_addc(&fields, '\0');
+	http_request_head(&req, "POST", &u, target.p, fields.p, (long long)form->len);
+	buf_add(&req, form->p, form->len);
+	r = client_connect(&cl, u.host, u.port[0] ? u.port : "443", u.host, &trust, now_ms() + X_API_TIMEOUT_MS);
+	if (r == 0)
+		r = client_exchange(&cl, req.p, req.len, a);
+	if (r < 0)
+		snprintf(why, wn, "no answer from %s: %s", api_base, cl.why);
+	client_close(&cl);
+	explicit_bzero(fields.p, fields.cap);
+	explicit_bzero(req.p, req.cap);
+	explicit_bzero(form->p, form->cap);
+	buf_free(&fields);
+	buf_free(&req);
+	buf_free(&target);
+	return r;
+}
+
+/* What X said in a refusal from its OAuth 2.0 endpoints, escaped, after
+ * "answered N": error and error_description, or the start of the body. */
+static void
+oauth2_refusal(struct buf *line, const struct answer *a)
+{
+	struct json_object o;
+	char num[32];
+	int said;
+
+	snprintf(num, sizeof(num), " answered %d", a->status);
+	buf_adds(line, num);
+	(void)json_object_parse(a->body.p, a->body.len, &o);
+	said = x_say(line, ": ", &o, "error");
+	said |= x_say(line, ": ", &o, "error_description");
+	if (!said && a->body.len > 0) {
+		buf_adds(line, ": ");
+		log_escape(line, a->body.p, a->body.len < 200 ? a->body.len : 200);
+	}
+	json_object_free(&o);
+	buf_addc(line, '\0');
+}
+
+/* An environment variable's value taken out of the environment (as
+ * x_credential does), or NULL when it is not set. */
+static char *
+oauth2_env(const char *name)
+{
+	struct buf unused = { 0 };
+	char *v = x_credential(name, &unused);
+
+	buf_free(&unused);
+	return v;
+}
+
+/* Exchange form (a grant) at the token endpoint for a token into t,
+ * keeping t's client and, when X sends no new one, its refresh token.
+ * 0, or -1 with the line in why (what X said, escaped). */
+static int
+oauth2_grant(struct buf *form, struct oauth2_token *t, const char *secret, char *why, size_t wn)
+{
+	struct oauth2_token got;
+	struct buf line = { 0 };
+	struct answer a;
+
+	if (oauth2_post("/2/oauth2/token", form, t->client_id.p, secret, &a, why, wn) < 0)
+		return -1;
+	memset(&got, 0, sizeof(got));
+	if (a.status != 200 || oauth2_token_parse(a.body.p, a.body.len, &got) < 0) {
+		buf_adds(&line, api_base);
+		oauth2_refusal(&line, &a);
+		snprintf(why, wn, "%s%s", line.p, a.status == 200 ? " (no access_token in it)" : "");
+		buf_free(&line);
+		oauth2_token_free(&got);
+		if (a.body.p != NULL)
+			explicit_bzero(a.body.p, a.body.cap);
+		answer_free(&a);
+		return -1;
+	}
+	if (a.body.p != NULL)
+		explicit_bzero(a.body.p, a.body.cap);
+	answer_free(&a);
+	if (got.expires_at < 0)
+		got.expires_at = (long long)time(NULL) + 7200;  /* X's lifetime, when it names none */
+	if (got.refresh.len <= 1) {
+		buf_free(&got.refresh);
+		buf_add(&got.refresh, t->refresh.p, t->refresh.len);
+	}
+	buf_free(&got.client_id);
+	buf_add(&got.client_id, t->client_id.p, t->client_id.len);
+	got.confidential = t->confidential;
+	oauth2_token_free(t);
+	*t = got;
+	return 0;
+}
+
+/* The client secret a confidential client's token needs to be refreshed
+ * or revoked, from TWITTER_CLIENT_SECRET; NULL for a public client. Dies
+ * naming the variable when it is missing. */
+static char *
+oauth2_secret_for(const struct oauth2_token *t, const char *cmd)
+{
+	char *secret = oauth2_env("TWITTER_CLIENT_SECRET");
+
+	if (t->confidential && secret == NULL)
+		die("%s: not set in the environment: TWITTER_CLIENT_SECRET (the login was a confidential "
+		    "client's, whose token X refreshes and revokes only with the client secret)", cmd);
+	if (!t->confidential && secret != NULL) {
+		explicit_bzero(secret, strlen(secret));
+		free(secret);
+		secret = NULL;
+	}
+	return secret;
+}
+
+/* Refresh t (in dir, whose lock we hold) with its refresh token and
+ * store the new pair; dies with "run xwebhook login" when X refuses. */
+static void
+oauth2_refresh(const char *cmd, int dir, struct oauth2_token *t)
+{
+	char why[600], *secret;
+	struct buf form = { 0 };
+
+	if (t->refresh.len <= 1)
+		die("%s: the OAuth 2.0 token has run out, and there is no refresh token (a login without "
+		    "offline.access): run xwebhook login", cmd);
+	secret = oauth2_secret_for(t, cmd);
+	buf_adds(&form, "grant_type=refresh_token&refresh_token=");
+	pct_encode(&form, t->refresh.p, strlen(t->refresh.p));
+	if (oauth2_grant(&form, t, secret, why, sizeof(why)) < 0)
+		die("%s: X refused to refresh the OAuth 2.0 token (%s): run xwebhook login", cmd, why);
+	if (secret != NULL) {
+		explicit_bzero(secret, strlen(secret));
+		free(secret);
+	}
+	buf_free(&form);
+	oauth2_token_store(dir, t);
+}
+
+/* The OAuth 2.0 user token for a user-context call, into *bearer (to be
+ * wiped and freed): refreshed first, under the lock, when it runs out
+ * within OAUTH2_REFRESH_MARGIN_S. 1, or 0 when login stored none (OAuth
+ * 1.0a then). A run that waited on the lock finds the token the other
+ * refreshed, and uses it. */
+static int
+oauth2_user_bearer(const char *cmd, char **bearer)
+{
+	struct oauth2_token t;
+	int dir = state_root_open(NULL, 0), lock;
+
+	if (dir < 0)
+		return 0;
+	if (oauth2_token_load(dir, &t) < 0) {
+		close(dir);
+		return 0;
+	}
+	if (t.expires_at - (long long)time(NULL) <= OAUTH2_REFRESH_MARGIN_S) {
+		lock = oauth2_lock(dir);
+		oauth2_token_free(&t);
+		if (oauth2_token_load(dir, &t) < 0)
+			die("%s: %s/" OAUTH2_TOKEN_FILE " went away (xwebhook logout?): run xwebhook login", cmd,
+			    state_dir);
+		if (t.expires_at - (long long)time(NULL) <= OAUTH2_REFRESH_MARGIN_S)
+			oauth2_refresh(cmd, dir, &t);
+		close(lock);
+	}
+	*bearer = xmalloc(t.access.len);
+	memcpy(*bearer, t.access.p, t.access.len);
+	oauth2_token_free(&t);
+	close(dir);
+	return 1;
+}
+
+/* --scopes: known scope names, separated by spaces. */
+static void
+oauth2_scopes_check(void)
+{
+	const char *s = login_scopes;
+	size_t n, k;
+
+	if (strspn(s, " ") == strlen(s))
+		die("bad --scopes '%s': expected scope names separated by spaces, such as '%s'", s,
+		    "tweet.read users.read offline.access");
+	while (*(s += strspn(s, " ")) != '\0') {
+		n = strcspn(s, " ");
+		for (k = 0; k < sizeof(oauth2_scopes) / sizeof(oauth2_scopes[0]); k++)
+			if (strlen(oauth2_scopes[k]) == n && memcmp(oauth2_scopes[k], s, n) == 0)
+				break;
+		if (k == sizeof(oauth2_scopes) / sizeof(oauth2_scopes[0]))
+			die("bad --scopes: '%.*s' is not one of X's OAuth 2.0 scopes (tweet.read, users.read, "
+			    "offline.access, dm.read, like.read, mute.read, block.read, ...; see xwebhook(1))",
+			    (int)(n < 100 ? n : 100), s);
+		s += n;
+	}
+}
+
+/* A number option of login: 1 to max, or def when not given. */
+static unsigned
+login_number(const char *v, const char *opt, unsigned def, unsigned max)
+{
+	char *end;
+	long n;
+
+	if (v == NULL)
+		return def;
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno != 0 || end == v || *end != '\0' || n < 1 || n > (long)max)
+		die("bad %s '%s': expected 1 to %u", opt, v, max);
+	return (unsigned)n;
+}
+
+/* PKCE's S256 challenge for verifier v[0, n) (RFC 7636 4.2): base64url,
+ * unpadded, of its SHA-256, appended to out. */
+static void
+pkce_challenge(const char *v, size_t n, struct buf *out)
+{
+	unsigned char hash[32];
+	struct digest d;
+
+	sha256_init(&d);
+	digest_update(&d, v, n);
+	digest_final(&d, hash);
+	b64url(out, hash, sizeof(hash));
+}
+
+/* Answer the browser on fd with a small page (st: its status), and close. */
+static void
+login_page(int fd, enum status st, const char *text)
+{
+	struct buf b = { 0 }, page = { 0 };
+	char head[200];
+
+	buf_adds(&page, "<!doctype html><title>xwebhook login</title><p>");
+	buf_adds(&page, text);
+	buf_adds(&page, "</p><p>You can close this tab.\n");
+	snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
+	    "Cache-Control: no-store\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n", statuses[st].code,
+	    statuses[st].reason, page.len);
+	buf_adds(&b, head);
+	buf_add(&b, page.p, page.len);
+	(void)write_all(fd, b.p, b.len);  /* the browser's loss, if it went away */
+	buf_free(&page);
+	buf_free(&b);
+	close(fd);
+}
+
+/* Read one request head from the browser on fd by deadline, and answer
+ * it: 1 with the code in code when it is the redirect, 0 for anything
+ * else (a favicon, a bad request: the wait goes on). Dies when the
+ * redirect's state is not ours or X says the login failed. */
+static int
+login_request(int fd, const char *state, struct buf *code, int64_t deadline)
+{
+	char got[OAUTH2_PARAM_MAX], err[OAUTH2_PARAM_MAX], desc[OAUTH2_PARAM_MAX];
+	size_t scan = 0, line_end = 0, head_len = 0;
+	struct buf in = { 0 }, line = { 0 };
+	const char *why, *q;
+	struct request req;
+	enum status st = S_INCOMPLETE;
+	long gn, en, dn, cn;
+	ssize_t r;
+	int64_t end = now_ms() + head_timeout < deadline ? now_ms() + head_timeout : deadline;
+
+	while (st == S_INCOMPLETE) {
+		buf_reserve(&in, 4096);
+		if (in.len >= MAX_REQUEST_LINE + MAX_HEADER_BLOCK || wait_fd(fd, POLLIN, end, -1) != 0 ||
+		    (r = read(fd, in.p + in.len, in.cap - in.len)) <= 0)
+			break;
+		in.len += (size_t)r;
+		st = http_scan_head(in.p, in.len, &scan, &line_end, &head_len, &why);
+	}
+	if (st == S_OK)
+		st = http_parse_head(in.p, head_len, &req, &why);
+	if (st != S_OK || req.method != M_GET || req.path_len != 9 || memcmp(req.target, "/callback", 9) != 0) {
+		login_page(fd, st == S_OK ? S_NOT_FOUND : S_BAD_REQUEST, "This is xwebhook login's redirect "
+		    "URL, waiting for X's redirect to /callback.");
+		buf_free(&in);
+		return 0;
+	}
+	q = req.target + req.path_len + (req.target_len > req.path_len);
+	gn = query_param(q, req.target_len - (size_t)(q - req.target), "state", got, sizeof(got));
+	en = query_param(q, req.target_len - (size_t)(q - req.target), "error", err, sizeof(err));
+	dn = query_param(q, req.target_len - (size_t)(q - req.target), "error_description", desc, sizeof(desc));
+	buf_reserve(code, OAUTH2_PARAM_MAX);
+	cn = query_param(q, req.target_len - (size_t)(q - req.target), "code", code->p, OAUTH2_PARAM_MAX);
+	buf_free(&in);
+	err[en >= 0 && (size_t)en < sizeof(err) ? (size_t)en : sizeof(err) - 1] = '\0';
+	if (gn != (long)strlen(state) || !ct_equal(got, state, strlen(state))) {
+		login_page(fd, S_BAD_REQUEST, "Refused: this redirect's state is not the one xwebhook sent.");
+		die("login: the redirect's state is not the one sent (a stale or forged redirect): nothing stored");
+	}
+	if (en >= 0 || cn <= 0 || cn >= OAUTH2_PARAM_MAX) {
+		login_page(fd, S_OK, "X did not grant the access: see the terminal.");
+		buf_adds(&line, "login: X did not grant the access");
+		if (en >= 0) {
+			buf_adds(&line, ": ");
+			log_escape(&line, err, strlen(err));
+		}
+		if (dn > 0) {
+			buf_adds(&line, ": ");
+			log_escape(&line, desc, (size_t)dn < sizeof(desc) ? (size_t)dn : sizeof(desc));
+		}
+		buf_addc(&line, '\0');
+		die("%s%s: nothing stored", line.p, en >= 0 && strcmp(err, "access_denied") == 0 ?
+		    " (the account did not approve the app)" : en < 0 ? ": the redirect has no code" : "");
+	}
+	code->len = (size_t)cn;
+	buf_addc(code, '\0');
+	login_page(fd, S_OK, "Approved: xwebhook has the code, and finishes in the terminal.");
+	return 1;
+}
+
+/* Wait for the browser's redirect on lfd until deadline; the code into
+ * code. Dies at the deadline. */
+static void
+login_callback(int lfd, const char *state, struct buf *code, int64_t deadline, unsigned wait_s)
+{
+	for (;;) {
+		int fd, r = wait_fd(lfd, POLLIN, deadline, -1);
+
+		if (r == IO_TIMEOUT)
+			die("login: no redirect from the browser within %u s (--wait): nothing stored", wait_s);
+		if (r < 0)
+			die("login: poll:");
+		fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0 && (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN))
+			continue;
+		if (fd < 0)
+			die("login: accept:");
+		if (login_request(fd, state, code, deadline))
+			return;
+	}
+}
+
+/* xwebhook login: Authorization Code with PKCE, the token stored. */
+static int
+cmd_login(void)
+{
+	unsigned port = login_number(login_port, "--port", LOGIN_PORT_DEFAULT, 65535);
+	unsigned wait_s = login_number(login_wait, "--wait", LOGIN_WAIT_DEFAULT_S, LOGIN_WAIT_MAX_S);
+	unsigned char raw[PKCE_VERIFIER_BYTES];
+	struct buf verifier = { 0 }, challenge = { 0 }, state = { 0 }, url = { 0 }, redirect = { 0 };
+	struct buf code = { 0 }, form = { 0 }, missing = { 0 };
+	struct oauth2_token t;
+	char spec[32], scratch[INET6_ADDRSTRLEN + 300], why[600], *secret;
+	struct url au;
+	int dir, lfd, lock;
+
+	/* The arguments, before anything is read or sent. */
+	oauth2_scopes_check();
+	if (url_parse(auth_url, &au) < 0 || !au.https || strchr(au.target, '#') != NULL)
+		die("bad --auth-url '%s': expected an https:// URL", auth_url);
+	if (url_parse(api_base, &au) < 0 || !au.https || strchr(au.target, '?') != NULL)
+		die("bad --api '%s': expected an https:// base URL without a query", api_base);
+	memset(&t, 0, sizeof(t));
+	if ((secret = x_credential("TWITTER_CLIENT_ID", &missing)) == NULL)
+		die("login: not set in the environment: TWITTER_CLIENT_ID (the app's OAuth 2.0 Client ID, from "
+		    "the developer portal's Keys and tokens)");
+	buf_adds(&t.client_id, secret);
+	buf_addc(&t.client_id, '\0');
+	free(secret);
+	secret = oauth2_env("TWITTER_CLIENT_SECRET");
+	t.confidential = secret != NULL;
+	dir = state_root_open(NULL, 1);
+	snprintf(spec, sizeof(spec), "127.0.0.1:%u", port);
+	lfd = listen_on(spec, scratch, sizeof(scratch));
+	snprintf(scratch, sizeof(scratch), "http://127.0.0.1:%u/callback", port);
+	buf_adds(&redirect, scratch);
+	buf_addc(&redirect, '\0');
+
+	/* PKCE (RFC 7636 4.1): the verifier, from the kernel's randomness. */
+	entropy(raw, sizeof(raw));
+	b64url(&verifier, raw, sizeof(raw));
+	pkce_challenge(verifier.p, verifier.len, &challenge);
+	entropy(raw, OAUTH2_STATE_BYTES);
+	b64url(&state, raw, OAUTH2_STATE_BYTES);
+	buf_addc(&state, '\0');
+	explicit_bzero(raw, sizeof(raw));
+
+	buf_adds(&url, auth_url);
+	buf_adds(&url, strchr(auth_url, '?') != NULL ? "&" : "?");
+	buf_adds(&url, "response_type=code&client_id=");
+	pct_encode(&url, t.client_id.p, strlen(t.client_id.p));
+	buf_adds(&url, "&redirect_uri=");
+	pct_encode(&url, redirect.p, strlen(redirect.p));
+	buf_adds(&url, "&scope=");
+	pct_encode(&url, login_scopes, strlen(login_scopes));
+	buf_adds(&url, "&state=");
+	buf_adds(&url, state.p);
+	buf_adds(&url, "&code_challenge=");
+	buf_add(&url, challenge.p, challenge.len);
+	buf_adds(&url, "&code_challenge_method=S256");
+	buf_addc(&url, '\0');
+	fprintf(stderr, "%s: login: the app's settings (User authentication, Callback URI) must list %s\n"
+	    "%s: login: open this URL in a browser, sign in and approve (waiting %u s):\n%s\n", progname,
+	    redirect.p, progname, wait_s, url.p);
+	login_callback(lfd, state.p, &code, now_ms() + (int64_t)wait_s * 1000, wait_s);
+	close(lfd);
+
+	buf_adds(&form, "grant_type=authorization_code&code=");
+	pct_encode(&form, code.p, strlen(code.p));
+	buf_adds(&form, "&redirect_uri=");
+	pct_encode(&form, redirect.p, strlen(redirect.p));
+	buf_adds(&form, "&code_verifier=");
+	buf_add(&form, verifier.p, verifier.len);
+	if (oauth2_grant(&form, &t, secret, why, sizeof(why)) < 0)
+		die("login: X did not give a token for the code (%s): nothing stored", why);
+	lock = oauth2_lock(dir);
+	oauth2_token_store(dir, &t);
+	close(lock);
+	fprintf(stderr, "%s: login: stored the token in %s/" OAUTH2_TOKEN_FILE " (scopes: %s); it lasts %lld "
+	    "min%s\n", progname, state_dir, t.scope.p, (t.expires_at - (long long)time(NULL) + 30) / 60,
+	    t.refresh.len > 1 ? " and is refreshed when it runs out" : "; no refresh token (offline.access "
+	    "was not granted): run login again then");
+	if (secret != NULL) {
+		explicit_bzero(secret, strlen(secret));
+		free(secret);
+	}
+	explicit_bzero(verifier.p, verifier.cap);
+	explicit_bzero(code.p, code.cap);
+	oauth2_token_free(&t);
+	close(dir);
+	buf_free(&verifier);
+	buf_free(&challenge);
+	buf_free(&state);
+	buf_free(&url);
+	buf_free(&redirect);
+	buf_free(&code);
+	buf_free(&form);
+	buf_free(&missing);
+	return 0;
+}
+
+/* Revoke one of t's tokens at X: 0, or -1 with the line in why. */
+static int
+oauth2_revoke(const struct oauth2_token *t, const struct buf *token, const char *hint, const char *secret,
+    char *why, size_t wn)
+{
+	struct buf form = { 0 }, line = { 0 };
+	struct answer a;
+
+	buf_adds(&form, "token=");
+	pct_encode(&form, token->p, strlen(token->p));
+	buf_adds(&form, "&token_type_hint=");
+	buf_adds(&form, hint);
+	if (oauth2_post("/2/oauth2/revoke", &form, t->client_id.p, secret, &a, why, wn) < 0) {
+		buf_free(&form);
+		return -1;
+	}
+	buf_free(&form);
+	if (a.status == 200) {
+		answer_free(&a);
+		return 0;
+	}
+	buf_adds(&line, api_base);
+	oauth2_refusal(&line, &a);
+	snprintf(why, wn, "%s", line.p);
+	buf_free(&line);
+	answer_free(&a);
+	return -1;
+}
+
+/* xwebhook logout: revoke the stored tokens at X, and remove them here
+ * (even when X could not be told: saying so). */
+static int
+cmd_logout(void)
+{
+	struct oauth2_token t;
+	char why[600], *secret;
+	int dir = state_root_open(NULL, 0), lock, rc = 0;
+
+	if (dir < 0 || oauth2_token_load(dir, &t) < 0) {
+		fprintf(stderr, "%s: logout: no token in %s/" OAUTH2_TOKEN_FILE ": nothing to do\n", progname,
+		    state_dir);
+		return 0;
+	}
+	secret = oauth2_secret_for(&t, "logout");
+	lock = oauth2_lock(dir);
+	oauth2_token_free(&t);
+	if (oauth2_token_load(dir, &t) < 0) {
+		fprintf(stderr, "%s: logout: no token in %s/" OAUTH2_TOKEN_FILE ": nothing to do\n", progname,
+		    state_dir);
+		close(lock);
+		close(dir);
+		return 0;
+	}
+	/* The refresh token first: revoking it ends the grant. */
+	if ((t.refresh.len > 1 && oauth2_revoke(&t, &t.refresh, "refresh_token", secret, why, sizeof(why)) < 0) ||
+	    oauth2_revoke(&t, &t.access, "access_token", secret, why, sizeof(why)) < 0) {
+		fprintf(stderr, "%s: logout: X did not revoke the token (%s); removing it here anyway (X ends the "
+		    "app's access at https://x.com/settings/connected_apps)\n", progname, why);
+		rc = 1;
+	}
+	if (unlinkat(dir, OAUTH2_TOKEN_FILE, 0) < 0)
+		die("logout: cannot remove %s/" OAUTH2_TOKEN_FILE ":", state_dir);
+	fprintf(stderr, "%s: logout: %sremoved %s/" OAUTH2_TOKEN_FILE "\n", progname,
+	    rc == 0 ? "X revoked the access and refresh tokens; " : "", state_dir);
+	close(lock);
+	if (secret != NULL) {
+		explicit_bzero(secret, strlen(secret));
+		free(secret);
+	}
+	oauth2_token_free(&t);
+	close(dir);
+	return rc;
+}
+#endif
+
 /* The credentials xc needs, from the environment only: the consumer key
  * and secret and the access token and its secret into cred for X_USER,
  * the Bearer token into *bearer for X_BEARER. Each leaves the
@@ -9800,12 +10565,16 @@ x_credentials(const struct x_command *xc, char *cred[4], char **bearer)
 {
 	/* The ones this call does not use leave the environment too. */
 	static const char *const all[] = { "TWITTER_BEARER_TOKEN", "TWITTER_CONSUMER_KEY", "TWITTER_ACCESS_TOKEN",
-		"TWITTER_ACCESS_TOKEN_SECRET" };
+		"TWITTER_ACCESS_TOKEN_SECRET", "TWITTER_CLIENT_ID", "TWITTER_CLIENT_SECRET" };
 	struct buf missing = { 0 }, secret = { 0 };
 	size_t k;
 
 	if (xc->auth == X_BEARER) {
 		*bearer = x_credential("TWITTER_BEARER_TOKEN", &missing);
+#ifdef XWEBHOOK_TLS
+	} else if (oauth2_user_bearer(xc->name, bearer)) {
+		x_user_oauth2 = 1;  /* xwebhook login's token, not OAuth 1.0a */
+#endif
 	} else {
 		cred[0] = x_credential("TWITTER_CONSUMER_KEY", &missing);
 		if (read_secret(&secret)) {
@@ -9826,7 +10595,7 @@ x_credentials(const struct x_command *xc, char *cred[4], char **bearer)
 		if (v != NULL)
 			memset(v, 0, strlen(v));
 	}
-	if (xc->auth == X_BEARER && read_secret(&secret)) {
+	if (*bearer != NULL && read_secret(&secret)) {
 		explicit_bzero(secret.p, secret.cap);
 		buf_free(&secret);
 	}
@@ -9834,7 +10603,8 @@ x_credentials(const struct x_command *xc, char *cred[4], char **bearer)
 		buf_addc(&missing, '\0');
 		die("%s: not set in the environment: %s (%s)", xc->name, missing.p, xc->auth == X_BEARER ?
 		    "the app's Bearer token, from the developer portal's Keys and tokens" :
-		    "the app's API Key and Secret, and the subscribing account's Access Token and Secret");
+		    "the app's API Key and Secret, and the subscribing account's Access Token and Secret; "
+		    "or run xwebhook login");
 	}
 	buf_free(&missing);
 }
@@ -9866,7 +10636,7 @@ x_request(const struct x_command *xc, const char *const *args, const struct url 
 	if (xc->body != NULL)
 		xc->body(&body, args);
 	buf_adds(&fields, "User-Agent: xwebhook/" XWEBHOOK_VERSION "\r\nAccept: application/json\r\nAuthorization: ");
-	if (xc->auth == X_USER) {
+	if (xc->auth == X_USER && bearer == NULL) {
 		unsigned char raw[16];
 		char nonce[2 * sizeof(raw) + 1], stamp[24];
 		struct buf url = { 0 };
@@ -10571,18 +11341,17 @@ state_at(const char *path, const char **name)
 	return *rest != '\0' && strchr(rest, '/') == NULL ? state_fd : -1;
 }
 
-/* Write path atomically (a temporary file, fsynced, renamed), mode 0600.
- * The temporary file is always a new one (O_EXCL, O_NOFOLLOW); one that a
- * signal or a crash cut off is removed at the next start (state_sweep). */
+/* Write name in the directory dir atomically (a temporary file, fsynced,
+ * renamed), mode 0600. The temporary file is always a new one (O_EXCL,
+ * O_NOFOLLOW); one that a signal or a crash cut off is removed at the
+ * next start (state_sweep). A link planted at name is replaced, never
+ * followed. */
 static int
-state_write(const char *path, const void *p, size_t n)
+state_write_at(int dir, const char *name, const void *p, size_t n)
 {
 	char tmp[NAME_MAX + 1];
-	const char *name = NULL;
-	int dir = state_at(path, &name), fd, len, saved;
+	int fd, len, saved;
 
-	if (dir < 0)
-		return -1;
 	len = snprintf(tmp, sizeof(tmp), "%s" STATE_TMP, name);
 	if (len < 0 || (size_t)len >= sizeof(tmp)) {
 		errno = ENAMETOOLONG;
@@ -10606,6 +11375,17 @@ state_write(const char *path, const void *p, size_t n)
 		return -1;
 	}
 	return 0;
+}
+
+/* Write path, in --state-dir or its DOMAIN directory, as state_write_at
+ * does. */
+static int
+state_write(const char *path, const void *p, size_t n)
+{
+	const char *name = NULL;
+	int dir = state_at(path, &name);
+
+	return dir < 0 ? -1 : state_write_at(dir, name, p, n);
 }
 
 /* Read a regular file in --state-dir, never through a link, of at most
@@ -10767,22 +11547,25 @@ state_sweep(int dir, const char *shown)
 	closedir(d);
 }
 
-/* Open --state-dir and its DOMAIN directory (made 0700, --user's) into
- * state_fd and domain_fd, and check what is in them (see above). */
-static void
-state_open(const struct passwd *owner)
+/* Open --state-dir itself, its path as root walked without following a
+ * link: made (0700, --user's) when create, else -1 when there is none,
+ * or when it is the default directory and not ours to read (the
+ * server's, say: it holds no login of ours). Checked as state_check
+ * does. Its descriptor. */
+static int
+state_root_open(const struct passwd *owner, int create)
 {
 	static char dir[PATH_MAX];
-	char shown[2 * PATH_MAX];  /* the paths fit in PATH_MAX (checked) */
 	const char *base;
 	size_t n = strlen(state_dir);
-	int at = AT_FDCWD, i;
+	int at = AT_FDCWD, fd, r;
+	struct stat st;
 
 	while (n > 1 && state_dir[n - 1] == '/')
 		n--;
-	if (n + strlen(acme_domain) + NAME_MAX + 3 > PATH_MAX)
+	if (n + (acme_domain != NULL ? strlen(acme_domain) : 0) + NAME_MAX + 3 > PATH_MAX)
 		die("--state-dir %s: the path is too long", state_dir);
-	memcpy(dir, state_dir, n);
+	memmove(dir, state_dir, n);
 	dir[n] = '\0';
 	state_dir = dir;  /* without trailing slashes: state_at compares paths with it */
 	if (strcmp(dir, "/") == 0)
@@ -10794,15 +11577,38 @@ state_open(const struct passwd *owner)
 	if (base != dir) {
 		/* As root, its path too is walked without following a link. */
 		at = dir_open_nofollow(dir, base - 1 == dir ? 1 : (size_t)(base - 1 - dir));
+		if (at < 0 && !create && errno == ENOENT)
+			return -1;
 		if (at < 0 && (errno == ELOOP || errno == ENOTDIR))
 			die("--state-dir %s: a directory on its path is a symbolic link, which root does not "
 			    "follow (give its real path)", dir);
 		if (at < 0)
 			die("cannot make --state-dir %s:", dir);
 	}
-	state_fd = state_dir_open(at, base, dir, owner);
+	r = create ? 0 : fstatat(at, base, &st, AT_SYMLINK_NOFOLLOW);
+	if (!create && (r < 0 ? errno == ENOENT : strcmp(dir, STATE_DIR_DEFAULT) == 0 &&
+	    (!S_ISDIR(st.st_mode) || !state_owner_ok(st.st_uid, owner) ||
+	    faccessat(at, base, R_OK | W_OK | X_OK, AT_EACCESS) < 0)))
+		fd = -1;
+	else
+		fd = create ? state_dir_open(at, base, dir, owner) :
+		    state_entry_open(at, base, O_RDONLY | O_DIRECTORY, dir, 1, owner);
 	if (at != AT_FDCWD)
 		close(at);
+	return fd;
+}
+
+/* Open --state-dir and its DOMAIN directory (made 0700, --user's) into
+ * state_fd and domain_fd, and check what is in them (see above). */
+static void
+state_open(const struct passwd *owner)
+{
+	char shown[2 * PATH_MAX];  /* the paths fit in PATH_MAX (checked) */
+	const char *dir;
+	int i;
+
+	state_fd = state_root_open(owner, 1);
+	dir = state_dir;
 	snprintf(shown, sizeof(shown), "%s/%s", dir, acme_domain);
 	domain_fd = state_dir_open(state_fd, acme_domain, shown, owner);
 	state_sweep(state_fd, dir);
@@ -12220,11 +13026,17 @@ usage(FILE *f)
 "       xwebhook unsubscribe WEBHOOK_ID USER_ID  stop a user's events\n"
 "       xwebhook replay WEBHOOK_ID FROM TO       resend events of FROM..TO (yyyymmddhhmm, UTC,\n"
 "                                                within the past 24 hours)\n"
+"       xwebhook login                           sign an account in with OAuth 2.0 (PKCE): its\n"
+"                                                token, kept in --state-dir, then carries the\n"
+"                                                user-context calls, refreshed as it runs out\n"
+"       xwebhook logout                          revoke that token at X and remove it\n"
 "\n"
 "The consumer secret (the app's API Key Secret) comes from TWITTER_CONSUMER_SECRET,\n"
 "else CONSUMER_SECRET, in the environment, or from --secret-file; never from argv.\n"
 "X's calls take TWITTER_BEARER_TOKEN; subscribe takes TWITTER_CONSUMER_KEY, the\n"
-"consumer secret, TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET instead.\n"
+"consumer secret, TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET instead,\n"
+"unless login stored a token; login takes TWITTER_CLIENT_ID (and TWITTER_CLIENT_SECRET\n"
+"for a confidential client).\n"
 "\n", f);
 	/* Two strings: ISO C promises literals of 4095 bytes, no more. */
 	fputs(
@@ -12271,6 +13083,14 @@ usage(FILE *f)
 "      --cacert FILE        trust these roots (default /etc/ssl/certs/ca-certificates.crt)\n"
 "X's calls:\n"
 "      --api BASE_URL       X's API (default https://api.x.com)\n"
+"      --state-dir DIR      where login keeps oauth2.token (0600)\n"
+"login options:\n"
+"      --scopes \"A B ...\"   the scopes asked for (default tweet.read users.read\n"
+"                           offline.access dm.read like.read mute.read block.read)\n"
+"      --port N             the redirect's loopback port (default " STR(LOGIN_PORT_DEFAULT_N) "):\n"
+"                           http://127.0.0.1:N/callback, listed in the app's settings\n"
+"      --wait SECONDS       how long to wait for the browser (default 300)\n"
+"      --auth-url URL       X's authorize page (default " AUTH_URL_DEFAULT ")\n"
 #endif
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
@@ -12390,6 +13210,10 @@ static const struct {
 	{ "--acme-email", &acme_email },
 	{ "--acme-http", &acme_http_spec },
 	{ "--state-dir", &state_dir },
+	{ "--auth-url", &auth_url },
+	{ "--scopes", &login_scopes },
+	{ "--port", &login_port },
+	{ "--wait", &login_wait },
 };
 #endif
 
@@ -12430,7 +13254,8 @@ option_take(const char *name, const char *a, const char *val, int argc, char **a
 	} else if (OPT("--forward", "--forward")) {
 		forward_option(VALUE());
 	} else if (OPT("--cert", "--key") || OPT("--acme", "--acme-server") ||
-	    OPT("--acme-cacert", "--acme-email") || OPT("--acme-http", "--state-dir")) {
+	    OPT("--acme-cacert", "--acme-email") || OPT("--acme-http", "--state-dir") ||
+	    OPT("--auth-url", "--scopes") || OPT("--port", "--wait")) {
 #ifdef XWEBHOOK_TLS
 		const char *v = VALUE();
 
@@ -12536,6 +13361,9 @@ run_server(void)
 	if (acme_domain == NULL && (acme_http_spec != NULL || acme_email != NULL || acme_cacert != NULL ||
 	    strcmp(state_dir, "/var/lib/xwebhook") != 0 || strstr(acme_server, "letsencrypt") == NULL))
 		die("--acme-server, --acme-cacert, --acme-email, --acme-http and --state-dir go with --acme DOMAIN");
+	if (strcmp(auth_url, AUTH_URL_DEFAULT) != 0 || strcmp(login_scopes, LOGIN_SCOPES_DEFAULT) != 0 ||
+	    login_port != NULL || login_wait != NULL)
+		die("--auth-url, --scopes, --port and --wait go with xwebhook login");
 	if (acme_domain != NULL) {
 		tls_suites_init();
 		session_cache_reset();
@@ -12601,6 +13429,14 @@ main(int argc, char **argv)
 			return cmd_fmt(args[1]);
 		if (strcmp(args[0], "check") == 0 && nargs == 2)
 			return cmd_check(args[1]);
+		if ((strcmp(args[0], "login") == 0 || strcmp(args[0], "logout") == 0) && nargs == 1)
+#ifdef XWEBHOOK_TLS
+			return args[0][3] == 'i' ? cmd_login() : cmd_logout();
+#else
+			die("%s: X's API is HTTPS only, and this build has no TLS: build with make TLS=1", args[0]);
+#endif
+		if (strcmp(args[0], "login") == 0 || strcmp(args[0], "logout") == 0)
+			die("usage: xwebhook %s [options]", args[0]);
 		if (strcmp(args[0], "check") == 0)
 			die("usage: xwebhook check URL");
 		if (strcmp(args[0], "crc") == 0)

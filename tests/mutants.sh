@@ -19,7 +19,7 @@ SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-r
 
 # One mutant per block: a description; the exact text to replace (it must
 # occur once); what replaces it; the tests that must catch it, as
-# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi or acme; NAME filters
+# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, login or acme; NAME filters
 # test names, as ONLY does).
 python3 - "$W/mutants.json" <<'PY'
 import json, sys
@@ -320,6 +320,46 @@ M = [
   "unit brokers:nats_type_routing"),
  ("a resent batch keeps the acknowledgements from before NOSCRIPT",
   "\t\t\tb->acked[i] = 0;\n", "", "brokers:noscript_mid_batch"),
+ ("login: the redirect's state not checked",
+  "if (gn != (long)strlen(state) || !ct_equal(got, state, strlen(state))) {", "if (0) {",
+  "login:a_wrong_state"),
+ ("login: the state compared on its first byte only",
+  "if (gn != (long)strlen(state) || !ct_equal(got, state, strlen(state))) {",
+  "if (gn != (long)strlen(state) || !ct_equal(got, state, 1)) {", "login:a_wrong_state"),
+ ("login: PKCE's challenge not the SHA-256 of the whole verifier",
+  "digest_update(&d, v, n);", "digest_update(&d, v, n - 1);", "unit-tls login:the_whole_flow"),
+ ("login: --scopes not checked against X's scope names",
+  "if (k == sizeof(oauth2_scopes) / sizeof(oauth2_scopes[0]))", "if (0)", "login:login_gives_up"),
+ ("login: the wait for the browser 100 times --wait",
+  "now_ms() + (int64_t)wait_s * 1000", "now_ms() + (int64_t)wait_s * 100000", "login:login_gives_up"),
+ ("login: the token file's write not fsynced before its rename",
+  "if (write_all(fd, p, n) < 0 || fsync(fd) < 0) {", "if (write_all(fd, p, n) < 0) {",
+  "login:the_written_file"),
+ ("login: the token file written 0644",
+  "O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);",
+  "O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);", "login:the_whole_flow"),
+ ("login: user-context calls never use the stored token",
+  "} else if (oauth2_user_bearer(xc->name, bearer)) {", "} else if (0 && oauth2_user_bearer(xc->name, bearer)) {",
+  "login:the_whole_flow"),
+ ("login: a token that runs out soon used without a refresh",
+  "if (t.expires_at - (long long)time(NULL) <= OAUTH2_REFRESH_MARGIN_S) {\n\t\tlock = oauth2_lock(dir);",
+  "if (0) {\n\t\tlock = oauth2_lock(dir);", "login:a_token_that_runs_out"),
+ ("login: the token not read again under the lock (the second run refreshes too)",
+  "\t\tif (t.expires_at - (long long)time(NULL) <= OAUTH2_REFRESH_MARGIN_S)\n\t\t\toauth2_refresh(cmd, dir, &t);",
+  "\t\toauth2_refresh(cmd, dir, &t);", "login:two_runs"),
+ ("login: no flock on the token's lock file",
+  "while (flock(fd, LOCK_EX) < 0)", "while (0)", "login:two_runs"),
+ ("login: the token file read through a planted link",
+  "fd = state_entry_open(dir, OAUTH2_TOKEN_FILE, O_RDONLY | O_NONBLOCK | O_NOCTTY, shown, 0, NULL);",
+  "fd = openat(dir, OAUTH2_TOKEN_FILE, O_RDONLY | O_CLOEXEC);", "login:a_link_planted"),
+ ("login: a confidential client sends no HTTP Basic",
+  "if (secret != NULL) {\n\t\t/* RFC 6749 2.3.1", "if (0) {\n\t\t/* RFC 6749 2.3.1", "login:a_confidential"),
+ ("login: TWITTER_CLIENT_SECRET left in the environment",
+  "secret = oauth2_env(\"TWITTER_CLIENT_SECRET\");\n\tt.confidential",
+  "secret = getenv(\"TWITTER_CLIENT_SECRET\") ? strdup(getenv(\"TWITTER_CLIENT_SECRET\")) : NULL;\n\tt.confidential",
+  "login:tokens_stay_out"),
+ ("logout: the refresh token not revoked",
+  "(t.refresh.len > 1 && oauth2_revoke(", "(0 && oauth2_revoke(", "login:logout_revokes"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
@@ -352,7 +392,7 @@ PY
 		case "$tests" in *tls*)
 			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
 		esac
-		case "$tests" in *xapi*|*acme*)
+		case "$tests" in *xapi*|*acme*|*login*)
 			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
 		esac
 		case "$tests" in *events*) gcc -O2 -o tests/out/xwebhook-gcc xwebhook.c || exit 2; esac
@@ -370,6 +410,7 @@ PY
 			brokers) ONLY=$names python3 tests/brokers.py tests/xwebhook-asan tests/fixtures \
 			    >tests/out/brokers.log 2>&1 ;;
 			xapi) ONLY=$names python3 tests/xapi.py tests/xwebhook-tls-asan tests/fixtures >tests/out/xapi.log 2>&1 ;;
+			login) ONLY=$names python3 tests/login.py tests/xwebhook-tls-asan tests/fixtures >tests/out/login.log 2>&1 ;;
 			acme) ONLY=$names python3 tests/acme.py tests/xwebhook-tls-asan tests/fixtures >tests/out/acme.log 2>&1 ;;
 			esac || exit 1
 		done

@@ -27,6 +27,9 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as it  # noqa: E402  (what every suite shares)
@@ -65,6 +68,8 @@ SUBSTITUTIONS = [
     ("--user xwebhook ", "--user nobody ", "the test makes no system user: nobody stands in"),
     ("./xwebhook check ", "./xwebhook check --connect 127.0.0.1:{tls_port} --cacert {ca} ",
      "the host name is the test's, not in DNS, under the test's root"),
+    ("./xwebhook login ", "./xwebhook --api {api} --cacert {ca} --auth-url {api}/i/oauth2/authorize --port {login_port} "
+     "login ", "X's authorize page is the stand-in's, which a thread of the test follows as a browser"),
     (re.compile(r"\./xwebhook (webhooks|register|validate|subscribe|subscriptions|replay)\b"),
      r"./xwebhook --api {api} --cacert {ca} \1", "X's API is the stand-in, tests/x_standin.py"),
     ("6379", "{redis_port}", "the test's own redis-server"),
@@ -111,6 +116,7 @@ BLOCKS = [
     ("{", "sample", None),
     ("./xwebhook webhooks", "session", "webhooks"),
     ("export TWITTER_CONSUMER_KEY=", "session", "subscribe"),
+    ("export TWITTER_CLIENT_ID=", "session", "login"),
     ("./xwebhook replay ", "session", "replay"),
     ("./xwebhook fmt /var/lib/xwebhook/events.jsonl", "session", "fmt"),
     ("[Unit]", "unit", None),
@@ -355,6 +361,29 @@ def start_brokers(root):
     return procs, rport, nport
 
 
+def browse(s, err_at):
+    """The browser of the README's login: it follows the URL login prints
+    to the stand-in's authorize page, and X's redirect back to login."""
+    got = {}
+
+    def url():
+        m = re.search(r"^(https://\S+)$", s.stderr()[err_at:], re.M)
+        got["url"] = m and m.group(1)
+        return m is not None
+    if not it.wait_until(url, 60):
+        return
+    ctx = ssl.create_default_context(cafile=PKI["p"]["root"])
+
+    class Stop(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+    try:
+        urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), Stop).open(got["url"], timeout=10)
+    except urllib.error.HTTPError as e:
+        if e.code == 302:
+            urllib.request.urlopen(e.headers["Location"], timeout=10).read()
+
+
 @test
 def the_path_top_to_bottom():
     """Every sh block in order, in one bash, as the README says to type
@@ -382,10 +411,12 @@ def the_path_top_to_bottom():
     tls_port = it.free_port()
     app = xs.App(CRED["TWITTER_CONSUMER_KEY"], SECRET, CRED["TWITTER_BEARER_TOKEN"],
                  {CRED["TWITTER_ACCESS_TOKEN"]: (CRED["TWITTER_ACCESS_TOKEN_SECRET"], USER_ID)})
+    app.client_id = re.search(r"^export TWITTER_CLIENT_ID='(.*)'$", readme(), re.M).group(1)
     x = xs.Standin(PKI["api"]["chain"], PKI["api"]["key"], PKI["p"]["root"], app, {HOST: tls_port})
     procs, rport, nport = start_brokers(root)
     values = {"port": it.free_port(), "tls_port": tls_port, "root": root, "group": group,
-              "ca": PKI["p"]["root"], "api": x.base, "redis_port": rport, "nats_port": nport}
+              "ca": PKI["p"]["root"], "api": x.base, "redis_port": rport, "nats_port": nport,
+              "login_port": it.free_port()}
     env = {"PATH": os.environ["PATH"], "HOME": root, "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80",
            "LC_ALL": "C.UTF-8"}
     for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
@@ -431,6 +462,9 @@ def the_path_top_to_bottom():
             assert rc == 0 and out.count('"valid": true') == 2, (rc, out)
         elif key == "subscribe":
             assert rc == 0 and '"subscribed": true' in out and '"user_id": "%s"' % USER_ID in out, (rc, out)
+        elif key == "login":
+            t = json.load(open(os.path.join(root, ".xwebhook", "oauth2.token")))
+            assert rc == 0 and t["access_token"] in x.oauth2.access, (rc, s.stderr()[err_at:])
         elif key == "replay":
             assert rc == 0 and '"job_id"' in out, (rc, out)
             assert it.wait_until(lambda: os.path.exists(events) and b"replay_job_status" in
@@ -459,6 +493,8 @@ def the_path_top_to_bottom():
                 continue
             cmd, _ = substitute(b, values)
             err_at = len(s.stderr())
+            if key == "login":
+                threading.Thread(target=browse, args=(s, err_at), daemon=True).start()
             out, rc = s.run(cmd, timeout=600 if key == "build" else 120)
             check(key, out, rc)
             ran += 1

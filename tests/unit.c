@@ -1429,6 +1429,11 @@ test_acme_der(void)
 	j.len = 0;
 	b64url(&j, "\xfb\xff", 2);
 	CHECK(j.len == 3 && memcmp(j.p, "-_8", 3) == 0, "b64url");
+	/* PKCE's S256 challenge: RFC 7636 appendix B's example. */
+	j.len = 0;
+	pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", 43, &j);
+	CHECK(j.len == 43 && memcmp(j.p, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", 43) == 0,
+	    "pkce_challenge: %.*s", (int)j.len, j.p);
 
 	/* RFC 3339 times, as ARI's windows come. */
 	{

@@ -73,6 +73,9 @@ class App:
         self.consumer_key, self.consumer_secret, self.bearer = consumer_key, consumer_secret, bearer
         self.users = users  # access token -> (token secret, user id)
         self.app_id = "29384710"
+        # OAuth 2.0 (xwebhook login): the app's Client ID, and its Client
+        # Secret when it is a confidential client (None: a public one).
+        self.client_id, self.client_secret = "Y2xpZW50LWlkLVpxOHg6MTpjaQ", None
 
 
 class Standin:
@@ -95,6 +98,7 @@ class Standin:
         self.delay = 0  # seconds before each answer (to look at the client meanwhile, or to be slow)
         self.released = threading.Event()  # ends every delay at once (set by close)
         self.override = None  # (status, headers, body bytes): answer this to everything
+        self.oauth2 = OAuth2(app)
         standin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -153,6 +157,13 @@ class Standin:
         True (app), or None after answering the refusal."""
         auth = h.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
+            user = self.oauth2.user(auth[7:]) if kind == "user" else None
+            if user == "expired" or (kind == "user" and user is None and auth[7:] != self.app.bearer):
+                self.send(h, 401, {"title": "Unauthorized", "type": "about:blank", "status": 401,
+                                   "detail": "Unauthorized"})
+                return None
+            if user is not None:
+                return user
             if kind == "user":
                 self.send(h, 403, {"title": "Unsupported Authentication",
                                    "detail": "Authenticating with OAuth 2.0 Application-Only is forbidden for "
@@ -288,6 +299,8 @@ class Standin:
             h.wfile.write(raw)
             return
         path = urllib.parse.urlsplit(h.path).path
+        if path in OAuth2.PATHS:
+            return self.oauth2.handle(self, h, path, body)
         parts = path.strip("/").split("/")
         m = h.command
         try:
@@ -428,3 +441,131 @@ class Standin:
             c.close()
         except OSError:
             pass
+
+
+# ---- OAuth 2.0 user context: authorize, token, revoke ----
+
+def b64url(raw):
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class OAuth2:
+    """X's OAuth 2.0 Authorization Code flow with PKCE, as the
+    authorization-code and user-access-token pages describe it: the
+    authorize page (a test drives it as a browser; the user's answer is
+    `consent`), the token endpoint (authorization_code with the S256
+    challenge checked against the verifier, refresh_token rotating both
+    tokens, HTTP Basic for a confidential client, client_id in the form for
+    a public one) and revoke. `expires_in` is what new access tokens last;
+    `token_delay` holds each token answer (two runs racing to refresh)."""
+
+    PATHS = ("/i/oauth2/authorize", "/2/oauth2/token", "/2/oauth2/revoke")
+    VERIFIER_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+    def __init__(self, app):
+        self.app = app
+        self.consent = True
+        self.expires_in = 7200
+        self.token_delay = 0
+        self.codes = {}     # code -> {"challenge", "redirect_uri", "scope"}
+        self.access = {}    # access token -> (user id, expires at, scope)
+        self.refresh = {}   # refresh token -> (user id, scope)
+        self.grants = []    # (grant_type, form, Authorization) of every token request
+        self.revoked = []   # (token, hint)
+        self.lock = threading.Lock()
+
+    def user(self, token):
+        """The user id of a valid user access token, "expired", or None."""
+        with self.lock:
+            got = self.access.get(token)
+        if got is None:
+            return None
+        return got[0] if got[1] > time.time() else "expired"
+
+    def handle(self, standin, h, path, body):
+        if path == "/i/oauth2/authorize" and h.command == "GET":
+            return self.authorize(standin, h)
+        if h.command != "POST":
+            return standin.send(h, 405, {"error": "invalid_request", "error_description": "POST only"})
+        form = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        refusal = self.client(h, form)
+        if refusal is not None:
+            return standin.send(h, 401, {"error": "unauthorized_client", "error_description": refusal})
+        if path == "/2/oauth2/revoke":
+            with self.lock:
+                self.revoked.append((form.get("token"), form.get("token_type_hint")))
+                self.access.pop(form.get("token"), None)
+                self.refresh.pop(form.get("token"), None)
+            return standin.send(h, 200, {"revoked": True})
+        if self.token_delay:
+            time.sleep(self.token_delay)
+        with self.lock:
+            self.grants.append((form.get("grant_type"), form, h.headers.get("Authorization")))
+            return self.token(standin, h, form)
+
+    def client(self, h, form):
+        """Why the client's authentication is refused, or None."""
+        auth = h.headers.get("Authorization", "")
+        if self.app.client_secret is None:
+            if auth or form.get("client_id") != self.app.client_id:
+                return "Missing valid authorization header" if auth else "client_id is missing or unknown"
+            return None
+        if not auth.startswith("Basic "):
+            return "Missing valid authorization header"
+        cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        if (urllib.parse.unquote_plus(cid), urllib.parse.unquote_plus(secret)) != (self.app.client_id,
+                                                                                 self.app.client_secret):
+            return "Missing valid authorization header"
+        return None
+
+    def authorize(self, standin, h):
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(h.path).query, keep_blank_values=True))
+        need = ("response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
+                "code_challenge_method")
+        if (any(k not in q for k in need) or q["response_type"] != "code" or q["client_id"] != self.app.client_id
+                or q["code_challenge_method"] != "S256"):
+            return standin.send(h, 400, b"Something went wrong: the authorize request is not valid.")
+        if self.consent:
+            code = b64url(os.urandom(48))
+            with self.lock:
+                self.codes[code] = {"challenge": q["code_challenge"], "redirect_uri": q["redirect_uri"],
+                                    "scope": q["scope"]}
+            answer = {"state": q["state"], "code": code}
+        else:
+            answer = {"error": "access_denied", "state": q["state"]}
+        h.send_response(302)
+        h.send_header("Location", q["redirect_uri"] + "?" + urllib.parse.urlencode(answer))
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def issue(self, user, scope):
+        access, refresh = b64url(os.urandom(60)), b64url(os.urandom(60))
+        self.access[access] = (user, time.time() + self.expires_in, scope)
+        out = {"token_type": "bearer", "expires_in": self.expires_in, "access_token": access, "scope": scope}
+        if "offline.access" in scope.split():
+            self.refresh[refresh] = (user, scope)
+            out["refresh_token"] = refresh
+        return out
+
+    def token(self, standin, h, form):
+        user = next(iter(self.app.users.values()))[1]
+        if form.get("grant_type") == "authorization_code":
+            c = self.codes.pop(form.get("code", ""), None)
+            if c is None or form.get("redirect_uri") != c["redirect_uri"]:
+                return standin.send(h, 400, {"error": "invalid_request",
+                                             "error_description": "Value passed for the authorization code "
+                                                                  "was invalid."})
+            v = form.get("code_verifier", "")
+            if (not 43 <= len(v) <= 128 or not set(v) <= self.VERIFIER_CHARS
+                    or b64url(hashlib.sha256(v.encode()).digest()) != c["challenge"]):
+                return standin.send(h, 400, {"error": "invalid_request",
+                                             "error_description": "Value passed for the code verifier did not "
+                                                                  "match the code challenge."})
+            return standin.send(h, 200, self.issue(user, c["scope"]))
+        if form.get("grant_type") == "refresh_token":
+            r = self.refresh.pop(form.get("refresh_token", ""), None)
+            if r is None:
+                return standin.send(h, 400, {"error": "invalid_request",
+                                             "error_description": "Value passed for the token was invalid."})
+            return standin.send(h, 200, self.issue(r[0], r[1]))
+        return standin.send(h, 400, {"error": "unsupported_grant_type", "error_description": "grant_type"})
