@@ -247,8 +247,9 @@ enum {
 	/* Pages activity list follows: X's largest tier (Partner) holds
 	 * 150,000 subscriptions, 150 pages of XAA_PAGE_MAX. */
 	XAA_PAGES_MAX = 200,
-	/* Words that are not options: activity delete and its ids. */
-	SUBCMD_ARGS_MAX = 2 + XAA_IDS_MAX,
+	/* Words that are not options: activity delete and its ids, and one
+	 * more, so that activity delete names its limit itself. */
+	SUBCMD_ARGS_MAX = 2 + XAA_IDS_MAX + 1,
 };
 
 /* Each connection thread's stack: the deepest path (a response, a log
