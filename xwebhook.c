@@ -12362,11 +12362,19 @@ usage(FILE *f)
 "       xwebhook unsubscribe WEBHOOK_ID USER_ID  stop a user's events\n"
 "       xwebhook replay WEBHOOK_ID FROM TO       resend events of FROM..TO (yyyymmddhhmm, UTC,\n"
 "                                                within the past 24 hours)\n"
+"       xwebhook activity add EVENT_TYPE (--user-id ID | --keyword WORDS)\n"
+"                [--direction inbound|outbound] [--tag TEXT] [--webhook ID]\n"
+"                                                subscribe to an X Activity API event\n"
+"       xwebhook activity list                   list those subscriptions (every page)\n"
+"       xwebhook activity update SUBSCRIPTION_ID [--tag TEXT] [--webhook ID]\n"
+"       xwebhook activity delete SUBSCRIPTION_ID...  delete them (several in one call)\n"
 "\n"
 "The consumer secret (the app's API Key Secret) comes from TWITTER_CONSUMER_SECRET,\n"
 "else CONSUMER_SECRET, in the environment, or from --secret-file; never from argv.\n"
 "X's calls take TWITTER_BEARER_TOKEN; subscribe takes TWITTER_CONSUMER_KEY, the\n"
-"consumer secret, TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET instead.\n"
+"consumer secret, TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET instead,\n"
+"as does activity add for private events (likes, DMs, chat, mentions, replies,\n"
+"quotes, reposts, mutes, blocks, broadcast chat).\n"
 "\n", f);
 	/* Two strings: ISO C promises literals of 4095 bytes, no more. */
 	fputs(
@@ -12411,6 +12419,12 @@ usage(FILE *f)
 "      --cacert FILE        trust these roots (default /etc/ssl/certs/ca-certificates.crt)\n"
 "X's calls:\n"
 "      --api BASE_URL       X's API (default https://api.x.com)\n"
+"activity add and activity update:\n"
+"      --user-id ID         the user whose events (every event type but news.new)\n"
+"      --keyword WORDS      the words news.new follows (news.new only)\n"
+"      --direction DIR      inbound or outbound likes (like.create only)\n"
+"      --tag TEXT           1 to 200 characters X puts in each event\n"
+"      --webhook ID         the webhook that gets the events\n"
 #endif
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
