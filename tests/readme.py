@@ -65,7 +65,7 @@ SUBSTITUTIONS = [
     ("--user xwebhook ", "--user nobody ", "the test makes no system user: nobody stands in"),
     ("./xwebhook check ", "./xwebhook check --connect 127.0.0.1:{tls_port} --cacert {ca} ",
      "the host name is the test's, not in DNS, under the test's root"),
-    (re.compile(r"\./xwebhook (webhooks|register|validate|subscribe|subscriptions|replay)\b"),
+    (re.compile(r"\./xwebhook (webhooks|register|validate|subscribe|subscriptions|replay|activity)\b"),
      r"./xwebhook --api {api} --cacert {ca} \1", "X's API is the stand-in, tests/x_standin.py"),
     ("6379", "{redis_port}", "the test's own redis-server"),
     ("4222", "{nats_port}", "the test's own nats-server"),
@@ -110,7 +110,9 @@ BLOCKS = [
     ("export TWITTER_BEARER_TOKEN=", "session", "register"),
     ("{", "sample", None),
     ("./xwebhook webhooks", "session", "webhooks"),
-    ("export TWITTER_CONSUMER_KEY=", "session", "subscribe"),
+    ("./xwebhook activity add profile.update.bio", "session", "activity"),
+    ("export TWITTER_CONSUMER_KEY=", "session", "private"),
+    ("./xwebhook subscribe ", "session", "subscribe"),
     ("./xwebhook replay ", "session", "replay"),
     ("./xwebhook fmt /var/lib/xwebhook/events.jsonl", "session", "fmt"),
     ("[Unit]", "unit", None),
@@ -429,6 +431,19 @@ def the_path_top_to_bottom():
             assert x.crcs == [("https://%s/webhooks/twitter" % HOST, None)], x.crcs
         elif key == "webhooks":
             assert rc == 0 and out.count('"valid": true') == 2, (rc, out)
+        elif key == "activity":
+            got = json.loads("[" + out.replace("}\n{", "},{") + "]")
+            assert rc == 0 and [g["data"]["subscription"]["event_type"] for g in got[:2]] == \
+                ["profile.update.bio", "post.create"], (rc, out)
+            assert [d["event_type"] for d in got[2]["data"]] == ["profile.update.bio", "post.create"], out
+            assert all(d["webhook_id"] == "1460000000000000001" for d in got[2]["data"]), out
+            assert all(r["headers"]["Authorization"].startswith("Bearer ") for r in x.requests
+                       if r["path"].startswith("/2/activity/")), "a public event went in user context"
+        elif key == "private":
+            got = json.loads(out)["data"]["subscription"]
+            assert rc == 0 and got["event_type"] == "like.create", (rc, out)
+            assert got["filter"] == {"user_id": USER_ID, "direction": "inbound"}, got
+            assert x.requests[-1]["headers"]["Authorization"].startswith("OAuth "), "like.create is private"
         elif key == "subscribe":
             assert rc == 0 and '"subscribed": true' in out and '"user_id": "%s"' % USER_ID in out, (rc, out)
         elif key == "replay":
