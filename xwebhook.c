@@ -10122,7 +10122,7 @@ xaa_delete(const struct x_command *xc, const char *const *args)
 {
 	struct x_command row = *xc;
 	struct buf ids = { 0 }, errs = { 0 }, el = { 0 }, line = { 0 };
-	const char *bulk[3] = { args[0], NULL, NULL };
+	const char *bulk[3] = { args[0], NULL, "" };  /* the path has no %2 */
 	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
 	size_t at = 0, failed = 0;
 	struct answer a;
