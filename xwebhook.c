@@ -9041,9 +9041,11 @@ cmd_check(const char *arg)
 
 /* ------------------------------------------------------------------------
  * [XAPI] The X side of a webhook: webhooks, register, validate,
- * unregister, subscribe, subscriptions, unsubscribe, replay, each a row of
- * the x_command table. Each is one HTTPS request to X's API through the
- * file's client, with credentials from the environment only: the app's
+ * unregister, subscribe, subscriptions, unsubscribe, replay, and the X
+ * Activity API's activity add|list|update|delete, each a row of the
+ * x_command table (with a handler where one row cannot say it all). Each
+ * is an HTTPS request to X's API through the file's client (activity list
+ * one a page), with credentials from the environment only: the app's
  * Bearer token, or for user context OAuth 1.0a signed here (RFC 5849,
  * HMAC-SHA1). On 2xx X's JSON goes to stdout in the fmt layout; anything
  * else is one line on stderr with what X said, escaped, and exit status 1.
