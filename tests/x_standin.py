@@ -465,7 +465,8 @@ def _activity_init(self):
     self.xaa_page = None  # a smaller page than max_results asks for (to test pagination)
     self.xaa_forbidden = set()  # event types the user token lacks the scope for (403)
     self.xaa_tokens = {}  # pagination token -> offset
-    self.limits.setdefault("activity", 500)  # the introduction: 500 calls / 15 min per endpoint
+    # rate-limits.mdx: 500/15min for each of the four calls; one count for all of them here
+    self.limits.setdefault("activity", 500)
 
 
 def _xaa_answer(self, h, sub, endpoint):
