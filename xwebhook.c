@@ -233,6 +233,25 @@ static const char *check_connect;   /* --connect ADDR:PORT: dial this instead */
 static const char *cacert_path;     /* --cacert FILE: trust these roots (check, X's API) */
 static int check_post;              /* --post: also send a signed event */
 static const char *api_base = "https://api.x.com";  /* --api */
+/* activity add and activity update (the X Activity API): the filter, tag
+ * and webhook of a subscription. */
+static const char *xaa_user_id, *xaa_keyword, *xaa_direction;  /* --user-id, --keyword, --direction */
+static const char *xaa_tag, *xaa_webhook;                      /* --tag, --webhook */
+
+/* The X Activity API's bounds, from X's OpenAPI spec (2.167). */
+#define XAA_PAGE_MAX_N 1000
+enum {
+	XAA_IDS_MAX = 100,       /* ids in one bulk DELETE /2/activity/subscriptions (maxItems) */
+	XAA_TAG_MAX = 200,       /* a tag's characters (maxLength) */
+	XAA_KEYWORD_MAX = 150,   /* a keyword's characters (Keyword's maxLength) */
+	XAA_PAGE_MAX = XAA_PAGE_MAX_N,  /* subscriptions a page of activity list asks for (max_results' max) */
+	/* Pages activity list follows: X's largest tier (Partner) holds
+	 * 150,000 subscriptions, 150 pages of XAA_PAGE_MAX. */
+	XAA_PAGES_MAX = 200,
+	/* Words that are not options: activity delete and its ids, and one
+	 * more, so that activity delete names its limit itself. */
+	SUBCMD_ARGS_MAX = 2 + XAA_IDS_MAX + 1,
+};
 
 #ifdef XWEBHOOK_TLS
 /* login and logout: OAuth 2.0 user context (see "OAuth 2.0" in [XAPI]). */
@@ -4840,6 +4859,10 @@ static int state_entry_open(int at, const char *name, int flags, const char *sho
 static void state_check(const struct stat *st, const char *shown, int dir, const struct passwd *owner);
 static int state_write_at(int dir, const char *name, const void *p, size_t n);
 #endif
+struct x_command;
+static int xaa_add(const struct x_command *xc, const char *const *args);
+static int xaa_list(const struct x_command *xc, const char *const *args);
+static int xaa_delete(const struct x_command *xc, const char *const *args);
 
 /* ---- listening, signals, reload ---- */
 
@@ -7641,11 +7664,14 @@ forward_parse(const char *url, struct forward *f, const char **why)
 	if (forward_key_check(f, why) < 0)
 		return -1;
 	{
-		char host[HOST_PORT_MAX];
+		char host[HOST_PORT_MAX], shown[sizeof(f->shown)];
 
+		/* (Through shown: gcc's -Wrestrict takes f->key for f->shown
+		 * once this is inlined into main.) */
 		(void)host_port_format(host, sizeof(host), f->host, f->port, NULL);
-		snprintf(f->shown, sizeof(f->shown), "%s://%s/%s%s%s", name, host, f->key,
-		    f->maxlen[0] ? "?maxlen=" : "", f->maxlen);
+		snprintf(shown, sizeof(shown), "%s://%s/%s%s%s", name, host, f->key, f->maxlen[0] ? "?maxlen=" : "",
+		    f->maxlen);
+		memcpy(f->shown, shown, sizeof(shown));
 	}
 	if (f->dedupe[0] != '\0') {
 		struct digest d;
@@ -9398,9 +9424,11 @@ cmd_check(const char *arg)
 
 /* ------------------------------------------------------------------------
  * [XAPI] The X side of a webhook: webhooks, register, validate,
- * unregister, subscribe, subscriptions, unsubscribe, replay, each a row of
- * the x_command table. Each is one HTTPS request to X's API through the
- * file's client, with credentials from the environment only: the app's
+ * unregister, subscribe, subscriptions, unsubscribe, replay, and the X
+ * Activity API's activity add|list|update|delete, each a row of the
+ * x_command table (with a handler where one row cannot say it all). Each
+ * is an HTTPS request to X's API through the file's client (activity list
+ * one a page), with credentials from the environment only: the app's
  * Bearer token, or for user context OAuth 1.0a signed here (RFC 5849,
  * HMAC-SHA1), or the OAuth 2.0 user token that login stored (login and
  * logout are here too, and keep it in --state-dir as [ACME] keeps its
@@ -9625,6 +9653,191 @@ x_replay_body(struct buf *body, const char *const *args)
 	buf_adds(body, "\"}");
 }
 
+/* The X Activity API's event types (the enum of X's OpenAPI spec 2.167)
+ * and what each takes. user: a private event, which needs user context
+ * (the introduction's "Private events" list); the others are public, and
+ * the app's Bearer token subscribes to them. scope: what an OAuth 2.0
+ * user token must hold for it (the spec's POST description). filter:
+ * 'u' user_id, 'k' keyword (news.new), 'd' user_id and direction (the
+ * introduction's like.create row), 'a' user_id, the actor only (mute and
+ * block: "direction is not supported"). */
+static const struct xaa_event {
+	const char *name;
+	const char *scope;
+	unsigned user : 1;
+	char filter;
+} xaa_events[] = {
+	{ "profile.update.bio", "tweet.read", 0, 'u' },
+	{ "profile.update.profile_picture", "tweet.read", 0, 'u' },
+	{ "profile.update.banner_picture", "tweet.read", 0, 'u' },
+	{ "profile.update.screenname", "tweet.read", 0, 'u' },
+	{ "profile.update.geo", "tweet.read", 0, 'u' },
+	{ "profile.update.url", "tweet.read", 0, 'u' },
+	{ "profile.update.verified_badge", "tweet.read", 0, 'u' },
+	{ "profile.update.affiliate_badge", "tweet.read", 0, 'u' },
+	{ "profile.update.handle", "tweet.read", 0, 'u' },
+	{ "news.new", "tweet.read", 0, 'k' },
+	{ "follow.follow", "tweet.read", 0, 'u' },
+	{ "follow.unfollow", "tweet.read", 0, 'u' },
+	{ "spaces.start", "tweet.read", 0, 'u' },
+	{ "spaces.end", "tweet.read", 0, 'u' },
+	{ "broadcast.start", "tweet.read", 0, 'u' },
+	{ "broadcast.end", "tweet.read", 0, 'u' },
+	/* The spec: tweet.read ("all other event types"); the introduction:
+	 * "requires ... the broadcast.read scope". */
+	{ "broadcast.chat", "broadcast.read (or tweet.read, as X's API reference says)", 1, 'u' },
+	{ "chat.received", "dm.read", 1, 'u' },
+	{ "chat.sent", "dm.read", 1, 'u' },
+	{ "chat.conversation.join", "dm.read", 1, 'u' },
+	{ "chat.conversation_join", "dm.read", 1, 'u' },  /* deprecated: chat.conversation.join */
+	{ "chat.conversation.member_added", "dm.read", 1, 'u' },
+	{ "chat.conversation.member_removed", "dm.read", 1, 'u' },
+	{ "chat.conversation.admin_added", "dm.read", 1, 'u' },
+	{ "chat.conversation.admin_removed", "dm.read", 1, 'u' },
+	{ "chat.update.group_name", "dm.read", 1, 'u' },
+	{ "chat.update.restrictions", "dm.read", 1, 'u' },
+	{ "dm.sent", "dm.read", 1, 'u' },
+	{ "dm.received", "dm.read", 1, 'u' },
+	{ "dm.indicate_typing", "dm.read", 1, 'u' },
+	{ "dm.read", "dm.read", 1, 'u' },
+	{ "post.create", "tweet.read", 0, 'u' },
+	{ "post.delete", "tweet.read", 0, 'u' },
+	{ "post.mention.create", "tweet.read", 1, 'u' },
+	{ "post.reply.create", "tweet.read", 1, 'u' },
+	{ "post.quote.create", "tweet.read", 1, 'u' },
+	{ "post.repost.create", "tweet.read", 1, 'u' },
+	{ "like.create", "like.read", 1, 'd' },
+	{ "mute.mute", "mute.read", 1, 'a' },
+	{ "mute.unmute", "mute.read", 1, 'a' },
+	{ "block.block", "block.read", 1, 'a' },
+	{ "block.unblock", "block.read", 1, 'a' },
+};
+
+/* The event type called name, or NULL. */
+static const struct xaa_event *
+xaa_event(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(xaa_events) / sizeof(xaa_events[0]); i++)
+		if (strcmp(xaa_events[i].name, name) == 0)
+			return &xaa_events[i];
+	return NULL;
+}
+
+/* The characters (UTF-8 code points) of s, as X's minLength and
+ * maxLength count them. */
+static size_t
+utf8_chars(const char *s)
+{
+	size_t n = 0;
+
+	for (; *s; s++)
+		n += ((unsigned char)*s & 0xc0) != 0x80;
+	return n;
+}
+
+/* --tag and --webhook, which add and update share. */
+static void
+xaa_tag_webhook_args(const char *cmd)
+{
+	if (xaa_tag != NULL && (utf8_chars(xaa_tag) < 1 || utf8_chars(xaa_tag) > XAA_TAG_MAX))
+		die("%s: --tag '%.40s%s' has %zu characters: X takes 1 to %d", cmd, xaa_tag,
+		    strlen(xaa_tag) > 40 ? "..." : "", utf8_chars(xaa_tag), XAA_TAG_MAX);
+	if (xaa_webhook != NULL && !x_id_ok(xaa_webhook))
+		die("%s: --webhook '%s' is no webhook id: X's ids are 1 to 19 digits (xwebhook webhooks lists "
+		    "them)", cmd, xaa_webhook);
+}
+
+/* activity add EVENT_TYPE: an event of the spec's enum, with the filter
+ * that event takes, before anything is sent. */
+static void
+xaa_add_args(const char *const *args)
+{
+	const struct xaa_event *ev = xaa_event(args[1]);
+
+	if (ev == NULL)
+		die("activity add: '%s' is no X Activity event type (e.g. profile.update.bio, post.create, "
+		    "follow.follow, like.create, dm.received, news.new; xwebhook(1) lists all %zu)", args[1],
+		    sizeof(xaa_events) / sizeof(xaa_events[0]));
+	if (ev->filter == 'k' && (xaa_keyword == NULL || xaa_user_id != NULL))
+		die("activity add: %s is filtered by --keyword WORDS alone, not --user-id", ev->name);
+	if (ev->filter != 'k' && (xaa_user_id == NULL || xaa_keyword != NULL))
+		die("activity add: %s is filtered by --user-id ID alone (--keyword is for news.new)", ev->name);
+	if (xaa_user_id != NULL && !x_id_ok(xaa_user_id))
+		die("activity add: --user-id '%s' is no user id: X's ids are 1 to 19 digits", xaa_user_id);
+	if (xaa_keyword != NULL && (utf8_chars(xaa_keyword) < 1 || utf8_chars(xaa_keyword) > XAA_KEYWORD_MAX))
+		die("activity add: --keyword has %zu characters: X takes 1 to %d", utf8_chars(xaa_keyword),
+		    XAA_KEYWORD_MAX);
+	if (xaa_direction != NULL && ev->filter != 'd')
+		die("activity add: %s takes no --direction (like.create alone does%s)", ev->name,
+		    ev->filter == 'a' ? "; mute and block events are the actor's own" : "");
+	if (xaa_direction != NULL && strcmp(xaa_direction, "inbound") != 0 && strcmp(xaa_direction, "outbound") != 0)
+		die("activity add: --direction '%s': X takes inbound or outbound", xaa_direction);
+	xaa_tag_webhook_args("activity add");
+	if (strcmp(ev->name, "chat.conversation_join") == 0)
+		fprintf(stderr, "%s: note: chat.conversation_join is the deprecated name of "
+		    "chat.conversation.join, which X's answers use\n", progname);
+}
+
+/* A JSON member "name":"value", after a comma unless first. */
+static void
+json_add_string(struct buf *body, const char *name, const char *value, int first)
+{
+	buf_adds(body, first ? "\"" : ",\"");
+	buf_adds(body, name);
+	buf_adds(body, "\":\"");
+	json_escape(body, value, strlen(value));
+	buf_addc(body, '"');
+}
+
+/* activity add's JSON, under the spec's names (event_type, filter, tag,
+ * webhook_id; additionalProperties is false, so nothing else). */
+static void
+xaa_add_body(struct buf *body, const char *const *args)
+{
+	buf_addc(body, '{');
+	json_add_string(body, "event_type", args[1], 1);
+	buf_adds(body, ",\"filter\":{");
+	if (xaa_keyword != NULL)
+		json_add_string(body, "keyword", xaa_keyword, 1);
+	else
+		json_add_string(body, "user_id", xaa_user_id, 1);
+	if (xaa_direction != NULL)
+		json_add_string(body, "direction", xaa_direction, 0);
+	buf_addc(body, '}');
+	if (xaa_tag != NULL)
+		json_add_string(body, "tag", xaa_tag, 0);
+	if (xaa_webhook != NULL)
+		json_add_string(body, "webhook_id", xaa_webhook, 0);
+	buf_addc(body, '}');
+}
+
+/* activity update SUBSCRIPTION_ID: something to change (X changes only
+ * the tag and the webhook; a new filter is a new subscription). */
+static void
+xaa_update_args(const char *const *args)
+{
+	(void)args;
+	if (xaa_tag == NULL && xaa_webhook == NULL)
+		die("activity update: nothing to change: give --tag TEXT, --webhook ID or both (a new event "
+		    "type or filter is a new subscription: activity delete, then activity add)");
+	xaa_tag_webhook_args("activity update");
+}
+
+/* activity update's JSON: tag and webhook_id. */
+static void
+xaa_update_body(struct buf *body, const char *const *args)
+{
+	(void)args;
+	buf_addc(body, '{');
+	if (xaa_tag != NULL)
+		json_add_string(body, "tag", xaa_tag, 1);
+	if (xaa_webhook != NULL)
+		json_add_string(body, "webhook_id", xaa_webhook, xaa_tag == NULL);
+	buf_addc(body, '}');
+}
+
 /* The subcommands: what each sends where, in X API v2's reference, and
  * what is particular to each. */
 struct x_command {
@@ -9639,32 +9852,60 @@ struct x_command {
 	char data;               /* what a 2xx's data is: '[' an array, '{' an object */
 	unsigned crc : 1;        /* X runs a CRC for it: a failure may be the CRC's */
 	unsigned invalid_fails : 1;  /* a 2xx whose data says valid: false fails */
+	/* What a row cannot say (several requests, auth by argument): runs
+	 * the command instead of cmd_x; or NULL. */
+	int (*run)(const struct x_command *xc, const char *const *args);
+	const char *forbidden;   /* added to a 403's line; or NULL */
 };
 
 static const struct x_command x_commands[] = {
-	{ "webhooks", "", 0, 0, "GET", "/2/webhooks", X_BEARER, NULL, NULL, '[', 0, 0 },
-	{ "register", " URL", 1, 0, "POST", "/2/webhooks", X_BEARER, x_register_args, x_register_body, '{', 1, 0 },
-	{ "validate", " WEBHOOK_ID", 1, 1, "PUT", "/2/webhooks/%1", X_BEARER, NULL, NULL, '{', 1, 1 },
-	{ "unregister", " WEBHOOK_ID", 1, 1, "DELETE", "/2/webhooks/%1", X_BEARER, NULL, NULL, '{', 0, 0 },
+	{ "webhooks", "", 0, 0, "GET", "/2/webhooks", X_BEARER, NULL, NULL, '[', 0, 0, NULL, NULL },
+	{ "register", " URL", 1, 0, "POST", "/2/webhooks", X_BEARER, x_register_args, x_register_body, '{', 1, 0,
+	    NULL, NULL },
+	{ "validate", " WEBHOOK_ID", 1, 1, "PUT", "/2/webhooks/%1", X_BEARER, NULL, NULL, '{', 1, 1, NULL, NULL },
+	{ "unregister", " WEBHOOK_ID", 1, 1, "DELETE", "/2/webhooks/%1", X_BEARER, NULL, NULL, '{', 0, 0, NULL, NULL },
 	{ "subscribe", " WEBHOOK_ID", 1, 1, "POST", "/2/account_activity/webhooks/%1/subscriptions/all", X_USER,
-	    NULL, x_subscribe_body, '{', 0, 0 },
+	    NULL, x_subscribe_body, '{', 0, 0, NULL, NULL },
 	{ "subscriptions", " WEBHOOK_ID", 1, 1, "GET", "/2/account_activity/webhooks/%1/subscriptions/all/list",
-	    X_BEARER, NULL, NULL, '{', 0, 0 },
+	    X_BEARER, NULL, NULL, '{', 0, 0, NULL, NULL },
 	{ "unsubscribe", " WEBHOOK_ID USER_ID", 2, 2, "DELETE",
-	    "/2/account_activity/webhooks/%1/subscriptions/%2/all", X_BEARER, NULL, NULL, '{', 0, 0 },
+	    "/2/account_activity/webhooks/%1/subscriptions/%2/all", X_BEARER, NULL, NULL, '{', 0, 0, NULL, NULL },
 	/* (FROM is checked as an id too before it is checked as a date) */
 	{ "replay", " WEBHOOK_ID FROM TO", 3, 2, "POST", "/2/webhooks/replay", X_BEARER, x_replay_args,
-	    x_replay_body, '{', 0, 0 },
+	    x_replay_body, '{', 0, 0, NULL, NULL },
+	/* The X Activity API: subscriptions per event type and filter. data
+	 * 's' is a subscription in any of the shapes X documents. nargs -1:
+	 * one or more. */
+	{ .name = "activity add", .nargs = 1, .method = "POST", .path = "/2/activity/subscriptions",
+	    .usage = " EVENT_TYPE (--user-id ID | --keyword WORDS) [--direction inbound|outbound] [--tag TEXT] "
+	    "[--webhook ID]", .auth = X_BEARER, .check = xaa_add_args, .body = xaa_add_body, .data = 's',
+	    .run = xaa_add },
+	/* %1: the page's query, after max_results */
+	{ .name = "activity list", .usage = "", .nargs = 0, .method = "GET",
+	    .path = "/2/activity/subscriptions?max_results=" STR(XAA_PAGE_MAX_N) "%1", .auth = X_BEARER,
+	    .data = '[', .run = xaa_list },
+	{ .name = "activity update", .usage = " SUBSCRIPTION_ID [--tag TEXT] [--webhook ID]", .nargs = 1, .ids = 1,
+	    .method = "PUT", .path = "/2/activity/subscriptions/%1", .auth = X_BEARER, .check = xaa_update_args,
+	    .body = xaa_update_body, .data = 's' },
+	/* One id: DELETE .../%1; several: the bulk DELETE ?ids=%1, a,b,... */
+	{ .name = "activity delete", .usage = " SUBSCRIPTION_ID...", .nargs = -1, .method = "DELETE",
+	    .path = "/2/activity/subscriptions/%1", .auth = X_BEARER, .data = '{', .run = xaa_delete },
 };
 
+/* The row called name, or name and then sub (NULL: none) for the two-word
+ * ones ("activity add"); NULL if none is. */
 static const struct x_command *
-x_command(const char *name)
+x_command(const char *name, const char *sub)
 {
-	size_t i;
+	size_t i, nl = strlen(name);
 
-	for (i = 0; i < sizeof(x_commands) / sizeof(x_commands[0]); i++)
-		if (strcmp(x_commands[i].name, name) == 0)
+	for (i = 0; i < sizeof(x_commands) / sizeof(x_commands[0]); i++) {
+		const char *n = x_commands[i].name;
+
+		if (strcmp(n, name) == 0 ||
+		    (sub != NULL && strncmp(n, name, nl) == 0 && n[nl] == ' ' && strcmp(n + nl + 1, sub) == 0))
 			return &x_commands[i];
+	}
 	return NULL;
 }
 
@@ -9800,6 +10041,8 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 		    "app (TWITTER_CONSUMER_KEY), and the clock: OAuth refuses timestamps far off");
 	else if (a->status == 401)
 		buf_adds(&line, "; check TWITTER_BEARER_TOKEN: the app's Bearer token");
+	if (a->status == 403 && xc->forbidden != NULL)
+		buf_adds(&line, xc->forbidden);
 	buf_addc(&said, ' ');
 	buf_add(&said, line.p, line.len);
 	buf_addc(&said, '\0');
@@ -9811,6 +10054,41 @@ x_failure(const struct x_command *xc, const struct answer *a, const char *api)
 	buf_free(&errs);
 	buf_free(&said);
 	buf_free(&el);
+}
+
+/* The subscription in an X Activity API answer p[0, n), in whichever
+ * of the shapes X documents: {"data":{"subscription":S}} (spec 2.167;
+ * 2.166 with totals beside it), {"data":S} (the quickstart's create and
+ * update), {"data":[S],"meta":...} (the quickstart's first create). S is
+ * an object with a subscription_id. Into out (unless NULL) in the
+ * current spec's shape, {"data":{"subscription":S}}: 0, or -1. */
+static int
+xaa_subscription(const char *p, size_t n, struct buf *out)
+{
+	struct buf data = { 0 }, sub = { 0 }, id = { 0 };
+	size_t at = 0;
+	int rc = -1;
+
+	if (json_member(p, n, "data", &data) == 0 && data.len > 0) {
+		buf_addc(&data, '\0');
+		if (data.p[0] == '[')
+			(void)json_array_next(data.p, &at, &sub);
+		else if (json_member(data.p, data.len - 1, "subscription", &sub) < 0)
+			buf_add(&sub, data.p, data.len - 1);
+	}
+	if (sub.len > 0 && sub.p[0] == '{' && json_member_string(sub.p, sub.len, "subscription_id", &id) == 0 &&
+	    id.len > 0) {
+		rc = 0;
+		if (out != NULL) {
+			buf_adds(out, "{\"data\":{\"subscription\":");
+			buf_add(out, sub.p, sub.len);
+			buf_adds(out, "}}");
+		}
+	}
+	buf_free(&data);
+	buf_free(&sub);
+	buf_free(&id);
+	return rc;
 }
 
 /* What a 2xx answer lacks, when it lacks what X's API reference has
@@ -9833,6 +10111,9 @@ x_answer_lacks(const struct x_command *xc, const struct answer *a)
 		lacks = list && json_object_get(&o, "meta", &meta) == 0 &&
 		    json_member(meta.p, meta.len, "result_count", &count) == 0 && count.len == 1 && count.p[0] == '0' ?
 		    NULL : "without a data member";
+	else if (xc->data == 's')
+		lacks = xaa_subscription(a->body.p, a->body.len, NULL) < 0 ?
+		    "without a subscription in any of the shapes X documents" : NULL;
 	else if (data.len == 0 || data.p[0] != (list ? '[' : '{'))
 		lacks = list ? "with data that is not an array" : "with data that is not an object";
 	json_object_free(&o);
@@ -10716,15 +10997,20 @@ x_unexpected(const struct x_command *xc, const struct answer *a, const char *sta
 static int
 x_success(const struct x_command *xc, const struct answer *a)
 {
-	struct buf out = { 0 }, data = { 0 }, valid = { 0 }, safe = { 0 };
+	struct buf out = { 0 }, data = { 0 }, valid = { 0 }, safe = { 0 }, shaped = { 0 };
 	struct json_object o;
-	const char *why;
+	const char *why, *p = a->body.p;
 	char err[160], text[240];
+	size_t n = a->body.len;
 	int has_data, rc = 1;
 
 	(void)json_object_parse(a->body.p, a->body.len, &o);
 	has_data = json_object_get(&o, "data", &data) == 0;
-	if (a->body.len > 0 && json_event(a->body.p, a->body.len, JSON_INDENT, &out, err, sizeof(err)) < 0) {
+	if (xc->data == 's' && xaa_subscription(p, n, &shaped) == 0) {
+		p = shaped.p;  /* one shape on stdout, whichever X sent */
+		n = shaped.len;
+	}
+	if (a->body.len > 0 && json_event(p, n, JSON_INDENT, &out, err, sizeof(err)) < 0) {
 		snprintf(text, sizeof(text), "with something that is not JSON (%s)", err);
 		x_unexpected(xc, a, text, "");
 	} else if (!has_data && json_object_get(&o, "errors", &valid) == 0) {
@@ -10754,52 +11040,76 @@ x_success(const struct x_command *xc, const struct answer *a)
 	buf_free(&data);
 	buf_free(&valid);
 	buf_free(&safe);
+	buf_free(&shaped);
 	return rc;
 }
 
-/* Run one subcommand: args[0] is its name. The exit status. */
-static int
-cmd_x(const struct x_command *xc, const char *const *args)
+/* The checks of a subcommand before anything is read or sent (its
+ * arguments, --api), dying on the first with one line; the API's URL
+ * into u. */
+static void
+x_prepare(const struct x_command *xc, const char *const *args, struct url *u)
 {
-#ifdef XWEBHOOK_TLS
-	static struct trust trust;
-	const void *roots = &trust;
-#else
-	const void *roots = NULL;
-#endif
-	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
-	struct buf req = { 0 };
-	struct client cl;
-	struct answer a;
-	struct url u;
-	int i, rc;
+	int i;
 
 #ifndef XWEBHOOK_TLS
 	die("%s: X's API is HTTPS only, and this build has no TLS: build with make TLS=1", xc->name);
 #endif
-	/* The arguments, before anything is read or sent. */
 	for (i = 1; i <= xc->ids; i++)
 		if (!x_id_ok(args[i]))
-			die("%s: '%s' is no %s: X's ids are 1 to 19 digits (xwebhook webhooks lists the webhooks)",
-			    xc->name, args[i], i == 2 && xc->nargs == 2 ? "user id" : "webhook id");
+			die("%s: '%s' is no %s: X's ids are 1 to 19 digits (xwebhook %s lists them)", xc->name,
+			    args[i], i == 2 && xc->nargs == 2 ? "user id" : xc->check == xaa_update_args ?
+			    "subscription id" : "webhook id", xc->check == xaa_update_args ? "activity list" : "webhooks");
 	if (xc->check != NULL)
 		xc->check(args);
-	if (url_parse(api_base, &u) < 0 || !u.https || strchr(u.target, '?') != NULL)
+	if (url_parse(api_base, u) < 0 || !u->https || strchr(u->target, '?') != NULL)
 		die("bad --api '%s': expected an https:// base URL without a query", api_base);
-	x_credentials(xc, cred, &bearer);
-	x_request(xc, args, &u, cred, bearer, &req);
+}
+
+/* One request of xc with args to the API at u, its answer into a; dies
+ * with one line when none came. cred and bearer are wiped and freed. */
+static void
+x_call(const struct x_command *xc, const char *const *args, const struct url *u, char *cred[4], char *bearer,
+    struct answer *a)
+{
 #ifdef XWEBHOOK_TLS
-	if (trust_load(cacert_path, &trust) < 0)
-		die("%s: cannot load trusted certificates from %s", xc->name, trust.path);
+	static struct trust trust;
+	static int loaded;
+	const void *roots = &trust;
+#else
+	const void *roots = NULL;
 #endif
-	if (client_connect(&cl, u.host, u.port[0] ? u.port : "443", u.host, roots, now_ms() + X_API_TIMEOUT_MS) < 0 ||
-	    client_exchange(&cl, req.p, req.len, &a) < 0) {
+	struct buf req = { 0 };
+	struct client cl;
+
+	x_request(xc, args, u, cred, bearer, &req);
+#ifdef XWEBHOOK_TLS
+	if (!loaded && trust_load(cacert_path, &trust) < 0)
+		die("%s: cannot load trusted certificates from %s", xc->name, trust.path);
+	loaded = 1;
+#endif
+	if (client_connect(&cl, u->host, u->port[0] ? u->port : "443", u->host, roots,
+	    now_ms() + X_API_TIMEOUT_MS) < 0 || client_exchange(&cl, req.p, req.len, a) < 0) {
 		explicit_bzero(req.p, req.cap);
 		die("%s: no answer from %s: %s", xc->name, api_base, cl.why);
 	}
 	explicit_bzero(req.p, req.cap);
 	client_close(&cl);
 	buf_free(&req);
+}
+
+/* Run one subcommand: args[0] is its name. The exit status. */
+static int
+cmd_x(const struct x_command *xc, const char *const *args)
+{
+	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
+	struct answer a;
+	struct url u;
+	int rc;
+
+	x_prepare(xc, args, &u);
+	x_credentials(xc, cred, &bearer);
+	x_call(xc, args, &u, cred, bearer, &a);
 	if (a.status >= 200 && a.status <= 299) {
 		rc = x_success(xc, &a);
 	} else {
@@ -10807,6 +11117,180 @@ cmd_x(const struct x_command *xc, const char *const *args)
 		rc = 1;
 	}
 	answer_free(&a);
+	return rc;
+}
+
+/* activity add: public events with the app's Bearer token, private ones
+ * (the introduction's list) in user context; a 403 names the scope. */
+static int
+xaa_add(const struct x_command *xc, const char *const *args)
+{
+	const struct xaa_event *ev = xaa_event(args[1]);
+	struct x_command row = *xc;
+	char hint[400];
+
+	if (ev != NULL) {
+		row.auth = ev->user ? X_USER : X_BEARER;
+		snprintf(hint, sizeof(hint), ev->user ? "; %s is a private event: it needs user context, a token "
+		    "of the user who authorized this app, holding the scope %s" : "; %s is public: the app's Bearer "
+		    "token should do (a user token would need the scope %s)", ev->name, ev->scope);
+		row.forbidden = hint;
+	}
+	return cmd_x(&row, args);
+}
+
+/* activity list: every page, following meta.next_token, printed as one
+ * answer, {"data":[...],"meta":{"result_count":N}}, in the fmt layout. */
+static int
+xaa_list(const struct x_command *xc, const char *const *args)
+{
+	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
+	struct buf all = { 0 }, token = { 0 }, query = { 0 }, out = { 0 }, safe = { 0 };
+	const char *page[3] = { args[0], "", NULL };
+	size_t count = 0;
+	int pages, rc = 1;
+	struct url u;
+	char err[160], num[64];
+
+	x_prepare(xc, args, &u);
+	x_credentials(xc, cred, &bearer);
+	buf_adds(&all, "{\"data\":[");
+	for (pages = 0; pages < XAA_PAGES_MAX; pages++) {
+		struct buf data = { 0 }, meta = { 0 }, next = { 0 }, el = { 0 };
+		size_t at = 0;
+		struct answer a;
+		char *copy = xmalloc(strlen(bearer) + 1);
+
+		memcpy(copy, bearer, strlen(bearer) + 1);
+		x_call(xc, page, &u, cred, copy, &a);
+		if (a.status < 200 || a.status > 299 || x_answer_lacks(xc, &a) != NULL) {
+			/* x_success says what is wrong with a 2xx, and prints nothing */
+			if (a.status < 200 || a.status > 299)
+				x_failure(xc, &a, api_base);
+			else
+				(void)x_success(xc, &a);
+			answer_free(&a);
+			goto out;
+		}
+		if (json_member(a.body.p, a.body.len, "data", &data) == 0) {
+			buf_addc(&data, '\0');
+			while (json_array_next(data.p, &at, &el)) {
+				if (count++ > 0)
+					buf_addc(&all, ',');
+				buf_add(&all, el.p, el.len);
+				el.len = 0;
+			}
+		}
+		(void)json_member(a.body.p, a.body.len, "meta", &meta);
+		if (meta.len > 0 && json_member_string(meta.p, meta.len, "next_token", &next) == 0 &&
+		    next.len > 0 && (next.len != token.len || memcmp(next.p, token.p, next.len) != 0)) {
+			token.len = 0;
+			buf_add(&token, next.p, next.len);
+			query.len = 0;
+			buf_adds(&query, "&pagination_token=");
+			pct_encode(&query, token.p, token.len);
+			buf_addc(&query, '\0');
+			page[1] = query.p;
+		} else {
+			page[1] = NULL;
+		}
+		answer_free(&a);
+		buf_free(&data);
+		buf_free(&meta);
+		buf_free(&next);
+		buf_free(&el);
+		if (page[1] == NULL)
+			break;
+	}
+	if (pages == XAA_PAGES_MAX) {
+		fprintf(stderr, "%s: %s: X gave a next_token after %d pages: stopped (at most %d)\n", progname,
+		    xc->name, XAA_PAGES_MAX, XAA_PAGES_MAX);
+		goto out;
+	}
+	snprintf(num, sizeof(num), "],\"meta\":{\"result_count\":%zu}}", count);
+	buf_adds(&all, num);
+	if (json_event(all.p, all.len, JSON_INDENT, &out, err, sizeof(err)) < 0)
+		die("%s: X's pages do not join into JSON (%s)", xc->name, err);
+	x_terminal_safe(&out, &safe);
+	if (write_all(STDOUT_FILENO, safe.p, safe.len) < 0)
+		die("cannot write to stdout:");
+	rc = 0;
+out:
+	explicit_bzero(bearer, strlen(bearer));
+	free(bearer);
+	buf_free(&all);
+	buf_free(&token);
+	buf_free(&query);
+	buf_free(&out);
+	buf_free(&safe);
+	return rc;
+}
+
+/* activity delete ID...: one id, DELETE .../ID; several, X's bulk DELETE
+ * ?ids=a,b, which deletes what it can and names each failure in errors[]:
+ * then exit status 1, with the failures in one line. */
+static int
+xaa_delete(const struct x_command *xc, const char *const *args)
+{
+	struct x_command row = *xc;
+	struct buf ids = { 0 }, errs = { 0 }, el = { 0 }, line = { 0 };
+	const char *bulk[3] = { args[0], NULL, "" };  /* the path has no %2 */
+	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
+	size_t at = 0, failed = 0;
+	struct answer a;
+	struct url u;
+	int i, rc;
+
+	for (i = 1; args[i] != NULL; i++) {
+		if (!x_id_ok(args[i]))
+			die("%s: '%s' is no subscription id: X's ids are 1 to 19 digits (xwebhook activity list "
+			    "lists them)", xc->name, args[i]);
+		if (i > XAA_IDS_MAX)
+			die("%s: at most %d ids at once (X's bulk delete takes no more)", xc->name, XAA_IDS_MAX);
+		if (i > 1)
+			buf_addc(&ids, ',');
+		buf_adds(&ids, args[i]);
+	}
+	buf_addc(&ids, '\0');
+	if (i == 2) {
+		buf_free(&ids);
+		return cmd_x(xc, args);
+	}
+	row.path = "/2/activity/subscriptions?ids=%1";
+	row.data = '[';
+	bulk[1] = ids.p;
+	x_prepare(&row, bulk, &u);
+	x_credentials(&row, cred, &bearer);
+	x_call(&row, bulk, &u, cred, bearer, &a);
+	if (a.status < 200 || a.status > 299) {
+		x_failure(&row, &a, api_base);
+		rc = 1;
+	} else if ((rc = x_success(&row, &a)) == 0 && json_member(a.body.p, a.body.len, "errors", &errs) == 0 &&
+	    errs.len > 0 && errs.p[0] == '[') {
+		/* Deleted what it could: the rest, named. */
+		buf_addc(&errs, '\0');
+		while (json_array_next(errs.p, &at, &el)) {
+			struct json_object eo;
+
+			(void)json_object_parse(el.p, el.len, &eo);
+			buf_adds(&line, failed++ ? "; " : "");
+			if (!x_say(&line, "", &eo, "subscription_id"))
+				buf_adds(&line, "?");
+			if (!x_say(&line, ": ", &eo, "message"))
+				x_say(&line, ": ", &eo, "reason");
+			json_object_free(&eo);
+			el.len = 0;
+		}
+		buf_addc(&line, '\0');
+		fprintf(stderr, "%s: %s: X did not delete %zu of the %d: %s\n", progname, xc->name, failed, i - 1,
+		    line.p);
+		rc = 1;
+	}
+	answer_free(&a);
+	buf_free(&ids);
+	buf_free(&errs);
+	buf_free(&el);
+	buf_free(&line);
 	return rc;
 }
 
@@ -13030,13 +13514,20 @@ usage(FILE *f)
 "                                                token, kept in --state-dir, then carries the\n"
 "                                                user-context calls, refreshed as it runs out\n"
 "       xwebhook logout                          revoke that token at X and remove it\n"
+"       xwebhook activity add EVENT_TYPE (--user-id ID | --keyword WORDS)\n"
+"                [--direction inbound|outbound] [--tag TEXT] [--webhook ID]\n"
+"                                                subscribe to an X Activity API event\n"
+"       xwebhook activity list                   list those subscriptions (every page)\n"
+"       xwebhook activity update SUBSCRIPTION_ID [--tag TEXT] [--webhook ID]\n"
+"       xwebhook activity delete SUBSCRIPTION_ID...  delete them (several in one call)\n"
 "\n"
 "The consumer secret (the app's API Key Secret) comes from TWITTER_CONSUMER_SECRET,\n"
 "else CONSUMER_SECRET, in the environment, or from --secret-file; never from argv.\n"
-"X's calls take TWITTER_BEARER_TOKEN; subscribe takes TWITTER_CONSUMER_KEY, the\n"
-"consumer secret, TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET instead,\n"
-"unless login stored a token; login takes TWITTER_CLIENT_ID (and TWITTER_CLIENT_SECRET\n"
-"for a confidential client).\n"
+"X's calls take TWITTER_BEARER_TOKEN; subscribe, and activity add for private events\n"
+"(likes, DMs, chat, mentions, replies, quotes, reposts, mutes, blocks, broadcast\n"
+"chat), take the token login stored, else TWITTER_CONSUMER_KEY, the consumer secret,\n"
+"TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET; login takes TWITTER_CLIENT_ID\n"
+"(and TWITTER_CLIENT_SECRET for a confidential client).\n"
 "\n", f);
 	/* Two strings: ISO C promises literals of 4095 bytes, no more. */
 	fputs(
@@ -13091,6 +13582,12 @@ usage(FILE *f)
 "                           http://127.0.0.1:N/callback, listed in the app's settings\n"
 "      --wait SECONDS       how long to wait for the browser (default 300)\n"
 "      --auth-url URL       X's authorize page (default " AUTH_URL_DEFAULT ")\n"
+"activity add and activity update:\n"
+"      --user-id ID         the user whose events (every event type but news.new)\n"
+"      --keyword WORDS      the words news.new follows (news.new only)\n"
+"      --direction DIR      inbound or outbound likes (like.create only)\n"
+"      --tag TEXT           1 to 200 characters X puts in each event\n"
+"      --webhook ID         the webhook that gets the events\n"
 #endif
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
@@ -13194,6 +13691,11 @@ static const struct {
 	{ "--connect", "--connect", &check_connect },
 	{ "--api", "--api", &api_base },
 	{ "--cacert", "--cacert", &cacert_path },
+	{ "--user-id", "--user-id", &xaa_user_id },
+	{ "--keyword", "--keyword", &xaa_keyword },
+	{ "--direction", "--direction", &xaa_direction },
+	{ "--tag", "--tag", &xaa_tag },
+	{ "--webhook", "--webhook", &xaa_webhook },
 };
 
 #ifdef XWEBHOOK_TLS
@@ -13216,6 +13718,21 @@ static const struct {
 	{ "--wait", &login_wait },
 };
 #endif
+
+/* activity's options go with the activity commands that take them, not
+ * with another, where they would silently do nothing. */
+static void
+xaa_options_check(const struct x_command *xc)
+{
+	const char *name = xc != NULL ? xc->name : "";
+
+	if ((xaa_user_id != NULL || xaa_keyword != NULL || xaa_direction != NULL) &&
+	    strcmp(name, "activity add") != 0)
+		die("--user-id, --keyword and --direction go with activity add (see xwebhook --help)");
+	if ((xaa_tag != NULL || xaa_webhook != NULL) && strcmp(name, "activity add") != 0 &&
+	    strcmp(name, "activity update") != 0)
+		die("--tag and --webhook go with activity add and activity update (see xwebhook --help)");
+}
 
 /* Take the option called name (argv[*i] is a, val its "=value" or NULL)
  * into the settings above; one that needs a value and has none takes the
@@ -13281,7 +13798,7 @@ option_take(const char *name, const char *a, const char *val, int argc, char **a
  * options (a subcommand and its arguments) into args. Dies with one line
  * on anything it does not know; exits 0 after --help or --version. */
 static int
-parse_commandline(int argc, char **argv, const char *args[4])
+parse_commandline(int argc, char **argv, const char *args[SUBCMD_ARGS_MAX + 1])
 {
 	int nargs = 0, i;
 
@@ -13291,13 +13808,13 @@ parse_commandline(int argc, char **argv, const char *args[4])
 		size_t nl;
 
 		if (a[0] != '-' || strcmp(a, "-") == 0) {
-			if (nargs == 4)
+			if (nargs == SUBCMD_ARGS_MAX)
 				die("too many arguments (see xwebhook --help)");
 			args[nargs++] = a;
 			continue;
 		}
 		if (strcmp(a, "--") == 0) {
-			while (++i < argc && nargs < 4)
+			while (++i < argc && nargs < SUBCMD_ARGS_MAX)
 				args[nargs++] = argv[i];
 			if (i < argc)
 				die("too many arguments (see xwebhook --help)");
@@ -13404,8 +13921,9 @@ run_server(void)
 int
 main(int argc, char **argv)
 {
-	const char *args[4] = { NULL, NULL, NULL, NULL };
+	const char *args[SUBCMD_ARGS_MAX + 1] = { NULL };  /* NULL after the last */
 	int nargs = parse_commandline(argc, argv, args);
+	const struct x_command *xc = args[0] != NULL ? x_command(args[0], args[1]) : NULL;
 
 	signal(SIGPIPE, SIG_IGN);
 	sha256_select();
@@ -13413,13 +13931,19 @@ main(int argc, char **argv)
 	 * not end a subcommand: `tail -f | xwebhook fmt` and a cron check go on. */
 	if (args[0] != NULL)
 		signal(SIGHUP, SIG_IGN);
-	if (args[0] != NULL && x_command(args[0]) != NULL) {
-		const struct x_command *xc = x_command(args[0]);
-
-		if (nargs != xc->nargs + 1)
+	xaa_options_check(xc);
+	if (xc != NULL) {
+		if (strchr(xc->name, ' ') != NULL) {  /* "activity add": args[0] is "add" */
+			args[0] = xc->name;
+			memmove(&args[1], &args[2], (size_t)(nargs - 1) * sizeof(args[0]));
+			args[--nargs] = NULL;
+		}
+		if (xc->nargs >= 0 ? nargs != xc->nargs + 1 : nargs < 2)
 			die("usage: xwebhook %s%s", xc->name, xc->usage);
-		return cmd_x(xc, args);
+		return xc->run != NULL ? xc->run(xc, args) : cmd_x(xc, args);
 	}
+	if (args[0] != NULL && strcmp(args[0], "activity") == 0)
+		die("usage: xwebhook activity add|list|update|delete ... (see xwebhook --help)");
 	if (args[0] != NULL) {
 		if (strcmp(args[0], "crc") == 0 && nargs == 2)
 			return cmd_crc(args[1]);

@@ -70,7 +70,7 @@ SUBSTITUTIONS = [
      "the host name is the test's, not in DNS, under the test's root"),
     ("./xwebhook login ", "./xwebhook --api {api} --cacert {ca} --auth-url {api}/i/oauth2/authorize --port {login_port} "
      "login ", "X's authorize page is the stand-in's, which a thread of the test follows as a browser"),
-    (re.compile(r"\./xwebhook (webhooks|register|validate|subscribe|subscriptions|replay)\b"),
+    (re.compile(r"\./xwebhook (webhooks|register|validate|subscribe|subscriptions|replay|activity)\b"),
      r"./xwebhook --api {api} --cacert {ca} \1", "X's API is the stand-in, tests/x_standin.py"),
     ("6379", "{redis_port}", "the test's own redis-server"),
     ("4222", "{nats_port}", "the test's own nats-server"),
@@ -115,8 +115,10 @@ BLOCKS = [
     ("export TWITTER_BEARER_TOKEN=", "session", "register"),
     ("{", "sample", None),
     ("./xwebhook webhooks", "session", "webhooks"),
-    ("export TWITTER_CONSUMER_KEY=", "session", "subscribe"),
+    ("./xwebhook activity add profile.update.bio", "session", "activity"),
     ("export TWITTER_CLIENT_ID=", "session", "login"),
+    ("export TWITTER_CONSUMER_KEY=", "session", "private"),
+    ("./xwebhook subscribe ", "session", "subscribe"),
     ("./xwebhook replay ", "session", "replay"),
     ("./xwebhook fmt /var/lib/xwebhook/events.jsonl", "session", "fmt"),
     ("[Unit]", "unit", None),
@@ -460,11 +462,29 @@ def the_path_top_to_bottom():
             assert x.crcs == [("https://%s/webhooks/twitter" % HOST, None)], x.crcs
         elif key == "webhooks":
             assert rc == 0 and out.count('"valid": true') == 2, (rc, out)
+        elif key == "activity":
+            got = json.loads("[" + out.replace("}\n{", "},{") + "]")
+            assert rc == 0 and [g["data"]["subscription"]["event_type"] for g in got[:2]] == \
+                ["profile.update.bio", "post.create"], (rc, out)
+            assert [d["event_type"] for d in got[2]["data"]] == ["profile.update.bio", "post.create"], out
+            assert all(d["webhook_id"] == "1460000000000000001" for d in got[2]["data"]), out
+            assert all(r["headers"]["Authorization"].startswith("Bearer ") for r in x.requests
+                       if r["path"].startswith("/2/activity/")), "a public event went in user context"
+        elif key == "private":
+            got = json.loads(out)["data"]["subscription"]
+            assert rc == 0 and got["event_type"] == "post.mention.create", (rc, out)
+            assert got["filter"] == {"user_id": USER_ID}, got
+            assert x.requests[-1]["headers"]["Authorization"].startswith("OAuth "), \
+                "post.mention.create is private, and without a login token is signed with OAuth 1.0a"
         elif key == "subscribe":
             assert rc == 0 and '"subscribed": true' in out and '"user_id": "%s"' % USER_ID in out, (rc, out)
         elif key == "login":
             t = json.load(open(os.path.join(root, ".xwebhook", "oauth2.token")))
             assert rc == 0 and t["access_token"] in x.oauth2.access, (rc, s.stderr()[err_at:])
+            got = json.loads(out[out.index("{"):])["data"]["subscription"]
+            assert got["event_type"] == "like.create" and got["filter"] == {"user_id": USER_ID, "direction": "inbound"}
+            assert x.requests[-1]["headers"]["Authorization"] == "Bearer " + t["access_token"], \
+                "like.create did not carry login's user token"
         elif key == "replay":
             assert rc == 0 and '"job_id"' in out, (rc, out)
             assert it.wait_until(lambda: os.path.exists(events) and b"replay_job_status" in

@@ -99,6 +99,7 @@ class Standin:
         self.released = threading.Event()  # ends every delay at once (set by close)
         self.override = None  # (status, headers, body bytes): answer this to everything
         self.oauth2 = OAuth2(app)
+        self.activity_init()
         standin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -153,11 +154,12 @@ class Standin:
     # ---- authentication ----
 
     def authenticate(self, h, body_params, kind):
-        """kind: 'bearer' or 'user'. Returns the user id (user context),
-        True (app), or None after answering the refusal."""
+        """kind: 'bearer' (the app alone), 'user' (user context) or 'any'.
+        Returns the user id (user context), True (app), or None after
+        answering the refusal."""
         auth = h.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
-            user = self.oauth2.user(auth[7:]) if kind == "user" else None
+            user = self.oauth2.user(auth[7:]) if kind != "bearer" else None
             if user == "expired" or (kind == "user" and user is None and auth[7:] != self.app.bearer):
                 self.send(h, 401, {"title": "Unauthorized", "type": "about:blank", "status": 401,
                                    "detail": "Unauthorized"})
@@ -317,6 +319,8 @@ class Standin:
             return self.one_webhook(h, parts[2])
         if parts[:3] == ["2", "account_activity", "webhooks"] and len(parts) >= 6 and parts[4] == "subscriptions":
             return self.subscription(h, parts[3], parts[5:])
+        if parts[:3] == ["2", "activity", "subscriptions"] and len(parts) <= 4:
+            return self.activity(h, parts[3] if len(parts) == 4 else None, data)
         self.send(h, 404, {"title": "Not Found Error", "detail": "Sorry, that page does not exist.",
                            "type": "https://api.twitter.com/2/problems/resource-not-found", "status": 404})
 
@@ -569,3 +573,199 @@ class OAuth2:
                                              "error_description": "Value passed for the token was invalid."})
             return standin.send(h, 200, self.issue(r[0], r[1]))
         return standin.send(h, 400, {"error": "unsupported_grant_type", "error_description": "grant_type"})
+# ---- the X Activity API (XAA): /2/activity/subscriptions ----
+# From openapi.json 2.167 (xdevplatform/docs) and x-api/activity/*.mdx.
+# Kept in a block of its own (other engineers extend this file too).
+
+XAA_EVENTS = (
+    "profile.update.bio", "profile.update.profile_picture", "profile.update.banner_picture",
+    "profile.update.screenname", "profile.update.geo", "profile.update.url", "profile.update.verified_badge",
+    "profile.update.affiliate_badge", "profile.update.handle", "news.new", "follow.follow", "follow.unfollow",
+    "spaces.start", "spaces.end", "broadcast.start", "broadcast.end", "broadcast.chat", "chat.received",
+    "chat.sent", "chat.conversation.join", "chat.conversation_join", "chat.conversation.member_added",
+    "chat.conversation.member_removed", "chat.conversation.admin_added", "chat.conversation.admin_removed",
+    "chat.update.group_name", "chat.update.restrictions", "dm.sent", "dm.received", "dm.indicate_typing",
+    "dm.read", "post.create", "post.delete", "post.mention.create", "post.reply.create", "post.quote.create",
+    "post.repost.create", "like.create", "mute.mute", "mute.unmute", "block.block", "block.unblock")
+# The introduction's "Current private events": user context only.
+XAA_PRIVATE = ("like.create", "chat.", "dm.", "post.mention.create", "post.reply.create", "post.quote.create",
+               "post.repost.create", "mute.", "block.", "broadcast.chat")
+XAA_SHAPES = ("2.167", "2.166", "flat", "array")
+PROBLEM_FORBIDDEN = "https://api.twitter.com/2/problems/client-forbidden"
+
+
+def xaa_private(event):
+    return any(event == p or (p.endswith(".") and event.startswith(p)) for p in XAA_PRIVATE)
+
+
+def _activity_init(self):
+    self.xaa = {}  # subscription id -> subscription, in creation order
+    self.xaa_shape = "2.167"  # which documented answer shape: one of XAA_SHAPES
+    self.xaa_limit = 1500  # the introduction's self-serve limit
+    self.xaa_page = None  # a smaller page than max_results asks for (to test pagination)
+    self.xaa_forbidden = set()  # event types the user token lacks the scope for (403)
+    self.xaa_tokens = {}  # pagination token -> offset
+    # rate-limits.mdx: 500/15min for each of the four calls; one count for all of them here
+    self.limits.setdefault("activity", 500)
+
+
+def _xaa_answer(self, h, sub, endpoint):
+    """One subscription in the shape under test."""
+    n = len(self.xaa)
+    if self.xaa_shape == "2.167":
+        out = {"data": {"subscription": sub}}
+    elif self.xaa_shape == "2.166":
+        out = {"data": {"subscription": sub, "total_subscriptions_for_instance_id": n},
+               "meta": {"total_subscriptions": n}}
+    elif self.xaa_shape == "flat":
+        out = {"data": sub, "meta": {"total_subscriptions": n}}
+    else:
+        out = {"data": [sub], "meta": {"total_subscriptions": n}}
+    self.send(h, 200, out, endpoint)
+
+
+def _xaa_fields(self, h, data, allowed, endpoint):
+    """additionalProperties: false, and tag and webhook_id as the spec has them."""
+    if not isinstance(data, dict):
+        self.invalid(h, endpoint, "The request body must be a JSON object.")
+        return False
+    extra = sorted(set(data) - set(allowed))
+    if extra:
+        self.invalid(h, endpoint, "[%s] is not a valid property (additionalProperties is false)." % extra[0])
+        return False
+    if "tag" in data and not (isinstance(data["tag"], str) and 1 <= len(data["tag"]) <= 200):
+        self.invalid(h, endpoint, "tag must be 1 to 200 characters.")
+        return False
+    if "webhook_id" in data and data["webhook_id"] not in self.webhooks:
+        self.invalid(h, endpoint, "WebhookIdInvalid: The webhook id %s is not valid." % data["webhook_id"])
+        return False
+    return True
+
+
+def _activity(self, h, sid, data):
+    m = h.command
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query, keep_blank_values=True)
+    if sid is None and m == "POST":
+        return self.xaa_create(h, data)
+    if sid is None and m == "GET":
+        return self.xaa_list(h, query)
+    if sid is None and m == "DELETE":
+        return self.xaa_delete_many(h, query)
+    if sid is not None and m in ("PUT", "DELETE"):
+        if self.authenticate(h, [], "bearer") is None or not self.count(h, "activity"):
+            return
+        if sid not in self.xaa:
+            return self.invalid(h, "activity", "SubscriptionNotFound: subscription %s does not exist." % sid)
+        if m == "DELETE":
+            del self.xaa[sid]
+            return self.send(h, 200, {"data": {"deleted": True}, "meta": {"total_subscriptions": len(self.xaa)}},
+                             "activity")
+        if not self.xaa_fields(h, data, ("tag", "webhook_id"), "activity"):
+            return
+        self.xaa[sid].update(data)
+        self.xaa[sid]["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        return self.xaa_answer(h, self.xaa[sid], "activity")
+    self.send(h, 404, {"title": "Not Found Error", "detail": "Sorry, that page does not exist.",
+                       "type": "https://api.twitter.com/2/problems/resource-not-found", "status": 404})
+
+
+def _xaa_create(self, h, data):
+    who = self.authenticate(h, [], "any")
+    if who is None or not self.count(h, "activity"):
+        return
+    if not self.xaa_fields(h, data, ("event_type", "filter", "tag", "webhook_id"), "activity"):
+        return
+    ev, f = data.get("event_type"), data.get("filter")
+    if ev not in XAA_EVENTS:
+        return self.invalid(h, "activity", "event_type must be one of the supported event types.")
+    if not isinstance(f, dict) or set(f) - {"user_id", "keyword", "direction"}:
+        return self.invalid(h, "activity", "filter takes user_id, keyword and direction only.")
+    if ev == "news.new" and (not isinstance(f.get("keyword"), str) or "user_id" in f):
+        return self.invalid(h, "activity", "news.new is filtered by keyword.")
+    if ev != "news.new" and (not isinstance(f.get("user_id"), str) or not f["user_id"].isdigit() or "keyword" in f):
+        return self.invalid(h, "activity", "%s is filtered by user_id." % ev)
+    if "direction" in f and (ev != "like.create" or f["direction"] not in ("inbound", "outbound")):
+        return self.invalid(h, "activity", "direction is not supported for %s." % ev)
+    if xaa_private(ev) and who is True:
+        return self.send(h, 403, {"title": "Forbidden", "status": 403, "type": PROBLEM_FORBIDDEN,
+                                  "detail": "%s is a private event: it requires user-context authentication "
+                                            "of the filtered user." % ev})
+    if ev in self.xaa_forbidden:
+        return self.send(h, 403, {"title": "Forbidden", "status": 403, "type": PROBLEM_FORBIDDEN,
+                                  "detail": "The user token lacks the scope %s requires." % ev})
+    if ev.split(".")[0] in ("mute", "block") and f["user_id"] != who:
+        return self.invalid(h, "activity", "Mute and block subscriptions are actor-only: filter.user_id must "
+                                           "identify the authenticated user.")
+    if len(self.xaa) >= self.xaa_limit:
+        return self.invalid(h, "activity", "SubscriptionLimitExceeded: this app has reached its %d "
+                                           "subscriptions." % self.xaa_limit)
+    with self.lock:
+        self.next_id += 1
+        sid = str(self.next_id)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    # The spec: "responses always use the canonical name".
+    canonical = "chat.conversation.join" if ev == "chat.conversation_join" else ev
+    sub = {"subscription_id": sid, "event_type": canonical, "filter": f, "created_at": stamp, "updated_at": stamp}
+    for k in ("tag", "webhook_id"):
+        if k in data:
+            sub[k] = data[k]
+    self.xaa[sid] = sub
+    self.xaa_answer(h, sub, "activity")
+
+
+def _xaa_list(self, h, query):
+    if self.authenticate(h, [], "any") is None or not self.count(h, "activity"):
+        return
+    try:
+        size = int(query.get("max_results", ["1000"])[0])
+    except ValueError:
+        size = 0
+    if not 1 <= size <= 1000:
+        return self.invalid(h, "activity", "max_results must be 1 to 1000.")
+    start = 0
+    if "pagination_token" in query:
+        tok = query["pagination_token"][0]
+        if len(tok) < 16 or tok not in self.xaa_tokens:
+            return self.invalid(h, "activity", "The pagination_token is not valid.")
+        start = self.xaa_tokens[tok]
+    size = min(size, self.xaa_page or size)
+    subs = list(self.xaa.values())[start:start + size]
+    out = {"meta": {"result_count": len(subs)}}
+    if subs:
+        out["data"] = subs
+    if start + size < len(self.xaa):
+        # base32hex, as the spec says, '=' padding and all.
+        tok = base64.b32hexencode(os.urandom(11)).decode()
+        self.xaa_tokens[tok] = start + size
+        out["meta"]["next_token"] = tok
+    if self.xaa_shape == "flat":
+        out["meta"]["total_subscriptions"] = len(self.xaa)
+    self.send(h, 200, out, "activity")
+
+
+def _xaa_delete_many(self, h, query):
+    if self.authenticate(h, [], "bearer") is None or not self.count(h, "activity"):
+        return
+    ids = query.get("ids", [""])[0].split(",")
+    if not 1 <= len(ids) <= 100 or not all(i.isdigit() and len(i) <= 19 for i in ids):
+        return self.invalid(h, "activity", "ids must be 1 to 100 ids of 1 to 19 digits.")
+    data, errors = [], []
+    for i in ids:
+        if self.xaa.pop(i, None) is not None:
+            data.append({"subscription_id": i, "deleted": True})
+        else:
+            errors.append({"subscription_id": i, "reason": "NotFound",
+                           "message": "Subscription %s does not exist." % i})
+    out = {"data": data, "meta": {"total_subscriptions": len(self.xaa)}}
+    if errors:
+        out["errors"] = errors
+    self.send(h, 200, out, "activity")
+
+
+Standin.activity_init = _activity_init
+Standin.activity = _activity
+Standin.xaa_answer = _xaa_answer
+Standin.xaa_fields = _xaa_fields
+Standin.xaa_create = _xaa_create
+Standin.xaa_list = _xaa_list
+Standin.xaa_delete_many = _xaa_delete_many

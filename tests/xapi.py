@@ -459,11 +459,286 @@ def tls_failures_with_x_s_api_are_named():
 def the_plain_build_says_these_need_tls():
     if PLAIN is None:
         return
-    for args in (("webhooks",), ("register", HOOK), ("subscribe", "1")):
+    for args in (("webhooks",), ("register", HOOK), ("subscribe", "1"), ("activity", "list"),
+                 ("activity", "add", "post.create", "--user-id", "1")):
         p = subprocess.run([PLAIN, *args], env={"PATH": os.environ["PATH"], **CRED}, capture_output=True,
                            timeout=30)
         err = p.stderr.decode()
         assert p.returncode == 1 and "make TLS=1" in err and err.count("\n") == 1, err
+
+
+# ---- the X Activity API: activity add|list|update|delete ----
+
+def xaa_sent(w, method):
+    """The JSON bodies of the activity requests of method, in order."""
+    return [json.loads(r["body"]) for r in w.x.requests
+            if r["method"] == method and r["path"].startswith("/2/activity/subscriptions")]
+
+
+@test
+def activity_add_list_update_delete_with_the_spec_s_wire_names():
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        # A public event: the Bearer token alone.
+        got = w.ok("activity", "add", "profile.update.bio", "--user-id", USER_ID, "--tag", "bio \u00e9 \"q\"",
+                   "--webhook", wid)
+        sub = got["data"]["subscription"]
+        assert sub["event_type"] == "profile.update.bio" and sub["webhook_id"] == wid, got
+        assert xaa_sent(w, "POST")[-1] == {"event_type": "profile.update.bio", "filter": {"user_id": USER_ID},
+                                           "tag": "bio \u00e9 \"q\"", "webhook_id": wid}
+        assert w.x.requests[-1]["headers"]["Authorization"] == "Bearer " + CRED["TWITTER_BEARER_TOKEN"]
+        # A private one, with its direction: user context (OAuth 1.0a today).
+        like = w.ok("activity", "add", "like.create", "--user-id", USER_ID, "--direction", "inbound")
+        assert xaa_sent(w, "POST")[-1] == {"event_type": "like.create",
+                                           "filter": {"user_id": USER_ID, "direction": "inbound"}}
+        assert w.x.requests[-1]["headers"]["Authorization"].startswith("OAuth ")
+        news = w.ok("activity", "add", "news.new", "--keyword", "The President")
+        assert xaa_sent(w, "POST")[-1] == {"event_type": "news.new", "filter": {"keyword": "The President"}}
+        assert w.x.requests[-1]["headers"]["Authorization"].startswith("Bearer ")
+        # The deprecated alias passes, with a note naming the new name.
+        rc, out, err = w.run("activity", "add", "chat.conversation_join", "--user-id", USER_ID)
+        assert rc == 0 and "chat.conversation.join" in err and err.count("\n") == 1, (rc, out, err)
+        join = json.loads(out)["data"]["subscription"]
+        assert join["event_type"] == "chat.conversation.join" and xaa_sent(w, "POST")[-1]["event_type"] == \
+            "chat.conversation_join"
+        listed = w.ok("activity", "list")
+        assert [s["subscription_id"] for s in listed["data"]] == [sub["subscription_id"],
+                                                                  like["data"]["subscription"]["subscription_id"],
+                                                                  news["data"]["subscription"]["subscription_id"],
+                                                                  join["subscription_id"]]
+        assert listed["meta"] == {"result_count": 4}
+        assert w.x.requests[-1]["path"] == "/2/activity/subscriptions?max_results=1000"
+        upd = w.ok("activity", "update", sub["subscription_id"], "--tag", "renamed")
+        assert upd["data"]["subscription"]["tag"] == "renamed" and xaa_sent(w, "PUT")[-1] == {"tag": "renamed"}
+        assert w.x.requests[-1]["path"] == "/2/activity/subscriptions/" + sub["subscription_id"]
+        assert w.ok("activity", "delete", sub["subscription_id"]) == {"data": {"deleted": True},
+                                                                      "meta": {"total_subscriptions": 3}}
+        assert w.x.requests[-1]["method"] == "DELETE" and \
+            w.x.requests[-1]["path"] == "/2/activity/subscriptions/" + sub["subscription_id"]
+        rest = [s["subscription_id"] for s in w.ok("activity", "list")["data"]]
+        got = w.ok("activity", "delete", *rest)
+        assert w.x.requests[-1]["path"] == "/2/activity/subscriptions?ids=" + ",".join(rest)
+        assert [d["subscription_id"] for d in got["data"]] == rest and all(d["deleted"] for d in got["data"])
+        assert w.ok("activity", "list") == {"data": [], "meta": {"result_count": 0}}
+        assert w.x.xaa == {}
+    finally:
+        w.close()
+
+
+@test
+def activity_argument_errors_are_named_before_any_request():
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        before = len(w.x.requests)
+        for args, part in (
+                (("activity",), "usage: xwebhook activity add|list|update|delete"),
+                (("activity", "subscribe"), "usage: xwebhook activity add|list|update|delete"),
+                (("activity", "add"), "usage: xwebhook activity add EVENT_TYPE"),
+                (("activity", "add", "profile.update.bio", "post.create", "--user-id", "1"), "usage:"),
+                (("activity", "add", "eventType", "--user-id", "1"), "'eventType' is no X Activity event type"),
+                (("activity", "add", "like.created", "--user-id", "1"), "is no X Activity event type"),
+                (("activity", "add", "post.create"), "post.create is filtered by --user-id ID"),
+                (("activity", "add", "post.create", "--keyword", "x"), "post.create is filtered by --user-id ID"),
+                (("activity", "add", "post.create", "--user-id", "1", "--keyword", "x"), "--user-id ID alone"),
+                (("activity", "add", "news.new", "--user-id", "1"), "news.new is filtered by --keyword"),
+                (("activity", "add", "news.new"), "news.new is filtered by --keyword"),
+                (("activity", "add", "news.new", "--keyword", "k" * 151), "X takes 1 to 150"),
+                (("activity", "add", "post.create", "--user-id", "12ab"), "--user-id '12ab' is no user id"),
+                (("activity", "add", "post.create", "--user-id", "1" * 20), "is no user id"),
+                (("activity", "add", "post.create", "--user-id", "1", "--direction", "inbound"),
+                 "post.create takes no --direction"),
+                (("activity", "add", "mute.mute", "--user-id", USER_ID, "--direction", "outbound"),
+                 "mute.mute takes no --direction (like.create alone does; mute and block"),
+                (("activity", "add", "block.unblock", "--user-id", USER_ID, "--direction", "inbound"),
+                 "block.unblock takes no --direction"),
+                (("activity", "add", "like.create", "--user-id", "1", "--direction", "both"),
+                 "--direction 'both': X takes inbound or outbound"),
+                (("activity", "add", "post.create", "--user-id", "1", "--tag", ""), "has 0 characters"),
+                (("activity", "add", "post.create", "--user-id", "1", "--tag", "t" * 201), "has 201 characters"),
+                (("activity", "add", "post.create", "--user-id", "1", "--tag", "\u00e9" * 201), "has 201 char"),
+                (("activity", "add", "post.create", "--user-id", "1", "--webhook", "w1"),
+                 "--webhook 'w1' is no webhook id"),
+                (("activity", "update", "1"), "nothing to change"),
+                (("activity", "update", "s1", "--tag", "x"), "'s1' is no subscription id"),
+                (("activity", "update", "1", "--webhook", "x"), "--webhook 'x' is no webhook id"),
+                (("activity", "update", "1", "--tag", "t" * 201), "X takes 1 to 200"),
+                (("activity", "update", "1", "--user-id", "1"), "--user-id, --keyword and --direction go with"),
+                (("activity", "delete"), "usage: xwebhook activity delete SUBSCRIPTION_ID..."),
+                (("activity", "delete", "1", "2", "x3"), "'x3' is no subscription id"),
+                (("activity", "delete", *[str(i) for i in range(1, 102)]), "at most 100 ids"),
+                (("activity", "list", "1"), "usage: xwebhook activity list"),
+                (("webhooks", "--tag", "x"), "--tag and --webhook go with activity add and activity update"),
+                (("activity", "list", "--keyword", "x"), "go with activity add")):
+            err = w.fails(*args)
+            assert part in err, (args, err)
+        # A tag of 200 characters (not bytes) is X's limit, and passes.
+        w.ok("activity", "add", "post.create", "--user-id", "1", "--tag", "\u00e9" * 200, "--webhook", wid)
+        assert len(w.x.requests) == before + 1, "a refused command reached X"
+        # Each event of the spec's enum is taken (private ones in user context).
+        for ev in xs.XAA_EVENTS:
+            args = ("--keyword", "k") if ev == "news.new" else ("--user-id", USER_ID)
+            rc, out, err = w.run("activity", "add", ev, *args)
+            assert rc == 0, (ev, out, err)
+            sent = w.x.requests[-1]
+            assert json.loads(sent["body"])["event_type"] == ev
+            assert sent["headers"]["Authorization"].startswith("OAuth " if xs.xaa_private(ev) else "Bearer "), ev
+    finally:
+        w.close()
+
+
+@test
+def activity_missing_credentials_are_named_by_the_event_s_auth():
+    w = World()
+    try:
+        err = w.fails("activity", "add", "post.create", "--user-id", "1", creds=False)
+        assert "TWITTER_BEARER_TOKEN" in err and "not set" in err, err
+        err = w.fails("activity", "add", "dm.received", "--user-id", "1", creds=False,
+                      env={"TWITTER_BEARER_TOKEN": CRED["TWITTER_BEARER_TOKEN"]})
+        assert "TWITTER_CONSUMER_KEY" in err and "TWITTER_ACCESS_TOKEN" in err, err
+        err = w.fails("activity", "list", creds=False)
+        assert "TWITTER_BEARER_TOKEN" in err, err
+        assert w.x.requests == []
+    finally:
+        w.close()
+
+
+@test
+def activity_accepts_every_documented_answer_shape():
+    """openapi.json 2.167: {"data":{"subscription":S}}; 2.166: the same with
+    total_subscriptions_for_instance_id and meta.total_subscriptions; the
+    quickstart: {"data":S} and {"data":[S],"meta":...}. Each prints as the
+    current spec's shape, so a script sees one."""
+    w = World()
+    try:
+        for shape in xs.XAA_SHAPES:
+            w.x.xaa_shape = shape
+            got = w.ok("activity", "add", "post.create", "--user-id", USER_ID, "--tag", shape)
+            sub = got["data"]["subscription"]
+            assert list(got) == ["data"] and list(got["data"]) == ["subscription"], (shape, got)
+            assert sub["tag"] == shape and sub["filter"] == {"user_id": USER_ID}, (shape, got)
+            upd = w.ok("activity", "update", sub["subscription_id"], "--tag", shape + "!")
+            assert upd == {"data": {"subscription": dict(sub, tag=shape + "!",
+                                                         updated_at=upd["data"]["subscription"]["updated_at"])}}
+            assert len(w.ok("activity", "list")["data"]) == len(w.x.xaa)
+        # An answer with none of them is no success.
+        for raw, part in ((b'{"data":{"deleted":true}}', "without a subscription in any of the shapes"),
+                          (b'{"data":[]}', "without a subscription"),
+                          (b'{"data":{"subscription":{"tag":"x"}}}', "without a subscription"),
+                          (b'{"meta":{"total_subscriptions":1}}', "without a data member")):
+            w.x.override = (200, {}, raw)
+            for args in (("activity", "add", "post.create", "--user-id", "1"), ("activity", "update", "1", "--tag",
+                                                                                   "t")):
+                rc, out, err = w.run(*args)
+                assert rc == 1 and out == "" and part in err and "outcome is unknown" in err, (raw, rc, out, err)
+    finally:
+        w.close()
+
+
+@test
+def activity_list_follows_next_token_across_pages():
+    w = World()
+    try:
+        for i in range(7):
+            w.ok("activity", "add", "post.create", "--user-id", str(1000 + i))
+        w.x.xaa_page = 3  # X's pages hold max_results (1000); 3 here
+        before = len(w.x.requests)
+        got = w.ok("activity", "list")
+        assert [s["filter"]["user_id"] for s in got["data"]] == [str(1000 + i) for i in range(7)], got
+        assert got["meta"] == {"result_count": 7}
+        pages = w.x.requests[before:]
+        assert len(pages) == 3, [r["path"] for r in pages]
+        assert pages[0]["path"] == "/2/activity/subscriptions?max_results=1000"
+        toks = list(w.x.xaa_tokens)
+        for r, tok in zip(pages[1:], toks):
+            assert r["path"] == "/2/activity/subscriptions?max_results=1000&pagination_token=" + \
+                tok.replace("=", "%3D"), (r["path"], tok)
+        # A failing page fails the whole list, with nothing on stdout.
+        w.x.limits["activity"] = w.x.used["activity"] + 2
+        rc, out, err = w.run("activity", "list")
+        assert rc == 1 and out == "" and "429" in err and err.count("\n") == 1, (rc, out, err)
+        # A token X hands back again ends the walk instead of looping.
+        w.x.override = (200, {}, json.dumps({"data": [{"subscription_id": "1"}],
+                                             "meta": {"next_token": "A" * 16}}).encode())
+        w.x.limits["activity"] = 10 ** 6
+        before = len(w.x.requests)
+        got = w.ok("activity", "list")
+        assert got["meta"] == {"result_count": 2} and len(w.x.requests) == before + 2, got
+    finally:
+        w.close()
+
+
+@test
+def activity_private_events_403_names_the_scope():
+    w = World()
+    try:
+        for ev, scope in (("like.create", "like.read"), ("dm.received", "dm.read"), ("chat.sent", "dm.read"),
+                          ("mute.mute", "mute.read"), ("block.block", "block.read"),
+                          ("post.mention.create", "tweet.read"), ("broadcast.chat", "broadcast.read")):
+            w.x.xaa_forbidden = {ev}
+            err = w.fails("activity", "add", ev, "--user-id", USER_ID)
+            assert "403" in err and ("%s is a private event" % ev) in err and "scope " + scope in err, (ev, err)
+        # A public event refused (news.new is Enterprise only) says the Bearer token should do.
+        w.x.xaa_forbidden = {"news.new"}
+        err = w.fails("activity", "add", "news.new", "--keyword", "k")
+        assert "403" in err and "news.new is public" in err and "tweet.read" in err, err
+        # The stand-in refuses what X refuses: a Bearer token for a private
+        # event, eventType for event_type, another user's mutes.
+        ctx = ssl.create_default_context(cafile=PKI["p"]["root"])
+
+        def post(obj):
+            c = http.client.HTTPSConnection("localhost", w.x.port, timeout=10, context=ctx)
+            c.request("POST", "/2/activity/subscriptions", json.dumps(obj).encode(),
+                      {"Authorization": "Bearer " + CRED["TWITTER_BEARER_TOKEN"], "Content-Type": "application/json"})
+            r = c.getresponse()
+            body = json.loads(r.read())
+            c.close()
+            return r.status, body
+
+        st, body = post({"event_type": "like.create", "filter": {"user_id": USER_ID}})
+        assert st == 403 and "private event" in body["detail"], body
+        st, body = post({"eventType": "post.create", "filter": {"user_id": USER_ID}})
+        assert st == 400 and "eventType" in body["errors"][0]["message"], body
+        w.x.xaa_forbidden = set()
+        err = w.fails("activity", "add", "mute.mute", "--user-id", "42")
+        assert "400" in err and "actor-only" in err, err
+        assert w.ok("activity", "add", "mute.mute", "--user-id", USER_ID)["data"]["subscription"]["event_type"] == \
+            "mute.mute"
+    finally:
+        w.close()
+
+
+@test
+def activity_bulk_delete_names_what_x_did_not_delete():
+    w = World()
+    try:
+        ids = [w.ok("activity", "add", "post.create", "--user-id", str(i))["data"]["subscription"]["subscription_id"]
+               for i in (1, 2)]
+        rc, out, err = w.run("activity", "delete", ids[0], "999", ids[1])
+        assert rc == 1 and err.count("\n") == 1, (rc, out, err)
+        assert "X did not delete 1 of the 3: 999: Subscription 999 does not exist." in err, err
+        got = json.loads(out)
+        assert [d["subscription_id"] for d in got["data"]] == ids and got["errors"][0]["subscription_id"] == "999"
+        assert w.x.xaa == {}
+        err = w.fails("activity", "delete", "999")
+        assert "400" in err and "SubscriptionNotFound" in err, err
+    finally:
+        w.close()
+
+
+@test
+def activity_stops_at_the_subscription_limit_with_x_s_words():
+    w = World()
+    try:
+        assert w.x.xaa_limit == 1500  # the introduction's self-serve figure
+        w.x.xaa_limit = 2
+        w.ok("activity", "add", "post.create", "--user-id", "1")
+        w.ok("activity", "add", "post.delete", "--user-id", "1")
+        err = w.fails("activity", "add", "follow.follow", "--user-id", "1")
+        assert "400" in err and "SubscriptionLimitExceeded" in err, err
+    finally:
+        w.close()
 
 
 def main():
