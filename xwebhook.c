@@ -9411,8 +9411,8 @@ x_command_words(const char *const *args, int nargs, int *words)
 		if (nargs < 2 || strchr(args[1], ' ') != NULL || (xc = x_command(name)) == NULL)
 			die("usage: xwebhook stream link|unlink WEBHOOK_ID, or xwebhook stream links");
 		*words = 2;
-	} else if (args[0] != NULL) {
-		xc = x_command(args[0]);
+	} else if (args[0] != NULL && strchr(args[0], ' ') == NULL) {
+		xc = x_command(args[0]);  /* not "stream link" as one word */
 	}
 	for (k = 0; k < X_STREAM_FIELDS; k++)
 		if (stream_fields[k] != NULL && (xc == NULL || xc->check != x_stream_link_args))
@@ -9887,8 +9887,9 @@ x_validate_confirm(const struct x_command *xc, const char *id, const struct url 
 		    "it was deleted, or the outcome is unknown\n", progname, id);
 		return 1;
 	}
-	snprintf(line, sizeof(line), "validate: the CRC failed: X lists webhook %s as not valid %lld s after the "
-	    "PUT that ran it (GET /2/webhooks), so it gets no events", id, (long long)(x_validate_wait_ms / 1000));
+	snprintf(line, sizeof(line), "validate: the CRC failed: X lists webhook %s as not valid, asked for %lld s "
+	    "after the PUT that ran it (GET /2/webhooks), so it gets no events", id,
+	    (long long)(x_validate_wait_ms / 1000));
 	{
 		struct buf l = { 0 };
 

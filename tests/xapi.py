@@ -655,6 +655,7 @@ def stream_link_unlink_links_pass_the_fields_through():
                            (("stream", "links", "1"), "usage: xwebhook stream links"),
                            (("stream", "relink", "1"), "usage: xwebhook stream link|unlink WEBHOOK_ID"),
                            (("stream",), "usage: xwebhook stream link|unlink WEBHOOK_ID"),
+                           (("stream link", wid), "unknown command 'stream link'"),
                            (("--tweet-fields", "id", "stream", "links"), "--tweet-fields goes with stream link"),
                            (("--poll-fields", "id", "webhooks"), "--poll-fields goes with stream link"),
                            (("--user-fields", "id"), "--user-fields goes with stream link")):
