@@ -285,6 +285,16 @@ static const char *login_scopes = LOGIN_SCOPES_DEFAULT; /* --scopes */
 static const char *login_port;  /* --port: LOGIN_PORT_DEFAULT when NULL */
 static const char *login_wait;  /* --wait: LOGIN_WAIT_DEFAULT_S when NULL */
 #endif
+/* stream link's --tweet-fields, --expansions, --media-fields,
+ * --poll-fields, --place-fields, --user-fields, in x_stream_fields'
+ * order: NULL where not given. */
+enum { X_STREAM_FIELDS = 6 };
+static const char *stream_fields[X_STREAM_FIELDS];
+/* validate: how long X's list of webhooks is asked after the PUT for the
+ * CRC's outcome (PUT's answer says only that X ran it), and how often.
+ * X's own CRC gives the webhook 3 s, and one retry after 1.75 s more. */
+static const int64_t x_validate_wait_ms = 10000;
+static const int64_t x_validate_poll_ms = 2000;
 
 /* Each connection thread's stack: the deepest path (a response, a log
  * line) needs a few KiB; sanitizer builds need much more. Only the pages
@@ -9636,8 +9646,11 @@ x_replay_args(const char *const *args)
 		if (!x_date_ok(args[i]))
 			die("replay: '%s' is not a UTC time as yyyymmddhhmm (e.g. %s)", args[i],
 			    i == 2 ? "202611281200" : "202611281300");
-	if (strcmp(args[2], args[3]) > 0)
-		die("replay: FROM %s is after TO %s", args[2], args[3]);
+	/* X's from_date is inclusive and to_date exclusive (the Account
+	 * Activity quickstart): FROM..FROM is no minute at all. */
+	if (strcmp(args[2], args[3]) >= 0)
+		die("replay: TO %s must be after FROM %s (X replays from FROM's minute up to, not including, "
+		    "TO's)", args[3], args[2]);
 }
 
 /* replay's JSON: the webhook and the window, as X's reference names them. */
@@ -9838,6 +9851,98 @@ xaa_update_body(struct buf *body, const char *const *args)
 	buf_addc(body, '}');
 }
 
+/* stream link's options: the query parameters of the filtered stream
+ * (GET /2/tweets/search/stream), which X's stream-webhooks quickstart says
+ * a link takes ("query parameters identical to those used in the
+ * streaming endpoint"), each with the values spec 2.167 lists there.
+ * stream_fields[] holds what was given, in this order. */
+static const struct {
+	const char *option, *param;
+	const char *values;  /* each between spaces */
+} x_stream_fields[X_STREAM_FIELDS] = {
+	{ "--tweet-fields", "tweet.fields", " article attachments author_id card_uri community_id context_annotations "
+	  "conversation_id created_at display_text_range edit_controls edit_history_tweet_ids entities geo id "
+	  "in_reply_to_user_id lang matched_media_notes media_metadata non_public_metrics note_request_suggestions "
+	  "note_tweet organic_metrics paid_partnership possibly_sensitive promoted_metrics public_metrics "
+	  "referenced_tweets reply_settings scopes source suggested_source_links suggested_source_links_with_counts "
+	  "text withheld " },
+	{ "--expansions", "expansions", " article.cover_media article.media_entities attachments.media_keys "
+	  "attachments.media_source_tweet attachments.poll_ids author_id edit_history_tweet_ids "
+	  "entities.mentions.username geo.place_id in_reply_to_user_id entities.note.mentions.username "
+	  "referenced_tweets.id referenced_tweets.id.attachments.media_keys referenced_tweets.id.author_id " },
+	{ "--media-fields", "media.fields", " alt_text duration_ms height media_key non_public_metrics organic_metrics "
+	  "preview_image_url promoted_metrics public_metrics type url variants width " },
+	{ "--poll-fields", "poll.fields", " duration_minutes end_datetime id options voting_status " },
+	{ "--place-fields", "place.fields", " contained_within country country_code full_name geo id name place_type " },
+	{ "--user-fields", "user.fields", " affiliation confirmed_email connection_status created_at description "
+	  "entities id is_identity_verified location most_recent_tweet_id name parody pinned_tweet_id "
+	  "profile_banner_url profile_image_url protected public_metrics receives_your_dm subscription "
+	  "subscription_type url username verified verified_followers_count verified_type withheld " },
+};
+
+/* Which of x_stream_fields the option name is, or -1. */
+static int
+x_stream_field_option(const char *name)
+{
+	int k;
+
+	for (k = 0; k < X_STREAM_FIELDS; k++)
+		if (strcmp(name, x_stream_fields[k].option) == 0)
+			return k;
+	return -1;
+}
+
+/* stream link WEBHOOK_ID: each field list given is one or more of the
+ * spec's values, comma-separated, none twice (the spec's uniqueItems). */
+static void
+x_stream_link_args(const char *const *args)
+{
+	size_t k;
+
+	(void)args;
+	for (k = 0; k < X_STREAM_FIELDS; k++) {
+		const char *list = stream_fields[k], *w;
+
+		for (w = list; w != NULL;) {
+			size_t n = strcspn(w, ","), v = 0;
+			char word[64];
+			const char *seen;
+
+			snprintf(word, sizeof(word), " %.*s ", (int)(n < 40 ? n : 40), w);
+			if (n == 0 || n > 40 || strspn(w, "abcdefghijklmnopqrstuvwxyz._") < n ||
+			    strstr(x_stream_fields[k].values, word) == NULL)
+				die("stream link: %s: '%.*s' is not one of X's %s:%.*s", x_stream_fields[k].option,
+				    (int)(n < 60 ? n : 60), w, x_stream_fields[k].param,
+				    (int)strlen(x_stream_fields[k].values) - 1, x_stream_fields[k].values);
+			for (seen = list; seen < w; seen += v + 1) {
+				v = strcspn(seen, ",");
+				if (v == n && memcmp(seen, w, n) == 0)
+					die("stream link: %s names %.*s twice", x_stream_fields[k].option, (int)n, w);
+			}
+			w = w[n] == ',' ? w + n + 1 : NULL;
+		}
+	}
+}
+
+/* The stream link's query, "?tweet.fields=a,b&expansions=c", into path:
+ * the lists as given (checked: only [a-z._,]), commas as X's example has
+ * them. Nothing when none was given. */
+static void
+x_stream_query(struct buf *path)
+{
+	size_t k;
+	char sep = '?';
+
+	for (k = 0; k < X_STREAM_FIELDS; k++)
+		if (stream_fields[k] != NULL) {
+			buf_addc(path, sep);
+			buf_adds(path, x_stream_fields[k].param);
+			buf_addc(path, '=');
+			buf_adds(path, stream_fields[k]);
+			sep = '&';
+		}
+}
+
 /* The subcommands: what each sends where, in X API v2's reference, and
  * what is particular to each. */
 struct x_command {
@@ -9873,6 +9978,10 @@ static const struct x_command x_commands[] = {
 	/* (FROM is checked as an id too before it is checked as a date) */
 	{ "replay", " WEBHOOK_ID FROM TO", 3, 2, "POST", "/2/webhooks/replay", X_BEARER, x_replay_args,
 	    x_replay_body, '{', 0, 0, NULL, NULL },
+	{ "subscribed", " WEBHOOK_ID", 1, 1, "GET", "/2/account_activity/webhooks/%1/subscriptions/all", X_USER,
+	    NULL, NULL, '{', 0, 0, NULL, NULL },
+	{ "subscription-count", "", 0, 0, "GET", "/2/account_activity/subscriptions/count", X_BEARER, NULL, NULL,
+	    '{', 0, 0, NULL, NULL },
 	/* The X Activity API: subscriptions per event type and filter. data
 	 * 's' is a subscription in any of the shapes X documents. nargs -1:
 	 * one or more. */
@@ -9890,6 +9999,14 @@ static const struct x_command x_commands[] = {
 	/* One id: DELETE .../%1; several: the bulk DELETE ?ids=%1, a,b,... */
 	{ .name = "activity delete", .usage = " SUBSCRIPTION_ID...", .nargs = -1, .method = "DELETE",
 	    .path = "/2/activity/subscriptions/%1", .auth = X_BEARER, .data = '{', .run = xaa_delete },
+	/* Filtered-stream webhooks (Enterprise); links: spec 2.167's data is
+	 * an array, the quickstart's an object holding links[] ('*': either). */
+	{ "stream link", " WEBHOOK_ID [--tweet-fields LIST] [--expansions LIST] [--media-fields LIST] "
+	  "[--poll-fields LIST] [--place-fields LIST] [--user-fields LIST]", 1, 1, "POST",
+	    "/2/tweets/search/webhooks/%1", X_BEARER, x_stream_link_args, NULL, '{', 0, 0, NULL, NULL },
+	{ "stream unlink", " WEBHOOK_ID", 1, 1, "DELETE", "/2/tweets/search/webhooks/%1", X_BEARER, NULL, NULL,
+	    '{', 0, 0, NULL, NULL },
+	{ "stream links", "", 0, 0, "GET", "/2/tweets/search/webhooks", X_BEARER, NULL, NULL, '*', 0, 0, NULL, NULL },
 };
 
 /* The row called name, or name and then sub (NULL: none) for the two-word
@@ -9907,6 +10024,18 @@ x_command(const char *name, const char *sub)
 			return &x_commands[i];
 	}
 	return NULL;
+}
+
+/* A stream field option (--tweet-fields, ...) dies unless xc is stream
+ * link. */
+static void
+x_stream_options_check(const struct x_command *xc)
+{
+	size_t k;
+
+	for (k = 0; k < X_STREAM_FIELDS; k++)
+		if (stream_fields[k] != NULL && (xc == NULL || xc->check != x_stream_link_args))
+			die("%s goes with stream link WEBHOOK_ID only", x_stream_fields[k].option);
 }
 
 /* An environment variable's value, wiped from the environment (so that
@@ -10100,7 +10229,7 @@ static const char *
 x_answer_lacks(const struct x_command *xc, const struct answer *a)
 {
 	struct buf data = { 0 }, meta = { 0 }, count = { 0 };
-	int list = xc->data == '[';
+	int list = xc->data == '[', either = xc->data == '*';
 	const char *lacks = NULL;
 	struct json_object o;
 
@@ -10114,7 +10243,9 @@ x_answer_lacks(const struct x_command *xc, const struct answer *a)
 	else if (xc->data == 's')
 		lacks = xaa_subscription(a->body.p, a->body.len, NULL) < 0 ?
 		    "without a subscription in any of the shapes X documents" : NULL;
-	else if (data.len == 0 || data.p[0] != (list ? '[' : '{'))
+	else if (either && (data.len == 0 || (data.p[0] != '[' && data.p[0] != '{')))
+		lacks = "with data that is neither an array nor an object";
+	else if (!either && (data.len == 0 || data.p[0] != (list ? '[' : '{')))
 		lacks = list ? "with data that is not an array" : "with data that is not an object";
 	json_object_free(&o);
 	buf_free(&data);
@@ -10913,6 +11044,7 @@ x_request(const struct x_command *xc, const char *const *args, const struct url 
 			buf_addc(&path, *p);
 		}
 	}
+	x_stream_query(&path);
 	buf_addc(&path, '\0');
 	if (xc->body != NULL)
 		xc->body(&body, args);
@@ -10999,7 +11131,7 @@ x_success(const struct x_command *xc, const struct answer *a)
 {
 	struct buf out = { 0 }, data = { 0 }, valid = { 0 }, safe = { 0 }, shaped = { 0 };
 	struct json_object o;
-	const char *why, *p = a->body.p;
+	const char *why, *said, *p = a->body.p;
 	char err[160], text[240];
 	size_t n = a->body.len;
 	int has_data, rc = 1;
@@ -11022,12 +11154,21 @@ x_success(const struct x_command *xc, const struct answer *a)
 		rc = 0;
 		if (write_all(STDOUT_FILENO, safe.p, safe.len) < 0)
 			die("cannot write to stdout:");
-		if (has_data && xc->invalid_fails && json_member(data.p, data.len, "valid", &valid) == 0 &&
-		    valid.len == 5 && memcmp(valid.p, "false", 5) == 0) {
+		/* validate: spec 2.167 answers valid, older ones attempted;
+		 * true says only that X ran the CRC (cmd_x asks how it went). */
+		said = !has_data || !xc->invalid_fails ? "" :
+		    json_member(data.p, data.len, "valid", &valid) == 0 ? "valid" :
+		    json_member(data.p, data.len, "attempted", &valid) == 0 ? "attempted" : NULL;
+		if (said == NULL) {
+			x_unexpected(xc, a, "without data.valid or data.attempted", ": the outcome is unknown");
+			rc = 1;
+		} else if (has_data && xc->invalid_fails && !(valid.len == 4 && memcmp(valid.p, "true", 4) == 0)) {
 			struct buf line = { 0 };
 
-			buf_adds(&line, "validate: X's CRC against the webhook's URL failed: the webhook is not "
-			    "valid and gets no events");
+			snprintf(text, sizeof(text), "validate: X answered %s: %s: its CRC against the webhook's URL "
+			    "failed or did not run, and the webhook is not valid: it gets no events", said,
+			    valid.len == 5 && memcmp(valid.p, "false", 5) == 0 ? "false" : "(not a boolean)");
+			buf_adds(&line, text);
 			x_crc_hints(&line, "crc");
 			buf_addc(&line, '\0');
 			fprintf(stderr, "%s: %s\n", progname, line.p);
@@ -11093,22 +11234,126 @@ x_call(const struct x_command *xc, const char *const *args, const struct url *u,
 		explicit_bzero(req.p, req.cap);
 		die("%s: no answer from %s: %s", xc->name, api_base, cl.why);
 	}
-	explicit_bzero(req.p, req.cap);
 	client_close(&cl);
+	explicit_bzero(req.p, req.cap);
 	buf_free(&req);
+}
+
+/* A copy of a credential, for one more call (x_call wipes what it uses). */
+static char *
+x_secret_copy(const char *s)
+{
+	char *c = xmalloc(strlen(s) + 1);
+
+	memcpy(c, s, strlen(s) + 1);
+	return c;
+}
+
+/* What X's list of webhooks (a 2xx of GET /2/webhooks) says of one. */
+enum x_listed { X_LISTED_VALID, X_LISTED_INVALID, X_NOT_LISTED };
+
+static enum x_listed
+x_webhook_listed(const struct answer *a, const char *id)
+{
+	struct buf data = { 0 }, el = { 0 }, v = { 0 };
+	enum x_listed r = X_NOT_LISTED;
+	struct json_object o;
+	size_t at = 0;
+
+	(void)json_object_parse(a->body.p, a->body.len, &o);
+	if (json_object_get(&o, "data", &data) == 0) {
+		buf_addc(&data, '\0');
+		while (r == X_NOT_LISTED && json_array_next(data.p, &at, &el)) {
+			if (json_member_string(el.p, el.len, "id", &v) == 0 && v.len > 0 && v.len == strlen(id) &&
+			    memcmp(v.p, id, v.len) == 0)
+				r = json_true(el.p, el.len, "valid") ? X_LISTED_VALID : X_LISTED_INVALID;
+			el.len = v.len = 0;
+		}
+	}
+	json_object_free(&o);
+	buf_free(&data);
+	buf_free(&el);
+	buf_free(&v);
+	return r;
+}
+
+/* validate's outcome, which the PUT's answer does not give (spec 2.167:
+ * valid "indicates whether the CRC validation check was triggered"):
+ * what X's list of webhooks (GET /2/webhooks, with the Bearer token
+ * bearer, wiped and freed here) says of id, asked every
+ * x_validate_poll_ms until it lists it valid, or no longer lists it, or
+ * x_validate_wait_ms have passed. The exit status. */
+static int
+x_validate_confirm(const struct x_command *xc, const char *id, const struct url *u, char *bearer)
+{
+	int64_t deadline = now_ms() + x_validate_wait_ms;
+	struct x_command row = *x_command("webhooks", NULL);
+	enum x_listed seen = X_NOT_LISTED;
+	const char *const none[] = { "webhooks", NULL };
+	char *cred[4] = { NULL, NULL, NULL, NULL };
+	const char *lacks;
+	struct answer a;
+	char line[320];
+	int rc = 1;
+
+	row.name = xc->name;  /* its lines are validate's */
+	for (;;) {
+		struct timespec pause = { x_validate_poll_ms / 1000, (long)(x_validate_poll_ms % 1000) * 1000000 };
+
+		x_call(&row, none, u, cred, x_secret_copy(bearer), &a);
+		if (a.status < 200 || a.status > 299 || (lacks = x_answer_lacks(x_command("webhooks", NULL), &a)) != NULL) {
+			if (a.status < 200 || a.status > 299)
+				x_failure(xc, &a, api_base);
+			else
+				x_unexpected(xc, &a, lacks, " to GET /2/webhooks, which was to say whether the CRC passed: "
+				    "the outcome is unknown");
+			answer_free(&a);
+			goto out;
+		}
+		seen = x_webhook_listed(&a, id);
+		answer_free(&a);
+		if (seen != X_LISTED_INVALID || now_ms() + x_validate_poll_ms > deadline)
+			break;
+		while (nanosleep(&pause, &pause) < 0)
+			if (errno != EINTR)
+				die("validate: nanosleep:");
+	}
+	if (seen == X_LISTED_VALID) {
+		rc = 0;
+	} else if (seen == X_NOT_LISTED) {
+		fprintf(stderr, "%s: validate: X does not list webhook %s among the app's webhooks (GET /2/webhooks): "
+		    "it was deleted, or the outcome is unknown\n", progname, id);
+	} else {
+		struct buf l = { 0 };
+
+		snprintf(line, sizeof(line), "validate: the CRC failed: X lists webhook %s as not valid, asked for "
+		    "%lld s after the PUT that ran it (GET /2/webhooks), so it gets no events", id,
+		    (long long)(x_validate_wait_ms / 1000));
+		buf_adds(&l, line);
+		x_crc_hints(&l, "crc");
+		buf_addc(&l, '\0');
+		fprintf(stderr, "%s: %s\n", progname, l.p);
+		buf_free(&l);
+	}
+out:
+	explicit_bzero(bearer, strlen(bearer));
+	free(bearer);
+	return rc;
 }
 
 /* Run one subcommand: args[0] is its name. The exit status. */
 static int
 cmd_x(const struct x_command *xc, const char *const *args)
 {
-	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
+	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL, *again = NULL;
 	struct answer a;
 	struct url u;
 	int rc;
 
 	x_prepare(xc, args, &u);
 	x_credentials(xc, cred, &bearer);
+	if (xc->invalid_fails)
+		again = x_secret_copy(bearer);  /* validate asks X's list of webhooks afterwards */
 	x_call(xc, args, &u, cred, bearer, &a);
 	if (a.status >= 200 && a.status <= 299) {
 		rc = x_success(xc, &a);
@@ -11117,6 +11362,12 @@ cmd_x(const struct x_command *xc, const char *const *args)
 		rc = 1;
 	}
 	answer_free(&a);
+	if (again != NULL) {
+		if (rc == 0)
+			return x_validate_confirm(xc, args[1], &u, again);
+		explicit_bzero(again, strlen(again));
+		free(again);
+	}
 	return rc;
 }
 
@@ -13503,13 +13754,16 @@ usage(FILE *f)
 "line on stderr and exit status 1 (also for a 2xx without the data X's API sends):\n"
 "       xwebhook webhooks                        list the app's webhooks\n"
 "       xwebhook register URL                    register URL (X runs a CRC against it first)\n"
-"       xwebhook validate WEBHOOK_ID             have X run a CRC now\n"
+"       xwebhook validate WEBHOOK_ID             have X run a CRC now; exit 0 only once X lists\n"
+"                                                the webhook valid (asked for up to 10 s)\n"
 "       xwebhook unregister WEBHOOK_ID           delete the webhook\n"
 "       xwebhook subscribe WEBHOOK_ID            send the account's events to it (user context)\n"
+"       xwebhook subscribed WEBHOOK_ID           is the account subscribed (user context)\n"
 "       xwebhook subscriptions WEBHOOK_ID        list the subscribed user ids\n"
+"       xwebhook subscription-count              the app's subscriptions, and how many it may have\n"
 "       xwebhook unsubscribe WEBHOOK_ID USER_ID  stop a user's events\n"
 "       xwebhook replay WEBHOOK_ID FROM TO       resend events of FROM..TO (yyyymmddhhmm, UTC,\n"
-"                                                within the past 24 hours)\n"
+"                                                within the past 24 hours; TO after FROM)\n"
 "       xwebhook login                           sign an account in with OAuth 2.0 (PKCE): its\n"
 "                                                token, kept in --state-dir, then carries the\n"
 "                                                user-context calls, refreshed as it runs out\n"
@@ -13520,12 +13774,19 @@ usage(FILE *f)
 "       xwebhook activity list                   list those subscriptions (every page)\n"
 "       xwebhook activity update SUBSCRIPTION_ID [--tag TEXT] [--webhook ID]\n"
 "       xwebhook activity delete SUBSCRIPTION_ID...  delete them (several in one call)\n"
+"       xwebhook stream link WEBHOOK_ID [--tweet-fields LIST] [--expansions LIST]\n"
+"                           [--media-fields LIST] [--poll-fields LIST] [--place-fields LIST]\n"
+"                           [--user-fields LIST]\n"
+"                                                deliver the filtered stream (Enterprise) to it,\n"
+"                                                with these comma-separated fields\n"
+"       xwebhook stream unlink WEBHOOK_ID        stop delivering the stream to it\n"
+"       xwebhook stream links                    list the webhooks the stream goes to\n"
 "\n"
 "The consumer secret (the app's API Key Secret) comes from TWITTER_CONSUMER_SECRET,\n"
 "else CONSUMER_SECRET, in the environment, or from --secret-file; never from argv.\n"
-"X's calls take TWITTER_BEARER_TOKEN; subscribe, and activity add for private events\n"
-"(likes, DMs, chat, mentions, replies, quotes, reposts, mutes, blocks, broadcast\n"
-"chat), take the token login stored, else TWITTER_CONSUMER_KEY, the consumer secret,\n"
+"X's calls take TWITTER_BEARER_TOKEN; subscribe, subscribed, and activity add for private\n"
+"events (likes, DMs, chat, mentions, replies, quotes, reposts, mutes, blocks,\n"
+"broadcast chat), take the token login stored, else TWITTER_CONSUMER_KEY, the consumer secret,\n"
 "TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET; login takes TWITTER_CLIENT_ID\n"
 "(and TWITTER_CLIENT_SECRET for a confidential client).\n"
 "\n", f);
@@ -13784,6 +14045,8 @@ option_take(const char *name, const char *a, const char *val, int argc, char **a
 #endif
 	} else if (OPT("--post", "--post")) {
 		check_post = 1;
+	} else if (x_stream_field_option(name) >= 0) {
+		stream_fields[x_stream_field_option(name)] = VALUE();
 	} else if (OPT("--secret", "-s")) {
 		die("the secret is never taken from the command line, where ps shows it: "
 		    "set TWITTER_CONSUMER_SECRET or use --secret-file FILE");
@@ -13923,7 +14186,9 @@ main(int argc, char **argv)
 {
 	const char *args[SUBCMD_ARGS_MAX + 1] = { NULL };  /* NULL after the last */
 	int nargs = parse_commandline(argc, argv, args);
-	const struct x_command *xc = args[0] != NULL ? x_command(args[0], args[1]) : NULL;
+	/* ("activity add" or "stream link" as one word is no command) */
+	const struct x_command *xc = args[0] != NULL && strchr(args[0], ' ') == NULL ? x_command(args[0], args[1]) :
+	    NULL;
 
 	signal(SIGPIPE, SIG_IGN);
 	sha256_select();
@@ -13932,6 +14197,7 @@ main(int argc, char **argv)
 	if (args[0] != NULL)
 		signal(SIGHUP, SIG_IGN);
 	xaa_options_check(xc);
+	x_stream_options_check(xc);
 	if (xc != NULL) {
 		if (strchr(xc->name, ' ') != NULL) {  /* "activity add": args[0] is "add" */
 			args[0] = xc->name;
@@ -13944,6 +14210,8 @@ main(int argc, char **argv)
 	}
 	if (args[0] != NULL && strcmp(args[0], "activity") == 0)
 		die("usage: xwebhook activity add|list|update|delete ... (see xwebhook --help)");
+	if (args[0] != NULL && strcmp(args[0], "stream") == 0)
+		die("usage: xwebhook stream link|unlink WEBHOOK_ID, or xwebhook stream links");
 	if (args[0] != NULL) {
 		if (strcmp(args[0], "crc") == 0 && nargs == 2)
 			return cmd_crc(args[1]);

@@ -100,6 +100,16 @@ class Standin:
         self.override = None  # (status, headers, body bytes): answer this to everything
         self.oauth2 = OAuth2(app)
         self.activity_init()
+        # validate (PUT /2/webhooks/:id), in each way X's documents say it answers:
+        # None: {"valid": <the CRC's outcome>} (the quickstart's reading); "lie":
+        # {"valid": true} whatever the CRC did (spec 2.167: valid "indicates whether
+        # the CRC validation check was triggered"); "attempted": {"attempted": true}
+        # (spec 2.137); "400": a failed CRC is a 400 CrcValidationFailed (quickstart).
+        self.put_mode = None
+        self.crc_lag = 0  # seconds after the PUT before GET /2/webhooks shows the CRC's outcome
+        self.stream_links = {}  # webhook id -> ["tweet.fields=a,b", ...] (filtered-stream webhooks)
+        self.unlisted = set()  # webhook ids GET /2/webhooks leaves out (one deleted meanwhile, say)
+        self.links_shape = "spec"  # GET /2/tweets/search/webhooks: "spec" data[], "quickstart" data.links[]
         standin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -321,13 +331,17 @@ class Standin:
             return self.subscription(h, parts[3], parts[5:])
         if parts[:3] == ["2", "activity", "subscriptions"] and len(parts) <= 4:
             return self.activity(h, parts[3] if len(parts) == 4 else None, data)
+        if parts == ["2", "account_activity", "subscriptions", "count"] and m == "GET":
+            return self.subscription_count(h)
+        if parts[:4] == ["2", "tweets", "search", "webhooks"] and len(parts) <= 5:
+            return self.stream_link(h, parts[4] if len(parts) == 5 else None)
         self.send(h, 404, {"title": "Not Found Error", "detail": "Sorry, that page does not exist.",
                            "type": "https://api.twitter.com/2/problems/resource-not-found", "status": 404})
 
     def list_webhooks(self, h):
         if self.authenticate(h, [], "bearer") is None or not self.count(h, "webhooks"):
             return
-        hooks = list(self.webhooks.values())
+        hooks = [w for w in self.webhooks.values() if w["id"] not in self.unlisted]
         out = {"meta": {"result_count": len(hooks)}}
         if hooks:
             out["data"] = hooks
@@ -363,12 +377,32 @@ class Standin:
             del self.webhooks[wid]
             self.subscriptions.pop(wid, None)
             return self.send(h, 200, {"data": {"deleted": True}}, name)
+        self.validate_webhook(h, wid, name)
+
+    # ---- validate's answers, and the webhook's real state behind them ----
+
+    def validate_webhook(self, h, wid, name):
+        """A real CRC; GET /2/webhooks then lists its outcome (after
+        crc_lag), and the PUT answers as put_mode says."""
         why = self.crc(self.webhooks[wid]["url"])
-        self.webhooks[wid]["valid"] = why is None
-        self.send(h, 200, {"data": {"valid": why is None}}, name)
+        w = self.webhooks[wid]
+
+        def settle():
+            w["valid"] = why is None
+        if self.crc_lag:
+            threading.Timer(self.crc_lag, settle).start()
+        else:
+            settle()
+        if self.put_mode == "400" and why is not None:
+            return self.invalid(h, name, why)
+        if self.put_mode == "attempted":
+            return self.send(h, 200, {"data": {"attempted": True}}, name)
+        self.send(h, 200, {"data": {"valid": True if self.put_mode == "lie" else why is None}}, name)
 
     def subscription(self, h, wid, rest):
         m = h.command
+        if rest == ["all"] and m == "GET":
+            return self.subscribed(h, wid)
         if rest == ["all"] and m == "POST":
             user = self.authenticate(h, [], "user")
             if user is None or not self.count(h, "subscribe"):
@@ -400,6 +434,90 @@ class Standin:
             return self.send(h, 200, {"data": {"subscribed": False}}, "unsubscribe")
         self.send(h, 404, {"title": "Not Found Error", "detail": "Sorry, that page does not exist.",
                            "type": "https://api.twitter.com/2/problems/resource-not-found", "status": 404})
+
+    # ---- is one user subscribed; how many are ----
+
+    def subscribed(self, h, wid):
+        """GET .../subscriptions/all: user context only (spec 2.167:
+        OAuth2UserToken or UserToken), the token's user."""
+        user = self.authenticate(h, [], "user")
+        if user is None or not self.count(h, "subscribed"):
+            return
+        if wid not in self.webhooks:
+            return self.invalid(h, "subscribed", "WebhookIdInvalid: The webhook id %s is not valid." % wid)
+        self.send(h, 200, {"data": {"subscribed": user in self.subscriptions.get(wid, [])}}, "subscribed")
+
+    def subscription_count(self, h):
+        """GET /2/account_activity/subscriptions/count: app Bearer; the
+        counts are strings in the spec and the quickstart."""
+        if self.authenticate(h, [], "bearer") is None or not self.count(h, "subscription-count"):
+            return
+        n = sum(len(v) for v in self.subscriptions.values())
+        self.send(h, 200, {"data": {"account_name": "xwebhook-tests", "provisioned_count": "15",
+                                    "subscriptions_count_all": str(n), "subscriptions_count_direct_messages": "0"}},
+                  "subscription-count")
+
+    # ---- filtered-stream webhooks (Enterprise) ----
+
+    # The query parameters a link takes: the filtered stream's (spec 2.167,
+    # GET /2/tweets/search/stream), each with its enum.
+    STREAM_FIELDS = {
+        "tweet.fields": {"article", "attachments", "author_id", "card_uri", "community_id", "context_annotations",
+                         "conversation_id", "created_at", "display_text_range", "edit_controls",
+                         "edit_history_tweet_ids", "entities", "geo", "id", "in_reply_to_user_id", "lang",
+                         "matched_media_notes", "media_metadata", "non_public_metrics", "note_request_suggestions",
+                         "note_tweet", "organic_metrics", "paid_partnership", "possibly_sensitive",
+                         "promoted_metrics", "public_metrics", "referenced_tweets", "reply_settings", "scopes",
+                         "source", "suggested_source_links", "suggested_source_links_with_counts", "text",
+                         "withheld"},
+        "expansions": {"article.cover_media", "article.media_entities", "attachments.media_keys",
+                       "attachments.media_source_tweet", "attachments.poll_ids", "author_id",
+                       "edit_history_tweet_ids", "entities.mentions.username", "geo.place_id",
+                       "in_reply_to_user_id", "entities.note.mentions.username", "referenced_tweets.id",
+                       "referenced_tweets.id.attachments.media_keys", "referenced_tweets.id.author_id"},
+        "media.fields": {"alt_text", "duration_ms", "height", "media_key", "non_public_metrics", "organic_metrics",
+                         "preview_image_url", "promoted_metrics", "public_metrics", "type", "url", "variants",
+                         "width"},
+        "poll.fields": {"duration_minutes", "end_datetime", "id", "options", "voting_status"},
+        "place.fields": {"contained_within", "country", "country_code", "full_name", "geo", "id", "name",
+                         "place_type"},
+        "user.fields": {"affiliation", "confirmed_email", "connection_status", "created_at", "description",
+                        "entities", "id", "is_identity_verified", "location", "most_recent_tweet_id", "name",
+                        "parody", "pinned_tweet_id", "profile_banner_url", "profile_image_url", "protected",
+                        "public_metrics", "receives_your_dm", "subscription", "subscription_type", "url",
+                        "username", "verified", "verified_followers_count", "verified_type", "withheld"},
+    }
+
+    def stream_link(self, h, wid):
+        """POST/DELETE /2/tweets/search/webhooks/:id, GET /2/tweets/search/webhooks:
+        app Bearer only."""
+        m = h.command
+        if (wid is None) != (m == "GET") or m not in ("GET", "POST", "DELETE"):
+            return self.send(h, 404, {"title": "Not Found Error", "detail": "Sorry, that page does not exist.",
+                                      "type": "https://api.twitter.com/2/problems/resource-not-found",
+                                      "status": 404})
+        if self.authenticate(h, [], "bearer") is None or not self.count(h, "stream"):
+            return
+        if m == "GET":
+            links = [{"application_id": self.app.app_id, "business_user_id": "1877374016438091776",
+                      "fields": f, "instance_id": "1877375130462289920", "webhook_id": w}
+                     for w, f in self.stream_links.items()]
+            return self.send(h, 200, {"data": links} if self.links_shape == "spec" else {"data": {"links": links}},
+                             "stream")
+        if wid not in self.webhooks:
+            return self.invalid(h, "stream", "WebhookIdInvalid: The webhook id %s is not valid." % wid)
+        if m == "DELETE":
+            self.stream_links.pop(wid, None)
+            return self.send(h, 200, {"data": {"deleted": True}}, "stream")
+        fields = []
+        for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(h.path).query, keep_blank_values=True):
+            values = v.split(",")
+            if k not in self.STREAM_FIELDS or not set(values) <= self.STREAM_FIELDS[k] or \
+                    len(set(values)) != len(values):
+                return self.invalid(h, "stream", "The query parameter [%s] is not valid: %s" % (k, v))
+            fields.append("%s=%s" % (k, v))
+        self.stream_links[wid] = fields
+        self.send(h, 200, {"data": {"provisioned": True}}, "stream")
 
     def replay(self, h, data):
         if self.authenticate(h, [], "bearer") is None or not self.count(h, "replay"):

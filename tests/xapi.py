@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """xwebhook's X subcommands (webhooks, register, validate, unregister,
-subscribe, subscriptions, unsubscribe, replay) against the X stand-in of
+subscribe, subscribed, subscriptions, subscription-count, unsubscribe,
+replay, stream link|unlink|links) against the X stand-in of
 tests/x_standin.py, with the real TLS server answering the stand-in's
 CRCs. Usage:
 
@@ -145,6 +146,7 @@ def a_crc_with_the_wrong_secret_names_the_likely_cause():
         rc, out, err = w.run("validate", wid)
         assert rc == 1 and json.loads(out) == {"data": {"valid": False}}, (rc, out, err)
         assert err.count("\n") == 1 and "not valid" in err and "consumer secret" in err, err
+        assert "X answered valid: false" in err, err
     finally:
         w.close()
 
@@ -280,7 +282,13 @@ def unknown_ids_and_bad_arguments():
                            (("replay", "1", "202611281200"), "usage: xwebhook replay WEBHOOK_ID FROM TO"),
                            (("replay", "1", "202613011200", "202613011300"), "yyyymmddhhmm"),
                            (("replay", "1", "202602291200", "202602291300"), "yyyymmddhhmm"),
-                           (("replay", "1", "202611281300", "202611281200"), "after TO"),
+                           (("replay", "1", "202611281300", "202611281200"),
+                            "TO 202611281200 must be after FROM 202611281300"),
+                           (("replay", "1", "202611281200", "202611281200"),
+                            "TO 202611281200 must be after FROM 202611281200"),
+                           (("subscribed", "12a"), "1 to 19 digits"),
+                           (("subscribed",), "usage: xwebhook subscribed WEBHOOK_ID"),
+                           (("subscription-count", "1"), "usage: xwebhook subscription-count"),
                            (("webhooks", "extra"), "usage: xwebhook webhooks"),
                            (("register", "https://%s/x" % ("a" * 200)), "at most 200 bytes"),
                            (("--api", "http://localhost:1", "webhooks"), "bad --api")):
@@ -385,7 +393,8 @@ def a_2xx_without_x_s_data_is_no_success():
     try:
         calls = (("webhooks",), ("register", HOOK), ("validate", "1"), ("unregister", "1"), ("subscribe", "1"),
                  ("subscriptions", "1"), ("unsubscribe", "1", USER_ID),
-                 ("replay", "1", "202611281200", "202611281300"))
+                 ("replay", "1", "202611281200", "202611281300"), ("subscribed", "1"), ("subscription-count",),
+                 ("stream", "link", "1"), ("stream", "unlink", "1"), ("stream", "links"))
         for status, raw, part in ((200, b"", "answered 200 with an empty body"),
                                   (204, b"", "answered 204 with an empty body"),
                                   (201, b"{}", "answered 201 without a data member: {}"),
@@ -395,7 +404,11 @@ def a_2xx_without_x_s_data_is_no_success():
             for args in calls:
                 rc, out, err = w.run(*args)
                 assert rc == 1 and out == "" and err.count("\n") == 1, (args, raw, rc, out, err)
-                assert part in err and "the outcome is unknown" in err and args[0] + ": " in err, (args, err)
+                if args == ("stream", "links") and part == "with data that is not a":
+                    part = "with data that is neither an array nor an object"
+                assert part in err and "the outcome is unknown" in err and " ".join(args[:2 if args[0] == "stream"
+                                                                                      else 1]) + ": " in err, \
+                    (args, err)
         # The shape of the other kind is no data either.
         w.x.override = (200, {}, b'{"data":{"id":"1"}}')
         assert "with data that is not an array" in w.fails("webhooks")
@@ -460,7 +473,7 @@ def the_plain_build_says_these_need_tls():
     if PLAIN is None:
         return
     for args in (("webhooks",), ("register", HOOK), ("subscribe", "1"), ("activity", "list"),
-                 ("activity", "add", "post.create", "--user-id", "1")):
+                 ("activity", "add", "post.create", "--user-id", "1"), ("stream", "link", "1")):
         p = subprocess.run([PLAIN, *args], env={"PATH": os.environ["PATH"], **CRED}, capture_output=True,
                            timeout=30)
         err = p.stderr.decode()
@@ -522,6 +535,45 @@ def activity_add_list_update_delete_with_the_spec_s_wire_names():
         assert [d["subscription_id"] for d in got["data"]] == rest and all(d["deleted"] for d in got["data"])
         assert w.ok("activity", "list") == {"data": [], "meta": {"result_count": 0}}
         assert w.x.xaa == {}
+    finally:
+        w.close()
+
+
+def rotate_secret(w, secret):
+    """The server, restarted with another consumer secret: X's CRCs fail."""
+    w.srv.stop()
+    w.srv = it.tls_server(PKI["p"]["chain"], PKI["p"]["key"], secret=secret)
+    w.x.host_map[it.HOST] = w.srv.port
+
+
+def lists_after_put(w):
+    """How many GET /2/webhooks came after the last PUT."""
+    last = max(i for i, r in enumerate(w.x.requests) if r["method"] == "PUT")
+    return len([r for r in w.x.requests[last:] if r["method"] == "GET" and r["path"] == "/2/webhooks"])
+
+
+@test
+def validate_trusts_x_s_list_of_webhooks_not_the_put():
+    """Spec 2.167: PUT's valid "indicates whether the CRC validation check
+    was triggered". A PUT answering valid: true while the CRC failed must
+    not pass: validate asks GET /2/webhooks, for at most 10 s."""
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        w.x.put_mode = "lie"
+        assert w.ok("validate", wid) == {"data": {"valid": True}}
+        assert lists_after_put(w) == 1  # listed valid at once: no more polls
+        rotate_secret(w, "rotated-by-mistake")
+        t0 = time.monotonic()
+        rc, out, err = w.run("validate", wid)
+        took = time.monotonic() - t0
+        assert w.x.crcs[-1][1] is not None  # the CRC really failed
+        assert rc == 1 and json.loads(out) == {"data": {"valid": True}}, (rc, out, err)
+        assert err.count("\n") == 1 and "the CRC failed: X lists webhook %s as not valid" % wid in err, err
+        assert "consumer secret" in err, err
+        # It polled, every 2 s, and stopped at its limit.
+        assert 8 <= took <= 14, took
+        assert 4 <= lists_after_put(w) <= 6, lists_after_put(w)
     finally:
         w.close()
 
@@ -737,6 +789,154 @@ def activity_stops_at_the_subscription_limit_with_x_s_words():
         w.ok("activity", "add", "post.delete", "--user-id", "1")
         err = w.fails("activity", "add", "follow.follow", "--user-id", "1")
         assert "400" in err and "SubscriptionLimitExceeded" in err, err
+    finally:
+        w.close()
+
+
+@test
+def validate_accepts_the_attempted_shape_and_the_400():
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        # Spec 2.137's answer: {"data":{"attempted":true}}.
+        w.x.put_mode = "attempted"
+        assert w.ok("validate", wid) == {"data": {"attempted": True}}
+        rotate_secret(w, "rotated-by-mistake")
+        w.x.put_mode = "400"  # the quickstart's CrcValidationFailed
+        err = w.fails("validate", wid)
+        assert "400" in err and "CrcValidationFailed" in err and "API Key Secret" in err, err
+        assert lists_after_put(w) == 0  # nothing left to ask
+        # attempted: false, valid: false, and neither: no success, at once.
+        for raw, part in ((b'{"data":{"attempted":false}}', "X answered attempted: false"),
+                          (b'{"data":{"valid":false}}', "X answered valid: false"),
+                          (b'{"data":{"valid":"yes"}}', "X answered valid: (not a boolean)"),
+                          (b'{"data":{"id":"1"}}', "without data.valid or data.attempted")):
+            w.x.override = (200, {"Content-Type": "application/json"}, raw)
+            n = len(w.x.requests)
+            rc, out, err = w.run("validate", wid)
+            assert rc == 1 and err.count("\n") == 1 and part in err, (raw, rc, out, err)
+            assert len(w.x.requests) == n + 1, "it went on to GET /2/webhooks"
+        # A 2xx list that is not X's is no answer either.
+        w.x.override = None
+        rotate_secret(w, it.SECRET)
+        w.x.put_mode = None
+        real = w.x.list_webhooks
+        w.x.list_webhooks = lambda h: w.x.send(h, 200, {"meta": {"result_count": 2}})
+        err = w.fails("validate", wid)
+        assert "without a data member" in err and "GET /2/webhooks" in err, err
+        w.x.list_webhooks = real
+    finally:
+        w.close()
+
+
+@test
+def validate_waits_for_a_crc_x_runs_after_answering():
+    """X may run the CRC after the PUT answered: the list says invalid
+    (from before) until it has, then valid. validate waits for that."""
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        rotate_secret(w, "rotated-by-mistake")
+        w.fails("validate", wid)
+        assert w.x.webhooks[wid]["valid"] is False
+        rotate_secret(w, it.SECRET)
+        w.x.put_mode, w.x.crc_lag = "lie", 3
+        t0 = time.monotonic()
+        assert w.ok("validate", wid) == {"data": {"valid": True}}
+        took = time.monotonic() - t0
+        assert 3 <= took <= 8 and 2 <= lists_after_put(w) <= 4, (took, lists_after_put(w))
+        # Not listed at all: said at once, exit 1.
+        w.x.crc_lag = 0
+        w.x.unlisted.add(wid)
+        err = w.fails("validate", wid)
+        assert "X does not list webhook %s" % wid in err and lists_after_put(w) == 1, err
+    finally:
+        w.close()
+
+
+@test
+def subscribed_says_yes_or_no_with_user_context_and_count_with_bearer():
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        assert w.ok("subscribed", wid) == {"data": {"subscribed": False}}
+        got = [r for r in w.x.requests if r["method"] == "GET" and r["path"].endswith("/subscriptions/all")][-1]
+        assert got["path"] == "/2/account_activity/webhooks/%s/subscriptions/all" % wid, got
+        assert got["headers"]["Authorization"].startswith("OAuth ") and got["body"] == b"", got
+        assert w.ok("subscription-count")["data"]["subscriptions_count_all"] == "0"
+        assert w.ok("subscribe", wid) == {"data": {"subscribed": True}}
+        assert w.ok("subscribed", wid) == {"data": {"subscribed": True}}
+        count = w.ok("subscription-count")
+        assert count["data"]["subscriptions_count_all"] == "1" and count["data"]["provisioned_count"] == "15"
+        got = [r for r in w.x.requests if r["path"] == "/2/account_activity/subscriptions/count"][-1]
+        assert got["method"] == "GET" and got["headers"]["Authorization"] == "Bearer " + \
+            CRED["TWITTER_BEARER_TOKEN"], got
+        err = w.fails("subscribed", "999")
+        assert "400" in err and "WebhookIdInvalid" in err, err
+        # User context only: without the user's tokens, named, nothing sent.
+        n = len(w.x.requests)
+        err = w.fails("subscribed", wid, creds=False, env={"TWITTER_BEARER_TOKEN": CRED["TWITTER_BEARER_TOKEN"]})
+        assert "not set" in err and "TWITTER_ACCESS_TOKEN" in err and "TWITTER_CONSUMER_KEY" in err, err
+        err = w.fails("subscription-count", creds=False)
+        assert "not set" in err and "TWITTER_BEARER_TOKEN" in err, err
+        assert len(w.x.requests) == n
+        err = w.fails("subscribed", wid, env={"TWITTER_ACCESS_TOKEN_SECRET": "wrong-secret"})
+        assert "401" in err and "signature mismatch" in err, err
+    finally:
+        w.close()
+
+
+@test
+def stream_link_unlink_links_pass_the_fields_through():
+    w = World()
+    try:
+        wid = w.ok("register", HOOK)["data"]["id"]
+        assert w.ok("stream", "links") == {"data": []}
+        got = w.ok("stream", "link", wid, "--user-fields", "username,name,id", "--expansions", "author_id",
+                   "--tweet-fields=created_at,text", "--media-fields", "url", "--poll-fields", "options",
+                   "--place-fields", "country_code")
+        assert got == {"data": {"provisioned": True}}, got
+        sent = [r for r in w.x.requests if r["method"] == "POST" and "/tweets/search/" in r["path"]][-1]
+        assert sent["path"] == ("/2/tweets/search/webhooks/%s?tweet.fields=created_at,text&expansions=author_id"
+                                "&media.fields=url&poll.fields=options&place.fields=country_code"
+                                "&user.fields=username,name,id" % wid), sent["path"]
+        assert sent["headers"]["Authorization"] == "Bearer " + CRED["TWITTER_BEARER_TOKEN"]
+        links = w.ok("stream", "links")["data"]
+        assert [(k["webhook_id"], k["fields"]) for k in links] == [(wid, [
+            "tweet.fields=created_at,text", "expansions=author_id", "media.fields=url", "poll.fields=options",
+            "place.fields=country_code", "user.fields=username,name,id"])], links
+        w.x.links_shape = "quickstart"  # {"data":{"links":[...]}}
+        assert w.ok("stream", "links")["data"]["links"][0]["webhook_id"] == wid
+        assert w.ok("stream", "link", wid) == {"data": {"provisioned": True}}
+        sent = [r for r in w.x.requests if r["method"] == "POST" and "/tweets/search/" in r["path"]][-1]
+        assert sent["path"] == "/2/tweets/search/webhooks/%s" % wid, sent["path"]
+        assert w.ok("stream", "unlink", wid) == {"data": {"deleted": True}}
+        assert w.x.stream_links == {}
+        deleted = [r for r in w.x.requests if r["method"] == "DELETE"][-1]
+        assert deleted["path"] == "/2/tweets/search/webhooks/%s" % wid, deleted
+        err = w.fails("stream", "link", "999")
+        assert "400" in err and "WebhookIdInvalid" in err, err
+        # Argument errors, each named, none sent.
+        n = len(w.x.requests)
+        for args, part in ((("stream", "link", wid, "--tweet-fields", "id,bogus"),
+                            "--tweet-fields: 'bogus' is not one of X's tweet.fields: article"),
+                           (("stream", "link", wid, "--tweet-fields", "id,text,id"), "--tweet-fields names id twice"),
+                           (("stream", "link", wid, "--user-fields", ""), "--user-fields: '' is not one of"),
+                           (("stream", "link", wid, "--place-fields", "id name"), "'id name' is not one of"),
+                           (("stream", "link", wid, "--expansions", "author_id,"), "--expansions: '' is not one"),
+                           (("stream", "link", wid, "--media-fields", "URL"), "'URL' is not one of X's media.fields"),
+                           (("stream", "link", "12a"), "1 to 19 digits"),
+                           (("stream", "link"), "usage: xwebhook stream link WEBHOOK_ID [--tweet-fields LIST]"),
+                           (("stream", "links", "1"), "usage: xwebhook stream links"),
+                           (("stream", "relink", "1"), "usage: xwebhook stream link|unlink WEBHOOK_ID"),
+                           (("stream",), "usage: xwebhook stream link|unlink WEBHOOK_ID"),
+                           (("stream link", wid), "unknown command 'stream link'"),
+                           (("--tweet-fields", "id", "stream", "links"), "--tweet-fields goes with stream link"),
+                           (("--poll-fields", "id", "webhooks"), "--poll-fields goes with stream link"),
+                           (("--user-fields", "id"), "--user-fields goes with stream link")):
+            err = w.fails(*args)
+            assert part in err, (args, err)
+        assert len(w.x.requests) == n, "a refused command reached X"
     finally:
         w.close()
 
