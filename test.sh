@@ -87,10 +87,12 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   first in a network namespace of its own (its fixed port 8080 is then
 #   not the machine's); mandoc and man-db: the man page's lint, and its
 #   rendering by mandoc and by man -l (groff); pyflakes3: every Python
-#   suite read for undefined names before any runs.
+#   suite read for undefined names before any runs; prometheus: its
+#   promtool checks every --metrics exposition, and a real prometheus
+#   scrapes the listener and is queried back.
 needs="ca-certificates gcc clang libc6-dev make curl python3 libbearssl-dev openssl libclang-rt-14-dev
 	logrotate strace cppcheck musl-tools procps redis-server redis-tools nats-server pebble systemd
-	debootstrap iproute2 mandoc man-db pyflakes3"
+	debootstrap iproute2 mandoc man-db pyflakes3 prometheus"
 missing=""
 if command -v dpkg-query >/dev/null; then
 	for p in $needs; do
@@ -381,6 +383,7 @@ doc                    bearssl,mandoc,gcc,tls      suite doc "man page" tests/do
 unit-tls               bearssl                     stage_unit unit-tls "TLS unit tests" "$TLS" -lbearssl
 integration-tls-build  bearssl,tls-asan            suite integration-tls-build "integration tests (TLS build)" tests/integration.py "$out/xwebhook-tls-asan" "$fixtures"
 tls                    bearssl,tls-asan            suite tls "TLS tests" tests/tls.py "$out/xwebhook-tls-asan" "$fixtures"
+metrics                asan,bearssl,tls-asan       suite metrics "metrics tests" tests/metrics.py "$out/xwebhook-asan" "$fixtures" "$out/xwebhook-tls-asan"
 xapi                   bearssl,tls-asan,asan       suite xapi "X API tests" tests/xapi.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 acme                   bearssl,tls-asan,asan       suite acme "ACME tests" tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 readme                 bearssl,tls-asan            suite readme "the README's commands" tests/readme.py "$out/xwebhook-tls-asan" "$fixtures"
