@@ -32,6 +32,7 @@
  *   [WEBHOOK]    a request read and answered: CRC, events, access log
  *   [WRITER]     the event writer, the one owner of every sink
  *   [BROKERS]    Redis Streams and NATS JetStream, the writer's sinks
+ *   [METRICS]    --metrics: per-thread counts, /metrics and /healthz
  * The client half:
  *   [CLIENT]     the one HTTP client: request builder, exchange, answer
  *   [CHECK]      check URL: what X checks, from outside
