@@ -8968,6 +8968,25 @@ metric_plain(struct buf *b, const char *name, const char *type, const char *help
 	metric_sample(b, name, "", &none, "", v);
 }
 
+/* A counter split two ways by one label: label=a, then label=z. */
+static void
+metric_split(struct buf *b, const char *name, const char *help, const char *label, const char *a, uint64_t va,
+    const char *z, uint64_t vz)
+{
+	struct buf l = { 0 };
+
+	l.soft = 1;
+	metric_head(b, name, "counter", help);
+	metric_label(&l, label, a, 1);
+	metric_sample(b, name, "", &l, "}", va);
+	buf_clear(&l);
+	metric_label(&l, label, z, 1);
+	metric_sample(b, name, "", &l, "}", vz);
+	if (l.failed)
+		b->failed = 1;
+	buf_free(&l);
+}
+
 /* The whole exposition, into b. */
 static void
 metrics_render(struct buf *b)
@@ -9016,14 +9035,8 @@ metrics_render(struct buf *b)
 		metric_label(&l, "type", s->types[k].name, 1);
 		metric_sample(b, "xwebhook_events_total", "", &l, "}", s->types[k].n);
 	}
-	metric_head(b, "xwebhook_signature_failures_total", "counter", "Event POSTs refused for their signature: "
-	    "bad (no match) or missing.");
-	buf_clear(&l);
-	metric_label(&l, "reason", "bad", 1);
-	metric_sample(b, "xwebhook_signature_failures_total", "", &l, "}", s->sig_bad);
-	buf_clear(&l);
-	metric_label(&l, "reason", "missing", 1);
-	metric_sample(b, "xwebhook_signature_failures_total", "", &l, "}", s->sig_missing);
+	metric_split(b, "xwebhook_signature_failures_total", "Event POSTs refused for their signature: bad (no "
+	    "match) or missing.", "reason", "bad", s->sig_bad, "missing", s->sig_missing);
 	metric_plain(b, "xwebhook_events_refused_total", "counter", "Verified events the sinks did not take (a "
 	    "5xx, which X retries).", s->refused);
 
@@ -9076,15 +9089,9 @@ metrics_render(struct buf *b)
 			identity_release(id);
 		}
 	}
-	if (acme_domain != NULL) {
-		metric_head(b, "xwebhook_acme_orders_total", "counter", "ACME orders, by outcome.");
-		buf_clear(&l);
-		metric_label(&l, "outcome", "valid", 1);
-		metric_sample(b, "xwebhook_acme_orders_total", "", &l, "}", s->acme_valid);
-		buf_clear(&l);
-		metric_label(&l, "outcome", "failed", 1);
-		metric_sample(b, "xwebhook_acme_orders_total", "", &l, "}", s->acme_failed);
-	}
+	if (acme_domain != NULL)
+		metric_split(b, "xwebhook_acme_orders_total", "ACME orders, by outcome.", "outcome", "valid",
+		    s->acme_valid, "failed", s->acme_failed);
 #endif
 	if (l.failed)
 		b->failed = 1;
