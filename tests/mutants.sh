@@ -313,6 +313,10 @@ M = [
   "if (p != 0 && (p == spec_port(listen_spec)", "if (p != 0 && (p == -2", "metrics:never_on_the_public_port"),
  ("metrics: the certificate's notBefore given as its notAfter",
   "(uint64_t)id->leaf.not_after);", "(uint64_t)id->leaf.not_before);", "metrics:tls_build"),
+ ("metrics: a certificate ACME issued counted as a failed order",
+  "\t\t\tmetrics_acme_order(1);", "\t\t\tmetrics_acme_order(0);", "acme:tls_alpn_01_issues"),
+ ("metrics: failed ACME orders not counted",
+  "\t\tif (capped == 0)\n\t\t\tmetrics_acme_order(0);", "", "acme:a_failed_validation"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
