@@ -158,6 +158,25 @@ def counts_move_exactly_with_the_traffic():
 
 
 @test
+def connections_and_slots_are_gauges_that_go_up_and_down():
+    """Three idle connections held: connections and slots_used say 3 (of
+    --max-conns 50); closed, they go back to 0."""
+    srv, port = metrics_server("--max-conns", "50")
+    try:
+        held = [srv.sock() for _ in range(3)]
+
+        def gauges():
+            m = scrape(port)[0]
+            return m["xwebhook_connections"], m["xwebhook_slots_used"], m["xwebhook_slots_max"]
+        assert it.wait_until(lambda: gauges() == (3, 3, 50), 10), gauges()
+        for s in held:
+            s.close()
+        assert it.wait_until(lambda: gauges() == (0, 0, 50), 10), gauges()
+    finally:
+        srv.stop()
+
+
+@test
 def events_the_sinks_refuse_are_counted_and_not_by_type():
     """stdout closed for good with no --output: every event gets 500, is
     counted as refused, and under no type."""

@@ -317,6 +317,8 @@ M = [
   "\t\t\tmetrics_acme_order(1);", "\t\t\tmetrics_acme_order(0);", "acme:tls_alpn_01_issues"),
  ("metrics: failed ACME orders not counted",
   "\t\tif (capped == 0)\n\t\t\tmetrics_acme_order(0);", "", "acme:a_failed_validation"),
+ ("metrics: the connections gauge says none",
+  "\tconns = nconns;\n\tslots = nslots;", "\tconns = 0;\n\tslots = nslots;", "metrics:connections_and_slots"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
