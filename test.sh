@@ -93,10 +93,12 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   rendering by mandoc and by man -l (groff); pyflakes3: every Python
 #   suite read for undefined names before any runs; haproxy: the balancer
 #   in front of two instances sharing one Redis and NATS (tests/brokers.py),
-#   failing over when one is killed.
+#   failing over when one is killed; prometheus: its promtool checks every
+#   --metrics exposition, and a real prometheus scrapes the listener and is
+#   queried back.
 needs="ca-certificates gcc clang libc6-dev make curl python3 libbearssl-dev openssl libclang-rt-14-dev
 	logrotate strace cppcheck musl-tools procps redis-server redis-tools nats-server pebble systemd
-	debootstrap iproute2 mandoc man-db pyflakes3 haproxy"
+	debootstrap iproute2 mandoc man-db pyflakes3 haproxy prometheus"
 missing=""
 if command -v dpkg-query >/dev/null; then
 	for p in $needs; do
@@ -387,6 +389,7 @@ doc                    bearssl,mandoc,gcc,tls      suite doc "man page" tests/do
 unit-tls               bearssl                     stage_unit unit-tls "TLS unit tests" "$TLS" -lbearssl
 integration-tls-build  bearssl,tls-asan            suite integration-tls-build "integration tests (TLS build)" tests/integration.py "$out/xwebhook-tls-asan" "$fixtures"
 tls                    bearssl,tls-asan            suite tls "TLS tests" tests/tls.py "$out/xwebhook-tls-asan" "$fixtures"
+metrics                asan,bearssl,tls-asan       suite metrics "metrics tests" tests/metrics.py "$out/xwebhook-asan" "$fixtures" "$out/xwebhook-tls-asan"
 xapi                   bearssl,tls-asan,asan       suite xapi "X API tests" tests/xapi.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 login                  bearssl,tls-asan,asan       suite login "login tests" tests/login.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 acme                   bearssl,tls-asan,asan       suite acme "ACME tests" tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"

@@ -32,6 +32,7 @@
  *   [WEBHOOK]    a request read and answered: CRC, events, access log
  *   [WRITER]     the event writer, the one owner of every sink
  *   [BROKERS]    Redis Streams and NATS JetStream, the writer's sinks
+ *   [METRICS]    --metrics: per-thread counts, /metrics and /healthz
  * The client half:
  *   [CLIENT]     the one HTTP client: request builder, exchange, answer
  *   [CHECK]      check URL: what X checks, from outside
@@ -180,6 +181,12 @@ enum {
 	LOG_QUEUE_LIMIT = 1 << 20,
 	/* stdout's queue: events given to stdout and not yet written. */
 	STDOUT_QUEUE_LIMIT = 8 << 20,
+	/* --metrics: clients served at once. Prometheus needs one; past
+	 * this, a newcomer takes the place of the oldest. */
+	METRICS_CLIENTS = 16,
+	/* Event types each thread counts by name (X has about twenty);
+	 * past this, an event counts under "other". */
+	METRICS_TYPES = 32,
 };
 
 /* Every sink must have taken an event this long after it was verified,
@@ -196,6 +203,7 @@ static const int64_t write_timeout = 10000;  /* each response */
 static const int64_t linger_timeout = 2000;  /* draining before a close */
 static const int64_t sink_timeout = SINK_TIMEOUT_S * 1000;
 static const int64_t drain_timeout = 8000;   /* requests in flight at shutdown: an event may wait sink_timeout */
+static const int64_t metrics_timeout = 5000; /* a --metrics client: its request and our answer */
 
 /* Settings, with their defaults: every one the command line changes is
  * here (parse_commandline sets them, nothing else does), but --forward's
@@ -213,6 +221,7 @@ static unsigned max_conns = 1024;        /* --max-conns */
 static int quiet;                        /* --quiet: no access log */
 static const char *run_as;               /* --user: drop to this user */
 static const char *pid_path;             /* --pid-file: NULL for none */
+static const char *metrics_spec;         /* --metrics ADDR:PORT: NULL for none */
 
 #ifdef XWEBHOOK_TLS
 /* HTTPS: a certificate of our own, or one from ACME. */
@@ -2980,6 +2989,9 @@ struct transport {
 	void (*close)(struct conn *c, int linger);
 };
 
+/* Which part of the server a request asked for, for the metrics. */
+enum route { R_OTHER, R_CRC, R_EVENT, R_HEALTHZ, R_ACME_HTTP, R_COUNT };
+
 /* What the access log says of one request. */
 struct outcome {
 	int code;
@@ -2987,6 +2999,8 @@ struct outcome {
 	const char *sig;              /* for POSTs: "ok", "bad", "missing" */
 	const char *why;              /* for errors */
 	int64_t sinks_us;             /* for events: how long every sink took, or -1 */
+	int route;                    /* enum route, for the metrics */
+	int handed;                   /* the event went to the writer */
 };
 
 /* A verified event on its way to the sinks. It lives in its connection,
@@ -3069,6 +3083,7 @@ struct conn {
 	struct request req;         /* the request being answered */
 	struct outcome o;           /* what its log line will say */
 	int64_t start_us;           /* when its head was complete */
+	int64_t first_us;           /* when its first byte came, for the metrics */
 	struct buf out;             /* the response being sent */
 	struct buf body;            /* the request body */
 	size_t body_charged;        /* of body's capacity, drawn from the budget */
@@ -4873,6 +4888,13 @@ struct x_command;
 static int xaa_add(const struct x_command *xc, const char *const *args);
 static int xaa_list(const struct x_command *xc, const char *const *args);
 static int xaa_delete(const struct x_command *xc, const char *const *args);
+static void metrics_start(void);
+static void metrics_thread_take(void);
+static void metrics_thread_give(void);
+static void metrics_request(const struct conn *c);
+static void metrics_handed(void);
+static void metrics_decided(enum status st);
+static void metrics_broker_ack(unsigned i, int64_t us);
 
 /* ---- listening, signals, reload ---- */
 
@@ -5061,7 +5083,7 @@ refuse(int fd, const char *peer)
 	static const char busy[] =
 	    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
 	    "Retry-After: 1\r\nContent-Length: 32\r\nConnection: close\r\n\r\n" BUSY_BODY;
-	struct outcome o = { 503, 0, sizeof(BUSY_BODY) - 1, NULL, "too many connections", 0 };
+	struct outcome o = { 503, 0, sizeof(BUSY_BODY) - 1, NULL, "too many connections", 0, R_OTHER, 0 };
 	struct conn c;
 	char sink[4096];
 
@@ -5747,6 +5769,7 @@ loop_thread(void *arg)
 	int stop_seen = 0;
 
 	thread_name("xwh-loop");
+	metrics_thread_take();
 	for (;;) {
 		int n = epoll_wait(l->epfd, ev, 64, 1000), i, woken = 0;
 		int64_t now;
@@ -5911,6 +5934,7 @@ connection_thread(void *arg)
 	int linger = c->linger;
 
 	thread_name("xwh-conn");
+	metrics_thread_take();
 	if (c->pending.len > 0 || c->unsent) {
 		/* Writing (perhaps nothing) flushes what a loop left in a TLS
 		 * engine too. */
@@ -5928,6 +5952,7 @@ connection_thread(void *arg)
 		linger = serve_connection(c);
 	}
 	connection_end(c, linger);
+	metrics_thread_give();
 	return NULL;
 }
 
@@ -6091,6 +6116,7 @@ threads_start(void)
 	slots_init();
 	body_budget = max_body > BODY_BUDGET_MIN / 2 ? 2 * max_body : BODY_BUDGET_MIN;
 	loops_start();
+	metrics_start();
 #ifdef XWEBHOOK_TLS
 	if (acme_domain != NULL)
 		acme_start();
@@ -6333,12 +6359,12 @@ http_date(void)
 }
 
 
-/* Send one response, built whole so that it leaves in one write. */
-static int
-send_response(struct conn *c, const struct request *req, enum status st, const char *type,
+/* Build one response whole in o, so that it leaves in one write (the
+ * webhook's answers and the --metrics listener's). */
+static void
+response_build(struct buf *o, const struct request *req, enum status st, const char *type,
     const char *body, size_t body_len, const char *extra, int keep)
 {
-	struct buf *o = &c->out;
 	char line[96];
 
 	buf_clear(o);
@@ -6360,12 +6386,31 @@ send_response(struct conn *c, const struct request *req, enum status st, const c
 	buf_adds(o, "\r\n");
 	if (req == NULL || req->method != M_HEAD)
 		buf_add(o, body, body_len);
+}
+
+/* Send one response, built whole so that it leaves in one write. */
+static int
+send_response(struct conn *c, const struct request *req, enum status st, const char *type,
+    const char *body, size_t body_len, const char *extra, int keep)
+{
+	struct buf *o = &c->out;
+
+	response_build(o, req, st, type, body, body_len, extra, keep);
 	if (o->failed)
 		return -1;  /* out of memory: the connection ends unanswered */
 	/* The credit before the bytes: a client that has read its answer
 	 * must find its connection already counted as answered (slot_evict). */
 	slot_answered(c);
 	return c->tr->write(c, o->p, o->len, now_ms() + write_timeout);
+}
+
+/* An error's body, {"error":"why"}. */
+static void
+error_json(struct buf *b, const char *why)
+{
+	buf_adds(b, "{\"error\":\"");
+	json_escape(b, why, strlen(why));
+	buf_adds(b, "\"}");
 }
 
 /* Send {"error":"why"} with st. */
@@ -6376,9 +6421,7 @@ send_error(struct conn *c, const struct request *req, enum status st, const char
 	struct buf b = { 0 };
 
 	b.soft = 1;
-	buf_adds(&b, "{\"error\":\"");
-	json_escape(&b, why, strlen(why));
-	buf_adds(&b, "\"}");
+	error_json(&b, why);
 	send_response(c, req, st, "application/json", b.p, b.len, extra, keep);
 	o->code = statuses[st].code;
 	o->out_bytes = req != NULL && req->method == M_HEAD ? 0 : b.len;
@@ -6420,8 +6463,10 @@ read_head(struct conn *c, struct request *req, const char **why)
 		if (c->in_len > 0) {
 			enum status st;
 
-			if (deadline == 0)
-				deadline = now_ms() + head_timeout;
+			if (deadline == 0) {
+				c->first_us = now_us();
+				deadline = c->first_us / 1000 + head_timeout;
+			}
 			st = http_scan_head(c->in, c->in_len, &scan, &line_end, &head_len, why);
 			if (st == S_OK)
 				return http_parse_head(c->in, head_len, req, why);
@@ -6727,6 +6772,7 @@ handle_crc(struct conn *c, const struct request *req, int keep, struct outcome *
 static void
 request_done(struct conn *c)
 {
+	metrics_request(c);
 	access_log(c, &c->req, &c->o, c->start_us);
 }
 
@@ -6815,9 +6861,13 @@ handle_request(struct conn *c, int *linger)
 
 	memset(o, 0, sizeof(*o));
 	c->pos = req->head_len;
+	o->route = on_path && req->method == M_POST ? R_EVENT : on_path && (req->method == M_GET ||
+	    req->method == M_HEAD) ? R_CRC : health ? R_HEALTHZ : R_OTHER;
 #ifdef XWEBHOOK_TLS
-	if (c->acme_http)
+	if (c->acme_http) {
+		o->route = R_ACME_HTTP;
 		return handle_acme_http(c, linger);
+	}
 #endif
 	if (on_path && req->method == M_POST && req->signature != NULL &&
 	    !(req->has_length && req->content_length > max_body)) {
@@ -6837,6 +6887,7 @@ handle_request(struct conn *c, int *linger)
 		if (st == S_OK) {
 			int on_loop = conn_state(c) == CS_LOOP;
 
+			o->handed = 1;
 			event_submit(c);
 			if (on_loop) {
 				c->expires = INT64_MAX;
@@ -6962,7 +7013,7 @@ serve_buffered(struct conn *c)
 		if (st != S_OK || req->chunked || req->expect_continue ||
 		    (req->has_length && req->content_length > c->in_len - head_len))
 			return V_THREAD;  /* the thread parses it again, and answers */
-		c->start_us = now_us();
+		c->first_us = c->start_us = now_us();
 		h = handle_request(c, &linger);
 		if (h == H_PARKED)
 			return V_PARKED;
@@ -7035,12 +7086,17 @@ struct batch {
 	off_t start;                    /* where it begins in --output, or -1 */
 	unsigned acked[MAX_FORWARDS];   /* acknowledgements in, per broker */
 	uint64_t first[MAX_FORWARDS];   /* NATS: its first event's reply number */
+	int64_t sent_us;                /* monotonic: when it went to the brokers */
 };
 
 static struct {
 	struct batch b[WRITER_INFLIGHT];
 	unsigned head, n;
 } inflight;
+
+/* When the writer last went round its loop (monotonic ms), which it does
+ * at least once a second: /healthz calls it stuck when this grows old. */
+static _Atomic int64_t writer_beat;
 
 static struct batch *
 inflight_at(unsigned i)
@@ -7052,6 +7108,7 @@ static int forward_send(struct batch *b, const char **why);
 static void forward_wait(int events_too);
 static void forward_replies(void);
 static void forward_forget(void);
+static void forward_redial(void);
 
 static struct conn *
 event_conn(struct event *e)
@@ -7096,6 +7153,7 @@ event_submit(struct conn *c)
 	c->ev.verified = c->ev.verified_us / 1000;
 	c->ev.result = S_INCOMPLETE;
 	c->ev.why = NULL;
+	metrics_handed();
 	if (conn_state(c) == CS_LOOP) {
 		conn_enter(c, CS_LOOP, CS_PARKED);
 		loop_queue_event(c);
@@ -7226,6 +7284,7 @@ writer_decide(struct event *batch, enum status st, const char *why)
 		e->why = why;
 		e->took_us = now - e->verified_us;
 		e->result = st;
+		metrics_decided(st);
 		if (parked)
 			loop_event_decided(c);
 	}
@@ -7298,6 +7357,7 @@ writer_send(struct event *batch)
 		return;
 	}
 	inflight.n++;
+	b->sent_us = now_us();
 	if (nforwards > 0 && forward_send(b, &why) < 0)
 		inflight_fail(S_UNAVAILABLE, why);
 }
@@ -7307,14 +7367,22 @@ writer_thread(void *arg)
 {
 	(void)arg;
 	thread_name("xwh-writer");
+	metrics_thread_take();
 	for (;;) {
 		struct event *batch = NULL;
 		int reopen, take, fd;
 
+		atomic_store_explicit(&writer_beat, now_ms(), memory_order_relaxed);
 		pthread_mutex_lock(&writer.lock);
 		reopen = atomic_load(&output_reopened) >= 0;
 		while (nforwards == 0 && writer.head == NULL && !reopen) {
-			pthread_cond_wait(&writer.work, &writer.lock);
+			struct timespec beat;
+
+			/* A beat a second while idle (see writer_beat). */
+			clock_gettime(CLOCK_REALTIME, &beat);
+			beat.tv_sec += 1;
+			if (pthread_cond_timedwait(&writer.work, &writer.lock, &beat) == ETIMEDOUT)
+				atomic_store_explicit(&writer_beat, now_ms(), memory_order_relaxed);
 			reopen = atomic_load(&output_reopened) >= 0;
 		}
 		/* A reopened --output is taken up with nothing in flight:
@@ -7335,6 +7403,8 @@ writer_thread(void *arg)
 			if (batch == NULL)
 				forward_wait(take);
 			forward_replies();
+			if (batch == NULL)
+				forward_redial();
 		}
 		if (batch != NULL)
 			writer_send(batch);
@@ -7476,6 +7546,7 @@ struct forward {
 	int reloaded;             /* Redis: the script was loaded again, and no reply has come since */
 	struct client cl;
 	int up;
+	atomic_int connected;     /* up, for --metrics (which reads it from its own thread) */
 	int64_t retry_at, backoff;
 	struct buf out, in;       /* commands, and replies not yet parsed */
 	unsigned skip;            /* Redis: replies still owed to failed batches */
@@ -7734,6 +7805,7 @@ forward_down(struct forward *f)
 {
 	client_close(&f->cl);
 	f->up = 0;
+	atomic_store_explicit(&f->connected, 0, memory_order_relaxed);
 	f->in.len = 0;
 	f->used = 0;
 	f->skip = 0;
@@ -7954,6 +8026,15 @@ redis_batch(struct forward *f, const struct batch *b)
 	}
 }
 
+/* Broker i acknowledged one more event of b; the whole batch, and how
+ * long that took is the broker's acknowledgement latency. */
+static void
+forward_acked(struct batch *b, unsigned i)
+{
+	if (++b->acked[i] == b->n)
+		metrics_broker_ack(i, now_us() - b->sent_us);
+}
+
 /* The batch in flight that is owed broker i's next reply in order, or NULL. */
 static struct batch *
 forward_owed(unsigned i)
@@ -8019,7 +8100,7 @@ redis_replies(struct forward *f, unsigned i, char *why, size_t wn)
 		}
 		b = forward_owed(i);
 		if (b != NULL && t == '+' && f->dedupe[0] != '\0' && tl == 9 && memcmp(text, "duplicate", 9) == 0) {
-			b->acked[i]++;  /* stored before, by us or by another instance */
+			forward_acked(b, i);  /* stored before, by us or by another instance */
 			f->reloaded = 0;
 			continue;
 		}
@@ -8030,7 +8111,7 @@ redis_replies(struct forward *f, unsigned i, char *why, size_t wn)
 			    shown);
 			return -1;
 		}
-		b->acked[i]++;
+		forward_acked(b, i);
 		f->reloaded = 0;
 	}
 }
@@ -8657,7 +8738,7 @@ nats_replies(struct forward *f, unsigned i, char *why, size_t wn)
 		if (nats_puback(f, &m, why, wn) < 0)
 			return -1;
 		f->got.p[seq - f->got_from] = 1;
-		b->acked[i]++;
+		forward_acked(b, i);
 	}
 }
 
@@ -8686,6 +8767,7 @@ forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 		return -1;
 	}
 	f->up = 1;
+	atomic_store_explicit(&f->connected, 1, memory_order_relaxed);
 	f->backoff = FORWARD_BACKOFF_MIN_MS;
 	return 0;
 }
@@ -8770,6 +8852,15 @@ forward_wait(int events_too)
 
 		timeout = left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
 	}
+	for (i = 0; i < nforwards && inflight.n == 0; i++) {
+		/* A broker down is dialled again when its backoff ends. */
+		int64_t left = forwards[i].retry_at - now_ms();
+
+		if (!forwards[i].up && (timeout < 0 || left < timeout))
+			timeout = left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
+	}
+	if (timeout < 0 || timeout > 1000)
+		timeout = 1000;  /* a beat a second (see writer_beat) */
 	if (poll(pfd, n, timeout) < 0 && errno != EINTR)
 		warn("the event writer cannot wait on the brokers:");
 	if (events_too) {
@@ -8857,6 +8948,27 @@ forward_replies(void)
 	}
 }
 
+/* With nothing in flight, dial again each broker that is down and whose
+ * backoff has ended: so /healthz and --metrics see it back as soon as it
+ * is, rather than when the next event finds out. */
+static void
+forward_redial(void)
+{
+	unsigned i;
+
+	for (i = 0; i < nforwards && inflight.n == 0; i++) {
+		struct forward *f = &forwards[i];
+		char why[400];
+
+		if (f->up || now_ms() < f->retry_at)
+			continue;
+		if (forward_open(f, now_ms() + FORWARD_CONNECT_MS, why, sizeof(why)) < 0)
+			forward_down(f);
+		else
+			warn("--forward %s: connected", f->shown);
+	}
+}
+
 /* The batches in flight are failing: a broker still up skips the
  * replies it owes them. (A PubAck names its event, and is skipped as
  * no batch's; Redis's replies only come in order.) */
@@ -8870,6 +8982,816 @@ forward_forget(void)
 			for (k = 0; k < inflight.n; k++)
 				forwards[i].skip += inflight_at(k)->n - inflight_at(k)->acked[i];
 	}
+}
+
+/* ------------------------------------------------------------------------
+ * [METRICS] --metrics ADDR:PORT: GET /metrics in Prometheus's text format
+ * (0.0.4) and GET /healthz for load balancers, on a listener and a thread
+ * of their own, never the public port.
+ *
+ * Counting costs the hot path nothing shared. Every thread that answers
+ * requests (each loop, each connection thread) or decides events (the
+ * writer) counts into a block of its own, found through a thread-local
+ * pointer, with plain loads and stores (atomic and relaxed, so that a
+ * scrape may read them: one writer per block, so no read-modify-write and
+ * no lock). A scrape adds every block up. A connection thread takes a
+ * block when it starts and gives it back when it ends, for the next
+ * thread to count on in: no count is lost, and there are never more
+ * blocks than threads that ran at once. Latencies go in histograms with
+ * fixed buckets.
+ *
+ * The listener's loop (poll, non-blocking sockets, a deadline for each
+ * client, at most METRICS_CLIENTS of them) reads each request with the
+ * server's own parser and limits, answers it, and closes: a slow, silent
+ * or huge client holds one place there for metrics_timeout at most, and
+ * the webhook's loops never wait on this thread.
+ *
+ * Calls [HTTP] (http_scan_head, http_parse_head, response_build), the
+ * counts of [SERVER] and [SLOTS] under conns_lock, [WRITER] (writer_beat),
+ * [BROKERS] (each forward's connected) and [TLS] (the served certificate).
+ * ------------------------------------------------------------------------ */
+
+/* The histograms' upper bounds, in microseconds and as Prometheus's le
+ * label says them: from a CRC on loopback (~100 us) to a broker's worst
+ * (the sink deadline is 5 s). */
+enum { METRICS_BUCKETS = 16 };
+static const struct {
+	int64_t us;
+	const char *le;
+} metrics_bounds[METRICS_BUCKETS] = {
+	{ 100, "0.0001" }, { 250, "0.00025" }, { 500, "0.0005" }, { 1000, "0.001" },
+	{ 2500, "0.0025" }, { 5000, "0.005" }, { 10000, "0.01" }, { 25000, "0.025" },
+	{ 50000, "0.05" }, { 100000, "0.1" }, { 250000, "0.25" }, { 500000, "0.5" },
+	{ 1000000, "1" }, { 2500000, "2.5" }, { 5000000, "5" }, { 10000000, "10" },
+};
+
+static const char *const route_names[R_COUNT] = {
+	[R_OTHER] = "other", [R_CRC] = "crc", [R_EVENT] = "event", [R_HEALTHZ] = "healthz",
+	[R_ACME_HTTP] = "acme_http",
+};
+
+struct histogram {
+	_Atomic uint64_t bucket[METRICS_BUCKETS + 1];  /* the last: past every bound */
+	_Atomic uint64_t sum_us;
+};
+
+/* One thread's counts (see above). */
+struct metrics {
+	struct metrics *next;     /* every block: under metrics_lock, never freed */
+	struct metrics *spare;    /* the blocks no thread holds: under metrics_lock */
+	_Atomic uint64_t requests[R_COUNT][4];   /* by route, by status class 2xx to 5xx */
+	_Atomic uint64_t crcs, sig_bad, sig_missing, refused;
+	_Atomic uint64_t handed, decided;        /* events to the writer, and its verdicts */
+	_Atomic uint64_t acme_valid, acme_failed;
+	struct histogram crc, event, sinks, broker[MAX_FORWARDS];
+	/* Accepted events by type: a name is written before ntypes counts
+	 * it (a release store), and never changes after. */
+	atomic_uint ntypes;
+	struct {
+		char name[EVENT_TYPE_MAX];
+		_Atomic uint64_t n;
+	} types[METRICS_TYPES];
+};
+
+static pthread_mutex_t metrics_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct metrics *metrics_all, *metrics_spare;
+static _Thread_local struct metrics *metrics_mine;
+static int metrics_fd = -1;            /* the --metrics listener */
+static struct timespec metrics_started; /* the server's start, for the scrape */
+
+/* Add n to a count only this thread writes: a load and a store, no
+ * read-modify-write, and still a value a scrape may read at any time. */
+static void
+count_add(_Atomic uint64_t *x, uint64_t n)
+{
+	atomic_store_explicit(x, atomic_load_explicit(x, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+static void
+histogram_observe(struct histogram *h, int64_t us)
+{
+	unsigned k = 0;
+
+	if (us < 0)
+		us = 0;
+	while (k < METRICS_BUCKETS && us > metrics_bounds[k].us)
+		k++;
+	count_add(&h->bucket[k], 1);
+	count_add(&h->sum_us, (uint64_t)us);
+}
+
+/* This thread counts from here on (with --metrics): a spare block, or a
+ * new one. Without memory it counts nothing, and serves on. */
+static void
+metrics_thread_take(void)
+{
+	struct metrics *m;
+
+	if (metrics_spec == NULL || metrics_mine != NULL)
+		return;
+	pthread_mutex_lock(&metrics_lock);
+	if ((m = metrics_spare) != NULL) {
+		metrics_spare = m->spare;
+	} else if ((m = calloc(1, sizeof(*m))) != NULL) {
+		m->next = metrics_all;
+		metrics_all = m;
+	}
+	pthread_mutex_unlock(&metrics_lock);
+	metrics_mine = m;
+}
+
+/* A connection thread ends: its block, counts and all, goes to the next. */
+static void
+metrics_thread_give(void)
+{
+	struct metrics *m = metrics_mine;
+
+	if (m == NULL)
+		return;
+	pthread_mutex_lock(&metrics_lock);
+	m->spare = metrics_spare;
+	metrics_spare = m;
+	pthread_mutex_unlock(&metrics_lock);
+	metrics_mine = NULL;
+}
+
+/* Count an accepted event under its type (X has a score of them; past
+ * METRICS_TYPES in one block, it counts as "other"). */
+static void
+metrics_type(struct metrics *m, const char *type)
+{
+	for (;;) {
+		unsigned n = atomic_load_explicit(&m->ntypes, memory_order_relaxed), k;
+
+		for (k = 0; k < n; k++) {
+			if (strcmp(m->types[k].name, type) == 0) {
+				count_add(&m->types[k].n, 1);
+				return;
+			}
+		}
+		/* The last place is kept for "other". */
+		if (n < METRICS_TYPES - 1 || (n < METRICS_TYPES && strcmp(type, "other") == 0)) {
+			snprintf(m->types[n].name, sizeof(m->types[n].name), "%s", type);
+			atomic_store_explicit(&m->types[n].n, 1, memory_order_relaxed);
+			atomic_store_explicit(&m->ntypes, n + 1, memory_order_release);
+			return;
+		}
+		type = "other";
+	}
+}
+
+/* Count one request answered (request_done): its route and status
+ * class, and for CRCs and events their latency from the first byte. */
+static void
+metrics_request(const struct conn *c)
+{
+	struct metrics *m = metrics_mine;
+	const struct outcome *o = &c->o;
+	int cls = o->code / 100 - 2;
+
+	if (m == NULL)
+		return;
+	if (cls >= 0 && cls < 4)
+		count_add(&m->requests[o->route][cls], 1);
+	if (o->route == R_CRC && o->code == 200) {
+		count_add(&m->crcs, 1);
+		histogram_observe(&m->crc, now_us() - c->first_us);
+	} else if (o->route == R_EVENT && o->sig != NULL && strcmp(o->sig, "bad") == 0) {
+		count_add(&m->sig_bad, 1);
+	} else if (o->route == R_EVENT && o->sig != NULL && strcmp(o->sig, "missing") == 0) {
+		count_add(&m->sig_missing, 1);
+	}
+	if (o->handed) {
+		histogram_observe(&m->event, now_us() - c->first_us);
+		histogram_observe(&m->sinks, c->ev.took_us);
+		if (o->code == 200)
+			metrics_type(m, c->type);
+		else
+			count_add(&m->refused, 1);
+	}
+}
+
+/* An event goes to the writer (event_submit). */
+static void
+metrics_handed(void)
+{
+	if (metrics_mine != NULL)
+		count_add(&metrics_mine->handed, 1);
+}
+
+/* The writer decided an event. */
+static void
+metrics_decided(enum status st)
+{
+	(void)st;
+	if (metrics_mine != NULL)
+		count_add(&metrics_mine->decided, 1);
+}
+
+/* Broker i acknowledged a whole batch, us after it was sent. */
+static void
+metrics_broker_ack(unsigned i, int64_t us)
+{
+	if (metrics_mine != NULL)
+		histogram_observe(&metrics_mine->broker[i], us);
+}
+
+#ifdef XWEBHOOK_TLS
+/* An ACME order ended: a certificate, or not. */
+static void
+metrics_acme_order(int ok)
+{
+	if (metrics_mine != NULL)
+		count_add(ok ? &metrics_mine->acme_valid : &metrics_mine->acme_failed, 1);
+}
+#endif
+
+/* ---- the scrape ---- */
+
+struct histogram_sum {
+	uint64_t bucket[METRICS_BUCKETS + 1], sum_us;
+};
+
+/* Every block added up, at one scrape. */
+struct metrics_sum {
+	uint64_t requests[R_COUNT][4];
+	uint64_t crcs, sig_bad, sig_missing, refused, handed, decided, acme_valid, acme_failed;
+	struct histogram_sum crc, event, sinks, broker[MAX_FORWARDS];
+	unsigned ntypes;
+	struct {
+		const char *name;     /* into a block, which is never freed */
+		uint64_t n;
+	} types[4 * METRICS_TYPES];
+};
+
+static uint64_t
+count_read(const _Atomic uint64_t *x)
+{
+	return atomic_load_explicit((_Atomic uint64_t *)x, memory_order_relaxed);
+}
+
+static void
+histogram_add(struct histogram_sum *s, const struct histogram *h)
+{
+	unsigned k;
+
+	for (k = 0; k <= METRICS_BUCKETS; k++)
+		s->bucket[k] += count_read(&h->bucket[k]);
+	s->sum_us += count_read(&h->sum_us);
+}
+
+/* Add a block's accepted events by type to the sum's, by name. */
+static void
+metrics_sum_types(struct metrics_sum *s, struct metrics *m)
+{
+	unsigned n = atomic_load_explicit(&m->ntypes, memory_order_acquire), k, j;
+
+	for (k = 0; k < n; k++) {
+		const char *name = m->types[k].name;
+
+		for (j = 0; j < s->ntypes && strcmp(s->types[j].name, name) != 0; j++)
+			;
+		if (j == s->ntypes && j == sizeof(s->types) / sizeof(s->types[0]))
+			for (j = 0; j < s->ntypes && strcmp(s->types[j].name, "other") != 0; j++)
+				;
+		if (j == s->ntypes) {
+			if (j == sizeof(s->types) / sizeof(s->types[0]))
+				continue;  /* unreachable: each block's "other" comes first at worst */
+			s->types[j].name = name;
+			s->types[j].n = 0;
+			s->ntypes++;
+		}
+		s->types[j].n += count_read(&m->types[k].n);
+	}
+}
+
+static void
+metrics_sum(struct metrics_sum *s)
+{
+	struct metrics *m;
+	unsigned r, k;
+
+	memset(s, 0, sizeof(*s));
+	pthread_mutex_lock(&metrics_lock);
+	m = metrics_all;
+	pthread_mutex_unlock(&metrics_lock);
+	/* Blocks are only ever added at the head: this walk is safe. */
+	for (; m != NULL; m = m->next) {
+		for (r = 0; r < R_COUNT; r++)
+			for (k = 0; k < 4; k++)
+				s->requests[r][k] += count_read(&m->requests[r][k]);
+		s->crcs += count_read(&m->crcs);
+		s->sig_bad += count_read(&m->sig_bad);
+		s->sig_missing += count_read(&m->sig_missing);
+		s->refused += count_read(&m->refused);
+		s->decided += count_read(&m->decided);
+		s->handed += count_read(&m->handed);
+		s->acme_valid += count_read(&m->acme_valid);
+		s->acme_failed += count_read(&m->acme_failed);
+		histogram_add(&s->crc, &m->crc);
+		histogram_add(&s->event, &m->event);
+		histogram_add(&s->sinks, &m->sinks);
+		for (k = 0; k < MAX_FORWARDS; k++)
+			histogram_add(&s->broker[k], &m->broker[k]);
+		metrics_sum_types(s, m);
+	}
+}
+
+/* A metric's HELP and TYPE lines. */
+static void
+metric_head(struct buf *b, const char *name, const char *type, const char *help)
+{
+	buf_adds(b, "# HELP ");
+	buf_adds(b, name);
+	buf_addc(b, ' ');
+	buf_adds(b, help);
+	buf_adds(b, "\n# TYPE ");
+	buf_adds(b, name);
+	buf_addc(b, ' ');
+	buf_adds(b, type);
+	buf_addc(b, '\n');
+}
+
+/* A label value, escaped as the format asks (backslash, quote, newline). */
+static void
+metric_label(struct buf *b, const char *name, const char *value, int first)
+{
+	buf_adds(b, first ? "{" : ",");
+	buf_adds(b, name);
+	buf_adds(b, "=\"");
+	for (; *value != '\0'; value++) {
+		if (*value == '\\' || *value == '"')
+			buf_addc(b, '\\');
+		if (*value == '\n')
+			buf_adds(b, "\\n");
+		else
+			buf_addc(b, *value);
+	}
+	buf_addc(b, '"');
+}
+
+/* One sample: name, the labels already written to labels, a value. */
+static void
+metric_sample(struct buf *b, const char *name, const char *suffix, const struct buf *labels, const char *close,
+    uint64_t v)
+{
+	char num[32];
+
+	buf_adds(b, name);
+	buf_adds(b, suffix);
+	buf_add(b, labels->p, labels->len);
+	buf_adds(b, close);
+	snprintf(num, sizeof(num), " %llu\n", (unsigned long long)v);
+	buf_adds(b, num);
+}
+
+/* A histogram's buckets, sum and count, under labels (which may be
+ * empty: "", or "{a=\"b\"" without its closing brace). */
+static void
+metric_histogram(struct buf *b, const char *name, const char *labels, const struct histogram_sum *h)
+{
+	struct buf l = { 0 };
+	uint64_t n = 0;
+	char num[64];
+	unsigned k;
+
+	l.soft = 1;
+	for (k = 0; k <= METRICS_BUCKETS; k++) {
+		n += h->bucket[k];
+		buf_clear(&l);
+		buf_adds(&l, labels[0] ? labels : "{");
+		buf_adds(&l, labels[0] ? ",le=\"" : "le=\"");
+		buf_adds(&l, k < METRICS_BUCKETS ? metrics_bounds[k].le : "+Inf");
+		metric_sample(b, name, "_bucket", &l, "\"}", n);
+	}
+	buf_clear(&l);
+	buf_adds(&l, labels);
+	snprintf(num, sizeof(num), " %llu.%06llu\n", (unsigned long long)(h->sum_us / 1000000),
+	    (unsigned long long)(h->sum_us % 1000000));
+	buf_adds(b, name);
+	buf_adds(b, "_sum");
+	buf_adds(b, labels);
+	buf_adds(b, labels[0] ? "}" : "");
+	buf_adds(b, num);
+	metric_sample(b, name, "_count", &l, labels[0] ? "}" : "", n);
+	buf_free(&l);
+}
+
+/* A gauge or counter with no labels. */
+static void
+metric_plain(struct buf *b, const char *name, const char *type, const char *help, uint64_t v)
+{
+	struct buf none = { 0 };
+
+	metric_head(b, name, type, help);
+	metric_sample(b, name, "", &none, "", v);
+}
+
+/* A counter split two ways by one label: label=a, then label=z. */
+static void
+metric_split(struct buf *b, const char *name, const char *help, const char *label, const char *a, uint64_t va,
+    const char *z, uint64_t vz)
+{
+	struct buf l = { 0 };
+
+	l.soft = 1;
+	metric_head(b, name, "counter", help);
+	metric_label(&l, label, a, 1);
+	metric_sample(b, name, "", &l, "}", va);
+	buf_clear(&l);
+	metric_label(&l, label, z, 1);
+	metric_sample(b, name, "", &l, "}", vz);
+	if (l.failed)
+		b->failed = 1;
+	buf_free(&l);
+}
+
+/* The whole exposition, into b. */
+static void
+metrics_render(struct buf *b)
+{
+	static const char *const classes[4] = { "2xx", "3xx", "4xx", "5xx" };
+	struct metrics_sum *s = calloc(1, sizeof(*s));
+	struct buf l = { 0 };
+	unsigned r, k, conns, slots;
+	char num[160];
+
+	if (s == NULL) {
+		b->failed = 1;
+		return;
+	}
+	metrics_sum(s);
+	l.soft = 1;
+	metric_head(b, "xwebhook_build_info", "gauge", "The build: its version, and whether it serves HTTPS.");
+	snprintf(num, sizeof(num), "xwebhook_build_info{version=\"%s\",tls=\"%d\"} 1\n", XWEBHOOK_VERSION,
+#ifdef XWEBHOOK_TLS
+	    1
+#else
+	    0
+#endif
+	    );
+	buf_adds(b, num);
+	metric_head(b, "xwebhook_start_time_seconds", "gauge", "When the server started, in Unix time.");
+	snprintf(num, sizeof(num), "xwebhook_start_time_seconds %lld.%03ld\n", (long long)metrics_started.tv_sec,
+	    metrics_started.tv_nsec / 1000000);
+	buf_adds(b, num);
+
+	metric_head(b, "xwebhook_requests_total", "counter", "Requests answered on the webhook's port, by route "
+	    "and status class.");
+	for (r = 0; r < R_COUNT; r++) {
+		for (k = 0; k < 4; k++) {
+			buf_clear(&l);
+			metric_label(&l, "route", route_names[r], 1);
+			metric_label(&l, "code", classes[k], 0);
+			metric_sample(b, "xwebhook_requests_total", "", &l, "}", s->requests[r][k]);
+		}
+	}
+	metric_plain(b, "xwebhook_crc_answered_total", "counter", "CRCs answered with their response_token.",
+	    s->crcs);
+	metric_head(b, "xwebhook_events_total", "counter", "Events verified and taken by every sink, by type.");
+	for (k = 0; k < s->ntypes; k++) {
+		buf_clear(&l);
+		metric_label(&l, "type", s->types[k].name, 1);
+		metric_sample(b, "xwebhook_events_total", "", &l, "}", s->types[k].n);
+	}
+	metric_split(b, "xwebhook_signature_failures_total", "Event POSTs refused for their signature: bad (no "
+	    "match) or missing.", "reason", "bad", s->sig_bad, "missing", s->sig_missing);
+	metric_plain(b, "xwebhook_events_refused_total", "counter", "Verified events the sinks did not take (a "
+	    "5xx, which X retries).", s->refused);
+
+	metric_head(b, "xwebhook_crc_duration_seconds", "histogram", "CRCs, from the request's first byte to the "
+	    "answer.");
+	metric_histogram(b, "xwebhook_crc_duration_seconds", "", &s->crc);
+	metric_head(b, "xwebhook_event_duration_seconds", "histogram", "Verified events, from the request's first "
+	    "byte to the answer.");
+	metric_histogram(b, "xwebhook_event_duration_seconds", "", &s->event);
+	metric_head(b, "xwebhook_sink_duration_seconds", "histogram", "Verified events, from their hand-off to "
+	    "the writer to every sink's verdict.");
+	metric_histogram(b, "xwebhook_sink_duration_seconds", "", &s->sinks);
+
+	pthread_mutex_lock(&conns_lock);
+	conns = nconns;
+	slots = nslots;
+	pthread_mutex_unlock(&conns_lock);
+	metric_plain(b, "xwebhook_connections", "gauge", "Connections open on the webhook's port.", conns);
+	metric_plain(b, "xwebhook_slots_used", "gauge", "Connection slots taken (of --max-conns).", slots);
+	metric_plain(b, "xwebhook_slots_max", "gauge", "Connection slots (--max-conns).", max_conns);
+	metric_plain(b, "xwebhook_writer_queue_events", "gauge", "Events with the writer: queued, or out to the "
+	    "sinks.", s->handed > s->decided ? s->handed - s->decided : 0);
+
+	if (nforwards > 0) {
+		metric_head(b, "xwebhook_broker_up", "gauge", "Whether each --forward broker is connected (1) or "
+		    "not (0).");
+		for (k = 0; k < nforwards; k++) {
+			buf_clear(&l);
+			metric_label(&l, "broker", forwards[k].shown, 1);
+			metric_sample(b, "xwebhook_broker_up", "", &l, "}",
+			    (uint64_t)atomic_load_explicit(&forwards[k].connected, memory_order_relaxed));
+		}
+		metric_head(b, "xwebhook_broker_ack_duration_seconds", "histogram", "Batches of events, from "
+		    "their sending to each --forward broker's last acknowledgement.");
+		for (k = 0; k < nforwards; k++) {
+			buf_clear(&l);
+			metric_label(&l, "broker", forwards[k].shown, 1);
+			buf_addc(&l, '\0');
+			metric_histogram(b, "xwebhook_broker_ack_duration_seconds", l.failed ? "" : l.p,
+			    &s->broker[k]);
+		}
+	}
+#ifdef XWEBHOOK_TLS
+	{
+		struct identity *id = identity_acquire();
+
+		if (id != NULL) {
+			metric_plain(b, "xwebhook_certificate_not_after_seconds", "gauge", "The served "
+			    "certificate's notAfter, in Unix time.", (uint64_t)id->leaf.not_after);
+			identity_release(id);
+		}
+	}
+	if (acme_domain != NULL)
+		metric_split(b, "xwebhook_acme_orders_total", "ACME orders, by outcome.", "outcome", "valid",
+		    s->acme_valid, "failed", s->acme_failed);
+#endif
+	if (l.failed)
+		b->failed = 1;
+	buf_free(&l);
+	free(s);
+}
+
+/* 0 when a load balancer may send X's calls here; else -1 with why. */
+static int
+health_check(char *why, size_t wn)
+{
+	int64_t beat = now_ms() - atomic_load_explicit(&writer_beat, memory_order_relaxed);
+	unsigned i;
+
+	if (is_stopping()) {
+		snprintf(why, wn, "stopping");
+		return -1;
+	}
+	/* The writer goes round its loop every second, and no sink makes it
+	 * wait much longer than sink_timeout. */
+	if (beat > 2 * sink_timeout) {
+		snprintf(why, wn, "the event writer is stuck (%lld s without a turn)", (long long)(beat / 1000));
+		return -1;
+	}
+	for (i = 0; i < nforwards; i++) {
+		if (!atomic_load_explicit(&forwards[i].connected, memory_order_relaxed)) {
+			snprintf(why, wn, "--forward %s is not connected", forwards[i].shown);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* ---- the listener ---- */
+
+struct metrics_client {
+	int fd;
+	int64_t deadline;          /* monotonic ms: the request and the answer by then */
+	char *in;                  /* CONN_BUF bytes, as the webhook's connections */
+	size_t in_len, scan, line_end;   /* http_scan_head's place */
+	struct buf out;            /* the answer */
+	size_t sent;
+};
+
+/* Is req's path exactly p? */
+static int
+path_is(const struct request *req, const char *p)
+{
+	return req->path_len == strlen(p) && memcmp(req->target, p, req->path_len) == 0;
+}
+
+/* Answer the request in mc->in, whose head has scanned as st. */
+static void
+metrics_answer(struct metrics_client *mc, enum status st, size_t head_len, const char *why)
+{
+	struct request req;
+	struct buf body = { 0 };
+	const struct request *rq = NULL;
+	const char *type = "application/json", *extra = NULL;
+	char reason[800];
+
+	body.soft = 1;
+	memset(&req, 0, sizeof(req));
+	if (st == S_OK)
+		st = http_parse_head(mc->in, head_len, &req, &why);
+	if (st == S_OK) {
+		int get = req.method == M_GET || req.method == M_HEAD;
+
+		rq = &req;
+		if (path_is(&req, "/metrics") && get) {
+			type = "text/plain; version=0.0.4; charset=utf-8";
+			metrics_render(&body);
+		} else if (path_is(&req, "/healthz") && get) {
+			if (health_check(reason, sizeof(reason)) == 0) {
+				buf_adds(&body, "{\"status\":\"ok\"}\n");
+			} else {
+				st = S_UNAVAILABLE;
+				buf_adds(&body, "{\"status\":\"unavailable\",\"reason\":\"");
+				json_escape(&body, reason, strlen(reason));
+				buf_adds(&body, "\"}\n");
+			}
+		} else if (path_is(&req, "/metrics") || path_is(&req, "/healthz")) {
+			st = S_METHOD_NOT_ALLOWED;
+			why = "method not allowed";
+			extra = "Allow: GET, HEAD\r\n";
+		} else {
+			st = S_NOT_FOUND;
+			why = "not found: this port serves /metrics and /healthz";
+		}
+	}
+	if (body.len == 0 && st != S_OK)
+		error_json(&body, why);
+	response_build(&mc->out, rq, st, type, body.p, body.len, extra, 0);
+	if (body.failed)
+		mc->out.failed = 1;
+	buf_free(&body);
+}
+
+/* Read, answer, write: -1 once the client is done with (answered, gone,
+ * or out of memory), else 0 to wait for it again. */
+static int
+metrics_client_io(struct metrics_client *mc)
+{
+	if (mc->out.len == 0) {
+		size_t head_len = 0;
+		const char *why = NULL;
+		ssize_t r = read(mc->fd, mc->in + mc->in_len, CONN_BUF - mc->in_len);
+		enum status st;
+
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			return 0;
+		if (r <= 0)
+			return -1;
+		mc->in_len += (size_t)r;
+		st = http_scan_head(mc->in, mc->in_len, &mc->scan, &mc->line_end, &head_len, &why);
+		if (st == S_INCOMPLETE && mc->in_len < CONN_BUF)
+			return 0;
+		if (st == S_INCOMPLETE) {  /* unreachable: the limits are smaller */
+			st = S_HEADERS_TOO_LARGE;
+			why = "request head too large";
+		}
+		metrics_answer(mc, st, head_len, why);
+		if (mc->out.failed)
+			return -1;
+	}
+	while (mc->sent < mc->out.len) {
+		ssize_t w = send(mc->fd, mc->out.p + mc->sent, mc->out.len - mc->sent, MSG_NOSIGNAL);
+
+		if (w < 0 && (errno == EAGAIN || errno == EINTR))
+			return 0;
+		if (w <= 0)
+			return -1;
+		mc->sent += (size_t)w;
+	}
+	return -1;
+}
+
+static void
+metrics_client_close(struct metrics_client *mc)
+{
+	close(mc->fd);
+	free(mc->in);
+	buf_free(&mc->out);
+}
+
+/* Take a client, in the place of the oldest when every place is taken. */
+static void
+metrics_accept(struct metrics_client *cl, unsigned *n, int64_t *paused)
+{
+	struct metrics_client *mc;
+	int fd = accept4(metrics_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	unsigned k, at = *n;
+	char *in;
+
+	if (fd < 0) {
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+			*paused = now_ms() + 100;  /* rather than spin on what we cannot take */
+		return;
+	}
+	if ((in = malloc(CONN_BUF)) == NULL) {
+		close(fd);
+		return;
+	}
+	if (at == METRICS_CLIENTS) {
+		for (at = 0, k = 1; k < *n; k++)
+			if (cl[k].deadline < cl[at].deadline)
+				at = k;
+		metrics_client_close(&cl[at]);
+	} else {
+		++*n;
+	}
+	mc = &cl[at];
+	*mc = (struct metrics_client){ .fd = fd, .in = in, .deadline = now_ms() + metrics_timeout };
+	mc->out.soft = 1;
+}
+
+/* The --metrics listener's thread: one poll loop over the listener and
+ * its clients. */
+static void *
+metrics_thread(void *arg)
+{
+	struct metrics_client cl[METRICS_CLIENTS];
+	struct pollfd pfd[METRICS_CLIENTS + 1];
+	unsigned n = 0, k;
+	int64_t paused = 0;
+
+	(void)arg;
+	thread_name("xwh-metrics");
+	for (;;) {
+		int64_t now = now_ms(), wait = 1000;
+
+		pfd[0].fd = now < paused ? -1 : metrics_fd;
+		pfd[0].events = POLLIN;
+		for (k = 0; k < n; k++) {
+			pfd[k + 1].fd = cl[k].fd;
+			pfd[k + 1].events = cl[k].out.len > 0 ? POLLOUT : POLLIN;
+			if (cl[k].deadline - now < wait)
+				wait = cl[k].deadline - now < 0 ? 0 : cl[k].deadline - now;
+		}
+		if (poll(pfd, n + 1, (int)wait) < 0) {
+			if (errno != EINTR)
+				warn("--metrics: poll:");
+			continue;
+		}
+		now = now_ms();
+		/* From the last, so that moving the last into a place freed
+		 * moves one already seen to. */
+		for (k = n; k-- > 0;) {
+			if ((pfd[k + 1].revents != 0 && metrics_client_io(&cl[k]) < 0) || now >= cl[k].deadline) {
+				metrics_client_close(&cl[k]);
+				cl[k] = cl[--n];
+			}
+		}
+		if (pfd[0].fd >= 0 && (pfd[0].revents & POLLIN))
+			metrics_accept(cl, &n, &paused);
+	}
+	return NULL;
+}
+
+/* The port of an ADDR:PORT or PORT, or -1. */
+static long
+spec_port(const char *spec)
+{
+	char host[256], port[16];
+	const char *why;
+
+	if (spec == NULL)
+		return -1;
+	if (strspn(spec, "0123456789") == strlen(spec))
+		return atol(spec);
+	if (split_host_port(spec, strlen(spec), host, sizeof(host), port, sizeof(port), &why) < 0 ||
+	    port[0] == '\0')
+		return -1;
+	return atol(port);
+}
+
+/* --metrics: bind its listener (as root, before the drop), never on the
+ * webhook's own port. */
+static void
+metrics_listen(void)
+{
+	char host[256], port[16], url[INET6_ADDRSTRLEN + 300];
+	const char *why, *spec = metrics_spec;
+	long p;
+
+	clock_gettime(CLOCK_REALTIME, &metrics_started);
+	if (spec == NULL)
+		return;
+	if (split_host_port(spec, strlen(spec), host, sizeof(host), port, sizeof(port), &why) < 0)
+		die("bad --metrics '%s': %s", spec, why);
+	if (host[0] == '\0' || port[0] == '\0')
+		die("bad --metrics '%s': expected ADDR:PORT (e.g. 127.0.0.1:9100)", spec);
+	p = spec_port(spec);
+	if (p != 0 && (p == spec_port(listen_spec)
+#ifdef XWEBHOOK_TLS
+	    || p == spec_port(acme_http_spec)
+#endif
+	    ))
+		die("--metrics %s: that port serves X; metrics and health go on a port of their own, never the "
+		    "public one (e.g. 127.0.0.1:9100)", spec);
+	metrics_fd = listen_on(spec, url, sizeof(url));
+}
+
+/* Start the --metrics thread, if asked for. */
+static void
+metrics_start(void)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char shown[INET6_ADDRSTRLEN + 8];
+	pthread_t t;
+
+	if (metrics_fd < 0)
+		return;
+	memset(&ss, 0, sizeof(ss));
+	if (getsockname(metrics_fd, (struct sockaddr *)&ss, &sl) < 0)
+		die("getsockname:");
+	format_peer(&ss, shown, sizeof(shown));
+	if (pthread_create(&t, &thread_attr, metrics_thread, NULL) != 0)
+		die("cannot start the --metrics thread");
+	warn("metrics on http://%s/metrics and health on http://%s/healthz", shown, shown);
 }
 
 /* ------------------------------------------------------------------------
@@ -13470,6 +14392,7 @@ acme_thread(void *arg)
 	long backoff = ACME_BACKOFF_MIN_S;
 
 	thread_name("xwh-acme");
+	metrics_thread_take();
 	for (;;) {
 		char why[1200];
 		time_t now = time(NULL), when, check, resume = 0;
@@ -13507,6 +14430,7 @@ acme_thread(void *arg)
 			continue;
 		}
 		if (capped == 0 && acme_order(a, why, sizeof(why)) == 0) {
+			metrics_acme_order(1);
 			backoff = ACME_BACKOFF_MIN_S;
 			acme_issued = time(NULL);
 			identity_release(acme_fallback);  /* its successor serves */
@@ -13515,6 +14439,8 @@ acme_thread(void *arg)
 		}
 		if (is_stopping())
 			return NULL;
+		if (capped == 0)
+			metrics_acme_order(0);
 		{
 			long wait = a->retry_after > backoff ? a->retry_after : backoff;
 
@@ -13784,13 +14710,13 @@ usage(FILE *f)
 "\n"
 "The consumer secret (the app's API Key Secret) comes from TWITTER_CONSUMER_SECRET,\n"
 "else CONSUMER_SECRET, in the environment, or from --secret-file; never from argv.\n"
-"X's calls take TWITTER_BEARER_TOKEN; subscribe, subscribed, and activity add for private\n"
-"events (likes, DMs, chat, mentions, replies, quotes, reposts, mutes, blocks,\n"
-"broadcast chat), take the token login stored, else TWITTER_CONSUMER_KEY, the consumer secret,\n"
-"TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET; login takes TWITTER_CLIENT_ID\n"
-"(and TWITTER_CLIENT_SECRET for a confidential client).\n"
+"X's calls take TWITTER_BEARER_TOKEN; subscribe, subscribed, and activity add for\n"
+"private events (likes, DMs, chat, mentions, replies, quotes, reposts, mutes,\n"
+"blocks, broadcast chat), take the token login stored, else TWITTER_CONSUMER_KEY,\n"
+"the consumer secret, TWITTER_ACCESS_TOKEN and TWITTER_ACCESS_TOKEN_SECRET; login\n"
+"takes TWITTER_CLIENT_ID (and TWITTER_CLIENT_SECRET for a confidential client).\n"
 "\n", f);
-	/* Two strings: ISO C promises literals of 4095 bytes, no more. */
+	/* Several strings: ISO C promises literals of 4095 bytes, no more. */
 	fputs(
 "options:\n"
 "  -l, --listen ADDR:PORT   address to serve (default 0.0.0.0:8080; [::]:8080 for IPv6,\n"
@@ -13812,6 +14738,8 @@ usage(FILE *f)
 "  -u, --user NAME          once the port is bound (and keys read), run as NAME\n"
 "      --pid-file FILE      write the pid to FILE, locked while serving, and remove it at\n"
 "                           the stop (for pkill -HUP -L -F FILE -x xwebhook)\n"
+"      --metrics ADDR:PORT  serve GET /metrics (Prometheus) and GET /healthz (200, or 503\n"
+"                           with the reason) there; never the webhook's port\n"
 #ifdef XWEBHOOK_TLS
 "      --cert FILE          serve HTTPS with this PEM chain, leaf first (fullchain.pem)\n"
 "      --key FILE           and this PEM private key (RSA or EC); SIGHUP reloads both\n"
@@ -13826,7 +14754,8 @@ usage(FILE *f)
 "                           DIR/DOMAIN/orders (the week's certificates: 5 at most)\n"
 "                           (default /var/lib/xwebhook; 0700, the --user's)\n"
 #endif
-"\n"
+"\n", f);
+	fputs(
 "check options:\n"
 "      --connect ADDR:PORT  dial ADDR:PORT, keeping the URL's host for SNI and Host\n"
 "      --post               also send a signed test event (it reaches your pipeline)\n"
@@ -13949,6 +14878,7 @@ static const struct {
 	{ "--secret-file", "--secret-file", &secret_file },
 	{ "-u", "--user", &run_as },
 	{ "--pid-file", "--pid-file", &pid_path },
+	{ "--metrics", "--metrics", &metrics_spec },
 	{ "--connect", "--connect", &check_connect },
 	{ "--api", "--api", &api_base },
 	{ "--cacert", "--cacert", &cacert_path },
@@ -14165,6 +15095,7 @@ run_server(void)
 	}
 #endif
 	lfd = listen_on(listen_spec, url, sizeof(url));
+	metrics_listen();
 #ifdef XWEBHOOK_TLS
 	if (acme_http_spec != NULL) {
 		char http[INET6_ADDRSTRLEN + 300];

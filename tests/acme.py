@@ -139,6 +139,13 @@ def check_url(port, root):
     return p.returncode, p.stdout.decode()
 
 
+def scrape(port):
+    """--metrics' samples, {name with labels: value}."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+        text = r.read().decode()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))}
+
+
 def mode(path):
     st = os.stat(path)
     return st.st_mode & 0o777, st.st_uid
@@ -151,11 +158,21 @@ def tls_alpn_01_issues_serves_and_check_passes():
     # this fails.
     p = Pebble(nonce_reject=40)
     state = os.path.join(p.dir, "state")
-    srv = acme_server(p, state)
+    metrics = free_port()
+    srv = acme_server(p, state, "--metrics", "127.0.0.1:%d" % metrics)
     try:
         assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 60), srv.stderr()
         issued = p.issued()
         assert len(issued) == 1 and p.orders() == 1, p.log()[-2000:]
+        # --metrics: the order counted, and the served leaf's notAfter.
+        m = scrape(metrics)
+        assert m['xwebhook_acme_orders_total{outcome="valid"}'] == 1, m
+        assert m['xwebhook_acme_orders_total{outcome="failed"}'] == 0, m
+        end = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", os.path.join(state, DOMAIN,
+                              "fullchain.pem")], capture_output=True, text=True, timeout=30).stdout
+        end = end.strip().split("=", 1)[1].replace(" GMT", "")
+        want = time.mktime(time.strptime(end, "%b %d %H:%M:%S %Y")) - time.timezone
+        assert m["xwebhook_certificate_not_after_seconds"] == want, (m, want)
         assert "reject 40% of good nonces" in p.log()
         root = p.root()
         status, body, serial = https_crc(srv.port, root)
@@ -337,9 +354,15 @@ def the_ca_down_with_a_certificate_stored_serves_it():
 def a_failed_validation_logs_the_cas_problem_and_backs_off():
     p = Pebble()
     state = os.path.join(p.dir, "state")
-    srv = acme_server(p, state, listen="127.0.0.1:%d" % free_port())  # not where the validator dials
+    metrics = free_port()
+    srv = acme_server(p, state, "--metrics", "127.0.0.1:%d" % metrics,
+                      listen="127.0.0.1:%d" % free_port())  # not where the validator dials
     try:
         assert it.wait_until(lambda: "trying again in 30 s" in srv.stderr(), 60), srv.stderr()
+        m = scrape(metrics)
+        assert m['xwebhook_acme_orders_total{outcome="failed"}'] == 1, m
+        assert m['xwebhook_acme_orders_total{outcome="valid"}'] == 0, m
+        assert "xwebhook_certificate_not_after_seconds" not in m, m  # nothing served yet
         err = srv.stderr()
         assert "the CA found the tls-alpn-01 challenge invalid" in err and "urn:ietf:params:acme:error:" in err, err
         assert err.count("ACME: ordering") == 1  # no tight loop

@@ -144,7 +144,11 @@ while not f.readline().startswith(b"MSG"):
     pass
 PY
 start xwnats "$W/xwebhook" --quiet --listen 127.0.0.1:18111 --forward nats://127.0.0.1:18112/bench
-for port in 18101 18102 18103 18104 18105 18106 18107 18108 18109 18111; do
+# --metrics, scraped every second as Prometheus would, against the same
+# server without it (18101): counting must cost the hot path nothing.
+start xwmet "$W/xwebhook" --quiet --listen 127.0.0.1:18113 --metrics 127.0.0.1:18114
+start scraper bash -c 'while :; do curl -s -o /dev/null http://127.0.0.1:18114/metrics; sleep 1; done'
+for port in 18101 18102 18103 18104 18105 18106 18107 18108 18109 18111 18113 18114; do
 	up=0
 	for _ in $(seq 100); do
 		if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then up=1; break; fi
@@ -198,8 +202,11 @@ for ((k = 1; k <= ROUNDS; k++)); do
 	bench post.out.r$k "http://127.0.0.1:18108/webhooks/twitter" -s "$W/post.lua"
 	bench post.redis.r$k "http://127.0.0.1:18109/webhooks/twitter" -s "$W/post.lua"
 	bench post.nats.r$k "http://127.0.0.1:18111/webhooks/twitter" -s "$W/post.lua"
+	bench post.met.r$k "http://127.0.0.1:18113/webhooks/twitter" -s "$W/post.lua"
+	bench crcm.xw.r$k "http://127.0.0.1:18101$CRC"
+	bench crcm.met.r$k "http://127.0.0.1:18113$CRC"
 done
-for name in post.xw post.nginx post.out post.redis post.nats; do
+for name in post.xw post.nginx post.out post.redis post.nats post.met crcm.xw crcm.met; do
 	result "$name.rps" "$(awk -v n="$name" '$1 ~ "^" n "\\.r[0-9]+\\.rps$" {print $2}' "$R" | sort -g |
 	    awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')"
 	result "$name.rounds" "$(awk -v n="$name" '$1 ~ "^" n "\\.r[0-9]+\\.rps$" {printf "%d ", $2}' "$R")"
@@ -320,6 +327,8 @@ rate("signed 2 KB POST vs reference app", "post.xw", "post.ref", 1)
 rate("signed 2 KB POST, --output (group commit) vs without", "post.out", "post.xw", 0.5)
 rate("signed 2 KB POST, --forward redis:// vs without", "post.redis", "post.xw", 0.5)
 rate("signed 2 KB POST, --forward nats:// vs without", "post.nats", "post.xw", 0.5)
+rate("signed 2 KB POST, --metrics scraped every second vs without", "post.met", "post.xw", 0.98)
+rate("CRC, kept alive, --metrics scraped every second vs without", "crcm.met", "crcm.xw", 0.98)
 rss_idle = num("xw.rss_idle") / 1024
 row("resident memory, idle (plain build)", "%.2f MB" % rss_idle, "", "", "<= 2 MB", rss_idle <= 2)
 rss_k = num("xw.rss_1000") / 1024

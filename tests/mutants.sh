@@ -20,6 +20,7 @@ SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-r
 # One mutant per block: a description; the exact text to replace (it must
 # occur once); what replaces it; the tests that must catch it, as
 # SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, login or acme; NAME filters
+# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, acme or metrics; NAME filters
 # test names, as ONLY does).
 python3 - "$W/mutants.json" <<'PY'
 import json, sys
@@ -96,7 +97,8 @@ M = [
   "static uint16_t tls_suites[] = {\n", "static uint16_t tls_suites[] = {\n\tBR_TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256,\n",
   "tls:every_tls12_suite"),
  ("the head deadline ten times longer",
-  "deadline = now_ms() + head_timeout;", "deadline = now_ms() + head_timeout * 10;", "fault:slowloris"),
+  "deadline = c->first_us / 1000 + head_timeout;", "deadline = c->first_us / 1000 + head_timeout * 10;",
+  "fault:slowloris"),
  ("NATS publishes without Nats-Msg-Id (same length, another name)",
   "\\r\\nNats-Msg-Id: %s\\r\\n", "\\r\\nNats-Msg-Xx: %s\\r\\n", "brokers:nats_stream"),
  ("NATS PINGs left unanswered while idle",
@@ -464,6 +466,46 @@ M = [
  ("subscribed sent with the app's Bearer token, not user context",
   "\"/2/account_activity/webhooks/%1/subscriptions/all\", X_USER,\n\t    NULL, NULL,",
   "\"/2/account_activity/webhooks/%1/subscriptions/all\", X_BEARER,\n\t    NULL, NULL,", "xapi:subscribed"),
+ ("metrics: an accepted event counts twice under its type",
+  "count_add(&m->types[k].n, 1);", "count_add(&m->types[k].n, 2);", "metrics:counts_move"),
+ ("metrics: event POSTs counted as route other",
+  "o->route = on_path && req->method == M_POST ? R_EVENT :", "o->route = on_path && req->method == M_POST ? R_OTHER :",
+  "metrics:counts_move"),
+ ("metrics: status classes off by one",
+  "int cls = o->code / 100 - 2;", "int cls = o->code / 100 - 1;", "metrics:counts_move"),
+ ("metrics: a missing signature counted as a bad one",
+  "strcmp(o->sig, \"missing\") == 0) {\n\t\tcount_add(&m->sig_missing, 1);",
+  "strcmp(o->sig, \"missing\") == 0) {\n\t\tcount_add(&m->sig_bad, 1);", "metrics:counts_move"),
+ ("metrics: events the sinks refused not counted",
+  "\t\telse\n\t\t\tcount_add(&m->refused, 1);", "", "metrics:sinks_refuse"),
+ ("metrics: connection threads count nothing",
+  "thread_name(\"xwh-conn\");\n\tmetrics_thread_take();", "thread_name(\"xwh-conn\");", "metrics:counts_move"),
+ ("metrics: histogram buckets not cumulative",
+  "\t\tn += h->bucket[k];", "\t\tn = h->bucket[k];", "metrics:counts_move"),
+ ("metrics: the writer's queue depth is every event ever handed",
+  "s->handed > s->decided ? s->handed - s->decided : 0", "s->handed", "metrics:counts_move"),
+ ("metrics: exposition served as plain text of no version",
+  "type = \"text/plain; version=0.0.4; charset=utf-8\";", "type = \"text/plain\";", "metrics:counts_move"),
+ ("healthz: a broker down is still healthy",
+  "if (!atomic_load_explicit(&forwards[i].connected, memory_order_relaxed)) {", "if (0) {",
+  "metrics:healthz_follows"),
+ ("healthz: a broker that comes back is dialled only by the next event",
+  "\t\t\tif (batch == NULL)\n\t\t\t\tforward_redial();", "", "metrics:healthz_follows"),
+ ("metrics: a broker's acknowledgements never timed",
+  "if (++b->acked[i] == b->n)", "if (++b->acked[i] == b->n + 1)", "metrics:healthz_follows"),
+ ("healthz: ok while the server stops",
+  "if (is_stopping()) {\n\t\tsnprintf(why, wn, \"stopping\");", "if (0) {\n\t\tsnprintf(why, wn, \"stopping\");",
+  "metrics:while_the_server_stops"),
+ ("--metrics allowed on --listen's port",
+  "if (p != 0 && (p == spec_port(listen_spec)", "if (p != 0 && (p == -2", "metrics:never_on_the_public_port"),
+ ("metrics: the certificate's notBefore given as its notAfter",
+  "(uint64_t)id->leaf.not_after);", "(uint64_t)id->leaf.not_before);", "metrics:tls_build"),
+ ("metrics: a certificate ACME issued counted as a failed order",
+  "\t\t\tmetrics_acme_order(1);", "\t\t\tmetrics_acme_order(0);", "acme:tls_alpn_01_issues"),
+ ("metrics: failed ACME orders not counted",
+  "\t\tif (capped == 0)\n\t\t\tmetrics_acme_order(0);", "", "acme:a_failed_validation"),
+ ("metrics: the connections gauge says none",
+  "\tconns = nconns;\n\tslots = nslots;", "\tconns = 0;\n\tslots = nslots;", "metrics:connections_and_slots"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
@@ -516,6 +558,8 @@ PY
 			xapi) ONLY=$names python3 tests/xapi.py tests/xwebhook-tls-asan tests/fixtures >tests/out/xapi.log 2>&1 ;;
 			login) ONLY=$names python3 tests/login.py tests/xwebhook-tls-asan tests/fixtures >tests/out/login.log 2>&1 ;;
 			acme) ONLY=$names python3 tests/acme.py tests/xwebhook-tls-asan tests/fixtures >tests/out/acme.log 2>&1 ;;
+			metrics) ONLY=$names python3 tests/metrics.py tests/xwebhook-asan tests/fixtures tests/xwebhook-tls-asan \
+			    >tests/out/metrics.log 2>&1 ;;
 			esac || exit 1
 		done
 		exit 0
