@@ -27,8 +27,10 @@
 #      (tests/xapi.py): every subcommand against a stand-in for X's API
 #      (tests/x_standin.py) that checks OAuth itself, rate-limits, runs real
 #      CRCs and misbehaves on demand, and --acme against pebble and a
-#      stand-in CA (tests/acme.py); the man page, doc/xwebhook.1, against
-#      --help of both builds, through mandoc's lint, and the README's
+#      stand-in CA (tests/acme.py); systemd's Type=notify protocol and
+#      watchdog against a datagram socket the test binds, with a writer
+#      and a loop really stuck (tests/systemd.py); the man page,
+#      doc/xwebhook.1, against --help of both builds, through mandoc's lint, and the README's
 #      options against --help (tests/doc.py); and every command of the
 #      README, as written, in one shell (tests/readme.py);
 #   5. the static binaries (make static, with musl) in an empty root;
@@ -383,6 +385,7 @@ integration-tls-build  bearssl,tls-asan            suite integration-tls-build "
 tls                    bearssl,tls-asan            suite tls "TLS tests" tests/tls.py "$out/xwebhook-tls-asan" "$fixtures"
 xapi                   bearssl,tls-asan,asan       suite xapi "X API tests" tests/xapi.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 acme                   bearssl,tls-asan,asan       suite acme "ACME tests" tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
+systemd                bearssl,tls-asan,asan       suite systemd "systemd notify tests" tests/systemd.py "$out/xwebhook-asan" "$fixtures" "$out/xwebhook-tls-asan"
 readme                 bearssl,tls-asan            suite readme "the README's commands" tests/readme.py "$out/xwebhook-tls-asan" "$fixtures"
 static                 musl                        stage_static
 fuzz                   libfuzzer                   stage_fuzz

@@ -19,7 +19,7 @@ SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-r
 
 # One mutant per block: a description; the exact text to replace (it must
 # occur once); what replaces it; the tests that must catch it, as
-# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi or acme; NAME filters
+# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, acme or systemd; NAME filters
 # test names, as ONLY does).
 python3 - "$W/mutants.json" <<'PY'
 import json, sys
@@ -310,7 +310,7 @@ PY
 		case "$tests" in *tls*)
 			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
 		esac
-		case "$tests" in *xapi*|*acme*)
+		case "$tests" in *xapi*|*acme*|*systemd*)
 			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
 		esac
 		case "$tests" in *events*) gcc -O2 -o tests/out/xwebhook-gcc xwebhook.c || exit 2; esac
@@ -329,6 +329,8 @@ PY
 			    >tests/out/brokers.log 2>&1 ;;
 			xapi) ONLY=$names python3 tests/xapi.py tests/xwebhook-tls-asan tests/fixtures >tests/out/xapi.log 2>&1 ;;
 			acme) ONLY=$names python3 tests/acme.py tests/xwebhook-tls-asan tests/fixtures >tests/out/acme.log 2>&1 ;;
+			systemd) ONLY=$names python3 tests/systemd.py tests/xwebhook-asan tests/fixtures tests/xwebhook-tls-asan \
+			    >tests/out/systemd.log 2>&1 ;;
 			esac || exit 1
 		done
 		exit 0
