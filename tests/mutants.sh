@@ -309,6 +309,9 @@ M = [
   "next = now + watchdog_ms / 2;", "next = now + watchdog_ms;", "systemd:watchdog_pings"),
  ("WATCHDOG_PID of another process obeyed",
   "(wp == NULL || strtol(wp, NULL, 10) == (long)getpid())", "(wp == NULL || 1)", "systemd:watchdog_pings"),
+ ("no floor under the watchdog's stale time (a writer waiting on stdout looks stuck)",
+  "int64_t stale = watchdog_ms / 2 > WATCHDOG_STALE_MIN_MS ? watchdog_ms / 2 : WATCHDOG_STALE_MIN_MS;",
+  "int64_t stale = watchdog_ms / 2;", "systemd:no_wedge"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY

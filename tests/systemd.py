@@ -176,6 +176,42 @@ def watchdog_pings_at_half_the_interval_for_its_own_pid_only():
         n.close()
 
 
+@test
+def a_stdout_that_does_not_read_is_no_wedge():
+    """The writer rightly waits up to 5 s (SINK_TIMEOUT_S) for a stdout
+    whose reader paused, and answers 503: not a stuck thread, so the pings
+    go on through it (the watchdog's floor, WATCHDOG_STALE_MIN_MS)."""
+    r, w = os.pipe()
+    n = Notify()
+    srv = server(n, stdout=w, watchdog=2000000)
+    os.close(w)
+    answers = []
+
+    def post_until_refused():
+        body = json.dumps({"for_user_id": "1", "pad": "x" * (900 * 1024)}).encode()
+        while len([a for a in answers if a == 503]) < 2 and len(answers) < 40:
+            c = srv.conn(timeout=30)
+            answers.append(it.post(c, body)[0].status)
+            c.close()
+    try:
+        ready(n, srv)
+        t = threading.Thread(target=post_until_refused)
+        t.start()
+        times = []
+        while t.is_alive():
+            times += n.pings(1)
+        t.join()
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert answers.count(503) == 2, answers
+        assert "stdout has taken no event for 5 s" in srv.stderr(), srv.stderr()
+        assert len(times) >= 8 and max(gaps) < 1.4, gaps
+        assert "watchdog" not in srv.stderr(), srv.stderr()
+    finally:
+        srv.stop()
+        os.close(r)
+        n.close()
+
+
 def pty_output():
     """A terminal nobody reads, as --output: the writer's write blocks once
     the terminal's buffer is full, as on a disk that hangs."""
