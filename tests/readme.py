@@ -613,6 +613,58 @@ def the_server_lives_under_the_units_system_call_filter():
         notify.close()
 
 
+# ProtectSystem=strict with ReadWritePaths=, as systemd makes it: every
+# mount read-only in a mount namespace of the server's own, but the one
+# directory given ($1), bound over itself writable; then the command.
+READ_ONLY_BUT = """set -e
+mount --make-rprivate /
+for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+	case $m in /proc*|/sys*|/dev*) ;; *) mount -o remount,bind,ro "$m" ;; esac
+done
+mount --bind "$1" "$1"
+mount -o remount,bind,rw "$1"
+shift
+exec "$@"
+"""
+
+
+@test
+def the_server_lives_on_a_read_only_system_but_its_state_dir():
+    """The unit's ProtectSystem=strict and ReadWritePaths=/var/lib/xwebhook
+    (PID 1 here is not systemd: the same read-only bind mounts, made with
+    unshare): --output, --pid-file and ACME's files are all in the state
+    directory, and the server serves, appends, reloads and stops there."""
+    unit = [b for kind, _, b in blocks() if kind == "unit"][0]
+    assert "\nProtectSystem=strict\nReadWritePaths=/var/lib/xwebhook\n" in unit, unit
+    written = re.findall(r"--(?:output|pid-file) (\S+)", unit)
+    assert len(written) == 2 and all(w.startswith("/var/lib/xwebhook/") for w in written), written
+    d = tempfile.mkdtemp(prefix="read-only-", dir=it.WORK)
+    out, pid = os.path.join(d, "events.jsonl"), os.path.join(d, "xwebhook.pid")
+    p = PKI["p"]
+    s = it.Server("--cert", p["chain"], "--key", p["key"], "--output", out, "--pid-file", pid,
+                  wrap=("unshare", "-m", "sh", "-c", READ_ONLY_BUT, "sh", d))
+    try:
+        c = it.tls_sock(s, p["root"])
+        body = json.dumps({"for_user_id": USER_ID, "read_only": True}).encode()
+        c.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                  b"x-twitter-webhooks-signature: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                  % (HOST.encode(), it.sign(body).encode(), len(body), body))
+        assert it.read_response(c)[0] == 200
+        c.close()
+        assert [json.loads(line) for line in open(out, "rb")] == [json.loads(body)]
+        os.kill(int(open(pid).read()), signal.SIGHUP)
+        assert it.wait_until(lambda: "SIGHUP: reopened --output" in s.stderr(), 10), s.stderr()
+        # The namespace is read-only indeed: the same write, made in it,
+        # fails outside the state directory.
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY_BUT, "sh", d, "sh", "-c",
+                                "touch %s/ok && ! touch %s/no 2>/dev/null" % (d, it.WORK)], timeout=30)
+        assert probe.returncode == 0
+        assert s.stop() == 0, s.stderr()
+        assert not os.path.exists(pid), "the pid file outlived the server"
+    finally:
+        s.stop()
+
+
 @test
 def certbot_deploy_hook_from_the_readme_reloads_and_exits_0():
     """The README's hook exactly as written but for the machine's paths
