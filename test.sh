@@ -84,7 +84,9 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   cppcheck: the analyzer stage; musl-tools: the static binaries;
 #   redis-server, redis-tools and nats-server: --forward against real
 #   brokers; pebble: --acme against a real ACME server; systemd:
-#   systemd-analyze verify on the README's unit; debootstrap: the README's
+#   systemd-analyze verify, security and syscall-filter on the README's
+#   unit (and libseccomp2, its dependency, applies that filter to the
+#   server); debootstrap: the README's
 #   two commands in a fresh Debian root; iproute2: there, the server of the
 #   first in a network namespace of its own (its fixed port 8080 is then
 #   not the machine's); mandoc and man-db: the man page's lint, and its
