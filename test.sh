@@ -29,9 +29,11 @@
 #      (tests/x_standin.py) that checks OAuth itself, rate-limits, runs real
 #      CRCs and misbehaves on demand; login and logout (tests/login.py):
 #      OAuth 2.0 with PKCE, a Python client in the browser's place, the
-#      token's refresh under a lock, links and secrets; and --acme against pebble and a
-#      stand-in CA (tests/acme.py); the man page, doc/xwebhook.1, against
-#      --help of both builds, through mandoc's lint, and the README's
+#      token's refresh under a lock, links and secrets; --acme against pebble and a
+#      stand-in CA (tests/acme.py); systemd's Type=notify protocol and
+#      watchdog against a datagram socket the test binds, with a writer
+#      and a loop really stuck (tests/systemd.py); the man page,
+#      doc/xwebhook.1, against --help of both builds, through mandoc's lint, and the README's
 #      options against --help (tests/doc.py); and every command of the
 #      README, as written, in one shell (tests/readme.py);
 #   5. the static binaries (make static, with musl) in an empty root;
@@ -86,7 +88,9 @@ fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 #   cppcheck: the analyzer stage; musl-tools: the static binaries;
 #   redis-server, redis-tools and nats-server: --forward against real
 #   brokers; pebble: --acme against a real ACME server; systemd:
-#   systemd-analyze verify on the README's unit; debootstrap: the README's
+#   systemd-analyze verify, security and syscall-filter on the README's
+#   unit (and libseccomp2, its dependency, applies that filter to the
+#   server); debootstrap: the README's
 #   two commands in a fresh Debian root; iproute2: there, the server of the
 #   first in a network namespace of its own (its fixed port 8080 is then
 #   not the machine's); mandoc and man-db: the man page's lint, and its
@@ -393,6 +397,7 @@ metrics                asan,bearssl,tls-asan       suite metrics "metrics tests"
 xapi                   bearssl,tls-asan,asan       suite xapi "X API tests" tests/xapi.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 login                  bearssl,tls-asan,asan       suite login "login tests" tests/login.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
 acme                   bearssl,tls-asan,asan       suite acme "ACME tests" tests/acme.py "$out/xwebhook-tls-asan" "$fixtures" "$out/xwebhook-asan"
+systemd                bearssl,tls-asan,asan       suite systemd "systemd notify tests" tests/systemd.py "$out/xwebhook-asan" "$fixtures" "$out/xwebhook-tls-asan"
 readme                 bearssl,tls-asan            suite readme "the README's commands" tests/readme.py "$out/xwebhook-tls-asan" "$fixtures"
 static                 musl                        stage_static
 fuzz                   libfuzzer                   stage_fuzz

@@ -74,6 +74,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -194,6 +195,16 @@ enum {
  * timeout. (A macro: the messages that name it are built from it.) */
 #define SINK_TIMEOUT_S 5
 
+
+/* systemd's watchdog (WATCHDOG_USEC): every event loop and the event
+ * writer wake at least every HEARTBEAT_MS, each stamping its heartbeat,
+ * and WATCHDOG=1 goes out only while every stamp is younger than half the
+ * watchdog's interval, or WATCHDOG_STALE_MIN_MS if that is longer: the
+ * writer may rightly wait SINK_TIMEOUT_S for a stdout that does not read. */
+enum {
+	HEARTBEAT_MS = 1000,
+	WATCHDOG_STALE_MIN_MS = (SINK_TIMEOUT_S + 2) * 1000,
+};
 
 /* Deadlines, in milliseconds. */
 static const int64_t head_timeout = 10000;   /* the head, from its first byte */
@@ -4895,6 +4906,124 @@ static void metrics_request(const struct conn *c);
 static void metrics_handed(void);
 static void metrics_decided(enum status st);
 static void metrics_broker_ack(unsigned i, int64_t us);
+static void log_escape(struct buf *b, const char *s, size_t n);
+
+/* ---- systemd: readiness and the watchdog (Type=notify) ----
+ *
+ * Written by hand, as sd_notify(3) describes it, rather than linking
+ * libsystemd: one datagram per message to the AF_UNIX socket named by
+ * NOTIFY_SOCKET (a path, or an abstract name written with a leading '@'),
+ * never waiting, and a failed send is one warning, never an end. */
+
+static int notify_fd = -1;              /* NOTIFY_SOCKET's, or -1 */
+static struct sockaddr_un notify_addr;
+static socklen_t notify_len;
+static atomic_int notify_failing;       /* the last send failed (warned) */
+static atomic_int serving_up;           /* every listener and thread is up */
+static atomic_int ready_told;           /* READY=1 went out */
+static const char *serving_url;         /* for STATUS= */
+static int64_t watchdog_ms;             /* WATCHDOG_USEC, in ms; 0: none */
+/* The writer's heartbeat (now_ms): it goes round its loop at least every
+ * HEARTBEAT_MS; the watchdog and /healthz call it stuck when this grows old. */
+static _Atomic int64_t writer_beat;
+
+/* Read NOTIFY_SOCKET and WATCHDOG_USEC once, before any thread starts,
+ * and take them out of the environment, so that nothing we might start
+ * speaks for us. A value we cannot use is one warning. */
+static void
+notify_open(void)
+{
+	const char *e = getenv("NOTIFY_SOCKET"), *w = getenv("WATCHDOG_USEC"), *wp = getenv("WATCHDOG_PID");
+	size_t n = e != NULL ? strlen(e) : 0;
+	struct buf shown = { 0 };
+
+	if (e != NULL)
+		log_escape(&shown, e, n < 120 ? n : 120);
+	buf_addc(&shown, '\0');  /* a C string, for the lines below */
+	if (e == NULL) {
+		;
+	} else if (n < 2 || (e[0] != '/' && e[0] != '@')) {
+		warn("warning: NOTIFY_SOCKET '%s' is neither a path (/...) nor an abstract name (@...): "
+		    "systemd is not told when we are ready", shown.p);
+	} else if (n > sizeof(notify_addr.sun_path) - (e[0] == '/')) {
+		warn("warning: NOTIFY_SOCKET '%s...' is %zu bytes, more than a socket's name holds (%zu): "
+		    "systemd is not told when we are ready", shown.p, n, sizeof(notify_addr.sun_path) - (e[0] == '/'));
+	} else if ((notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
+		warn("warning: NOTIFY_SOCKET: cannot make a socket; systemd is not told when we are ready:");
+	} else {
+		memset(&notify_addr, 0, sizeof(notify_addr));
+		notify_addr.sun_family = AF_UNIX;
+		memcpy(notify_addr.sun_path, e, n);
+		if (e[0] == '@')
+			notify_addr.sun_path[0] = '\0';  /* abstract: the name's bytes, no NUL after */
+		notify_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (e[0] == '/'));
+	}
+	buf_free(&shown);
+	if (notify_fd >= 0 && w != NULL && (wp == NULL || strtol(wp, NULL, 10) == (long)getpid())) {
+		char *end;
+		unsigned long long us;
+
+		errno = 0;
+		us = strtoull(w, &end, 10);
+		if (errno != 0 || end == w || *end != '\0' || w[0] == '-' || us < 2000 || us / 1000 > INT32_MAX)
+			warn("warning: WATCHDOG_USEC '%.20s' is no interval in microseconds: no watchdog pings", w);
+		else
+			watchdog_ms = (int64_t)(us / 1000);
+	}
+	unsetenv("NOTIFY_SOCKET");
+	unsetenv("WATCHDOG_USEC");
+	unsetenv("WATCHDOG_PID");
+}
+
+/* Send one message to systemd, if it listens: never waits; a failure is
+ * a warning, once until a send works again. */
+static void
+notify_send(const char *msg)
+{
+	if (notify_fd < 0)
+		return;
+	if (sendto(notify_fd, msg, strlen(msg), MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *)&notify_addr,
+	    notify_len) < 0) {
+		if (!atomic_exchange(&notify_failing, 1))
+			warn("warning: cannot tell systemd %.*s through NOTIFY_SOCKET (going on without):",
+			    (int)strcspn(msg, "\n"), msg);
+	} else if (atomic_exchange(&notify_failing, 0)) {
+		warn("NOTIFY_SOCKET takes our messages again");
+	}
+}
+
+/* Is a certificate served? Always, without HTTPS; with --acme, not until
+ * the first is obtained (or a stored one loaded). */
+static int
+certificate_served(void)
+{
+#ifdef XWEBHOOK_TLS
+	int served;
+
+	if (cert_path == NULL && acme_domain == NULL)
+		return 1;
+	pthread_mutex_lock(&identity_lock);
+	served = current_identity != NULL;
+	pthread_mutex_unlock(&identity_lock);
+	return served;
+#else
+	return 1;
+#endif
+}
+
+/* READY=1, once: when every listener and thread is up (serve) and a
+ * certificate is served (at once, or when ACME installs its first). Either
+ * may come last, so both call this, and the second to come tells. */
+static void
+ready_tell(void)
+{
+	char msg[INET6_ADDRSTRLEN + 400];
+
+	if (!atomic_load(&serving_up) || !certificate_served() || atomic_exchange(&ready_told, 1))
+		return;
+	snprintf(msg, sizeof(msg), "READY=1\nMAINPID=%ld\nSTATUS=serving %s", (long)getpid(), serving_url);
+	notify_send(msg);
+}
 
 /* ---- listening, signals, reload ---- */
 
@@ -4970,6 +5099,15 @@ output_refusal(int err)
 static void
 reload(void)
 {
+	int told = atomic_load(&ready_told);
+	char msg[64];
+
+	/* Type=notify-reload's handshake: the time is how systemd tells this
+	 * reload's RELOADING=1 from an earlier one's. (Before READY=1, say
+	 * nothing: READY=1 is still to come, when a certificate is.) */
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%lld", (long long)now_us());
+	if (told)
+		notify_send(msg);
 	if (output_path != NULL) {
 		int fd = output_open();
 
@@ -4985,6 +5123,8 @@ reload(void)
 	if (cert_path != NULL)
 		identity_reload();
 #endif
+	if (told)
+		notify_send("READY=1");
 }
 
 /* Bind and listen on ADDR:PORT, [V6ADDR]:PORT, :PORT or PORT, and put the
@@ -5548,6 +5688,7 @@ struct loop {
 	struct conn *conns;
 	struct conn *finished;      /* parked connections with their verdict */
 	struct event *events, **events_tail;  /* this turn's, for the writer */
+	_Atomic int64_t beat;       /* when it last woke (now_ms), for the watchdog */
 };
 
 enum { MAX_LOOPS = 8 };
@@ -5771,7 +5912,7 @@ loop_thread(void *arg)
 	thread_name("xwh-loop");
 	metrics_thread_take();
 	for (;;) {
-		int n = epoll_wait(l->epfd, ev, 64, 1000), i, woken = 0;
+		int n = epoll_wait(l->epfd, ev, 64, HEARTBEAT_MS), i, woken = 0;
 		int64_t now;
 
 		for (i = 0; i < n; i++) {
@@ -5790,6 +5931,7 @@ loop_thread(void *arg)
 			l->events_tail = &l->events;
 		}
 		now = now_ms();
+		atomic_store(&l->beat, now);
 		if (now >= sweep || is_stopping()) {
 			/* Close what stayed idle too long, and everything
 			 * once the server is stopping (all of it is idle but
@@ -5843,6 +5985,7 @@ loops_start(void)
 			die("cannot start an event loop:");
 		pthread_mutex_init(&loops[i].lock, NULL);
 		loops[i].events_tail = &loops[i].events;
+		atomic_store(&loops[i].beat, now_ms());
 		/* The stop pipe wakes the loop when it is closed. */
 		memset(&ev, 0, sizeof(ev));
 		ev.events = EPOLLIN;
@@ -6123,8 +6266,58 @@ threads_start(void)
 #endif
 }
 
+/* Has every event loop and the event writer woken lately (see
+ * HEARTBEAT_MS)? If not, say which, once while it lasts. */
+static int
+threads_alive(int64_t now)
+{
+	static int told;
+	int64_t stale = watchdog_ms / 2 > WATCHDOG_STALE_MIN_MS ? watchdog_ms / 2 : WATCHDOG_STALE_MIN_MS;
+	int64_t age = now - atomic_load(&writer_beat);
+	const char *who = "the event writer";
+	unsigned i;
+
+	for (i = 0; i < nloops && age <= stale; i++) {
+		age = now - atomic_load(&loops[i].beat);
+		who = "an event loop";
+	}
+	if (age <= stale) {
+		if (told)
+			warn("watchdog: every event loop and the event writer are awake again; pinging systemd");
+		told = 0;
+		return 1;
+	}
+	if (!told)
+		warn("watchdog: %s has not woken for %lld ms: no more WATCHDOG=1 until it does, so that "
+		    "systemd restarts a server that is stuck", who, (long long)age);
+	told = 1;
+	return 0;
+}
+
+/* WATCHDOG=1 at half the watchdog's interval, while every thread that
+ * must keep going does: how long the accept loop may wait until the next
+ * (NULL: for ever, without a watchdog). */
+static struct timespec *
+watchdog_ping(struct timespec *wait)
+{
+	static int64_t next;
+	int64_t now = now_ms();
+
+	if (watchdog_ms == 0)
+		return NULL;
+	if (now >= next) {
+		if (threads_alive(now))
+			notify_send("WATCHDOG=1");
+		next = now + watchdog_ms / 2;
+	}
+	wait->tv_sec = (time_t)((next - now) / 1000);
+	wait->tv_nsec = (long)((next - now) % 1000) * 1000000;
+	return wait;
+}
+
 /* Accept on lfd (and --acme-http) until SIGINT or SIGTERM, taking SIGHUP
- * in between; signals come in only while ppoll() waits. */
+ * in between, and ping systemd's watchdog; signals come in only while
+ * ppoll() waits. */
 static void
 accept_loop(int lfd, const sigset_t *open_mask)
 {
@@ -6134,7 +6327,8 @@ accept_loop(int lfd, const sigset_t *open_mask)
 		struct pollfd pfd[2];
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
-		int fd, from;
+		struct timespec tick, *wait = watchdog_ping(&tick);
+		int fd, from, r;
 
 		if (reload_signal) {
 			reload_signal = 0;
@@ -6155,11 +6349,13 @@ accept_loop(int lfd, const sigset_t *open_mask)
 		pfd[1].fd = acme_http_fd;  /* --acme-http, or -1 */
 		pfd[0].events = pfd[1].events = POLLIN;
 		pfd[0].revents = pfd[1].revents = 0;
-		if (ppoll(pfd, 2, NULL, open_mask) < 0) {
+		if ((r = ppoll(pfd, 2, wait, open_mask)) < 0) {
 			if (errno == EINTR)
 				continue;
 			die("poll:");
 		}
+		if (r == 0)
+			continue;  /* the watchdog's time */
 		from = (pfd[0].revents & POLLIN) ? 0 : 1;
 		memset(&ss, 0, sizeof(ss));  /* accept4 fills it: this is for the analyzer */
 		fd = accept4(pfd[from].fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -6182,6 +6378,7 @@ connections_drain(int lfd)
 	struct timespec until;
 	unsigned left;
 
+	notify_send("STOPPING=1");
 	close(lfd);
 	if (acme_http_fd >= 0)
 		close(acme_http_fd);
@@ -6216,11 +6413,17 @@ serve(int lfd, const char *url)
 	cond_init_monotonic(&conns_gone);
 	if (pipe2(stop_pipe, O_CLOEXEC) < 0)
 		die("pipe:");
+	notify_open();
 	signals_take(&open_mask);
 	pid_file_write();
 	threads_start();
 	warn("serving %s (events to stdout%s%s%s)", url, output_path ? " and " : "",
 	    output_path ? output_path : "", nforwards > 0 ? " and --forward" : "");
+	serving_url = url;
+	atomic_store(&serving_up, 1);
+	ready_tell();
+	if (!atomic_load(&ready_told))
+		notify_send("STATUS=waiting for the first certificate from the ACME CA");
 	accept_loop(lfd, &open_mask);
 	left = connections_drain(lfd);
 	if (left > 0) {
@@ -7094,10 +7297,6 @@ static struct {
 	unsigned head, n;
 } inflight;
 
-/* When the writer last went round its loop (monotonic ms), which it does
- * at least once a second: /healthz calls it stuck when this grows old. */
-static _Atomic int64_t writer_beat;
-
 static struct batch *
 inflight_at(unsigned i)
 {
@@ -7372,17 +7571,15 @@ writer_thread(void *arg)
 		struct event *batch = NULL;
 		int reopen, take, fd;
 
-		atomic_store_explicit(&writer_beat, now_ms(), memory_order_relaxed);
+		atomic_store(&writer_beat, now_ms());
 		pthread_mutex_lock(&writer.lock);
 		reopen = atomic_load(&output_reopened) >= 0;
 		while (nforwards == 0 && writer.head == NULL && !reopen) {
-			struct timespec beat;
+			/* Awake every HEARTBEAT_MS, idle or not: the watchdog. */
+			struct timespec until = deadline_ts(now_ms() + HEARTBEAT_MS);
 
-			/* A beat a second while idle (see writer_beat). */
-			clock_gettime(CLOCK_REALTIME, &beat);
-			beat.tv_sec += 1;
-			if (pthread_cond_timedwait(&writer.work, &writer.lock, &beat) == ETIMEDOUT)
-				atomic_store_explicit(&writer_beat, now_ms(), memory_order_relaxed);
+			(void)pthread_cond_timedwait(&writer.work, &writer.lock, &until);
+			atomic_store(&writer_beat, now_ms());
 			reopen = atomic_load(&output_reopened) >= 0;
 		}
 		/* A reopened --output is taken up with nothing in flight:
@@ -7453,6 +7650,8 @@ writer_start(void)
 	writer.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (writer.wake_fd < 0)
 		die("cannot make the event writer's eventfd:");
+	cond_init_monotonic(&writer.work);  /* its waits have deadlines now */
+	atomic_store(&writer_beat, now_ms());
 	pthread_attr_init(&a);
 	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
 	if (pthread_create(&t, &a, writer_thread, NULL) != 0)
@@ -8831,7 +9030,7 @@ forward_wait(int events_too)
 {
 	struct pollfd pfd[MAX_FORWARDS + 1];
 	nfds_t n = 0;
-	int timeout = -1;
+	int timeout = HEARTBEAT_MS;  /* the writer wakes for the watchdog and /healthz */
 	uint64_t v;
 	unsigned i;
 
@@ -8850,7 +9049,7 @@ forward_wait(int events_too)
 	if (inflight.n > 0) {
 		int64_t left = inflight_at(0)->deadline - now_ms();
 
-		timeout = left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
+		timeout = left < 0 ? 0 : left > HEARTBEAT_MS ? HEARTBEAT_MS : (int)left;
 	}
 	for (i = 0; i < nforwards && inflight.n == 0; i++) {
 		/* A broker down is dialled again when its backoff ends. */
@@ -8859,8 +9058,8 @@ forward_wait(int events_too)
 		if (!forwards[i].up && (timeout < 0 || left < timeout))
 			timeout = left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
 	}
-	if (timeout < 0 || timeout > 1000)
-		timeout = 1000;  /* a beat a second (see writer_beat) */
+	if (timeout < 0 || timeout > HEARTBEAT_MS)
+		timeout = HEARTBEAT_MS;  /* a beat a second (see writer_beat) */
 	if (poll(pfd, n, timeout) < 0 && errno != EINTR)
 		warn("the event writer cannot wait on the brokers:");
 	if (events_too) {
@@ -14331,6 +14530,7 @@ acme_serve_fallback(void)
 	if (id == NULL && acme_fallback != NULL) {
 		identity_install(acme_fallback, "ACME: meanwhile serving the stored ");
 		acme_fallback = NULL;
+		ready_tell();
 	}
 }
 
@@ -14435,6 +14635,7 @@ acme_thread(void *arg)
 			acme_issued = time(NULL);
 			identity_release(acme_fallback);  /* its successor serves */
 			acme_fallback = NULL;
+			ready_tell();  /* the first certificate: READY=1 now */
 			continue;
 		}
 		if (is_stopping())

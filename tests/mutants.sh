@@ -21,6 +21,7 @@ SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-r
 # occur once); what replaces it; the tests that must catch it, as
 # SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, login or acme; NAME filters
 # SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, acme or metrics; NAME filters
+# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, acme or systemd; NAME filters
 # test names, as ONLY does).
 python3 - "$W/mutants.json" <<'PY'
 import json, sys
@@ -506,6 +507,40 @@ M = [
   "\t\tif (capped == 0)\n\t\t\tmetrics_acme_order(0);", "", "acme:a_failed_validation"),
  ("metrics: the connections gauge says none",
   "\tconns = nconns;\n\tslots = nslots;", "\tconns = 0;\n\tslots = nslots;", "metrics:connections_and_slots"),
+ ("READY=1 before a certificate is served (--acme)",
+  "if (!atomic_load(&serving_up) || !certificate_served() || atomic_exchange(&ready_told, 1))",
+  "if (!atomic_load(&serving_up) || atomic_exchange(&ready_told, 1))", "systemd:acme_ready"),
+ ("no READY=1 when ACME installs the first certificate",
+  "ready_tell();  /* the first certificate: READY=1 now */", "(void)0;", "systemd:acme_ready"),
+ ("no RELOADING=1 before a reload",
+  "\tif (told)\n\t\tnotify_send(msg);", "\tif (0)\n\t\tnotify_send(msg);", "systemd:ready_reloading"),
+ ("MONOTONIC_USEC in milliseconds",
+  "\"RELOADING=1\\nMONOTONIC_USEC=%lld\", (long long)now_us()",
+  "\"RELOADING=1\\nMONOTONIC_USEC=%lld\", (long long)now_ms()", "systemd:ready_reloading"),
+ ("no STOPPING=1",
+  "notify_send(\"STOPPING=1\");", "(void)0;", "systemd:ready_reloading"),
+ ("an abstract NOTIFY_SOCKET keeps its '@'",
+  "notify_addr.sun_path[0] = '\\0';", "(void)0;", "systemd:abstract"),
+ ("a NOTIFY_SOCKET too long for sun_path copied anyway",
+  "} else if (n > sizeof(notify_addr.sun_path) - (e[0] == '/')) {", "} else if (0) {", "systemd:cannot_be_used"),
+ ("a warning for every failed send",
+  "if (!atomic_exchange(&notify_failing, 1))", "if (1)", "systemd:cannot_be_used"),
+ ("WATCHDOG=1 whatever the threads do",
+  "if (threads_alive(now))\n\t\t\tnotify_send(\"WATCHDOG=1\");",
+  "if (threads_alive(now) || 1)\n\t\t\tnotify_send(\"WATCHDOG=1\");", "systemd:writer_stuck,loop_stopped"),
+ ("the event loops' heartbeats not looked at",
+  "for (i = 0; i < nloops && age <= stale; i++) {", "for (i = 0; i < 0 && age <= stale; i++) {",
+  "systemd:loop_stopped"),
+ ("an idle writer sleeps until work comes",
+  "(void)pthread_cond_timedwait(&writer.work, &writer.lock, &until);",
+  "(void)until;\n\t\t\tpthread_cond_wait(&writer.work, &writer.lock);", "systemd:watchdog_pings"),
+ ("WATCHDOG=1 at the whole interval, not half",
+  "next = now + watchdog_ms / 2;", "next = now + watchdog_ms;", "systemd:watchdog_pings"),
+ ("WATCHDOG_PID of another process obeyed",
+  "(wp == NULL || strtol(wp, NULL, 10) == (long)getpid())", "(wp == NULL || 1)", "systemd:watchdog_pings"),
+ ("no floor under the watchdog's stale time (a writer waiting on stdout looks stuck)",
+  "int64_t stale = watchdog_ms / 2 > WATCHDOG_STALE_MIN_MS ? watchdog_ms / 2 : WATCHDOG_STALE_MIN_MS;",
+  "int64_t stale = watchdog_ms / 2;", "systemd:no_wedge"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
@@ -539,6 +574,7 @@ PY
 			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
 		esac
 		case "$tests" in *xapi*|*acme*|*login*)
+		case "$tests" in *xapi*|*acme*|*systemd*)
 			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
 		esac
 		case "$tests" in *events*) gcc -O2 -o tests/out/xwebhook-gcc xwebhook.c || exit 2; esac
@@ -560,6 +596,8 @@ PY
 			acme) ONLY=$names python3 tests/acme.py tests/xwebhook-tls-asan tests/fixtures >tests/out/acme.log 2>&1 ;;
 			metrics) ONLY=$names python3 tests/metrics.py tests/xwebhook-asan tests/fixtures tests/xwebhook-tls-asan \
 			    >tests/out/metrics.log 2>&1 ;;
+			systemd) ONLY=$names python3 tests/systemd.py tests/xwebhook-asan tests/fixtures tests/xwebhook-tls-asan \
+			    >tests/out/systemd.log 2>&1 ;;
 			esac || exit 1
 		done
 		exit 0

@@ -536,12 +536,15 @@ def systemd_unit_from_the_readme_verifies():
     """The README's unit as written, with the binary where it says
     (/usr/local/bin/xwebhook, here the test build): systemd-analyze
     verify finds nothing to say, and it runs the server as the issue asks
-    (a user, the one capability to bind 443, restarts on failure)."""
+    (a user, the one capability to bind 443, restarts on failure, tells
+    when it is ready, has a watchdog); systemd-analyze security --offline
+    rates it as the README says."""
     if shutil.which("systemd-analyze") is None:
         raise AssertionError("systemd-analyze is not installed (./test.sh installs systemd as root)")
     unit = [b for kind, _, b in blocks() if kind == "unit"][0] + "\n"
     for line in ("User=xwebhook", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "Restart=on-failure",
-                 "ExecReload=/bin/kill -HUP $MAINPID"):
+                 "ExecReload=/bin/kill -HUP $MAINPID", "Type=notify", "WatchdogSec=30", "UMask=0077",
+                 "SystemCallFilter=@system-service", "ProtectSystem=strict", "ReadWritePaths=/var/lib/xwebhook"):
         assert "\n" + line + "\n" in unit, line
     d = os.path.join(it.WORK, "systemd")
     os.makedirs(d, exist_ok=True)
@@ -555,6 +558,14 @@ def systemd_unit_from_the_readme_verifies():
         f.write(unit.replace("/usr/local/bin/xwebhook", BIN).replace("Restart=on-failure", "Restart=sometimes"))
     p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
     assert "restart specifier" in p.stdout + p.stderr, p.stdout + p.stderr
+    # The exposure score the README gives is the one systemd-analyze gives.
+    with open(path, "w") as f:
+        f.write(unit.replace("/usr/local/bin/xwebhook", BIN))
+    p = subprocess.run(["systemd-analyze", "security", "--offline=yes", path], capture_output=True, text=True,
+                       timeout=60)
+    score = re.search(r"Overall exposure level for xwebhook.service: (\d+\.\d+) (\w+)", p.stdout + p.stderr)
+    assert score, p.stdout + p.stderr
+    assert "rates the unit %s (%s)" % score.groups() in readme().replace("\n", " "), score.groups()
     # Its command line is one the binary takes (it refuses only for the
     # files missing here, naming the first). Run with the machine's own
     # paths swapped for the test's: a live install (a real
@@ -567,6 +578,147 @@ def systemd_unit_from_the_readme_verifies():
                        env={"PATH": os.environ["PATH"], "TWITTER_CONSUMER_SECRET": it.SECRET})
     assert r.returncode == 1 and etc + "/secret" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not os.path.exists(state), "the refused start made " + state
+
+
+def syscall_set(name, seen=None):
+    """Every system call in systemd's set @name, its nested sets expanded,
+    as this systemd's systemd-analyze syscall-filter lists them."""
+    seen = set() if seen is None else seen
+    out = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    calls = set()
+    for word in (line.strip() for line in out.splitlines()[1:]):
+        if word.startswith("@") and word not in seen:
+            seen.add(word)
+            calls |= syscall_set(word, seen)
+        elif word and not word.startswith(("#", "@")):
+            calls.add(word)
+    return calls
+
+
+def unit_seccomp(allowed):
+    """For preexec_fn: what the unit's SystemCallFilter= does, through
+    libseccomp (which systemd uses for it), but harsher: a call outside the
+    set kills the process (the unit's SystemCallErrorNumber=EPERM would let
+    it fail and go on), so the server cannot survive one unnoticed."""
+    import ctypes
+    lib = ctypes.CDLL("libseccomp.so.2")
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    numbers = [lib.seccomp_syscall_resolve_name(n.encode()) for n in sorted(allowed)]
+
+    def load():
+        ctx = lib.seccomp_init(0x80000000)  # SCMP_ACT_KILL_PROCESS
+        for nr in numbers:
+            if nr >= 0 and lib.seccomp_rule_add(ctx, 0x7fff0000, nr, 0) != 0:  # SCMP_ACT_ALLOW
+                os._exit(121)
+        if lib.seccomp_load(ctx) != 0:
+            os._exit(122)
+    return load
+
+
+@test
+def the_server_lives_under_the_units_system_call_filter():
+    """PID 1 here is not systemd, so the unit cannot be started; its
+    SystemCallFilter= lines (read from the README's unit) are applied with
+    libseccomp instead, killing on anything else, and the server does what
+    it does in a day: answers a CRC and a signed event over HTTPS, appends
+    to --output, tells NOTIFY_SOCKET it is ready and pings the watchdog,
+    reloads on SIGHUP and stops on SIGTERM with status 0."""
+    unit = [b for kind, _, b in blocks() if kind == "unit"][0]
+    filters = [line.split("=", 1)[1].split() for line in unit.splitlines() if line.startswith("SystemCallFilter=")]
+    assert filters and not filters[0][0].startswith("~"), filters
+    allowed = set().union(*(syscall_set(n) for n in filters[0]))
+    for deny in filters[1:]:
+        assert deny[0].startswith("~"), deny
+        allowed -= set().union(*(syscall_set(n.lstrip("~")) for n in deny))
+    assert {"sendto", "epoll_wait", "ppoll"} <= allowed and "setuid" not in allowed, len(allowed)
+    d = tempfile.mkdtemp(prefix="seccomp-", dir=it.WORK)
+    out = os.path.join(d, "events.jsonl")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(os.path.join(d, "notify"))
+    notify.settimeout(20)
+    p = PKI["p"]
+    s = it.Server("--cert", p["chain"], "--key", p["key"], "--output", out, preexec=unit_seccomp(allowed),
+                  env={"NOTIFY_SOCKET": os.path.join(d, "notify"), "WATCHDOG_USEC": "2000000",
+                       # LeakSanitizer's check at exit ptraces every thread
+                       # from a process of its own, which the filter kills
+                       # (and the build installed has no sanitizer).
+                       "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"})
+    try:
+        assert notify.recv(4096).startswith(b"READY=1\n")
+        c = it.tls_sock(s, p["root"])
+        c.sendall(b"GET /webhooks/twitter?crc_token=abc HTTP/1.1\r\nHost: %s\r\n\r\n" % HOST.encode())
+        assert it.read_response(c)[0] == 200
+        body = json.dumps({"for_user_id": USER_ID, "seccomp": True}).encode()
+        c.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                  b"x-twitter-webhooks-signature: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                  % (HOST.encode(), it.sign(body).encode(), len(body), body))
+        assert it.read_response(c)[0] == 200
+        c.close()
+        assert [json.loads(line) for line in open(out, "rb")] == [json.loads(body)]
+        assert notify.recv(4096) == b"WATCHDOG=1"
+        s.proc.send_signal(signal.SIGHUP)
+        assert it.wait_until(lambda: "SIGHUP: now serving" in s.stderr(), 10), s.stderr()
+        assert s.stop() == 0, s.stderr()
+        assert "stopped" in s.stderr(), s.stderr()
+    finally:
+        s.stop()
+        notify.close()
+
+
+# ProtectSystem=strict with ReadWritePaths=, as systemd makes it: every
+# mount read-only in a mount namespace of the server's own, but the one
+# directory given ($1), bound over itself writable; then the command.
+READ_ONLY_BUT = """set -e
+mount --make-rprivate /
+for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+	case $m in /proc*|/sys*|/dev*) ;; *) mount -o remount,bind,ro "$m" ;; esac
+done
+mount --bind "$1" "$1"
+mount -o remount,bind,rw "$1"
+shift
+exec "$@"
+"""
+
+
+@test
+def the_server_lives_on_a_read_only_system_but_its_state_dir():
+    """The unit's ProtectSystem=strict and ReadWritePaths=/var/lib/xwebhook
+    (PID 1 here is not systemd: the same read-only bind mounts, made with
+    unshare): --output, --pid-file and ACME's files are all in the state
+    directory, and the server serves, appends, reloads and stops there."""
+    unit = [b for kind, _, b in blocks() if kind == "unit"][0]
+    assert "\nProtectSystem=strict\nReadWritePaths=/var/lib/xwebhook\n" in unit, unit
+    written = re.findall(r"--(?:output|pid-file) (\S+)", unit)
+    assert len(written) == 2 and all(w.startswith("/var/lib/xwebhook/") for w in written), written
+    d = tempfile.mkdtemp(prefix="read-only-", dir=it.WORK)
+    out, pid = os.path.join(d, "events.jsonl"), os.path.join(d, "xwebhook.pid")
+    p = PKI["p"]
+    s = it.Server("--cert", p["chain"], "--key", p["key"], "--output", out, "--pid-file", pid,
+                  wrap=("unshare", "-m", "sh", "-c", READ_ONLY_BUT, "sh", d))
+    try:
+        c = it.tls_sock(s, p["root"])
+        body = json.dumps({"for_user_id": USER_ID, "read_only": True}).encode()
+        c.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                  b"x-twitter-webhooks-signature: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                  % (HOST.encode(), it.sign(body).encode(), len(body), body))
+        assert it.read_response(c)[0] == 200
+        c.close()
+        assert [json.loads(line) for line in open(out, "rb")] == [json.loads(body)]
+        os.kill(int(open(pid).read()), signal.SIGHUP)
+        assert it.wait_until(lambda: "SIGHUP: reopened --output" in s.stderr(), 10), s.stderr()
+        # The namespace is read-only indeed: the same write, made in it,
+        # fails outside the state directory.
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY_BUT, "sh", d, "sh", "-c",
+                                "touch %s/ok && ! touch %s/no 2>/dev/null" % (d, it.WORK)], timeout=30)
+        assert probe.returncode == 0
+        assert s.stop() == 0, s.stderr()
+        assert not os.path.exists(pid), "the pid file outlived the server"
+    finally:
+        s.stop()
 
 
 @test
