@@ -12410,7 +12410,7 @@ x_validate_confirm(const struct x_command *xc, const char *id, const struct url 
 	int64_t deadline = now_ms() + x_validate_wait_ms;
 	struct x_command row = *x_command("webhooks", NULL);
 	enum x_listed seen = X_NOT_LISTED;
-	const char *const none[] = { "webhooks", NULL };
+	const char *const none[3] = { "webhooks", "", "" };  /* (words for %1 and %2, which it has not) */
 	char *cred[4] = { NULL, NULL, NULL, NULL };
 	const char *lacks;
 	struct answer a;
@@ -12518,7 +12518,7 @@ xaa_list(const struct x_command *xc, const char *const *args)
 {
 	char *cred[4] = { NULL, NULL, NULL, NULL }, *bearer = NULL;
 	struct buf all = { 0 }, token = { 0 }, query = { 0 }, out = { 0 }, safe = { 0 };
-	const char *page[3] = { args[0], "", NULL };
+	const char *page[3] = { args[0], "", "" };  /* (a word for %2 too, which x_request could read) */
 	size_t count = 0;
 	int pages, rc = 1;
 	struct url u;

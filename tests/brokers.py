@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -367,21 +368,25 @@ def noscript_mid_batch_resends_it_whole_and_its_first_ack_stands_for_nothing():
     # NOSCRIPT: the batch is sent again whole on a fresh connection, and
     # only the replies to that resend count: the first one ("duplicate")
     # answers nobody alone, the second lets both have their 200.
-    h, _, srv = held()
+    h, _, srv = held(metrics=True)
     try:
         posters = []
         for k in range(4):
             posters.append(Poster(srv, b'{"n":%d}' % k))
             assert h.wait_xadds(k + 1)
         posters += [Poster(srv, b'{"n":4}'), Poster(srv, b'{"n":5}')]
-        time.sleep(0.5)  # queued at the writer, which has four out
+        # Both queued at the writer, which has four out.
+        assert it.wait_until(lambda: writer_queue(srv) == 6, 10), writer_queue(srv)
         h.answer_together(0, 3)
         assert h.wait_xadds(6) and h.xadds[4][0] is h.xadds[5][0]
         assert [p.result() for p in posters[:4]] == [200] * 4
         h.answer(4)
         h.answer(5, b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
         assert h.wait_xadds(8), "the batch was not sent again"
-        assert [e for _, e in h.xadds[6:]] == [b'{"n":4}', b'{"n":5}']
+        # (4 and 5 were posted at once: either may come first)
+        batch = [e for _, e in h.xadds[4:6]]
+        assert sorted(batch) == [b'{"n":4}', b'{"n":5}'], batch
+        assert [e for _, e in h.xadds[6:]] == batch, "the resend is not the batch, whole and in its order"
         h.answer(6, b"+duplicate\r\n")
         posters[4].join(1)
         assert posters[4].status is None and posters[5].status is None, "answered before the resend's replies"
@@ -581,22 +586,24 @@ def nats_url(n, subject, token=TOKEN):
 
 class Haproxy:
     """A real haproxy of the test's own in front of xwebhook instances:
-    its config generated into the test's temp dir, free loopback ports, a
-    CRC GET as each instance's health check (every 100 ms, down after two
-    failures), and its stats page to see what it thinks of each."""
+    its config generated into the test's temp dir, free loopback ports,
+    each instance's GET /healthz on its --metrics port as its health check
+    (as the README's runbook says; every 100 ms, down after two failures),
+    and its stats page to see what it thinks of each. ports: (webhook
+    port, metrics port) of each instance."""
 
     def __init__(self, ports):
         self.port, self.stats = free_port(), free_port()
         self.data = tempfile.mkdtemp(prefix="haproxy-", dir=it.WORK)
         self.conf = os.path.join(self.data, "haproxy.cfg")
-        servers = "".join("    server i%d 127.0.0.1:%d check inter 100ms fall 2 rise 1\n" % (k, p)
-                          for k, p in enumerate(ports))
+        servers = "".join("    server i%d 127.0.0.1:%d check port %d inter 100ms fall 2 rise 1\n" % (k, p, m)
+                          for k, (p, m) in enumerate(ports))
         with open(self.conf, "w") as f:
             f.write("global\n    maxconn 512\n"
                     "defaults\n    mode http\n    timeout connect 2s\n    timeout client 20s\n"
                     "    timeout server 20s\n    retries 3\n    option redispatch\n"
                     "frontend webhook\n    bind 127.0.0.1:%d\n    default_backend xwebhook\n"
-                    "backend xwebhook\n    option httpchk GET /webhooks/twitter?crc_token=health\n"
+                    "backend xwebhook\n    option httpchk GET /healthz\n"
                     "    http-check expect status 200\n%s"
                     "listen stats\n    bind 127.0.0.1:%d\n    stats enable\n    stats uri /stats\n"
                     % (self.port, servers, self.stats))
@@ -656,8 +663,10 @@ def two_instances_behind_haproxy_store_each_event_once_through_a_kill_9():
     n = Nats()
     n.create_stream("EVENTS", ["x.events.>"])
     fwd = ("--forward", url(r, "x:events"), "--forward", nats_url(n, "x.events.{type}"), "--quiet")
-    a, b = it.Server(*fwd), it.Server(*fwd)
-    hp = Haproxy([a.port, b.port])
+    ma, mb = free_port(), free_port()
+    a = it.Server(*fwd, "--metrics", "127.0.0.1:%d" % ma)
+    b = it.Server(*fwd, "--metrics", "127.0.0.1:%d" % mb)
+    hp = Haproxy([(a.port, ma), (b.port, mb)])
     same = b'{"for_user_id":"9","tweet_create_events":[{"id_str":"42"}]}'
     done = {}
     try:
@@ -993,13 +1002,30 @@ class HeldRedis(threading.Thread):
                     pass
 
 
-def held(output=False):
+def held(output=False, metrics=False):
     """A HeldRedis, and a server forwarding to it (with output, also to
-    an --output file): (stand-in, the file's path, server)."""
+    an --output file; with metrics, --metrics on srv.metrics_port):
+    (stand-in, the file's path, server)."""
     h = HeldRedis()
     path = os.path.join(it.WORK, "held-%d.jsonl" % h.port)
     args = ["--output", path] if output else []
-    return h, path, it.Server(*args, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    port = it.free_port()
+    if metrics:
+        args += ["--metrics", "127.0.0.1:%d" % port]
+    srv = it.Server(*args, "--forward", "redis://127.0.0.1:%d/s" % h.port)
+    srv.metrics_port = port
+    return h, path, srv
+
+
+def writer_queue(srv):
+    """xwebhook_writer_queue_events, from the server's --metrics."""
+    c = http.client.HTTPConnection("127.0.0.1", srv.metrics_port, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    return int(re.search(r"^xwebhook_writer_queue_events (\d+)$", text, re.M).group(1))
 
 
 class Poster(threading.Thread):

@@ -26,6 +26,9 @@ cleanup() {
 	for m in proc sys dev; do
 		umount -R "$root/$m" 2>/dev/null || umount -lR "$root/$m" 2>/dev/null
 	done
+	if findmnt -rn -o TARGET | grep -qx "$(realpath -m "$root")"; then
+		umount "$root" 2>/dev/null || umount -l "$root" 2>/dev/null
+	fi
 	# Never remove a tree something is still mounted in.
 	if ! findmnt -rn -o TARGET | grep -q "^$(realpath -m "$root")/"; then
 		rm -rf "$root"
@@ -61,6 +64,11 @@ else
 	echo "fresh-root: $passed passed, $failed failed"
 	exit 1
 fi
+# Its own root mount, as a machine has (a chroot's / is otherwise no mount
+# point, and unshare -m in it cannot make its mounts private: readme.py's
+# read-only system needs that), private, so nothing propagates either way.
+mount --bind "$root" "$root"
+mount --make-private "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"

@@ -193,6 +193,13 @@ def the_whole_flow_login_stores_the_token_and_user_calls_carry_it():
         sent = [r for r in w.x.requests if r["path"].endswith("/subscriptions/all")][-1]
         assert sent["headers"]["Authorization"] == "Bearer " + t["access_token"], sent["headers"]
         assert w.x.oauth2.grants[-1][0] == "authorization_code"  # not refreshed: it lasts 2 h
+        # subscribed and a private X Activity API event carry it too.
+        rc, out, err = w.run("subscribed", WID)
+        assert rc == 0 and json.loads(out) == {"data": {"subscribed": True}}, (rc, out, err)
+        assert w.x.requests[-1]["headers"]["Authorization"] == "Bearer " + t["access_token"]
+        rc, out, err = w.run("activity", "add", "like.create", "--user-id", USER_ID, "--direction", "inbound")
+        assert rc == 0 and json.loads(out)["data"]["subscription"]["event_type"] == "like.create", (rc, out, err)
+        assert w.x.requests[-1]["headers"]["Authorization"] == "Bearer " + t["access_token"]
         # The app's Bearer calls are untouched by it.
         rc, out, err = w.run("webhooks", oauth1=True)
         assert rc == 0 and w.x.requests[-1]["headers"]["Authorization"] == "Bearer " + CRED["TWITTER_BEARER_TOKEN"]

@@ -34,7 +34,13 @@ FIXTURE_TYPES = {
     "tweet_delete_events.json": "tweet_delete_events",
     "user_event_revoke.json": "user_event",
     "v2_filtered_stream_webhook_post.json": "filtered_stream",
+    "v2activity_chat.received.json": "chat.received",
+    "v2activity_dm.received.json": "dm.received",
+    "v2activity_follow.follow.json": "follow.follow",
+    "v2activity_like.create.json": "like.create",
+    "v2activity_news.new.json": "news.new",
     "v2activity_post.create.json": "post.create",
+    "v2activity_profile.update.bio.json": "profile.update.bio",
 }
 
 

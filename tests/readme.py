@@ -71,7 +71,9 @@ SUBSTITUTIONS = [
     ("./xwebhook login ", "./xwebhook --api {api} --cacert {ca} --auth-url {api}/i/oauth2/authorize --port {login_port} "
      "login ", "X's authorize page is the stand-in's, which a thread of the test follows as a browser"),
     (re.compile(r"\./xwebhook (webhooks|register|validate|subscribe|subscriptions|replay|activity)\b"),
-     r"./xwebhook --api {api} --cacert {ca} \1", "X's API is the stand-in, tests/x_standin.py"),
+     r"./xwebhook --api {api} --cacert {ca} --state-dir {root}/no-login \1",
+     "X's API is the stand-in, tests/x_standin.py; no token of this machine's own login is read (a later "
+     "--state-dir, as the README's after login, wins)"),
     ("6379", "{redis_port}", "the test's own redis-server"),
     ("4222", "{nats_port}", "the test's own nats-server"),
     (re.compile(r"(--pid-file \S+xwebhook\.pid)$", re.M), r"\1 &",

@@ -58,7 +58,11 @@ class World:
         if creds:
             e.update(CRED)
         e.update(env or {})
-        p = subprocess.run([it.BIN, "--api", base or self.x.base, "--cacert", cacert or PKI["p"]["root"], *args],
+        # --state-dir: a path that is not there, so that user-context calls
+        # never carry a token `xwebhook login` left in this machine's own
+        # /var/lib/xwebhook (tests/login.py covers that token).
+        p = subprocess.run([it.BIN, "--api", base or self.x.base, "--cacert", cacert or PKI["p"]["root"],
+                            "--state-dir", os.path.join(it.WORK, "no-login-here"), *args],
                            env=e, capture_output=True, timeout=60)
         out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
         it.check_sanitizers(err)
