@@ -8990,7 +8990,8 @@ forward_send(struct batch *b, const char **why)
 				return -1;
 			}
 			if (forward_open(f, b->deadline, detail, sizeof(detail)) < 0) {
-				warn("--forward %s: %s; POSTs get 503 until it answers", f->shown, detail);
+				if (f->backoff == FORWARD_BACKOFF_MIN_MS)  /* once an outage */
+					warn("--forward %s: %s; POSTs get 503 until it answers", f->shown, detail);
 				forward_down(f);
 				*why = "the broker is unreachable; try again";
 				return -1;
@@ -9161,10 +9162,15 @@ forward_redial(void)
 
 		if (f->up || now_ms() < f->retry_at)
 			continue;
-		if (forward_open(f, now_ms() + FORWARD_CONNECT_MS, why, sizeof(why)) < 0)
+		if (forward_open(f, now_ms() + FORWARD_CONNECT_MS, why, sizeof(why)) < 0) {
+			/* Said as a batch that finds it down says it, once an
+			 * outage: the first dial after it was up (backoff least). */
+			if (f->backoff == FORWARD_BACKOFF_MIN_MS)
+				warn("--forward %s: %s; POSTs get 503 until it answers", f->shown, why);
 			forward_down(f);
-		else
+		} else {
 			warn("--forward %s: connected", f->shown);
+		}
 	}
 }
 

@@ -250,6 +250,46 @@ def killed_and_restarted(broker, forward, stored_events, what):
 
 
 @test
+def a_broker_that_dies_while_idle_is_logged_and_its_return_too():
+    # No event in flight: the writer sees the connection close, dials
+    # again at once and fails. That failure is one line in the log (it
+    # was silent, and the next POSTs got 503 with no line at all), and
+    # the broker's return is another, without any event to find it.
+    r = Redis()
+    srv = it.Server("--forward", url(r, "idle"))
+    try:
+        assert it.post(srv.conn(), b'{"while":"first"}')[0].status == 200
+        r.kill()
+        assert it.wait_until(lambda: "POSTs get 503 until it answers" in srv.stderr(), 10), srv.stderr()
+        assert it.post(srv.conn(), b'{"while":"down"}')[0].status == 503
+        # Once an outage, not once a dial: a listener on the port that
+        # closes each connection sees three more dials fail, silently.
+        dials = []
+        lsn = socket.create_server(("127.0.0.1", r.port))
+
+        def closer():
+            while True:
+                try:
+                    c, _ = lsn.accept()
+                except OSError:
+                    return
+                dials.append(1)
+                c.close()
+        threading.Thread(target=closer, daemon=True).start()
+        try:
+            assert it.wait_until(lambda: len(dials) >= 3, 20), len(dials)
+        finally:
+            lsn.close()
+        assert srv.stderr().count("POSTs get 503 until it answers") == 1, srv.stderr()
+        r.start()
+        assert it.wait_until(lambda: srv.stderr().endswith(": connected\n"), 15), srv.stderr()
+        assert it.post(srv.conn(), b'{"while":"up"}')[0].status == 200
+    finally:
+        srv.stop()
+        r.stop()
+
+
+@test
 def redis_killed_and_restarted_loses_no_acknowledged_event():
     r = Redis()
     killed_and_restarted(r, url(r, "durable"), lambda: [ev for _, ev, _ in r.entries("durable")], "redis")

@@ -19,9 +19,8 @@ SAN="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-r
 
 # One mutant per block: a description; the exact text to replace (it must
 # occur once); what replaces it; the tests that must catch it, as
-# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, login or acme; NAME filters
-# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, acme or metrics; NAME filters
-# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, acme or systemd; NAME filters
+# SUITE:NAME,NAME (SUITE is unit, unit-tls, int, tls, events, fault, brokers, xapi, login, acme, metrics
+# or systemd; NAME filters
 # test names, as ONLY does).
 python3 - "$W/mutants.json" <<'PY'
 import json, sys
@@ -541,6 +540,14 @@ M = [
  ("no floor under the watchdog's stale time (a writer waiting on stdout looks stuck)",
   "int64_t stale = watchdog_ms / 2 > WATCHDOG_STALE_MIN_MS ? watchdog_ms / 2 : WATCHDOG_STALE_MIN_MS;",
   "int64_t stale = watchdog_ms / 2;", "systemd:no_wedge"),
+ ("a broker that dies while idle goes unsaid (the writer's own dial fails silently)",
+  "\t\t\tif (f->backoff == FORWARD_BACKOFF_MIN_MS)\n\t\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
+  "\t\t\tif (0)\n\t\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
+  "brokers:a_broker_that_dies_while_idle"),
+ ("every failed dial of an outage logged, while idle",
+  "\t\t\tif (f->backoff == FORWARD_BACKOFF_MIN_MS)\n\t\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
+  "\t\t\tif (1)\n\t\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
+  "brokers:a_broker_that_dies_while_idle"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
