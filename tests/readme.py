@@ -598,6 +598,15 @@ def syscall_set(name, seen=None):
     return calls
 
 
+def signed_post(c, body):
+    """POST body as X does, signed, on the TLS socket c (the last request
+    on it): the answer's status."""
+    c.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+              b"x-twitter-webhooks-signature: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+              % (HOST.encode(), it.sign(body).encode(), len(body), body))
+    return it.read_response(c)[0]
+
+
 def unit_seccomp(allowed):
     """For preexec_fn: what the unit's SystemCallFilter= does, through
     libseccomp (which systemd uses for it), but harsher: a call outside the
@@ -655,10 +664,7 @@ def the_server_lives_under_the_units_system_call_filter():
         c.sendall(b"GET /webhooks/twitter?crc_token=abc HTTP/1.1\r\nHost: %s\r\n\r\n" % HOST.encode())
         assert it.read_response(c)[0] == 200
         body = json.dumps({"for_user_id": USER_ID, "seccomp": True}).encode()
-        c.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                  b"x-twitter-webhooks-signature: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                  % (HOST.encode(), it.sign(body).encode(), len(body), body))
-        assert it.read_response(c)[0] == 200
+        assert signed_post(c, body) == 200
         c.close()
         assert [json.loads(line) for line in open(out, "rb")] == [json.loads(body)]
         assert notify.recv(4096) == b"WATCHDOG=1"
@@ -704,10 +710,7 @@ def the_server_lives_on_a_read_only_system_but_its_state_dir():
     try:
         c = it.tls_sock(s, p["root"])
         body = json.dumps({"for_user_id": USER_ID, "read_only": True}).encode()
-        c.sendall(b"POST /webhooks/twitter HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                  b"x-twitter-webhooks-signature: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                  % (HOST.encode(), it.sign(body).encode(), len(body), body))
-        assert it.read_response(c)[0] == 200
+        assert signed_post(c, body) == 200
         c.close()
         assert [json.loads(line) for line in open(out, "rb")] == [json.loads(body)]
         os.kill(int(open(pid).read()), signal.SIGHUP)
