@@ -577,11 +577,7 @@ PY
 		cd "$d" || exit 2
 		mkdir -p tests/out
 		cc $SAN -o tests/xwebhook-asan xwebhook.c 2>tests/out/build.log || exit 2
-		case "$tests" in *tls*)
-			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
-		esac
-		case "$tests" in *xapi*|*acme*|*login*)
-		case "$tests" in *xapi*|*acme*|*systemd*)
+		case "$tests" in *tls*|*xapi*|*acme*|*login*|*metrics*|*systemd*)
 			cc $SAN -DXWEBHOOK_TLS -o tests/xwebhook-tls-asan xwebhook.c -lbearssl 2>>tests/out/build.log || exit 2
 		esac
 		case "$tests" in *events*) gcc -O2 -o tests/out/xwebhook-gcc xwebhook.c || exit 2; esac
