@@ -203,7 +203,7 @@ def a_stdout_that_does_not_read_is_no_wedge():
         t.join()
         gaps = [b - a for a, b in zip(times, times[1:])]
         assert answers.count(503) == 2, answers
-        assert "stdout has taken no event for 5 s" in srv.stderr(), srv.stderr()
+        assert it.wait_until(lambda: "stdout has taken no event for 5 s" in srv.stderr(), 10), srv.stderr()  # (the log is written apart)
         assert len(times) >= 8 and max(gaps) < 1.4, gaps
         assert "watchdog" not in srv.stderr(), srv.stderr()
     finally:
@@ -364,7 +364,7 @@ def a_notify_socket_that_cannot_be_used_is_one_warning_and_the_server_serves():
     srv = server(n, watchdog="soon")
     try:
         ready(n, srv)
-        assert "WATCHDOG_USEC 'soon' is no interval" in srv.stderr(), srv.stderr()
+        assert it.wait_until(lambda: "WATCHDOG_USEC 'soon' is no interval" in srv.stderr(), 10), srv.stderr()  # (the log is written apart)
         assert n.pings(1.2) == []
     finally:
         srv.stop()
@@ -399,7 +399,7 @@ def acme_ready_only_once_the_first_certificate_is_served():
         assert m == {"STATUS": "waiting for the first certificate from the ACME CA"}, m
         m, _ = n.next(60)
         assert m is not None and m.get("READY") == "1", m
-        assert "ACME: now serving certificate" in srv.stderr(), srv.stderr()
+        assert it.wait_until(lambda: "ACME: now serving certificate" in srv.stderr(), 10), srv.stderr()  # (the log is written apart)
         status, _, serial = acme.https_crc(srv.port, p.root())
         assert status == 200 and serial == p.issued()[0].lstrip("0")
     finally:
