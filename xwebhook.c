@@ -445,6 +445,17 @@ xmalloc(size_t n)
 	return p;
 }
 
+/* A copy of s (of a credential, say, for one more call: x_call wipes
+ * and frees what it is given). */
+static char *
+xstrdup(const char *s)
+{
+	char *c = xmalloc(strlen(s) + 1);
+
+	memcpy(c, s, strlen(s) + 1);
+	return c;
+}
+
 #ifdef XWEBHOOK_TLS
 static void *
 xrealloc(void *p, size_t n)
@@ -8971,6 +8982,25 @@ forward_open(struct forward *f, int64_t deadline, char *why, size_t wn)
 	return 0;
 }
 
+/* Dial f, which is down, by deadline: 0, or -1 with f down again. Each
+ * is one line in the log; a failure once an outage (the first dial since
+ * it was up, whose backoff is the least), whether a batch or the idle
+ * writer dials. */
+static int
+forward_dial(struct forward *f, int64_t deadline)
+{
+	char why[400];
+
+	if (forward_open(f, deadline, why, sizeof(why)) < 0) {
+		if (f->backoff == FORWARD_BACKOFF_MIN_MS)
+			warn("--forward %s: %s; POSTs get 503 until it answers", f->shown, why);
+		forward_down(f);
+		return -1;
+	}
+	warn("--forward %s: connected", f->shown);
+	return 0;
+}
+
 /* Send batch b to every broker, dialling one that is down: 0, or -1
  * with why (a static string) and the reason logged, every batch in
  * flight then failing with it. */
@@ -8989,14 +9019,10 @@ forward_send(struct batch *b, const char **why)
 				*why = "the broker is unreachable; try again";
 				return -1;
 			}
-			if (forward_open(f, b->deadline, detail, sizeof(detail)) < 0) {
-				if (f->backoff == FORWARD_BACKOFF_MIN_MS)  /* once an outage */
-					warn("--forward %s: %s; POSTs get 503 until it answers", f->shown, detail);
-				forward_down(f);
+			if (forward_dial(f, b->deadline) < 0) {
 				*why = "the broker is unreachable; try again";
 				return -1;
 			}
-			warn("--forward %s: connected", f->shown);
 		}
 		buf_clear(&f->out);
 		if (f->kind == FORWARD_REDIS)
@@ -9031,7 +9057,11 @@ forward_wait(int events_too)
 {
 	struct pollfd pfd[MAX_FORWARDS + 1];
 	nfds_t n = 0;
-	int timeout = HEARTBEAT_MS;  /* the writer wakes for the watchdog and /healthz */
+	/* At the latest in HEARTBEAT_MS (the watchdog and /healthz), sooner
+	 * when the oldest batch in flight is due or a broker down is to be
+	 * dialled again. */
+	int timeout = HEARTBEAT_MS;
+	int64_t left;
 	uint64_t v;
 	unsigned i;
 
@@ -9047,20 +9077,11 @@ forward_wait(int events_too)
 		pfd[n].events = POLLIN;
 		n++;
 	}
-	if (inflight.n > 0) {
-		int64_t left = inflight_at(0)->deadline - now_ms();
-
-		timeout = left < 0 ? 0 : left > HEARTBEAT_MS ? HEARTBEAT_MS : (int)left;
-	}
-	for (i = 0; i < nforwards && inflight.n == 0; i++) {
-		/* A broker down is dialled again when its backoff ends. */
-		int64_t left = forwards[i].retry_at - now_ms();
-
-		if (!forwards[i].up && (timeout < 0 || left < timeout))
-			timeout = left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
-	}
-	if (timeout < 0 || timeout > HEARTBEAT_MS)
-		timeout = HEARTBEAT_MS;  /* a beat a second (see writer_beat) */
+	if (inflight.n > 0 && (left = inflight_at(0)->deadline - now_ms()) < timeout)
+		timeout = left < 0 ? 0 : (int)left;
+	for (i = 0; i < nforwards && inflight.n == 0; i++)
+		if (!forwards[i].up && (left = forwards[i].retry_at - now_ms()) < timeout)
+			timeout = left < 0 ? 0 : (int)left;
 	if (poll(pfd, n, timeout) < 0 && errno != EINTR)
 		warn("the event writer cannot wait on the brokers:");
 	if (events_too) {
@@ -9158,19 +9179,9 @@ forward_redial(void)
 
 	for (i = 0; i < nforwards && inflight.n == 0; i++) {
 		struct forward *f = &forwards[i];
-		char why[400];
 
-		if (f->up || now_ms() < f->retry_at)
-			continue;
-		if (forward_open(f, now_ms() + FORWARD_CONNECT_MS, why, sizeof(why)) < 0) {
-			/* Said as a batch that finds it down says it, once an
-			 * outage: the first dial after it was up (backoff least). */
-			if (f->backoff == FORWARD_BACKOFF_MIN_MS)
-				warn("--forward %s: %s; POSTs get 503 until it answers", f->shown, why);
-			forward_down(f);
-		} else {
-			warn("--forward %s: connected", f->shown);
-		}
+		if (!f->up && now_ms() >= f->retry_at)
+			(void)forward_dial(f, now_ms() + FORWARD_CONNECT_MS);
 	}
 }
 
@@ -11179,8 +11190,7 @@ x_credential(const char *name, struct buf *missing)
 		buf_adds(missing, name);
 		return NULL;
 	}
-	copy = xmalloc(strlen(v) + 1);
-	memcpy(copy, v, strlen(v) + 1);
+	copy = xstrdup(v);
 	memset(v, 0, strlen(v));
 	return copy;
 }
@@ -12366,16 +12376,6 @@ x_call(const struct x_command *xc, const char *const *args, const struct url *u,
 	buf_free(&req);
 }
 
-/* A copy of a credential, for one more call (x_call wipes what it uses). */
-static char *
-x_secret_copy(const char *s)
-{
-	char *c = xmalloc(strlen(s) + 1);
-
-	memcpy(c, s, strlen(s) + 1);
-	return c;
-}
-
 /* What X's list of webhooks (a 2xx of GET /2/webhooks) says of one. */
 enum x_listed { X_LISTED_VALID, X_LISTED_INVALID, X_NOT_LISTED };
 
@@ -12427,7 +12427,7 @@ x_validate_confirm(const struct x_command *xc, const char *id, const struct url 
 	for (;;) {
 		struct timespec pause = { x_validate_poll_ms / 1000, (long)(x_validate_poll_ms % 1000) * 1000000 };
 
-		x_call(&row, none, u, cred, x_secret_copy(bearer), &a);
+		x_call(&row, none, u, cred, xstrdup(bearer), &a);
 		if (a.status < 200 || a.status > 299 || (lacks = x_answer_lacks(x_command("webhooks", NULL), &a)) != NULL) {
 			if (a.status < 200 || a.status > 299)
 				x_failure(xc, &a, api_base);
@@ -12480,7 +12480,7 @@ cmd_x(const struct x_command *xc, const char *const *args)
 	x_prepare(xc, args, &u);
 	x_credentials(xc, cred, &bearer);
 	if (xc->invalid_fails)
-		again = x_secret_copy(bearer);  /* validate asks X's list of webhooks afterwards */
+		again = xstrdup(bearer);  /* validate asks X's list of webhooks afterwards */
 	x_call(xc, args, &u, cred, bearer, &a);
 	if (a.status >= 200 && a.status <= 299) {
 		rc = x_success(xc, &a);
@@ -12537,10 +12537,8 @@ xaa_list(const struct x_command *xc, const char *const *args)
 		struct buf data = { 0 }, meta = { 0 }, next = { 0 }, el = { 0 };
 		size_t at = 0;
 		struct answer a;
-		char *copy = xmalloc(strlen(bearer) + 1);
 
-		memcpy(copy, bearer, strlen(bearer) + 1);
-		x_call(xc, page, &u, cred, copy, &a);
+		x_call(xc, page, &u, cred, xstrdup(bearer), &a);
 		if (a.status < 200 || a.status > 299 || x_answer_lacks(xc, &a) != NULL) {
 			/* x_success says what is wrong with a 2xx, and prints nothing */
 			if (a.status < 200 || a.status > 299)

@@ -540,13 +540,13 @@ M = [
  ("no floor under the watchdog's stale time (a writer waiting on stdout looks stuck)",
   "int64_t stale = watchdog_ms / 2 > WATCHDOG_STALE_MIN_MS ? watchdog_ms / 2 : WATCHDOG_STALE_MIN_MS;",
   "int64_t stale = watchdog_ms / 2;", "systemd:no_wedge"),
- ("a broker that dies while idle goes unsaid (the writer's own dial fails silently)",
-  "\t\t\tif (f->backoff == FORWARD_BACKOFF_MIN_MS)\n\t\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
-  "\t\t\tif (0)\n\t\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
+ ("a broker that dies goes unsaid when a dial fails",
+  "\t\tif (f->backoff == FORWARD_BACKOFF_MIN_MS)\n\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
+  "\t\tif (0)\n\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
   "brokers:a_broker_that_dies_while_idle"),
  ("every failed dial of an outage logged, while idle",
-  "\t\t\tif (f->backoff == FORWARD_BACKOFF_MIN_MS)\n\t\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
-  "\t\t\tif (1)\n\t\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
+  "\t\tif (f->backoff == FORWARD_BACKOFF_MIN_MS)\n\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
+  "\t\tif (1)\n\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
   "brokers:a_broker_that_dies_while_idle"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
