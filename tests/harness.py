@@ -94,7 +94,13 @@ def run_suite(shared=None, tests=None):
 
 
 def finish(name, passed, failed):
-    """The summary line test.sh counts, and the exit status."""
+    """The summary line test.sh counts, and the exit status. The suite's
+    files (logs, keys, traces) go with a pass, and stay, named, for a
+    failure to be read."""
+    if failed:
+        print("    (%s's files are kept in %s)" % (name, WORK), flush=True)
+    else:
+        shutil.rmtree(WORK, ignore_errors=True)
     print("%s: %d passed, %d failed" % (name, passed, failed), flush=True)
     sys.exit(1 if failed else 0)
 
@@ -540,8 +546,36 @@ def check_chunked(srv, wrap=None):
 SYNC_DELAY_US = 300000
 
 
-class Traced(Server):
-    """A server under strace -f -yy, appending to --output path, with every
+class Straced(Server):
+    """A server under strace -f -yy (each socket named by its addresses),
+    writing the calls strace's options choose to the file trace."""
+
+    def __init__(self, trace, strace_options, *args):
+        self.trace = trace
+        # LeakSanitizer cannot run under ptrace; the rest of ASan can.
+        super().__init__(*args, wrap=["strace", "-f", "-qq", "-yy", "-s", "512", "-o", trace, *strace_options],
+                         env={"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"})
+
+    def calls(self, name, client_port):
+        """The calls of name (say "recvfrom") the trace has on the server's
+        end of the connection from client_port."""
+        peer = "->127.0.0.1:%d]" % client_port
+        with open(self.trace) as f:
+            return [line for line in f if name + "(" in line and peer in line]
+
+    def traced_pid(self):
+        """The server's own pid (strace's child)."""
+        return int(subprocess.check_output(["pgrep", "-P", str(self.proc.pid)]).split()[0])
+
+    def stop(self, *a, **k):
+        if self.proc.poll() is None:
+            # SIGTERM to the server itself: strace ends when its tracee does.
+            os.kill(self.traced_pid(), signal.SIGTERM)
+        return super().stop(*a, **k)
+
+
+class Traced(Straced):
+    """A server under strace, appending to --output path, with every
     fdatasync held 300 ms before it runs (strace's delay injection). A 200
     released before the sync has returned then leaves while it is held,
     and the trace shows it: without the delay the sync returns first by
@@ -549,20 +583,9 @@ class Traced(Server):
 
     def __init__(self, path, *args):
         self.path = path
-        self.trace = path + ".strace"
-        # LeakSanitizer cannot run under ptrace; the rest of ASan can.
-        super().__init__("--output", path, *args,
-                         wrap=["strace", "-f", "-qq", "-yy", "-s", "512", "-o", self.trace,
-                               "-e", "trace=write,fdatasync,sendto",
-                               "-e", "inject=fdatasync:delay_enter=%d" % SYNC_DELAY_US],
-                         env={"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"})
-
-    def stop(self, *a, **k):
-        if self.proc.poll() is None:
-            # SIGTERM to the server itself: strace ends when its tracee does.
-            child = int(subprocess.check_output(["pgrep", "-P", str(self.proc.pid)]).split()[0])
-            os.kill(child, signal.SIGTERM)
-        return super().stop(*a, **k)
+        super().__init__(path + ".strace", ("-e", "trace=write,fdatasync,sendto",
+                                            "-e", "inject=fdatasync:delay_enter=%d" % SYNC_DELAY_US),
+                         "--output", path, *args)
 
     def order(self, ports):
         """For each event {"gc":N} posted from client port p (ports maps p
