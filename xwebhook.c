@@ -5806,12 +5806,11 @@ loop_leave(struct conn *c, enum verdict v)
 	return 1;
 }
 
-/* Data (or an end) on one of the loop's connections. */
+/* Serve c's bytes: those that arrived on its socket (read_socket, when
+ * epoll said so) and those it holds already. */
 static void
-loop_readable(struct conn *c)
+loop_readable(struct conn *c, int read_socket)
 {
-	int read_socket = 1;
-
 	if (conn_parked(c)) {
 		/* Nothing is read until the verdict is answered; out of the
 		 * set meanwhile, or level-triggered epoll would spin on it. */
@@ -5891,7 +5890,11 @@ loop_unpark(struct conn *c)
 		}
 	}
 	c->expires = now_ms() + idle_timeout;
-	loop_readable(c);  /* a pipelined request may be waiting */
+	/* A pipelined request may be held already. Bytes still in the
+	 * socket are epoll's to report (level-triggered): a recv here
+	 * would cost a syscall per event to learn that the client is
+	 * waiting for this answer, as clients do. */
+	loop_readable(c, 0);
 }
 
 static void
@@ -5930,7 +5933,7 @@ loop_thread(void *arg)
 			if (ev[i].data.ptr == l)
 				woken = 1;
 			else if (ev[i].data.ptr != NULL)
-				loop_readable(ev[i].data.ptr);
+				loop_readable(ev[i].data.ptr, 1);
 		}
 		/* Verdicts after the batch: answering one may free a
 		 * connection that a later entry of ev[] names. */

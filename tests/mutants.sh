@@ -548,6 +548,10 @@ M = [
   "\t\tif (f->backoff == FORWARD_BACKOFF_MIN_MS)\n\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
   "\t\tif (1)\n\t\t\twarn(\"--forward %s: %s; POSTs get 503 until it answers\", f->shown, why);",
   "brokers:a_broker_that_dies_while_idle"),
+ ("a recv after every event's answer, just in case",
+  "\tloop_readable(c, 0);", "\tloop_readable(c, 1);", "events:a_kept_alive_event_costs"),
+ ("a pipelined request held after an event's answer left unserved",
+  "\tloop_readable(c, 0);", "\t(void)0;", "int:pipelined_events"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
