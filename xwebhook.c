@@ -5673,7 +5673,7 @@ slot_take(struct conn *c, const struct sockaddr_storage *ss)
  * serve(): the threads started, accept, the drain at the end. Owns struct
  * loop. Calls [SLOTS], [WEBHOOK] (serve_buffered on a loop,
  * serve_connection on a thread), [WRITER] (a parked connection's verdict
- * comes back through loop_event_decided) and [TLS] (tls_pump).
+ * comes back through loops_give_decided) and [TLS] (tls_pump).
  *
  * Why both. The slow paths (a head or body trickling in, an fdatasync, a
  * lingering close, a client that does not read) are plain blocking
@@ -5847,23 +5847,33 @@ loop_queue_event(struct conn *c)
 	l->events_tail = &c->ev.next;
 }
 
-/* The event writer has decided c's event (it runs on the writer). */
+/* The event writer has decided the events of parked connections: give
+ * each loop its own (linked by finished, first..*last), with one lock
+ * and at most one wake-up per loop and batch. It runs on the writer; a
+ * connection handed back is the loop's, and the writer touches it no
+ * more. */
 static void
-loop_event_decided(struct conn *c)
+loops_give_decided(struct conn *first[MAX_LOOPS], struct conn **last[MAX_LOOPS])
 {
-	struct loop *l = c->loop;
-	uint64_t one = 1;
-	int first;
+	unsigned i;
 
-	pthread_mutex_lock(&l->lock);
-	first = l->finished == NULL;
-	c->finished = l->finished;
-	l->finished = c;
-	pthread_mutex_unlock(&l->lock);
-	/* The loop reads the eventfd before it takes the list, so one
-	 * wake-up per empty list is enough. */
-	if (first && write(l->wake_fd, &one, sizeof(one)) < 0)
-		(void)0;  /* EAGAIN: the counter is full, so the loop is woken */
+	for (i = 0; i < nloops; i++) {
+		struct loop *l = &loops[i];
+		uint64_t one = 1;
+		int empty;
+
+		if (first[i] == NULL)
+			continue;
+		pthread_mutex_lock(&l->lock);
+		empty = l->finished == NULL;
+		*last[i] = l->finished;
+		l->finished = first[i];
+		pthread_mutex_unlock(&l->lock);
+		/* The loop reads the eventfd before it takes the list, so
+		 * one wake-up per empty list is enough. */
+		if (empty && write(l->wake_fd, &one, sizeof(one)) < 0)
+			(void)0;  /* EAGAIN: the counter is full, so the loop is woken */
+	}
 }
 
 /* Answer a parked connection's event, then serve it on. */
@@ -7487,20 +7497,28 @@ writer_decide(struct event *batch, enum status st, const char *why)
 {
 	int64_t now = now_us();
 	struct event *e, *next;
+	struct conn *first[MAX_LOOPS] = { NULL }, **last[MAX_LOOPS];
+	unsigned i;
 
+	for (i = 0; i < MAX_LOOPS; i++)
+		last[i] = &first[i];
 	pthread_mutex_lock(&writer.lock);
 	for (e = batch; e != NULL; e = next) {
 		struct conn *c = event_conn(e);
-		int parked = conn_parked(c);  /* else CS_WAITING, on its thread */
 
 		next = e->next;
 		e->why = why;
 		e->took_us = now - e->verified_us;
 		e->result = st;
 		metrics_decided(st);
-		if (parked)
-			loop_event_decided(c);
+		if (conn_parked(c)) {  /* else CS_WAITING, on its thread */
+			i = (unsigned)(c->loop - loops);
+			c->finished = NULL;
+			*last[i] = c;
+			last[i] = &c->finished;
+		}
 	}
+	loops_give_decided(first, last);
 	pthread_cond_broadcast(&writer.decided);
 	pthread_mutex_unlock(&writer.lock);
 }
