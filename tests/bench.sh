@@ -189,26 +189,53 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 result xw.rss_idle "$(rss "$PID_xw")"
 result xwtls.rss_idle "$(rss "$PID_xwtls")"
 
-bench crc.xw "http://127.0.0.1:18101$CRC"
-bench crc.nginx "http://127.0.0.1:18102$CRC"
 bench crc.ref "http://127.0.0.1:18103$CRC"
-# The signed-POST rows are ratios of one another, so they run in ROUNDS
-# interleaved rounds and each keeps its median: a slow spell of a shared
-# machine then falls on every row of a round alike, not on one row.
-ROUNDS=${ROUNDS:-3}
+# The CRC and signed-POST rows are ratios of one another, so they run in
+# ROUNDS rounds and each keeps its median (rate and p99): a slow spell of
+# a shared machine then falls on every row of a round alike, not on one
+# row. (On a 2-core machine, back-to-back runs of one server have differed
+# by a quarter in rate and nearly 2x in p99.) The two runs of a ratio are
+# next to each other, and every other round runs in the reverse order, so
+# that neither side of a ratio always follows the same run.
+ROUNDS=${ROUNDS:-5}
+RUNS=("crc.xw 18101 crc" "crc.met 18113 crc" "crc.nginx 18102 crc"
+	"post.xw 18101 post" "post.met 18113 post" "post.nginx 18102 post"
+	"post.out 18108 post" "post.redis 18109 post" "post.nats 18111 post")
 for ((k = 1; k <= ROUNDS; k++)); do
-	bench post.xw.r$k "http://127.0.0.1:18101/webhooks/twitter" -s "$W/post.lua"
-	bench post.nginx.r$k "http://127.0.0.1:18102/webhooks/twitter" -s "$W/post.lua"
-	bench post.out.r$k "http://127.0.0.1:18108/webhooks/twitter" -s "$W/post.lua"
-	bench post.redis.r$k "http://127.0.0.1:18109/webhooks/twitter" -s "$W/post.lua"
-	bench post.nats.r$k "http://127.0.0.1:18111/webhooks/twitter" -s "$W/post.lua"
-	bench post.met.r$k "http://127.0.0.1:18113/webhooks/twitter" -s "$W/post.lua"
-	bench crcm.xw.r$k "http://127.0.0.1:18101$CRC"
-	bench crcm.met.r$k "http://127.0.0.1:18113$CRC"
+	order=("${RUNS[@]}")
+	if ((k % 2 == 0)); then
+		order=()
+		for ((i = ${#RUNS[@]} - 1; i >= 0; i--)); do order+=("${RUNS[i]}"); done
+	fi
+	for run in "${order[@]}"; do
+		read -r name port what <<<"$run"
+		if [ "$what" = crc ]; then
+			bench "$name.r$k" "http://127.0.0.1:$port$CRC"
+		else
+			bench "$name.r$k" "http://127.0.0.1:$port/webhooks/twitter" -s "$W/post.lua"
+		fi
+	done
 done
-for name in post.xw post.nginx post.out post.redis post.nats post.met crcm.xw crcm.met; do
-	result "$name.rps" "$(awk -v n="$name" '$1 ~ "^" n "\\.r[0-9]+\\.rps$" {print $2}' "$R" | sort -g |
-	    awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')"
+
+median() {  # NAME FIELD: the median of the rounds' NAME.rK.FIELD
+	awk -v n="$1" -v f="$2" '$1 ~ "^" n "\\.r[0-9]+\\." f "$" {print $2}' "$R" |
+	    python3 "$W/median.py"
+}
+cat >"$W/median.py" <<'PY'
+import sys
+def value(v):  # wrk's latencies carry their unit
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit):
+            return float(v[:-len(unit)]) * f, "ms"
+    return float(v), ""
+vs = sorted(value(line.strip()) for line in sys.stdin if line.strip())
+v, unit = vs[(len(vs) - 1) // 2]
+print("%g%s" % (v, unit))
+PY
+for run in "${RUNS[@]}"; do
+	name=${run%% *}
+	result "$name.rps" "$(median "$name" rps)"
+	result "$name.p99" "$(median "$name" p99)"
 	result "$name.rounds" "$(awk -v n="$name" '$1 ~ "^" n "\\.r[0-9]+\\.rps$" {printf "%d ", $2}' "$R")"
 done
 bench post.ref "http://127.0.0.1:18103/webhooks/twitter" -s "$W/post.lua"
@@ -307,28 +334,50 @@ def row(what, ours, theirs, ratio, target, ok):
     rows.append((what, ours, theirs, ratio, target, "yes" if ok else "NO"))
 
 
+def rounds(name, field):
+    """The rounds' values of name's field, by round number."""
+    out = {}
+    for k, v in r.items():
+        parts = k.split(".")
+        if k.startswith(name + ".r") and parts[-1] == field and len(parts) == len(name.split(".")) + 2:
+            out[int(parts[-2][1:])] = ms(k) if field == "p99" else float(v)
+    return out
+
+
+def ratio(a, b, field):
+    """a's field over b's: with rounds on both sides, the median of each
+    round's ratio (the two ran back to back, so what the machine was doing
+    then weighs on both); else the one run's."""
+    ra, rb = rounds(a, field), rounds(b, field)
+    if ra and rb:
+        q = sorted(ra[k] / rb[k] for k in ra if k in rb)
+        return q[(len(q) - 1) // 2], " (median of %d rounds)" % len(q)
+    return (num(a + ".rps") / num(b + ".rps") if field == "rps" else ms(a + ".p99") / ms(b + ".p99")), ""
+
+
 def rate(what, a, b, target=None):
     ra = num(a + ".rps")
     rb = num(b + ".rps")
-    if a + ".rounds" in r:
-        what += " (median of %d)" % len(r[a + ".rounds"].split())
+    q, how = ratio(a, b, "rps")
+    what += how
     if target is None:  # measured for information; the issue sets no target
-        rows.append((what, "%.0f/s" % ra, "%.0f/s" % rb, "%.2f" % (ra / rb), "", ""))
+        rows.append((what, "%.0f/s" % ra, "%.0f/s" % rb, "%.2f" % q, "", ""))
         return
-    row(what, "%.0f/s" % ra, "%.0f/s" % rb, "%.2f" % (ra / rb), ">= %g" % target, ra / rb >= target)
+    row(what, "%.0f/s" % ra, "%.0f/s" % rb, "%.2f" % q, ">= %g" % target, q >= target)
 
 
 rate("CRC, kept alive: xwebhook vs nginx", "crc.xw", "crc.nginx", 1.0)
 rate("CRC, kept alive: xwebhook vs reference app", "crc.xw", "crc.ref", 30)
 a, b = ms("crc.xw.p99"), ms("crc.nginx.p99")
-row("CRC p99 latency: xwebhook vs nginx", "%.2f ms" % a, "%.2f ms" % b, "%.2f" % (a / b), "<= 1", a <= b)
+q, how = ratio("crc.xw", "crc.nginx", "p99")
+row("CRC p99 latency: xwebhook vs nginx" + how, "%.2f ms" % a, "%.2f ms" % b, "%.2f" % q, "<= 1", q <= 1)
 rate("signed 2 KB POST (stdout /dev/null) vs nginx", "post.xw", "post.nginx", 0.8)
 rate("signed 2 KB POST vs reference app", "post.xw", "post.ref", 1)
 rate("signed 2 KB POST, --output (group commit) vs without", "post.out", "post.xw", 0.5)
 rate("signed 2 KB POST, --forward redis:// vs without", "post.redis", "post.xw", 0.5)
 rate("signed 2 KB POST, --forward nats:// vs without", "post.nats", "post.xw", 0.5)
 rate("signed 2 KB POST, --metrics scraped every second vs without", "post.met", "post.xw", 0.98)
-rate("CRC, kept alive, --metrics scraped every second vs without", "crcm.met", "crcm.xw", 0.98)
+rate("CRC, kept alive, --metrics scraped every second vs without", "crc.met", "crc.xw", 0.98)
 rss_idle = num("xw.rss_idle") / 1024
 row("resident memory, idle (plain build)", "%.2f MB" % rss_idle, "", "", "<= 2 MB", rss_idle <= 2)
 rss_k = num("xw.rss_1000") / 1024
@@ -352,6 +401,7 @@ print(" | ".join(str(h).ljust(w[i]) for i, h in enumerate(head)))
 print("-|-".join("-" * w[i] for i in range(6)))
 for x in rows:
     print(" | ".join(str(v).ljust(w[i]) for i, v in enumerate(x)))
+print("(with rounds: each rate is the median of its rounds, each ratio the median of the rounds' own ratios)")
 for k in sorted(k for k in r if k.endswith(".rounds")):
     print("rounds: %s: %s requests/s" % (k[:-7], r[k]))
 steal = {k[:-6]: int(r[k]) for k in r if k.endswith(".steal")}
