@@ -8,7 +8,7 @@
 #
 # Not part of ./test.sh. Needs: wrk nginx-light jq python3-flask
 # python3-waitress libbearssl-dev openssl redis-server redis-tools
-# nats-server pebble lego (all Debian packages).
+# nats-server pebble lego valgrind (all Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in wrk nginx jq python3 openssl cc strip redis-server redis-cli nats-server pebble lego; do
-	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl redis-server redis-tools nats-server pebble lego)" >&2; exit 1; }
+for tool in wrk nginx jq python3 openssl cc strip redis-server redis-cli nats-server pebble lego valgrind; do
+	command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install wrk nginx-light jq python3-flask python3-waitress libbearssl-dev openssl redis-server redis-tools nats-server pebble lego valgrind)" >&2; exit 1; }
 done
 
 echo "building with -O2 ..." >&2
@@ -278,6 +278,11 @@ EOF
 result xw.size "$(stat -c %s "$W/xwebhook.stripped")"
 result xwtls.size "$(stat -c %s "$W/xwebhook-tls.stripped")"
 
+# What --metrics costs a request in instructions (callgrind), which no
+# noise moves: the rate rows above can only say "within a few percent".
+echo "instructions per request, with --metrics and without (callgrind) ..." >&2
+python3 tests/bench_instr.py "$W/xwebhook" "$W/post.lua" >>"$R" || exit 1
+
 # fmt against jq and Python on a 50 MB file.
 echo "fmt, jq and json.tool on 50 MB ..." >&2
 python3 - "$W/big.json" <<'EOF'
@@ -378,6 +383,10 @@ rate("signed 2 KB POST, --forward redis:// vs without", "post.redis", "post.xw",
 rate("signed 2 KB POST, --forward nats:// vs without", "post.nats", "post.xw", 0.5)
 rate("signed 2 KB POST, --metrics scraped every second vs without", "post.met", "post.xw", 0.98)
 rate("CRC, kept alive, --metrics scraped every second vs without", "crc.met", "crc.xw", 0.98)
+for kind, what in (("crc", "CRC"), ("post", "signed 2 KB POST")):
+    a, b = num("instr.%s.met" % kind), num("instr.%s.plain" % kind)
+    row("instructions per %s, --metrics vs without (callgrind)" % what, "%.0f" % a, "%.0f" % b, "%.3f" % (a / b),
+        "<= 1.02", a / b <= 1.02)
 rss_idle = num("xw.rss_idle") / 1024
 row("resident memory, idle (plain build)", "%.2f MB" % rss_idle, "", "", "<= 2 MB", rss_idle <= 2)
 rss_k = num("xw.rss_1000") / 1024
