@@ -552,6 +552,9 @@ M = [
   "\tloop_readable(c, 0);", "\tloop_readable(c, 1);", "events:a_kept_alive_event_costs"),
  ("a pipelined request held after an event's answer left unserved",
   "\tloop_readable(c, 0);", "\t(void)0;", "int:pipelined_events"),
+ ("a batch's verdicts go back to the first loop's connections only",
+  "\tfor (i = 0; i < nloops; i++) {\n\t\tstruct loop *l = &loops[i];",
+  "\tfor (i = 0; i < 1; i++) {\n\t\tstruct loop *l = &loops[i];", "int:output_file_gets_compact_lines_synced"),
 ]
 json.dump([dict(zip(("what", "old", "new", "tests"), m)) for m in M], open(sys.argv[1], "w"))
 PY
