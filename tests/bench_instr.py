@@ -15,22 +15,18 @@ import glob
 import os
 import re
 import socket
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-BIN, LUA = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as it  # noqa: E402  (free_port, and a temporary directory)
+from harness import free_port  # noqa: E402
+
+BIN, LUA = it.BIN, sys.argv[2]
 N = 2000
 CRC = b"GET /webhooks/twitter?crc_token=M2RkODJkZmMtYjlkYi00NmQ4LTk0MGUtM2JjYzkwM2Q4MjQ0 HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def post_request():
@@ -97,12 +93,11 @@ def measure(work, label, extra):
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="xwebhook-instr-")
     try:
-        measure(work, "plain", [])
-        measure(work, "met", ["--metrics", "127.0.0.1:%d" % free_port()])
+        measure(it.WORK, "plain", [])
+        measure(it.WORK, "met", ["--metrics", "127.0.0.1:%d" % free_port()])
     finally:
-        subprocess.run(["rm", "-rf", work])
+        shutil.rmtree(it.WORK, ignore_errors=True)
 
 
 if __name__ == "__main__":
